@@ -1,0 +1,303 @@
+"""Fit a coordinate network to an RGB image: sampling, optimisation, stopping rules, decoding.
+
+Pixel (i, j) of an H x W image has coordinates ((j + 0.5) / S, (i + 0.5) / S) with
+S = max(H, W), so the grid is isotropic. Targets are scaled to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .metrics import psnr, psnr_from_mse, ssim
+from .models import ImageModel, ModelConfig, NGP, build_model
+from .presets import get_preset
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, float, float], None]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def axis_coords(start: float, n: int, side: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Coordinates of n pixel centres from pixel ``start`` on an image whose longest side is ``side``."""
+    return (torch.arange(n, dtype=torch.float32, device=device) + (start + 0.5)) / side
+
+
+@torch.no_grad()
+def render(
+    model: ImageModel,
+    height: int,
+    width: int,
+    side: float | None = None,
+    tile: int = 256,
+    x0: int = 0,
+    y0: int = 0,
+) -> np.ndarray:
+    """Decode an image region (uint8 H x W x 3), tile by tile with a halo of real features.
+
+    Each tile's convolutions see the hash features of its neighbours (``model.halo`` pixels
+    around it), so the result does not depend on ``tile``.
+    """
+    side = float(side if side is not None else max(height, width))
+    dev = next(model.parameters()).device
+    h = model.halo
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    was_training = model.training
+    model.eval()
+    for ty in range(0, height, tile):
+        th = min(tile, height - ty)
+        ys = axis_coords(y0 + ty - h, th + 2 * h, side, dev).unsqueeze(0)
+        for tx in range(0, width, tile):
+            tw = min(tile, width - tx)
+            xs = axis_coords(x0 + tx - h, tw + 2 * h, side, dev).unsqueeze(0)
+            rgb = model.forward_grid(xs, ys)[0]
+            out[ty : ty + th, tx : tx + tw] = to_uint8(rgb)
+    model.train(was_training)
+    return out
+
+
+def to_uint8(rgb: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [-1, 1] -> uint8 (H, W, 3), rounding to nearest."""
+    v = ((rgb.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round()
+    return v.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+@dataclass
+class FitResult:
+    """A fitted model and how well and how fast it fitted."""
+
+    model: ImageModel
+    config: ModelConfig
+    preset: str
+    height: int
+    width: int
+    psnr: float
+    ssim: float
+    n_params: int
+    steps: int
+    seconds: float
+    device: str
+    history: list[tuple[float, int, float]] = field(default_factory=list)
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def decode(self, tile: int = 256) -> np.ndarray:
+        """The whole image as the model sees it (uint8 H x W x 3)."""
+        return render(self.model, self.height, self.width, tile=tile)
+
+
+class _PatchSampler:
+    """Patches on a grid with overlap, each epoch jittered and shuffled (the paper's scheme)."""
+
+    def __init__(self, height: int, width: int, patch: int, overlap: float, jitter: float, rng: np.random.Generator):
+        self.h, self.w = height, width
+        self.ph = min(patch, height)
+        self.pw = min(patch, width)
+        self.stride_y = max(1, int(round(self.ph * (1.0 - overlap))))
+        self.stride_x = max(1, int(round(self.pw * (1.0 - overlap))))
+        self.jitter = jitter
+        self.rng = rng
+        self.queue: list[tuple[int, int]] = []
+
+    def _epoch(self) -> list[tuple[int, int]]:
+        ys = list(range(0, max(1, self.h - self.ph + 1), self.stride_y))
+        xs = list(range(0, max(1, self.w - self.pw + 1), self.stride_x))
+        if ys[-1] != self.h - self.ph:
+            ys.append(self.h - self.ph)
+        if xs[-1] != self.w - self.pw:
+            xs.append(self.w - self.pw)
+        jy = int(self.jitter * self.ph)
+        jx = int(self.jitter * self.pw)
+        pos = []
+        for y in ys:
+            for x in xs:
+                yy = y + (int(self.rng.integers(-jy, jy + 1)) if jy else 0)
+                xx = x + (int(self.rng.integers(-jx, jx + 1)) if jx else 0)
+                pos.append((min(max(yy, 0), self.h - self.ph), min(max(xx, 0), self.w - self.pw)))
+        order = self.rng.permutation(len(pos))
+        return [pos[i] for i in order]
+
+    def take(self, n: int) -> list[tuple[int, int]]:
+        out = []
+        while len(out) < n:
+            if not self.queue:
+                self.queue = self._epoch()
+            out.append(self.queue.pop())
+        return out
+
+
+def _lr_factor(schedule: str, progress: float) -> float:
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule == "cosine":
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def fit_image(
+    image: np.ndarray,
+    model: str = "cinr",
+    preset: str | None = None,
+    steps: int | None = None,
+    time_budget: float | None = None,
+    target_psnr: float | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    hash_config: Any = None,
+    eval_every: float | None = None,
+    progress: ProgressFn | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> FitResult:
+    """Fit ``model`` (ngp, engp or cinr) with ``preset`` to an RGB uint8 array (H, W, 3).
+
+    Stops after ``steps`` optimiser steps, after ``time_budget`` seconds of training, or
+    once the image PSNR reaches ``target_psnr``, whichever comes first; with none of them
+    the preset's step count applies. ``hash_config`` (a HashGridConfig) replaces the
+    preset's grid; ``overrides`` replaces training settings. ``eval_every`` (seconds of
+    training) records (seconds, steps, PSNR) in ``history``. Deterministic for a seed on CPU.
+    """
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 array (H, W, 3), got {img.dtype} {img.shape}")
+    height, width = img.shape[:2]
+    if height < 2 or width < 2:
+        raise ValueError(f"image too small to fit: {width}x{height}")
+    if steps is not None and steps < 0:
+        raise ValueError("steps must be >= 0")
+    if time_budget is not None and not time_budget > 0:
+        raise ValueError("time_budget must be > 0 seconds")
+    dev = resolve_device(device)
+    pre = get_preset(model, preset)
+    train = {**pre.train, **(overrides or {})}
+    cfg = pre.model_config(height, width, hash_config)
+    if steps is None and time_budget is None and target_psnr is None:
+        steps = int(train["steps"])
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = build_model(cfg, dev)
+    net.train()
+    side = float(max(height, width))
+    target = torch.from_numpy(img).to(dev).permute(2, 0, 1).float().div(127.5).sub(1.0)  # (3, H, W)
+
+    grid_params = [p for n, p in net.named_parameters() if n.startswith("grid.")]
+    net_params = [p for n, p in net.named_parameters() if not n.startswith("grid.")]
+    opt = torch.optim.Adam(
+        [
+            {"params": grid_params, "lr": train["lr_hash"], "base_lr": train["lr_hash"]},
+            {"params": net_params, "lr": train["lr_net"], "base_lr": train["lr_net"]},
+        ],
+        betas=tuple(train["betas"]),
+        eps=train["eps"],
+    )
+    per_pixel = isinstance(net, NGP) and train.get("sampling", "pixels") == "pixels"
+    sampler = None
+    if not per_pixel:
+        sampler = _PatchSampler(height, width, int(train["patch"]), train["overlap"], train["jitter"], rng)
+    halo = net.halo
+
+    def evaluate() -> float:
+        return psnr(render(net, height, width), img)
+
+    history: list[tuple[float, int, float]] = []
+    ema: float | None = None
+    elapsed = 0.0
+    step = 0
+    next_eval = eval_every
+    reached = False
+    t_start = time.perf_counter()
+    while True:
+        if steps is not None and step >= steps:
+            break
+        if time_budget is not None and elapsed >= time_budget:
+            break
+        frac = 0.0
+        if steps:
+            frac = step / steps
+        if time_budget:
+            frac = max(frac, elapsed / time_budget)
+        factor = _lr_factor(train.get("schedule", "none"), frac)
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * factor
+
+        if per_pixel:
+            n = int(train["batch_pixels"])
+            iy = torch.from_numpy(rng.integers(0, height, n)).to(dev)
+            ix = torch.from_numpy(rng.integers(0, width, n)).to(dev)
+            pts = torch.stack(((ix.float() + 0.5) / side, (iy.float() + 0.5) / side), dim=-1)
+            pred = net.forward_points(pts)  # type: ignore[operator]
+            loss = F.mse_loss(pred, target[:, iy, ix].T)
+        else:
+            assert sampler is not None
+            pos = sampler.take(int(train["batch_patches"]))
+            ph, pw = sampler.ph, sampler.pw
+            ys = torch.stack([axis_coords(y - halo, ph + 2 * halo, side, dev) for y, _ in pos])
+            xs = torch.stack([axis_coords(x - halo, pw + 2 * halo, side, dev) for _, x in pos])
+            pred = net.forward_grid(xs, ys)
+            tgt = torch.stack([target[:, y : y + ph, x : x + pw] for y, x in pos])
+            loss = F.mse_loss(pred, tgt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        lv = float(loss.detach())
+        ema = lv if ema is None else 0.9 * ema + 0.1 * lv
+        elapsed = time.perf_counter() - t_start
+        est = psnr_from_mse(ema * 127.5**2)
+        if progress is not None:
+            progress(step, elapsed, est)
+        pause = 0.0
+        if next_eval is not None and elapsed >= next_eval:
+            t0 = time.perf_counter()
+            history.append((elapsed, step, evaluate()))
+            pause += time.perf_counter() - t0
+            next_eval += eval_every  # type: ignore[operator]
+        if target_psnr is not None and est >= target_psnr and step % 10 == 0:
+            t0 = time.perf_counter()
+            reached = evaluate() >= target_psnr
+            pause += time.perf_counter() - t0
+            if reached:
+                break
+        if pause:
+            t_start += pause  # evaluation time is not training time
+            elapsed = time.perf_counter() - t_start
+    seconds = time.perf_counter() - t_start
+    decoded = render(net, height, width)
+    result = FitResult(
+        model=net,
+        config=cfg,
+        preset=pre.name,
+        height=height,
+        width=width,
+        psnr=psnr(decoded, img),
+        ssim=ssim(decoded, img),
+        n_params=net.n_params(),
+        steps=step,
+        seconds=seconds,
+        device=str(dev),
+        history=history,
+        train=train,
+    )
+    if eval_every is not None:
+        history.append((seconds, step, result.psnr))
+    log.info(
+        "fitted %s/%s: %.2f dB, %d steps, %.1f s on %s", model, pre.name, result.psnr, step, seconds, dev
+    )
+    return result

@@ -1,0 +1,381 @@
+"""Multiresolution hash-grid encoding for 2-D coordinates (Mueller et al., Instant-NGP 2022).
+
+The pure-PyTorch implementation runs on CPU and CUDA and is differentiable in its tables.
+Semantics (documented in ``docs/architecture.md``):
+
+* level ``l`` has resolution ``N_l = floor(N_min * b**l)``; a coordinate ``x`` in [0, 1]
+  lands at grid position ``x * N_l`` (cell corners are the integers ``0 .. N_l``);
+* levels with ``(N_l + 1)**2 <= 2**T`` index their table densely (``ix + iy * (N_l + 1)``,
+  collision-free); the others hash ``(ix * 1) XOR (iy * 2654435761) mod 2**T``;
+* the 4 cell corners are blended bilinearly, all levels' features are concatenated
+  (level-major: ``[l0f0, l0f1, l1f0, ...]``);
+* tables are initialised from U(-1e-4, 1e-4);
+* positions are clamped to the grid, so coordinates outside [0, 1] (convolution halos at
+  the image border) read the border cells instead of failing.
+
+Speed: all levels and corners are gathered by a single ``embedding_bag`` call over one
+concatenated table, whose weighted-sum kernel and backward are far faster on CPU than a
+gather per corner (see ``benchmarks/hashgrid_speed.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+PRIME_Y = 2654435761
+
+
+@dataclass(frozen=True)
+class HashGridConfig:
+    """Hash-grid hyper-parameters: L levels of F features, 2**T entries, N_min, per-level scale b."""
+
+    n_levels: int = 16
+    n_features: int = 2
+    log2_table_size: int = 16
+    base_resolution: int = 16
+    per_level_scale: float = 1.5
+
+    def __post_init__(self) -> None:
+        if self.n_levels < 1 or self.n_features < 1:
+            raise ValueError("n_levels and n_features must be >= 1")
+        if not 1 <= self.log2_table_size <= 30:
+            raise ValueError("log2_table_size must be in [1, 30]")
+        if self.base_resolution < 1:
+            raise ValueError("base_resolution must be >= 1")
+        if not self.per_level_scale >= 1.0:
+            raise ValueError("per_level_scale must be >= 1")
+
+    @classmethod
+    def from_max_resolution(
+        cls,
+        n_levels: int,
+        n_features: int,
+        log2_table_size: int,
+        base_resolution: int,
+        max_resolution: float,
+    ) -> HashGridConfig:
+        """Build a config whose finest level has resolution ``max_resolution`` (b derived)."""
+        if n_levels == 1:
+            b = 1.0
+        else:
+            b = math.exp((math.log(max_resolution) - math.log(base_resolution)) / (n_levels - 1))
+        return cls(n_levels, n_features, log2_table_size, base_resolution, max(1.0, b))
+
+    @property
+    def out_dim(self) -> int:
+        """Number of output channels, L * F."""
+        return self.n_levels * self.n_features
+
+    def resolutions(self) -> list[int]:
+        """Grid resolution N_l of each level."""
+        # A tiny epsilon makes exact products (e.g. 4 * 1.5**2 = 9) floor to the right integer.
+        return [
+            int(math.floor(self.base_resolution * self.per_level_scale**lvl + 1e-9))
+            for lvl in range(self.n_levels)
+        ]
+
+    def is_dense(self) -> list[bool]:
+        """Whether each level is indexed densely (collision-free)."""
+        return [(n + 1) ** 2 <= 2**self.log2_table_size for n in self.resolutions()]
+
+    def table_sizes(self) -> list[int]:
+        """Number of table entries of each level."""
+        return [
+            (n + 1) ** 2 if d else 2**self.log2_table_size
+            for n, d in zip(self.resolutions(), self.is_dense())
+        ]
+
+    def n_params(self) -> int:
+        """Total number of table parameters."""
+        return sum(self.table_sizes()) * self.n_features
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+
+class _WeightedGather(torch.autograd.Function):
+    """out[m] = sum_k w[m, k] * table[idx[m, k]], with a scatter (index_add) backward.
+
+    ``embedding_bag`` has the fastest CPU forward, but its backward with per-sample weights
+    is ~10x slower than ``index_add_`` with int64 indices, hence this function.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(idx, w)
+        ctx.n_rows = table.shape[0]
+        fwd_idx = idx.to(torch.int32) if table.shape[0] < 2**31 else idx
+        return F.embedding_bag(fwd_idx, table, per_sample_weights=w, mode="sum")
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:  # type: ignore[override]
+        idx, w = ctx.saved_tensors
+        grad_table = None
+        if ctx.needs_input_grad[0]:
+            n_feat = grad.shape[-1]
+            src = (w.unsqueeze(-1) * grad.unsqueeze(-2)).reshape(-1, n_feat)
+            grad_table = torch.zeros(ctx.n_rows, n_feat, dtype=grad.dtype, device=grad.device)
+            grad_table.index_add_(0, idx.reshape(-1), src)
+        return grad_table, None, None
+
+
+def weighted_gather(table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Differentiable ``sum_k w[:, k] * table[idx[:, k]]`` for idx (M, K) int64, w (M, K)."""
+    return _WeightedGather.apply(table, idx, w.to(table.dtype))  # type: ignore[no-any-return]
+
+
+class HashGrid(nn.Module):
+    """Pure-PyTorch multiresolution hash encoding of points in [0, 1]^2 (any leading shape)."""
+
+    def __init__(self, config: HashGridConfig) -> None:
+        super().__init__()
+        self.config = config
+        sizes = config.table_sizes()
+        offsets = [0]
+        for s in sizes[:-1]:
+            offsets.append(offsets[-1] + s)
+        self.table = nn.Parameter(torch.empty(sum(sizes), config.n_features))
+        nn.init.uniform_(self.table, -1e-4, 1e-4)
+        res = torch.tensor(config.resolutions(), dtype=torch.float64)
+        self.register_buffer("_res", res.to(torch.float32), persistent=False)
+        self.register_buffer(
+            "_res_i", torch.tensor(config.resolutions(), dtype=torch.int64), persistent=False
+        )
+        self.register_buffer(
+            "_dense", torch.tensor(config.is_dense(), dtype=torch.bool), persistent=False
+        )
+        self.register_buffer(
+            "_offsets", torch.tensor(offsets, dtype=torch.int64), persistent=False
+        )
+        self._mask = 2**config.log2_table_size - 1
+        self._all_dense = all(config.is_dense())
+
+    @property
+    def out_dim(self) -> int:
+        """Number of output channels, L * F."""
+        return self.config.out_dim
+
+    def level_table(self, level: int) -> torch.Tensor:
+        """View of one level's table, shape (entries, F)."""
+        sizes = self.config.table_sizes()
+        start = sum(sizes[:level])
+        return self.table[start : start + sizes[level]]
+
+    def _indices_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Corner indices (P*L, 4) into the flat table and bilinear weights (P*L, 4)."""
+        cfg = self.config
+        idx_levels = []
+        w_levels = []
+        offset = 0
+        for n, dense, size in zip(cfg.resolutions(), cfg.is_dense(), cfg.table_sizes()):
+            ix0, fx = self._axis(x[:, 0], n)
+            iy0, fy = self._axis(x[:, 1], n)
+            if dense:
+                r0 = iy0 * (n + 1) + offset
+                r1 = r0 + (n + 1)
+                i00 = ix0 + r0
+                idx = torch.stack((i00, i00 + 1, ix0 + r1, ix0 + 1 + r1), dim=-1)
+            else:
+                h0 = (iy0 * PRIME_Y) & self._mask
+                h1 = ((iy0 + 1) * PRIME_Y) & self._mask
+                ix1 = ix0 + 1
+                idx = torch.stack((ix0 ^ h0, ix1 ^ h0, ix0 ^ h1, ix1 ^ h1), dim=-1) + offset
+            offset += size
+            gx = 1.0 - fx
+            gy = 1.0 - fy
+            idx_levels.append(idx)
+            w_levels.append(torch.stack((gx * gy, fx * gy, gx * fy, fx * fy), dim=-1))
+        # (P, L, 4) so that each point's levels are consecutive bags.
+        return (
+            torch.stack(idx_levels, dim=1).reshape(-1, 4),
+            torch.stack(w_levels, dim=1).reshape(-1, 4),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode points ``x`` of shape (..., 2) to features of shape (..., L*F)."""
+        if x.shape[-1] != 2:
+            raise ValueError(f"expected coordinates with a last dimension of 2, got {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        pts = x.reshape(-1, 2)
+        with torch.no_grad():
+            idx, w = self._indices_weights(pts)
+        out = weighted_gather(self.table, idx, w)
+        return out.reshape(*lead, self.out_dim)
+
+    def _axis(self, v: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lower cell index (int64) and fractional offset along one axis at resolution n."""
+        p = (v.to(torch.float32) * n).clamp(0.0, float(n))
+        c = torch.minimum(p.floor(), torch.tensor(float(max(n - 1, 0)), device=v.device))
+        return c.to(torch.int64), p - c
+
+    def forward_grid(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        """Encode the separable grids ``(xs[b, j], ys[b, i])``: xs (B, W), ys (B, H) -> (B, H, W, L*F).
+
+        Each row of ``xs``/``ys`` must be non-decreasing. Bilinear interpolation is done in two
+        passes per level: along x for just the grid rows the patch touches, then along y by
+        copying whole rows. Coarse levels touch few rows, so this does far fewer random
+        gathers than four per pixel.
+        """
+        if xs.dim() != 2 or ys.dim() != 2 or xs.shape[0] != ys.shape[0]:
+            raise ValueError("forward_grid expects xs (B, W) and ys (B, H)")
+        cfg = self.config
+        bsz, width = xs.shape
+        height = ys.shape[1]
+        dev = xs.device
+        barange = torch.arange(bsz, device=dev)
+        idx_all = []
+        w_all = []
+        plans = []
+        offset = 0
+        for n, dense, size in zip(cfg.resolutions(), cfg.is_dense(), cfg.table_sizes()):
+            ix0, fx = self._axis(xs, n)
+            iy0, fy = self._axis(ys, n)
+            r0 = iy0.min(dim=1).values  # (B,)
+            n_rows = int((iy0.max(dim=1).values - r0).max().item()) + 2
+            if n_rows <= 2 * height:
+                # Contiguous band of grid rows shared by all output rows of the patch.
+                ry = torch.clamp(r0.unsqueeze(1) + torch.arange(n_rows, device=dev), max=n)
+                ly = iy0 - r0.unsqueeze(1)
+            else:
+                # Grid finer than the output rows: interpolate only the two rows each needs.
+                n_rows = 2 * height
+                ry = torch.stack((iy0, iy0 + 1), dim=-1).reshape(bsz, n_rows)
+                ly = 2 * torch.arange(height, device=dev).expand(bsz, height)
+            ixc = torch.stack((ix0, ix0 + 1), dim=-1)  # (B, W, 2)
+            if dense:
+                idx = ixc.unsqueeze(1) + (ry * (n + 1) + offset).unsqueeze(-1).unsqueeze(-1)
+            else:
+                hy = (ry * PRIME_Y) & self._mask
+                idx = ((ixc & self._mask).unsqueeze(1) ^ hy.unsqueeze(-1).unsqueeze(-1)) + offset
+            offset += size
+            wx = torch.stack((1.0 - fx, fx), dim=-1).unsqueeze(1).expand(bsz, n_rows, width, 2)
+            idx_all.append(idx.reshape(-1, 2))
+            w_all.append(wx.reshape(-1, 2))
+            ly = (ly + (barange * n_rows).unsqueeze(1)).reshape(-1)  # rows of this level's band
+            plans.append((n_rows, ly, fy))
+        # Pass 1: x-interpolated grid rows. With gradients, one gather over all levels so that
+        # the backward scatters into a single table-sized gradient; without, one per level
+        # (no concatenation copies).
+        if torch.is_grad_enabled() and self.table.requires_grad:
+            rows_all = weighted_gather(self.table, torch.cat(idx_all), torch.cat(w_all))
+            counts = [i.shape[0] for i in idx_all]
+            level_rows = list(torch.split(rows_all, counts))
+        else:
+            level_rows = [weighted_gather(self.table, i, w) for i, w in zip(idx_all, w_all)]
+        feats = []
+        row_width = width * cfg.n_features
+        for (n_rows, ly, fy), rows in zip(plans, level_rows):
+            rows = rows.reshape(bsz * n_rows, row_width)
+            # Pass 2: y-interpolation by copying whole rows.
+            top = rows.index_select(0, ly)
+            bot = rows.index_select(0, ly + 1)
+            wy = fy.reshape(-1, 1).to(top.dtype)
+            feats.append(torch.lerp(top, bot, wy).reshape(bsz, height, width, cfg.n_features))
+        return torch.cat(feats, dim=-1)
+
+
+def naive_hashgrid(x: torch.Tensor, table: torch.Tensor, config: HashGridConfig) -> torch.Tensor:
+    """Reference encoding: one gather per level and corner (the 'naive' baseline for speed)."""
+    feats = []
+    sizes = config.table_sizes()
+    start = 0
+    for lvl, (n, dense, size) in enumerate(
+        zip(config.resolutions(), config.is_dense(), sizes)
+    ):
+        tab = table[start : start + size]
+        start += size
+        pos = (x * n).clamp(0, n)
+        cell = torch.minimum(pos.floor(), torch.tensor(float(max(n - 1, 0))))
+        frac = pos - cell
+        ci = cell.long()
+        acc = torch.zeros(x.shape[0], config.n_features, dtype=table.dtype)
+        for dx in (0, 1):
+            for dy in (0, 1):
+                ix = ci[:, 0] + dx
+                iy = ci[:, 1] + dy
+                if dense:
+                    ind = ix + iy * (n + 1)
+                else:
+                    ind = (ix ^ (iy * PRIME_Y)) & (2**config.log2_table_size - 1)
+                wx = frac[:, 0] if dx else 1 - frac[:, 0]
+                wy = frac[:, 1] if dy else 1 - frac[:, 1]
+                acc = acc + (wx * wy).unsqueeze(-1) * tab[ind]
+        del lvl
+        feats.append(acc)
+    return torch.cat(feats, dim=-1)
+
+
+def tcnn_available() -> bool:
+    """True when the tiny-cuda-nn Python bindings import and CUDA is present."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import tinycudann  # type: ignore[import-not-found]  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return False
+    return True
+
+
+class TcnnHashGrid(nn.Module):
+    """tiny-cuda-nn HashGrid with the same hyper-parameters (CUDA only, optional).
+
+    tiny-cuda-nn places level l's grid at ``x * (N_min * b**l - 1) + 0.5``, half a cell
+    from this package's convention, so the two backends give the same *kind* of encoding
+    but not bit-identical features for the same table; a model fitted with one backend
+    must be decoded with the same backend (the container records it).
+    """
+
+    def __init__(self, config: HashGridConfig) -> None:
+        super().__init__()
+        import tinycudann as tcnn  # type: ignore[import-not-found]
+
+        self.config = config
+        self.enc = tcnn.Encoding(
+            n_input_dims=2,
+            encoding_config={
+                "otype": "HashGrid",
+                "n_levels": config.n_levels,
+                "n_features_per_level": config.n_features,
+                "log2_hashmap_size": config.log2_table_size,
+                "base_resolution": config.base_resolution,
+                "per_level_scale": config.per_level_scale,
+                "interpolation": "Linear",
+            },
+            dtype=torch.float32,
+        )
+
+    @property
+    def out_dim(self) -> int:
+        """Number of output channels, L * F."""
+        return self.config.out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode points ``x`` of shape (..., 2) to features of shape (..., L*F)."""
+        lead = x.shape[:-1]
+        out = self.enc(x.reshape(-1, 2).clamp(0.0, 1.0))
+        return out.reshape(*lead, self.out_dim).float()
+
+
+def make_hashgrid(config: HashGridConfig, backend: str = "auto", device: str = "cpu") -> nn.Module:
+    """Create a hash grid on ``backend`` ("torch", "tcnn" or "auto": tcnn on CUDA when it imports)."""
+    if backend not in ("auto", "torch", "tcnn"):
+        raise ValueError(f"unknown hash-grid backend {backend!r}")
+    use_tcnn = backend == "tcnn" or (
+        backend == "auto" and str(device).startswith("cuda") and tcnn_available()
+    )
+    if use_tcnn:
+        if not tcnn_available():
+            raise RuntimeError("backend='tcnn' needs tinycudann and CUDA")
+        log.info("hash grid: tiny-cuda-nn backend")
+        return TcnnHashGrid(config)
+    return HashGrid(config)

@@ -1,0 +1,128 @@
+"""Named recipes for each model: architecture, hash grid and training schedule.
+
+``paper`` reproduces the authors' notebook. ``default`` is our CPU-friendly recipe and
+``fast`` a small one for tests and demos; all resolve the hash grid against the image size.
+The numbers behind the defaults are in ``docs/architecture.md`` and ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+from .models import MODEL_KINDS, Preset
+
+# Hash grid shared by the default presets of every model, so that `benchmarks.models`
+# compares networks at equal hash configuration.
+DEFAULT_HASH = {
+    "n_levels": 16,
+    "n_features": 2,
+    "log2_table_size": 15,
+    "base_resolution": 8,
+    "max_resolution": 0.5,
+}
+FAST_HASH = {
+    "n_levels": 8,
+    "n_features": 2,
+    "log2_table_size": 12,
+    "base_resolution": 8,
+    "max_resolution": 0.25,
+}
+PAPER_HASH = {
+    "n_levels": 24,
+    "n_features": 2,
+    "log2_table_size": 24,
+    "base_resolution": 4,
+    "per_level_scale": 1.5,
+}
+
+_NGP_TRAIN = {
+    "sampling": "pixels",
+    "batch_pixels": 2**14,
+    "lr_hash": 1e-2,
+    "lr_net": 1e-3,
+    "betas": (0.9, 0.99),
+    "eps": 1e-15,
+    "schedule": "cosine",
+    "steps": 2000,
+}
+_CINR_TRAIN = {
+    "sampling": "patches",
+    "patch": 64,
+    "batch_patches": 4,
+    "overlap": 0.2,
+    "jitter": 0.1,
+    "lr_hash": 1e-2,
+    "lr_net": 1e-3,
+    "betas": (0.9, 0.99),
+    "eps": 1e-15,
+    "schedule": "cosine",
+    "steps": 2000,
+}
+
+PRESETS: dict[str, dict[str, Preset]] = {
+    "ngp": {
+        "default": Preset("default", "ngp", {"mlp_width": 128, "mlp_depth": 4}, DEFAULT_HASH, _NGP_TRAIN),
+        "fast": Preset("fast", "ngp", {"mlp_width": 32, "mlp_depth": 2}, FAST_HASH, {**_NGP_TRAIN, "steps": 300}),
+        "paper": Preset("paper", "ngp", {"mlp_width": 128, "mlp_depth": 4}, PAPER_HASH, _NGP_TRAIN),
+    },
+    "engp": {
+        "default": Preset("default", "engp", {"mlp_width": 256, "mlp_depth": 8}, DEFAULT_HASH, _NGP_TRAIN),
+        "fast": Preset("fast", "engp", {"mlp_width": 64, "mlp_depth": 4}, FAST_HASH, {**_NGP_TRAIN, "steps": 300}),
+        "paper": Preset("paper", "engp", {"mlp_width": 256, "mlp_depth": 8}, PAPER_HASH, _NGP_TRAIN),
+    },
+    "cinr": {
+        "default": Preset(
+            "default",
+            "cinr",
+            {"conv_width": 32, "mlp_width": 64, "mlp_depth": 2, "mlp2_depth": 1, "activation": "relu", "residual": True},
+            DEFAULT_HASH,
+            _CINR_TRAIN,
+        ),
+        "fast": Preset(
+            "fast",
+            "cinr",
+            {"conv_width": 16, "mlp_width": 32, "mlp_depth": 1, "mlp2_depth": 1, "activation": "relu", "residual": True},
+            FAST_HASH,
+            {**_CINR_TRAIN, "steps": 300},
+        ),
+        "paper": Preset(
+            "paper",
+            "cinr",
+            {
+                "conv_width": 128,
+                "mlp_width": 128,
+                "mlp_depth": 3,
+                "mlp2_depth": 1,
+                "activation": "sine",
+                "w0": 30.0,
+                "bias": False,
+                "residual": False,
+            },
+            PAPER_HASH,
+            {
+                "sampling": "patches",
+                "patch": 128,
+                "batch_patches": 100,
+                "overlap": 0.2,
+                "jitter": 0.1,
+                "lr_hash": 1e-5,
+                "lr_net": 1e-5,
+                "betas": (0.9, 0.99),
+                "eps": 1e-8,
+                "schedule": "none",
+                "steps": 20000,
+            },
+        ),
+    },
+}
+
+
+def get_preset(model: str, name: str | None = None) -> Preset:
+    """Look up a preset by model and name (``None`` means ``default``)."""
+    if model not in MODEL_KINDS:
+        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODEL_KINDS)}")
+    name = name or "default"
+    try:
+        return PRESETS[model][name]
+    except KeyError:
+        raise ValueError(
+            f"unknown preset {name!r} for {model}; choose one of {', '.join(PRESETS[model])}"
+        ) from None
