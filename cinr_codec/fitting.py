@@ -168,10 +168,10 @@ def fit_image(
     """Fit ``model`` (ngp, engp or cinr) with ``preset`` to an RGB uint8 array (H, W, 3).
 
     Stops after ``steps`` optimiser steps, after ``time_budget`` seconds of training, or
-    once the image PSNR reaches ``target_psnr``, whichever comes first; with none of them
-    the preset's step count applies. ``hash_config`` (a HashGridConfig) replaces the
-    preset's grid; ``overrides`` replaces training settings. ``eval_every`` (seconds of
-    training) records (seconds, steps, PSNR) in ``history``. Deterministic for a seed on CPU.
+    once the image PSNR reaches ``target_psnr``, whichever comes first; without steps or a
+    time budget the preset's step count applies. ``hash_config`` (a HashGridConfig) replaces the
+    preset's grid; ``overrides`` replaces training settings and architecture fields.
+    ``eval_every`` (seconds of training) records (seconds, steps, PSNR) in ``history``. Deterministic for a seed on CPU.
     """
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
@@ -185,10 +185,13 @@ def fit_image(
         raise ValueError("time_budget must be > 0 seconds")
     dev = resolve_device(device)
     pre = get_preset(model, preset)
-    train = {**pre.train, **(overrides or {})}
-    cfg = pre.model_config(height, width, hash_config)
-    if steps is None and time_budget is None and target_psnr is None:
-        steps = int(train["steps"])
+    arch_keys = set(ModelConfig.__dataclass_fields__) - {"kind", "hash"}
+    over = dict(overrides or {})
+    arch = {k: over.pop(k) for k in list(over) if k in arch_keys}
+    train = {**pre.train, **over}
+    cfg = pre.model_config(height, width, hash_config, arch)
+    if steps is None and time_budget is None:
+        steps = int(train["steps"])  # also the cap when only a target PSNR is given
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -197,19 +200,32 @@ def fit_image(
     side = float(max(height, width))
     target = torch.from_numpy(img).to(dev).permute(2, 0, 1).float().div(127.5).sub(1.0)  # (3, H, W)
 
-    grid_params = [p for n, p in net.named_parameters() if n.startswith("grid.")]
-    net_params = [p for n, p in net.named_parameters() if not n.startswith("grid.")]
-    opt = torch.optim.Adam(
-        [
-            {"params": grid_params, "lr": train["lr_hash"], "base_lr": train["lr_hash"]},
-            {"params": net_params, "lr": train["lr_net"], "base_lr": train["lr_net"]},
-        ],
-        betas=tuple(train["betas"]),
-        eps=train["eps"],
-    )
-    per_pixel = isinstance(net, NGP) and train.get("sampling", "pixels") == "pixels"
+    # Three parameter groups with their own learning rates: hash tables, the per-pixel
+    # network (NGP's MLP; CINR's MLP flow and head) and CINR's convolutional flows.
+    groups: dict[str, list[torch.nn.Parameter]] = {"hash": [], "pixel": [], "conv": []}
+    for name, p in net.named_parameters():
+        if name.startswith("grid."):
+            groups["hash"].append(p)
+        elif name.startswith(("mlp.", "mlp_b.", "head.")):
+            groups["pixel"].append(p)
+        else:
+            groups["conv"].append(p)
+    betas = (float(train["betas"][0]), float(train["betas"][1]))
+    base_lr = {
+        "hash": float(train["lr_hash"]),
+        "pixel": float(train["lr_net"]),
+        "conv": float(train.get("lr_conv", train["lr_net"])),
+    }
+    optimizers = {
+        k: torch.optim.Adam(v, lr=base_lr[k], betas=betas, eps=train["eps"]) for k, v in groups.items() if v
+    }
+    # Per-pixel models train on random pixels; CINR with a residual head first trains its
+    # per-pixel part (hash grid, MLP flow, head) on random pixels for a `pixel_phase`
+    # fraction of the run, then everything on patches (the CNN flows start as a no-op).
+    pixel_only = isinstance(net, NGP) and train.get("sampling", "pixels") == "pixels"
+    pixel_phase = 1.0 if pixel_only else float(train.get("pixel_phase", 0.0))
     sampler = None
-    if not per_pixel:
+    if not pixel_only:
         sampler = _PatchSampler(height, width, int(train["patch"]), train["overlap"], train["jitter"], rng)
     halo = net.halo
 
@@ -222,6 +238,7 @@ def fit_image(
     step = 0
     next_eval = eval_every
     reached = False
+    frozen = False
     t_start = time.perf_counter()
     while True:
         if steps is not None and step >= steps:
@@ -233,11 +250,30 @@ def fit_image(
             frac = step / steps
         if time_budget:
             frac = max(frac, elapsed / time_budget)
-        factor = _lr_factor(train.get("schedule", "none"), frac)
-        for group in opt.param_groups:
-            group["lr"] = group["base_lr"] * factor
-
-        if per_pixel:
+        phase2 = not pixel_only and frac >= pixel_phase
+        schedule = train.get("schedule", "none")
+        if pixel_only or pixel_phase <= 0:
+            lrs = {k: v * _lr_factor(schedule, frac) for k, v in base_lr.items()}
+        elif not phase2:
+            lrs = {k: v * _lr_factor(schedule, frac / pixel_phase) for k, v in base_lr.items()}
+        else:
+            f2 = _lr_factor(schedule, (frac - pixel_phase) / max(1e-9, 1.0 - pixel_phase))
+            lrs = {
+                "hash": base_lr["hash"] * float(train.get("phase2_lr_hash", 1.0)) * f2,
+                "pixel": base_lr["pixel"] * float(train.get("phase2_lr_net", 1.0)) * f2,
+                "conv": base_lr["conv"] * f2,
+            }
+        for k, opt in optimizers.items():
+            for group in opt.param_groups:
+                group["lr"] = lrs[k]
+        if phase2 and not frozen and pixel_phase > 0:
+            # A group whose phase-2 learning rate is 0 is frozen: no backward through it.
+            for k in ("hash", "pixel"):
+                if lrs[k] == 0.0:
+                    for p in groups[k]:
+                        p.requires_grad_(False)
+            frozen = True
+        if not phase2:
             n = int(train["batch_pixels"])
             iy = torch.from_numpy(rng.integers(0, height, n)).to(dev)
             ix = torch.from_numpy(rng.integers(0, width, n)).to(dev)
@@ -253,9 +289,11 @@ def fit_image(
             pred = net.forward_grid(xs, ys)
             tgt = torch.stack([target[:, y : y + ph, x : x + pw] for y, x in pos])
             loss = F.mse_loss(pred, tgt)
-        opt.zero_grad(set_to_none=True)
+        for opt in optimizers.values():
+            opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        for opt in optimizers.values():
+            opt.step()
         step += 1
         lv = float(loss.detach())
         ema = lv if ema is None else 0.9 * ema + 0.1 * lv
@@ -273,12 +311,14 @@ def fit_image(
             t0 = time.perf_counter()
             reached = evaluate() >= target_psnr
             pause += time.perf_counter() - t0
-            if reached:
-                break
         if pause:
             t_start += pause  # evaluation time is not training time
             elapsed = time.perf_counter() - t_start
+        if reached:
+            break
     seconds = time.perf_counter() - t_start
+    for p in net.parameters():
+        p.requires_grad_(True)
     decoded = render(net, height, width)
     result = FitResult(
         model=net,

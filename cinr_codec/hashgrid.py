@@ -158,7 +158,11 @@ class HashGrid(nn.Module):
             "_offsets", torch.tensor(offsets, dtype=torch.int64), persistent=False
         )
         self._mask = 2**config.log2_table_size - 1
-        self._all_dense = all(config.is_dense())
+        dense = config.is_dense()
+        # Resolutions grow with the level, so the dense levels are a prefix.
+        self._n_dense = sum(dense)
+        if dense != [True] * self._n_dense + [False] * (len(dense) - self._n_dense):
+            raise ValueError("dense levels must precede hashed levels")
 
     @property
     def out_dim(self) -> int:
@@ -172,34 +176,42 @@ class HashGrid(nn.Module):
         return self.table[start : start + sizes[level]]
 
     def _indices_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Corner indices (P*L, 4) into the flat table and bilinear weights (P*L, 4)."""
-        cfg = self.config
-        idx_levels = []
-        w_levels = []
-        offset = 0
-        for n, dense, size in zip(cfg.resolutions(), cfg.is_dense(), cfg.table_sizes()):
-            ix0, fx = self._axis(x[:, 0], n)
-            iy0, fy = self._axis(x[:, 1], n)
-            if dense:
-                r0 = iy0 * (n + 1) + offset
-                r1 = r0 + (n + 1)
-                i00 = ix0 + r0
-                idx = torch.stack((i00, i00 + 1, ix0 + r1, ix0 + 1 + r1), dim=-1)
-            else:
-                h0 = (iy0 * PRIME_Y) & self._mask
-                h1 = ((iy0 + 1) * PRIME_Y) & self._mask
-                ix1 = ix0 + 1
-                idx = torch.stack((ix0 ^ h0, ix1 ^ h0, ix0 ^ h1, ix1 ^ h1), dim=-1) + offset
-            offset += size
-            gx = 1.0 - fx
-            gy = 1.0 - fy
-            idx_levels.append(idx)
-            w_levels.append(torch.stack((gx * gy, fx * gy, gx * fy, fx * fy), dim=-1))
-        # (P, L, 4) so that each point's levels are consecutive bags.
-        return (
-            torch.stack(idx_levels, dim=1).reshape(-1, 4),
-            torch.stack(w_levels, dim=1).reshape(-1, 4),
-        )
+        """Corner indices (P*L, 4) into the flat table and bilinear weights (P*L, 4).
+
+        Vectorised over levels: a few dozen tensor operations whatever L is, because for
+        small batches per-operation overhead, not arithmetic, dominates.
+        """
+        res = self._res
+        pos = x.to(torch.float32).unsqueeze(-2) * res.unsqueeze(-1)  # (P, L, 2)
+        pos = torch.minimum(pos.clamp_min(0.0), res.unsqueeze(-1))
+        cell = torch.minimum(pos.floor(), (res - 1).clamp_min(0).unsqueeze(-1))
+        frac = pos - cell
+        ci = cell.to(torch.int64)
+        ix0 = ci[..., 0]
+        iy0 = ci[..., 1]
+        k = self._n_dense
+        parts = []
+        if k:
+            stride = self._res_i[:k] + 1
+            i00 = iy0[:, :k] * stride + ix0[:, :k] + self._offsets[:k]
+            i01 = i00 + stride
+            parts.append(torch.stack((i00, i00 + 1, i01, i01 + 1), dim=-1))
+        if k < self.config.n_levels:
+            ix = ix0[:, k:]
+            iy = iy0[:, k:]
+            mask = self._mask
+            h0 = (iy * PRIME_Y) & mask
+            h1 = ((iy + 1) * PRIME_Y) & mask
+            ix1 = ix + 1
+            off = self._offsets[k:]
+            parts.append(torch.stack((ix ^ h0, ix1 ^ h0, ix ^ h1, ix1 ^ h1), dim=-1) + off.unsqueeze(-1))
+        idx = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        fx = frac[..., 0]
+        fy = frac[..., 1]
+        gx = 1.0 - fx
+        gy = 1.0 - fy
+        w = torch.stack((gx * gy, fx * gy, gx * fy, fx * fy), dim=-1)
+        return idx.reshape(-1, 4), w.reshape(-1, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encode points ``x`` of shape (..., 2) to features of shape (..., L*F)."""
@@ -212,17 +224,23 @@ class HashGrid(nn.Module):
         out = weighted_gather(self.table, idx, w)
         return out.reshape(*lead, self.out_dim)
 
+    def forward_grid(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        """Encode the separable grids ``(xs[b, j], ys[b, i])``: xs (B, W), ys (B, H) -> (B, H, W, L*F).
+
+        Each row of ``xs``/``ys`` must be non-decreasing (pixel rows and columns).
+        """
+        return self.encode_grid_with(self.table, xs, ys)
+
     def _axis(self, v: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower cell index (int64) and fractional offset along one axis at resolution n."""
         p = (v.to(torch.float32) * n).clamp(0.0, float(n))
         c = torch.minimum(p.floor(), torch.tensor(float(max(n - 1, 0)), device=v.device))
         return c.to(torch.int64), p - c
 
-    def forward_grid(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-        """Encode the separable grids ``(xs[b, j], ys[b, i])``: xs (B, W), ys (B, H) -> (B, H, W, L*F).
+    def encode_grid_with(self, table: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward_grid` with an explicit table (for tests and functional use).
 
-        Each row of ``xs``/``ys`` must be non-decreasing. Bilinear interpolation is done in two
-        passes per level: along x for just the grid rows the patch touches, then along y by
+        Bilinear interpolation is done in two passes per level: along x for just the grid rows the patch touches, then along y by
         copying whole rows. Coarse levels touch few rows, so this does far fewer random
         gathers than four per pixel.
         """
@@ -266,12 +284,12 @@ class HashGrid(nn.Module):
         # Pass 1: x-interpolated grid rows. With gradients, one gather over all levels so that
         # the backward scatters into a single table-sized gradient; without, one per level
         # (no concatenation copies).
-        if torch.is_grad_enabled() and self.table.requires_grad:
-            rows_all = weighted_gather(self.table, torch.cat(idx_all), torch.cat(w_all))
+        if torch.is_grad_enabled() and table.requires_grad:
+            rows_all = weighted_gather(table, torch.cat(idx_all), torch.cat(w_all))
             counts = [i.shape[0] for i in idx_all]
             level_rows = list(torch.split(rows_all, counts))
         else:
-            level_rows = [weighted_gather(self.table, i, w) for i, w in zip(idx_all, w_all)]
+            level_rows = [weighted_gather(table, i, w) for i, w in zip(idx_all, w_all)]
         feats = []
         row_width = width * cfg.n_features
         for (n_rows, ly, fy), rows in zip(plans, level_rows):

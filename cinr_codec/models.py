@@ -36,6 +36,8 @@ class ModelConfig:
     mlp_depth: int = 4
     conv_width: int = 128
     mlp2_depth: int = 1
+    conv_a_depth: int = 2
+    conv_c_depth: int = 2
     activation: str = "relu"
     w0: float = 30.0
     bias: bool = True
@@ -210,7 +212,7 @@ class NGP(ImageModel):
 
     def forward_points(self, pts: torch.Tensor) -> torch.Tensor:
         """RGB at scattered points (P, 2) -> (P, 3); only for per-pixel models."""
-        return self.mlp(self.grid(pts))
+        return self.mlp(self.grid(pts))  # type: ignore[no-any-return]
 
 
 class CINR(ImageModel):
@@ -221,19 +223,25 @@ class CINR(ImageModel):
     The paper's prose describes the flows slightly differently (it fuses the MLP flow only
     once, at the output); we follow the notebook. With ``residual=True`` a linear RGB head
     on the MLP flow is added to the output, so the network starts as an NGP and the CNN
-    flows learn a correction (our CPU recipe). Receptive-field halo: 5 pixels.
+    flows learn a correction (our CPU recipe). The notebook has two convolutions per CNN flow
+    (``conv_a_depth = conv_c_depth = 2``), hence a receptive-field halo of 5 pixels; in
+    general the halo is ``conv_a_depth + conv_c_depth + 1``.
     """
-
-    halo = 5
 
     def __init__(self, config: ModelConfig, device: str | torch.device = "cpu") -> None:
         super().__init__(config, device)
         z = config.hash.out_dim
         cw = config.conv_width
         mw = config.mlp_width
-        self.cnn_a = nn.ModuleList([_conv(config, z, cw, first=True), _conv(config, cw, cw)])
+        na, nc = config.conv_a_depth, config.conv_c_depth
+        if na < 1 or nc < 1:
+            raise ValueError("CINR needs at least one convolution in each CNN flow")
+        self.halo = na + nc + 1
+        self.cnn_a = nn.ModuleList(
+            [_conv(config, z, cw, first=True)] + [_conv(config, cw, cw) for _ in range(na - 1)]
+        )
         self.mlp_b = _mlp(config, z, mw, config.mlp_depth, None, first=True)
-        self.cnn_c = nn.ModuleList([_conv(config, cw + mw, cw), _conv(config, cw, cw)])
+        self.cnn_c = nn.ModuleList([_conv(config, cw + mw, cw)] + [_conv(config, cw, cw) for _ in range(nc - 1)])
         self.mlp_d = _mlp(config, mw, mw, config.mlp2_depth, None, first=False)
         self.out = _conv(config, cw + mw, 3)
         self.act = _act(config)
@@ -242,20 +250,34 @@ class CINR(ImageModel):
             self.head = nn.Linear(mw, 3, bias=True)
             if config.activation == "sine":
                 _siren_init(self.head, config.w0, first=False)
+            # The CNN flows start as an exact no-op on top of the per-pixel head.
+            nn.init.zeros_(self.out.weight)
+            if self.out.bias is not None:
+                nn.init.zeros_(self.out.bias)
+
+    def forward_points(self, pts: torch.Tensor) -> torch.Tensor:
+        """The per-pixel part only (MLP flow and residual head) at points (P, 2) -> (P, 3).
+
+        Used to pre-train the hash grid and MLP flow on random pixels before the CNN flows.
+        """
+        if self.head is None:
+            raise ValueError("forward_points needs a CINR model with residual=True")
+        return self.head(self.mlp_b(self.grid(pts)))  # type: ignore[no-any-return]
 
     def forward_grid(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-        z = self.encode_grid(xs, ys)  # (B, C, H + 10, W + 10)
+        na, nc = self.config.conv_a_depth, self.config.conv_c_depth
+        z = self.encode_grid(xs, ys)  # (B, C, H + 2 halo, W + 2 halo)
         a = z
         for conv in self.cnn_a:
-            a = self.act(conv(a))  # -> H + 6
-        b = _linear_cf(self.mlp_b, _crop(z, 2))  # H + 6
+            a = self.act(conv(a))  # each 3x3 conv trims one pixel per side
+        b = _linear_cf(self.mlp_b, _crop(z, na))
         c = torch.cat((a, b), dim=1)
         for conv in self.cnn_c:
-            c = self.act(conv(c))  # -> H + 2
-        d = _linear_cf(self.mlp_d, _crop(b, 2))  # H + 2
-        out = self.out(torch.cat((c, d), dim=1))  # H
+            c = self.act(conv(c))
+        d = _linear_cf(self.mlp_d, _crop(b, nc))
+        out = self.out(torch.cat((c, d), dim=1))
         if self.head is not None:
-            out = out + _linear_cf(self.head, _crop(b, 3))  # type: ignore[arg-type]
+            out = out + _linear_cf(self.head, _crop(b, nc + 1))  # type: ignore[arg-type]
         return out
 
 
@@ -291,7 +313,13 @@ class Preset:
             )
         return HashGridConfig(**h)
 
-    def model_config(self, height: int, width: int, hash_config: HashGridConfig | None = None) -> ModelConfig:
-        """ModelConfig for an image of this size (optionally on a given hash grid)."""
+    def model_config(
+        self,
+        height: int,
+        width: int,
+        hash_config: HashGridConfig | None = None,
+        arch: dict[str, Any] | None = None,
+    ) -> ModelConfig:
+        """ModelConfig for an image of this size (optionally another hash grid or architecture)."""
         hc = hash_config or self.resolve_hash(height, width)
-        return ModelConfig(kind=self.kind, hash=hc, **self.arch)
+        return ModelConfig(kind=self.kind, hash=hc, **{**self.arch, **(arch or {})})

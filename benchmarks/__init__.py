@@ -1,0 +1,1 @@
+"""Reproducible benchmarks; each writes Markdown (and PNG) results to benchmarks/results/."""

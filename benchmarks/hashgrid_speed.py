@@ -1,0 +1,123 @@
+"""Hash-grid throughput on this machine: points/s forward and forward+backward.
+
+python -m benchmarks.hashgrid_speed [--points 262144] [--repeat 3] [--device cpu]
+
+Compares the naive version (one gather per level and corner) with this package's encoding,
+for scattered points (``HashGrid.forward``) and for pixel grids (``HashGrid.forward_grid``,
+what fitting and decoding use), on the paper's configuration and on the default preset's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from cinr_codec.hashgrid import HashGrid, HashGridConfig, naive_hashgrid
+from cinr_codec.presets import get_preset
+
+from .common import RESULTS, header
+
+
+def _time(fn: Callable[[], object], repeat: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def run(points: int, repeat: int, device: str, which: str = "all") -> list[dict[str, object]]:
+    """Measure each configuration; returns one row per (config, method)."""
+    side = int(points**0.5)
+    n = side * side
+    configs = {
+        "paper (L24 F2 T24 Nmin4 b1.5)": HashGridConfig(24, 2, 24, 4, 1.5),
+        "default preset @512px": get_preset("cinr").resolve_hash(side, side),
+    }
+    rows: list[dict[str, object]] = []
+    for name, cfg in configs.items():
+        if which != "all" and not name.startswith(which):
+            continue
+        torch.manual_seed(0)
+        grid = HashGrid(cfg).to(device)
+        with torch.no_grad():
+            grid.table.uniform_(-1, 1)
+        pts = torch.rand(n, 2, device=device)
+        xs = ((torch.arange(side, device=device) + 0.5) / side).unsqueeze(0)
+        ys = xs.clone()
+
+        def fwd_bwd(f: Callable[[], torch.Tensor]) -> Callable[[], None]:
+            def run_once() -> None:
+                grid.table.grad = None
+                f().sum().backward()
+
+            return run_once
+
+        with torch.no_grad():
+            t_naive = _time(lambda: naive_hashgrid(pts, grid.table, cfg), max(1, repeat - 1))
+            t_pts = _time(lambda: grid(pts), repeat)
+            t_grid = _time(lambda: grid.forward_grid(xs, ys), repeat)
+        tb_naive = _time(fwd_bwd(lambda: naive_hashgrid(pts, grid.table, cfg)), 1)
+        tb_pts = _time(fwd_bwd(lambda: grid(pts)), repeat)
+        tb_grid = _time(fwd_bwd(lambda: grid.forward_grid(xs, ys)), repeat)
+        for method, tf, tb in (
+            ("naive: gather per level and corner", t_naive, tb_naive),
+            ("scattered points (forward)", t_pts, tb_pts),
+            ("pixel grid (forward_grid)", t_grid, tb_grid),
+        ):
+            rows.append(
+                {
+                    "config": name,
+                    "params": cfg.n_params(),
+                    "method": method,
+                    "fwd_mpts": n / tf / 1e6,
+                    "fwd_bwd_mpts": n / tb / 1e6,
+                    "fwd_speedup": t_naive / tf,
+                }
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--points", type=int, default=512 * 512)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--config", choices=["all", "paper", "default"], default="all")
+    ap.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
+    ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/")
+    args = ap.parse_args(argv)
+    rows = run(args.points, args.repeat, args.device, args.config)
+    lines = [
+        header("Hash-grid encoding speed"),
+        f"{args.points} points (a {int(args.points**0.5)}² pixel grid for `forward_grid`), "
+        f"device {args.device}, best of {args.repeat}.\n",
+        "| config | table params | method | forward Mpts/s | fwd+bwd Mpts/s | forward vs naive |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['config']} | {r['params']:,} | {r['method']} | {r['fwd_mpts']:.2f} | "
+            f"{r['fwd_bwd_mpts']:.3f} | {r['fwd_speedup']:.1f}x |"
+        )
+    text = "\n".join(lines) + "\n"
+    if args.json:
+        print(json.dumps({"rows": rows}))
+    else:
+        print(text)
+    if not args.no_write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out = RESULTS / f"hashgrid_speed_{args.device}.md"
+        out.write_text(text)
+        print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
