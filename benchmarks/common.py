@@ -45,7 +45,12 @@ def header(title: str) -> str:
     cmd = "python -m " + " ".join(
         [Path(sys.argv[0]).with_suffix("").name and _module_name()] + [shlex.quote(a) for a in sys.argv[1:]]
     )
-    lines = [f"# {title}", "", f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", f"- command: `{cmd}`"]
+    lines = [
+        f"# {title}",
+        "",
+        f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"- command: `{cmd}`",
+    ]
     lines += [f"- {k}: {v}" for k, v in machine().items()]
     return "\n".join(lines) + "\n"
 

@@ -33,55 +33,70 @@ def _time(fn: Callable[[], object], repeat: int) -> float:
     return best
 
 
+def _measure(name: str, cfg: HashGridConfig, side: int, repeat: int, device: str) -> list[dict[str, object]]:
+    """Rows for one configuration: naive, scattered points, pixel grid."""
+    n = side * side
+    torch.manual_seed(0)
+    grid = HashGrid(cfg).to(device)
+    with torch.no_grad():
+        grid.table.uniform_(-1, 1)
+    pts = torch.rand(n, 2, device=device)
+    xs = ((torch.arange(side, device=device) + 0.5) / side).unsqueeze(0)
+    ys = xs.clone()
+
+    def fwd_bwd(f: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def run_once() -> None:
+            grid.table.grad = None
+            f().sum().backward()
+
+        return run_once
+
+    def naive() -> torch.Tensor:
+        return naive_hashgrid(pts, grid.table, cfg)
+
+    def scattered() -> torch.Tensor:
+        return grid(pts)
+
+    def on_grid() -> torch.Tensor:
+        return grid.forward_grid(xs, ys)
+
+    with torch.no_grad():
+        t_naive = _time(naive, max(1, repeat - 1))
+        t_pts = _time(scattered, repeat)
+        t_grid = _time(on_grid, repeat)
+    tb_naive = _time(fwd_bwd(naive), 1)
+    tb_pts = _time(fwd_bwd(scattered), repeat)
+    tb_grid = _time(fwd_bwd(on_grid), repeat)
+    rows: list[dict[str, object]] = []
+    for method, tf, tb in (
+        ("naive: gather per level and corner", t_naive, tb_naive),
+        ("scattered points (forward)", t_pts, tb_pts),
+        ("pixel grid (forward_grid)", t_grid, tb_grid),
+    ):
+        rows.append(
+            {
+                "config": name,
+                "params": cfg.n_params(),
+                "method": method,
+                "fwd_mpts": n / tf / 1e6,
+                "fwd_bwd_mpts": n / tb / 1e6,
+                "fwd_speedup": t_naive / tf,
+            }
+        )
+    return rows
+
+
 def run(points: int, repeat: int, device: str, which: str = "all") -> list[dict[str, object]]:
     """Measure each configuration; returns one row per (config, method)."""
     side = int(points**0.5)
-    n = side * side
     configs = {
         "paper (L24 F2 T24 Nmin4 b1.5)": HashGridConfig(24, 2, 24, 4, 1.5),
-        "default preset @512px": get_preset("cinr").resolve_hash(side, side),
+        "default preset @512px": get_preset("cinr").resolve_hash(512, 512),
     }
     rows: list[dict[str, object]] = []
     for name, cfg in configs.items():
-        if which != "all" and not name.startswith(which):
-            continue
-        torch.manual_seed(0)
-        grid = HashGrid(cfg).to(device)
-        with torch.no_grad():
-            grid.table.uniform_(-1, 1)
-        pts = torch.rand(n, 2, device=device)
-        xs = ((torch.arange(side, device=device) + 0.5) / side).unsqueeze(0)
-        ys = xs.clone()
-
-        def fwd_bwd(f: Callable[[], torch.Tensor]) -> Callable[[], None]:
-            def run_once() -> None:
-                grid.table.grad = None
-                f().sum().backward()
-
-            return run_once
-
-        with torch.no_grad():
-            t_naive = _time(lambda: naive_hashgrid(pts, grid.table, cfg), max(1, repeat - 1))
-            t_pts = _time(lambda: grid(pts), repeat)
-            t_grid = _time(lambda: grid.forward_grid(xs, ys), repeat)
-        tb_naive = _time(fwd_bwd(lambda: naive_hashgrid(pts, grid.table, cfg)), 1)
-        tb_pts = _time(fwd_bwd(lambda: grid(pts)), repeat)
-        tb_grid = _time(fwd_bwd(lambda: grid.forward_grid(xs, ys)), repeat)
-        for method, tf, tb in (
-            ("naive: gather per level and corner", t_naive, tb_naive),
-            ("scattered points (forward)", t_pts, tb_pts),
-            ("pixel grid (forward_grid)", t_grid, tb_grid),
-        ):
-            rows.append(
-                {
-                    "config": name,
-                    "params": cfg.n_params(),
-                    "method": method,
-                    "fwd_mpts": n / tf / 1e6,
-                    "fwd_bwd_mpts": n / tb / 1e6,
-                    "fwd_speedup": t_naive / tf,
-                }
-            )
+        if which == "all" or name.startswith(which):
+            rows += _measure(name, cfg, side, repeat, device)
     return rows
 
 

@@ -70,7 +70,9 @@ def run(
             }
         )
         if not quiet:
-            print(f"  {model}: {r.psnr:.2f} dB, SSIM {r.ssim:.4f}, {r.steps} steps", file=sys.stderr, flush=True)
+            print(
+                f"  {model}: {r.psnr:.2f} dB, SSIM {r.ssim:.4f}, {r.steps} steps", file=sys.stderr, flush=True
+            )
     return rows
 
 
@@ -109,7 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hash-from", default="cinr", help="whose preset's hash grid all models share")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--eval-every", type=float, default=None, help="seconds between PSNR samples for the plot")
+    ap.add_argument(
+        "--eval-every", type=float, default=None, help="seconds between PSNR samples for the plot"
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/")
@@ -127,8 +131,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     eval_every = args.eval_every if args.eval_every is not None else max(args.budget / 12, 1.0)
     rows = run(
-        args.image, args.crop, args.budget, models, args.preset, args.hash_from, args.device, args.seed,
-        eval_every, args.quiet or args.json,
+        args.image,
+        args.crop,
+        args.budget,
+        models,
+        args.preset,
+        args.hash_from,
+        args.device,
+        args.seed,
+        eval_every,
+        args.quiet or args.json,
     )
     if args.json:
         print(json.dumps({"image": args.image, "crop": args.crop, "budget": args.budget, "results": rows}))

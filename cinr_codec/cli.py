@@ -66,7 +66,9 @@ def main(debug: bool) -> None:
     help="Network to fit.",
 )
 @click.option("--preset", default="default", show_default=True, help="Recipe: fast, default or paper.")
-@click.option("--steps", type=int, default=None, help="Optimiser steps [default: the preset's, unless a budget is set].")
+@click.option(
+    "--steps", type=int, default=None, help="Optimiser steps [default: the preset's, unless a budget is set]."
+)
 @click.option("--time-budget", type=float, default=None, help="Seconds of training.")
 @click.option("--target-psnr", type=float, default=None, help="Stop once the crop reaches this PSNR (dB).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -106,7 +108,7 @@ def fit_cmd(
     with click.progressbar(
         length=total or 1,
         label=label,
-        file=sys.stderr if show else _Null(),
+        file=sys.stderr if show else _Null(),  # type: ignore[arg-type]
         show_pos=steps is not None,
         show_eta=True,
     ) as bar:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .metrics import psnr, psnr_from_mse, ssim
-from .models import ImageModel, ModelConfig, NGP, build_model
+from .models import NGP, ImageModel, ModelConfig, build_model
 from .presets import get_preset
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,9 @@ class FitResult:
 class _PatchSampler:
     """Patches on a grid with overlap, each epoch jittered and shuffled (the paper's scheme)."""
 
-    def __init__(self, height: int, width: int, patch: int, overlap: float, jitter: float, rng: np.random.Generator):
+    def __init__(
+        self, height: int, width: int, patch: int, overlap: float, jitter: float, rng: np.random.Generator
+    ):
         self.h, self.w = height, width
         self.ph = min(patch, height)
         self.pw = min(patch, width)
@@ -136,7 +138,7 @@ class _PatchSampler:
         return [pos[i] for i in order]
 
     def take(self, n: int) -> list[tuple[int, int]]:
-        out = []
+        out: list[tuple[int, int]] = []
         while len(out) < n:
             if not self.queue:
                 self.queue = self._epoch()
@@ -171,7 +173,8 @@ def fit_image(
     once the image PSNR reaches ``target_psnr``, whichever comes first; without steps or a
     time budget the preset's step count applies. ``hash_config`` (a HashGridConfig) replaces the
     preset's grid; ``overrides`` replaces training settings and architecture fields.
-    ``eval_every`` (seconds of training) records (seconds, steps, PSNR) in ``history``. Deterministic for a seed on CPU.
+    ``eval_every`` (seconds of training) records (seconds, steps, PSNR) in ``history``. Deterministic for a seed on CPU with a
+    fixed number of torch threads.
     """
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
@@ -257,7 +260,13 @@ def fit_image(
         elif not phase2:
             lrs = {k: v * _lr_factor(schedule, frac / pixel_phase) for k, v in base_lr.items()}
         else:
-            f2 = _lr_factor(schedule, (frac - pixel_phase) / max(1e-9, 1.0 - pixel_phase))
+            p2 = (frac - pixel_phase) / max(1e-9, 1.0 - pixel_phase)
+            f2 = _lr_factor(schedule, p2)
+            warm = float(train.get("phase2_warmup", 0.0))
+            if warm > 0:
+                # Adam's first steps move every weight by ~lr whatever its gradient; ramp up
+                # so that the zero-initialised output convolution does not inject noise.
+                f2 *= min(1.0, (p2 + 1e-3) / warm)
             lrs = {
                 "hash": base_lr["hash"] * float(train.get("phase2_lr_hash", 1.0)) * f2,
                 "pixel": base_lr["pixel"] * float(train.get("phase2_lr_net", 1.0)) * f2,

@@ -137,6 +137,11 @@ def weighted_gather(table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> 
 class HashGrid(nn.Module):
     """Pure-PyTorch multiresolution hash encoding of points in [0, 1]^2 (any leading shape)."""
 
+    _res: torch.Tensor
+    _res_i: torch.Tensor
+    _dense: torch.Tensor
+    _offsets: torch.Tensor
+
     def __init__(self, config: HashGridConfig) -> None:
         super().__init__()
         self.config = config
@@ -151,12 +156,8 @@ class HashGrid(nn.Module):
         self.register_buffer(
             "_res_i", torch.tensor(config.resolutions(), dtype=torch.int64), persistent=False
         )
-        self.register_buffer(
-            "_dense", torch.tensor(config.is_dense(), dtype=torch.bool), persistent=False
-        )
-        self.register_buffer(
-            "_offsets", torch.tensor(offsets, dtype=torch.int64), persistent=False
-        )
+        self.register_buffer("_dense", torch.tensor(config.is_dense(), dtype=torch.bool), persistent=False)
+        self.register_buffer("_offsets", torch.tensor(offsets, dtype=torch.int64), persistent=False)
         self._mask = 2**config.log2_table_size - 1
         dense = config.is_dense()
         # Resolutions grow with the level, so the dense levels are a prefix.
@@ -307,9 +308,7 @@ def naive_hashgrid(x: torch.Tensor, table: torch.Tensor, config: HashGridConfig)
     feats = []
     sizes = config.table_sizes()
     start = 0
-    for lvl, (n, dense, size) in enumerate(
-        zip(config.resolutions(), config.is_dense(), sizes)
-    ):
+    for lvl, (n, dense, size) in enumerate(zip(config.resolutions(), config.is_dense(), sizes)):
         tab = table[start : start + size]
         start += size
         pos = (x * n).clamp(0, n)

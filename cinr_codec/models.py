@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .hashgrid import HashGridConfig, make_hashgrid
+from .hashgrid import HashGrid, HashGridConfig, make_hashgrid
 
 MODEL_KINDS = ("ngp", "engp", "cinr")
 
@@ -90,14 +90,15 @@ def _act(cfg: ModelConfig) -> nn.Module:
     return _ACTIVATIONS[cfg.activation](cfg.w0)  # type: ignore[no-untyped-call]
 
 
-def _siren_init(layer: nn.Module, w0: float, first: bool) -> None:
-    weight = layer.weight  # type: ignore[union-attr]
+def _siren_init(layer: nn.Linear | nn.Conv2d, w0: float, first: bool) -> None:
+    weight: torch.Tensor = layer.weight
     fan_in = weight[0].numel()
     bound = 1.0 / fan_in if first else math.sqrt(6.0 / fan_in) / w0
     with torch.no_grad():
         weight.uniform_(-bound, bound)
-        if getattr(layer, "bias", None) is not None:
-            layer.bias.uniform_(-bound, bound)  # type: ignore[union-attr]
+        bias: torch.Tensor | None = layer.bias
+        if bias is not None:
+            bias.uniform_(-bound, bound)
 
 
 def _mlp(cfg: ModelConfig, n_in: int, width: int, depth: int, out: int | None, first: bool) -> nn.Sequential:
@@ -148,7 +149,7 @@ class ImageModel(nn.Module):
     def encode_grid(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         """Hash features on the separable grid xs (B, W), ys (B, H): (B, C, H, W)."""
         grid = self.grid
-        if hasattr(grid, "forward_grid"):
+        if isinstance(grid, HashGrid):
             feats = grid.forward_grid(xs, ys)
         else:
             pts = torch.stack(
@@ -241,7 +242,9 @@ class CINR(ImageModel):
             [_conv(config, z, cw, first=True)] + [_conv(config, cw, cw) for _ in range(na - 1)]
         )
         self.mlp_b = _mlp(config, z, mw, config.mlp_depth, None, first=True)
-        self.cnn_c = nn.ModuleList([_conv(config, cw + mw, cw)] + [_conv(config, cw, cw) for _ in range(nc - 1)])
+        self.cnn_c = nn.ModuleList(
+            [_conv(config, cw + mw, cw)] + [_conv(config, cw, cw) for _ in range(nc - 1)]
+        )
         self.mlp_d = _mlp(config, mw, mw, config.mlp2_depth, None, first=False)
         self.out = _conv(config, cw + mw, 3)
         self.act = _act(config)

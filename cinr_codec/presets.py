@@ -33,53 +33,84 @@ PAPER_HASH = {
     "per_level_scale": 1.5,
 }
 
+# NGP's recipe: Adam on random pixels (4096 per step measured better than 16384 at equal
+# time: 37.8 vs 34.7 dB after 40 s on a 512^2 H&E crop; network lr 3e-3 better than 1e-3:
+# 37.39 vs 36.81 dB after 2000 steps on a TCGA crop), cosine decay.
 _NGP_TRAIN = {
     "sampling": "pixels",
-    "batch_pixels": 2**14,
+    "batch_pixels": 4096,
     "lr_hash": 1e-2,
-    "lr_net": 1e-3,
+    "lr_net": 3e-3,
     "betas": (0.9, 0.99),
     "eps": 1e-15,
     "schedule": "cosine",
-    "steps": 2000,
+    "steps": 3000,
 }
+# CINR's CPU recipe (docs/architecture.md): phase 1 trains the per-pixel part (hash grid,
+# MLP flow, residual RGB head) on random pixels for `pixel_phase` of the run; phase 2 trains
+# the CNN flows on patches (paper-style sampling) while the per-pixel part continues at
+# `phase2_lr_*` times its learning rate. Both phases use their own cosine decay.
 _CINR_TRAIN = {
+    "pixel_phase": 0.9,
+    "batch_pixels": 4096,
     "sampling": "patches",
     "patch": 64,
     "batch_patches": 4,
     "overlap": 0.2,
     "jitter": 0.1,
     "lr_hash": 1e-2,
-    "lr_net": 1e-3,
+    "lr_net": 3e-3,
+    "lr_conv": 2e-3,
+    "phase2_lr_hash": 0.1,
+    "phase2_lr_net": 0.1,
+    "phase2_warmup": 0.3,
     "betas": (0.9, 0.99),
     "eps": 1e-15,
     "schedule": "cosine",
-    "steps": 2000,
+    "steps": 3000,
 }
 
 PRESETS: dict[str, dict[str, Preset]] = {
     "ngp": {
         "default": Preset("default", "ngp", {"mlp_width": 128, "mlp_depth": 4}, DEFAULT_HASH, _NGP_TRAIN),
-        "fast": Preset("fast", "ngp", {"mlp_width": 32, "mlp_depth": 2}, FAST_HASH, {**_NGP_TRAIN, "steps": 300}),
+        "fast": Preset(
+            "fast", "ngp", {"mlp_width": 32, "mlp_depth": 2}, FAST_HASH, {**_NGP_TRAIN, "steps": 300}
+        ),
         "paper": Preset("paper", "ngp", {"mlp_width": 128, "mlp_depth": 4}, PAPER_HASH, _NGP_TRAIN),
     },
     "engp": {
         "default": Preset("default", "engp", {"mlp_width": 256, "mlp_depth": 8}, DEFAULT_HASH, _NGP_TRAIN),
-        "fast": Preset("fast", "engp", {"mlp_width": 64, "mlp_depth": 4}, FAST_HASH, {**_NGP_TRAIN, "steps": 300}),
+        "fast": Preset(
+            "fast", "engp", {"mlp_width": 64, "mlp_depth": 4}, FAST_HASH, {**_NGP_TRAIN, "steps": 300}
+        ),
         "paper": Preset("paper", "engp", {"mlp_width": 256, "mlp_depth": 8}, PAPER_HASH, _NGP_TRAIN),
     },
     "cinr": {
         "default": Preset(
             "default",
             "cinr",
-            {"conv_width": 32, "mlp_width": 64, "mlp_depth": 2, "mlp2_depth": 1, "activation": "relu", "residual": True},
+            {
+                "conv_width": 16,
+                "mlp_width": 64,
+                "mlp_depth": 2,
+                "mlp2_depth": 1,
+                "activation": "relu",
+                "residual": True,
+            },
             DEFAULT_HASH,
             _CINR_TRAIN,
         ),
         "fast": Preset(
             "fast",
             "cinr",
-            {"conv_width": 16, "mlp_width": 32, "mlp_depth": 1, "mlp2_depth": 1, "activation": "relu", "residual": True},
+            {
+                "conv_width": 8,
+                "mlp_width": 32,
+                "mlp_depth": 2,
+                "mlp2_depth": 1,
+                "activation": "relu",
+                "residual": True,
+            },
             FAST_HASH,
             {**_CINR_TRAIN, "steps": 300},
         ),

@@ -11,7 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
 
 
 def test_models_json(tmp_path: Path) -> None:
@@ -22,8 +24,21 @@ def test_models_json(tmp_path: Path) -> None:
     img = tmp_path / "crop.png"
     Image.fromarray(read_crop(sample_slide_path(), 64)).save(img)
     p = _run(
-        "benchmarks.models", "--image", str(img), "--crop", "48", "--budget", "1",
-        "--models", "ngp,cinr", "--preset", "fast", "--json", "--no-write", "--device", "cpu",
+        "benchmarks.models",
+        "--image",
+        str(img),
+        "--crop",
+        "48",
+        "--budget",
+        "1",
+        "--models",
+        "ngp,cinr",
+        "--preset",
+        "fast",
+        "--json",
+        "--no-write",
+        "--device",
+        "cpu",
     )
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
@@ -40,7 +55,70 @@ def test_models_bad_input() -> None:
 
 
 def test_hashgrid_speed_json() -> None:
-    p = _run("benchmarks.hashgrid_speed", "--points", "4096", "--repeat", "1", "--config", "default", "--json", "--no-write")
+    p = _run(
+        "benchmarks.hashgrid_speed",
+        "--points",
+        "4096",
+        "--repeat",
+        "1",
+        "--config",
+        "default",
+        "--json",
+        "--no-write",
+    )
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout)["rows"]
     assert len(rows) == 3 and all(r["fwd_mpts"] > 0 and r["fwd_bwd_mpts"] > 0 for r in rows)
+
+
+def test_quant_json(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from cinr_codec.slide import read_crop, sample_slide_path
+
+    img = tmp_path / "crop.png"
+    Image.fromarray(read_crop(sample_slide_path(), 32)).save(img)
+    p = _run(
+        "benchmarks.quant",
+        "--image",
+        str(img),
+        "--crop",
+        "32",
+        "--preset",
+        "fast",
+        "--steps",
+        "5",
+        "--settings",
+        "float32,int8+float16",
+        "--json",
+        "--no-write",
+    )
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    (image,) = out["images"]
+    rows = {r["setting"]: r for r in image["rows"]}
+    assert set(rows) == {"float32", "int8+float16"}
+    assert rows["float32"]["psnr_loss"] == 0 and rows["float32"]["psnr"] == image["fit_psnr"]
+    assert rows["int8+float16"]["payload_bytes"] < rows["float32"]["payload_bytes"]
+    assert out["chosen"] in rows and image["steps"] == 5
+
+
+def test_quant_bad_setting() -> None:
+    p = _run("benchmarks.quant", "--settings", "int4", "--json")
+    assert p.returncode == 2 and "unknown storage settings" in p.stderr
+
+
+def test_tissue_mask() -> None:
+    import numpy as np
+
+    from benchmarks.quant import otsu_threshold, tissue_mask
+
+    values = np.concatenate([np.full(100, 10.0), np.full(100, 200.0)])
+    assert 10 <= otsu_threshold(values) < 200
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[:2] = (245, 245, 245)  # glass
+    img[2:] = (200, 80, 150)  # stained tissue
+    mask, _ = tissue_mask(img)
+    assert mask[2:].all() and not mask[:2].any()
+    all_tissue = np.tile(np.array([[[220, 150, 190]], [[120, 40, 110]]], np.uint8), (2, 4, 1))
+    assert tissue_mask(all_tissue)[0].all()  # Otsu alone would split pale from dark tissue

@@ -13,7 +13,9 @@ from cinr_codec.cli import main
 
 
 def test_fit_bundled_sample_json() -> None:
-    res = CliRunner().invoke(main, ["fit", "--crop", "64", "--preset", "fast", "--steps", "20", "--json", "--device", "cpu"])
+    res = CliRunner().invoke(
+        main, ["fit", "--crop", "64", "--preset", "fast", "--steps", "20", "--json", "--device", "cpu"]
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["crop"] == [64, 64] and out["steps"] == 20 and out["psnr"] > 10
@@ -27,7 +29,9 @@ def test_fit_quiet_prints_nothing(tmp_path: Path) -> None:
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cinr_codec", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cinr_codec", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_missing_file_is_one_line_exit_2(tmp_path: Path) -> None:

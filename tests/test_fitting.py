@@ -11,13 +11,13 @@ from cinr_codec.metrics import psnr
 
 @pytest.fixture(scope="module")
 def fitted(tissue_crop: np.ndarray):
-    return fit_image(tissue_crop, model="cinr", preset="fast", steps=60, device="cpu", seed=3)
+    return fit_image(tissue_crop, model="cinr", preset="fast", steps=200, device="cpu", seed=3)
 
 
 def test_result_fields(fitted, tissue_crop: np.ndarray) -> None:
     img = fitted.decode()
     assert img.shape == tissue_crop.shape and img.dtype == np.uint8
-    assert fitted.steps == 60
+    assert fitted.steps == 200
     assert fitted.seconds > 0
     assert fitted.n_params == sum(p.numel() for p in fitted.model.parameters())
     assert fitted.psnr == pytest.approx(psnr(img, tissue_crop))
@@ -33,6 +33,7 @@ def test_fitting_learns_the_image(fitted, tissue_crop: np.ndarray) -> None:
 @pytest.mark.parametrize("tile", [7, 16, 33])
 def test_decode_does_not_depend_on_tiling(fitted, tile: int) -> None:
     """Full-image decode equals a mosaic of patch decodes (convolutions see real neighbours)."""
+    assert fitted.model.out.weight.abs().sum() > 0  # the CNN flows contribute
     full = fitted.decode(tile=1024).astype(int)
     mosaic = fitted.decode(tile=tile).astype(int)
     assert np.abs(full - mosaic).max() <= 1
@@ -51,8 +52,8 @@ def test_deterministic_on_cpu(tissue_crop: np.ndarray) -> None:
 
 @pytest.mark.parametrize("model", ["ngp", "engp"])
 def test_per_pixel_models_fit(model: str, tissue_crop: np.ndarray) -> None:
-    r = fit_image(tissue_crop, model=model, preset="fast", steps=40, device="cpu")
-    assert r.steps == 40 and r.psnr > 15
+    r = fit_image(tissue_crop, model=model, preset="fast", steps=150, device="cpu")
+    assert r.steps == 150 and r.psnr > 20
 
 
 def test_time_budget_and_target_stop(tissue_crop: np.ndarray) -> None:

@@ -93,7 +93,9 @@ def test_grid_path_matches_points(cfg: HashGridConfig) -> None:
     out = grid.forward_grid(xs, ys)
     pts = torch.stack(torch.broadcast_tensors(xs.unsqueeze(1), ys.unsqueeze(2)), dim=-1)
     assert torch.allclose(out, grid(pts), atol=1e-6)
-    assert torch.allclose(out.reshape(-1, cfg.out_dim), naive_hashgrid(pts.reshape(-1, 2), grid.table.detach(), cfg), atol=1e-6)
+    assert torch.allclose(
+        out.reshape(-1, cfg.out_dim), naive_hashgrid(pts.reshape(-1, 2), grid.table.detach(), cfg), atol=1e-6
+    )
 
 
 def test_gradients_against_finite_differences() -> None:

@@ -66,17 +66,21 @@ def test_ngp_presets_match_the_paper() -> None:
 def test_cinr_output_depends_only_on_its_neighbourhood() -> None:
     """Changing features 6+ pixels away must not change a pixel (halo = 5)."""
     torch.manual_seed(0)
-    cfg = get_preset("cinr", "fast").model_config(64, 64, HashGridConfig(2, 2, 16, 64, 1.0))
+    cfg = get_preset("cinr", "paper").model_config(64, 64, HashGridConfig(2, 2, 16, 64, 1.0))
     model = build_model(cfg)
+    assert model.halo == 5
     with torch.no_grad():
         model.grid.table.uniform_(-1, 1)
-    g = _grid(1, 20, 20)
-    base = model(g)
-    far = g.clone()
-    far[:, :, 11:] += 0.3  # move coordinates of columns >= 11
-    out = model(far)
-    assert torch.equal(out[..., :6], base[..., :6])
-    assert not torch.equal(out[..., 6:], base[..., 6:])
+    h = model.halo
+    xs = ((torch.arange(20 + 2 * h) + 0.5) / 64).unsqueeze(0)
+    ys = ((torch.arange(8 + 2 * h) + 0.5) / 64).unsqueeze(0)
+    base = model.forward_grid(xs, ys)
+    assert base.shape == (1, 3, 8, 20)
+    far = xs.clone()
+    far[:, h + 11 :] += 0.3  # move the coordinates of output columns >= 11 (and the right halo)
+    out = model.forward_grid(far, ys)
+    assert torch.equal(out[..., :6], base[..., :6])  # 11 - 5 = 6 columns are out of reach
+    assert not torch.equal(out[..., 6:11], base[..., 6:11])  # these see the change
 
 
 def test_config_round_trip() -> None:

@@ -1,0 +1,139 @@
+"""Regenerate the test vectors of formats/vectors/: small .cinr files of real tissue and the
+SHA-256 of their decoded pixels.
+
+    python formats/vectors/make_vectors.py           # rewrite the .cinr files and expected.json
+    python formats/vectors/make_vectors.py --check   # decode the files here and compare (no writes)
+
+Each vector is encoded with ``cinr_codec.encoding.encode_image`` from a crop of the bundled
+sample slide (``CMU-1-Small-Region.svs``, CC0) with a fixed preset, step count, seed and
+storage setting, on the CPU. Regenerating rewrites the files (fitting is deterministic on
+one machine and PyTorch version, but need not be across them); ``expected.json`` then
+records the new decoded pixels' SHA-256. tests/test_vectors.py decodes the committed files
+and compares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zstandard
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
+
+from cinr_codec.decoding import decode_image  # noqa: E402
+from cinr_codec.encoding import encode_image  # noqa: E402
+from cinr_codec.metrics import psnr  # noqa: E402
+from cinr_codec.slide import read_crop, sample_slide_path  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+EXPECTED = HERE / "expected.json"
+
+#: name -> how it is made. ``rows``: keep only the first rows of the centred crop (non-square).
+VECTORS: dict[str, dict[str, Any]] = {
+    "cinr-fast-64x64-int8+float16.cinr": {
+        "crop": 64,
+        "rows": 64,
+        "model": "cinr",
+        "preset": "fast",
+        "steps": 300,
+        "seed": 0,
+        "quant": "int8+float16",
+    },
+    "ngp-fast-64x40-int8.cinr": {
+        "crop": 64,
+        "rows": 40,
+        "model": "ngp",
+        "preset": "fast",
+        "steps": 300,
+        "seed": 0,
+        "quant": "int8",
+    },
+}
+
+
+def source_pixels(spec: dict[str, Any]) -> np.ndarray:
+    """The RGB crop a vector encodes."""
+    crop = read_crop(sample_slide_path(), spec["crop"])
+    return np.ascontiguousarray(crop[: spec["rows"]])
+
+
+def decoded_digest(path: Path) -> tuple[str, list[int]]:
+    """(SHA-256 of ``decode_image(path).tobytes()``, shape)."""
+    pixels = decode_image(path)
+    return hashlib.sha256(pixels.tobytes()).hexdigest(), list(pixels.shape)
+
+
+def make() -> dict[str, Any]:
+    """Encode every vector, decode it back, and return the expected.json content."""
+    entries = []
+    for name, spec in VECTORS.items():
+        src = source_pixels(spec)
+        path = HERE / name
+        summary = encode_image(
+            src,
+            path,
+            model=spec["model"],
+            preset=spec["preset"],
+            steps=spec["steps"],
+            seed=spec["seed"],
+            quant=spec["quant"],
+            device="cpu",
+        )
+        digest, shape = decoded_digest(path)
+        entries.append(
+            {
+                "file": name,
+                "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                "file_bytes": path.stat().st_size,
+                "decoded_sha256": digest,
+                "shape": shape,
+                "psnr_db_vs_source": round(psnr(decode_image(path), src), 4),
+                "source": f"read_crop(sample_slide_path(), {spec['crop']})[:{spec['rows']}]",
+                "encode": {k: v for k, v in spec.items() if k not in ("crop", "rows")},
+            }
+        )
+        print(f"{name}: {summary['bytes']} bytes, {summary['psnr']:.2f} dB, sha256 {digest[:16]}...")
+    return {
+        "about": "SHA-256 of decode_image(file).tobytes() (uint8, H x W x 3, C order); see README.md",
+        "generated_with": {
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "zstd": ".".join(map(str, zstandard.ZSTD_VERSION)),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "vectors": entries,
+    }
+
+
+def check() -> bool:
+    """Decode the files and compare with expected.json; True when all match."""
+    expected = json.loads(EXPECTED.read_text())
+    ok = True
+    for e in expected["vectors"]:
+        digest, shape = decoded_digest(HERE / e["file"])
+        match = digest == e["decoded_sha256"] and shape == e["shape"]
+        ok &= match
+        print(f"{e['file']}: {'ok' if match else 'MISMATCH'} ({digest[:16]}..., shape {shape})")
+    return ok
+
+
+def main() -> None:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="decode and compare; write nothing")
+    args = ap.parse_args()
+    if args.check:
+        sys.exit(0 if check() else 1)
+    EXPECTED.write_text(json.dumps(make(), indent=2) + "\n")
+    print(f"wrote {EXPECTED}")
+
+
+if __name__ == "__main__":
+    main()
