@@ -154,6 +154,70 @@ def fit_cmd(
             click.echo(f"{key:>9}: {value}")
 
 
+@main.command("info")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print the metadata as one JSON object.")
+@_handle_errors
+def info_cmd(path: str, as_json: bool) -> None:
+    """Print a .cinr file's metadata, blocks and stored quality figures."""
+    import os
+
+    from .container import CinrReader
+
+    with CinrReader(path) as reader:
+        meta = reader.metadata
+        blocks = [reader.block_info(i) for i in range(reader.n_blocks)]
+        summary = {
+            "path": path,
+            "bytes": os.path.getsize(path),
+            "version": list(reader.version),
+            "blocks": reader.n_blocks,
+            "model_blocks": sum(1 for b in blocks if b.kind == "model"),
+            "associated_images": sorted(reader.associated_images),
+            "metadata": meta,
+        }
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    for key in ("path", "bytes", "version", "blocks", "model_blocks", "associated_images"):
+        click.echo(f"{key:>17}: {summary[key]}")
+    click.echo(json.dumps(meta, indent=2, sort_keys=True))
+
+
+@main.command("decode")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=str))
+@click.option("-o", "--output", required=True, help="Output image: .png, .jpg, .tif or .webp.")
+@_handle_errors
+def decode_cmd(path: str, output: str) -> None:
+    """Decode a (single-block) .cinr file to an image, written atomically."""
+    import os
+    import tempfile
+
+    from PIL import Image
+
+    from .decoding import decode_image
+
+    formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
+    ext = os.path.splitext(output)[1].lower()
+    if ext not in formats:
+        raise ValueError(f"{output}: unknown output type {ext!r}; use one of {', '.join(formats)}")
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{output}: folder {folder} does not exist")
+    pixels = decode_image(path)
+    fd, tmp = tempfile.mkstemp(prefix=".cinr-decode-", suffix=ext, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            Image.fromarray(pixels).save(fh, format=formats[ext])
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 class _Null:
     """A write-only sink for a silenced progress bar."""
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from click.testing import CliRunner
 
 from cinr_codec.cli import main
@@ -53,3 +54,42 @@ def test_not_an_image_and_directory(tmp_path: Path) -> None:
 def test_bad_preset_is_one_line() -> None:
     p = _run("fit", "--preset", "ultra", "--crop", "16")
     assert p.returncode == 2 and "unknown preset" in p.stderr and "Traceback" not in p.stderr
+
+
+VECTORS = Path(__file__).resolve().parents[1] / "formats" / "vectors"
+
+
+def test_info_and_decode_vector(tmp_path: Path) -> None:
+    vec = sorted(VECTORS.glob("*.cinr"))[0]
+    p = _run("info", str(vec), "--json")
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    assert info["blocks"] >= 1 and info["bytes"] == vec.stat().st_size
+    out = tmp_path / "out.png"
+    p = _run("decode", str(vec), "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    from PIL import Image
+
+    from cinr_codec import decode_image
+
+    assert (np.asarray(Image.open(out)) == decode_image(vec)).all()
+    assert [f.name for f in tmp_path.iterdir()] == ["out.png"]  # no temporary files left
+
+
+def test_corrupt_and_truncated_files_are_one_line_errors(tmp_path: Path) -> None:
+    data = sorted(VECTORS.glob("*.cinr"))[0].read_bytes()
+    cases = {
+        "truncated.cinr": data[: len(data) // 2],
+        "empty.cinr": b"",
+        "flipped.cinr": data[:100] + bytes([data[100] ^ 0xFF]) + data[101:],
+        "magic.cinr": b"XXXX" + data[4:],
+    }
+    for name, blob in cases.items():
+        f = tmp_path / name
+        f.write_bytes(blob)
+        for cmd in (("info", str(f)), ("decode", str(f), "-o", str(tmp_path / "x.png"))):
+            p = _run(*cmd)
+            assert p.returncode == 2, (name, cmd, p.stderr)
+            assert p.stderr.startswith("cinr: error:") and p.stderr.count("\n") == 1, p.stderr
+            assert "Traceback" not in p.stderr
+        assert not (tmp_path / "x.png").exists()
