@@ -197,7 +197,14 @@ def decode_cmd(path: str, output: str) -> None:
 
     from .decoding import decode_image
 
-    formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
+    formats = {
+        ".png": "PNG",
+        ".jpg": "JPEG",
+        ".jpeg": "JPEG",
+        ".tif": "TIFF",
+        ".tiff": "TIFF",
+        ".webp": "WEBP",
+    }
     ext = os.path.splitext(output)[1].lower()
     if ext not in formats:
         raise ValueError(f"{output}: unknown output type {ext!r}; use one of {', '.join(formats)}")
