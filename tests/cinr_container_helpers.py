@@ -21,12 +21,21 @@ from cinr_codec.container.format import MAGIC, TRAILER_MAGIC
 @lru_cache(maxsize=1)
 def fitted_state() -> tuple[dict[str, torch.Tensor], list[int], np.ndarray]:
     """A tiny NGP fitted (5 steps) to a 32x32 crop of the bundled real slide: (state dict, level sizes, crop)."""
-    from cinr_codec import fit_image
+    from cinr_codec import HashGridConfig, fit_image
     from cinr_codec.slide import read_crop, sample_slide_path
 
     torch.manual_seed(0)
     crop = read_crop(sample_slide_path(), 32)
-    result = fit_image(crop, model="ngp", preset="fast", steps=5, device="cpu")
+    # Pinned grid and widths, so that preset changes do not change the test file's size.
+    result = fit_image(
+        crop,
+        model="ngp",
+        preset="fast",
+        steps=5,
+        device="cpu",
+        hash_config=HashGridConfig(8, 2, 12, 8, 1.0),
+        overrides={"mlp_width": 32, "mlp_depth": 2},
+    )
     state = {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()}
     levels = list(result.model.grid.config.table_sizes())  # type: ignore[union-attr]
     return state, levels, crop
