@@ -235,7 +235,7 @@ class HashGrid(nn.Module):
     def _axis(self, v: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower cell index (int64) and fractional offset along one axis at resolution n."""
         p = (v.to(torch.float32) * n).clamp(0.0, float(n))
-        c = torch.minimum(p.floor(), torch.tensor(float(max(n - 1, 0)), device=v.device))
+        c = p.floor().clamp(max=float(max(n - 1, 0)))
         return c.to(torch.int64), p - c
 
     def encode_grid_with(self, table: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
@@ -308,11 +308,11 @@ def naive_hashgrid(x: torch.Tensor, table: torch.Tensor, config: HashGridConfig)
     feats = []
     sizes = config.table_sizes()
     start = 0
-    for lvl, (n, dense, size) in enumerate(zip(config.resolutions(), config.is_dense(), sizes)):
+    for n, dense, size in zip(config.resolutions(), config.is_dense(), sizes):
         tab = table[start : start + size]
         start += size
         pos = (x * n).clamp(0, n)
-        cell = torch.minimum(pos.floor(), torch.tensor(float(max(n - 1, 0))))
+        cell = pos.floor().clamp(max=float(max(n - 1, 0)))
         frac = pos - cell
         ci = cell.long()
         acc = torch.zeros(x.shape[0], config.n_features, dtype=table.dtype)
@@ -327,7 +327,6 @@ def naive_hashgrid(x: torch.Tensor, table: torch.Tensor, config: HashGridConfig)
                 wx = frac[:, 0] if dx else 1 - frac[:, 0]
                 wy = frac[:, 1] if dy else 1 - frac[:, 1]
                 acc = acc + (wx * wy).unsqueeze(-1) * tab[ind]
-        del lvl
         feats.append(acc)
     return torch.cat(feats, dim=-1)
 

@@ -16,13 +16,19 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_models_json(tmp_path: Path) -> None:
+def _crop_png(tmp_path: Path, size: int) -> Path:
+    """A size x size crop of the bundled real slide saved as PNG."""
     from PIL import Image
 
     from cinr_codec.slide import read_crop, sample_slide_path
 
     img = tmp_path / "crop.png"
-    Image.fromarray(read_crop(sample_slide_path(), 64)).save(img)
+    Image.fromarray(read_crop(sample_slide_path(), size)).save(img)
+    return img
+
+
+def test_models_json(tmp_path: Path) -> None:
+    img = _crop_png(tmp_path, 64)
     p = _run(
         "benchmarks.models",
         "--image",
@@ -72,12 +78,7 @@ def test_hashgrid_speed_json() -> None:
 
 
 def test_quant_json(tmp_path: Path) -> None:
-    from PIL import Image
-
-    from cinr_codec.slide import read_crop, sample_slide_path
-
-    img = tmp_path / "crop.png"
-    Image.fromarray(read_crop(sample_slide_path(), 32)).save(img)
+    img = _crop_png(tmp_path, 32)
     p = _run(
         "benchmarks.quant",
         "--image",

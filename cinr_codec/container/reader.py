@@ -167,6 +167,18 @@ class CinrReader:
             raise CinrIOError(f"{self.name}: the file object is not seekable")
         self.file_size = size
 
+    def _read_verified(self, offset: int, length: int, crc: int, what: str) -> bytes:
+        """Read a range and check its CRC-32 (CinrChecksumError naming ``what`` on mismatch)."""
+        data = self._read(offset, length, what)
+        computed = crc32(data)
+        if computed != crc:
+            raise self._err(
+                f"{what} checksum mismatch (stored {crc:#010x}, computed {computed:#010x})",
+                offset,
+                CinrChecksumError,
+            )
+        return data
+
     def _read(self, offset: int, length: int, what: str) -> bytes:
         """Exactly ``length`` bytes at ``offset`` (already checked against the file size)."""
         if offset < 0 or length < 0 or offset + length > self.file_size:
@@ -492,15 +504,7 @@ class CinrReader:
     def read_stored(self, block_id: int) -> bytes:
         """The stored (compressed) bytes of model block ``block_id``, checksum verified."""
         info = self._model_info(block_id)
-        data = self._read(info.offset, info.stored_length, f"block {block_id}")
-        computed = crc32(data)
-        if computed != info.crc32:
-            raise self._err(
-                f"block {block_id} checksum mismatch (stored {info.crc32:#010x}, computed {computed:#010x})",
-                info.offset,
-                CinrChecksumError,
-            )
-        return data
+        return self._read_verified(info.offset, info.stored_length, info.crc32, f"block {block_id}")
 
     def _model_info(self, block_id: int) -> BlockInfo:
         info = self.block_info(block_id)
@@ -569,14 +573,7 @@ class CinrReader:
         e = self._images.get(name)
         if e is None:
             raise KeyError(name)
-        data = self._read(e.offset, e.length, f"associated image {name!r}")
-        computed = crc32(data)
-        if computed != e.crc32:
-            raise self._err(
-                f"associated image {name!r} checksum mismatch (stored {e.crc32:#010x}, computed {computed:#010x})",
-                e.offset,
-                CinrChecksumError,
-            )
+        data = self._read_verified(e.offset, e.length, e.crc32, f"associated image {name!r}")
         if not data.startswith(IMAGE_SIGNATURES[e.media_type]):
             raise self._err(f"associated image {name!r} is not {e.media_type} data", e.offset)
         return data
