@@ -156,8 +156,15 @@ def parse_layout(reader: CinrReader) -> Layout:
         raise CinrFormatError(
             f"{where}: grid of {cols}x{rows} blocks of {block_size} px does not cover {width}x{height} pixels"
         )
-    if cols * rows != reader.n_blocks:
-        raise CinrFormatError(f"{where}: grid has {cols * rows} blocks, the file {reader.n_blocks}")
+    n_mips = (
+        len(header["mips"]["downsamples"])
+        if isinstance(header.get("mips"), dict) and isinstance(header["mips"].get("downsamples"), list)
+        else 0
+    )
+    if cols * rows * (1 + n_mips) != reader.n_blocks:
+        raise CinrFormatError(
+            f"{where}: grid has {cols * rows} blocks and {n_mips} mip levels, the file {reader.n_blocks} blocks"
+        )
     config = parse_model_config(header.get("model"), where)
     return Layout(width, height, block_size, halo, cols, rows, config)
 
@@ -229,3 +236,360 @@ def decode_image(path: str | os.PathLike[str], *, max_block_bytes: int | None = 
         model = load_block_model(reader, 0, layout.config)
     log.debug("%s: decoding %dx%d", where, layout.width, layout.height)
     return render(model, layout.height, layout.width)
+
+
+# -- whole slides: any region at any scale ------------------------------------------------------
+
+#: Side of the decode tiles inside a block (the unit of work and of the pixel cache).
+TILE = 256
+#: Largest output a single read may produce (pixels); beyond it a read is refused.
+MAX_READ_PIXELS = 1 << 28
+#: Largest scale a read accepts (bilinear interpolation of level pixels above 1).
+MAX_SCALE = 4.0
+#: Default size of the decoded-pixel cache.
+DEFAULT_CACHE_BYTES = 256 << 20
+#: Models kept loaded.
+MODEL_CACHE = 16
+
+
+def parse_mips(reader: CinrReader, layout: Layout) -> tuple[int, ...]:
+    """The header's ``mips.downsamples`` (validated against the grid and the index); () when absent."""
+    where = reader.name
+    mips = reader.header.get("mips")
+    if mips is None:
+        return ()
+    if not isinstance(mips, dict):
+        raise CinrFormatError(f"{where}: header field 'mips' is not an object")
+    ds = mips.get("downsamples")
+    n = layout.n_blocks
+    if (
+        not isinstance(ds, list)
+        or not all(_is_int(d) and 2 <= d <= layout.block_size and layout.block_size % d == 0 for d in ds)
+        or ds != sorted(set(ds))
+        or len(ds) > 32
+    ):
+        raise CinrFormatError(f"{where}: mips.downsamples must be increasing divisors of the block size")
+    if mips.get("first_block") != n or reader.n_blocks != n * (1 + len(ds)):
+        raise CinrFormatError(
+            f"{where}: {reader.n_blocks} blocks do not match {n} level blocks and {len(ds)} mip levels"
+        )
+    return tuple(int(d) for d in ds)
+
+
+def _slide_background(reader: CinrReader) -> tuple[int, int, int]:
+    bg = reader.header.get("slide", {}).get("background")
+    if isinstance(bg, list) and len(bg) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in bg):
+        return (int(bg[0]), int(bg[1]), int(bg[2]))
+    return (255, 255, 255)
+
+
+class _LRU:
+    """A thread-safe LRU map bounded by total cost."""
+
+    def __init__(self, capacity: int) -> None:
+        import collections
+        import threading
+
+        self.capacity = capacity
+        self.cost = 0
+        self._d: collections.OrderedDict[Any, tuple[Any, int]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            item = self._d.get(key)
+            if item is None:
+                return None
+            self._d.move_to_end(key)
+            return item[0]
+
+    def put(self, key: Any, value: Any, cost: int) -> None:
+        with self._lock:
+            if key in self._d:
+                return
+            self._d[key] = (value, cost)
+            self.cost += cost
+            while self.cost > self.capacity and len(self._d) > 1:
+                _, (_, c) = self._d.popitem(last=False)
+                self.cost -= c
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+            self.cost = 0
+
+
+def _axis_box(
+    start: float, step: float, n_out: int, length: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Area weights along one axis: output i covers [start + i*step, +step) of source pixels [p, p+1) ∩ [0, length).
+
+    Returns (indices (n_out, K) clipped to valid pixels, weights (n_out, K) in source-pixel units,
+    coverage (n_out,) = fraction of each output box inside [0, length)).
+    """
+    i = np.arange(n_out, dtype=np.float64)
+    a = start + i * step
+    b = a + step
+    k = int(math.ceil(step)) + 1
+    p0 = np.floor(np.clip(a, 0.0, max(length - 1e-9, 0.0)))
+    idx = p0[:, None] + np.arange(k)[None, :]
+    lo = np.maximum(a[:, None], idx)
+    hi = np.minimum(np.minimum(b[:, None], idx + 1.0), length)
+    w = np.clip(hi - lo, 0.0, None)
+    n_src = max(1, int(math.ceil(length)))
+    cov = w.sum(axis=1) / step
+    return np.clip(idx, 0, n_src - 1).astype(np.int64), w, np.clip(cov, 0.0, 1.0)
+
+
+def _axis_bilinear(
+    start: float, step: float, n_out: int, length: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear weights between level-pixel centres (edges replicated); coverage 1 inside the level, else 0."""
+    u = start + (np.arange(n_out, dtype=np.float64) + 0.5) * step
+    p = np.clip(u - 0.5, 0.0, length - 1.0)
+    i0 = np.floor(p)
+    f = p - i0
+    idx = np.stack((i0, np.minimum(i0 + 1, length - 1)), axis=1).astype(np.int64)
+    w = np.stack((1.0 - f, f), axis=1)
+    cov = ((u >= 0) & (u < length)).astype(np.float64)
+    return idx, w * cov[:, None], cov
+
+
+class SlideDecoder:
+    """Decode any region of a ``.cinr`` slide at any scale; thread-safe, with an LRU pixel cache.
+
+    Level pixels come from the blocks' models in fixed ``TILE`` x ``TILE`` tiles (so a pixel's
+    value never depends on the region asked for); scales below 1 start from the coarsest stored
+    mip at least as fine as the output and average it over each output pixel's box; scales above
+    1 interpolate level pixels bilinearly.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        max_block_bytes: int | None = None,
+    ) -> None:
+        from .blocks import BlockGrid
+
+        self.reader = CinrReader(path, max_block_bytes=max_block_bytes)
+        try:
+            self.layout = parse_layout(self.reader)
+            mips = parse_mips(self.reader, self.layout)
+            lay = self.layout
+            if lay.width * lay.height > MAX_SIDE * MAX_SIDE:
+                raise CinrFormatError(f"{self.reader.name}: slide too large")
+            self.grid = BlockGrid(lay.width, lay.height, lay.block_size, lay.halo, mips)
+            self.background = _slide_background(self.reader)
+            self._kinds = [self.reader.block_info(i).kind for i in range(self.reader.n_blocks)]
+        except BaseException:
+            self.reader.close()
+            raise
+        self._pixels = _LRU(cache_bytes)
+        self._models = _LRU(MODEL_CACHE)
+        self._closed = False
+
+    @property
+    def width(self) -> int:
+        """Level width in pixels."""
+        return self.layout.width
+
+    @property
+    def height(self) -> int:
+        """Level height in pixels."""
+        return self.layout.height
+
+    # -- sources ---------------------------------------------------------------------------------
+
+    def _model(self, block_id: int) -> ImageModel:
+        m = self._models.get(block_id)
+        if m is None:
+            m = load_block_model(self.reader, block_id, self.layout.config)
+            self._models.put(block_id, m, 1)
+        return m  # type: ignore[no-any-return]
+
+    def _tile(self, block_id: int, tx: int, ty: int) -> np.ndarray:
+        """Decoded level pixels of one tile of a model block (tile origin (tx, ty) in level pixels)."""
+        key = ("t", block_id, tx, ty)
+        t = self._pixels.get(key)
+        if t is not None:
+            return t  # type: ignore[no-any-return]
+        x, y, w, h = self.grid.owned(block_id)
+        tw, th = min(TILE, x + w - tx), min(TILE, y + h - ty)
+        ox, oy = self.grid.frame_origin(block_id)
+        with torch.inference_mode():
+            t = render(
+                self._model(block_id), th, tw, float(self.grid.side), tile=TILE, x0=tx - ox, y0=ty - oy
+            )
+        self._pixels.put(key, t, t.nbytes)
+        return t
+
+    def _mip(self, block_id: int, k: int) -> np.ndarray:
+        from .mips import decode_image_bytes
+
+        key = ("m", block_id, k)
+        t = self._pixels.get(key)
+        if t is not None:
+            return t  # type: ignore[no-any-return]
+        mid = self.grid.mip_id(block_id, k)
+        w, h = self.grid.mip_size(block_id, k)
+        if self._kinds[mid] != "image":
+            raise CinrFormatError(
+                f"{self.reader.name}: block {mid} (mip of block {block_id}) is not an image block"
+            )
+        t = decode_image_bytes(self.reader.read_image_block(mid), f"{self.reader.name}: block {mid}")
+        if t.shape != (h, w, 3):
+            raise CinrFormatError(
+                f"{self.reader.name}: block {mid} is {t.shape[1]}x{t.shape[0]}, expected {w}x{h}"
+            )
+        self._pixels.put(key, t, t.nbytes)
+        return t
+
+    def level_region(self, x0: int, y0: int, w: int, h: int, k: int = -1) -> np.ndarray:
+        """Pixels [x0, x0+w) x [y0, y0+h) of the level (k = -1) or of mip level k, all inside the image."""
+        self._check_open()
+        out = np.empty((h, w, 3), dtype=np.uint8)
+        d = 1 if k < 0 else self.grid.mip_downsamples[k]
+        for bid in self.grid.overlapping(x0 * d, y0 * d, (x0 + w) * d, (y0 + h) * d):
+            bx, by, bw, bh = self.grid.owned(bid)
+            # This block's extent in this level's pixels.
+            ex0, ey0 = bx // d, by // d
+            ex1, ey1 = ex0 + -(-bw // d), ey0 + -(-bh // d)
+            ix0, iy0 = max(x0, ex0), max(y0, ey0)
+            ix1, iy1 = min(x0 + w, ex1), min(y0 + h, ey1)
+            if ix1 <= ix0 or iy1 <= iy0:
+                continue
+            kind = self._kinds[bid]
+            dst = out[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
+            if kind == "background":
+                colour = self.reader.block_info(bid).colour
+                assert colour is not None
+                dst[...] = colour
+            elif k >= 0:
+                m = self._mip(bid, k)
+                dst[...] = m[iy0 - ey0 : iy1 - ey0, ix0 - ex0 : ix1 - ex0]
+            else:
+                # Tiles on a TILE lattice from the block origin.
+                for ty in range(by + (iy0 - by) // TILE * TILE, iy1, TILE):
+                    for tx in range(bx + (ix0 - bx) // TILE * TILE, ix1, TILE):
+                        t = self._tile(bid, tx, ty)
+                        sx0, sy0 = max(ix0, tx), max(iy0, ty)
+                        sx1, sy1 = min(ix1, tx + t.shape[1]), min(iy1, ty + t.shape[0])
+                        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = t[
+                            sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx
+                        ]
+        return out
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def read_with_coverage(
+        self, x: float, y: float, w: float, h: float, scale: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(RGB float64 mean over the part of each output box inside the slide, coverage in [0, 1])."""
+        self._check_open()
+        for name, v in (("x", x), ("y", y), ("w", w), ("h", h), ("scale", scale)):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise ValueError(f"{name} must be a number, not {type(v).__name__}")
+            if not math.isfinite(float(v)):
+                raise ValueError(f"{name} must be finite, not {v}")
+        x, y, w, h, scale = float(x), float(y), float(w), float(h), float(scale)
+        if w <= 0 or h <= 0:
+            raise ValueError(f"region size must be positive, not {w} x {h}")
+        if not 0 < scale <= MAX_SCALE:
+            raise ValueError(f"scale must be in (0, {MAX_SCALE}], not {scale}")
+        ow, oh = int(round(w * scale)), int(round(h * scale))
+        if ow < 1 or oh < 1:
+            raise ValueError(f"a {w} x {h} region at scale {scale} has no output pixels")
+        if ow * oh > MAX_READ_PIXELS:
+            raise ValueError(
+                f"{ow} x {oh} output pixels is over the {MAX_READ_PIXELS}-pixel limit of one read"
+            )
+        step = 1.0 / scale
+        W, H = self.width, self.height
+        if scale > 1.0:
+            k = -1
+            iy, wy, cy = _axis_bilinear(y, step, oh, H)
+            ix, wx, cx = _axis_bilinear(x, step, ow, W)
+            norm = 1.0
+        else:
+            k = -1
+            for i, d in enumerate(self.grid.mip_downsamples):
+                if d <= step * (1 + 1e-9):
+                    k = i
+            d = 1 if k < 0 else self.grid.mip_downsamples[k]
+            iy, wy, cy = _axis_box(y / d, step / d, oh, H / d)
+            ix, wx, cx = _axis_box(x / d, step / d, ow, W / d)
+            norm = (step / d) ** 2
+        cov = cy[:, None] * cx[None, :]
+        if not cov.any():
+            return np.zeros((oh, ow, 3)), cov
+        ry0, ry1 = int(iy.min()), int(iy.max()) + 1
+        rx0, rx1 = int(ix.min()), int(ix.max()) + 1
+        src = self.level_region(rx0, ry0, rx1 - rx0, ry1 - ry0, k).astype(np.float32)
+        tmp = np.zeros((oh, rx1 - rx0, 3), dtype=np.float64)
+        for j in range(iy.shape[1]):
+            tmp += wy[:, j, None, None] * src[iy[:, j] - ry0]
+        num = np.zeros((oh, ow, 3), dtype=np.float64)
+        for j in range(ix.shape[1]):
+            num += wx[None, :, j, None] * tmp[:, ix[:, j] - rx0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(cov[..., None] > 0, num / (norm * np.maximum(cov, 1e-300))[..., None], 0.0)
+        return mean, cov
+
+    def read(self, x: float, y: float, w: float, h: float, scale: float = 1.0) -> np.ndarray:
+        """RGB uint8 (round(h*scale), round(w*scale), 3) of the region at level coordinates (x, y, w, h).
+
+        Pixels outside the slide take the slide's background colour.
+        """
+        if (
+            scale == 1.0
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (x, y, w, h))
+            and 0 <= x
+            and 0 <= y
+            and x + w <= self.width
+            and y + h <= self.height
+            and w > 0
+            and h > 0
+        ):
+            if w * h > MAX_READ_PIXELS:
+                raise ValueError(
+                    f"{w} x {h} output pixels is over the {MAX_READ_PIXELS}-pixel limit of one read"
+                )
+            return self.level_region(int(x), int(y), int(w), int(h))
+        mean, cov = self.read_with_coverage(x, y, w, h, scale)
+        bg = np.asarray(self.background, dtype=np.float64)
+        rgb = mean * cov[..., None] + bg * (1.0 - cov[..., None])
+        return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+    def read_rgba(self, x: float, y: float, w: float, h: float, scale: float = 1.0) -> np.ndarray:
+        """RGBA uint8: the region's pixels, alpha = the fraction of each pixel inside the slide (0 outside)."""
+        mean, cov = self.read_with_coverage(x, y, w, h, scale)
+        out = np.zeros(mean.shape[:2] + (4,), dtype=np.uint8)
+        out[..., :3] = np.clip(np.rint(mean), 0, 255)
+        out[..., 3] = np.clip(np.rint(cov * 255.0), 0, 255)
+        out[out[..., 3] == 0] = 0
+        return out
+
+    # -- lifetime --------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"{self.reader.name}: the slide is closed")
+
+    def clear_cache(self) -> None:
+        """Drop decoded pixels and loaded models."""
+        self._pixels.clear()
+        self._models.clear()
+
+    def close(self) -> None:
+        """Close the file and drop the caches."""
+        self._closed = True
+        self.clear_cache()
+        self.reader.close()
+
+    def __enter__(self) -> SlideDecoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

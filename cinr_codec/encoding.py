@@ -30,7 +30,8 @@ import copy
 import logging
 import math
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 
 from .container import CinrWriter, dequantize_tensors, quantize_tensors
-from .errors import CinrIOError
+from .errors import CinrInputError, CinrIOError
 from .fitting import FitResult, fit_image, render
 from .metrics import psnr, ssim
 
@@ -294,3 +295,448 @@ def encode_image(
         img, model=model, preset=preset, steps=steps, time_budget=time_budget, device=device, seed=seed
     )
     return write_fitted(result, img, dst, quant=quant, source_properties=source_properties)
+
+
+# -- whole slides ------------------------------------------------------------------------------
+
+#: Default block side (pixels) and fitting margin; see docs/architecture.md for the measurements.
+DEFAULT_BLOCK_SIZE = 1024
+DEFAULT_MARGIN = 32
+#: Smallest block side accepted (tests use small blocks; real encodes use >= 1024).
+MIN_BLOCK_SIZE = 64
+#: Smallest level accepted for a slide encode.
+MIN_SLIDE_SIDE = 16
+#: Width of the strips along internal block borders whose PSNR is reported (seams).
+SEAM_STRIP = 16
+#: A block the tissue mask calls background is still fitted when a flat colour would be worse than this.
+BACKGROUND_MIN_PSNR = 30.0
+
+ProgressEvent = dict[str, Any]
+
+
+def _block_seed(seed: int, block_id: int) -> int:
+    return (seed * 0x9E3779B1 + block_id * 0x85EBCA6B + 1) % (2**31 - 1)
+
+
+def _strip_sums(
+    decoded: np.ndarray, original: np.ndarray, edges: tuple[bool, bool, bool, bool], strip: int
+) -> tuple[float, int, float, int]:
+    """(SSE, n) of pixels within ``strip`` of the block's internal edges, and of the others."""
+    h, w = decoded.shape[:2]
+    d = decoded.astype(np.float64) - original.astype(np.float64)
+    se = (d * d).sum(axis=2)
+    border = np.zeros((h, w), dtype=bool)
+    left, top, right, bottom = edges
+    if left:
+        border[:, :strip] = True
+    if top:
+        border[:strip, :] = True
+    if right:
+        border[:, max(0, w - strip) :] = True
+    if bottom:
+        border[max(0, h - strip) :, :] = True
+    return float(se[border].sum()), int(border.sum()) * 3, float(se[~border].sum()), int((~border).sum()) * 3
+
+
+def _psnr_of(sse: float, n: float) -> float | None:
+    if n == 0:
+        return None
+    m = sse / n
+    return math.inf if m == 0 else 10.0 * math.log10(255.0**2 / m)
+
+
+def _fingerprint(src: Path, header: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    st = src.stat()
+    return {
+        "source": str(src.resolve()),
+        "source_size": st.st_size,
+        "source_mtime_ns": st.st_mtime_ns,
+        "header": header,
+        **settings,
+    }
+
+
+def encode_slide(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    level: int = 0,
+    model: str = "cinr",
+    preset: str = "fast",
+    steps: int | None = None,
+    time_budget: float | None = None,
+    total_time_budget: float | None = None,
+    target_psnr: float | None = None,
+    device: str = "auto",
+    quant: str = DEFAULT_QUANT,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    margin: int = DEFAULT_MARGIN,
+    tissue_mask: bool = True,
+    mips: bool = True,
+    seed: int = 0,
+    resume: bool = False,
+    progress: Callable[[ProgressEvent], None] | None = None,
+) -> dict[str, Any]:
+    """Encode level ``level`` of a slide or image ``src`` as the ``.cinr`` file ``dst``; return a summary.
+
+    The level is cut into ``block_size`` blocks (``cinr_codec.blocks``), each fitted with
+    ``margin`` pixels of context on every side; blocks without tissue are stored as a colour.
+    Finished blocks go to a journal beside ``dst`` (``--resume`` continues an interrupted
+    encode); ``dst`` appears, atomically, only when complete. ``time_budget`` bounds each
+    block's training, ``total_time_budget`` the whole encode's, ``target_psnr`` stops a block
+    early. Bad input raises ``CinrInputError``/``ValueError`` before any fitting.
+    """
+    from . import __version__
+    from .blocks import BlockGrid, default_mip_downsamples
+    from .fitting import resolve_device
+    from .journal import Journal, journal_path
+    from .mips import PSNR_MARGIN, box_downsample, encode_mip
+    from .models import build_model
+    from .presets import get_preset
+    from .slide import SlideSource
+    from .tissue import block_tissue, detect_tissue
+
+    t_start = time.perf_counter()
+    if quant not in QUANT_SETTINGS:
+        raise ValueError(f"unknown storage setting {quant!r}; choose one of {', '.join(QUANT_SETTINGS)}")
+    if not isinstance(block_size, int) or block_size < MIN_BLOCK_SIZE or block_size % 16:
+        raise ValueError(f"block size must be a multiple of 16, at least {MIN_BLOCK_SIZE}")
+    if not 0 <= margin <= block_size // 2:
+        raise ValueError("margin must be in [0, block_size / 2]")
+    if steps is not None and steps < 0:
+        raise ValueError("steps must be >= 0")
+    for name, v in (("time budget", time_budget), ("total time budget", total_time_budget)):
+        if v is not None and not v > 0:
+            raise ValueError(f"{name} must be > 0 seconds")
+    pre = get_preset(model, preset)
+    dev = resolve_device(device)
+    src_path = Path(src)
+    path = _check_destination(dst)
+    if src_path.exists() and path.exists() and src_path.resolve() == path.resolve():
+        raise ValueError(f"{path}: the output would overwrite the source")
+
+    with SlideSource(src_path, level) as source:
+        width, height = source.width, source.height
+        if width < MIN_SLIDE_SIDE or height < MIN_SLIDE_SIDE:
+            raise CinrInputError(
+                f"{src_path}: level {level} is {width}x{height} pixels; at least "
+                f"{MIN_SLIDE_SIDE}x{MIN_SLIDE_SIDE} is needed"
+            )
+        grid = BlockGrid(
+            width,
+            height,
+            block_size,
+            margin,
+            default_mip_downsamples(block_size) if mips else (),
+        )
+        cfg = pre.model_config(grid.side, grid.side)
+        if cfg.backend != "torch":
+            raise ValueError("only the PyTorch hash-grid backend can be stored (files must decode on a CPU)")
+        # Tissue: Otsu on the saturation of a thumbnail with at least ~4 thumbnail pixels per block.
+        thumb_side = int(min(8192, max(1024, 4 * max(width, height) / block_size)))
+        tmap = detect_tissue(source.thumbnail(thumb_side), width, height)
+        if tissue_mask:
+            fractions = block_tissue(tmap, block_size, grid.cols, grid.rows, margin_px=margin)
+        else:
+            fractions = np.ones((grid.rows, grid.cols))
+        props = source.properties
+        slide = _slide_fields(width, height, props)
+        if source.downsample != 1.0:
+            for key in ("mpp_x", "mpp_y"):
+                if slide[key] is not None:
+                    slide[key] *= source.downsample
+            if slide["objective_power"] is not None:
+                slide["objective_power"] /= source.downsample
+        slide["level"] = level
+        slide["level_downsample"] = source.downsample
+        slide["background"] = list(tmap.background)
+        table_dtype, net_dtype = QUANT_SETTINGS[quant]
+        header: dict[str, Any] = {
+            "slide": slide,
+            "grid": grid.to_header(),
+            "model": cfg.to_dict(),
+            "quantization": {
+                "setting": quant,
+                "hash_table": table_dtype + (" (one range per level)" if table_dtype == "int8" else ""),
+                "network": net_dtype + (" (one range per output row)" if net_dtype == "int8" else ""),
+            },
+            "encoder": {"software": f"cinr_codec {__version__}", "model": cfg.kind, "preset": pre.name},
+            "tissue": {
+                "method": "otsu-saturation",
+                "threshold": round(float(tmap.threshold), 3),
+                "fraction": round(float(tmap.tissue_fraction), 5),
+                "masked": bool(tissue_mask),
+            },
+        }
+        if grid.mip_downsamples:
+            header["mips"] = {
+                "downsamples": list(grid.mip_downsamples),
+                "first_block": grid.n_level_blocks,
+                "filter": "box",
+            }
+        settings = {
+            "seed": seed,
+            "steps": steps,
+            "time_budget": time_budget,
+            "total_time_budget": total_time_budget,
+            "target_psnr": target_psnr,
+            "train": {k: list(v) if isinstance(v, tuple) else v for k, v in pre.train.items()},
+            "software": __version__,
+        }
+        jpath = journal_path(path)
+        fingerprint = _fingerprint(src_path, header, settings)
+        journal = Journal.resume(jpath, fingerprint) if resume else Journal.create(jpath, fingerprint)
+        try:
+            done = journal.done
+            n_tissue = int(sum(1 for b in range(grid.n_level_blocks) if fractions.flat[b] > 0))
+            todo_tissue = sum(
+                1 for b in range(grid.n_level_blocks) if fractions.flat[b] > 0 and b not in done
+            )
+            table_sizes = cfg.hash.table_sizes()
+            side = float(grid.side)
+            if progress is not None:
+                progress(
+                    {
+                        "stage": "start",
+                        "total": grid.n_level_blocks,
+                        "done": len(done),
+                        "tissue_blocks": n_tissue,
+                    }
+                )
+            for block_id in range(grid.n_level_blocks):
+                if block_id in done:
+                    continue
+                x, y, w, h = grid.owned(block_id)
+                ox, oy = grid.frame_origin(block_id)
+                fx0, fy0, fw, fh = grid.fit_region(block_id)
+                fit_pixels = source.read(fx0, fy0, fw, fh)
+                owned = fit_pixels[y - fy0 : y - fy0 + h, x - fx0 : x - fx0 + w]
+                meta: dict[str, Any] = {"block_id": block_id}
+                parts: list[bytes] = []
+                kind = "model"
+                if fractions.flat[block_id] <= 0:
+                    colour = tuple(int(v) for v in np.median(owned.reshape(-1, 3), axis=0))
+                    flat = np.empty_like(owned)
+                    flat[...] = colour
+                    flat_psnr = psnr(flat, owned)
+                    if flat_psnr >= BACKGROUND_MIN_PSNR or not tissue_mask:
+                        kind = "background"
+                        d = owned.astype(np.float64) - np.asarray(colour, dtype=np.float64)
+                        meta.update(
+                            kind="background",
+                            colour=list(colour),
+                            sse=float((d * d).sum()),
+                            n=int(owned.size),
+                        )
+                if kind == "model":
+                    budget = time_budget
+                    if total_time_budget is not None:
+                        left = total_time_budget - (time.perf_counter() - t_start)
+                        share = max(1.0, left / max(1, todo_tissue))
+                        budget = share if budget is None else min(budget, share)
+                    result = fit_image(
+                        fit_pixels,
+                        model=model,
+                        preset=preset,
+                        steps=steps,
+                        time_budget=budget,
+                        target_psnr=target_psnr,
+                        device=str(dev),
+                        seed=_block_seed(seed, block_id),
+                        hash_config=cfg.hash,
+                        frame=(fx0 - ox, fy0 - oy, side),
+                    )
+                    todo_tissue = max(0, todo_tissue - 1)
+                    if result.config != cfg:
+                        raise RuntimeError("block model configuration differs from the header's")
+                    state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+                    payload = quantize_state(state, table_sizes, quant)
+                    decoder = build_model(cfg, "cpu")
+                    decoder.load_state_dict(
+                        dequantize_tensors(payload, where=f"block {block_id}"), strict=True
+                    )
+                    decoded = render(decoder, h, w, side, x0=x - ox, y0=y - oy)
+                    d = decoded.astype(np.float64) - owned.astype(np.float64)
+                    sse = float((d * d).sum())
+                    b_sse, b_n, i_sse, i_n = _strip_sums(
+                        decoded, owned, grid.internal_edges(block_id), SEAM_STRIP
+                    )
+                    block_psnr = _psnr_of(sse, owned.size)
+                    meta.update(
+                        kind="model",
+                        sse=sse,
+                        n=int(owned.size),
+                        ssim=ssim(decoded, owned),
+                        border_sse=b_sse,
+                        border_n=b_n,
+                        interior_sse=i_sse,
+                        interior_n=i_n,
+                        psnr_fit=_finite_or_none(result.psnr),
+                        steps=result.steps,
+                        seconds=round(result.seconds, 3),
+                        device=result.device,
+                    )
+                    parts.append(payload)
+                    mip_floor = block_psnr if block_psnr is not None and math.isfinite(block_psnr) else 60.0
+                    qualities = []
+                    for dsm in grid.mip_downsamples:
+                        data, _, q = encode_mip(box_downsample(owned, dsm), mip_floor + PSNR_MARGIN)
+                        parts.append(data)
+                        qualities.append(q)
+                    meta["mip_quality"] = qualities
+                journal.append(meta, parts)
+                if progress is not None:
+                    progress(
+                        {
+                            "stage": "block",
+                            "block_id": block_id,
+                            "kind": meta["kind"],
+                            "psnr": _psnr_of(meta["sse"], meta["n"]),
+                            "total": grid.n_level_blocks,
+                        }
+                    )
+            # All blocks are in the journal: assemble the file.
+            if progress is not None:
+                progress({"stage": "write"})
+            images = source.associated_images()
+            summary = _assemble(
+                path, journal, grid, header, images, quant, cfg, pre.name, tmap.tissue_fraction
+            )
+        except BaseException:
+            journal.close()
+            raise
+        journal.delete()
+        summary.update(
+            source=str(src_path),
+            source_bytes=source.source_bytes,
+            level=level,
+            device=str(dev),
+        )
+    summary["seconds"] = time.perf_counter() - t_start
+    summary["compression_ratio"] = summary["source_bytes"] / summary["bytes"] if summary["bytes"] else None
+    log.info(
+        "%s: %d blocks, %.2f dB over tissue, %d bytes",
+        path,
+        summary["blocks"],
+        summary["psnr"] or 0.0,
+        summary["bytes"],
+    )
+    return summary
+
+
+def _assemble(
+    path: Path,
+    journal: Any,
+    grid: Any,
+    header: dict[str, Any],
+    images: Mapping[str, bytes],
+    quant: str,
+    cfg: Any,
+    preset: str,
+    tissue_fraction: float,
+) -> dict[str, Any]:
+    """Write the ``.cinr`` file from the journal's records; return the summary figures."""
+    totals = {
+        "sse": 0.0,
+        "n": 0,
+        "t_sse": 0.0,
+        "t_n": 0,
+        "b_sse": 0.0,
+        "b_n": 0,
+        "i_sse": 0.0,
+        "i_n": 0,
+        "ssim_w": 0.0,
+        "model_bytes": 0,
+        "mip_bytes": 0,
+        "steps": 0,
+        "fit_seconds": 0.0,
+    }
+    n_tissue = n_background = 0
+    max_raw = 8
+    for rec in journal.records():
+        if rec.meta["kind"] == "model":
+            max_raw = max(max_raw, len(rec.parts[0]))
+    minor = 1 if grid.mip_downsamples else 0
+    mip_q: list[list[int]] = []
+    with CinrWriter(path, header, grid.n_blocks, max_block_bytes=max_raw, minor_version=minor) as writer:
+        for rec in journal.records():
+            m = rec.meta
+            bid = int(m["block_id"])
+            totals["sse"] += m["sse"]
+            totals["n"] += m["n"]
+            if m["kind"] == "background":
+                n_background += 1
+                colour = tuple(m["colour"])
+                writer.add_background_block(bid, colour)
+                for k in range(len(grid.mip_downsamples)):
+                    writer.add_background_block(grid.mip_id(bid, k), colour)
+                continue
+            n_tissue += 1
+            totals["model_bytes"] += writer.add_model_block(bid, rec.parts[0])
+            for k, data in enumerate(rec.parts[1:]):
+                totals["mip_bytes"] += writer.add_image_block(grid.mip_id(bid, k), data)
+            totals["t_sse"] += m["sse"]
+            totals["t_n"] += m["n"]
+            totals["b_sse"] += m["border_sse"]
+            totals["b_n"] += m["border_n"]
+            totals["i_sse"] += m["interior_sse"]
+            totals["i_n"] += m["interior_n"]
+            totals["ssim_w"] += m["ssim"] * m["n"]
+            totals["steps"] += m["steps"]
+            totals["fit_seconds"] += m["seconds"]
+            mip_q.append(m.get("mip_quality", []))
+        for name, data in sorted(images.items()):
+            writer.add_associated_image(name, data)
+        pixels = grid.width * grid.height
+        tissue_pixels = totals["t_n"] // 3
+        q_tissue = _psnr_of(totals["t_sse"], totals["t_n"])
+        q_all = _psnr_of(totals["sse"], totals["n"])
+        q_border = _psnr_of(totals["b_sse"], totals["b_n"])
+        q_interior = _psnr_of(totals["i_sse"], totals["i_n"])
+        ssim_tissue = totals["ssim_w"] / totals["t_n"] if totals["t_n"] else None
+        footer = {
+            "quality": {
+                "after_quantization": True,
+                "psnr_db": _finite_or_none(q_tissue) if q_tissue is not None else None,
+                "ssim": ssim_tissue,
+                "region": "tissue blocks",
+                "psnr_all_db": _finite_or_none(q_all) if q_all is not None else None,
+                "psnr_border_db": _finite_or_none(q_border) if q_border is not None else None,
+                "psnr_interior_db": _finite_or_none(q_interior) if q_interior is not None else None,
+                "border_strip_px": SEAM_STRIP,
+                "pixels": pixels,
+                "tissue_pixels": tissue_pixels,
+                "model_bytes": totals["model_bytes"],
+                "mip_bytes": totals["mip_bytes"],
+            },
+            "fit": {"steps": totals["steps"], "seconds": round(totals["fit_seconds"], 3)},
+            "blocks": {"total": grid.n_level_blocks, "tissue": n_tissue, "background": n_background},
+        }
+        writer.commit(footer)
+    size = path.stat().st_size
+    return {
+        "path": str(path),
+        "width": grid.width,
+        "height": grid.height,
+        "model": cfg.kind,
+        "preset": preset,
+        "quant": quant,
+        "block_size": grid.block_size,
+        "margin": grid.margin,
+        "blocks": grid.n_level_blocks,
+        "tissue_blocks": n_tissue,
+        "background_blocks": n_background,
+        "tissue_fraction": tissue_fraction,
+        "psnr": q_tissue,
+        "ssim": ssim_tissue,
+        "psnr_all": q_all,
+        "psnr_border": q_border,
+        "psnr_interior": q_interior,
+        "bytes": size,
+        "model_bytes": totals["model_bytes"],
+        "mip_bytes": totals["mip_bytes"],
+        "bpp": 8.0 * size / pixels,
+        "bpp_tissue": 8.0 * size / tissue_pixels if tissue_pixels else None,
+        "steps": totals["steps"],
+        "fit_seconds": totals["fit_seconds"],
+    }

@@ -98,10 +98,12 @@ class FitResult:
     device: str
     history: list[tuple[float, int, float]] = field(default_factory=list)
     train: dict[str, Any] = field(default_factory=dict)
+    frame: tuple[int, int, float] | None = None
 
     def decode(self, tile: int = 256) -> np.ndarray:
         """The whole image as the model sees it (uint8 H x W x 3)."""
-        return render(self.model, self.height, self.width, tile=tile)
+        fx, fy, side = self.frame or (0, 0, float(max(self.height, self.width)))
+        return render(self.model, self.height, self.width, side, tile=tile, x0=fx, y0=fy)
 
 
 class _PatchSampler:
@@ -166,6 +168,7 @@ def fit_image(
     eval_every: float | None = None,
     progress: ProgressFn | None = None,
     overrides: dict[str, Any] | None = None,
+    frame: tuple[int, int, float] | None = None,
 ) -> FitResult:
     """Fit ``model`` (ngp, engp or cinr) with ``preset`` to an RGB uint8 array (H, W, 3).
 
@@ -173,8 +176,11 @@ def fit_image(
     once the image PSNR reaches ``target_psnr``, whichever comes first; without steps or a
     time budget the preset's step count applies. ``hash_config`` (a HashGridConfig) replaces the
     preset's grid; ``overrides`` replaces training settings and architecture fields.
-    ``eval_every`` (seconds of training) records (seconds, steps, PSNR) in ``history``. Deterministic for a seed on CPU with a
-    fixed number of torch threads.
+    ``eval_every`` (seconds of training) records (seconds, steps, PSNR) in ``history``.
+    ``frame = (x0, y0, side)`` places the image in a larger coordinate frame (a slide block
+    fitted with its margin): pixel (i, j) then has coordinates ((j + x0 + 0.5) / side,
+    (i + y0 + 0.5) / side); the default is (0, 0, max(H, W)). Deterministic for a seed on CPU
+    with a fixed number of torch threads.
     """
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
@@ -186,6 +192,9 @@ def fit_image(
         raise ValueError("steps must be >= 0")
     if time_budget is not None and not time_budget > 0:
         raise ValueError("time_budget must be > 0 seconds")
+    fx, fy, side = frame if frame is not None else (0, 0, float(max(height, width)))
+    if not side > 0:
+        raise ValueError("frame side must be > 0")
     dev = resolve_device(device)
     pre = get_preset(model, preset)
     arch_keys = set(ModelConfig.__dataclass_fields__) - {"kind", "hash"}
@@ -200,7 +209,7 @@ def fit_image(
     rng = np.random.default_rng(seed)
     net = build_model(cfg, dev)
     net.train()
-    side = float(max(height, width))
+    side = float(side)
     target = torch.from_numpy(img).to(dev).permute(2, 0, 1).float().div(127.5).sub(1.0)  # (3, H, W)
 
     # Three parameter groups with their own learning rates: hash tables, the per-pixel
@@ -233,7 +242,7 @@ def fit_image(
     halo = net.halo
 
     def evaluate() -> float:
-        return psnr(render(net, height, width), img)
+        return psnr(render(net, height, width, side, x0=fx, y0=fy), img)
 
     history: list[tuple[float, int, float]] = []
     ema: float | None = None
@@ -286,15 +295,15 @@ def fit_image(
             n = int(train["batch_pixels"])
             iy = torch.from_numpy(rng.integers(0, height, n)).to(dev)
             ix = torch.from_numpy(rng.integers(0, width, n)).to(dev)
-            pts = torch.stack(((ix.float() + 0.5) / side, (iy.float() + 0.5) / side), dim=-1)
+            pts = torch.stack(((ix.float() + (fx + 0.5)) / side, (iy.float() + (fy + 0.5)) / side), dim=-1)
             pred = net.forward_points(pts)  # type: ignore[operator]
             loss = F.mse_loss(pred, target[:, iy, ix].T)
         else:
             assert sampler is not None
             pos = sampler.take(int(train["batch_patches"]))
             ph, pw = sampler.ph, sampler.pw
-            ys = torch.stack([axis_coords(y - halo, ph + 2 * halo, side, dev) for y, _ in pos])
-            xs = torch.stack([axis_coords(x - halo, pw + 2 * halo, side, dev) for _, x in pos])
+            ys = torch.stack([axis_coords(fy + y - halo, ph + 2 * halo, side, dev) for y, _ in pos])
+            xs = torch.stack([axis_coords(fx + x - halo, pw + 2 * halo, side, dev) for _, x in pos])
             pred = net.forward_grid(xs, ys)
             tgt = torch.stack([target[:, y : y + ph, x : x + pw] for y, x in pos])
             loss = F.mse_loss(pred, tgt)
@@ -328,7 +337,7 @@ def fit_image(
     seconds = time.perf_counter() - t_start
     for p in net.parameters():
         p.requires_grad_(True)
-    decoded = render(net, height, width)
+    decoded = render(net, height, width, side, x0=fx, y0=fy)
     result = FitResult(
         model=net,
         config=cfg,
@@ -343,6 +352,7 @@ def fit_image(
         device=str(dev),
         history=history,
         train=train,
+        frame=(fx, fy, side),
     )
     if eval_every is not None:
         history.append((seconds, step, result.psnr))

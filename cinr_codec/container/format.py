@@ -27,8 +27,10 @@ MAGIC = b"CINR\r\n\x1a\n"
 TRAILER_MAGIC = b"CINR-END"
 
 FORMAT_MAJOR = 1
-#: Highest minor version this code writes and fully understands.
-FORMAT_MINOR = 0
+#: Highest minor version this code writes and fully understands (1.1 added image blocks, kind 3).
+FORMAT_MINOR = 1
+#: Lowest minor version that knows image blocks.
+MINOR_IMAGE_BLOCKS = 1
 
 PREAMBLE = struct.Struct("<8sHHIIII")  # magic, major, minor, flags, header_len, header_crc, reserved
 PREAMBLE_SIZE = PREAMBLE.size + 4  # + preamble_crc32
@@ -50,7 +52,8 @@ CONTAINER_KEY = "container"
 
 KIND_MODEL = 1
 KIND_BACKGROUND = 2
-KIND_NAMES = {KIND_MODEL: "model", KIND_BACKGROUND: "background"}
+KIND_IMAGE = 3
+KIND_NAMES = {KIND_MODEL: "model", KIND_BACKGROUND: "background", KIND_IMAGE: "image"}
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -38,6 +38,7 @@ from .format import (
     HARD_MAX_BLOCK_BYTES,
     IMAGE_SIGNATURES,
     KIND_BACKGROUND,
+    KIND_IMAGE,
     KIND_MODEL,
     KIND_NAMES,
     KNOWN_REQUIRED_FLAGS,
@@ -48,6 +49,7 @@ from .format import (
     MAX_IMAGES,
     MAX_JSON_BYTES,
     MAX_RECORD_SIZE,
+    MINOR_IMAGE_BLOCKS,
     PREAMBLE_SIZE,
     RECORD_SIZE,
     REQUIRED_FLAGS_MASK,
@@ -83,7 +85,7 @@ class BlockInfo:
     """One block's index record."""
 
     block_id: int
-    kind: str  # "model", "background" (or "unknown:N" for a kind from a newer minor version)
+    kind: str  # "model", "background", "image" (or "unknown:N" for a kind from a newer minor version)
     offset: int
     stored_length: int
     raw_length: int
@@ -435,7 +437,8 @@ class CinrReader:
         raw = idx["raw_length"].astype(np.uint64)
         model = kind == KIND_MODEL
         back = kind == KIND_BACKGROUND
-        unknown = ~(model | back)
+        image = (kind == KIND_IMAGE) & (self.version[1] >= MINOR_IMAGE_BLOCKS)
+        unknown = ~(model | back | image)
         cap = min(self.max_block_bytes, self._limit)
         start, end = np.uint64(self.data_start), np.uint64(self.footer_offset)
         problems = [
@@ -452,9 +455,13 @@ class CinrReader:
                 model & ((stored < 1) | (stored > np.uint64(HARD_MAX_BLOCK_BYTES))),
                 "has an invalid stored length",
             ),
+            (
+                image & ((stored < 1) | (stored > np.uint64(MAX_IMAGE_BYTES)) | (raw != stored)),
+                "is an image block with an invalid length",
+            ),
             # off <= end and stored <= end - off avoid any overflow.
             (
-                model & ((off < start) | (off > end) | (stored > end - np.minimum(off, end))),
+                (model | image) & ((off < start) | (off > end) | (stored > end - np.minimum(off, end))),
                 "lies outside the payload region",
             ),
         ]
@@ -506,9 +513,17 @@ class CinrReader:
         info = self._model_info(block_id)
         return self._read_verified(info.offset, info.stored_length, info.crc32, f"block {block_id}")
 
-    def _model_info(self, block_id: int) -> BlockInfo:
+    def read_image_block(self, block_id: int) -> bytes:
+        """The PNG or JPEG bytes of image block ``block_id``, checksum and signature verified."""
+        info = self._model_info(block_id, "image")
+        data = self._read_verified(info.offset, info.stored_length, info.crc32, f"block {block_id}")
+        if not any(data.startswith(sig) for sig in IMAGE_SIGNATURES.values()):
+            raise self._err(f"block {block_id} is not PNG or JPEG data", info.offset)
+        return data
+
+    def _model_info(self, block_id: int, want: str = "model") -> BlockInfo:
         info = self.block_info(block_id)
-        if info.kind != "model":
+        if info.kind != want:
             if info.kind.startswith("unknown"):
                 raise self._err(
                     f"block {block_id} has kind {info.kind[8:]}, unknown to this reader (file version "
@@ -516,7 +531,7 @@ class CinrReader:
                     self._index_offset + block_id * self._record_size,
                     CinrVersionError,
                 )
-            raise ValueError(f"{self.name}: block {block_id} is a {info.kind} block and has no payload")
+            raise ValueError(f"{self.name}: block {block_id} is a {info.kind} block, not a {want} block")
         return info
 
     def read_payload(self, block_id: int) -> bytes:
@@ -588,7 +603,9 @@ class CinrReader:
     def verify(self) -> None:
         """Read and check every block and associated image (raises the first CinrError)."""
         for info in self.blocks():
-            if info.kind != "background":
+            if info.kind == "image":
+                self.read_image_block(info.block_id)
+            elif info.kind != "background":
                 self.read_tensors(info.block_id)
         for name in self._images:
             self.read_associated_image(name)

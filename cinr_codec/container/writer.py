@@ -30,12 +30,14 @@ from .format import (
     HARD_MAX_BLOCK_BYTES,
     IMAGE_SIGNATURES,
     KIND_BACKGROUND,
+    KIND_IMAGE,
     KIND_MODEL,
     MAX_BLOCKS,
     MAX_IMAGE_BYTES,
     MAX_IMAGE_NAME,
     MAX_IMAGES,
     MAX_JSON_BYTES,
+    MINOR_IMAGE_BLOCKS,
     PREAMBLE_SIZE,
     RECORD_SIZE,
     TRAILER_SIZE,
@@ -128,7 +130,11 @@ class CinrWriter:
         max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
         zstd_level: int = DEFAULT_ZSTD_LEVEL,
         overwrite: bool = True,
+        minor_version: int = 0,
     ) -> None:
+        if minor_version not in range(FORMAT_MINOR + 1):
+            raise ValueError(f"minor_version must be in [0, {FORMAT_MINOR}]")
+        self.minor_version = minor_version
         if not isinstance(n_blocks, int) or not 0 <= n_blocks <= MAX_BLOCKS:
             raise ValueError(f"n_blocks must be an int in [0, {MAX_BLOCKS}]")
         if not isinstance(max_block_bytes, int) or not 8 <= max_block_bytes <= HARD_MAX_BLOCK_BYTES:
@@ -181,7 +187,7 @@ class CinrWriter:
         self._finalizer = weakref.finalize(self, _cleanup, self._fh if self._tmp else None, self._tmp)
         self._pos = 0
         try:
-            pre = Preamble(FORMAT_MAJOR, FORMAT_MINOR, 0, len(header_bytes), crc32(header_bytes))
+            pre = Preamble(FORMAT_MAJOR, minor_version, 0, len(header_bytes), crc32(header_bytes))
             self._write(pack_preamble(pre))
             self._write(header_bytes)
         except BaseException:
@@ -270,6 +276,24 @@ class CinrWriter:
         with self._lock:
             self._check_open()
             self._record(block_id, pack_record(0, 0, 0, 0, KIND_BACKGROUND, bytes(rgb)))
+
+    def add_image_block(self, block_id: int, data: bytes) -> int:
+        """Append block ``block_id`` as a complete PNG or JPEG file (kind 3, format 1.1); returns its length."""
+        self._check_open()
+        self._check_id(block_id)
+        if self.minor_version < MINOR_IMAGE_BLOCKS:
+            raise ValueError(f"image blocks need format 1.{MINOR_IMAGE_BLOCKS} (CinrWriter(minor_version=1))")
+        data = bytes(data)
+        if sniff_media_type(data) is None or not 1 <= len(data) <= MAX_IMAGE_BYTES:
+            raise ValueError(f"block {block_id}: image data is not a PNG or JPEG file of at most {MAX_IMAGE_BYTES} bytes")
+        crc = crc32(data)
+        with self._lock:
+            self._check_open()
+            if self._written[block_id]:
+                raise ValueError(f"block {block_id} was already added")
+            offset = self._write(data)
+            self._record(block_id, pack_record(offset, len(data), len(data), crc, KIND_IMAGE, b"\0\0\0"))
+        return len(data)
 
     def add_associated_image(self, name: str, data: bytes, media_type: str | None = None) -> None:
         """Append an associated image (``label``, ``macro``, ``thumbnail``...) as PNG or JPEG bytes."""
