@@ -23,12 +23,19 @@ from cinr_codec.presets import get_preset
 from .common import RESULTS, header
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _time(fn: Callable[[], object], repeat: int) -> float:
     fn()
     best = float("inf")
     for _ in range(repeat):
+        _sync()
         t = time.perf_counter()
         fn()
+        _sync()
         best = min(best, time.perf_counter() - t)
     return best
 

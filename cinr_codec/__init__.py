@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from .api import CinrSlide, open_cinr
 from .container import CinrReader, CinrWriter, dequantize_tensors, quantize_tensors
-from .decoding import decode_image
-from .encoding import DEFAULT_QUANT, QUANT_SETTINGS, encode_image, write_fitted
+from .decoding import SlideDecoder, decode_image
+from .encoding import DEFAULT_QUANT, QUANT_SETTINGS, encode_image, encode_slide, write_fitted
 from .errors import (
     CinrChecksumError,
     CinrError,
@@ -28,6 +29,10 @@ __all__ = [
     "NGP",
     "PRESETS",
     "CinrChecksumError",
+    "CinrSlide",
+    "SlideDecoder",
+    "encode_slide",
+    "open_cinr",
     "CinrError",
     "CinrFormatError",
     "CinrIOError",

@@ -361,7 +361,8 @@ class SlideDecoder:
     Level pixels come from the blocks' models in fixed ``TILE`` x ``TILE`` tiles (so a pixel's
     value never depends on the region asked for); scales below 1 start from the coarsest stored
     mip at least as fine as the output and average it over each output pixel's box; scales above
-    1 interpolate level pixels bilinearly.
+    1 interpolate level pixels bilinearly. ``device`` runs the models on a GPU ("cuda"; "auto"
+    picks it when present); pixels may then differ from a CPU decode by a rounding step.
     """
 
     def __init__(
@@ -370,8 +371,12 @@ class SlideDecoder:
         *,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_block_bytes: int | None = None,
+        device: str = "cpu",
     ) -> None:
         from .blocks import BlockGrid
+        from .fitting import resolve_device
+
+        self.device = resolve_device(device)
 
         self.reader = CinrReader(path, max_block_bytes=max_block_bytes)
         try:
@@ -405,7 +410,7 @@ class SlideDecoder:
     def _model(self, block_id: int) -> ImageModel:
         m = self._models.get(block_id)
         if m is None:
-            m = load_block_model(self.reader, block_id, self.layout.config)
+            m = load_block_model(self.reader, block_id, self.layout.config).to(self.device)
             self._models.put(block_id, m, 1)
         return m  # type: ignore[no-any-return]
 
@@ -491,13 +496,19 @@ class SlideDecoder:
         for name, v in (("x", x), ("y", y), ("w", w), ("h", h), ("scale", scale)):
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
                 raise ValueError(f"{name} must be a number, not {type(v).__name__}")
-            if not math.isfinite(float(v)):
-                raise ValueError(f"{name} must be finite, not {v}")
+            try:
+                finite = math.isfinite(float(v))
+            except OverflowError:  # an int beyond the float range
+                finite = False
+            if not finite:
+                raise ValueError(f"{name} must be finite, not {str(v)[:40]}")
         x, y, w, h, scale = float(x), float(y), float(w), float(h), float(scale)
         if w <= 0 or h <= 0:
             raise ValueError(f"region size must be positive, not {w} x {h}")
         if not 0 < scale <= MAX_SCALE:
             raise ValueError(f"scale must be in (0, {MAX_SCALE}], not {scale}")
+        if not (math.isfinite(w * scale) and math.isfinite(h * scale)):  # round(inf): OverflowError
+            raise ValueError(f"a {w} x {h} region at scale {scale} is too large")
         ow, oh = int(round(w * scale)), int(round(h * scale))
         if ow < 1 or oh < 1:
             raise ValueError(f"a {w} x {h} region at scale {scale} has no output pixels")
@@ -547,12 +558,12 @@ class SlideDecoder:
             and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (x, y, w, h))
             and 0 <= x
             and 0 <= y
-            and x + w <= self.width
-            and y + h <= self.height
+            and int(x) + int(w) <= self.width  # Python ints: numpy integers would wrap around
+            and int(y) + int(h) <= self.height
             and w > 0
             and h > 0
         ):
-            if w * h > MAX_READ_PIXELS:
+            if int(w) * int(h) > MAX_READ_PIXELS:
                 raise ValueError(
                     f"{w} x {h} output pixels is over the {MAX_READ_PIXELS}-pixel limit of one read"
                 )

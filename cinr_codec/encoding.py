@@ -311,7 +311,26 @@ SEAM_STRIP = 16
 #: A block the tissue mask calls background is still fitted when a flat colour would be worse than this.
 BACKGROUND_MIN_PSNR = 30.0
 
+#: A block whose thumbnail tissue fraction is below this is checked at full resolution.
+THUMB_TISSUE_MIN = 0.005
+#: At full resolution (4x4 means) a background block has at most this fraction of saturated pixels.
+GLASS_MAX_TISSUE = 0.0005
+
 ProgressEvent = dict[str, Any]
+
+
+def _is_glass(pixels: np.ndarray, threshold: float) -> bool:
+    """Whether a block's own pixels show no tissue: few 4x4-averaged pixels above the saturation threshold.
+
+    The thumbnail pre-selects candidates; this full-resolution check keeps small fragments that
+    the thumbnail blurred away (a false "background" destroys tissue, a false "tissue" costs bytes).
+    """
+    from .mips import box_downsample, to_uint8
+    from .tissue import DARK_VALUE, hsv_saturation_value
+
+    sat, val = hsv_saturation_value(to_uint8(box_downsample(pixels, 4)))
+    tissue = (sat > threshold) | (val < DARK_VALUE)
+    return bool(tissue.sum() <= GLASS_MAX_TISSUE * tissue.size)
 
 
 def _block_seed(seed: int, block_id: int) -> int:
@@ -514,12 +533,11 @@ def encode_slide(
                 meta: dict[str, Any] = {"block_id": block_id}
                 parts: list[bytes] = []
                 kind = "model"
-                if fractions.flat[block_id] <= 0:
+                if fractions.flat[block_id] < THUMB_TISSUE_MIN and _is_glass(owned, tmap.threshold):
                     colour = tuple(int(v) for v in np.median(owned.reshape(-1, 3), axis=0))
                     flat = np.empty_like(owned)
                     flat[...] = colour
-                    flat_psnr = psnr(flat, owned)
-                    if flat_psnr >= BACKGROUND_MIN_PSNR or not tissue_mask:
+                    if psnr(flat, owned) >= BACKGROUND_MIN_PSNR:
                         kind = "background"
                         d = owned.astype(np.float64) - np.asarray(colour, dtype=np.float64)
                         meta.update(

@@ -210,7 +210,9 @@ def fit_image(
     net = build_model(cfg, dev)
     net.train()
     side = float(side)
-    target = torch.from_numpy(img).to(dev).permute(2, 0, 1).float().div(127.5).sub(1.0)  # (3, H, W)
+    target = (
+        torch.from_numpy(np.array(img, copy=True)).to(dev).permute(2, 0, 1).float().div(127.5).sub(1.0)
+    )  # (3, H, W)
 
     # Three parameter groups with their own learning rates: hash tables, the per-pixel
     # network (NGP's MLP; CINR's MLP flow and head) and CINR's convolutional flows.

@@ -315,7 +315,7 @@ def naive_hashgrid(x: torch.Tensor, table: torch.Tensor, config: HashGridConfig)
         cell = pos.floor().clamp(max=float(max(n - 1, 0)))
         frac = pos - cell
         ci = cell.long()
-        acc = torch.zeros(x.shape[0], config.n_features, dtype=table.dtype)
+        acc = torch.zeros(x.shape[0], config.n_features, dtype=table.dtype, device=table.device)
         for dx in (0, 1):
             for dy in (0, 1):
                 ix = ci[:, 0] + dx

@@ -18,10 +18,10 @@ from PIL import Image
 
 from .metrics import psnr
 
-#: JPEG qualities tried, lowest first (4:4:4, no chroma subsampling).
+#: JPEG qualities tried, lowest first, each with 4:2:0 and 4:4:4 chroma.
 JPEG_LADDER = (50, 60, 70, 75, 80, 85, 88, 90, 92, 94, 96, 98, 100)
-#: A mip must be this much better (dB) than the block's level PSNR.
-PSNR_MARGIN = 0.3
+#: A mip must be this much better (dB) than the block's level PSNR (rounding headroom).
+PSNR_MARGIN = 0.1
 #: Largest mip image a decoder accepts (pixels).
 MAX_MIP_PIXELS = 1 << 24
 
@@ -47,10 +47,10 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
-def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
-    """Baseline JPEG, 4:4:4, optimised Huffman tables."""
+def encode_jpeg(img: np.ndarray, quality: int, subsampling: int = 0) -> bytes:
+    """Baseline JPEG with optimised Huffman tables; subsampling 0 = 4:4:4, 2 = 4:2:0."""
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=quality, subsampling=0, optimize=True)
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality, subsampling=subsampling, optimize=True)
     return buf.getvalue()
 
 
@@ -72,26 +72,43 @@ def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
         raise ValueError(f"{where}: cannot decode the stored image ({exc})") from None
 
 
-def encode_mip(exact: np.ndarray, min_psnr: float) -> tuple[bytes, float, int]:
-    """Smallest stored form of a mip whose PSNR against ``exact`` (float box means) reaches ``min_psnr``.
-
-    Returns (bytes, PSNR of the stored pixels against the exact means, JPEG quality or 0 for PNG).
-    """
-    ref = exact.astype(np.float64)
-    target = to_uint8(exact)
+def _smallest_jpeg(
+    target: np.ndarray, ref: np.ndarray, min_psnr: float, subsampling: int
+) -> tuple[bytes, float, int] | None:
+    """Binary search on the ladder (PSNR grows with quality) for the lowest quality reaching min_psnr."""
     lo, hi = 0, len(JPEG_LADDER) - 1
     best: tuple[bytes, float, int] | None = None
-    while lo <= hi:  # binary search on the ladder: PSNR grows with quality
+    while lo <= hi:
         mid = (lo + hi) // 2
         q = JPEG_LADDER[mid]
-        data = encode_jpeg(target, q)
+        data = encode_jpeg(target, q, subsampling)
         got = psnr(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), ref)
         if got >= min_psnr:
             best = (data, got, q)
             hi = mid - 1
         else:
             lo = mid + 1
-    if best is None:
+    return best
+
+
+def encode_mip(exact: np.ndarray, min_psnr: float) -> tuple[bytes, float, int]:
+    """Smallest stored form of a mip whose PSNR against ``exact`` (float box means) reaches ``min_psnr``.
+
+    Tries JPEG at 4:2:0 and 4:4:4 over the quality ladder and keeps the smaller file; PNG when
+    no JPEG reaches the target. Returns (bytes, PSNR of the stored pixels against the exact
+    means, JPEG quality or 0 for PNG).
+    """
+    ref = exact.astype(np.float64)
+    target = to_uint8(exact)
+    found = [
+        r
+        for r in (
+            _smallest_jpeg(target, ref, min_psnr, 2) if min(target.shape[:2]) >= 16 else None,
+            _smallest_jpeg(target, ref, min_psnr, 0),
+        )
+        if r is not None
+    ]
+    if not found:
         data = encode_png(target)
         return data, psnr(target, ref), 0
-    return best
+    return min(found, key=lambda r: len(r[0]))

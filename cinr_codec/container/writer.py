@@ -285,7 +285,9 @@ class CinrWriter:
             raise ValueError(f"image blocks need format 1.{MINOR_IMAGE_BLOCKS} (CinrWriter(minor_version=1))")
         data = bytes(data)
         if sniff_media_type(data) is None or not 1 <= len(data) <= MAX_IMAGE_BYTES:
-            raise ValueError(f"block {block_id}: image data is not a PNG or JPEG file of at most {MAX_IMAGE_BYTES} bytes")
+            raise ValueError(
+                f"block {block_id}: image data is not a PNG or JPEG file of at most {MAX_IMAGE_BYTES} bytes"
+            )
         crc = crc32(data)
         with self._lock:
             self._check_open()

@@ -1,0 +1,291 @@
+"""Write a region of a ``.cinr`` slide, at any scale, as a PNG, JPEG, TIFF or WebP image.
+
+``export_region(slide, "out.tif")`` decodes through ``CinrSlide.read`` / ``SlideDecoder.read``
+and saves through libvips, choosing the format by the output's extension:
+
+=================  =====================================================================
+``.png``           lossless
+``.jpg``/``.jpeg`` JPEG, quality 90
+``.webp``          WebP, quality 90 (at most 16383 pixels a side)
+``.tif``/``.tiff`` always a tiled (256 x 256), pyramidal BigTIFF with JPEG tiles (quality 90),
+                   whatever its size, so that every exported TIFF opens in OpenSlide
+                   (``generic-tiff``) and in viewers that need tiles
+=================  =====================================================================
+
+Small outputs (at most ``STREAM_PIXELS`` pixels, region given) are decoded with one read and
+saved from memory. Whole-slide exports (no region) and large outputs are *streamed*: decoded
+in strips of at most 1024 output rows (fewer for wide outputs: ``STRIP_PIXELS`` per strip, 8x that
+at scale 1 on integer coordinates, where reads are plain copies of decoded tiles)
+into a raw memory-mapped temporary file beside the output, then saved from that file by
+libvips, which reads it lazily; memory stays bounded by the strip, disk use is 3 bytes per
+output pixel until the save ends. The resolution is recorded when the slide's is known (pixels
+per millimetre ``1000 * scale / mpp``). Writes are atomic: a temporary file in the destination
+folder is renamed over the output only when complete; on any error the temporaries are deleted
+and an existing output is left untouched.
+
+Whole-slide exports cover the slide with ``ceil(W * scale) x ceil(H * scale)`` pixels (the
+virtual pyramid's level size when ``scale`` is ``2**-k``); pixels beyond the slide take the
+background colour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .api import CinrSlide, header_mpp
+from .decoding import MAX_READ_PIXELS, MAX_SCALE, SlideDecoder
+from .errors import CinrIOError
+
+__all__ = ["FORMATS", "export_region"]
+
+#: Extension -> libvips saver.
+FORMATS = {
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".webp": "webp",
+}
+#: Largest side each format can hold.
+MAX_SIDES = {"png": 1 << 31, "jpeg": 65535, "webp": 16383, "tiff": 1 << 31}
+#: Outputs above this many pixels are streamed (whole-slide exports always are).
+STREAM_PIXELS = 4096 * 4096
+#: Most output rows, and most output pixels, decoded per strip when streaming.
+STRIP_ROWS = 1024
+STRIP_PIXELS = 1 << 21
+#: JPEG/WebP quality (also the TIFF tiles').
+QUALITY = 90
+
+Progress = Callable[[int, int], None]
+
+
+def _check_output(out_path: str | os.PathLike[str]) -> tuple[str, str, str]:
+    """(absolute path, folder, format) of a writable output path, or ValueError."""
+    out = os.path.abspath(os.fspath(out_path))
+    ext = os.path.splitext(out)[1].lower()
+    if ext not in FORMATS:
+        raise ValueError(
+            f"{out_path}: unknown output type {ext or '(none)'!r}; use one of {', '.join(FORMATS)}"
+        )
+    folder = os.path.dirname(out)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{out_path}: folder {folder} does not exist")
+    if os.path.isdir(out):
+        raise ValueError(f"{out_path}: is a directory")
+    return out, folder, FORMATS[ext]
+
+
+def _finite(v: Any, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, not {type(v).__name__}")
+    try:
+        f = float(v)
+    except OverflowError:
+        f = math.inf
+    if not math.isfinite(f):
+        raise ValueError(f"{name} must be finite, not {v}")
+    return f
+
+
+def _slide_info(
+    slide: CinrSlide | SlideDecoder,
+) -> tuple[Callable[..., np.ndarray], int, int, tuple[float | None, float | None]]:
+    """(read, width, height, (mpp_x, mpp_y)) of a CinrSlide or SlideDecoder."""
+    if isinstance(slide, CinrSlide):
+        w, h = slide.dimensions
+        return slide.read, w, h, slide.mpp
+    if isinstance(slide, SlideDecoder):
+        return slide.read, slide.width, slide.height, header_mpp(slide.reader.header)
+    raise TypeError(f"expected a CinrSlide or SlideDecoder, not {type(slide).__name__}")
+
+
+def _exact(v: float) -> float | int:
+    """An integral coordinate as an int (the decoder's fast path at scale 1)."""
+    return int(v) if float(v).is_integer() and abs(v) < 1 << 53 else v
+
+
+def _make_temp(folder: str, suffix: str) -> str:
+    """Create an empty temporary file in ``folder`` with the umask's permissions (unlike mkstemp's 0600)."""
+    for _ in range(100):
+        path = os.path.join(folder, f".cinr-export-{secrets.token_hex(6)}{suffix}")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:  # pragma: no cover - 48 random bits
+            continue
+        except OSError as exc:
+            raise CinrIOError(f"{path}: cannot create a temporary file: {exc.strerror or exc}") from None
+        return path
+    raise CinrIOError(f"{folder}: cannot create a temporary file")  # pragma: no cover
+
+
+def _stderr_progress() -> Progress:
+    last = [-1]
+
+    def report(done: int, total: int) -> None:
+        pct = int(100 * done / max(1, total))
+        if pct != last[0]:
+            last[0] = pct
+            sys.stderr.write(f"\rdecoding: {pct:3d}%" + ("\n" if done >= total else ""))
+            sys.stderr.flush()
+
+    return report
+
+
+def _save(img: Any, path: str, fmt: str) -> None:
+    if fmt == "png":
+        img.pngsave(path)
+    elif fmt == "jpeg":
+        img.jpegsave(path, Q=QUALITY)
+    elif fmt == "webp":
+        img.webpsave(path, Q=QUALITY)
+    else:
+        img.tiffsave(
+            path,
+            tile=True,
+            pyramid=True,
+            compression="jpeg",
+            Q=QUALITY,
+            tile_width=256,
+            tile_height=256,
+            bigtiff=True,
+            resunit="cm",
+        )
+
+
+def export_region(
+    slide: CinrSlide | SlideDecoder,
+    out_path: str | os.PathLike[str],
+    region: tuple[float, float, float, float] | None = None,
+    scale: float = 1.0,
+    *,
+    quiet: bool = True,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Decode ``region`` (x, y, w, h in level-0 pixels; None: the whole slide) at ``scale`` into ``out_path``.
+
+    The format follows the extension (see the module docstring). ``progress(done_rows, total_rows)``
+    is called after each decoded strip; with ``quiet=False`` and no ``progress`` a percentage
+    is printed on stderr. Returns a summary: ``path``, ``format``, ``width``/``height`` (output
+    pixels), ``region``, ``scale``, ``streamed``, ``mpp`` (of the output pixels, or None),
+    ``bytes``, ``seconds``. Bad arguments, an unknown extension or a missing folder raise
+    ``ValueError`` before anything is decoded; ``CinrError`` for a bad file or a failed write.
+    """
+    import pyvips
+
+    t0 = time.perf_counter()
+    out, folder, fmt = _check_output(out_path)
+    read, W, H, mpp = _slide_info(slide)
+    s = _finite(scale, "scale")
+    if not 0 < s <= MAX_SCALE:
+        raise ValueError(f"scale must be in (0, {MAX_SCALE}], not {scale}")
+    whole = region is None
+    if region is None:
+        ow, oh = max(1, math.ceil(W * s - 1e-9)), max(1, math.ceil(H * s - 1e-9))
+        x, y, w, h = 0.0, 0.0, ow / s, oh / s
+    else:
+        try:
+            rx, ry, rw, rh = region
+        except (TypeError, ValueError):
+            raise ValueError(f"region must be (x, y, w, h), not {str(region)[:60]}") from None
+        x, y = _finite(rx, "region x"), _finite(ry, "region y")
+        w, h = _finite(rw, "region width"), _finite(rh, "region height")
+        if w <= 0 or h <= 0:
+            raise ValueError(f"region size must be positive, not {rw} x {rh}")
+        if not (math.isfinite(w * s) and math.isfinite(h * s)):
+            raise ValueError(f"a {rw} x {rh} region at scale {s} is too large")
+        ow, oh = int(round(w * s)), int(round(h * s))
+        if ow < 1 or oh < 1:
+            raise ValueError(f"a {rw} x {rh} region at scale {s} has no output pixels")
+    if max(ow, oh) > MAX_SIDES[fmt]:
+        raise ValueError(
+            f"{out_path}: a {ow} x {oh} image is too large for {fmt.upper()} (at most {MAX_SIDES[fmt]} "
+            "pixels a side); use .tif"
+        )
+    streamed = whole or ow * oh > STREAM_PIXELS
+    if not streamed and ow * oh > MAX_READ_PIXELS:  # pragma: no cover - STREAM_PIXELS < MAX_READ_PIXELS
+        streamed = True
+    if progress is None and not quiet:
+        progress = _stderr_progress()
+    out_mpp = (mpp[0] / s if mpp[0] else None, mpp[1] / s if mpp[1] else None)
+
+    tmp = _make_temp(folder, os.path.splitext(out)[1])
+    raw: str | None = None
+    try:
+        if not streamed:
+            pixels = np.ascontiguousarray(read(_exact(x), _exact(y), _exact(w), _exact(h), s))
+            if pixels.shape != (oh, ow, 3):  # pragma: no cover - the decoder's contract
+                raise RuntimeError(f"read returned {pixels.shape}, expected {(oh, ow, 3)}")
+            img = pyvips.Image.new_from_memory(pixels.data, ow, oh, 3, "uchar")
+            if progress is not None:
+                progress(oh, oh)
+        else:
+            need = ow * oh * 3
+            free = shutil.disk_usage(folder).free
+            if need > free:
+                raise CinrIOError(
+                    f"{out_path}: streaming a {ow} x {oh} image needs {need / 1e9:.1f} GB of temporary "
+                    f"disk space in {folder}, only {free / 1e9:.1f} GB is free"
+                )
+            raw = _make_temp(folder, ".raw")
+            buf = np.memmap(raw, dtype=np.uint8, mode="w+", shape=(oh, ow, 3))
+            try:
+                # At scale 1 on integer coordinates reads are uint8 copies of decoded tiles: 8x the strip.
+                fast = s == 1.0 and float(x).is_integer() and float(y).is_integer()
+                rows = max(1, min(STRIP_ROWS, STRIP_PIXELS * (8 if fast else 1) // ow))
+                if rows >= 256:
+                    rows -= rows % 256  # whole 256-row decode tiles per strip when aligned
+                for r0 in range(0, oh, rows):
+                    r1 = min(oh, r0 + rows)
+                    strip = read(_exact(x), _exact(y + r0 / s), _exact(w), _exact((r1 - r0) / s), s)
+                    if strip.shape != (r1 - r0, ow, 3):  # pragma: no cover - the decoder's contract
+                        raise RuntimeError(f"read returned {strip.shape}, expected {(r1 - r0, ow, 3)}")
+                    buf[r0:r1] = strip
+                    if progress is not None:
+                        progress(r1, oh)
+                buf.flush()
+            finally:
+                del buf
+            img = pyvips.Image.rawload(raw, ow, oh, 3)
+        changes: dict[str, Any] = {"interpretation": "srgb"}
+        if out_mpp[0] and out_mpp[1]:
+            changes.update(xres=1000.0 / out_mpp[0], yres=1000.0 / out_mpp[1])
+        img = img.copy(**changes)
+        try:
+            _save(img, tmp, fmt)
+        except pyvips.Error as exc:
+            raise CinrIOError(f"{out_path}: cannot write: {' '.join(str(exc).split())[:200]}") from None
+        del img
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    finally:
+        if raw is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(raw)
+    return {
+        "path": out,
+        "format": fmt,
+        "width": ow,
+        "height": oh,
+        "region": [x, y, w, h],
+        "scale": s,
+        "streamed": streamed,
+        "mpp": list(out_mpp) if out_mpp[0] or out_mpp[1] else None,
+        "bytes": os.path.getsize(out),
+        "seconds": time.perf_counter() - t0,
+    }
