@@ -220,7 +220,7 @@ def _json_safe(v: Any) -> Any:
 @click.option("--block-size", default=1024, show_default=True, help="Block side in pixels (multiple of 16).")
 @click.option(
     "--margin",
-    default=32,
+    default=0,
     show_default=True,
     help="Pixels of context each block is fitted with beyond its edges.",
 )

@@ -301,7 +301,7 @@ def encode_image(
 
 #: Default block side (pixels) and fitting margin; see docs/architecture.md for the measurements.
 DEFAULT_BLOCK_SIZE = 1024
-DEFAULT_MARGIN = 32
+DEFAULT_MARGIN = 0
 #: Smallest block side accepted (tests use small blocks; real encodes use >= 1024).
 MIN_BLOCK_SIZE = 64
 #: Smallest level accepted for a slide encode.
@@ -670,10 +670,13 @@ def _assemble(
         "fit_seconds": 0.0,
     }
     n_tissue = n_background = 0
+    # Every model block has the same tensor names, shapes and storage, hence the same payload
+    # size; the header's bound is twice the first one's, and each block is checked when added.
     max_raw = 8
     for rec in journal.records():
         if rec.meta["kind"] == "model":
-            max_raw = max(max_raw, len(rec.parts[0]))
+            max_raw = min(2 * len(rec.parts[0]), 1 << 30)
+            break
     minor = 1 if grid.mip_downsamples else 0
     mip_q: list[list[int]] = []
     with CinrWriter(path, header, grid.n_blocks, max_block_bytes=max_raw, minor_version=minor) as writer:

@@ -93,7 +93,7 @@ def test_no_tissue_mask_fits_every_block(mixed_png: Path, tmp_path: Path) -> Non
 
 
 def test_blocks_join_without_seams(tmp_path: Path) -> None:
-    """Border strips are as good as block interiors (each block is fitted with a margin).
+    """Border strips are as good as block interiors (at the default margin).
 
     16 blocks, so that the strips' content is not one particular patch of tissue.
     """
@@ -102,7 +102,7 @@ def test_blocks_join_without_seams(tmp_path: Path) -> None:
         pytest.skip("shared data absent")
     crop = np.asarray(Image.open(src).convert("RGB"))[1000:1512, 1000:1512]
     Image.fromarray(crop).save(tmp_path / "t.png")
-    s = encode_slide(tmp_path / "t.png", tmp_path / "t.cinr", block_size=128, margin=16, steps=80, mips=False)
+    s = encode_slide(tmp_path / "t.png", tmp_path / "t.cinr", block_size=128, steps=80, mips=False)
     assert s["tissue_blocks"] == 16
     assert abs(s["psnr_border"] - s["psnr_interior"]) < 1.0, s
 

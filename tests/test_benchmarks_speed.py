@@ -1,0 +1,142 @@
+"""Smoke tests of the speed and memory benchmarks: each starts, measures, writes its table, prints JSON.
+
+Timings are never asserted (they depend on the machine and its load); each run uses the
+benchmark's ``--smoke`` mode, a few seconds of work on tiny inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+SAMPLE = ROOT / "cinr_codec" / "data" / "CMU-1-Small-Region.svs"
+
+
+def _run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+    )
+
+
+def _he_image() -> Path:
+    """Real H&E pixels: the shared JPEG, or the bundled sample slide when shared data is absent."""
+    path = SHARED / "he-prostate-2500.jpeg"
+    return path if path.exists() else SAMPLE
+
+
+def _slide() -> Path:
+    path = SHARED / "CMU-1-Small-Region.svs"
+    return path if path.exists() else SAMPLE
+
+
+def test_encode_speed_smoke(tmp_path: Path) -> None:
+    p = _run(
+        "benchmarks.encode_speed",
+        "--smoke",
+        "--image",
+        str(_he_image()),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--json",
+        "--quiet",
+        "--results",
+        str(tmp_path),
+    )
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert [r["steps"] for r in out["curve"]] == [2, 4]
+    for r in out["curve"]:
+        assert r["preset"] == "fast" and r["device"] == "cpu"
+        assert r["seconds"] > 0 and r["mp_per_min"] > 0 and r["bpp"] > 0 and r["psnr"] > 5
+    (row,) = out["throughput"]
+    assert row["steps"] == 4 and row["width"] == row["height"] == 128
+    md = (tmp_path / "encode_speed_smoke.md").read_text()
+    assert "PSNR reached against time" in md and "- command: `python -m benchmarks.encode_speed" in md
+    assert "- cpu:" in md and "- gpu:" in md and "- cinr_codec:" in md
+    assert (tmp_path / "encode_speed_smoke.png").stat().st_size > 0
+    assert json.loads((tmp_path / "encode_speed_smoke.json").read_text())["curve"] == out["curve"]
+
+
+def test_encode_speed_bad_input() -> None:
+    p = _run("benchmarks.encode_speed", "--image", "/nonexistent.png", "--smoke", "--json")
+    assert p.returncode == 2 and "no such file" in p.stderr
+
+
+def test_decode_speed_smoke(tmp_path: Path) -> None:
+    p = _run(
+        "benchmarks.decode_speed",
+        "--smoke",
+        "--slide",
+        str(_slide()),
+        "--device",
+        "cpu",
+        "--torch-threads",
+        "1",
+        "--json",
+        "--quiet",
+        "--results",
+        str(tmp_path),
+    )
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["methods"][0] == "cinr"
+    assert [(c["size"], c["scale"]) for c in out["cells"]] == [
+        (64, "1"),
+        (64, "1/4"),
+        (128, "1"),
+        (128, "1/4"),
+    ]
+    for c in out["cells"]:
+        for m in out["methods"]:
+            for kind in ("cold", "warm"):
+                assert c[m][kind]["n"] == 2 and c[m][kind]["median"] > 0
+    assert [t["scale"] for t in out["target"]] == ["1", "1/4"]
+    assert out["target"][0]["cold_ratio"] == 1.0
+    assert {r["method"] for r in out["threads"]} == set(out["methods"])
+    assert all(v > 0 for r in out["threads"] for v in r["rps"].values())
+    md = (tmp_path / "decode_speed_smoke.md").read_text()
+    assert "The 3x target" in md and "Viewer pattern" in md and "- command:" in md
+
+
+def test_decode_speed_bad_scale() -> None:
+    p = _run("benchmarks.decode_speed", "--smoke", "--scales", "1,3", "--json")
+    assert p.returncode == 2 and "--scales" in p.stderr
+
+
+def test_encode_memory_smoke(tmp_path: Path) -> None:
+    p = _run(
+        "benchmarks.encode_memory",
+        "--smoke",
+        "--image",
+        str(_he_image()),
+        "--device",
+        "cpu",
+        "--json",
+        "--quiet",
+        "--results",
+        str(tmp_path),
+    )
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    (row,) = out["rows"]
+    assert not out["failed"] and not out["pending"]
+    assert row["block_size"] == 128 and row["blocks"] == 4 and row["tissue_blocks"] >= 1
+    assert row["side"] == 256 and row["width"] == row["height"] == 256
+    assert row["peak_rss_mb"] > out["baseline_rss_mb"] > 10 and row["seconds"] > 0
+    md = (tmp_path / "encode_memory_smoke.md").read_text()
+    assert "| 256 x 256 | 128 |" in md and "peak RSS" in md
+    assert json.loads((tmp_path / "encode_memory_smoke.json").read_text())["rows"] == out["rows"]
+
+
+def test_encode_memory_runs_plan() -> None:
+    from benchmarks.encode_memory import parse_runs
+
+    assert parse_runs(None, [5000, 10000], 5000, 2048) == [(5000, 1024), (5000, 2048), (10000, 1024)]
+    assert parse_runs(None, [2500], 5000, None) == [(2500, 1024)]
+    assert parse_runs("300:128, 600:256", [], 0, None) == [(300, 128), (600, 256)]
