@@ -6,6 +6,7 @@ import os
 import platform
 import shlex
 import sys
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,8 +24,8 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine() -> dict[str, str]:
-    """What ran the benchmark: CPU, cores, GPU, library versions."""
+def machine(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What ran the benchmark: CPU, cores, GPU, library versions, then the ``extra`` entries."""
     import numpy
     import torch
 
@@ -37,11 +38,12 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
+        **dict(extra or {}),
     }
 
 
-def header(title: str) -> str:
-    """Markdown header: title, date, exact command, machine."""
+def header(title: str, extra: Mapping[str, str] | None = None) -> str:
+    """Markdown header: title, date, exact command, machine (``extra``: more ``machine()`` entries)."""
     cmd = "python -m " + " ".join(
         [Path(sys.argv[0]).with_suffix("").name and _module_name()] + [shlex.quote(a) for a in sys.argv[1:]]
     )
@@ -51,7 +53,7 @@ def header(title: str) -> str:
         f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- command: `{cmd}`",
     ]
-    lines += [f"- {k}: {v}" for k, v in machine().items()]
+    lines += [f"- {k}: {v}" for k, v in machine(extra).items()]
     return "\n".join(lines) + "\n"
 
 

@@ -563,6 +563,7 @@ def encode_slide(
                         seed=_block_seed(seed, block_id),
                         hash_config=cfg.hash,
                         frame=(fx0 - ox, fy0 - oy, side),
+                        measure=False,  # measured below, on the stored (quantized) model
                     )
                     todo_tissue = max(0, todo_tissue - 1)
                     if result.config != cfg:

@@ -169,6 +169,7 @@ def fit_image(
     progress: ProgressFn | None = None,
     overrides: dict[str, Any] | None = None,
     frame: tuple[int, int, float] | None = None,
+    measure: bool = True,
 ) -> FitResult:
     """Fit ``model`` (ngp, engp or cinr) with ``preset`` to an RGB uint8 array (H, W, 3).
 
@@ -180,7 +181,8 @@ def fit_image(
     ``frame = (x0, y0, side)`` places the image in a larger coordinate frame (a slide block
     fitted with its margin): pixel (i, j) then has coordinates ((j + x0 + 0.5) / side,
     (i + y0 + 0.5) / side); the default is (0, 0, max(H, W)). Deterministic for a seed on CPU
-    with a fixed number of torch threads.
+    with a fixed number of torch threads. ``measure=False`` skips the final full decode
+    (``psnr``/``ssim`` are then NaN): for callers that measure the stored model themselves.
     """
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
@@ -339,15 +341,19 @@ def fit_image(
     seconds = time.perf_counter() - t_start
     for p in net.parameters():
         p.requires_grad_(True)
-    decoded = render(net, height, width, side, x0=fx, y0=fy)
+    if measure:
+        decoded = render(net, height, width, side, x0=fx, y0=fy)
+        final_psnr, final_ssim = psnr(decoded, img), ssim(decoded, img)
+    else:
+        final_psnr = final_ssim = math.nan
     result = FitResult(
         model=net,
         config=cfg,
         preset=pre.name,
         height=height,
         width=width,
-        psnr=psnr(decoded, img),
-        ssim=ssim(decoded, img),
+        psnr=final_psnr,
+        ssim=final_ssim,
         n_params=net.n_params(),
         steps=step,
         seconds=seconds,

@@ -111,7 +111,7 @@ def test_blocks_join_without_seams(tmp_path: Path) -> None:
 def test_metadata_and_associated_images(name: str, tmp_path: Path) -> None:
     src = sample_slide_path()
     out = tmp_path / "s.cinr"
-    s = encode_slide(src, out, block_size=2048, margin=16, steps=0)
+    s = encode_slide(src, out, block_size=2048, steps=0, mips=False)
     assert (s["width"], s["height"]) == (2220, 2967)
     with SlideSource(src) as source:
         props = source.properties
@@ -127,15 +127,36 @@ def test_metadata_and_associated_images(name: str, tmp_path: Path) -> None:
 
 
 def test_level_choice_scales_the_resolution(tmp_path: Path) -> None:
-    src = SHARED / "TCGA-CR-7395-01A-01-TS1.svs"
-    if not src.exists():
-        pytest.skip("shared data absent")
-    s = encode_slide(src, tmp_path / "l1.cinr", level=1, block_size=2048, steps=0, mips=False)
-    assert (s["width"], s["height"]) == (2221, 1783)
-    with CinrReader(tmp_path / "l1.cinr") as r, SlideSource(src) as source:
+    """--level 1 of a real-tissue pyramid: its dimensions, and microns per pixel doubled."""
+    import pyvips
+
+    with SlideSource(sample_slide_path()) as s:
+        crop = s.read(600, 1500, 1024, 768)
+    src = tmp_path / "pyramid.tif"
+    img = pyvips.Image.new_from_memory(crop.tobytes(), 1024, 768, 3, "uchar")
+    # 2000 pixels per mm: 0.5 microns per pixel at level 0.
+    img.tiffsave(
+        str(src),
+        tile=True,
+        tile_width=256,
+        tile_height=256,
+        pyramid=True,
+        compression="jpeg",
+        Q=90,
+        xres=2000.0,
+        yres=2000.0,
+        resunit="cm",
+    )
+    with SlideSource(src, level=1) as source:
+        assert source.format == "generic-tiff" and source.level_count >= 2
+        mpp0 = float(source.properties["openslide.mpp-x"])
+    assert mpp0 == pytest.approx(0.5, rel=1e-3)
+    s = encode_slide(src, tmp_path / "l1.cinr", level=1, block_size=256, steps=0, mips=False)
+    assert (s["width"], s["height"]) == (512, 384)
+    with CinrReader(tmp_path / "l1.cinr") as r:
         slide = r.header["slide"]
-        assert slide["level"] == 1 and slide["level_downsample"] == pytest.approx(2.0, rel=1e-3)
-        assert slide["mpp_x"] == pytest.approx(2 * float(source.properties["openslide.mpp-x"]), rel=1e-3)
+    assert slide["level"] == 1 and slide["level_downsample"] == pytest.approx(2.0)
+    assert slide["mpp_x"] == pytest.approx(1.0, rel=1e-3) and slide["mpp_y"] == pytest.approx(1.0, rel=1e-3)
 
 
 def test_kill_and_resume_gives_the_same_pixels(mixed_png: Path, tmp_path: Path) -> None:
