@@ -266,15 +266,20 @@ def test_bad_input_one_line_errors(tmp_path: Path, mixed_png: Path) -> None:
 
 
 def _corrupt_tiled_tiff(tmp_path: Path) -> Path:
-    """A real-tissue tiled TIFF whose last level-0 tile is destroyed (a read error mid-slide)."""
+    """A real-tissue pyramidal TIFF whose last level-0 tile is destroyed (a read error mid-slide).
+
+    The thumbnail comes from an intact lower level, so the encode starts and fails at the last block.
+    """
     import pyvips
 
     with SlideSource(sample_slide_path()) as s:
-        crop = s.read(800, 1200, 512, 512)
+        crop = s.read(100, 1000, 2048, 1024)
     path = tmp_path / "bad.tif"
-    img = pyvips.Image.new_from_memory(crop.tobytes(), 512, 512, 3, "uchar")
-    img.tiffsave(str(path), tile=True, tile_width=128, tile_height=128, compression="jpeg", Q=90)
-    with Image.open(path) as im:
+    img = pyvips.Image.new_from_memory(crop.tobytes(), 2048, 1024, 3, "uchar")
+    img.tiffsave(
+        str(path), tile=True, tile_width=256, tile_height=256, pyramid=True, compression="jpeg", Q=90
+    )
+    with Image.open(path) as im:  # the first directory is level 0
         offsets = im.tag_v2[324]
     data = bytearray(path.read_bytes())
     last = offsets[-1]
@@ -286,11 +291,11 @@ def _corrupt_tiled_tiff(tmp_path: Path) -> Path:
 def test_read_error_mid_slide(tmp_path: Path) -> None:
     src = _corrupt_tiled_tiff(tmp_path)
     out = tmp_path / "bad.cinr"
-    r = _cinr("encode", str(src), "-o", str(out), "--block-size", "128", "--steps", "1", "--no-tissue-mask")
+    r = _cinr("encode", str(src), "-o", str(out), "--steps", "1", "--no-tissue-mask", "--no-mips", "--quiet")
     _one_line_error(r)
-    assert "read error" in r.stderr
+    assert "read error" in r.stderr and "(1024, 0)" in r.stderr
     assert not out.exists()
-    assert journal_path(out).exists()  # finished blocks are kept for --resume
+    assert journal_path(out).exists()  # the finished block is kept for --resume
 
 
 def test_full_disk_leaves_nothing(tmp_path: Path, mixed_png: Path, monkeypatch: pytest.MonkeyPatch) -> None:

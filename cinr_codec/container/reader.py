@@ -531,7 +531,10 @@ class CinrReader:
                     self._index_offset + block_id * self._record_size,
                     CinrVersionError,
                 )
-            raise ValueError(f"{self.name}: block {block_id} is a {info.kind} block, not a {want} block")
+            article = "an" if want[0] in "aeiou" else "a"
+            raise ValueError(
+                f"{self.name}: block {block_id} is a {info.kind} block, not {article} {want} block"
+            )
         return info
 
     def read_payload(self, block_id: int) -> bytes:
