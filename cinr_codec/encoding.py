@@ -32,16 +32,20 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .blocks import BlockGrid
 from .container import CinrWriter, dequantize_tensors, quantize_tensors
 from .errors import CinrInputError, CinrIOError
 from .fitting import FitResult, fit_image, render
+from .journal import Journal
 from .metrics import psnr, ssim
+from .models import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -375,6 +379,104 @@ def _fingerprint(src: Path, header: dict[str, Any], settings: dict[str, Any]) ->
     }
 
 
+@dataclass(frozen=True)
+class BlockJob:
+    """Everything needed to encode one level block, independent of the slide and the journal.
+
+    ``encode_block(job, pixels)`` is a pure function of these and the block's pixels, so blocks
+    can be encoded in any order, in other processes or on other machines (a Dask cluster).
+    """
+
+    block_id: int
+    grid: BlockGrid
+    config: ModelConfig
+    model: str
+    preset: str
+    quant: str
+    steps: int | None
+    time_budget: float | None
+    target_psnr: float | None
+    device: str
+    seed: int
+    maybe_background: bool  # the thumbnail saw (almost) no tissue in this block
+    tissue_threshold: float
+
+
+def encode_block(job: BlockJob, fit_pixels: np.ndarray) -> tuple[dict[str, Any], list[bytes]]:
+    """Encode one block from its fit-region pixels: a background colour, or a fitted model.
+
+    Returns the journal metadata (kind, quality sums, seam sums, fit statistics) and the parts
+    to store: the quantized model payload, then one stored mip image per mip downsample.
+    Quality is measured on a CPU decode of the stored (quantized) tensors: what readers get.
+    """
+    from .mips import PSNR_MARGIN, box_downsample, encode_mip
+    from .models import build_model
+
+    grid, cfg, bid = job.grid, job.config, job.block_id
+    x, y, w, h = grid.owned(bid)
+    ox, oy = grid.frame_origin(bid)
+    fx0, fy0, fw, fh = grid.fit_region(bid)
+    if fit_pixels.shape != (fh, fw, 3):
+        raise ValueError(f"block {bid}: expected {fw}x{fh} pixels, got {fit_pixels.shape}")
+    owned = fit_pixels[y - fy0 : y - fy0 + h, x - fx0 : x - fx0 + w]
+    meta: dict[str, Any] = {"block_id": bid}
+    if job.maybe_background and _is_glass(owned, job.tissue_threshold):
+        colour = tuple(int(v) for v in np.median(owned.reshape(-1, 3), axis=0))
+        d = owned.astype(np.float64) - np.asarray(colour, dtype=np.float64)
+        sse = float((d * d).sum())
+        flat_psnr = _psnr_of(sse, owned.size)
+        if flat_psnr is not None and flat_psnr >= BACKGROUND_MIN_PSNR:
+            meta.update(kind="background", colour=list(colour), sse=sse, n=int(owned.size))
+            return meta, []
+    side = float(grid.side)
+    result = fit_image(
+        fit_pixels,
+        model=job.model,
+        preset=job.preset,
+        steps=job.steps,
+        time_budget=job.time_budget,
+        target_psnr=job.target_psnr,
+        device=job.device,
+        seed=job.seed,
+        hash_config=cfg.hash,
+        frame=(fx0 - ox, fy0 - oy, side),
+        measure=False,  # measured below, on the stored (quantized) model
+    )
+    if result.config != cfg:
+        raise RuntimeError("block model configuration differs from the header's")
+    state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+    payload = quantize_state(state, cfg.hash.table_sizes(), job.quant)
+    decoder = build_model(cfg, "cpu")
+    decoder.load_state_dict(dequantize_tensors(payload, where=f"block {bid}"), strict=True)
+    decoded = render(decoder, h, w, side, x0=x - ox, y0=y - oy)
+    d = decoded.astype(np.float64) - owned.astype(np.float64)
+    sse = float((d * d).sum())
+    b_sse, b_n, i_sse, i_n = _strip_sums(decoded, owned, grid.internal_edges(bid), SEAM_STRIP)
+    meta.update(
+        kind="model",
+        sse=sse,
+        n=int(owned.size),
+        ssim=ssim(decoded, owned),
+        border_sse=b_sse,
+        border_n=b_n,
+        interior_sse=i_sse,
+        interior_n=i_n,
+        steps=result.steps,
+        seconds=round(result.seconds, 3),
+        device=result.device,
+    )
+    parts = [payload]
+    block_psnr = _psnr_of(sse, owned.size)
+    floor = block_psnr if block_psnr is not None and math.isfinite(block_psnr) else 60.0
+    qualities = []
+    for dsm in grid.mip_downsamples:
+        data, _, q = encode_mip(box_downsample(owned, dsm), floor + PSNR_MARGIN)
+        parts.append(data)
+        qualities.append(q)
+    meta["mip_quality"] = qualities
+    return meta, parts
+
+
 def encode_slide(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -406,11 +508,9 @@ def encode_slide(
     early. Bad input raises ``CinrInputError``/``ValueError`` before any fitting.
     """
     from . import __version__
-    from .blocks import BlockGrid, default_mip_downsamples
+    from .blocks import default_mip_downsamples
     from .fitting import resolve_device
-    from .journal import Journal, journal_path
-    from .mips import PSNR_MARGIN, box_downsample, encode_mip
-    from .models import build_model
+    from .journal import journal_path
     from .presets import get_preset
     from .slide import SlideSource
     from .tissue import block_tissue, detect_tissue
@@ -511,8 +611,6 @@ def encode_slide(
             todo_tissue = sum(
                 1 for b in range(grid.n_level_blocks) if fractions.flat[b] > 0 and b not in done
             )
-            table_sizes = cfg.hash.table_sizes()
-            side = float(grid.side)
             if progress is not None:
                 progress(
                     {
@@ -525,84 +623,30 @@ def encode_slide(
             for block_id in range(grid.n_level_blocks):
                 if block_id in done:
                     continue
-                x, y, w, h = grid.owned(block_id)
-                ox, oy = grid.frame_origin(block_id)
+                budget = time_budget
+                if total_time_budget is not None:
+                    left = total_time_budget - (time.perf_counter() - t_start)
+                    share = max(1.0, left / max(1, todo_tissue))
+                    budget = share if budget is None else min(budget, share)
+                job = BlockJob(
+                    block_id=block_id,
+                    grid=grid,
+                    config=cfg,
+                    model=model,
+                    preset=preset,
+                    quant=quant,
+                    steps=steps,
+                    time_budget=budget,
+                    target_psnr=target_psnr,
+                    device=str(dev),
+                    seed=_block_seed(seed, block_id),
+                    maybe_background=bool(fractions.flat[block_id] < THUMB_TISSUE_MIN),
+                    tissue_threshold=float(tmap.threshold),
+                )
                 fx0, fy0, fw, fh = grid.fit_region(block_id)
-                fit_pixels = source.read(fx0, fy0, fw, fh)
-                owned = fit_pixels[y - fy0 : y - fy0 + h, x - fx0 : x - fx0 + w]
-                meta: dict[str, Any] = {"block_id": block_id}
-                parts: list[bytes] = []
-                kind = "model"
-                if fractions.flat[block_id] < THUMB_TISSUE_MIN and _is_glass(owned, tmap.threshold):
-                    colour = tuple(int(v) for v in np.median(owned.reshape(-1, 3), axis=0))
-                    flat = np.empty_like(owned)
-                    flat[...] = colour
-                    if psnr(flat, owned) >= BACKGROUND_MIN_PSNR:
-                        kind = "background"
-                        d = owned.astype(np.float64) - np.asarray(colour, dtype=np.float64)
-                        meta.update(
-                            kind="background",
-                            colour=list(colour),
-                            sse=float((d * d).sum()),
-                            n=int(owned.size),
-                        )
-                if kind == "model":
-                    budget = time_budget
-                    if total_time_budget is not None:
-                        left = total_time_budget - (time.perf_counter() - t_start)
-                        share = max(1.0, left / max(1, todo_tissue))
-                        budget = share if budget is None else min(budget, share)
-                    result = fit_image(
-                        fit_pixels,
-                        model=model,
-                        preset=preset,
-                        steps=steps,
-                        time_budget=budget,
-                        target_psnr=target_psnr,
-                        device=str(dev),
-                        seed=_block_seed(seed, block_id),
-                        hash_config=cfg.hash,
-                        frame=(fx0 - ox, fy0 - oy, side),
-                        measure=False,  # measured below, on the stored (quantized) model
-                    )
+                meta, parts = encode_block(job, source.read(fx0, fy0, fw, fh))
+                if meta["kind"] == "model":
                     todo_tissue = max(0, todo_tissue - 1)
-                    if result.config != cfg:
-                        raise RuntimeError("block model configuration differs from the header's")
-                    state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
-                    payload = quantize_state(state, table_sizes, quant)
-                    decoder = build_model(cfg, "cpu")
-                    decoder.load_state_dict(
-                        dequantize_tensors(payload, where=f"block {block_id}"), strict=True
-                    )
-                    decoded = render(decoder, h, w, side, x0=x - ox, y0=y - oy)
-                    d = decoded.astype(np.float64) - owned.astype(np.float64)
-                    sse = float((d * d).sum())
-                    b_sse, b_n, i_sse, i_n = _strip_sums(
-                        decoded, owned, grid.internal_edges(block_id), SEAM_STRIP
-                    )
-                    block_psnr = _psnr_of(sse, owned.size)
-                    meta.update(
-                        kind="model",
-                        sse=sse,
-                        n=int(owned.size),
-                        ssim=ssim(decoded, owned),
-                        border_sse=b_sse,
-                        border_n=b_n,
-                        interior_sse=i_sse,
-                        interior_n=i_n,
-                        psnr_fit=_finite_or_none(result.psnr),
-                        steps=result.steps,
-                        seconds=round(result.seconds, 3),
-                        device=result.device,
-                    )
-                    parts.append(payload)
-                    mip_floor = block_psnr if block_psnr is not None and math.isfinite(block_psnr) else 60.0
-                    qualities = []
-                    for dsm in grid.mip_downsamples:
-                        data, _, q = encode_mip(box_downsample(owned, dsm), mip_floor + PSNR_MARGIN)
-                        parts.append(data)
-                        qualities.append(q)
-                    meta["mip_quality"] = qualities
                 journal.append(meta, parts)
                 if progress is not None:
                     progress(
@@ -645,12 +689,12 @@ def encode_slide(
 
 def _assemble(
     path: Path,
-    journal: Any,
-    grid: Any,
+    journal: Journal,
+    grid: BlockGrid,
     header: dict[str, Any],
     images: Mapping[str, bytes],
     quant: str,
-    cfg: Any,
+    cfg: ModelConfig,
     preset: str,
     tissue_fraction: float,
 ) -> dict[str, Any]:
