@@ -344,11 +344,13 @@ def encode_cmd(
         ("SSIM tissue", _fmt(s["ssim"], "", 4)),
         (
             "seams",
-            f"PSNR {_fmt(s['psnr_border'], ' dB')} in 16-px border strips, {_fmt(s['psnr_interior'], ' dB')} inside",
+            f"PSNR {_fmt(s['psnr_border'], ' dB')} in 16-px strips along block borders, "
+            f"{_fmt(s['psnr_adjacent'], ' dB')} in the 32 px next to them, {_fmt(s['psnr_interior'], ' dB')} in block interiors",
         ),
         (
             "size",
-            f"{s['bytes']:,} bytes (models {s['model_bytes']:,}, mips {s['mip_bytes']:,})",
+            f"{s['bytes']:,} bytes (models {s['model_bytes']:,}, mips {s['mip_bytes']:,}, "
+            f"associated images {s['associated_bytes']:,})",
         ),
         ("bits/pixel", f"{_fmt(s['bpp_tissue'], '', 3)} over tissue, {s['bpp']:.3f} over the slide"),
         (
@@ -443,7 +445,7 @@ def info_cmd(path: str, as_json: bool) -> None:
             f"{'mip 1/' + str(m['downsample']):>17}: {m['image_blocks']} image blocks, {m['bytes']} bytes"
         )
     click.echo(f"{'bpp':>17}: {summary['bpp']:.3f}")
-    for key in ("psnr_db", "ssim", "psnr_all_db", "psnr_border_db", "psnr_interior_db"):
+    for key in ("psnr_db", "ssim", "psnr_all_db", "psnr_border_db", "psnr_adjacent_db", "psnr_interior_db"):
         if key in quality:
             click.echo(f"{'quality.' + key:>17}: {quality[key]}")
     click.echo(json.dumps(meta, indent=2, sort_keys=True))

@@ -343,22 +343,33 @@ def _block_seed(seed: int, block_id: int) -> int:
 
 def _strip_sums(
     decoded: np.ndarray, original: np.ndarray, edges: tuple[bool, bool, bool, bool], strip: int
-) -> tuple[float, int, float, int]:
-    """(SSE, n) of pixels within ``strip`` of the block's internal edges, and of the others."""
+) -> dict[str, float]:
+    """Squared-error sums and counts of three zones of a block, by distance to its internal edges.
+
+    ``border``: within ``strip`` px of an edge shared with another block; ``adjacent``: the next
+    ``2 * strip`` px inward (the same neighbourhood of tissue, as a control for content);
+    ``interior``: every pixel not in ``border``. A seam shows as ``border`` worse than ``adjacent``.
+    """
     h, w = decoded.shape[:2]
     d = decoded.astype(np.float64) - original.astype(np.float64)
     se = (d * d).sum(axis=2)
-    border = np.zeros((h, w), dtype=bool)
+    big = h + w
     left, top, right, bottom = edges
-    if left:
-        border[:, :strip] = True
-    if top:
-        border[:strip, :] = True
-    if right:
-        border[:, max(0, w - strip) :] = True
-    if bottom:
-        border[max(0, h - strip) :, :] = True
-    return float(se[border].sum()), int(border.sum()) * 3, float(se[~border].sum()), int((~border).sum()) * 3
+    cols = np.arange(w)
+    rows = np.arange(h)
+    dx = np.minimum(np.where(left, cols, big), np.where(right, w - 1 - cols, big))
+    dy = np.minimum(np.where(top, rows, big), np.where(bottom, h - 1 - rows, big))
+    dist = np.minimum(dx[None, :], dy[:, None])
+    border = dist < strip
+    adjacent = (dist >= strip) & (dist < 3 * strip)
+    return {
+        "border_sse": float(se[border].sum()),
+        "border_n": int(border.sum()) * 3,
+        "adjacent_sse": float(se[adjacent].sum()),
+        "adjacent_n": int(adjacent.sum()) * 3,
+        "interior_sse": float(se[~border].sum()),
+        "interior_n": int((~border).sum()) * 3,
+    }
 
 
 def _psnr_of(sse: float, n: float) -> float | None:
@@ -451,16 +462,12 @@ def encode_block(job: BlockJob, fit_pixels: np.ndarray) -> tuple[dict[str, Any],
     decoded = render(decoder, h, w, side, x0=x - ox, y0=y - oy)
     d = decoded.astype(np.float64) - owned.astype(np.float64)
     sse = float((d * d).sum())
-    b_sse, b_n, i_sse, i_n = _strip_sums(decoded, owned, grid.internal_edges(bid), SEAM_STRIP)
     meta.update(
         kind="model",
         sse=sse,
         n=int(owned.size),
         ssim=ssim(decoded, owned),
-        border_sse=b_sse,
-        border_n=b_n,
-        interior_sse=i_sse,
-        interior_n=i_n,
+        **_strip_sums(decoded, owned, grid.internal_edges(bid), SEAM_STRIP),
         steps=result.steps,
         seconds=round(result.seconds, 3),
         device=result.device,
@@ -687,6 +694,25 @@ def encode_slide(
     return summary
 
 
+#: Quality of associated images (macro, thumbnail) re-encoded as JPEG; labels stay lossless PNG.
+ASSOCIATED_JPEG_QUALITY = 90
+
+
+def _compact_associated(name: str, png: bytes) -> bytes:
+    """The associated image as JPEG (quality 90) when smaller, except the label (barcodes, text: PNG)."""
+    import io
+
+    from PIL import Image
+
+    if name == "label":
+        return png
+    with Image.open(io.BytesIO(png)) as im:
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, format="JPEG", quality=ASSOCIATED_JPEG_QUALITY, optimize=True)
+    jpg = buf.getvalue()
+    return jpg if len(jpg) < len(png) else png
+
+
 def _assemble(
     path: Path,
     journal: Journal,
@@ -708,6 +734,8 @@ def _assemble(
         "b_n": 0,
         "i_sse": 0.0,
         "i_n": 0,
+        "a_sse": 0.0,
+        "a_n": 0,
         "ssim_w": 0.0,
         "model_bytes": 0,
         "mip_bytes": 0,
@@ -747,18 +775,24 @@ def _assemble(
             totals["b_n"] += m["border_n"]
             totals["i_sse"] += m["interior_sse"]
             totals["i_n"] += m["interior_n"]
+            totals["a_sse"] += m["adjacent_sse"]
+            totals["a_n"] += m["adjacent_n"]
             totals["ssim_w"] += m["ssim"] * m["n"]
             totals["steps"] += m["steps"]
             totals["fit_seconds"] += m["seconds"]
             mip_q.append(m.get("mip_quality", []))
+        associated_bytes = 0
         for name, data in sorted(images.items()):
+            data = _compact_associated(name, data)
             writer.add_associated_image(name, data)
+            associated_bytes += len(data)
         pixels = grid.width * grid.height
         tissue_pixels = totals["t_n"] // 3
         q_tissue = _psnr_of(totals["t_sse"], totals["t_n"])
         q_all = _psnr_of(totals["sse"], totals["n"])
         q_border = _psnr_of(totals["b_sse"], totals["b_n"])
         q_interior = _psnr_of(totals["i_sse"], totals["i_n"])
+        q_adjacent = _psnr_of(totals["a_sse"], totals["a_n"])
         ssim_tissue = totals["ssim_w"] / totals["t_n"] if totals["t_n"] else None
         footer = {
             "quality": {
@@ -769,6 +803,7 @@ def _assemble(
                 "psnr_all_db": _finite_or_none(q_all) if q_all is not None else None,
                 "psnr_border_db": _finite_or_none(q_border) if q_border is not None else None,
                 "psnr_interior_db": _finite_or_none(q_interior) if q_interior is not None else None,
+                "psnr_adjacent_db": _finite_or_none(q_adjacent) if q_adjacent is not None else None,
                 "border_strip_px": SEAM_STRIP,
                 "pixels": pixels,
                 "tissue_pixels": tissue_pixels,
@@ -798,9 +833,11 @@ def _assemble(
         "psnr_all": q_all,
         "psnr_border": q_border,
         "psnr_interior": q_interior,
+        "psnr_adjacent": q_adjacent,
         "bytes": size,
         "model_bytes": totals["model_bytes"],
         "mip_bytes": totals["mip_bytes"],
+        "associated_bytes": associated_bytes,
         "bpp": 8.0 * size / pixels,
         "bpp_tissue": 8.0 * size / tissue_pixels if tissue_pixels else None,
         "steps": totals["steps"],

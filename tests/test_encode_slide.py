@@ -105,6 +105,7 @@ def test_blocks_join_without_seams(tmp_path: Path) -> None:
     s = encode_slide(tmp_path / "t.png", tmp_path / "t.cinr", block_size=128, steps=80, mips=False)
     assert s["tissue_blocks"] == 16
     assert abs(s["psnr_border"] - s["psnr_interior"]) < 1.0, s
+    assert abs(s["psnr_border"] - s["psnr_adjacent"]) < 1.0, s
 
 
 @pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs"])
