@@ -524,10 +524,7 @@ class SlideDecoder:
             ix, wx, cx = _axis_bilinear(x, step, ow, W)
             norm = 1.0
         else:
-            k = -1
-            for i, d in enumerate(self.grid.mip_downsamples):
-                if d <= step * (1 + 1e-9):
-                    k = i
+            k = self._source_level(scale)
             d = 1 if k < 0 else self.grid.mip_downsamples[k]
             iy, wy, cy = _axis_box(y / d, step / d, oh, H / d)
             ix, wx, cx = _axis_box(x / d, step / d, ow, W / d)
@@ -548,26 +545,59 @@ class SlideDecoder:
             mean = np.where(cov[..., None] > 0, num / (norm * np.maximum(cov, 1e-300))[..., None], 0.0)
         return mean, cov
 
+    def _source_level(self, scale: float) -> int:
+        """Index of the coarsest mip whose downsample d <= 1/scale (-1: the level itself)."""
+        k = -1
+        for i, d in enumerate(self.grid.mip_downsamples):
+            if d <= (1.0 / scale) * (1 + 1e-9):
+                k = i
+        return k
+
+    def _aligned(self, x: float, y: float, w: float, h: float, scale: float) -> np.ndarray | None:
+        """The read's pixels without resampling, when every output box is f x f whole source pixels.
+
+        That is the case for power-of-two scales at positions on the source's pixel lattice, inside
+        the slide (what viewers ask for): the box means are then source pixels (f = 1) or plain
+        f x f averages. Returns None when the general (area-weighted) path is needed.
+        """
+        values = (x, y, w, h, scale)
+        if any(
+            isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) for v in values
+        ):
+            return None  # the general path says what is wrong
+        try:
+            xf, yf, wf, hf, sf = (float(v) for v in values)
+        except OverflowError:
+            return None
+        if not all(math.isfinite(v) for v in (xf, yf, wf, hf, sf)) or not 0 < sf <= 1 or wf <= 0 or hf <= 0:
+            return None
+        ow, oh = int(round(wf * sf)), int(round(hf * sf))
+        if ow < 1 or oh < 1 or ow * oh > MAX_READ_PIXELS:
+            return None
+        k = self._source_level(sf)
+        d = 1 if k < 0 else self.grid.mip_downsamples[k]
+        f = 1.0 / (sf * d)
+        fi = int(round(f))
+        sx, sy = xf / d, yf / d
+        if abs(f - fi) > 1e-9 or sx != int(sx) or sy != int(sy) or sx < 0 or sy < 0:
+            return None
+        if xf + ow * fi * d > self.width or yf + oh * fi * d > self.height:
+            return None  # boxes reach outside the slide: coverage < 1 somewhere
+        src = self.level_region(int(sx), int(sy), ow * fi, oh * fi, k)
+        if fi == 1:
+            return src
+        means = src.reshape(oh, fi, ow, fi, 3).astype(np.float32).mean(axis=(1, 3))
+        return np.clip(np.rint(means), 0, 255).astype(np.uint8)
+
     def read(self, x: float, y: float, w: float, h: float, scale: float = 1.0) -> np.ndarray:
         """RGB uint8 (round(h*scale), round(w*scale), 3) of the region at level coordinates (x, y, w, h).
 
         Pixels outside the slide take the slide's background colour.
         """
-        if (
-            scale == 1.0
-            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (x, y, w, h))
-            and 0 <= x
-            and 0 <= y
-            and int(x) + int(w) <= self.width  # Python ints: numpy integers would wrap around
-            and int(y) + int(h) <= self.height
-            and w > 0
-            and h > 0
-        ):
-            if int(w) * int(h) > MAX_READ_PIXELS:
-                raise ValueError(
-                    f"{w} x {h} output pixels is over the {MAX_READ_PIXELS}-pixel limit of one read"
-                )
-            return self.level_region(int(x), int(y), int(w), int(h))
+        self._check_open()
+        fast = self._aligned(x, y, w, h, scale)
+        if fast is not None:
+            return fast
         mean, cov = self.read_with_coverage(x, y, w, h, scale)
         bg = np.asarray(self.background, dtype=np.float64)
         rgb = mean * cov[..., None] + bg * (1.0 - cov[..., None])
@@ -575,6 +605,13 @@ class SlideDecoder:
 
     def read_rgba(self, x: float, y: float, w: float, h: float, scale: float = 1.0) -> np.ndarray:
         """RGBA uint8: the region's pixels, alpha = the fraction of each pixel inside the slide (0 outside)."""
+        self._check_open()
+        fast = self._aligned(x, y, w, h, scale)
+        if fast is not None:
+            out = np.empty(fast.shape[:2] + (4,), dtype=np.uint8)
+            out[..., :3] = fast
+            out[..., 3] = 255
+            return out
         mean, cov = self.read_with_coverage(x, y, w, h, scale)
         out = np.zeros(mean.shape[:2] + (4,), dtype=np.uint8)
         out[..., :3] = np.clip(np.rint(mean), 0, 255)
