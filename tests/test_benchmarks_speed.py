@@ -98,7 +98,8 @@ def test_decode_speed_smoke(tmp_path: Path) -> None:
                 assert c[m][kind]["n"] == 2 and c[m][kind]["median"] > 0
     assert [t["scale"] for t in out["target"]] == ["1", "1/4"]
     assert out["target"][0]["cold_ratio"] == 1.0
-    assert {r["method"] for r in out["threads"]} == set(out["methods"])
+    assert out["methods"][1] == "cinr lattice"
+    assert {r["method"] for r in out["threads"]} == set(out["methods"]) - {"cinr lattice"}
     assert all(v > 0 for r in out["threads"] for v in r["rps"].values())
     md = (tmp_path / "decode_speed_smoke.md").read_text()
     assert "The 3x target" in md and "Viewer pattern" in md and "- command:" in md
@@ -130,13 +131,22 @@ def test_encode_memory_smoke(tmp_path: Path) -> None:
     assert row["side"] == 256 and row["width"] == row["height"] == 256
     assert row["peak_rss_mb"] > out["baseline_rss_mb"] > 10 and row["seconds"] > 0
     md = (tmp_path / "encode_memory_smoke.md").read_text()
-    assert "| 256 x 256 | 128 |" in md and "peak RSS" in md
+    assert "| 256 x 256 | tiled | 128 |" in md and "peak RSS" in md
     assert json.loads((tmp_path / "encode_memory_smoke.json").read_text())["rows"] == out["rows"]
 
 
-def test_encode_memory_runs_plan() -> None:
-    from benchmarks.encode_memory import parse_runs
+def test_encode_memory_plan_and_layout(tmp_path: Path) -> None:
+    import pyvips
 
-    assert parse_runs(None, [5000, 10000], 5000, 2048) == [(5000, 1024), (5000, 2048), (10000, 1024)]
-    assert parse_runs(None, [2500], 5000, None) == [(2500, 1024)]
-    assert parse_runs("300:128, 600:256", [], 0, None) == [(300, 128), (600, 256)]
+    from benchmarks.encode_memory import _tissue_cells, build_tiff, journal_blocks, parse_runs
+
+    assert parse_runs("2500:1024, 20000s:1024") == [(2500, False, 1024), (20000, True, 1024)]
+    assert _tissue_cells(8, 2) == {0, 63} and _tissue_cells(3, 1) == {4}
+    src = tmp_path / "cell.png"
+    (pyvips.Image.black(100, 100, bands=3) + [200, 100, 150]).cast("uchar").write_to_file(str(src))
+    info = build_tiff(src, 250, tmp_path / "sparse.tif", sparse=True, tissue_cells=2)
+    assert info["layout"] == "sparse" and info["copies"] == 2
+    img = pyvips.Image.new_from_file(str(tmp_path / "sparse.tif"))
+    assert (img.width, img.height) == (250, 250)
+    assert img.crop(0, 0, 90, 90).avg() < 200 and img.crop(110, 0, 80, 80).min() > 240  # tissue / glass
+    assert journal_blocks(tmp_path / "missing.journal") == 0
