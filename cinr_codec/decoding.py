@@ -530,19 +530,27 @@ class SlideDecoder:
             ix, wx, cx = _axis_box(x / d, step / d, ow, W / d)
             norm = (step / d) ** 2
         cov = cy[:, None] * cx[None, :]
-        if not cov.any():
-            return np.zeros((oh, ow, 3)), cov
+        mean = np.zeros((oh, ow, 3), dtype=np.float64)
+        rows, cols = np.flatnonzero(cy > 0), np.flatnonzero(cx > 0)
+        if rows.size == 0 or cols.size == 0:
+            return mean, cov
+        # Only the output pixels that overlap the slide (a contiguous block) are resampled.
+        o0, o1, p0, p1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        iy, wy, ix, wx = iy[o0:o1], wy[o0:o1], ix[p0:p1], wx[p0:p1]
         ry0, ry1 = int(iy.min()), int(iy.max()) + 1
         rx0, rx1 = int(ix.min()), int(ix.max()) + 1
         src = self.level_region(rx0, ry0, rx1 - rx0, ry1 - ry0, k).astype(np.float32)
-        tmp = np.zeros((oh, rx1 - rx0, 3), dtype=np.float64)
+        tmp = np.zeros((o1 - o0, rx1 - rx0, 3), dtype=np.float64)
         for j in range(iy.shape[1]):
             tmp += wy[:, j, None, None] * src[iy[:, j] - ry0]
-        num = np.zeros((oh, ow, 3), dtype=np.float64)
+        num = np.zeros((o1 - o0, p1 - p0, 3), dtype=np.float64)
         for j in range(ix.shape[1]):
             num += wx[None, :, j, None] * tmp[:, ix[:, j] - rx0]
+        sub = cov[o0:o1, p0:p1]
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(cov[..., None] > 0, num / (norm * np.maximum(cov, 1e-300))[..., None], 0.0)
+            mean[o0:o1, p0:p1] = np.where(
+                sub[..., None] > 0, num / (norm * np.maximum(sub, 1e-300))[..., None], 0.0
+            )
         return mean, cov
 
     def _source_level(self, scale: float) -> int:
