@@ -555,3 +555,11 @@ def test_concurrent_reads_are_identical(files: dict[str, Any]) -> None:
 def test_slide_decoder_and_cinr_slide_agree(files: dict[str, Any], slide: CinrSlide) -> None:
     with SlideDecoder(files["slide"]) as dec:
         assert (dec.read(3.5, 7, 100, 90, 0.75) == slide.read(3.5, 7, 100, 90, 0.75)).all()
+
+
+def test_tune_allocator_applies_on_linux() -> None:
+    import sys
+
+    from cinr_codec.decoding import tune_allocator
+
+    assert tune_allocator() is sys.platform.startswith("linux")
