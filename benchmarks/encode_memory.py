@@ -52,7 +52,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import RESULTS, header
+from .common import RESULTS, NullSink, header
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SOURCE = SHARED / "he-prostate-2500.jpeg"
@@ -60,19 +60,6 @@ CELL = 2500  # side of a cell of the slide grid (the source image's side)
 FULL_RUNS = "2500:1024,2500:2048,5000:1024,20000s:1024"
 QUICK_RUNS = "2500:1024,5000:1024"
 SMOKE_RUNS = "256:128"
-
-
-class NullSink:
-    """A write-only sink for a silenced progress bar."""
-
-    def write(self, s: str) -> int:
-        return len(s)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
 
 
 def load_average() -> str:

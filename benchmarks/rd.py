@@ -65,7 +65,7 @@ from cinr_codec.presets import get_preset
 from cinr_codec.slide import SlideReader
 
 from .bdrate import bd_rate, rate_at, rd_front
-from .common import RESULTS, header, machine
+from .common import RESULTS, NullSink, header, machine
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_IMAGES = [
@@ -1008,19 +1008,6 @@ def plot(result: dict[str, Any], path: Path, extra: dict[str, str]) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-class _Null:
-    """A write-only sink for a silenced progress bar."""
-
-    def write(self, s: str) -> int:
-        return len(s)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
-
-
 def parse_steps(text: str | None, presets: Sequence[str], quick: bool) -> dict[str, int | None]:
     """``N`` (every preset) or ``PRESET=N,...`` (the others keep their default)."""
     out: dict[str, int | None] = {p: (QUICK_STEPS if quick else None) for p in presets}
@@ -1162,7 +1149,7 @@ def main(argv: list[str] | None = None) -> None:
         with click.progressbar(
             length=planned_work(cfg) * len(images),
             label="rd",
-            file=_Null() if quiet or not interactive else sys.stderr,  # type: ignore[arg-type]
+            file=NullSink() if quiet or not interactive else sys.stderr,  # type: ignore[arg-type]
             show_pos=True,
             show_eta=True,
         ) as bar:

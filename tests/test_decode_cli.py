@@ -6,17 +6,21 @@ import json
 import os
 import shutil
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import openslide
 import pytest
-import torch
 from click.testing import CliRunner, Result
 from PIL import Image
-from test_api import H, W, make_files  # the session's encoded files (encoded once per process)
+from test_api import (  # the session's encoded files (encoded once per process) and their fixtures
+    H,
+    W,
+    _one_torch_thread,  # noqa: F401  (autouse fixture)
+    files,  # noqa: F401
+    slide,  # noqa: F401
+)
 
 from cinr_codec import export
 from cinr_codec.api import CinrSlide, open_cinr
@@ -24,27 +28,6 @@ from cinr_codec.cli import main
 from cinr_codec.decoding import SlideDecoder
 from cinr_codec.errors import CinrError, CinrIOError
 from cinr_codec.export import export_region
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Decode with one intra-op thread: on a loaded 2-core machine two threads are ~6x slower here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return make_files(str(tmp_path_factory.getbasetemp()))
-
-
-@pytest.fixture(scope="module")
-def slide(files: dict[str, Any]) -> Iterator[CinrSlide]:
-    s = open_cinr(files["slide"])
-    yield s
-    s.close()
 
 
 def _cli(*args: str) -> Result:
