@@ -623,6 +623,7 @@ def main(argv: list[str] | None = None) -> None:
     import click
 
     result: dict[str, Any] = {"notes": [], "load_start": load_average()}
+    extra = library_versions()  # the code measured: taken at the start (others may edit meanwhile)
     tmpdir = tempfile.TemporaryDirectory(prefix="cinr-decspeed-")
     try:
         block = args.block_size
@@ -814,7 +815,6 @@ def main(argv: list[str] | None = None) -> None:
         "torch_threads": torch.get_num_threads(),
         "seed": args.seed,
     }
-    extra = library_versions()
     extra["load average at start"] = result["load_start"]
     md = out_dir / f"decode_speed_{name}.md"
     md.write_text(report(result, extra))

@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "load_start": load_average(),
     }
+    extra = library_versions()  # the code measured: taken at the start (others may edit meanwhile)
     plan = [(p, s) for p in presets for s in steps_for(p)]
     whole_steps = {p: (None if mode == "full" else max(steps_for(p))) for p in whole}
     total = len(images) * sum(s + 100 for _, s in plan) + sum(
@@ -395,7 +396,6 @@ def main(argv: list[str] | None = None) -> None:
 
     result["seconds"] = time.perf_counter() - t0
     result["load_end"] = load_average()
-    extra = library_versions()
     extra["load average at start"] = result["load_start"]
     png_path = out_dir / f"encode_speed_{name}.png"
     has_png = plot(result, png_path)
