@@ -235,6 +235,12 @@ def _json_safe(v: Any) -> Any:
 )
 @click.option("--seed", default=0, show_default=True, help="Random seed (blocks get seeds derived from it).")
 @click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for PyTorch  [default: PyTorch's choice; 1 is faster on a busy machine]",
+)
+@click.option(
     "--resume", is_flag=True, help="Continue an interrupted encode from its journal (OUTPUT.journal)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
@@ -258,6 +264,7 @@ def encode_cmd(
     no_mips: bool,
     seed: int,
     resume: bool,
+    threads: int | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -267,6 +274,10 @@ def encode_cmd(
     from .encoding import encode_slide
     from .journal import journal_path
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     out = output or (os.path.splitext(os.path.basename(os.path.normpath(slide)))[0] + ".cinr")
     show = not quiet and not as_json
     sink = sys.stderr if show else _Null()
