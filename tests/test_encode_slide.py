@@ -224,9 +224,18 @@ def test_json_summary_keys(mixed_png: Path, tmp_path: Path) -> None:
         "256",
         "--steps",
         "3",
+        "--threads",
+        "1",
         "--quiet",
     )
     assert q.returncode == 0 and q.stdout == "" and q.stderr == ""
+    bad = _cinr("encode", str(mixed_png), "-o", str(tmp_path / "t.cinr"), "--threads", "0")
+    _one_line_error_or_usage(bad)
+
+
+def _one_line_error_or_usage(r: subprocess.CompletedProcess[str]) -> None:
+    """click's own usage errors (exit 2) name the bad option; no traceback."""
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--threads" in r.stderr, r.stderr
 
 
 def _one_line_error(r: subprocess.CompletedProcess[str]) -> None:
