@@ -52,7 +52,7 @@ import openslide
 from PIL import Image
 
 from .container.format import MAGIC
-from .decoding import DEFAULT_CACHE_BYTES, TILE, SlideDecoder
+from .decoding import DEFAULT_CACHE_BYTES, TILE, SlideDecoder, finite_number
 from .errors import CinrFormatError
 
 __all__ = ["PYRAMID_TILE", "CinrSlide", "SlideRequestError", "open_cinr", "virtual_pyramid"]
@@ -446,15 +446,7 @@ def _pair(v: Any, name: str) -> tuple[Any, Any]:
 
 
 def _number(v: Any, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise SlideRequestError(f"{name} must be a number, not {type(v).__name__}")
-    try:
-        f = float(v)
-    except OverflowError:
-        f = math.inf
-    if not math.isfinite(f):
-        raise SlideRequestError(f"{name} must be finite, not {v}")
-    return f
+    return finite_number(v, name, SlideRequestError)
 
 
 def open_cinr(

@@ -283,6 +283,19 @@ def _slide_background(reader: CinrReader) -> tuple[int, int, int]:
     return (255, 255, 255)
 
 
+def finite_number(v: Any, name: str, error: type[ValueError] = ValueError) -> float:
+    """``v`` as a float when it is a real number (not a bool) and finite; else ``error`` naming ``name``."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise error(f"{name} must be a number, not {type(v).__name__}")
+    try:
+        f = float(v)
+    except OverflowError:  # an int beyond the float range
+        f = math.inf
+    if not math.isfinite(f):
+        raise error(f"{name} must be finite, not {str(v)[:40]}")
+    return f
+
+
 def tune_allocator(keep_bytes: int = 256 << 20) -> bool:
     """Let glibc's malloc keep up to ``keep_bytes`` of freed memory for reuse (Linux; else a no-op).
 
@@ -513,21 +526,14 @@ class SlideDecoder:
 
     # -- reads -----------------------------------------------------------------------------------
 
-    def read_with_coverage(
-        self, x: float, y: float, w: float, h: float, scale: float = 1.0
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(RGB float64 mean over the part of each output box inside the slide, coverage in [0, 1])."""
+    def _check_read(
+        self, x: float, y: float, w: float, h: float, scale: float
+    ) -> tuple[float, float, float, float, float, int, int]:
+        """Validated (x, y, w, h, scale) as floats and the output size (ValueError naming the problem)."""
         self._check_open()
-        for name, v in (("x", x), ("y", y), ("w", w), ("h", h), ("scale", scale)):
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-                raise ValueError(f"{name} must be a number, not {type(v).__name__}")
-            try:
-                finite = math.isfinite(float(v))
-            except OverflowError:  # an int beyond the float range
-                finite = False
-            if not finite:
-                raise ValueError(f"{name} must be finite, not {str(v)[:40]}")
-        x, y, w, h, scale = float(x), float(y), float(w), float(h), float(scale)
+        x, y, w, h, scale = (
+            finite_number(v, name) for name, v in (("x", x), ("y", y), ("w", w), ("h", h), ("scale", scale))
+        )
         if w <= 0 or h <= 0:
             raise ValueError(f"region size must be positive, not {w} x {h}")
         if not 0 < scale <= MAX_SCALE:
@@ -541,6 +547,18 @@ class SlideDecoder:
             raise ValueError(
                 f"{ow} x {oh} output pixels is over the {MAX_READ_PIXELS}-pixel limit of one read"
             )
+        return x, y, w, h, scale, ow, oh
+
+    def read_with_coverage(
+        self, x: float, y: float, w: float, h: float, scale: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(RGB float64 mean over the part of each output box inside the slide, coverage in [0, 1])."""
+        return self._resample(*self._check_read(x, y, w, h, scale))
+
+    def _resample(
+        self, x: float, y: float, w: float, h: float, scale: float, ow: int, oh: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``read_with_coverage`` for values that ``_check_read`` returned."""
         step = 1.0 / scale
         W, H = self.width, self.height
         if scale > 1.0:
@@ -586,26 +604,15 @@ class SlideDecoder:
                 k = i
         return k
 
-    def _aligned(self, x: float, y: float, w: float, h: float, scale: float) -> np.ndarray | None:
+    def _aligned(self, xf: float, yf: float, sf: float, ow: int, oh: int) -> np.ndarray | None:
         """The read's pixels without resampling, when every output box is f x f whole source pixels.
 
         That is the case for power-of-two scales at positions on the source's pixel lattice, inside
         the slide (what viewers ask for): the box means are then source pixels (f = 1) or plain
-        f x f averages. Returns None when the general (area-weighted) path is needed.
+        f x f averages. Takes ``_check_read``'s values; None when the general (area-weighted) path
+        is needed.
         """
-        values = (x, y, w, h, scale)
-        if any(
-            isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) for v in values
-        ):
-            return None  # the general path says what is wrong
-        try:
-            xf, yf, wf, hf, sf = (float(v) for v in values)
-        except OverflowError:
-            return None
-        if not all(math.isfinite(v) for v in (xf, yf, wf, hf, sf)) or not 0 < sf <= 1 or wf <= 0 or hf <= 0:
-            return None
-        ow, oh = int(round(wf * sf)), int(round(hf * sf))
-        if ow < 1 or oh < 1 or ow * oh > MAX_READ_PIXELS:
+        if sf > 1:
             return None
         k = self._source_level(sf)
         d = 1 if k < 0 else self.grid.mip_downsamples[k]
@@ -627,25 +634,25 @@ class SlideDecoder:
 
         Pixels outside the slide take the slide's background colour.
         """
-        self._check_open()
-        fast = self._aligned(x, y, w, h, scale)
+        x, y, w, h, scale, ow, oh = self._check_read(x, y, w, h, scale)
+        fast = self._aligned(x, y, scale, ow, oh)
         if fast is not None:
             return fast
-        mean, cov = self.read_with_coverage(x, y, w, h, scale)
+        mean, cov = self._resample(x, y, w, h, scale, ow, oh)
         bg = np.asarray(self.background, dtype=np.float64)
         rgb = mean * cov[..., None] + bg * (1.0 - cov[..., None])
         return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
     def read_rgba(self, x: float, y: float, w: float, h: float, scale: float = 1.0) -> np.ndarray:
         """RGBA uint8: the region's pixels, alpha = the fraction of each pixel inside the slide (0 outside)."""
-        self._check_open()
-        fast = self._aligned(x, y, w, h, scale)
+        x, y, w, h, scale, ow, oh = self._check_read(x, y, w, h, scale)
+        fast = self._aligned(x, y, scale, ow, oh)
         if fast is not None:
             out = np.empty(fast.shape[:2] + (4,), dtype=np.uint8)
             out[..., :3] = fast
             out[..., 3] = 255
             return out
-        mean, cov = self.read_with_coverage(x, y, w, h, scale)
+        mean, cov = self._resample(x, y, w, h, scale, ow, oh)
         out = np.zeros(mean.shape[:2] + (4,), dtype=np.uint8)
         out[..., :3] = np.clip(np.rint(mean), 0, 255)
         out[..., 3] = np.clip(np.rint(cov * 255.0), 0, 255)

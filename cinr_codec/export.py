@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from .api import CinrSlide, header_mpp
-from .decoding import MAX_READ_PIXELS, MAX_SCALE, SlideDecoder
+from .decoding import MAX_READ_PIXELS, MAX_SCALE, SlideDecoder, finite_number
 from .errors import CinrIOError
 
 __all__ = ["FORMATS", "export_region"]
@@ -84,18 +84,6 @@ def _check_output(out_path: str | os.PathLike[str]) -> tuple[str, str, str]:
     if os.path.isdir(out):
         raise ValueError(f"{out_path}: is a directory")
     return out, folder, FORMATS[ext]
-
-
-def _finite(v: Any, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a number, not {type(v).__name__}")
-    try:
-        f = float(v)
-    except OverflowError:
-        f = math.inf
-    if not math.isfinite(f):
-        raise ValueError(f"{name} must be finite, not {v}")
-    return f
 
 
 def _slide_info(
@@ -186,7 +174,7 @@ def export_region(
     t0 = time.perf_counter()
     out, folder, fmt = _check_output(out_path)
     read, W, H, mpp = _slide_info(slide)
-    s = _finite(scale, "scale")
+    s = finite_number(scale, "scale")
     if not 0 < s <= MAX_SCALE:
         raise ValueError(f"scale must be in (0, {MAX_SCALE}], not {scale}")
     whole = region is None
@@ -198,8 +186,8 @@ def export_region(
             rx, ry, rw, rh = region
         except (TypeError, ValueError):
             raise ValueError(f"region must be (x, y, w, h), not {str(region)[:60]}") from None
-        x, y = _finite(rx, "region x"), _finite(ry, "region y")
-        w, h = _finite(rw, "region width"), _finite(rh, "region height")
+        x, y = finite_number(rx, "region x"), finite_number(ry, "region y")
+        w, h = finite_number(rw, "region width"), finite_number(rh, "region height")
         if w <= 0 or h <= 0:
             raise ValueError(f"region size must be positive, not {rw} x {rh}")
         if not (math.isfinite(w * s) and math.isfinite(h * s)):
