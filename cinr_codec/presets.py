@@ -70,6 +70,16 @@ _CINR_TRAIN = {
     "steps": 3000,
 }
 
+# CINR's CPU architecture (default preset), also used by the high-quality GPU preset.
+_CINR_ARCH = {
+    "conv_width": 16,
+    "mlp_width": 64,
+    "mlp_depth": 2,
+    "mlp2_depth": 1,
+    "activation": "relu",
+    "residual": True,
+}
+
 PRESETS: dict[str, dict[str, Preset]] = {
     "ngp": {
         "default": Preset("default", "ngp", {"mlp_width": 128, "mlp_depth": 4}, DEFAULT_HASH, _NGP_TRAIN),
@@ -103,14 +113,7 @@ PRESETS: dict[str, dict[str, Preset]] = {
         "default": Preset(
             "default",
             "cinr",
-            {
-                "conv_width": 16,
-                "mlp_width": 64,
-                "mlp_depth": 2,
-                "mlp2_depth": 1,
-                "activation": "relu",
-                "residual": True,
-            },
+            _CINR_ARCH,
             DEFAULT_HASH,
             _CINR_TRAIN,
         ),
@@ -131,14 +134,7 @@ PRESETS: dict[str, dict[str, Preset]] = {
         "high": Preset(
             "high",
             "cinr",
-            {
-                "conv_width": 16,
-                "mlp_width": 64,
-                "mlp_depth": 2,
-                "mlp2_depth": 1,
-                "activation": "relu",
-                "residual": True,
-            },
+            _CINR_ARCH,
             HIGH_HASH,
             {**_CINR_TRAIN, "steps": 10000, "batch_pixels": 16384, "batch_patches": 16},
         ),
