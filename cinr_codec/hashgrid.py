@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
+
 log = logging.getLogger(__name__)
 
 PRIME_Y = 2654435761
@@ -114,6 +116,9 @@ class _WeightedGather(torch.autograd.Function):
     def forward(ctx: Any, table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(idx, w)
         ctx.n_rows = table.shape[0]
+        ctx.native = _native_ok(table, idx, w)
+        if ctx.native:
+            return native.wgather_forward(table.contiguous(), idx.contiguous(), w.contiguous())
         fwd_idx = idx.to(torch.int32) if table.shape[0] < 2**31 else idx
         return F.embedding_bag(fwd_idx, table, per_sample_weights=w, mode="sum")
 
@@ -121,12 +126,37 @@ class _WeightedGather(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:  # type: ignore[override]
         idx, w = ctx.saved_tensors
         grad_table = None
+        if ctx.needs_input_grad[0] and ctx.native:
+            return native.wgather_backward(grad.contiguous(), idx, w, ctx.n_rows), None, None
         if ctx.needs_input_grad[0]:
             n_feat = grad.shape[-1]
             src = (w.unsqueeze(-1) * grad.unsqueeze(-2)).reshape(-1, n_feat)
             grad_table = torch.zeros(ctx.n_rows, n_feat, dtype=grad.dtype, device=grad.device)
             grad_table.index_add_(0, idx.reshape(-1), src)
         return grad_table, None, None
+
+
+def _native_ok(*tensors: torch.Tensor) -> bool:
+    """Whether the compiled kernels serve these tensors (CPU; float32 values, int64 indices)."""
+    return all(t.dtype in (torch.float32, torch.int64) for t in tensors) and native.usable(*tensors)
+
+
+class _PointsEncode(torch.autograd.Function):
+    """Fused native encode of scattered points; the backward recomputes corners and weights."""
+
+    @staticmethod
+    def forward(ctx: Any, table: torch.Tensor, pts: torch.Tensor, plan: native.LevelPlan) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(pts)
+        ctx.plan = plan
+        ctx.n_rows = table.shape[0]
+        return native.points_forward(plan, pts, table.contiguous())
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:  # type: ignore[override]
+        (pts,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        return native.points_backward(ctx.plan, pts, grad.contiguous(), ctx.n_rows), None, None
 
 
 def weighted_gather(table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -164,6 +194,9 @@ class HashGrid(nn.Module):
         self._n_dense = sum(dense)
         if dense != [True] * self._n_dense + [False] * (len(dense) - self._n_dense):
             raise ValueError("dense levels must precede hashed levels")
+        self._plan = native.LevelPlan(
+            config.resolutions(), offsets, sizes, self._n_dense, config.log2_table_size
+        )
 
     @property
     def out_dim(self) -> int:
@@ -205,6 +238,8 @@ class HashGrid(nn.Module):
             h1 = ((iy + 1) * PRIME_Y) & mask
             ix1 = ix + 1
             off = self._offsets[k:]
+            ix = ix & mask
+            ix1 = ix1 & mask
             parts.append(torch.stack((ix ^ h0, ix1 ^ h0, ix ^ h1, ix1 ^ h1), dim=-1) + off.unsqueeze(-1))
         idx = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         fx = frac[..., 0]
@@ -220,6 +255,10 @@ class HashGrid(nn.Module):
             raise ValueError(f"expected coordinates with a last dimension of 2, got {tuple(x.shape)}")
         lead = x.shape[:-1]
         pts = x.reshape(-1, 2)
+        if self.table.dtype == torch.float32 and native.usable(self.table, pts):
+            p32 = pts.detach().to(torch.float32).contiguous()
+            out = _PointsEncode.apply(self.table, p32, self._plan)
+            return out.reshape(*lead, self.out_dim)  # type: ignore[no-any-return]
         with torch.no_grad():
             idx, w = self._indices_weights(pts)
         out = weighted_gather(self.table, idx, w)

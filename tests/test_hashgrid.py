@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
 import torch
 
+from cinr_codec import native
 from cinr_codec.hashgrid import HashGrid, HashGridConfig, make_hashgrid, naive_hashgrid, tcnn_available
+
+
+@pytest.fixture(params=["native", "torch"])
+def path(request: pytest.FixtureRequest):
+    """Run a test on the compiled kernels and on the pure-PyTorch path."""
+    if request.param == "native":
+        if not native.available():
+            pytest.skip("no C compiler: the native kernels are not built")
+        yield "native"
+    else:
+        with native.disabled():
+            yield "torch"
 
 
 def reference(x: float, y: float, table: torch.Tensor, cfg: HashGridConfig) -> list[float]:
@@ -61,7 +75,7 @@ def _points(cfg: HashGridConfig, n: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=str)
-def test_matches_reference(cfg: HashGridConfig) -> None:
+def test_matches_reference(cfg: HashGridConfig, path: str) -> None:
     assert any(cfg.is_dense())
     grid = HashGrid(cfg)
     with torch.no_grad():
@@ -81,7 +95,7 @@ def test_has_hashed_and_dense_levels() -> None:
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=str)
-def test_grid_path_matches_points(cfg: HashGridConfig) -> None:
+def test_grid_path_matches_points(cfg: HashGridConfig, path: str) -> None:
     grid = HashGrid(cfg)
     with torch.no_grad():
         grid.table.uniform_(-1, 1)
@@ -111,6 +125,62 @@ def test_gradients_against_finite_differences() -> None:
     t = torch.rand(grid.table.shape, dtype=torch.float64).requires_grad_()
     assert torch.autograd.gradcheck(lambda tab: weighted_gather(tab, idx, w.double()), (t,), atol=1e-6)
     assert torch.autograd.gradcheck(lambda tab: grid.encode_grid_with(tab, xs, ys), (t,), atol=1e-6)
+
+
+@pytest.mark.skipif(not native.available(), reason="no C compiler: the native kernels are not built")
+@pytest.mark.parametrize("cfg", [*CONFIGS, HashGridConfig(16, 2, 15, 8, 1.26)], ids=str)
+def test_native_matches_torch_values_and_gradients(cfg: HashGridConfig) -> None:
+    """Points and grid paths: forward and table gradient of the kernels equal pure PyTorch's."""
+    grid = HashGrid(cfg)
+    with torch.no_grad():
+        grid.table.uniform_(-1, 1)
+    pts = torch.cat([_points(cfg, 500), torch.tensor([[float("nan"), 0.5]])])
+    g = torch.Generator().manual_seed(3)
+    xs = torch.sort(torch.rand(2, 37, generator=g) * 1.1 - 0.05, dim=1).values
+    ys = torch.sort(torch.rand(2, 23, generator=g) * 1.1 - 0.05, dim=1).values
+    results = []
+    for ctx in (contextlib.nullcontext(), native.disabled()):
+        with ctx:
+            grid.table.grad = None
+            out = grid(pts[:-1])
+            (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+            gp = grid.table.grad.clone()
+            grid.table.grad = None
+            og = grid.forward_grid(xs, ys)
+            og.square().sum().backward()
+            results.append((out.detach(), gp, og.detach(), grid.table.grad.clone()))
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    # A NaN coordinate reads the border cell instead of indexing out of the table.
+    assert torch.isfinite(grid(pts[-1:])).all()
+
+
+@pytest.mark.skipif(not native.available(), reason="no C compiler: the native kernels are not built")
+def test_native_gather_rejects_out_of_range_indices() -> None:
+    from cinr_codec.hashgrid import weighted_gather
+
+    table = torch.zeros(10, 2)
+    with pytest.raises(IndexError):
+        weighted_gather(table, torch.tensor([[0, 10]]), torch.ones(1, 2))
+
+
+def test_without_a_compiler_the_torch_path_is_used(tmp_path) -> None:
+    """No compiler (or CINR_NATIVE=0): no build, no error, same features."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from cinr_codec import native; from cinr_codec.hashgrid import HashGrid, HashGridConfig;"
+        "assert not native.available();"
+        "g = HashGrid(HashGridConfig(4, 2, 8, 4, 2.0)); print(float(g(torch.rand(5, 2)).abs().sum()) >= 0)"
+    )
+    for env in ({"CC": str(tmp_path / "no-such-cc")}, {"CINR_NATIVE": "0"}):
+        full = {**os.environ, "CINR_CACHE_DIR": str(tmp_path / "cache"), **env}
+        proc = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "True"
+        assert not any((tmp_path / "cache").glob("*.so"))
 
 
 def test_initialisation_range_and_param_count() -> None:

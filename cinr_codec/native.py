@@ -1,0 +1,217 @@
+"""Optional compiled CPU kernels for the hash grid, built on first use, with a pure-PyTorch fallback.
+
+``_native.c`` is plain C (no Python or torch headers), so building it takes well under a
+second with the system C compiler (``$CC``, else ``cc``). The shared library is cached per
+user under ``$CINR_CACHE_DIR`` or ``~/.cache/cinr_codec``, named by a hash of the source
+and the compiler, and written atomically, so concurrent processes can share it. Without a
+compiler, or with ``CINR_NATIVE=0``, everything runs on the pure-PyTorch path, which
+defines the semantics; the kernels compute the same values (tests compare both).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("_native.c")
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_tried = False
+_disabled = 0
+
+_i64 = ctypes.c_int64
+_ptr = ctypes.c_void_p
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("CINR_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cinr_codec"
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC") or "cc"
+    return cc if shutil.which(cc.split()[0]) else None
+
+
+def _build(cc: str, src: bytes) -> Path:
+    """Compile the kernels into the cache (atomic rename); returns the library's path."""
+    key = hashlib.sha256(src + cc.encode() + sys.platform.encode()).hexdigest()[:16]
+    out_dir = _cache_dir()
+    lib_path = out_dir / f"native-{key}.so"
+    if lib_path.is_file():
+        return lib_path
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".native-", suffix=".so", dir=out_dir)
+    os.close(fd)
+    try:
+        cmd = [*cc.split(), "-O3", "-shared", "-fPIC", "-o", tmp, str(_SOURCE), "-lm"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed")
+        os.replace(tmp, lib_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return lib_path
+
+
+def _load() -> ctypes.CDLL | None:
+    """The compiled kernels, or None (disabled, no compiler, or the build failed; logged once)."""
+    global _lib, _tried
+    if _tried:
+        return _lib
+    with _lock:
+        if _tried:
+            return _lib
+        _tried = True
+        if os.environ.get("CINR_NATIVE", "1") == "0":
+            log.info("native kernels disabled by CINR_NATIVE=0")
+            return None
+        cc = _compiler()
+        if cc is None:
+            log.info("no C compiler found: hash grid runs on the pure-PyTorch path")
+            return None
+        try:
+            lib = ctypes.CDLL(str(_build(cc, _SOURCE.read_bytes())))
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            log.warning("could not build the native hash-grid kernels (%s); using pure PyTorch", exc)
+            return None
+        for name in ("cinr_hg_points_fwd", "cinr_hg_points_bwd"):
+            fn = getattr(lib, name)
+            fn.restype = ctypes.c_int
+            fn.argtypes = [_ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _ptr]
+        lib.cinr_wgather_fwd.restype = ctypes.c_int
+        lib.cinr_wgather_fwd.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _ptr]
+        lib.cinr_wgather_bwd.restype = ctypes.c_int
+        lib.cinr_wgather_bwd.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _ptr]
+        _lib = lib
+        log.debug("native hash-grid kernels loaded")
+        return _lib
+
+
+def available() -> bool:
+    """True when the compiled kernels are loaded (building them on first call)."""
+    return _load() is not None
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """True when the kernels can serve these tensors (all on the CPU, native build present)."""
+    return not _disabled and all(t.device.type == "cpu" for t in tensors) and _load() is not None
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Run the pure-PyTorch path inside the block (tests and benchmarks compare the two)."""
+    global _disabled
+    _disabled += 1
+    try:
+        yield
+    finally:
+        _disabled -= 1
+
+
+def _check(rc: int) -> None:
+    if rc != 0:
+        raise IndexError("hash-grid index out of range of the table")
+
+
+class LevelPlan:
+    """Per-level constants of a hash grid in the form the kernels take."""
+
+    def __init__(
+        self, resolutions: list[int], offsets: list[int], sizes: list[int], n_dense: int, log2_t: int
+    ):
+        self.res = torch.tensor(resolutions, dtype=torch.float32)
+        self.res_i = torch.tensor(resolutions, dtype=torch.int64)
+        self.off = torch.tensor(offsets, dtype=torch.int64)
+        self.size = torch.tensor(sizes, dtype=torch.int64)
+        self.n_levels = len(resolutions)
+        self.n_dense = n_dense
+        self.log2_t = log2_t
+
+    def _args(self) -> tuple[int, int, int, int, int]:
+        return (
+            self.res.data_ptr(),
+            self.res_i.data_ptr(),
+            self.off.data_ptr(),
+            self.size.data_ptr(),
+            self.n_levels,
+        )
+
+
+def points_forward(plan: LevelPlan, pts: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Features (P, L*F) of points (P, 2) float32: the fused encode."""
+    lib = _load()
+    assert lib is not None
+    n_feat = table.shape[1]
+    out = torch.empty(pts.shape[0], plan.n_levels * n_feat, dtype=torch.float32)
+    res, res_i, off, size, n_levels = plan._args()
+    _check(
+        lib.cinr_hg_points_fwd(
+            pts.data_ptr(), pts.shape[0], table.data_ptr(), res, res_i, off, size, n_levels, n_feat,
+            plan.n_dense, plan.log2_t, out.data_ptr(),
+        )
+    )  # fmt: skip
+    return out
+
+
+def points_backward(plan: LevelPlan, pts: torch.Tensor, grad: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Table gradient (rows, F) of :func:`points_forward` for the output gradient (P, L*F)."""
+    lib = _load()
+    assert lib is not None
+    n_feat = grad.shape[1] // plan.n_levels
+    grad_table = torch.zeros(n_rows, n_feat, dtype=torch.float32)
+    res, res_i, off, size, n_levels = plan._args()
+    _check(
+        lib.cinr_hg_points_bwd(
+            pts.data_ptr(), pts.shape[0], grad.data_ptr(), res, res_i, off, size, n_levels, n_feat,
+            plan.n_dense, plan.log2_t, grad_table.data_ptr(),
+        )
+    )  # fmt: skip
+    return grad_table
+
+
+def wgather_forward(table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``out[m] = sum_k w[m, k] * table[idx[m, k]]`` for float32 table, int64 idx, float32 w."""
+    lib = _load()
+    assert lib is not None
+    m, k = idx.shape
+    out = torch.empty(m, table.shape[1], dtype=torch.float32)
+    _check(
+        lib.cinr_wgather_fwd(
+            table.data_ptr(), table.shape[0], table.shape[1], idx.data_ptr(), w.data_ptr(), m, k,
+            out.data_ptr(),
+        )
+    )  # fmt: skip
+    return out
+
+
+def wgather_backward(grad: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Table gradient of :func:`wgather_forward` (one thread, in order: deterministic)."""
+    lib = _load()
+    assert lib is not None
+    m, k = idx.shape
+    grad_table = torch.zeros(n_rows, grad.shape[1], dtype=torch.float32)
+    _check(
+        lib.cinr_wgather_bwd(
+            grad.data_ptr(), n_rows, grad.shape[1], idx.data_ptr(), w.data_ptr(), m, k, grad_table.data_ptr()
+        )
+    )
+    return grad_table
