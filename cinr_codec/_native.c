@@ -164,44 +164,8 @@ int cinr_hg_points_bwd(const float *pts, int64_t P, const float *grad_out, const
     return j.err;
 }
 
-/* Generic weighted gather: out[m, :] = sum_k w[m, k] * table[idx[m, k], :]. */
-typedef struct {
-    const int64_t *idx;
-    const float *w;
-    const float *src; /* forward: table; backward: grad_out */
-    float *dst;       /* forward: out; backward: grad_table */
-    int64_t M, K, F, rows, lo, hi;
-    int err;
-} wg_job;
-
-static void *wg_fwd_worker(void *arg) {
-    wg_job *j = (wg_job *)arg;
-    int64_t K = j->K, F = j->F;
-    for (int64_t m = j->lo; m < j->hi; m++) {
-        float *o = j->dst + m * F;
-        for (int64_t f = 0; f < F; f++) o[f] = 0.0f;
-        for (int64_t k = 0; k < K; k++) {
-            int64_t r = j->idx[m * K + k];
-            if (r < 0 || r >= j->rows) {
-                j->err = 1;
-                return NULL;
-            }
-            float wk = j->w[m * K + k];
-            const float *t = j->src + r * F;
-            for (int64_t f = 0; f < F; f++) o[f] += wk * t[f];
-        }
-    }
-    return NULL;
-}
-
-int cinr_wgather_fwd(const float *table, int64_t rows, int64_t F, const int64_t *idx, const float *w,
-                     int64_t M, int64_t K, float *out) {
-    wg_job j = {idx, w, table, out, M, K, F, rows, 0, M, 0};
-    wg_fwd_worker(&j);
-    return j.err;
-}
-
-/* Backward of the weighted gather: one thread, in order, so the sums are deterministic. */
+/* Backward of the weighted gather out[m, :] = sum_k w[m, k] * table[idx[m, k], :] (the forward is
+ * torch's embedding_bag): in order, so the sums are deterministic. */
 int cinr_wgather_bwd(const float *grad_out, int64_t rows, int64_t F, const int64_t *idx, const float *w,
                      int64_t M, int64_t K, float *grad_table) {
     for (int64_t m = 0; m < M; m++) {

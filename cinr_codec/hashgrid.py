@@ -109,16 +109,17 @@ class _WeightedGather(torch.autograd.Function):
     """out[m] = sum_k w[m, k] * table[idx[m, k]], with a scatter (index_add) backward.
 
     ``embedding_bag`` has the fastest CPU forward, but its backward with per-sample weights
-    is ~10x slower than ``index_add_`` with int64 indices, hence this function.
+    is ~10x slower than ``index_add_`` with int64 indices, hence this function. On the CPU
+    with the compiled kernels built, the backward is the native scatter (``native.py``).
     """
 
     @staticmethod
     def forward(ctx: Any, table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(idx, w)
         ctx.n_rows = table.shape[0]
+        # The forward stays on embedding_bag, which is multi-threaded: a one-thread native
+        # gather was 2x slower on the paper's 257 M-entry table (benchmarks/results/hashgrid_speed_cpu.md).
         ctx.native = _native_ok(table, idx, w)
-        if ctx.native:
-            return native.wgather_forward(table.contiguous(), idx.contiguous(), w.contiguous())
         fwd_idx = idx.to(torch.int32) if table.shape[0] < 2**31 else idx
         return F.embedding_bag(fwd_idx, table, per_sample_weights=w, mode="sum")
 

@@ -97,8 +97,6 @@ def _load() -> ctypes.CDLL | None:
             fn = getattr(lib, name)
             fn.restype = ctypes.c_int
             fn.argtypes = [_ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _ptr]
-        lib.cinr_wgather_fwd.restype = ctypes.c_int
-        lib.cinr_wgather_fwd.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _ptr]
         lib.cinr_wgather_bwd.restype = ctypes.c_int
         lib.cinr_wgather_bwd.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _ptr]
         _lib = lib
@@ -188,23 +186,8 @@ def points_backward(plan: LevelPlan, pts: torch.Tensor, grad: torch.Tensor, n_ro
     return grad_table
 
 
-def wgather_forward(table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``out[m] = sum_k w[m, k] * table[idx[m, k]]`` for float32 table, int64 idx, float32 w."""
-    lib = _load()
-    assert lib is not None
-    m, k = idx.shape
-    out = torch.empty(m, table.shape[1], dtype=torch.float32)
-    _check(
-        lib.cinr_wgather_fwd(
-            table.data_ptr(), table.shape[0], table.shape[1], idx.data_ptr(), w.data_ptr(), m, k,
-            out.data_ptr(),
-        )
-    )  # fmt: skip
-    return out
-
-
 def wgather_backward(grad: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """Table gradient of :func:`wgather_forward` (one thread, in order: deterministic)."""
+    """Table gradient of ``out[m] = sum_k w[m, k] * table[idx[m, k]]`` (one thread, in order: deterministic)."""
     lib = _load()
     assert lib is not None
     m, k = idx.shape

@@ -156,12 +156,13 @@ def test_native_matches_torch_values_and_gradients(cfg: HashGridConfig) -> None:
 
 
 @pytest.mark.skipif(not native.available(), reason="no C compiler: the native kernels are not built")
-def test_native_gather_rejects_out_of_range_indices() -> None:
-    from cinr_codec.hashgrid import weighted_gather
-
-    table = torch.zeros(10, 2)
-    with pytest.raises(IndexError):
-        weighted_gather(table, torch.tensor([[0, 10]]), torch.ones(1, 2))
+def test_native_gather_backward_rejects_out_of_range_indices() -> None:
+    grad = torch.ones(1, 2)
+    ok = native.wgather_backward(grad, torch.tensor([[0, 9]]), torch.tensor([[0.5, 2.0]]), 10)
+    assert ok[0].tolist() == [0.5, 0.5] and ok[9].tolist() == [2.0, 2.0]
+    for bad in (10, -1):
+        with pytest.raises(IndexError):
+            native.wgather_backward(grad, torch.tensor([[0, bad]]), torch.ones(1, 2), 10)
 
 
 def test_without_a_compiler_the_torch_path_is_used(tmp_path) -> None:
