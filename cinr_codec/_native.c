@@ -118,9 +118,9 @@ static void *hg_bwd_worker(void *arg) {
     return NULL;
 }
 
-int cinr_hg_points_fwd(const float *pts, int64_t P, const float *table, const float *res,
-                       const int64_t *res_i, const int64_t *off, const int64_t *size, int64_t L,
-                       int64_t F, int64_t n_dense, int64_t log2_t, float *out) {
+/* The per-level constants both entry points share. */
+static hg_job hg_make(const float *pts, int64_t P, const float *res, const int64_t *res_i, const int64_t *off,
+                      const int64_t *size, int64_t L, int64_t F, int64_t n_dense, int64_t log2_t) {
     hg_job j;
     memset(&j, 0, sizeof j);
     j.pts = pts;
@@ -133,6 +133,13 @@ int cinr_hg_points_fwd(const float *pts, int64_t P, const float *table, const fl
     j.P = P;
     j.L = L;
     j.F = F;
+    return j;
+}
+
+int cinr_hg_points_fwd(const float *pts, int64_t P, const float *table, const float *res,
+                       const int64_t *res_i, const int64_t *off, const int64_t *size, int64_t L,
+                       int64_t F, int64_t n_dense, int64_t log2_t, float *out) {
+    hg_job j = hg_make(pts, P, res, res_i, off, size, L, F, n_dense, log2_t);
     j.table = (float *)table;
     j.out = out;
     j.lo = 0;
@@ -144,18 +151,7 @@ int cinr_hg_points_fwd(const float *pts, int64_t P, const float *table, const fl
 int cinr_hg_points_bwd(const float *pts, int64_t P, const float *grad_out, const float *res,
                        const int64_t *res_i, const int64_t *off, const int64_t *size, int64_t L,
                        int64_t F, int64_t n_dense, int64_t log2_t, float *grad_table) {
-    hg_job j;
-    memset(&j, 0, sizeof j);
-    j.pts = pts;
-    j.res = res;
-    j.res_i = res_i;
-    j.off = off;
-    j.size = size;
-    j.n_dense = n_dense;
-    j.mask = (log2_t >= 64) ? ~0ULL : ((1ULL << log2_t) - 1ULL);
-    j.P = P;
-    j.L = L;
-    j.F = F;
+    hg_job j = hg_make(pts, P, res, res_i, off, size, L, F, n_dense, log2_t);
     j.out = (float *)grad_out;
     j.grad = grad_table;
     j.lo = 0;

@@ -144,45 +144,32 @@ class LevelPlan:
         self.n_dense = n_dense
         self.log2_t = log2_t
 
-    def _args(self) -> tuple[int, int, int, int, int]:
-        return (
-            self.res.data_ptr(),
-            self.res_i.data_ptr(),
-            self.off.data_ptr(),
-            self.size.data_ptr(),
-            self.n_levels,
-        )
+    def run(self, name: str, pts: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, n_feat: int) -> None:
+        """Call kernel ``name`` (points forward or backward) on points (P, 2), ``src`` -> ``dst``."""
+        lib = _load()
+        assert lib is not None
+        _check(
+            getattr(lib, name)(
+                pts.data_ptr(), pts.shape[0], src.data_ptr(), self.res.data_ptr(), self.res_i.data_ptr(),
+                self.off.data_ptr(), self.size.data_ptr(), self.n_levels, n_feat, self.n_dense, self.log2_t,
+                dst.data_ptr(),
+            )
+        )  # fmt: skip
 
 
 def points_forward(plan: LevelPlan, pts: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Features (P, L*F) of points (P, 2) float32: the fused encode."""
-    lib = _load()
-    assert lib is not None
     n_feat = table.shape[1]
     out = torch.empty(pts.shape[0], plan.n_levels * n_feat, dtype=torch.float32)
-    res, res_i, off, size, n_levels = plan._args()
-    _check(
-        lib.cinr_hg_points_fwd(
-            pts.data_ptr(), pts.shape[0], table.data_ptr(), res, res_i, off, size, n_levels, n_feat,
-            plan.n_dense, plan.log2_t, out.data_ptr(),
-        )
-    )  # fmt: skip
+    plan.run("cinr_hg_points_fwd", pts, table, out, n_feat)
     return out
 
 
 def points_backward(plan: LevelPlan, pts: torch.Tensor, grad: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Table gradient (rows, F) of :func:`points_forward` for the output gradient (P, L*F)."""
-    lib = _load()
-    assert lib is not None
     n_feat = grad.shape[1] // plan.n_levels
     grad_table = torch.zeros(n_rows, n_feat, dtype=torch.float32)
-    res, res_i, off, size, n_levels = plan._args()
-    _check(
-        lib.cinr_hg_points_bwd(
-            pts.data_ptr(), pts.shape[0], grad.data_ptr(), res, res_i, off, size, n_levels, n_feat,
-            plan.n_dense, plan.log2_t, grad_table.data_ptr(),
-        )
-    )  # fmt: skip
+    plan.run("cinr_hg_points_bwd", pts, grad, grad_table, n_feat)
     return grad_table
 
 
