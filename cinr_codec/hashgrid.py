@@ -128,7 +128,8 @@ class _WeightedGather(torch.autograd.Function):
         idx, w = ctx.saved_tensors
         grad_table = None
         if ctx.needs_input_grad[0] and ctx.native:
-            return native.wgather_backward(grad.contiguous(), idx, w, ctx.n_rows), None, None
+            g = native.wgather_backward(grad.contiguous(), idx.contiguous(), w.contiguous(), ctx.n_rows)
+            return g, None, None
         if ctx.needs_input_grad[0]:
             n_feat = grad.shape[-1]
             src = (w.unsqueeze(-1) * grad.unsqueeze(-2)).reshape(-1, n_feat)

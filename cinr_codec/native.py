@@ -90,15 +90,15 @@ def _load() -> ctypes.CDLL | None:
             return None
         try:
             lib = ctypes.CDLL(str(_build(cc, _SOURCE.read_bytes())))
-        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            for name in ("cinr_hg_points_fwd", "cinr_hg_points_bwd"):
+                fn = getattr(lib, name)
+                fn.restype = ctypes.c_int
+                fn.argtypes = [_ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _ptr]
+            lib.cinr_wgather_bwd.restype = ctypes.c_int
+            lib.cinr_wgather_bwd.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _ptr]
+        except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as exc:
             log.warning("could not build the native hash-grid kernels (%s); using pure PyTorch", exc)
             return None
-        for name in ("cinr_hg_points_fwd", "cinr_hg_points_bwd"):
-            fn = getattr(lib, name)
-            fn.restype = ctypes.c_int
-            fn.argtypes = [_ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _ptr]
-        lib.cinr_wgather_bwd.restype = ctypes.c_int
-        lib.cinr_wgather_bwd.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _ptr]
         _lib = lib
         log.debug("native hash-grid kernels loaded")
         return _lib
