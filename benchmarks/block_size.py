@@ -23,7 +23,7 @@ from PIL import Image
 from cinr_codec.encoding import encode_slide
 from cinr_codec.presets import get_preset
 
-from .common import RESULTS, header
+from .common import RESULTS, header, publish
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "he-prostate-2500.jpeg"
 
@@ -120,13 +120,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['mip_bpp']} | {r['seconds']} |"
         )
     text = "\n".join(lines) + "\n"
-    args.results.mkdir(parents=True, exist_ok=True)
     name = "quick" if args.quick else device.split(":")[0]
-    (args.results / f"block_size_{name}.md").write_text(text)
-    if args.json:
-        print(json.dumps({"rows": rows}))
-    else:
-        print(text)
+    publish(args.results / f"block_size_{name}.md", text, {"rows": rows}, args.json)
 
 
 if __name__ == "__main__":

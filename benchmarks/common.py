@@ -1,7 +1,8 @@
-"""Shared helpers: machine description, result headers, output folder."""
+"""Shared helpers: machine description, result headers, output folder, report writing."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -9,6 +10,10 @@ import sys
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
+
+from cinr_codec.cli import NullSink
+
+__all__ = ["RESULTS", "NullSink", "header", "machine", "publish"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -63,14 +68,8 @@ def _module_name() -> str:
     return spec.name if spec is not None else Path(sys.argv[0]).stem
 
 
-class NullSink:
-    """A write-only sink for a silenced progress bar."""
-
-    def write(self, s: str) -> int:
-        return len(s)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
+def publish(path: Path, text: str, payload: object, as_json: bool) -> None:
+    """Write the Markdown report to ``path``; print ``payload`` as JSON or the report on stdout."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(json.dumps(payload) if as_json else text)

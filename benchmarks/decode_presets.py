@@ -26,7 +26,7 @@ import numpy as np
 from cinr_codec.decoding import SlideDecoder
 from cinr_codec.encoding import encode_slide
 
-from .common import RESULTS, header
+from .common import RESULTS, header, publish
 
 SAMPLE = Path(__file__).resolve().parents[1] / "cinr_codec" / "data" / "CMU-1-Small-Region.svs"
 
@@ -126,12 +126,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['openslide_cold_ms']} | {r['openslide_warm_ms']} |"
         )
     text = "\n".join(lines) + "\n"
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"decode_presets_{args.device}.md").write_text(text)
-    if args.json:
-        print(json.dumps({"rows": rows}))
-    else:
-        print(text)
+    publish(args.results / f"decode_presets_{args.device}.md", text, {"rows": rows}, args.json)
 
 
 if __name__ == "__main__":
