@@ -51,9 +51,10 @@ import numpy as np
 import openslide
 from PIL import Image
 
-from .container.format import MAGIC
-from .decoding import DEFAULT_CACHE_BYTES, TILE, SlideDecoder, finite_number
+from .decode.decoder import DEFAULT_CACHE_BYTES, TILE, SlideDecoder, finite_number
 from .errors import CinrFormatError
+from .format.container import MAGIC
+from .format.header import describe, finite, header_mpp
 
 __all__ = ["PYRAMID_TILE", "CinrSlide", "SlideRequestError", "open_cinr", "virtual_pyramid"]
 
@@ -84,18 +85,6 @@ def _fmt_number(v: float) -> str:
     """A property value: integers without a decimal point (OpenSlide's style), others shortest-repr."""
     v = float(v)
     return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
-
-
-def _finite(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    f = float(v)
-    return f if math.isfinite(f) else None
-
-
-def _obj(parent: Any, key: str) -> dict[str, Any]:
-    v = parent.get(key) if isinstance(parent, Mapping) else None
-    return v if isinstance(v, dict) else {}
 
 
 def virtual_pyramid(width: int, height: int) -> tuple[tuple[tuple[int, int], ...], tuple[float, ...]]:
@@ -179,33 +168,32 @@ class CinrSlide(openslide.AbstractSlide):
     def _build_properties(self) -> dict[str, str]:
         dec = self._decoder
         reader = dec.reader
-        header, footer = reader.header, reader.footer
-        slide = _obj(header, "slide")
-        stored = slide.get("properties")
-        stored = stored if isinstance(stored, dict) else {}
+        info = describe(reader.header, reader.footer)
+        stored = info.properties
         props: dict[str, str] = {}
-        for k, v in stored.items():
-            if not isinstance(k, str) or not isinstance(v, str):
+        for key, text in stored.items():
+            if _REPLACED.match(key):
+                props[f"cinr.source.{key}"] = text
                 continue
-            if _REPLACED.match(k):
-                props[f"cinr.source.{k}"] = v
-                continue
-            m = re.match(r"^openslide\.associated\.([^.]+)\.", k)
+            m = re.match(r"^openslide\.associated\.([^.]+)\.", key)
             if m and m.group(1) not in reader.associated_images:
                 continue  # the image was not stored
-            props[k] = v
+            props[key] = text
 
-        level_ds = _finite(slide.get("level_downsample")) or 1.0
+        level_ds = info.level_downsample
         W, H = dec.width, dec.height
         # Resolution of this slide's level 0 (the header's, already scaled to the encoded level).
-        for key, name in (("mpp_x", "mpp-x"), ("mpp_y", "mpp-y"), ("objective_power", "objective-power")):
-            v = _finite(slide.get(key))
-            if v is not None and v > 0:
+        for value, name in (
+            (info.mpp_x, "mpp-x"),
+            (info.mpp_y, "mpp-y"),
+            (info.objective_power, "objective-power"),
+        ):
+            if value is not None:
                 original = stored.get(f"openslide.{name}")
-                if level_ds == 1.0 and isinstance(original, str) and _safe_float(original) == v:
+                if level_ds == 1.0 and isinstance(original, str) and _safe_float(original) == value:
                     props[f"openslide.{name}"] = original  # the source's own string
                 else:
-                    props[f"openslide.{name}"] = _fmt_number(v)
+                    props[f"openslide.{name}"] = _fmt_number(value)
         # Bounds of the non-empty region, rescaled from the source's level 0 to this slide's.
         try:
             b = [float(stored[f"openslide.bounds-{n}"]) for n in _BOUNDS]
@@ -216,11 +204,10 @@ class CinrSlide(openslide.AbstractSlide):
             y0 = min(H, max(0, math.floor(b[1] / level_ds)))
             x1 = min(W, max(x0, math.ceil((b[0] + b[2]) / level_ds)))
             y1 = min(H, max(y0, math.ceil((b[1] + b[3]) / level_ds)))
-            for n, v in zip(_BOUNDS, (x0, y0, x1 - x0, y1 - y0), strict=True):
-                props[f"openslide.bounds-{n}"] = str(v)
-        vendor = slide.get("vendor")
+            for n, bound in zip(_BOUNDS, (x0, y0, x1 - x0, y1 - y0), strict=True):
+                props[f"openslide.bounds-{n}"] = str(bound)
         if "openslide.vendor" not in props:
-            props["openslide.vendor"] = vendor if isinstance(vendor, str) and vendor else "cinr"
+            props["openslide.vendor"] = info.vendor or "cinr"
         props["openslide.background-color"] = "{:02X}{:02X}{:02X}".format(*dec.background)
 
         props["openslide.level-count"] = str(len(self._level_dimensions))
@@ -234,24 +221,23 @@ class CinrSlide(openslide.AbstractSlide):
         # What the encoder did and measured.
         grid = dec.grid
         kinds = [reader.block_info(i).kind for i in range(grid.n_level_blocks)]
-        encoder = _obj(header, "encoder")
-        quality = _obj(footer, "quality")
+        quality = info.quality
         cinr: dict[str, Any] = {
             "format-version": f"{reader.version[0]}.{reader.version[1]}",
-            "encoder": encoder.get("software"),
-            "model": _obj(header, "model").get("kind"),
-            "preset": encoder.get("preset"),
-            "quantization": _obj(header, "quantization").get("setting"),
+            "encoder": info.software,
+            "model": info.model,
+            "preset": info.preset,
+            "quantization": info.storage,
             "block-size": grid.block_size,
             "margin": grid.margin,
             "blocks": grid.n_level_blocks,
             "model-blocks": sum(1 for k in kinds if k == "model"),
             "background-blocks": sum(1 for k in kinds if k == "background"),
             "mip-downsamples": ",".join(str(d) for d in grid.mip_downsamples) or None,
-            "level": slide.get("level", 0),
+            "level": info.level,
             "level-downsample": level_ds,
-            "source-vendor": vendor,
-            "tissue-fraction": _obj(header, "tissue").get("fraction"),
+            "source-vendor": info.vendor,
+            "tissue-fraction": info.tissue_fraction,
             "quality-region": quality.get("region"),
             "psnr": quality.get("psnr_db"),
             "ssim": quality.get("ssim"),
@@ -260,11 +246,11 @@ class CinrSlide(openslide.AbstractSlide):
             "psnr-interior": quality.get("psnr_interior_db"),
             "bytes": reader.file_size,
         }
-        for k, v in cinr.items():
+        for name, v in cinr.items():
             if isinstance(v, str) and v:
-                props[f"cinr.{k}"] = v
-            elif _finite(v) is not None:
-                props[f"cinr.{k}"] = _fmt_number(v)
+                props[f"cinr.{name}"] = v
+            elif finite(v) is not None:
+                props[f"cinr.{name}"] = _fmt_number(v)
         return props
 
     @classmethod
@@ -405,7 +391,7 @@ class CinrSlide(openslide.AbstractSlide):
         capacity = getattr(cache, "_capacity", None)
         if not isinstance(cache, openslide.OpenSlideCache) or not isinstance(capacity, int):
             raise TypeError("Not a cache object")
-        self._decoder._pixels.capacity = max(0, capacity)
+        self._decoder.cache_capacity = capacity
 
     # -- lifetime ---------------------------------------------------------------------------------
 
@@ -421,13 +407,6 @@ class CinrSlide(openslide.AbstractSlide):
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self._path!r})"
-
-
-def header_mpp(header: Mapping[str, Any]) -> tuple[float | None, float | None]:
-    """(mpp_x, mpp_y) of a .cinr header's ``slide`` object, None where absent or not a positive number."""
-    slide = _obj(header, "slide")
-    x, y = _finite(slide.get("mpp_x")), _finite(slide.get("mpp_y"))
-    return (x if x is not None and x > 0 else None, y if y is not None and y > 0 else None)
 
 
 def _safe_float(s: str) -> float | None:

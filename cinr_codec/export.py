@@ -42,9 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from .api import CinrSlide, header_mpp
-from .decoding import MAX_READ_PIXELS, MAX_SCALE, SlideDecoder, finite_number
+from .api import CinrSlide
+from .decode.decoder import MAX_SCALE, SlideDecoder, finite_number
 from .errors import CinrIOError
+from .format.header import MAX_READ_PIXELS, header_mpp
 
 __all__ = ["FORMATS", "export_region"]
 

@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from cinr_codec.container import CinrReader, CinrWriter
-from cinr_codec.container.format import MAGIC, TRAILER_MAGIC
+from cinr_codec.format.container import CinrReader, CinrWriter
+from cinr_codec.format.container.binary import MAGIC, TRAILER_MAGIC
 
 
 @lru_cache(maxsize=1)
 def fitted_state() -> tuple[dict[str, torch.Tensor], list[int], np.ndarray]:
     """A tiny NGP fitted (5 steps) to a 32x32 crop of the bundled real slide: (state dict, level sizes, crop)."""
     from cinr_codec import HashGridConfig, fit_image
-    from cinr_codec.slide import read_crop, sample_slide_path
+    from cinr_codec.encode.source import read_crop, sample_slide_path
 
     torch.manual_seed(0)
     crop = read_crop(sample_slide_path(), 32)

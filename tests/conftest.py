@@ -20,7 +20,7 @@ def he_image() -> np.ndarray:
     path = SHARED / "he-prostate-2500.jpeg"
     if path.exists():
         return np.asarray(Image.open(path).convert("RGB"))
-    from cinr_codec.slide import read_crop
+    from cinr_codec.encode.source import read_crop
 
     return read_crop(SAMPLE, 2048)
 

@@ -27,10 +27,10 @@ from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
 
 from cinr_codec.api import CinrSlide, SlideRequestError, open_cinr, virtual_pyramid
-from cinr_codec.container import CinrReader, CinrWriter
-from cinr_codec.decoding import SlideDecoder, decode_image
-from cinr_codec.metrics import psnr
-from cinr_codec.mips import box_downsample, to_uint8
+from cinr_codec.format.container import CinrReader, CinrWriter
+from cinr_codec.decode import SlideDecoder, decode_image
+from cinr_codec.core.metrics import psnr
+from cinr_codec.core.resample import box_downsample, to_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -107,7 +107,7 @@ def _image_bytes(img: np.ndarray, fmt: str) -> bytes:
 @functools.cache
 def make_files(root: str) -> dict[str, Any]:
     """Encode the session's test files under ``root`` (once per process)."""
-    from cinr_codec.encoding import encode_slide
+    from cinr_codec.encode.slide import encode_slide
 
     folder = Path(root) / "cinr-api-files"
     folder.mkdir(exist_ok=True)
@@ -560,6 +560,6 @@ def test_slide_decoder_and_cinr_slide_agree(files: dict[str, Any], slide: CinrSl
 def test_tune_allocator_applies_on_linux() -> None:
     import sys
 
-    from cinr_codec.decoding import tune_allocator
+    from cinr_codec.decode import tune_allocator
 
     assert tune_allocator() is sys.platform.startswith("linux")

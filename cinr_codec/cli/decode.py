@@ -1,0 +1,67 @@
+"""``cinr decode``: a region of a ``.cinr`` slide, at any scale, to an image file."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from typing import Any
+
+import click
+
+from .common import handle_errors
+
+
+@click.command("decode")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=str))
+@click.option("-o", "--output", required=True, help="Output image: .png, .jpg, .tif or .webp.")
+@click.option(
+    "--region", default=None, metavar="X,Y,W,H", help="Region in level-0 pixels [default: the whole slide]."
+)
+@click.option(
+    "--scale", type=float, default=1.0, show_default=True, help="Output pixels per level-0 pixel, in (0, 4]."
+)
+@click.option("--quiet", is_flag=True, help="Print nothing but errors.")
+@handle_errors
+def decode_cmd(path: str, output: str, region: str | None, scale: float, quiet: bool) -> None:
+    """Decode a .cinr slide, or a region of it at any scale, to an image (written atomically).
+
+    The format follows OUTPUT's extension; .tif/.tiff is a tiled pyramidal TIFF (JPEG tiles)
+    that OpenSlide opens. Whole-slide exports are streamed in strips (bounded memory).
+    """
+
+    from ..api import open_cinr
+    from ..decode.cache import tune_allocator
+    from ..export import export_region
+
+    # Keep freed memory for reuse: tiles decode 1.4-1.7x faster. Not for `encode`, whose peak
+    # memory it raised from 0.7 to 1.4 GB per 1024-px block (docs/architecture.md).
+    tune_allocator()
+
+    box: tuple[float, float, float, float] | None = None
+    if region is not None:
+        parts = region.split(",")
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            values = []
+        if len(values) != 4 or not all(math.isfinite(v) for v in values):
+            raise ValueError(f"--region must be four numbers X,Y,W,H, not {region!r}")
+        box = (values[0], values[1], values[2], values[3])
+    with open_cinr(path) as slide, contextlib.ExitStack() as stack:
+        bar: list[Any] = []
+
+        def progress(done: int, total: int) -> None:
+            if not bar:
+                pb = click.progressbar(length=total, label=f"decoding {path}", file=sys.stderr, show_eta=True)
+                bar.extend((stack.enter_context(pb), 0))
+            bar[0].update(done - bar[1])
+            bar[1] = done
+
+        show = not quiet and box is None
+        summary = export_region(slide, output, box, scale, quiet=True, progress=progress if show else None)
+    if not quiet:
+        click.echo(
+            f"{summary['path']}: {summary['width']} x {summary['height']} px, {summary['format']}, "
+            f"{summary['bytes']} bytes"
+        )

@@ -1,0 +1,217 @@
+"""``cinr encode``: a slide or image to a ``.cinr`` file, with progress and a summary."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from ..coding.registry import model_kinds
+from .common import NullSink, fmt, handle_errors, json_safe
+
+
+@click.command("encode")
+@click.argument("slide", type=click.Path(dir_okay=True, path_type=str))
+@click.option(
+    "-o",
+    "--output",
+    default=None,
+    help="Output .cinr file  [default: SLIDE's name with .cinr, in the current folder]",
+)
+@click.option("--level", default=0, show_default=True, help="Source level to encode (0 = full resolution).")
+@click.option(
+    "--model", type=click.Choice(list(model_kinds())), default="cinr", show_default=True, help="Network."
+)
+@click.option(
+    "--preset",
+    default="fast",
+    show_default=True,
+    help="Recipe: fast (CPU, tests and demos), default (CPU, better), high (GPU, best), paper (the authors').",
+)
+@click.option("--steps", type=int, default=None, help="Optimiser steps per block  [default: the preset's]")
+@click.option(
+    "--time-budget", type=float, default=None, help="Seconds of training per block  [default: none]"
+)
+@click.option(
+    "--total-time-budget",
+    type=float,
+    default=None,
+    help="Seconds of training for the whole slide, shared by the blocks left  [default: none]",
+)
+@click.option(
+    "--target-psnr",
+    type=float,
+    default=None,
+    help="A block stops once it reaches this PSNR (dB)  [default: none]",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="auto = CUDA when present.",
+)
+@click.option(
+    "--quant",
+    type=click.Choice(["int8+float16", "int8", "float16", "bfloat16", "float32"]),
+    default="int8+float16",
+    show_default=True,
+    help="Storage precision: hash tables + network weights.",
+)
+@click.option("--block-size", default=1024, show_default=True, help="Block side in pixels (multiple of 16).")
+@click.option(
+    "--margin",
+    default=0,
+    show_default=True,
+    help="Pixels of context each block is fitted with beyond its edges.",
+)
+@click.option("--no-tissue-mask", is_flag=True, help="Encode every block, glass included.")
+@click.option(
+    "--no-mips",
+    is_flag=True,
+    help="Store no box-filtered mip levels (coarse reads then decode every level pixel).",
+)
+@click.option("--seed", default=0, show_default=True, help="Random seed (blocks get seeds derived from it).")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for PyTorch  [default: PyTorch's choice; 1 is faster on a busy machine]",
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue an interrupted encode from its journal (OUTPUT.journal)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
+@click.option("--quiet", is_flag=True, help="Print nothing but errors (and --json output).")
+@handle_errors
+def encode_cmd(
+    slide: str,
+    output: str | None,
+    level: int,
+    model: str,
+    preset: str,
+    steps: int | None,
+    time_budget: float | None,
+    total_time_budget: float | None,
+    target_psnr: float | None,
+    device: str,
+    quant: str,
+    block_size: int,
+    margin: int,
+    no_tissue_mask: bool,
+    no_mips: bool,
+    seed: int,
+    resume: bool,
+    threads: int | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Encode a whole-slide image (any OpenSlide format, or PNG/JPEG/TIFF) as a .cinr file."""
+    import os
+
+    from ..encode.journal import journal_path
+    from ..encode.slide import encode_slide
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    out = output or (os.path.splitext(os.path.basename(os.path.normpath(slide)))[0] + ".cinr")
+    show = not quiet and not as_json
+    sink = sys.stderr if show else NullSink()
+    state: dict[str, Any] = {"bar": None, "done": 0}
+
+    def progress(ev: dict[str, Any]) -> None:
+        stage = ev.get("stage")
+        if stage == "start":
+            bar = click.progressbar(
+                length=ev["total"],
+                label=f"encoding {ev['total']} blocks ({ev['tissue_blocks']} with tissue)",
+                file=sink,  # type: ignore[arg-type]
+                show_pos=True,
+                show_eta=True,
+            )
+            bar.__enter__()
+            if ev["done"]:
+                bar.update(ev["done"])
+            state["bar"] = bar
+        elif stage == "block" and state["bar"] is not None:
+            p = ev.get("psnr")
+            what = "background" if ev["kind"] == "background" else f"{fmt(p, ' dB')}"
+            state["bar"].label = f"block {ev['block_id'] + 1}/{ev['total']}: {what}"
+            state["bar"].update(1)
+        elif stage == "write" and state["bar"] is not None:
+            state["bar"].__exit__(None, None, None)
+            state["bar"] = None
+
+    try:
+        summary = encode_slide(
+            slide,
+            out,
+            level=level,
+            model=model,
+            preset=preset,
+            steps=steps,
+            time_budget=time_budget,
+            total_time_budget=total_time_budget,
+            target_psnr=target_psnr,
+            device=device,
+            quant=quant,
+            block_size=block_size,
+            margin=margin,
+            tissue_mask=not no_tissue_mask,
+            mips=not no_mips,
+            seed=seed,
+            resume=resume,
+            progress=progress,
+        )
+    except KeyboardInterrupt:
+        if state["bar"] is not None:
+            state["bar"].__exit__(None, None, None)
+        jp = journal_path(out)
+        click.echo(
+            f"cinr: interrupted; finished blocks are kept in {jp}: run the same command with --resume",
+            err=True,
+        )
+        sys.exit(130)
+    finally:
+        if state["bar"] is not None:
+            state["bar"].__exit__(None, None, None)
+    if as_json:
+        click.echo(json.dumps({k: json_safe(v) for k, v in summary.items()}))
+        return
+    if quiet:
+        return
+    s = summary
+    rows = [
+        ("output", s["path"]),
+        ("dimensions", f"{s['width']} x {s['height']} (level {s['level']})"),
+        ("model", f"{s['model']} / {s['preset']}, {s['quant']}, device {s['device']}"),
+        (
+            "blocks",
+            f"{s['blocks']} of {s['block_size']} px: {s['tissue_blocks']} tissue, "
+            f"{s['background_blocks']} background (tissue fraction {s['tissue_fraction']:.1%})",
+        ),
+        ("PSNR tissue", f"{fmt(s['psnr'], ' dB')}  (all pixels {fmt(s['psnr_all'], ' dB')})"),
+        ("SSIM tissue", fmt(s["ssim"], "", 4)),
+        (
+            "seams",
+            f"PSNR {fmt(s['psnr_border'], ' dB')} in 16-px strips along block borders, "
+            f"{fmt(s['psnr_adjacent'], ' dB')} in the 32 px next to them, {fmt(s['psnr_interior'], ' dB')} in block interiors",
+        ),
+        (
+            "size",
+            f"{s['bytes']:,} bytes (models {s['model_bytes']:,}, mips {s['mip_bytes']:,}, "
+            f"associated images {s['associated_bytes']:,})",
+        ),
+        ("bits/pixel", f"{fmt(s['bpp_tissue'], '', 3)} over tissue, {s['bpp']:.3f} over the slide"),
+        (
+            "compression",
+            f"{fmt(s['compression_ratio'], 'x', 2)} against the source file ({s['source_bytes']:,} bytes)",
+        ),
+        ("time", f"{s['seconds']:.1f} s ({s['steps']} steps)"),
+    ]
+    for k, v in rows:
+        click.echo(f"{k:>12}: {v}")

@@ -1,0 +1,121 @@
+"""The block-representation seam: what the encoder and the decoder ask of a kind of block model.
+
+A ``BlockCodec`` knows one representation (the hash-grid models today; entropy-coded latent
+grids next): its header fields, how to fit a block, how to turn the fitted block into the
+payload bytes the container stores, and how to rebuild a renderable ``BlockModel`` from
+those bytes. The slide encoder (``encode.slide``, ``encode.block``), the journal, the
+container and the decoder (``decode.decoder``) only talk to this interface; they never name
+hash tables, tensors or learning rates.
+
+Decode-side methods (``parse_config``, ``load``, ``check_payload``) never import training
+code; encode-side methods (``config_for``, ``fit``, ``serialize``) import it when called.
+New representations are registered in ``coding.registry``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+#: ``progress(step, seconds, estimated_psnr)`` during a fit.
+FitProgress = Callable[[int, float, float], None]
+
+
+class BlockModel(Protocol):
+    """A decoded block: renders any rectangle of its frame to RGB uint8."""
+
+    def render(self, height: int, width: int, side: float, *, x0: int = 0, y0: int = 0) -> np.ndarray:
+        """Pixels ``[x0, x0+width) x [y0, y0+height)`` of the block's frame (of side ``side``),
+        as uint8 (height, width, 3); a pixel's value never depends on the rectangle asked for."""
+        ...
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How long and how to fit one block (the same for every representation)."""
+
+    steps: int | None = None
+    time_budget: float | None = None
+    target_psnr: float | None = None
+    device: str = "cpu"
+    seed: int = 0
+    #: (x0, y0, side): the fitted pixels' origin in the block's frame and the frame's side.
+    frame: tuple[int, int, float] | None = None
+    progress: FitProgress | None = None
+    #: Measure PSNR/SSIM of the fitted (unstored) model at the end.
+    measure: bool = True
+
+
+class FittedBlock(Protocol):
+    """A fitted block before storage, and how the fit went (``encode.train.FitResult`` is one)."""
+
+    config: Any
+    steps: int
+    seconds: float
+    device: str
+    psnr: float
+    ssim: float
+
+
+class BlockCodec(ABC):
+    """One block representation (see the module docstring)."""
+
+    #: Short name (``coding.registry``).
+    name: ClassVar[str]
+    #: Header ``model.kind`` values (and ``--model`` names) this codec reads and writes.
+    kinds: ClassVar[tuple[str, ...]]
+    #: Storage settings (``--quant``) and the default one.
+    storages: ClassVar[tuple[str, ...]]
+    default_storage: ClassVar[str]
+
+    # -- both sides ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def header_fields(self, config: Any, storage: str) -> dict[str, Any]:
+        """The header objects this representation writes (``model`` and its own), as JSON."""
+
+    @abstractmethod
+    def parse_config(self, header: Mapping[str, Any], where: str) -> Any:
+        """The configuration in a header, every field validated (``CinrFormatError``)."""
+
+    # -- decoder side ----------------------------------------------------------------------------
+
+    @abstractmethod
+    def load(self, payload: bytes, config: Any, where: str, device: str = "cpu") -> BlockModel:
+        """Rebuild one block from its payload (``CinrFormatError`` on anything a file could get wrong)."""
+
+    @abstractmethod
+    def check_payload(self, payload: bytes, where: str) -> None:
+        """Raise ``CinrError`` when a reader would refuse ``payload`` (the writer checks every block)."""
+
+    def payload_bits(self, payload: bytes) -> int:
+        """Bits this block costs before the container's compression."""
+        return 8 * len(payload)
+
+    # -- encoder side ----------------------------------------------------------------------------
+
+    @abstractmethod
+    def config_for(self, kind: str, preset: str, height: int, width: int) -> Any:
+        """The configuration of preset ``preset`` of ``kind`` for a frame of this size."""
+
+    @abstractmethod
+    def recipe(self, kind: str, preset: str) -> dict[str, Any]:
+        """The training settings of a preset, as JSON (a resumed encode must train the same way)."""
+
+    @abstractmethod
+    def check_storage(self, storage: str) -> None:
+        """Raise ValueError when ``storage`` is not one of ``storages``."""
+
+    @abstractmethod
+    def fit(
+        self, pixels: np.ndarray, config: Any, kind: str, preset: str, settings: FitSettings
+    ) -> FittedBlock:
+        """Fit one block's representation to RGB uint8 ``pixels``."""
+
+    @abstractmethod
+    def serialize(self, fitted: FittedBlock, storage: str) -> bytes:
+        """The payload the container stores for a fitted block under ``storage``."""

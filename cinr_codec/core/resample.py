@@ -1,0 +1,132 @@
+"""Area and bilinear resampling of RGB pixels: one home for the arithmetic of every scale.
+
+A pixel at scale s is the mean of the source pixels its box covers (a box filter, as scanners'
+lower levels are made). ``area_weights``/``bilinear_weights`` give per-axis weights for a
+decoder's read; ``AreaAccumulator`` resizes a source fed tile by tile (thumbnails of slides);
+``box_downsample`` averages whole d x d boxes (mips). numpy only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def box_downsample(img: np.ndarray, d: int) -> np.ndarray:
+    """Mean of each d x d box (partial boxes at the right/bottom edge average what they cover), float32."""
+    h, w = img.shape[:2]
+    oh, ow = -(-h // d), -(-w // d)
+    ph, pw = oh * d - h, ow * d - w
+    x = img.astype(np.float32)
+    if ph or pw:
+        x = np.pad(x, ((0, ph), (0, pw), (0, 0)))
+    sums = x.reshape(oh, d, ow, d, -1).sum(axis=(1, 3))
+    ones = np.ones((h, w), dtype=np.float32)
+    if ph or pw:
+        ones = np.pad(ones, ((0, ph), (0, pw)))
+    counts = ones.reshape(oh, d, ow, d).sum(axis=(1, 3))
+    return sums / counts[..., None]
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Round to the nearest uint8."""
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def area_weights(
+    start: float, step: float, n_out: int, length: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Area weights along one axis: output i covers [start + i*step, +step) of source pixels [p, p+1) ∩ [0, length).
+
+    Returns (indices (n_out, K) clipped to valid pixels, weights (n_out, K) in source-pixel units,
+    coverage (n_out,) = fraction of each output box inside [0, length)).
+    """
+    i = np.arange(n_out, dtype=np.float64)
+    a = start + i * step
+    b = a + step
+    k = int(math.ceil(step)) + 1
+    p0 = np.floor(np.clip(a, 0.0, max(length - 1e-9, 0.0)))
+    idx = p0[:, None] + np.arange(k)[None, :]
+    lo = np.maximum(a[:, None], idx)
+    hi = np.minimum(np.minimum(b[:, None], idx + 1.0), length)
+    w = np.clip(hi - lo, 0.0, None)
+    n_src = max(1, int(math.ceil(length)))
+    cov = w.sum(axis=1) / step
+    return np.clip(idx, 0, n_src - 1).astype(np.int64), w, np.clip(cov, 0.0, 1.0)
+
+
+def bilinear_weights(
+    start: float, step: float, n_out: int, length: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear weights between level-pixel centres (edges replicated); coverage 1 inside the level, else 0."""
+    u = start + (np.arange(n_out, dtype=np.float64) + 0.5) * step
+    p = np.clip(u - 0.5, 0.0, length - 1.0)
+    i0 = np.floor(p)
+    f = p - i0
+    idx = np.stack((i0, np.minimum(i0 + 1, length - 1)), axis=1).astype(np.int64)
+    w = np.stack((1.0 - f, f), axis=1)
+    cov = ((u >= 0) & (u < length)).astype(np.float64)
+    return idx, w * cov[:, None], cov
+
+
+def integrate(arr: np.ndarray, axis: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Integrals over [lo, hi) along `axis` of a piecewise-constant array (pixel j covers [j, j+1)).
+
+    The cells [lo_k, hi_k) are ordered and disjoint, within [0, n]; the result has len(lo) entries
+    along `axis` (float64).
+    """
+    a = np.moveaxis(arr, axis, 0)
+    n = a.shape[0]
+    shape = (-1,) + (1,) * (a.ndim - 1)
+    start = np.minimum(np.ceil(lo).astype(np.int64), n)  # first whole pixel of each cell
+    end = np.maximum(np.floor(hi).astype(np.int64), start)  # one past its last whole pixel
+    # Whole pixels: one reduceat over [start_0, end_0, start_1, end_1, ...] on the array plus a zero
+    # row (so that index n is valid), keeping every other sum.
+    padded = np.concatenate([a, np.zeros((1,) + a.shape[1:], dtype=a.dtype)])
+    sums = np.add.reduceat(
+        padded,
+        np.stack([start, end], axis=1).ravel(),
+        axis=0,
+        dtype=np.uint32 if a.dtype == np.uint8 else np.float64,
+    )[::2]
+    whole = np.where((end > start).reshape(shape), sums, 0).astype(np.float64)
+    # Fractions of the pixels cut by each cell's edges (a cell inside one pixel: only its length).
+    first = np.clip(np.floor(lo).astype(np.int64), 0, n - 1)
+    last = np.clip(np.floor(hi).astype(np.int64), 0, n - 1)
+    single = np.floor(lo) == np.floor(hi)
+    left = np.where(single, hi - lo, start - lo).reshape(shape) * padded[first]
+    right = np.where(single, 0.0, hi - np.floor(hi)).reshape(shape) * padded[last]
+    return np.moveaxis(whole + left + right, 0, axis)
+
+
+class AreaAccumulator:
+    """Exact area-average resize of a (sh, sw) image to (th, tw), fed tile by tile."""
+
+    def __init__(self, sw: int, sh: int, tw: int, th: int) -> None:
+        self.xb = np.arange(tw + 1, dtype=np.float64) * (sw / tw)
+        self.yb = np.arange(th + 1, dtype=np.float64) * (sh / th)
+        self.xb[-1], self.yb[-1] = sw, sh
+        self.area = (sw / tw) * (sh / th)
+        self.acc = np.zeros((th, tw, 3), dtype=np.float64)
+
+    @staticmethod
+    def _span(bounds: np.ndarray, start: int, size: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """Output cells [i0, i1) that overlap source [start, start+size), and their clipped bounds."""
+        i0 = max(0, int(np.searchsorted(bounds, start, side="right")) - 1)
+        i1 = min(len(bounds) - 1, int(np.searchsorted(bounds, start + size, side="left")))
+        lo = np.clip(bounds[i0:i1] - start, 0, size)
+        hi = np.clip(bounds[i0 + 1 : i1 + 1] - start, 0, size)
+        return i0, i1, lo, hi
+
+    def add(self, tile: np.ndarray, x: int, y: int) -> None:
+        """Add the (h, w, 3) tile whose top-left source pixel is (x, y)."""
+        h, w = tile.shape[:2]
+        c0, c1, xlo, xhi = self._span(self.xb, x, w)
+        r0, r1, ylo, yhi = self._span(self.yb, y, h)
+        part = integrate(integrate(tile, 0, ylo, yhi), 1, xlo, xhi)
+        self.acc[r0:r1, c0:c1] += part
+
+    def result(self) -> np.ndarray:
+        """The resized image, RGB uint8."""
+        return np.clip(np.rint(self.acc / self.area), 0, 255).astype(np.uint8)

@@ -1,0 +1,153 @@
+"""One block's encode, as a pure function: ``encode_block(BlockJob, pixels)``.
+
+A block's pixels travel: tissue check (``encode.tissue``) -> a background colour, or a fit by
+the block's representation (``coding``: any ``BlockCodec``) -> its payload -> a CPU decode of
+that payload, measured against the pixels (PSNR, SSIM, seam strips) -> box-filtered mips
+stored as small JPEG/PNG images (``encode.mips``). Nothing here knows what the payload holds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..coding.base import FitSettings
+from ..coding.registry import get_codec
+from ..core.metrics import ssim
+from ..core.resample import box_downsample
+from ..format.grid import BlockGrid
+from ..format.header import psnr_of
+from .mips import PSNR_MARGIN, encode_mip
+from .tissue import is_glass
+
+#: Width of the strips along internal block borders whose PSNR is reported (seams).
+SEAM_STRIP = 16
+#: A block the tissue mask calls background is still fitted when a flat colour would be worse than this.
+BACKGROUND_MIN_PSNR = 30.0
+#: PSNR assumed for a lossless block when choosing its mips' quality.
+LOSSLESS_MIP_PSNR = 60.0
+
+
+def block_seed(seed: int, block_id: int) -> int:
+    """The seed of block ``block_id``'s fit for an encode seeded with ``seed``."""
+    return (seed * 0x9E3779B1 + block_id * 0x85EBCA6B + 1) % (2**31 - 1)
+
+
+def strip_sums(
+    decoded: np.ndarray, original: np.ndarray, edges: tuple[bool, bool, bool, bool], strip: int
+) -> dict[str, float]:
+    """Squared-error sums and counts of three zones of a block, by distance to its internal edges.
+
+    ``border``: within ``strip`` px of an edge shared with another block; ``adjacent``: the next
+    ``2 * strip`` px inward (the same neighbourhood of tissue, as a control for content);
+    ``interior``: every pixel not in ``border``. A seam shows as ``border`` worse than ``adjacent``.
+    """
+    h, w = decoded.shape[:2]
+    d = decoded.astype(np.float64) - original.astype(np.float64)
+    se = (d * d).sum(axis=2)
+    big = h + w
+    left, top, right, bottom = edges
+    cols = np.arange(w)
+    rows = np.arange(h)
+    dx = np.minimum(np.where(left, cols, big), np.where(right, w - 1 - cols, big))
+    dy = np.minimum(np.where(top, rows, big), np.where(bottom, h - 1 - rows, big))
+    dist = np.minimum(dx[None, :], dy[:, None])
+    border = dist < strip
+    adjacent = (dist >= strip) & (dist < 3 * strip)
+    return {
+        "border_sse": float(se[border].sum()),
+        "border_n": int(border.sum()) * 3,
+        "adjacent_sse": float(se[adjacent].sum()),
+        "adjacent_n": int(adjacent.sum()) * 3,
+        "interior_sse": float(se[~border].sum()),
+        "interior_n": int((~border).sum()) * 3,
+    }
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """Everything needed to encode one level block, independent of the slide and the journal.
+
+    ``encode_block(job, pixels)`` is a pure function of these and the block's pixels, so blocks
+    can be encoded in any order, in other processes or on other machines (a Dask cluster).
+    ``model`` names the block model (a kind in ``coding.registry``), ``config`` its configuration
+    and ``quant`` its storage setting.
+    """
+
+    block_id: int
+    grid: BlockGrid
+    config: Any
+    model: str
+    preset: str
+    quant: str
+    steps: int | None
+    time_budget: float | None
+    target_psnr: float | None
+    device: str
+    seed: int
+    maybe_background: bool  # the thumbnail saw (almost) no tissue in this block
+    tissue_threshold: float
+
+
+def encode_block(job: BlockJob, fit_pixels: np.ndarray) -> tuple[dict[str, Any], list[bytes]]:
+    """Encode one block from its fit-region pixels: a background colour, or a fitted model.
+
+    Returns the journal metadata (kind, quality sums, seam sums, fit statistics) and the parts
+    to store: the model payload, then one stored mip image per mip downsample. Quality is
+    measured on a CPU decode of the stored payload: what readers get.
+    """
+    grid, bid = job.grid, job.block_id
+    x, y, w, h = grid.owned(bid)
+    ox, oy = grid.frame_origin(bid)
+    fx0, fy0, fw, fh = grid.fit_region(bid)
+    if fit_pixels.shape != (fh, fw, 3):
+        raise ValueError(f"block {bid}: expected {fw}x{fh} pixels, got {fit_pixels.shape}")
+    owned = fit_pixels[y - fy0 : y - fy0 + h, x - fx0 : x - fx0 + w]
+    meta: dict[str, Any] = {"block_id": bid}
+    if job.maybe_background and is_glass(owned, job.tissue_threshold):
+        colour = tuple(int(v) for v in np.median(owned.reshape(-1, 3), axis=0))
+        d = owned.astype(np.float64) - np.asarray(colour, dtype=np.float64)
+        sse = float((d * d).sum())
+        flat_psnr = psnr_of(sse, owned.size)
+        if flat_psnr is not None and flat_psnr >= BACKGROUND_MIN_PSNR:
+            meta.update(kind="background", colour=list(colour), sse=sse, n=int(owned.size))
+            return meta, []
+    codec = get_codec(job.model)
+    side = float(grid.side)
+    settings = FitSettings(
+        steps=job.steps,
+        time_budget=job.time_budget,
+        target_psnr=job.target_psnr,
+        device=job.device,
+        seed=job.seed,
+        frame=(fx0 - ox, fy0 - oy, side),
+        measure=False,  # measured below, on the stored payload
+    )
+    fitted = codec.fit(fit_pixels, job.config, job.model, job.preset, settings)
+    payload = codec.serialize(fitted, job.quant)
+    decoded = codec.load(payload, job.config, f"block {bid}").render(h, w, side, x0=x - ox, y0=y - oy)
+    d = decoded.astype(np.float64) - owned.astype(np.float64)
+    sse = float((d * d).sum())
+    meta.update(
+        kind="model",
+        sse=sse,
+        n=int(owned.size),
+        ssim=ssim(decoded, owned),
+        **strip_sums(decoded, owned, grid.internal_edges(bid), SEAM_STRIP),
+        steps=fitted.steps,
+        seconds=round(fitted.seconds, 3),
+        device=fitted.device,
+    )
+    parts = [payload]
+    block_psnr = psnr_of(sse, owned.size)
+    floor = block_psnr if block_psnr is not None and math.isfinite(block_psnr) else LOSSLESS_MIP_PSNR
+    qualities = []
+    for dsm in grid.mip_downsamples:
+        data, _, q = encode_mip(box_downsample(owned, dsm), floor + PSNR_MARGIN)
+        parts.append(data)
+        qualities.append(q)
+    meta["mip_quality"] = qualities
+    return meta, parts

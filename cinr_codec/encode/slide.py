@@ -1,0 +1,359 @@
+"""Encode a whole slide: plan the block grid, run every block through ``encode_block``, assemble.
+
+A slide's pixels travel one way: ``SlideSource`` (``encode.source``) reads one block's fit
+region at a time -> ``encode_block`` (``encode.block``) returns its payload, mips and quality
+sums -> the journal (``encode.journal``) keeps finished blocks on disk, so an interrupted encode
+resumes -> ``assemble`` writes the ``.cinr`` file (``format.container``) from the journal, in
+block order, with the header (``format.header``) and footer. Memory is bounded by the block size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..coding.base import BlockCodec
+from ..coding.registry import get_codec
+from ..errors import CinrInputError
+from ..format.container import CinrWriter
+from ..format.grid import BlockGrid, default_mip_downsamples
+from ..format.header import (
+    SlideTotals,
+    build_header,
+    psnr_of,
+    scale_slide_fields,
+    slide_fields,
+    slide_footer,
+)
+from .block import SEAM_STRIP, BlockJob, block_seed, encode_block
+from .image import check_destination
+from .journal import Journal, journal_path
+from .source import SlideSource
+from .tissue import block_tissue, detect_tissue
+
+log = logging.getLogger(__name__)
+
+#: Default block side (pixels) and fitting margin; see docs/architecture.md for the measurements.
+DEFAULT_BLOCK_SIZE = 1024
+DEFAULT_MARGIN = 0
+#: Smallest block side accepted (tests use small blocks; real encodes use >= 1024).
+MIN_BLOCK_SIZE = 64
+#: Smallest level accepted for a slide encode.
+MIN_SLIDE_SIDE = 16
+#: A block whose thumbnail tissue fraction is below this is checked at full resolution.
+THUMB_TISSUE_MIN = 0.005
+
+ProgressEvent = dict[str, Any]
+
+
+def fingerprint_of(src: Path, header: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """What a journal must match to be resumed: the source file, the header and the settings."""
+    st = src.stat()
+    return {
+        "source": str(src.resolve()),
+        "source_size": st.st_size,
+        "source_mtime_ns": st.st_mtime_ns,
+        "header": header,
+        **settings,
+    }
+
+
+def encode_slide(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    level: int = 0,
+    model: str = "cinr",
+    preset: str = "fast",
+    steps: int | None = None,
+    time_budget: float | None = None,
+    total_time_budget: float | None = None,
+    target_psnr: float | None = None,
+    device: str = "auto",
+    quant: str | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    margin: int = DEFAULT_MARGIN,
+    tissue_mask: bool = True,
+    mips: bool = True,
+    seed: int = 0,
+    resume: bool = False,
+    progress: Callable[[ProgressEvent], None] | None = None,
+) -> dict[str, Any]:
+    """Encode level ``level`` of a slide or image ``src`` as the ``.cinr`` file ``dst``; return a summary.
+
+    The level is cut into ``block_size`` blocks (``format.grid``), each fitted with ``margin``
+    pixels of context on every side; blocks without tissue are stored as a colour. ``model``
+    names the block representation (``coding.registry``) and ``quant`` its storage setting
+    (default: the representation's). Finished blocks go to a journal beside ``dst``
+    (``resume`` continues an interrupted encode); ``dst`` appears, atomically, only when
+    complete. ``time_budget`` bounds each block's training, ``total_time_budget`` the whole
+    encode's, ``target_psnr`` stops a block early. Bad input raises ``CinrInputError``/``ValueError``
+    before any fitting.
+    """
+    from ..core.render import resolve_device
+
+    t_start = time.perf_counter()
+    codec = get_codec(model)
+    quant = codec.default_storage if quant is None else quant
+    codec.check_storage(quant)
+    if not isinstance(block_size, int) or block_size < MIN_BLOCK_SIZE or block_size % 16:
+        raise ValueError(f"block size must be a multiple of 16, at least {MIN_BLOCK_SIZE}")
+    if not 0 <= margin <= block_size // 2:
+        raise ValueError("margin must be in [0, block_size / 2]")
+    if steps is not None and steps < 0:
+        raise ValueError("steps must be >= 0")
+    for name, v in (("time budget", time_budget), ("total time budget", total_time_budget)):
+        if v is not None and not v > 0:
+            raise ValueError(f"{name} must be > 0 seconds")
+    side = block_size + 2 * margin  # every block's frame (BlockGrid.side)
+    cfg = codec.config_for(model, preset, side, side)
+    dev = resolve_device(device)
+    src_path = Path(src)
+    path = check_destination(dst)
+    if src_path.exists() and path.exists() and src_path.resolve() == path.resolve():
+        raise ValueError(f"{path}: the output would overwrite the source")
+
+    with SlideSource(src_path, level) as source:
+        width, height = source.width, source.height
+        if width < MIN_SLIDE_SIDE or height < MIN_SLIDE_SIDE:
+            raise CinrInputError(
+                f"{src_path}: level {level} is {width}x{height} pixels; at least "
+                f"{MIN_SLIDE_SIDE}x{MIN_SLIDE_SIDE} is needed"
+            )
+        grid = BlockGrid(
+            width,
+            height,
+            block_size,
+            margin,
+            default_mip_downsamples(block_size) if mips else (),
+        )
+        # Tissue: Otsu on the saturation of a thumbnail with at least ~4 thumbnail pixels per block.
+        thumb_side = int(min(8192, max(1024, 4 * max(width, height) / block_size)))
+        tmap = detect_tissue(source.thumbnail(thumb_side), width, height)
+        if tissue_mask:
+            fractions = block_tissue(tmap, block_size, grid.cols, grid.rows, margin_px=margin)
+        else:
+            fractions = np.ones((grid.rows, grid.cols))
+        slide = slide_fields(width, height, source.properties)
+        scale_slide_fields(slide, level, source.downsample)
+        slide["background"] = list(tmap.background)
+        header = build_header(
+            slide=slide,
+            grid=grid,
+            representation=codec.header_fields(cfg, quant),
+            preset=preset,
+            tissue={
+                "method": "otsu-saturation",
+                "threshold": round(float(tmap.threshold), 3),
+                "fraction": round(float(tmap.tissue_fraction), 5),
+                "masked": bool(tissue_mask),
+            },
+        )
+        settings = {
+            "seed": seed,
+            "steps": steps,
+            "time_budget": time_budget,
+            "total_time_budget": total_time_budget,
+            "target_psnr": target_psnr,
+            "train": codec.recipe(model, preset),
+            "software": __version__,
+        }
+        jpath = journal_path(path)
+        fingerprint = fingerprint_of(src_path, header, settings)
+        journal = Journal.resume(jpath, fingerprint) if resume else Journal.create(jpath, fingerprint)
+        try:
+            done = journal.done
+            n_tissue = int(sum(1 for b in range(grid.n_level_blocks) if fractions.flat[b] > 0))
+            todo_tissue = sum(
+                1 for b in range(grid.n_level_blocks) if fractions.flat[b] > 0 and b not in done
+            )
+            if progress is not None:
+                progress(
+                    {
+                        "stage": "start",
+                        "total": grid.n_level_blocks,
+                        "done": len(done),
+                        "tissue_blocks": n_tissue,
+                    }
+                )
+            for block_id in range(grid.n_level_blocks):
+                if block_id in done:
+                    continue
+                budget = time_budget
+                if total_time_budget is not None:
+                    left = total_time_budget - (time.perf_counter() - t_start)
+                    share = max(1.0, left / max(1, todo_tissue))
+                    budget = share if budget is None else min(budget, share)
+                job = BlockJob(
+                    block_id=block_id,
+                    grid=grid,
+                    config=cfg,
+                    model=model,
+                    preset=preset,
+                    quant=quant,
+                    steps=steps,
+                    time_budget=budget,
+                    target_psnr=target_psnr,
+                    device=str(dev),
+                    seed=block_seed(seed, block_id),
+                    maybe_background=bool(fractions.flat[block_id] < THUMB_TISSUE_MIN),
+                    tissue_threshold=float(tmap.threshold),
+                )
+                fx0, fy0, fw, fh = grid.fit_region(block_id)
+                meta, parts = encode_block(job, source.read(fx0, fy0, fw, fh))
+                if meta["kind"] == "model":
+                    todo_tissue = max(0, todo_tissue - 1)
+                journal.append(meta, parts)
+                if progress is not None:
+                    progress(
+                        {
+                            "stage": "block",
+                            "block_id": block_id,
+                            "kind": meta["kind"],
+                            "psnr": psnr_of(meta["sse"], meta["n"]),
+                            "total": grid.n_level_blocks,
+                        }
+                    )
+            # All blocks are in the journal: assemble the file.
+            if progress is not None:
+                progress({"stage": "write"})
+            images = source.associated_images()
+            summary = assemble(
+                path,
+                journal,
+                grid,
+                header,
+                images,
+                codec,
+                labels={"model": model, "preset": preset, "quant": quant},
+                tissue_fraction=tmap.tissue_fraction,
+            )
+        except BaseException:
+            journal.close()
+            raise
+        journal.delete()
+        summary.update(
+            source=str(src_path),
+            source_bytes=source.source_bytes,
+            level=level,
+            device=str(dev),
+        )
+    summary["seconds"] = time.perf_counter() - t_start
+    summary["compression_ratio"] = summary["source_bytes"] / summary["bytes"] if summary["bytes"] else None
+    log.info(
+        "%s: %d blocks, %.2f dB over tissue, %d bytes",
+        path,
+        summary["blocks"],
+        summary["psnr"] or 0.0,
+        summary["bytes"],
+    )
+    return summary
+
+
+#: Quality of associated images (macro, thumbnail) re-encoded as JPEG; labels stay lossless PNG.
+ASSOCIATED_JPEG_QUALITY = 90
+
+
+def compact_associated(name: str, png: bytes) -> bytes:
+    """The associated image as JPEG (quality 90) when smaller, except the label (barcodes, text: PNG)."""
+    import io
+
+    from PIL import Image
+
+    if name == "label":
+        return png
+    with Image.open(io.BytesIO(png)) as im:
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, format="JPEG", quality=ASSOCIATED_JPEG_QUALITY, optimize=True)
+    jpg = buf.getvalue()
+    return jpg if len(jpg) < len(png) else png
+
+
+def assemble(
+    path: Path,
+    journal: Journal,
+    grid: BlockGrid,
+    header: dict[str, Any],
+    images: Mapping[str, bytes],
+    codec: BlockCodec,
+    *,
+    labels: Mapping[str, Any],
+    tissue_fraction: float,
+) -> dict[str, Any]:
+    """Write the ``.cinr`` file from the journal's records, in block order; return the summary figures
+    (``labels``, e.g. the model and preset, come first)."""
+    t = SlideTotals()
+    # Every model block of a representation has about the same payload size; the header's
+    # bound is twice the first one's, and each block is checked when added.
+    max_raw = 8
+    for rec in journal.records():
+        if rec.meta["kind"] == "model":
+            max_raw = min(2 * len(rec.parts[0]), 1 << 30)
+            break
+    minor = 1 if grid.mip_downsamples else 0
+    with CinrWriter(path, header, grid.n_blocks, max_block_bytes=max_raw, minor_version=minor) as writer:
+        for rec in journal.records():
+            m = rec.meta
+            bid = int(m["block_id"])
+            t.sse += m["sse"]
+            t.n += m["n"]
+            if m["kind"] == "background":
+                t.background_blocks += 1
+                colour = tuple(m["colour"])
+                writer.add_background_block(bid, colour)
+                for k in range(len(grid.mip_downsamples)):
+                    writer.add_background_block(grid.mip_id(bid, k), colour)
+                continue
+            t.tissue_blocks += 1
+            t.model_bytes += writer.add_model_block(bid, rec.parts[0], check=codec.check_payload)
+            for k, data in enumerate(rec.parts[1:]):
+                t.mip_bytes += writer.add_image_block(grid.mip_id(bid, k), data)
+            t.t_sse += m["sse"]
+            t.t_n += m["n"]
+            t.b_sse += m["border_sse"]
+            t.b_n += m["border_n"]
+            t.i_sse += m["interior_sse"]
+            t.i_n += m["interior_n"]
+            t.a_sse += m["adjacent_sse"]
+            t.a_n += m["adjacent_n"]
+            t.ssim_w += m["ssim"] * m["n"]
+            t.steps += m["steps"]
+            t.fit_seconds += m["seconds"]
+        associated_bytes = 0
+        for name, data in sorted(images.items()):
+            data = compact_associated(name, data)
+            writer.add_associated_image(name, data)
+            associated_bytes += len(data)
+        writer.commit(slide_footer(t, grid, SEAM_STRIP))
+    size = path.stat().st_size
+    pixels = grid.width * grid.height
+    tissue_pixels = t.t_n // 3
+    q = t.quality()
+    return {
+        "path": str(path),
+        "width": grid.width,
+        "height": grid.height,
+        **labels,
+        "block_size": grid.block_size,
+        "margin": grid.margin,
+        "blocks": grid.n_level_blocks,
+        "tissue_blocks": t.tissue_blocks,
+        "background_blocks": t.background_blocks,
+        "tissue_fraction": tissue_fraction,
+        **q,
+        "bytes": size,
+        "model_bytes": t.model_bytes,
+        "mip_bytes": t.mip_bytes,
+        "associated_bytes": associated_bytes,
+        "bpp": 8.0 * size / pixels,
+        "bpp_tissue": 8.0 * size / tissue_pixels if tissue_pixels else None,
+        "steps": t.steps,
+        "fit_seconds": t.fit_seconds,
+    }

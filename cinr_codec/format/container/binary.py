@@ -1,0 +1,232 @@
+"""Byte layout of a ``.cinr`` file (format 1.x), limits, and strict JSON; see ``formats/cinr-v1.md``.
+
+A file is::
+
+    preamble (32 B) | header JSON | payload region (block payloads, associated images)
+    | footer JSON | block index (n_blocks x record_size B) | trailer (64 B)
+
+All integers are little-endian and unsigned; every checksum is CRC-32 (``zlib.crc32``, the
+ISO-HDLC / IEEE 802.3 polynomial) of the bytes it covers. This module only packs and
+unpacks fixed-size structures; the reader validates them against the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any, TypeGuard
+
+from ...errors import CinrFormatError
+
+#: First 8 bytes of every file: "CINR", CR LF (catches newline conversion), ^Z, LF.
+MAGIC = b"CINR\r\n\x1a\n"
+#: Last 8 bytes of every complete file.
+TRAILER_MAGIC = b"CINR-END"
+
+FORMAT_MAJOR = 1
+#: Highest minor version this code writes and fully understands (1.1 added image blocks, kind 3).
+FORMAT_MINOR = 1
+#: Lowest minor version that knows image blocks.
+MINOR_IMAGE_BLOCKS = 1
+
+PREAMBLE = struct.Struct("<8sHHIIII")  # magic, major, minor, flags, header_len, header_crc, reserved
+PREAMBLE_SIZE = PREAMBLE.size + 4  # + preamble_crc32
+# index offset/length, footer offset/length, file length, index/footer CRCs, record size, reserved
+TRAILER = struct.Struct("<QQQQQIIHH")
+TRAILER_SIZE = TRAILER.size + 4 + len(TRAILER_MAGIC)  # + trailer_crc32 + magic
+RECORD = struct.Struct("<QIIIB3s")  # offset, stored_length, raw_length, crc32, kind, rgb
+RECORD_SIZE = RECORD.size
+#: Largest index record a reader accepts (newer minor versions may append fields to records).
+MAX_RECORD_SIZE = 256
+
+#: Flags bits 0-15 are "required": a reader that does not know a set bit must refuse the file.
+REQUIRED_FLAGS_MASK = 0x0000FFFF
+#: Required flags this reader understands (none in 1.0).
+KNOWN_REQUIRED_FLAGS = 0
+
+#: Key reserved for the container's own fields in the header and footer JSON.
+CONTAINER_KEY = "container"
+
+KIND_MODEL = 1
+KIND_BACKGROUND = 2
+KIND_IMAGE = 3
+KIND_NAMES = {KIND_MODEL: "model", KIND_BACKGROUND: "background", KIND_IMAGE: "image"}
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+#: Largest header or footer JSON.
+MAX_JSON_BYTES = 16 * MiB
+#: Deepest nesting of JSON arrays/objects accepted in the header, footer and tensor metadata.
+MAX_JSON_DEPTH = 64
+#: Most blocks in one file (the index is then at most 96 MiB).
+MAX_BLOCKS = 1 << 22
+#: Hard cap on a block's decompressed size, whatever the header says.
+HARD_MAX_BLOCK_BYTES = 1 * GiB
+#: Default header-level cap (``container.max_block_bytes``) used by the writer.
+DEFAULT_MAX_BLOCK_BYTES = 256 * MiB
+#: Largest associated image, and most associated images.
+MAX_IMAGE_BYTES = 256 * MiB
+MAX_IMAGES = 64
+MAX_IMAGE_NAME = 64
+
+IMAGE_SIGNATURES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}
+
+assert PREAMBLE_SIZE == 32 and TRAILER_SIZE == 64 and RECORD_SIZE == 24
+
+
+def crc32(data: bytes | bytearray | memoryview) -> int:
+    """CRC-32 (zlib) of ``data``."""
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Preamble:
+    """The fixed 32-byte start of a file."""
+
+    major: int
+    minor: int
+    flags: int
+    header_length: int
+    header_crc32: int
+    reserved: int = 0
+
+
+def pack_preamble(p: Preamble) -> bytes:
+    """32 bytes: the fields followed by the CRC-32 of the first 28 bytes."""
+    body = PREAMBLE.pack(MAGIC, p.major, p.minor, p.flags, p.header_length, p.header_crc32, p.reserved)
+    return body + struct.pack("<I", crc32(body))
+
+
+def unpack_preamble(data: bytes) -> tuple[Preamble, int, int]:
+    """(preamble, stored preamble CRC, computed CRC) of 32 bytes (magic not checked here)."""
+    _, major, minor, flags, hlen, hcrc, reserved = PREAMBLE.unpack_from(data, 0)
+    (stored,) = struct.unpack_from("<I", data, PREAMBLE.size)
+    return Preamble(major, minor, flags, hlen, hcrc, reserved), stored, crc32(data[: PREAMBLE.size])
+
+
+@dataclass(frozen=True)
+class Trailer:
+    """The fixed 64-byte end of a file."""
+
+    index_offset: int
+    index_length: int
+    footer_offset: int
+    footer_length: int
+    file_length: int
+    index_crc32: int
+    footer_crc32: int
+    record_size: int = RECORD_SIZE
+    reserved: int = 0
+
+
+def pack_trailer(t: Trailer) -> bytes:
+    """64 bytes: the fields, the CRC-32 of the first 52 bytes, then ``CINR-END``."""
+    body = TRAILER.pack(
+        t.index_offset,
+        t.index_length,
+        t.footer_offset,
+        t.footer_length,
+        t.file_length,
+        t.index_crc32,
+        t.footer_crc32,
+        t.record_size,
+        t.reserved,
+    )
+    return body + struct.pack("<I", crc32(body)) + TRAILER_MAGIC
+
+
+def unpack_trailer(data: bytes) -> tuple[Trailer, int, int]:
+    """(trailer, stored trailer CRC, computed CRC) of 64 bytes (magic not checked here)."""
+    fields = TRAILER.unpack_from(data, 0)
+    (stored,) = struct.unpack_from("<I", data, TRAILER.size)
+    return Trailer(*fields), stored, crc32(data[: TRAILER.size])
+
+
+def pack_record(offset: int, stored_length: int, raw_length: int, crc: int, kind: int, rgb: bytes) -> bytes:
+    """One 24-byte block index record."""
+    return RECORD.pack(offset, stored_length, raw_length, crc, kind, rgb)
+
+
+# --- strict JSON -----------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def check_json_value(value: Any, what: str) -> None:
+    """Raise ValueError unless ``value`` is plain, finite JSON of bounded depth with UTF-8-encodable strings."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+            for k, item in v.items():
+                if not isinstance(k, str):
+                    raise ValueError(f"{what} has a non-string key {k!r}")
+                k.encode("utf-8")
+                stack.append((item, depth + 1))
+        elif isinstance(v, (list, tuple)):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+            stack.extend((item, depth + 1) for item in v)
+        elif isinstance(v, str):
+            v.encode("utf-8")  # lone surrogates raise UnicodeEncodeError (a ValueError)
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise ValueError(f"{what} holds a non-finite number")
+        elif v is None or isinstance(v, (bool, int)):
+            pass
+        else:
+            raise ValueError(f"{what} holds a {type(v).__name__}, which is not JSON")
+
+
+def dumps_json(value: Any, what: str) -> bytes:
+    """Canonical UTF-8 JSON (sorted keys, no spaces) of a checked value; ValueError if it is not JSON."""
+    try:
+        check_json_value(value, what)
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"{what} is not JSON-serialisable: {exc}") from None
+    return text.encode("utf-8")
+
+
+def loads_json(raw: bytes, what: str) -> Any:
+    """Parse strict JSON (UTF-8, no NaN/Infinity, no duplicate keys, bounded depth).
+
+    Raises ``CinrFormatError`` with ``what`` (which should name the file and offset).
+    """
+    try:
+        value = json.loads(
+            raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant
+        )
+        check_json_value(value, what)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeError are ValueErrors
+        raise CinrFormatError(f"{what}: invalid JSON ({exc.__class__.__name__}: {one_line(exc)})") from None
+    return value
+
+
+def one_line(exc: BaseException, limit: int = 160) -> str:
+    """A foreign exception's message on one line, at most ``limit`` characters."""
+    s = " ".join(str(exc).split())
+    return s if len(s) <= limit else s[:limit] + "..."
+
+
+def is_uint(v: Any, limit: int) -> TypeGuard[int]:
+    """True for a non-bool int in [0, limit]."""
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= limit

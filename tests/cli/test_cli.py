@@ -1,0 +1,95 @@
+"""The command line: the README's main job, JSON output, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+from cinr_codec.cli import main
+
+
+def test_fit_bundled_sample_json() -> None:
+    res = CliRunner().invoke(
+        main, ["fit", "--crop", "64", "--preset", "fast", "--steps", "20", "--json", "--device", "cpu"]
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["crop"] == [64, 64] and out["steps"] == 20 and out["psnr"] > 10
+    assert out["image"].endswith("CMU-1-Small-Region.svs")
+
+
+def test_fit_quiet_prints_nothing(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["fit", "--crop", "32", "--preset", "fast", "--steps", "3", "--quiet"])
+    assert res.exit_code == 0
+    assert res.output == ""
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cinr_codec", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_missing_file_is_one_line_exit_2(tmp_path: Path) -> None:
+    p = _run("fit", str(tmp_path / "nope.svs"))
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and "no such file" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_not_an_image_and_directory(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.svs"
+    junk.write_bytes(b"this is not a slide")
+    for target in (junk, tmp_path):
+        p = _run("fit", str(target))
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.startswith("cinr: error:") and "Traceback" not in p.stderr
+
+
+def test_bad_preset_is_one_line() -> None:
+    p = _run("fit", "--preset", "ultra", "--crop", "16")
+    assert p.returncode == 2 and "unknown preset" in p.stderr and "Traceback" not in p.stderr
+
+
+VECTORS = Path(__file__).resolve().parents[2] / "formats" / "vectors"
+
+
+def test_info_and_decode_vector(tmp_path: Path) -> None:
+    vec = sorted(VECTORS.glob("*.cinr"))[0]
+    p = _run("info", str(vec), "--json")
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    assert info["blocks"] >= 1 and info["bytes"] == vec.stat().st_size
+    out = tmp_path / "out.png"
+    p = _run("decode", str(vec), "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    from PIL import Image
+
+    from cinr_codec import decode_image
+
+    assert (np.asarray(Image.open(out)) == decode_image(vec)).all()
+    assert [f.name for f in tmp_path.iterdir()] == ["out.png"]  # no temporary files left
+
+
+def test_corrupt_and_truncated_files_are_one_line_errors(tmp_path: Path) -> None:
+    data = sorted(VECTORS.glob("*.cinr"))[0].read_bytes()
+    cases = {
+        "truncated.cinr": data[: len(data) // 2],
+        "empty.cinr": b"",
+        "flipped.cinr": data[:100] + bytes([data[100] ^ 0xFF]) + data[101:],
+        "magic.cinr": b"XXXX" + data[4:],
+    }
+    for name, blob in cases.items():
+        f = tmp_path / name
+        f.write_bytes(blob)
+        for cmd in (("info", str(f)), ("decode", str(f), "-o", str(tmp_path / "x.png"))):
+            p = _run(*cmd)
+            assert p.returncode == 2, (name, cmd, p.stderr)
+            assert p.stderr.startswith("cinr: error:") and p.stderr.count("\n") == 1, p.stderr
+            assert "Traceback" not in p.stderr
+        assert not (tmp_path / "x.png").exists()

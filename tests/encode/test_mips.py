@@ -1,0 +1,51 @@
+"""Mips: exact box means (partial boxes at edges) and the smallest stored form that keeps a PSNR."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cinr_codec.core.metrics import psnr
+from cinr_codec.coding.images import decode_image_bytes
+from cinr_codec.core.resample import box_downsample
+from cinr_codec.encode.mips import encode_mip
+
+
+def test_box_downsample_means_what_each_box_covers() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    out = box_downsample(img, 2)
+    assert out.shape == (4, 3, 3)
+    assert np.allclose(out[0, 0], img[0:2, 0:2].reshape(-1, 3).mean(axis=0))
+    assert np.allclose(out[3, 2], img[6:7, 4:5].reshape(-1, 3).mean(axis=0))  # a 1x1 corner box
+    assert np.allclose(out[1, 2], img[2:4, 4:5].reshape(-1, 3).mean(axis=0))
+    assert np.allclose(box_downsample(img, 8)[0, 0], img.reshape(-1, 3).mean(axis=0))
+
+
+@pytest.mark.parametrize("target", [28.0, 36.0, 44.0])
+def test_encode_mip_reaches_its_target(tissue_crop: np.ndarray, target: float) -> None:
+    exact = box_downsample(tissue_crop, 2)
+    data, got, quality = encode_mip(exact, target)
+    assert got >= target
+    pixels = decode_image_bytes(data, "test")
+    assert pixels.shape == exact.shape
+    assert psnr(pixels, exact) == pytest.approx(got)
+    if quality:
+        assert data[:3] == b"\xff\xd8\xff"
+
+
+def test_lower_targets_store_fewer_bytes(tissue_crop: np.ndarray) -> None:
+    exact = box_downsample(tissue_crop, 2)
+    sizes = [len(encode_mip(exact, t)[0]) for t in (26.0, 34.0, 42.0)]
+    assert sizes[0] < sizes[1] < sizes[2]
+
+
+def test_unreachable_target_falls_back_to_png(tissue_crop: np.ndarray) -> None:
+    exact = np.rint(box_downsample(tissue_crop, 2))
+    data, got, quality = encode_mip(exact, 200.0)
+    assert quality == 0 and data.startswith(b"\x89PNG") and got == float("inf")
+
+
+def test_decode_rejects_garbage() -> None:
+    with pytest.raises(ValueError, match="cannot decode"):
+        decode_image_bytes(b"\xff\xd8\xff\x00garbage", "block 3")

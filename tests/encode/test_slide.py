@@ -1,0 +1,342 @@
+"""Whole-slide encoding: blocks, tissue, quality figures, metadata, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cinr_codec.format.container import CinrReader
+from cinr_codec.decode import SlideDecoder
+from cinr_codec.encode.slide import encode_slide
+from cinr_codec.errors import CinrError, CinrInputError, CinrIOError
+from cinr_codec.encode.journal import journal_path
+from cinr_codec.core.metrics import psnr
+from cinr_codec.encode.source import SlideSource, sample_slide_path
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+STEPS = 40
+
+
+def _cinr(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cinr_codec", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def mixed_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """448x256 of the bundled real slide: tissue on the left, glass on the right."""
+    path = tmp_path_factory.mktemp("src") / "mixed.png"
+    with SlideSource(sample_slide_path()) as s:
+        Image.fromarray(s.read(1700, 2200, 448, 256)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def encoded(mixed_png: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("enc") / "mixed.cinr"
+    summary = encode_slide(mixed_png, out, block_size=128, margin=16, steps=STEPS, device="cpu")
+    return out, summary
+
+
+def test_summary_matches_the_decoded_file(mixed_png: Path, encoded: tuple[Path, dict[str, Any]]) -> None:
+    out, s = encoded
+    original = np.asarray(Image.open(mixed_png).convert("RGB"))
+    assert (s["width"], s["height"], s["blocks"]) == (448, 256, 8)
+    assert s["tissue_blocks"] + s["background_blocks"] == 8
+    assert s["tissue_blocks"] >= 2 and s["background_blocks"] >= 2  # tissue left, glass right
+    assert s["bytes"] == out.stat().st_size and s["bpp"] == pytest.approx(8 * s["bytes"] / (448 * 256))
+    assert not journal_path(out).exists()
+    with SlideDecoder(out) as d:
+        decoded = d.read(0, 0, 448, 256)
+        kinds = [d.reader.block_info(b).kind for b in range(8)]
+        assert kinds.count("model") == s["tissue_blocks"]
+        # Recompute PSNR over every pixel and over the tissue blocks from the decoded file.
+        assert psnr(decoded, original) == pytest.approx(s["psnr_all"], abs=1e-6)
+        tissue = np.zeros((256, 448), dtype=bool)
+        for b in range(8):
+            x, y, w, h = d.grid.owned(b)
+            if kinds[b] == "model":
+                tissue[y : y + h, x : x + w] = True
+            else:  # background blocks decode to their colour
+                assert (decoded[y : y + h, x : x + w] == d.reader.block_info(b).colour).all()
+        assert psnr(decoded[tissue], original[tissue]) == pytest.approx(s["psnr"], abs=1e-6)
+        meta = d.reader.metadata
+    assert meta["grid"] == {"block_size": 128, "halo": 16, "cols": 4, "rows": 2}
+    assert meta["mips"]["downsamples"] == [2, 4, 8]
+    assert meta["quality"]["psnr_db"] == pytest.approx(s["psnr"])
+    assert meta["blocks"] == {"total": 8, "tissue": s["tissue_blocks"], "background": s["background_blocks"]}
+    assert meta["encoder"]["preset"] == "fast" and meta["model"]["kind"] == "cinr"
+    assert 0.1 < meta["tissue"]["fraction"] < 0.7
+
+
+def test_no_tissue_mask_fits_every_block(mixed_png: Path, tmp_path: Path) -> None:
+    s = encode_slide(
+        mixed_png, tmp_path / "all.cinr", block_size=256, margin=8, steps=2, tissue_mask=False, mips=False
+    )
+    assert s["tissue_blocks"] == s["blocks"] == 2 and s["background_blocks"] == 0
+    with CinrReader(tmp_path / "all.cinr") as r:
+        assert r.version == (1, 0)  # no image blocks: the lowest minor version that fits
+        assert "mips" not in r.header
+
+
+def test_blocks_join_without_seams(tmp_path: Path) -> None:
+    """Border strips are as good as block interiors (at the default margin).
+
+    16 blocks, so that the strips' content is not one particular patch of tissue.
+    """
+    src = SHARED / "he-prostate-2500.jpeg"
+    if not src.exists():
+        pytest.skip("shared data absent")
+    crop = np.asarray(Image.open(src).convert("RGB"))[1000:1512, 1000:1512]
+    Image.fromarray(crop).save(tmp_path / "t.png")
+    s = encode_slide(tmp_path / "t.png", tmp_path / "t.cinr", block_size=128, steps=80, mips=False)
+    assert s["tissue_blocks"] == 16
+    assert abs(s["psnr_border"] - s["psnr_interior"]) < 1.0, s
+    assert abs(s["psnr_border"] - s["psnr_adjacent"]) < 1.0, s
+
+
+@pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs"])
+def test_metadata_and_associated_images(name: str, tmp_path: Path) -> None:
+    src = sample_slide_path()
+    out = tmp_path / "s.cinr"
+    s = encode_slide(src, out, block_size=2048, steps=0, mips=False)
+    assert (s["width"], s["height"]) == (2220, 2967)
+    with SlideSource(src) as source:
+        props = source.properties
+    with CinrReader(out) as r:
+        slide = r.header["slide"]
+        assert slide["properties"] == props
+        assert slide["mpp_x"] == pytest.approx(float(props["openslide.mpp-x"]))
+        assert slide["objective_power"] == pytest.approx(float(props["openslide.objective-power"]))
+        assert slide["vendor"] == "aperio"
+        assert set(r.associated_images) == {"label", "macro", "thumbnail"}
+        label = r.read_associated_image("label")
+    assert label.startswith(b"\x89PNG")
+
+
+def test_level_choice_scales_the_resolution(tmp_path: Path) -> None:
+    """--level 1 of a real-tissue pyramid: its dimensions, and microns per pixel doubled."""
+    import pyvips
+
+    with SlideSource(sample_slide_path()) as s:
+        crop = s.read(600, 1500, 1024, 768)
+    src = tmp_path / "pyramid.tif"
+    img = pyvips.Image.new_from_memory(crop.tobytes(), 1024, 768, 3, "uchar")
+    # 2000 pixels per mm: 0.5 microns per pixel at level 0.
+    img.tiffsave(
+        str(src),
+        tile=True,
+        tile_width=256,
+        tile_height=256,
+        pyramid=True,
+        compression="jpeg",
+        Q=90,
+        xres=2000.0,
+        yres=2000.0,
+        resunit="cm",
+    )
+    with SlideSource(src, level=1) as source:
+        assert source.format == "generic-tiff" and source.level_count >= 2
+        mpp0 = float(source.properties["openslide.mpp-x"])
+    assert mpp0 == pytest.approx(0.5, rel=1e-3)
+    s = encode_slide(src, tmp_path / "l1.cinr", level=1, block_size=256, steps=0, mips=False)
+    assert (s["width"], s["height"]) == (512, 384)
+    with CinrReader(tmp_path / "l1.cinr") as r:
+        slide = r.header["slide"]
+    assert slide["level"] == 1 and slide["level_downsample"] == pytest.approx(2.0)
+    assert slide["mpp_x"] == pytest.approx(1.0, rel=1e-3) and slide["mpp_y"] == pytest.approx(1.0, rel=1e-3)
+
+
+def test_kill_and_resume_gives_the_same_pixels(mixed_png: Path, tmp_path: Path) -> None:
+    ref = tmp_path / "ref.cinr"
+    out = tmp_path / "out.cinr"
+    args = ["encode", str(mixed_png), "--block-size", "64", "--margin", "8", "--steps", "25", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "cinr_codec", *args, "-o", str(out)], env=env)
+    jp = journal_path(out)
+    deadline = time.time() + 120
+    # Wait until a few blocks are in the journal, then kill -9 mid-encode.
+    while time.time() < deadline and p.poll() is None:
+        if jp.exists() and jp.stat().st_size > 20000:
+            break
+        time.sleep(0.05)
+    assert p.poll() is None, "the encode finished before it could be interrupted"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not out.exists() and jp.exists()
+    done = subprocess.run(
+        [sys.executable, "-m", "cinr_codec", *args, "-o", str(out)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "--resume" in done.stderr  # refuses to clobber the journal
+    r = subprocess.run(
+        [sys.executable, "-m", "cinr_codec", *args, "-o", str(out), "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert out.exists() and not jp.exists()
+    r = subprocess.run(
+        [sys.executable, "-m", "cinr_codec", *args, "-o", str(ref)], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    with SlideDecoder(out) as a, SlideDecoder(ref) as b:
+        assert np.array_equal(a.read(0, 0, 448, 256), b.read(0, 0, 448, 256))
+        assert np.array_equal(a.read(0, 0, 448, 256, scale=0.25), b.read(0, 0, 448, 256, scale=0.25))
+
+
+def test_json_summary_keys(mixed_png: Path, tmp_path: Path) -> None:
+    r = _cinr(
+        "encode",
+        str(mixed_png),
+        "-o",
+        str(tmp_path / "j.cinr"),
+        "--block-size",
+        "256",
+        "--steps",
+        "3",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    for key in ("psnr", "ssim", "psnr_all", "bpp", "bytes", "blocks", "tissue_blocks", "seconds"):
+        assert key in s
+    assert r.stderr == ""
+    q = _cinr(
+        "encode",
+        str(mixed_png),
+        "-o",
+        str(tmp_path / "q.cinr"),
+        "--block-size",
+        "256",
+        "--steps",
+        "3",
+        "--threads",
+        "1",
+        "--quiet",
+    )
+    assert q.returncode == 0 and q.stdout == "" and q.stderr == ""
+    bad = _cinr("encode", str(mixed_png), "-o", str(tmp_path / "t.cinr"), "--threads", "0")
+    _one_line_error_or_usage(bad)
+
+
+def _one_line_error_or_usage(r: subprocess.CompletedProcess[str]) -> None:
+    """click's own usage errors (exit 2) name the bad option; no traceback."""
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--threads" in r.stderr, r.stderr
+
+
+def _one_line_error(r: subprocess.CompletedProcess[str]) -> None:
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cinr: error:"), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_input_one_line_errors(tmp_path: Path, mixed_png: Path) -> None:
+    out = tmp_path / "o.cinr"
+    out.write_bytes(b"precious")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a slide")
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tiny)
+    empty = tmp_path / "empty.svs"
+    empty.write_bytes(b"")
+    cases = [
+        [str(tmp_path / "missing.svs")],
+        [str(tmp_path)],
+        [str(text)],
+        [str(tiny)],
+        [str(empty)],
+        [str(mixed_png), "--level", "3"],
+        [str(mixed_png), "--block-size", "100"],
+        [str(mixed_png), "--preset", "nope"],
+    ]
+    for extra in cases:
+        r = _cinr("encode", *extra, "-o", str(out), "--steps", "1")
+        _one_line_error(r)
+        assert out.read_bytes() == b"precious"
+    r = _cinr("encode", str(mixed_png), "-o", str(tmp_path / "no" / "such" / "dir.cinr"), "--steps", "1")
+    _one_line_error(r)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["o.cinr", "notes.txt", "tiny.png", "empty.svs"]
+    )
+
+
+def _corrupt_tiled_tiff(tmp_path: Path) -> Path:
+    """A real-tissue pyramidal TIFF whose last level-0 tile is destroyed (a read error mid-slide).
+
+    The thumbnail comes from an intact lower level, so the encode starts and fails at the last block.
+    """
+    import pyvips
+
+    with SlideSource(sample_slide_path()) as s:
+        crop = s.read(100, 1000, 2048, 1024)
+    path = tmp_path / "bad.tif"
+    img = pyvips.Image.new_from_memory(crop.tobytes(), 2048, 1024, 3, "uchar")
+    img.tiffsave(
+        str(path), tile=True, tile_width=256, tile_height=256, pyramid=True, compression="jpeg", Q=90
+    )
+    with Image.open(path) as im:  # the first directory is level 0
+        offsets = im.tag_v2[324]
+    data = bytearray(path.read_bytes())
+    last = offsets[-1]
+    data[last : last + 64] = b"\0" * 64
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_read_error_mid_slide(tmp_path: Path) -> None:
+    src = _corrupt_tiled_tiff(tmp_path)
+    out = tmp_path / "bad.cinr"
+    r = _cinr("encode", str(src), "-o", str(out), "--steps", "1", "--no-tissue-mask", "--no-mips", "--quiet")
+    _one_line_error(r)
+    assert "read error" in r.stderr and "(1024, 0)" in r.stderr
+    assert not out.exists()
+    assert journal_path(out).exists()  # the finished block is kept for --resume
+
+
+def test_full_disk_leaves_nothing(tmp_path: Path, mixed_png: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from cinr_codec.format.container import writer as writer_mod
+
+    out = tmp_path / "full.cinr"
+    out.write_bytes(b"keep me")
+    real = writer_mod.CinrWriter._write
+    calls = {"n": 0}
+
+    def failing(self: Any, data: bytes) -> int:
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise_enospc = OSError(errno.ENOSPC, "No space left on device")
+            self._state = "failed"
+            raise CinrIOError(f"{self.name}: write failed: {raise_enospc}")
+        return real(self, data)
+
+    monkeypatch.setattr(writer_mod.CinrWriter, "_write", failing)
+    with pytest.raises(CinrError, match="No space left"):
+        encode_slide(mixed_png, out, block_size=256, steps=1)
+    assert out.read_bytes() == b"keep me"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
+
+
+def test_bad_arguments_before_fitting(mixed_png: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="storage"):
+        encode_slide(mixed_png, tmp_path / "x.cinr", quant="int4")
+    with pytest.raises(CinrInputError):
+        encode_slide(tmp_path / "nope.png", tmp_path / "x.cinr")
+    with pytest.raises(ValueError, match="overwrite the source"):
+        encode_slide(mixed_png, mixed_png)
