@@ -27,10 +27,10 @@ from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
 
 from cinr_codec.api import CinrSlide, SlideRequestError, open_cinr, virtual_pyramid
-from cinr_codec.format.container import CinrReader, CinrWriter
-from cinr_codec.decode import SlideDecoder, decode_image
 from cinr_codec.core.metrics import psnr
 from cinr_codec.core.resample import box_downsample, to_uint8
+from cinr_codec.decode import SlideDecoder, decode_image
+from cinr_codec.format.container import CinrReader, CinrWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -341,7 +341,7 @@ def test_thumbnail(files: dict[str, Any], slide: CinrSlide) -> None:
 
 def test_set_cache_and_profile(slide: CinrSlide) -> None:
     slide.set_cache(openslide.OpenSlideCache(8 << 20))
-    assert slide.decoder._pixels.capacity == 8 << 20
+    assert slide.decoder.cache_capacity == 8 << 20
     with pytest.raises(TypeError):
         slide.set_cache(123)  # type: ignore[arg-type]
     slide.set_cache(openslide.OpenSlideCache(256 << 20))

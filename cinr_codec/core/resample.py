@@ -34,6 +34,23 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
+def box_overlaps(a: np.ndarray, b: np.ndarray, length: float) -> tuple[np.ndarray, np.ndarray]:
+    """Overlaps of boxes [a_i, b_i) with the source pixels [p, p+1) ∩ [0, length) along one axis.
+
+    Returns (indices (n, K) clipped to valid pixels, weights (n, K) in source-pixel units): box i
+    averages ``sum_k w[i, k] * src[idx[i, k]] / (b_i - a_i)``. The one formula behind every area
+    resampling in the package (decoder reads and tiled thumbnails).
+    """
+    k = int(math.ceil(float(np.max(b - a)) if len(a) else 0.0)) + 1
+    p0 = np.floor(np.clip(a, 0.0, max(length - 1e-9, 0.0)))
+    idx = p0[:, None] + np.arange(k)[None, :]
+    lo = np.maximum(a[:, None], idx)
+    hi = np.minimum(np.minimum(b[:, None], idx + 1.0), length)
+    w = np.clip(hi - lo, 0.0, None)
+    n_src = max(1, int(math.ceil(length)))
+    return np.clip(idx, 0, n_src - 1).astype(np.int64), w
+
+
 def area_weights(
     start: float, step: float, n_out: int, length: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -42,18 +59,22 @@ def area_weights(
     Returns (indices (n_out, K) clipped to valid pixels, weights (n_out, K) in source-pixel units,
     coverage (n_out,) = fraction of each output box inside [0, length)).
     """
-    i = np.arange(n_out, dtype=np.float64)
-    a = start + i * step
-    b = a + step
-    k = int(math.ceil(step)) + 1
-    p0 = np.floor(np.clip(a, 0.0, max(length - 1e-9, 0.0)))
-    idx = p0[:, None] + np.arange(k)[None, :]
-    lo = np.maximum(a[:, None], idx)
-    hi = np.minimum(np.minimum(b[:, None], idx + 1.0), length)
-    w = np.clip(hi - lo, 0.0, None)
-    n_src = max(1, int(math.ceil(length)))
+    a = start + np.arange(n_out, dtype=np.float64) * step
+    idx, w = box_overlaps(a, a + step, length)
     cov = w.sum(axis=1) / step
-    return np.clip(idx, 0, n_src - 1).astype(np.int64), w, np.clip(cov, 0.0, 1.0)
+    return idx, w, np.clip(cov, 0.0, 1.0)
+
+
+def weighted_sum(src: np.ndarray, idx: np.ndarray, w: np.ndarray, axis: int, offset: int = 0) -> np.ndarray:
+    """``out[i] = sum_k w[i, k] * src[idx[i, k] - offset]`` along ``axis`` (float64)."""
+    shape = [1] * src.ndim
+    shape[axis] = idx.shape[0]
+    out_shape = list(src.shape)
+    out_shape[axis] = idx.shape[0]
+    out = np.zeros(out_shape, dtype=np.float64)
+    for j in range(idx.shape[1]):
+        out += w[:, j].reshape(shape) * np.take(src, idx[:, j] - offset, axis=axis)
+    return out
 
 
 def bilinear_weights(
@@ -68,36 +89,6 @@ def bilinear_weights(
     w = np.stack((1.0 - f, f), axis=1)
     cov = ((u >= 0) & (u < length)).astype(np.float64)
     return idx, w * cov[:, None], cov
-
-
-def integrate(arr: np.ndarray, axis: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Integrals over [lo, hi) along `axis` of a piecewise-constant array (pixel j covers [j, j+1)).
-
-    The cells [lo_k, hi_k) are ordered and disjoint, within [0, n]; the result has len(lo) entries
-    along `axis` (float64).
-    """
-    a = np.moveaxis(arr, axis, 0)
-    n = a.shape[0]
-    shape = (-1,) + (1,) * (a.ndim - 1)
-    start = np.minimum(np.ceil(lo).astype(np.int64), n)  # first whole pixel of each cell
-    end = np.maximum(np.floor(hi).astype(np.int64), start)  # one past its last whole pixel
-    # Whole pixels: one reduceat over [start_0, end_0, start_1, end_1, ...] on the array plus a zero
-    # row (so that index n is valid), keeping every other sum.
-    padded = np.concatenate([a, np.zeros((1,) + a.shape[1:], dtype=a.dtype)])
-    sums = np.add.reduceat(
-        padded,
-        np.stack([start, end], axis=1).ravel(),
-        axis=0,
-        dtype=np.uint32 if a.dtype == np.uint8 else np.float64,
-    )[::2]
-    whole = np.where((end > start).reshape(shape), sums, 0).astype(np.float64)
-    # Fractions of the pixels cut by each cell's edges (a cell inside one pixel: only its length).
-    first = np.clip(np.floor(lo).astype(np.int64), 0, n - 1)
-    last = np.clip(np.floor(hi).astype(np.int64), 0, n - 1)
-    single = np.floor(lo) == np.floor(hi)
-    left = np.where(single, hi - lo, start - lo).reshape(shape) * padded[first]
-    right = np.where(single, 0.0, hi - np.floor(hi)).reshape(shape) * padded[last]
-    return np.moveaxis(whole + left + right, 0, axis)
 
 
 class AreaAccumulator:
@@ -124,8 +115,9 @@ class AreaAccumulator:
         h, w = tile.shape[:2]
         c0, c1, xlo, xhi = self._span(self.xb, x, w)
         r0, r1, ylo, yhi = self._span(self.yb, y, h)
-        part = integrate(integrate(tile, 0, ylo, yhi), 1, xlo, xhi)
-        self.acc[r0:r1, c0:c1] += part
+        iy, wy = box_overlaps(ylo, yhi, h)
+        ix, wx = box_overlaps(xlo, xhi, w)
+        self.acc[r0:r1, c0:c1] += weighted_sum(weighted_sum(tile, iy, wy, 0), ix, wx, 1)
 
     def result(self) -> np.ndarray:
         """The resized image, RGB uint8."""

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..coding.base import BlockModel
 from ..coding.images import decode_image_bytes
-from ..core.resample import area_weights, bilinear_weights
+from ..core.resample import area_weights, bilinear_weights, weighted_sum
 from ..errors import CinrFormatError
 from ..format.container import CinrReader
 from ..format.header import MAX_READ_PIXELS, parse_layout
@@ -236,12 +236,7 @@ class SlideDecoder:
         ry0, ry1 = int(iy.min()), int(iy.max()) + 1
         rx0, rx1 = int(ix.min()), int(ix.max()) + 1
         src = self.level_region(rx0, ry0, rx1 - rx0, ry1 - ry0, k).astype(np.float32)
-        tmp = np.zeros((o1 - o0, rx1 - rx0, 3), dtype=np.float64)
-        for j in range(iy.shape[1]):
-            tmp += wy[:, j, None, None] * src[iy[:, j] - ry0]
-        num = np.zeros((o1 - o0, p1 - p0, 3), dtype=np.float64)
-        for j in range(ix.shape[1]):
-            num += wx[None, :, j, None] * tmp[:, ix[:, j] - rx0]
+        num = weighted_sum(weighted_sum(src, iy, wy, 0, ry0), ix, wx, 1, rx0)
         sub = cov[o0:o1, p0:p1]
         with np.errstate(invalid="ignore", divide="ignore"):
             mean[o0:o1, p0:p1] = np.where(

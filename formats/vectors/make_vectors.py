@@ -4,11 +4,11 @@ SHA-256 of their decoded pixels.
     python formats/vectors/make_vectors.py           # rewrite the .cinr files and expected.json
     python formats/vectors/make_vectors.py --check   # decode the files here and compare (no writes)
 
-Each vector is encoded with ``cinr_codec.encoding.encode_image`` from a crop of the bundled
+Each vector is encoded with ``cinr_codec.encode.image.encode_image`` from a crop of the bundled
 sample slide (``CMU-1-Small-Region.svs``, CC0) with a fixed preset, step count, seed and
 storage setting, on the CPU. Regenerating rewrites the files (fitting is deterministic on
 one machine and PyTorch version, but need not be across them); ``expected.json`` then
-records the new decoded pixels' SHA-256. tests/test_vectors.py decodes the committed files
+records the new decoded pixels' SHA-256. tests/format/test_vectors.py decodes the committed files
 and compares.
 """
 
@@ -27,10 +27,10 @@ import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
-from cinr_codec.decoding import decode_image  # noqa: E402
-from cinr_codec.encoding import encode_image  # noqa: E402
-from cinr_codec.metrics import psnr  # noqa: E402
-from cinr_codec.slide import read_crop, sample_slide_path  # noqa: E402
+from cinr_codec.decode import decode_image  # noqa: E402
+from cinr_codec import encode_image  # noqa: E402
+from cinr_codec.core.metrics import psnr  # noqa: E402
+from cinr_codec.encode.source import read_crop, sample_slide_path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 EXPECTED = HERE / "expected.json"

@@ -11,8 +11,7 @@ from cinr_container_helpers import fitted_state
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cinr_codec.coding.quant import STORAGE_DTYPES, dequantize_tensors, quantize_tensors
-from cinr_codec.coding.quant import describe
+from cinr_codec.coding.quant import STORAGE_DTYPES, dequantize_tensors, describe, quantize_tensors
 from cinr_codec.coding.tensors import save_safetensors
 from cinr_codec.errors import CinrError, CinrFormatError, CinrVersionError
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from cinr_codec.core.metrics import psnr
 from cinr_codec.decode import SlideDecoder
 from cinr_codec.encode.slide import encode_slide
-from cinr_codec.core.metrics import psnr
 
 pytestmark = [
     pytest.mark.gpu,

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-import cinr_codec.encode.slide as encoding
-from cinr_codec.coding.quant import quantize_tensors
-from cinr_codec.format.container import CinrReader, CinrWriter
-from cinr_codec.coding.hashgrid import parse_model_config
-from cinr_codec.decode import decode_image
+import cinr_codec.encode.image as encoding
 from cinr_codec import DEFAULT_QUANT, QUANT_SETTINGS, encode_image, write_fitted
-from cinr_codec.errors import CinrError, CinrFormatError, CinrIOError
-from cinr_codec.encode.train.fit import FitResult, fit_image
+from cinr_codec.coding.hashgrid import HashGridBlock, parse_model_config
+from cinr_codec.coding.quant import quantize_tensors
 from cinr_codec.core.metrics import psnr, ssim
+from cinr_codec.decode import decode_image
 from cinr_codec.encode.source import read_crop, sample_slide_path
+from cinr_codec.encode.train.fit import FitResult, fit_image
+from cinr_codec.errors import CinrError, CinrFormatError, CinrIOError
+from cinr_codec.format.container import CinrReader, CinrWriter
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -309,7 +309,7 @@ def test_failed_encode_leaves_no_file(
     old = tmp_path / "old.cinr"
     write_fitted(fitted, crop, old, quant="float16")
     before = old.read_bytes()
-    monkeypatch.setattr(encoding, "render", boom)  # fails while the writer is open
+    monkeypatch.setattr(HashGridBlock, "render", boom)  # fails while the writer is open
     with pytest.raises(RuntimeError, match="render failed"):
         write_fitted(fitted, crop, tmp_path / "new.cinr", quant="int8")
     with pytest.raises(RuntimeError, match="render failed"):
@@ -324,9 +324,11 @@ def test_block_size_limit(encoded: tuple[Path, dict[str, Any]]) -> None:
 
 
 def test_encoder_and_decoder_share_limits() -> None:
-    import cinr_codec.decode as decoding
+    import cinr_codec.decode.image as decoding
+    from cinr_codec.format import header
 
-    assert (encoding.MAX_SIDE, encoding.MAX_PIXELS) == (decoding.MAX_SIDE, decoding.MAX_PIXELS)
+    assert (encoding.MAX_SIDE, encoding.MAX_PIXELS) == (header.MAX_SIDE, header.MAX_PIXELS)
+    assert decoding.MAX_PIXELS == header.MAX_PIXELS
 
 
 def test_errors_are_cinr_errors() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cinr_codec.errors import CinrInputError
 from cinr_codec.encode.journal import Journal, journal_path
+from cinr_codec.errors import CinrInputError
 
 
 def test_append_and_resume(tmp_path: Path) -> None:

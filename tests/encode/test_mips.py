@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cinr_codec.core.metrics import psnr
 from cinr_codec.coding.images import decode_image_bytes
+from cinr_codec.core.metrics import psnr
 from cinr_codec.core.resample import box_downsample
 from cinr_codec.encode.mips import encode_mip
 

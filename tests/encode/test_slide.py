@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cinr_codec.format.container import CinrReader
-from cinr_codec.decode import SlideDecoder
-from cinr_codec.encode.slide import encode_slide
-from cinr_codec.errors import CinrError, CinrInputError, CinrIOError
-from cinr_codec.encode.journal import journal_path
 from cinr_codec.core.metrics import psnr
+from cinr_codec.decode import SlideDecoder
+from cinr_codec.encode.journal import journal_path
+from cinr_codec.encode.slide import encode_slide
 from cinr_codec.encode.source import SlideSource, sample_slide_path
+from cinr_codec.errors import CinrError, CinrInputError, CinrIOError
+from cinr_codec.format.container import CinrReader
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

@@ -11,8 +11,8 @@ import pytest
 import pyvips
 from PIL import Image
 
-from cinr_codec.errors import CinrInputError
 from cinr_codec.encode.source import SlideSource, read_crop, sample_slide_path
+from cinr_codec.errors import CinrInputError
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"

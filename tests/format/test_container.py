@@ -18,7 +18,6 @@ import torch
 from cinr_container_helpers import decode_all, fitted_state, png_bytes, real_file, slide_header
 
 from cinr_codec.coding.quant import STORAGE_DTYPES, dequantize_tensors, quantize_tensors
-from cinr_codec.format.container import CinrReader, CinrWriter
 from cinr_codec.errors import (
     CinrChecksumError,
     CinrError,
@@ -27,6 +26,7 @@ from cinr_codec.errors import (
     CinrTruncatedError,
     CinrVersionError,
 )
+from cinr_codec.format.container import CinrReader, CinrWriter
 
 
 def _tensors(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -12,8 +12,8 @@ import io
 import pytest
 from cinr_container_helpers import decode_all, real_file
 
-from cinr_codec.format.container import CinrReader
 from cinr_codec.errors import CinrError, CinrTruncatedError
+from cinr_codec.format.container import CinrReader
 
 
 def _check(data: bytes, reference: bytes, counts: collections.Counter[str]) -> None:

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cinr_codec.coding.quant import quantize_tensors
-from cinr_codec.format.container import CinrReader, CinrWriter
 from cinr_codec.errors import CinrError, CinrFormatError, CinrTruncatedError, CinrVersionError
+from cinr_codec.format.container import CinrReader, CinrWriter
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cinr_codec.errors import CinrChecksumError, CinrFormatError
 from cinr_codec.format.container import CinrReader, CinrWriter
 from cinr_codec.format.container.binary import KIND_IMAGE, RECORD_SIZE, TRAILER_SIZE
-from cinr_codec.errors import CinrChecksumError, CinrFormatError
 
 
 def _jpeg() -> bytes:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from cinr_codec.format.container import CinrReader
 from cinr_codec.decode import decode_image
+from cinr_codec.format.container import CinrReader
 
 VECTORS = Path(__file__).resolve().parents[2] / "formats" / "vectors"
 EXPECTED: list[dict[str, Any]] = json.loads((VECTORS / "expected.json").read_text())["vectors"]
