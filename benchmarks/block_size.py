@@ -20,12 +20,29 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cinr_codec.encoding import encode_slide
-from cinr_codec.presets import get_preset
+from cinr_codec.encode.slide import encode_slide
+from cinr_codec.encode.train.presets import get_preset
 
-from .common import RESULTS, header, publish
+from .common import RESULTS, SHARED, header, md_table, publish
 
-DEFAULT_IMAGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "he-prostate-2500.jpeg"
+DEFAULT_IMAGE = SHARED / "he-prostate-2500.jpeg"
+
+
+#: The row entries in table order.
+COLUMNS = (
+    "block_size",
+    "margin",
+    "blocks",
+    "steps_per_block",
+    "psnr",
+    "psnr_border",
+    "psnr_interior",
+    "ssim",
+    "bpp",
+    "model_bpp",
+    "mip_bpp",
+    "seconds",
+)
 
 
 def _region(path: Path, size: int) -> np.ndarray:
@@ -110,15 +127,25 @@ def main(argv: list[str] | None = None) -> None:
         f"Region: centred {size}² of `{args.image.name}`; preset `{args.preset}`; every block fitted "
         f"(no tissue mask); steps per block = preset steps × (B/1024)², so total training is equal. "
         f"bpp = whole file (models + mips + container) bits per pixel.\n",
-        "| block | margin | blocks | steps/block | PSNR | border PSNR | interior PSNR | SSIM | bpp | model bpp | mip bpp | s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['block_size']} | {r['margin']} | {r['blocks']} | {r['steps_per_block']} | {r['psnr']} | "
-            f"{r['psnr_border']} | {r['psnr_interior']} | {r['ssim']} | {r['bpp']} | {r['model_bpp']} | "
-            f"{r['mip_bpp']} | {r['seconds']} |"
-        )
+    lines += md_table(
+        (
+            "block",
+            "margin",
+            "blocks",
+            "steps/block",
+            "PSNR",
+            "border PSNR",
+            "interior PSNR",
+            "SSIM",
+            "bpp",
+            "model bpp",
+            "mip bpp",
+            "s",
+        ),
+        "r" * 12,
+        ([r[k] for k in COLUMNS] for r in rows),
+    )
     text = "\n".join(lines) + "\n"
     name = "quick" if args.quick else device.split(":")[0]
     publish(args.results / f"block_size_{name}.md", text, {"rows": rows}, args.json)

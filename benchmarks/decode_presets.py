@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cinr_codec.decoding import SlideDecoder
-from cinr_codec.encoding import encode_slide
+from cinr_codec.decode import SlideDecoder
+from cinr_codec.encode.slide import encode_slide
 
-from .common import RESULTS, header, publish
+from .common import RESULTS, header, md_table, publish
 
 SAMPLE = Path(__file__).resolve().parents[1] / "cinr_codec" / "data" / "CMU-1-Small-Region.svs"
 
@@ -47,7 +47,7 @@ def _time_cell(
             t = time.perf_counter()
             dec.read(x, y, size, size)
             first.append(time.perf_counter() - t)
-            dec._pixels.clear()  # decoded tiles only: the model stays loaded
+            dec.clear_cache(models=False)  # decoded tiles only: the model stays loaded
             t = time.perf_counter()
             dec.read(x, y, size, size)
             loaded.append(time.perf_counter() - t)
@@ -117,14 +117,31 @@ def main(argv: list[str] | None = None) -> None:
         header("Decode time per preset at scale 1, beside OpenSlide"),
         f"Source `{args.image.name}`; models fitted {args.steps} steps (decode time does not depend on "
         f"training); blocks of 1024 px; median of {args.repeat} reads, ms.\n",
-        "| preset | region | first read (model load + tiles) | model loaded | cached | OpenSlide cold | OpenSlide warm |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        *md_table(
+            (
+                "preset",
+                "region",
+                "first read (model load + tiles)",
+                "model loaded",
+                "cached",
+                "OpenSlide cold",
+                "OpenSlide warm",
+            ),
+            "llrrrrr",
+            (
+                (
+                    r["preset"],
+                    f"{r['size']}²",
+                    r["first_read_ms"],
+                    r["model_loaded_ms"],
+                    r["cached_ms"],
+                    r["openslide_cold_ms"],
+                    r["openslide_warm_ms"],
+                )
+                for r in rows
+            ),
+        ),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['preset']} | {r['size']}² | {r['first_read_ms']} | {r['model_loaded_ms']} | {r['cached_ms']} | "
-            f"{r['openslide_cold_ms']} | {r['openslide_warm_ms']} |"
-        )
     text = "\n".join(lines) + "\n"
     publish(args.results / f"decode_presets_{args.device}.md", text, {"rows": rows}, args.json)
 

@@ -47,9 +47,9 @@ Baselines on the source slide, all returning the same S x S RGB output:
 The 3x target (the issue): for 512 x 512 output, each scale's median time relative to scale 1's,
 cold and warm, at random and at lattice positions; it must be <= 3 at every scale.
 
-``--device cuda`` (or auto with a GPU): the benchmark's ``SlideDecoder`` subclass moves each block
-model to the GPU when it is loaded (``SlideDecoder`` itself renders on the CPU); baselines stay on
-the CPU. Writes ``decode_speed_<quick|full>[_cuda].md`` and ``.json`` to ``--results``.
+``--device cuda`` (or auto with a GPU): ``SlideDecoder(path, device=...)`` runs the block models on
+the GPU; baselines stay on the CPU. Writes ``decode_speed_<quick|full>[_cuda].md`` and ``.json``
+to ``--results``.
 """
 
 from __future__ import annotations
@@ -71,10 +71,8 @@ from typing import Any
 
 import numpy as np
 
-from .common import RESULTS, header
-from .encode_memory import NullSink, library_versions, load_average
+from .common import RESULTS, SHARED, NullSink, header, library_versions, load_average, publish
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_SLIDE = SHARED / "CMU-1-Small-Region.svs"
 SIZES = (256, 512, 1024)
 SCALES = ("1", "1/2", "1/4", "1/8", "1/16", "1/32")
@@ -88,18 +86,20 @@ TARGET_RATIO = 3.0
 # --------------------------------------------------------------------------------------------
 
 
+#: The packages of ``cinr_codec`` whose code makes a ``.cinr`` file (encoder, models, format).
+ENCODER_PACKAGES = ("core", "coding", "encode", "format")
+
+
 def _code_hash() -> str:
     """Hash of the encoder's source files: a cached .cinr is reused only for the same encoder."""
     import cinr_codec
 
     root = Path(cinr_codec.__file__).parent
     h = hashlib.sha1()
-    for name in ("encoding.py", "blocks.py", "mips.py", "fitting.py", "models.py", "presets.py"):
-        f = root / name
-        if f.exists():
+    for package in ENCODER_PACKAGES:
+        for f in sorted((root / package).rglob("*.py")):
+            h.update(f.relative_to(root).as_posix().encode())
             h.update(f.read_bytes())
-    for f in sorted((root / "container").glob("*.py")):
-        h.update(f.read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -134,7 +134,7 @@ def cached_cinr(
     if use_cache and dst.exists() and meta.exists():
         log(f"reusing {dst}")
         return dst, {**json.loads(meta.read_text()), "cached": True}
-    from cinr_codec.encoding import encode_slide
+    from cinr_codec.encode.slide import encode_slide
 
     log(f"encoding {src.name} ({preset}, {steps or 'preset'} steps per block) ...")
     t = time.perf_counter()
@@ -154,30 +154,6 @@ def cached_cinr(
     if use_cache:
         meta.write_text(json.dumps(info))
     return dst, {**info, "cached": False}
-
-
-def device_decoder(path: Path, device: str) -> Any:
-    """A ``SlideDecoder`` subclass instance that moves each block model to ``device`` when loaded."""
-    from cinr_codec.decoding import SlideDecoder
-
-    class _DeviceDecoder(SlideDecoder):  # type: ignore[misc]
-        def _model(self, block_id: int) -> Any:
-            m = self._models.get(block_id)
-            if m is None:
-                m = super()._model(block_id).to(device)
-                self._models.put(block_id, m, 1)
-            return m
-
-    return _DeviceDecoder(path)
-
-
-def make_decoder(path: Path, device: str) -> Any:
-    """A ``SlideDecoder`` (it renders on the CPU); on CUDA, ``device_decoder``."""
-    from cinr_codec.decoding import SlideDecoder
-
-    if device.startswith("cuda"):
-        return device_decoder(path, device)
-    return SlideDecoder(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,14 +250,16 @@ class VipsMethod:
 
 
 class CinrMethod:
-    """``SlideDecoder.read``; cold = ``clear_cache()`` first."""
+    """``SlideDecoder(path, device=device).read``; cold = ``clear_cache()`` first."""
 
     name = "cinr"
 
     def __init__(self, path: Path, device: str) -> None:
+        from cinr_codec.decode import SlideDecoder
+
         self.path = path
         self.device = device
-        self.dec = make_decoder(path, device)
+        self.dec = SlideDecoder(path, device=device)
         self.W, self.H = self.dec.width, self.dec.height
 
     def read(self, x: int, y: int, L: int, size: int, scale: float) -> np.ndarray:
@@ -536,7 +514,7 @@ def _smoke_slide(tmp: Path, src: Path) -> Path:
     """A 256 x 256 JPEG-tiled TIFF cut from the source slide (for the tests)."""
     from PIL import Image
 
-    from cinr_codec.slide import SlideSource
+    from cinr_codec.encode.source import SlideSource
 
     with SlideSource(src) as s:
         w, h = min(256, s.width), min(256, s.height)
@@ -608,8 +586,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    from cinr_codec.core.render import resolve_device
+    from cinr_codec.decode import SlideDecoder
     from cinr_codec.errors import CinrError
-    from cinr_codec.fitting import resolve_device
 
     try:
         dev = str(resolve_device(args.device))
@@ -632,7 +611,7 @@ def main(argv: list[str] | None = None) -> None:
             block = 128 if block == 1024 else block
         if args.cinr:
             cpath = Path(args.cinr)
-            from cinr_codec.container import CinrReader
+            from cinr_codec.format.container import CinrReader
 
             with CinrReader(cpath) as r:
                 footer = r.footer if isinstance(r.footer, dict) else {}
@@ -695,7 +674,7 @@ def main(argv: list[str] | None = None) -> None:
         opens = []
         for _ in range(5):
             t = time.perf_counter()
-            make_decoder(cpath, dev).close()
+            SlideDecoder(cpath, device=dev).close()
             opens.append((time.perf_counter() - t) * 1e3)
         result["open_ms"] = statistics.median(opens)
 
@@ -817,11 +796,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     extra["load average at start"] = result["load_start"]
     md = out_dir / f"decode_speed_{name}.md"
-    md.write_text(report(result, extra))
-    (out_dir / f"decode_speed_{name}.json").write_text(json.dumps(result, indent=1))
-    if args.json:
-        print(json.dumps(result))
-    elif not args.quiet:
+    publish(md, report(result, extra), result, args.json, data=result, show=False)
+    if not args.json and not args.quiet:
         print(f"wrote {md}", file=sys.stderr)
 
 

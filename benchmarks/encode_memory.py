@@ -52,9 +52,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import RESULTS, NullSink, header
+from .common import (
+    RESULTS,
+    SHARED,
+    NullSink,
+    code_version,
+    header,
+    library_versions,
+    load_average,
+    module_name,
+    publish,
+    write_report,
+)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SOURCE = SHARED / "he-prostate-2500.jpeg"
 CELL = 2500  # side of a cell of the slide grid (the source image's side)
 FULL_RUNS = "2500:1024,2500:2048,5000:1024,20000s:1024"
@@ -62,63 +72,10 @@ QUICK_RUNS = "2500:1024,5000:1024"
 SMOKE_RUNS = "256:128"
 
 
-def load_average() -> str:
-    """The 1, 5 and 15 minute load averages, or '?'."""
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "?"
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries these benchmarks use, beyond ``common.machine()``'s."""
-    out: dict[str, str] = {}
-    try:
-        import cinr_codec
-
-        out["cinr_codec"] = f"{cinr_codec.__version__} (code {code_version()})"
-    except ImportError:
-        pass
-    try:
-        import openslide
-
-        out["openslide"] = f"{openslide.__library_version__} (python {openslide.__version__})"
-    except (ImportError, AttributeError):
-        out["openslide"] = "not installed"
-    try:
-        import pyvips
-
-        out["libvips"] = (
-            f"{pyvips.version(0)}.{pyvips.version(1)}.{pyvips.version(2)} (pyvips {pyvips.__version__})"
-        )
-    except (ImportError, AttributeError, OSError):
-        out["libvips"] = "not installed"
-    return out
-
-
 def _tissue_cells(n: int, k: int) -> set[int]:
     """k cells of an n x n grid spread along the diagonal (cell index r * n + c)."""
     k = max(1, min(k, n))
     return {round(i * (n - 1) / max(1, k - 1)) * (n + 1) for i in range(k)} if k > 1 else {(n // 2) * (n + 1)}
-
-
-def code_version() -> str:
-    """``git describe``-like id of the working tree's code: short commit, ``+dirty`` if cinr_codec differs."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "cinr_codec"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    return (head or "?") + ("+dirty" if dirty else "")
 
 
 def build_tiff(
@@ -253,7 +210,7 @@ def run_child(
 
 def baseline_rss(env: dict[str, str]) -> float:
     """Peak RSS (MB) of a child that only imports what ``cinr encode`` imports."""
-    code = "import torch, numpy, openslide, pyvips, PIL.Image, cinr_codec.cli, cinr_codec.encoding"
+    code = "import torch, numpy, openslide, pyvips, PIL.Image, cinr_codec.cli, cinr_codec.encode.slide"
     r = run_child([sys.executable, "-c", code], env)
     if r["returncode"] != 0:
         raise RuntimeError(f"baseline child failed: {r['stderr'].strip()[-300:]}")
@@ -446,14 +403,12 @@ def main(argv: list[str] | None = None) -> None:
 
     import click
 
-    from .common import _module_name
-
     threads = 1 if args.smoke and args.threads is None else args.threads
     env = _child_env(threads)
     extra = library_versions()
     md = out_dir / f"encode_memory_{name}.md"
     js = out_dir / f"encode_memory_{name}.json"
-    invocation = " ".join(["python -m", _module_name(), *sys.argv[1:]])
+    invocation = " ".join(["python -m", module_name(), *sys.argv[1:]])
     result: dict[str, Any] = {
         "rows": [],
         "settings": {
@@ -479,8 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     result["pending"] = [_key(*r) for r in runs]
 
     def save() -> None:
-        md.write_text(report(result, extra))
-        js.write_text(json.dumps(result, indent=1))
+        write_report(md, report(result, extra), result)
 
     t0 = time.perf_counter()
     work = (
@@ -549,10 +503,8 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(work, ignore_errors=True)
     result["seconds"] = time.perf_counter() - t0
     result["load_end"] = load_average()
-    save()
-    if args.json:
-        print(json.dumps(result))
-    elif not args.quiet:
+    publish(md, report(result, extra), result, args.json, data=result, show=False)
+    if not args.json and not args.quiet:
         print(f"wrote {md}", file=sys.stderr)
     if result["failed"]:
         sys.exit(1)

@@ -8,7 +8,7 @@ python -m benchmarks.encode_speed [--quick] [--image PATH ...] [--size 1024] [--
 Images. Each ``--image`` (default ``../shared/data/he-prostate-2500.jpeg``) is cut to its most
 tissue-rich ``--size`` x ``--size`` window (highest mean HSV saturation on a 1024 px thumbnail;
 ``--size 0``: the whole image), saved as PNG in a temporary folder, and encoded with
-``cinr_codec.encoding.encode_slide`` at ``--block-size`` (default 1024, so a 1024 px crop is one
+``cinr_codec.encode_slide`` at ``--block-size`` (default 1024, so a 1024 px crop is one
 block; the encoder fits it with its 32 px margin clipped to the image). ``--whole-slide`` also
 encodes the real slide ``CMU-1-Small-Region.svs`` (2220 x 2967, 9 blocks) whole, once per preset
 named (default ``fast``) at the preset's own step count (``--quick``: the largest quick count).
@@ -33,7 +33,6 @@ object on stdout; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -42,10 +41,19 @@ from typing import Any
 
 import numpy as np
 
-from .common import RESULTS, header
-from .encode_memory import NullSink, library_versions, load_average
+from .common import (
+    RESULTS,
+    SHARED,
+    NullSink,
+    csv_list,
+    header,
+    library_versions,
+    load_average,
+    num,
+    publish,
+    pyplot,
+)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_IMAGE = SHARED / "he-prostate-2500.jpeg"
 WHOLE_SLIDE = SHARED / "CMU-1-Small-Region.svs"
 FULL_STEPS = (250, 500, 1000, 2000)
@@ -56,8 +64,8 @@ SMOKE_STEPS = (2, 4)
 
 def tissue_window(path: Path, size: int) -> tuple[np.ndarray, dict[str, Any]]:
     """The size x size window of ``path`` with the highest mean HSV saturation (RGB uint8, where)."""
-    from cinr_codec.slide import SlideSource
-    from cinr_codec.tissue import hsv_saturation_value
+    from cinr_codec.encode.source import SlideSource
+    from cinr_codec.encode.tissue import hsv_saturation_value
 
     with SlideSource(path) as src:
         W, H = src.width, src.height
@@ -82,7 +90,7 @@ def encode_one(
     src: Path, dst: Path, preset: str, steps: int | None, block_size: int, device: str, seed: int
 ) -> dict[str, Any]:
     """One ``encode_slide`` run: its summary figures plus megapixels per minute."""
-    from cinr_codec.encoding import encode_slide
+    from cinr_codec.encode.slide import encode_slide
 
     t = time.perf_counter()
     s = encode_slide(src, dst, preset=preset, steps=steps, block_size=block_size, device=device, seed=seed)
@@ -110,10 +118,6 @@ def encode_one(
         "bpp_tissue": s.get("bpp_tissue"),
         "load": load_average(),
     }
-
-
-def _f(v: float | None, fmt: str = ".2f") -> str:
-    return "–" if v is None else format(v, fmt)
 
 
 def report(result: dict[str, Any], extra: dict[str, str], png: str | None) -> str:
@@ -144,8 +148,8 @@ def report(result: dict[str, Any], extra: dict[str, str], png: str | None) -> st
         lines.append(
             f"| {r['image']} | {r['preset']} | {r['device']} | {r['steps_per_block']} | "
             f"{r['blocks']} ({r['tissue_blocks']}) | {r['seconds']:.1f} | {r['fit_seconds']:.1f} | "
-            f"{r['mp_per_min']:.3f} | {_f(r['mp_per_min_fit'], '.3f')} | {_f(r['psnr'])} | "
-            f"{_f(r['ssim'], '.4f')} | {r['bpp']:.3f} |"
+            f"{r['mp_per_min']:.3f} | {num(r['mp_per_min_fit'], '.3f')} | {num(r['psnr'], '.2f')} | "
+            f"{num(r['ssim'], '.4f')} | {r['bpp']:.3f} |"
         )
     lines += [
         "",
@@ -157,7 +161,7 @@ def report(result: dict[str, Any], extra: dict[str, str], png: str | None) -> st
     for r in result["curve"]:
         lines.append(
             f"| {r['image']} | {r['preset']} | {r['device']} | {r['steps']} | {r['seconds']:.1f} | "
-            f"{r['fit_seconds']:.1f} | {_f(r['psnr'])} | {_f(r['ssim'], '.4f')} | {r['bpp']:.3f} | "
+            f"{r['fit_seconds']:.1f} | {num(r['psnr'], '.2f')} | {num(r['ssim'], '.4f')} | {r['bpp']:.3f} | "
             f"{r['load'].split()[0]} |"
         )
     if png:
@@ -177,12 +181,8 @@ def report(result: dict[str, Any], extra: dict[str, str], png: str | None) -> st
 
 
 def plot(result: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
     keys = sorted({(r["image"], r["preset"], r["device"]) for r in result["curve"]})
@@ -212,10 +212,6 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -249,9 +245,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    from cinr_codec.core.render import resolve_device
+    from cinr_codec.encode.train.presets import get_preset
     from cinr_codec.errors import CinrError
-    from cinr_codec.fitting import resolve_device
-    from cinr_codec.presets import get_preset
 
     try:
         dev = str(resolve_device(args.device))
@@ -266,14 +262,16 @@ def main(argv: list[str] | None = None) -> None:
                 raise ValueError(f"{p}: no such file")
         mode = "smoke" if args.smoke else "quick" if args.quick else "full"
         size = args.size if args.size is not None else {"smoke": 128, "quick": 512, "full": 1024}[mode]
-        presets = _csv(args.presets) if args.presets else (["fast"] if args.smoke else ["fast", "default"])
+        presets = (
+            csv_list(args.presets) if args.presets else (["fast"] if args.smoke else ["fast", "default"])
+        )
         if cuda and not args.presets and not args.smoke:
             presets.append("high")
         for p in presets:
             get_preset("cinr", p)
         block = 128 if args.smoke and args.block_size == 1024 else args.block_size
         if args.steps:
-            fixed: list[int] | None = sorted({int(v) for v in _csv(args.steps)})
+            fixed: list[int] | None = sorted({int(v) for v in csv_list(args.steps)})
             if not fixed or min(fixed) < 1:
                 raise ValueError("--steps: give positive step counts")
         else:
@@ -290,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
             base = HIGH_STEPS if preset == "high" else FULL_STEPS
             return sorted(set(base) | {own})
 
-        whole = _csv(args.whole_slide) if args.whole_slide else []
+        whole = csv_list(args.whole_slide) if args.whole_slide else []
         for p in whole:
             get_preset("cinr", p)
         if whole and not Path(args.slide).is_file():
@@ -370,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
                     row = encode_one(png, Path(tmp) / "out.cinr", preset, steps, block, dev, args.seed)
                     row["image"] = label
                     result["curve"].append(row)
-                    log(f"  {row['seconds']:.1f} s, {_f(row['psnr'])} dB")
+                    log(f"  {row['seconds']:.1f} s, {num(row['psnr'], '.2f')} dB")
                     bar.update(steps + 100)
                 for preset in presets:
                     own = int(get_preset("cinr", preset).train["steps"])
@@ -388,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
                 row["image"] = f"{Path(args.slide).name} (whole)"
                 row["steps_per_block"] = steps or int(get_preset("cinr", preset).train["steps"])
                 result["throughput"].append(row)
-                log(f"  {row['seconds']:.1f} s, {_f(row['psnr'])} dB")
+                log(f"  {row['seconds']:.1f} s, {num(row['psnr'], '.2f')} dB")
                 bar.update(9 * (row["steps_per_block"] + 100))
     except (ValueError, CinrError, OSError) as exc:
         print(f"benchmarks.encode_speed: error: {exc}", file=sys.stderr)
@@ -400,11 +398,15 @@ def main(argv: list[str] | None = None) -> None:
     png_path = out_dir / f"encode_speed_{name}.png"
     has_png = plot(result, png_path)
     md = out_dir / f"encode_speed_{name}.md"
-    md.write_text(report(result, extra, png_path.name if has_png else None))
-    (out_dir / f"encode_speed_{name}.json").write_text(json.dumps(result, indent=1))
-    if args.json:
-        print(json.dumps(result))
-    elif not args.quiet:
+    publish(
+        md,
+        report(result, extra, png_path.name if has_png else None),
+        result,
+        args.json,
+        data=result,
+        show=False,
+    )
+    if not args.json and not args.quiet:
         print(f"wrote {md}", file=sys.stderr)
 
 

@@ -18,7 +18,7 @@ for preset in fast default high; do
 done
 python3 - <<'PY' 2>&1 | tee "$OUT/decode_gpu.txt"
 import time, statistics, torch
-from cinr_codec.decoding import SlideDecoder
+from cinr_codec.decode import SlideDecoder
 for preset in ("fast", "default", "high"):
     for dev in ("cuda", "cpu"):
         d = SlideDecoder(f"/tmp/p_{preset}.cinr", device=dev)
@@ -26,7 +26,7 @@ for preset in ("fast", "default", "high"):
         for size in (256, 512):
             times = []
             for i in range(5):
-                d._pixels.clear()  # decoded tiles only: the model stays loaded
+                d.clear_cache(models=False)  # decoded tiles only: the model stays loaded
                 if dev == "cuda":
                     torch.cuda.synchronize()
                 t = time.perf_counter()

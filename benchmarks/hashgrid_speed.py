@@ -5,7 +5,7 @@ python -m benchmarks.hashgrid_speed [--points 262144] [--repeat 3] [--device cpu
 Compares the naive version (one gather per level and corner) with this package's encoding,
 for scattered points (``HashGrid.forward``) and for pixel grids (``HashGrid.forward_grid``,
 what fitting and decoding use), on the paper's configuration and on the default preset's,
-with the compiled kernels (``cinr_codec/native.py``, when built) and on the pure-PyTorch path.
+with the compiled kernels (``cinr_codec/core/native.py``, when built) and on the pure-PyTorch path.
 ``--points 4096`` is the batch that training on random pixels uses.
 """
 
@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 from collections.abc import Callable
 
 import torch
 
-from cinr_codec import native
-from cinr_codec.hashgrid import HashGrid, HashGridConfig, naive_hashgrid
-from cinr_codec.presets import get_preset
+from cinr_codec.core import native
+from cinr_codec.core.hashgrid import HashGrid, HashGridConfig, naive_hashgrid
+from cinr_codec.encode.train.presets import get_preset
 
-from .common import RESULTS, header
+from .common import RESULTS, header, md_table, publish
 
 
 def _sync() -> None:
@@ -130,23 +129,26 @@ def main(argv: list[str] | None = None) -> None:
         header("Hash-grid encoding speed"),
         f"{args.points} points (a {int(args.points**0.5)}² pixel grid for `forward_grid`), "
         f"device {args.device}, best of {args.repeat}.\n",
-        "| config | table params | method | forward Mpts/s | fwd+bwd Mpts/s | forward vs naive |",
-        "|---|---:|---|---:|---:|---:|",
+        *md_table(
+            ("config", "table params", "method", "forward Mpts/s", "fwd+bwd Mpts/s", "forward vs naive"),
+            "lrlrrr",
+            (
+                (
+                    r["config"],
+                    f"{r['params']:,}",
+                    r["method"],
+                    f"{r['fwd_mpts']:.2f}",
+                    f"{r['fwd_bwd_mpts']:.3f}",
+                    f"{r['fwd_speedup']:.1f}x",
+                )
+                for r in rows
+            ),
+        ),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['config']} | {r['params']:,} | {r['method']} | {r['fwd_mpts']:.2f} | "
-            f"{r['fwd_bwd_mpts']:.3f} | {r['fwd_speedup']:.1f}x |"
-        )
     text = "\n".join(lines) + "\n"
-    if args.json:
-        print(json.dumps({"rows": rows}))
-    else:
-        print(text)
-    if not args.no_write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        out = RESULTS / f"hashgrid_speed_{args.device}.md"
-        out.write_text(text)
+    out = None if args.no_write else RESULTS / f"hashgrid_speed_{args.device}.md"
+    publish(out, text, {"rows": rows}, args.json)
+    if out is not None:
         print(f"wrote {out}", file=sys.stderr)
 
 

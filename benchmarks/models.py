@@ -12,17 +12,17 @@ prints one JSON object on stdout. Writes a Markdown table and a PSNR-versus-time
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from cinr_codec.fitting import fit_image, resolve_device
-from cinr_codec.presets import get_preset
-from cinr_codec.slide import read_crop
+from cinr_codec.core.render import resolve_device
+from cinr_codec.encode.source import read_crop
+from cinr_codec.encode.train.fit import fit_image
+from cinr_codec.encode.train.presets import get_preset
 
-from .common import RESULTS, header
+from .common import RESULTS, SHARED, header, md_table, publish, pyplot, write_report
 
-DEFAULT_IMAGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "he-prostate-2500.jpeg"
+DEFAULT_IMAGE = SHARED / "he-prostate-2500.jpeg"
 
 
 def run(
@@ -77,12 +77,8 @@ def run(
 
 
 def _plot(rows: list[dict[str, object]], path: Path, title: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for r in rows:
@@ -142,30 +138,38 @@ def main(argv: list[str] | None = None) -> None:
         eval_every,
         args.quiet or args.json,
     )
-    if args.json:
-        print(json.dumps({"image": args.image, "crop": args.crop, "budget": args.budget, "results": rows}))
     lines = [
         header("NGP vs ENGP vs CINR at equal hash grid and equal wall-clock"),
         f"Image: `{args.image}`, centred {args.crop}² crop; {args.budget:g} s of training per model; "
         f"all models on the hash grid of the `{args.hash_from}/{args.preset}` preset.\n",
-        "| model | PSNR (dB) | SSIM | parameters | hash params | steps | seconds | device |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        *md_table(
+            ("model", "PSNR (dB)", "SSIM", "parameters", "hash params", "steps", "seconds", "device"),
+            "lrrrrrrl",
+            (
+                (
+                    r["model"],
+                    f"{r['psnr']:.2f}",
+                    f"{r['ssim']:.4f}",
+                    f"{r['params']:,}",
+                    f"{r['hash_params']:,}",
+                    r["steps"],
+                    f"{r['seconds']:.1f}",
+                    r["device"],
+                )
+                for r in rows
+            ),
+        ),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['params']:,} | {r['hash_params']:,} | "
-            f"{r['steps']} | {r['seconds']:.1f} | {r['device']} |"
-        )
     text = "\n".join(lines) + "\n"
-    if not args.json and not args.quiet:
-        print(text)
+    payload = {"image": args.image, "crop": args.crop, "budget": args.budget, "results": rows}
+    publish(None, text, payload, args.json, show=not args.quiet)
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)
         stem = f"models_{Path(args.image).stem}_{args.crop}_{int(args.budget)}s{args.tag}"
         png = RESULTS / f"{stem}.png"
         if _plot(rows, png, f"{Path(args.image).name}, {args.crop}² crop, PSNR vs training time"):
             text += f"\n![PSNR versus time]({png.name})\n"
-        (RESULTS / f"{stem}.md").write_text(text)
+        write_report(RESULTS / f"{stem}.md", text)
         print(f"wrote {RESULTS / (stem + '.md')}", file=sys.stderr)
 
 

@@ -5,7 +5,7 @@ python -m benchmarks.quant [--quick] [--json] [--image PATH ...] [--budget S | -
 For each image (default: 512x512 centred crops of the three real slides in ../shared/data)
 the ``cinr`` model is fitted ONCE (``default`` preset, 60 s; ``--quick``: ``fast`` preset,
 10 s), then written as a single-block ``.cinr`` file under every storage setting of
-``cinr_codec.encoding.QUANT_SETTINGS`` and decoded back with ``decode_image``. Reported per
+``cinr_codec.QUANT_SETTINGS`` and decoded back with ``decode_image``. Reported per
 setting: the compressed block payload in bytes, bits per pixel over all pixels and over
 tissue pixels, PSNR and SSIM of the decoded file, and the PSNR lost against float32.
 
@@ -22,7 +22,6 @@ among those that lose at most 0.1 dB on every image. Writes ``benchmarks/results
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -30,57 +29,32 @@ from typing import Any
 
 import numpy as np
 
-from cinr_codec.container import CinrReader
-from cinr_codec.decoding import decode_image
-from cinr_codec.encoding import DEFAULT_QUANT, QUANT_SETTINGS, write_fitted
+from cinr_codec import DEFAULT_QUANT, QUANT_SETTINGS, decode_image, fit_image, write_fitted
+from cinr_codec.core.metrics import psnr, ssim
+from cinr_codec.core.render import resolve_device
+from cinr_codec.encode.source import read_crop, sample_slide_path
+from cinr_codec.encode.tissue import hsv_saturation_value, otsu_threshold
 from cinr_codec.errors import CinrError
-from cinr_codec.fitting import fit_image, resolve_device
-from cinr_codec.metrics import psnr, ssim
-from cinr_codec.slide import read_crop, sample_slide_path
+from cinr_codec.format.container import CinrReader
 
-from .common import RESULTS, header
+from .common import RESULTS, SHARED_IMAGES, header, md_table, num, publish
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DEFAULT_IMAGES = [
-    SHARED / "he-prostate-2500.jpeg",
-    SHARED / "CMU-1-Small-Region.svs",
-    SHARED / "TCGA-CR-7395-01A-01-TS1.svs",
-]
+DEFAULT_IMAGES = SHARED_IMAGES
 #: PSNR a setting may lose against float32 on every image to be eligible as the default.
 MAX_LOSS_DB = 0.1
 #: Saturation (0..255) above which a pixel is tissue whatever Otsu says.
 SATURATION_CAP = 25
 
 
-def saturation(image: np.ndarray) -> np.ndarray:
-    """HSV saturation of an RGB uint8 image, 0..255 (0 where the pixel is black)."""
-    rgb = image.astype(np.float32)
-    hi = rgb.max(axis=-1)
-    lo = rgb.min(axis=-1)
-    return np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-6) * 255.0, 0.0)
-
-
-def otsu_threshold(values: np.ndarray) -> float:
-    """Otsu's threshold of values in 0..255 (256-bin histogram; values > threshold are foreground)."""
-    hist = np.bincount(np.clip(values, 0, 255).astype(np.int64).ravel(), minlength=256).astype(np.float64)
-    total = hist.sum()
-    if total == 0:
-        return 0.0
-    levels = np.arange(256, dtype=np.float64)
-    w0 = np.cumsum(hist)
-    m0 = np.cumsum(hist * levels)
-    w1 = total - w0
-    mean_all = m0[-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (mean_all * w0 / total - m0) ** 2 / (w0 * w1)
-    between = np.nan_to_num(between, nan=0.0, posinf=0.0)
-    return float(np.argmax(between))
+def saturation_histogram(saturation: np.ndarray) -> np.ndarray:
+    """256-bin histogram of saturations 0..255 (a value counts in the bin of its integer part)."""
+    return np.bincount(np.clip(saturation, 0, 255).astype(np.int64).ravel(), minlength=256)
 
 
 def tissue_mask(image: np.ndarray) -> tuple[np.ndarray, float]:
     """(boolean mask of tissue pixels, saturation threshold used); see the module docstring."""
-    s = saturation(image)
-    threshold = min(otsu_threshold(s), float(SATURATION_CAP))
+    s, _ = hsv_saturation_value(image)
+    threshold = min(otsu_threshold(saturation_histogram(s)), float(SATURATION_CAP))
     return s > threshold, threshold
 
 
@@ -169,7 +143,7 @@ def report(images: list[dict[str, Any]], chosen: str | None, preset: str, what: 
     lines = [
         header("Storage quantization: bytes and quality per setting"),
         f"Model `cinr`, preset `{preset}`, fitted once per image ({what}), then written as a single-block "
-        "`.cinr` file under each storage setting (`cinr_codec.encoding.QUANT_SETTINGS`) and decoded with "
+        "`.cinr` file under each storage setting (`cinr_codec.QUANT_SETTINGS`) and decoded with "
         "`decode_image`. *payload* = the zstd-compressed block (the file adds ~1.1 KB of header, footer, "
         "index and trailer). bpp = payload bits / pixels of the crop; *bpp tissue* = payload bits / tissue "
         f"pixels (HSV saturation > min(Otsu, {SATURATION_CAP})). Δ = PSNR lost against float32.\n",
@@ -181,21 +155,30 @@ def report(images: list[dict[str, Any]], chosen: str | None, preset: str, what: 
             f"{im['seconds']:.1f} s on {im['device']}, {im['n_params']:,} parameters; tissue "
             f"{100 * im['tissue_fraction']:.1f}% of pixels (saturation > {im['saturation_threshold']:.0f}).\n"
         )
-        lines.append("| setting | payload (B) | raw (B) | bpp | bpp tissue | PSNR (dB) | Δ (dB) | SSIM |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for r in im["rows"]:
-            bt = f"{r['bpp_tissue']:.3f}" if r["bpp_tissue"] is not None else "-"
-            lines.append(
-                f"| {r['setting']} | {r['payload_bytes']:,} | {r['raw_bytes']:,} | {r['bpp']:.3f} | {bt} | "
-                f"{r['psnr']:.3f} | {r['psnr_loss']:+.3f} | {r['ssim']:.5f} |"
-            )
+        lines += md_table(
+            ("setting", "payload (B)", "raw (B)", "bpp", "bpp tissue", "PSNR (dB)", "Δ (dB)", "SSIM"),
+            "lrrrrrrr",
+            (
+                (
+                    r["setting"],
+                    f"{r['payload_bytes']:,}",
+                    f"{r['raw_bytes']:,}",
+                    f"{r['bpp']:.3f}",
+                    num(r["bpp_tissue"], ".3f", "-"),
+                    f"{r['psnr']:.3f}",
+                    f"{r['psnr_loss']:+.3f}",
+                    f"{r['ssim']:.5f}",
+                )
+                for r in im["rows"]
+            ),
+        )
         lines.append("")
     if chosen is None:
         lines.append(f"No setting loses at most {MAX_LOSS_DB} dB on every image.")
     else:
         lines.append(
             f"Smallest setting within {MAX_LOSS_DB} dB of float32 on every image: **{chosen}** "
-            f"(`cinr_codec.encoding.DEFAULT_QUANT` is `{DEFAULT_QUANT}`)."
+            f"(`cinr_codec.DEFAULT_QUANT` is `{DEFAULT_QUANT}`)."
         )
     return "\n".join(lines) + "\n"
 
@@ -244,15 +227,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     chosen = choose(results, settings)
     what = f"{args.steps} steps" if args.steps is not None else f"{budget:g} s of training"
-    if args.json:
-        print(json.dumps({"preset": preset, "training": what, "chosen": chosen, "images": results}))
     text = report(results, chosen, preset, what)
-    if not args.json and not args.quiet:
-        print(text)
-    if not args.no_write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        out = RESULTS / ("quant_quick.md" if args.quick else "quant.md")
-        out.write_text(text)
+    payload = {"preset": preset, "training": what, "chosen": chosen, "images": results}
+    out = None if args.no_write else RESULTS / ("quant_quick.md" if args.quick else "quant.md")
+    publish(out, text, payload, args.json, show=not args.quiet)
+    if out is not None:
         print(f"wrote {out}", file=sys.stderr)
 
 

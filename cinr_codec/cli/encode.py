@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..coding.registry import model_kinds
+from ..coding.registry import model_kinds, storage_settings
 from .common import NullSink, fmt, handle_errors, json_safe
 
 
@@ -55,10 +55,10 @@ from .common import NullSink, fmt, handle_errors, json_safe
 )
 @click.option(
     "--quant",
-    type=click.Choice(["int8+float16", "int8", "float16", "bfloat16", "float32"]),
-    default="int8+float16",
-    show_default=True,
-    help="Storage precision: hash tables + network weights.",
+    type=click.Choice(list(storage_settings())),
+    default=None,
+    help="Storage setting of the block representation  [default: the representation's; int8+float16 "
+    "(hash tables + network weights) for cinr, ngp, engp]",
 )
 @click.option("--block-size", default=1024, show_default=True, help="Block side in pixels (multiple of 16).")
 @click.option(
@@ -97,7 +97,7 @@ def encode_cmd(
     total_time_budget: float | None,
     target_psnr: float | None,
     device: str,
-    quant: str,
+    quant: str | None,
     block_size: int,
     margin: int,
     no_tissue_mask: bool,

@@ -46,3 +46,11 @@ def codec_for_header(header: Mapping[str, Any], where: str) -> BlockCodec:
     if not isinstance(kind, str) or kind not in CODECS:
         raise CinrFormatError(f"{where}: model: kind {str(kind)[:40]!r} is not one of {model_kinds()}")
     return get_codec(kind)
+
+
+def storage_settings() -> tuple[str, ...]:
+    """Every storage setting (``--quant``) of the registered representations, without repeats."""
+    out: dict[str, None] = {}
+    for kind in CODECS:
+        out.update(dict.fromkeys(get_codec(kind).storages))
+    return tuple(out)

@@ -34,6 +34,10 @@ class LRUCache:
                 _, (_, c) = self._d.popitem(last=False)
                 self.cost -= c
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._d)
+
     def clear(self) -> None:
         with self._lock:
             self._d.clear()

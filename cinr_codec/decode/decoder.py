@@ -327,10 +327,16 @@ class SlideDecoder:
         """Bytes of decoded pixels held now."""
         return self._pixels.cost
 
-    def clear_cache(self) -> None:
-        """Drop decoded pixels and loaded models."""
+    @property
+    def loaded_models(self) -> int:
+        """Number of block models held in memory."""
+        return len(self._models)
+
+    def clear_cache(self, models: bool = True) -> None:
+        """Drop decoded pixels, and the loaded block models unless ``models`` is False."""
         self._pixels.clear()
-        self._models.clear()
+        if models:
+            self._models.clear()
 
     def close(self) -> None:
         """Close the file and drop the caches."""

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,114 @@ def fingerprint_of(src: Path, header: dict[str, Any], settings: dict[str, Any]) 
     }
 
 
+@dataclass(frozen=True)
+class SlidePlan:
+    """What encoding one slide level takes, decided before any block is fitted.
+
+    ``jobs`` holds one ``BlockJob`` per level block (in block order, ``time_budget`` per block
+    as asked; a total budget is shared out while running); ``fingerprint`` is what a journal
+    must match to be resumed. A serial loop (``encode_slide``) or a cluster runs the jobs;
+    ``assemble`` writes the file from their results.
+    """
+
+    grid: BlockGrid
+    header: dict[str, Any]
+    fingerprint: dict[str, Any]
+    codec: BlockCodec
+    jobs: tuple[BlockJob, ...]
+    tissue_blocks: frozenset[int]
+    tissue_fraction: float
+
+
+def plan_slide(
+    source: SlideSource,
+    src_path: Path,
+    *,
+    level: int,
+    model: str,
+    preset: str,
+    quant: str,
+    steps: int | None,
+    time_budget: float | None,
+    total_time_budget: float | None,
+    target_psnr: float | None,
+    device: str,
+    block_size: int,
+    margin: int,
+    tissue_mask: bool,
+    mips: bool,
+    seed: int,
+) -> SlidePlan:
+    """Cut the level into blocks, find tissue, build the header and one ``BlockJob`` per block."""
+    codec = get_codec(model)
+    width, height = source.width, source.height
+    if width < MIN_SLIDE_SIDE or height < MIN_SLIDE_SIDE:
+        raise CinrInputError(
+            f"{src_path}: level {level} is {width}x{height} pixels; at least "
+            f"{MIN_SLIDE_SIDE}x{MIN_SLIDE_SIDE} is needed"
+        )
+    grid = BlockGrid(width, height, block_size, margin, default_mip_downsamples(block_size) if mips else ())
+    cfg = codec.config_for(model, preset, grid.side, grid.side)
+    # Tissue: Otsu on the saturation of a thumbnail with at least ~4 thumbnail pixels per block.
+    thumb_side = int(min(8192, max(1024, 4 * max(width, height) / block_size)))
+    tmap = detect_tissue(source.thumbnail(thumb_side), width, height)
+    if tissue_mask:
+        fractions = block_tissue(tmap, block_size, grid.cols, grid.rows, margin_px=margin)
+    else:
+        fractions = np.ones((grid.rows, grid.cols))
+    slide = slide_fields(width, height, source.properties)
+    scale_slide_fields(slide, level, source.downsample)
+    slide["background"] = list(tmap.background)
+    header = build_header(
+        slide=slide,
+        grid=grid,
+        representation=codec.header_fields(cfg, quant),
+        preset=preset,
+        tissue={
+            "method": "otsu-saturation",
+            "threshold": round(float(tmap.threshold), 3),
+            "fraction": round(float(tmap.tissue_fraction), 5),
+            "masked": bool(tissue_mask),
+        },
+    )
+    settings = {
+        "seed": seed,
+        "steps": steps,
+        "time_budget": time_budget,
+        "total_time_budget": total_time_budget,
+        "target_psnr": target_psnr,
+        "train": codec.recipe(model, preset),
+        "software": __version__,
+    }
+    jobs = tuple(
+        BlockJob(
+            block_id=block_id,
+            grid=grid,
+            config=cfg,
+            model=model,
+            preset=preset,
+            quant=quant,
+            steps=steps,
+            time_budget=time_budget,
+            target_psnr=target_psnr,
+            device=device,
+            seed=block_seed(seed, block_id),
+            maybe_background=bool(fractions.flat[block_id] < THUMB_TISSUE_MIN),
+            tissue_threshold=float(tmap.threshold),
+        )
+        for block_id in range(grid.n_level_blocks)
+    )
+    return SlidePlan(
+        grid=grid,
+        header=header,
+        fingerprint=fingerprint_of(src_path, header, settings),
+        codec=codec,
+        jobs=jobs,
+        tissue_blocks=frozenset(b for b in range(grid.n_level_blocks) if fractions.flat[b] > 0),
+        tissue_fraction=float(tmap.tissue_fraction),
+    )
+
+
 def encode_slide(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -113,7 +222,7 @@ def encode_slide(
         if v is not None and not v > 0:
             raise ValueError(f"{name} must be > 0 seconds")
     side = block_size + 2 * margin  # every block's frame (BlockGrid.side)
-    cfg = codec.config_for(model, preset, side, side)
+    codec.config_for(model, preset, side, side)  # a bad preset fails before the slide is opened
     dev = resolve_device(device)
     src_path = Path(src)
     path = check_destination(dst)
@@ -121,92 +230,50 @@ def encode_slide(
         raise ValueError(f"{path}: the output would overwrite the source")
 
     with SlideSource(src_path, level) as source:
-        width, height = source.width, source.height
-        if width < MIN_SLIDE_SIDE or height < MIN_SLIDE_SIDE:
-            raise CinrInputError(
-                f"{src_path}: level {level} is {width}x{height} pixels; at least "
-                f"{MIN_SLIDE_SIDE}x{MIN_SLIDE_SIDE} is needed"
-            )
-        grid = BlockGrid(
-            width,
-            height,
-            block_size,
-            margin,
-            default_mip_downsamples(block_size) if mips else (),
-        )
-        # Tissue: Otsu on the saturation of a thumbnail with at least ~4 thumbnail pixels per block.
-        thumb_side = int(min(8192, max(1024, 4 * max(width, height) / block_size)))
-        tmap = detect_tissue(source.thumbnail(thumb_side), width, height)
-        if tissue_mask:
-            fractions = block_tissue(tmap, block_size, grid.cols, grid.rows, margin_px=margin)
-        else:
-            fractions = np.ones((grid.rows, grid.cols))
-        slide = slide_fields(width, height, source.properties)
-        scale_slide_fields(slide, level, source.downsample)
-        slide["background"] = list(tmap.background)
-        header = build_header(
-            slide=slide,
-            grid=grid,
-            representation=codec.header_fields(cfg, quant),
+        plan = plan_slide(
+            source,
+            src_path,
+            level=level,
+            model=model,
             preset=preset,
-            tissue={
-                "method": "otsu-saturation",
-                "threshold": round(float(tmap.threshold), 3),
-                "fraction": round(float(tmap.tissue_fraction), 5),
-                "masked": bool(tissue_mask),
-            },
+            quant=quant,
+            steps=steps,
+            time_budget=time_budget,
+            total_time_budget=total_time_budget,
+            target_psnr=target_psnr,
+            device=str(dev),
+            block_size=block_size,
+            margin=margin,
+            tissue_mask=tissue_mask,
+            mips=mips,
+            seed=seed,
         )
-        settings = {
-            "seed": seed,
-            "steps": steps,
-            "time_budget": time_budget,
-            "total_time_budget": total_time_budget,
-            "target_psnr": target_psnr,
-            "train": codec.recipe(model, preset),
-            "software": __version__,
-        }
+        grid = plan.grid
         jpath = journal_path(path)
-        fingerprint = fingerprint_of(src_path, header, settings)
-        journal = Journal.resume(jpath, fingerprint) if resume else Journal.create(jpath, fingerprint)
+        journal = (
+            Journal.resume(jpath, plan.fingerprint) if resume else Journal.create(jpath, plan.fingerprint)
+        )
         try:
             done = journal.done
-            n_tissue = int(sum(1 for b in range(grid.n_level_blocks) if fractions.flat[b] > 0))
-            todo_tissue = sum(
-                1 for b in range(grid.n_level_blocks) if fractions.flat[b] > 0 and b not in done
-            )
+            todo_tissue = sum(1 for b in plan.tissue_blocks if b not in done)
             if progress is not None:
                 progress(
                     {
                         "stage": "start",
                         "total": grid.n_level_blocks,
                         "done": len(done),
-                        "tissue_blocks": n_tissue,
+                        "tissue_blocks": len(plan.tissue_blocks),
                     }
                 )
-            for block_id in range(grid.n_level_blocks):
-                if block_id in done:
+            for job in plan.jobs:
+                if job.block_id in done:
                     continue
-                budget = time_budget
                 if total_time_budget is not None:
                     left = total_time_budget - (time.perf_counter() - t_start)
                     share = max(1.0, left / max(1, todo_tissue))
-                    budget = share if budget is None else min(budget, share)
-                job = BlockJob(
-                    block_id=block_id,
-                    grid=grid,
-                    config=cfg,
-                    model=model,
-                    preset=preset,
-                    quant=quant,
-                    steps=steps,
-                    time_budget=budget,
-                    target_psnr=target_psnr,
-                    device=str(dev),
-                    seed=block_seed(seed, block_id),
-                    maybe_background=bool(fractions.flat[block_id] < THUMB_TISSUE_MIN),
-                    tissue_threshold=float(tmap.threshold),
-                )
-                fx0, fy0, fw, fh = grid.fit_region(block_id)
+                    budget = share if time_budget is None else min(time_budget, share)
+                    job = replace(job, time_budget=budget)
+                fx0, fy0, fw, fh = grid.fit_region(job.block_id)
                 meta, parts = encode_block(job, source.read(fx0, fy0, fw, fh))
                 if meta["kind"] == "model":
                     todo_tissue = max(0, todo_tissue - 1)
@@ -215,7 +282,7 @@ def encode_slide(
                     progress(
                         {
                             "stage": "block",
-                            "block_id": block_id,
+                            "block_id": job.block_id,
                             "kind": meta["kind"],
                             "psnr": psnr_of(meta["sse"], meta["n"]),
                             "total": grid.n_level_blocks,
@@ -224,16 +291,15 @@ def encode_slide(
             # All blocks are in the journal: assemble the file.
             if progress is not None:
                 progress({"stage": "write"})
-            images = source.associated_images()
             summary = assemble(
                 path,
                 journal,
                 grid,
-                header,
-                images,
-                codec,
+                plan.header,
+                source.associated_images(),
+                plan.codec,
                 labels={"model": model, "preset": preset, "quant": quant},
-                tissue_fraction=tmap.tissue_fraction,
+                tissue_fraction=plan.tissue_fraction,
             )
         except BaseException:
             journal.close()

@@ -29,6 +29,18 @@ def test_cache_controls() -> None:
         assert dec.cache_capacity == 0
 
 
+def test_clear_cache_can_keep_the_models() -> None:
+    path = sorted(VECTORS.glob("*.cinr"))[0]
+    with SlideDecoder(path) as dec:
+        first = dec.read(0, 0, 40, 30)
+        assert dec.loaded_models == 1 and dec.cache_bytes > 0
+        dec.clear_cache(models=False)
+        assert dec.loaded_models == 1 and dec.cache_bytes == 0
+        assert (dec.read(0, 0, 40, 30) == first).all()
+        dec.clear_cache()
+        assert dec.loaded_models == 0 and dec.cache_bytes == 0
+
+
 def test_slide_decoder_and_single_block_decoder_agree() -> None:
     expected = json.loads((VECTORS / "expected.json").read_text())
     for entry in expected["vectors"]:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -20,7 +20,7 @@ def _crop_png(tmp_path: Path, size: int) -> Path:
     """A size x size crop of the bundled real slide saved as PNG."""
     from PIL import Image
 
-    from cinr_codec.slide import read_crop, sample_slide_path
+    from cinr_codec.encode.source import read_crop, sample_slide_path
 
     img = tmp_path / "crop.png"
     Image.fromarray(read_crop(sample_slide_path(), size)).save(img)
@@ -75,7 +75,7 @@ def test_hashgrid_speed_json() -> None:
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout)["rows"]
     # naive, then scattered points and pixel grid for each path (native when built, pure PyTorch).
-    from cinr_codec import native
+    from cinr_codec.core import native
 
     assert len(rows) == (5 if native.available() else 3)
     assert all(r["fwd_mpts"] > 0 and r["fwd_bwd_mpts"] > 0 for r in rows)
@@ -117,10 +117,10 @@ def test_quant_bad_setting() -> None:
 def test_tissue_mask() -> None:
     import numpy as np
 
-    from benchmarks.quant import otsu_threshold, tissue_mask
+    from benchmarks.quant import otsu_threshold, saturation_histogram, tissue_mask
 
     values = np.concatenate([np.full(100, 10.0), np.full(100, 200.0)])
-    assert 10 <= otsu_threshold(values) < 200
+    assert 10 <= otsu_threshold(saturation_histogram(values)) < 200
     img = np.zeros((4, 4, 3), np.uint8)
     img[:2] = (245, 245, 245)  # glass
     img[2:] = (200, 80, 150)  # stained tissue

@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks.bdrate import bd_rate, pchip_integral, rate_at, rd_front
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +35,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _crop(size: int) -> np.ndarray:
-    from cinr_codec.slide import read_crop, sample_slide_path
+    from cinr_codec.encode.source import read_crop, sample_slide_path
 
     return read_crop(sample_slide_path(), size)
 
@@ -131,25 +131,26 @@ def test_rd_front_and_rate_at() -> None:
 
 def test_tiff_tile_tables() -> None:
     pyvips = pytest.importorskip("pyvips")
-    from benchmarks.rd import jpeg_pyramid, tiff_ifds, tile_bytes
+    from benchmarks.rd_sources import jpeg_pyramid, tile_bytes, tile_tables
 
     region = _crop(600)
     im = pyvips.Image.new_from_memory(region.tobytes(), 600, 600, 3, "uchar")
     buf = im.tiffsave_buffer(tile=True, compression="jpeg", Q=85, tile_width=256, tile_height=256)
-    (ifd,) = tiff_ifds(io.BytesIO(buf))
-    assert ifd[256] == (600,) and ifd[322] == (256,) and len(ifd[325]) == 9
-    one = tile_bytes(ifd, 0, 0, 10, 10)
-    assert one["tiles"] == 1 and one["tile_bytes"] == ifd[325][0]
-    all_ = tile_bytes(ifd, 0, 0, 600, 600)
-    assert all_["tiles"] == 9 and all_["tile_bytes"] == sum(ifd[325]) and all_["covered_pixels"] == 600 * 600
-    assert tile_bytes(ifd, 250, 250, 10, 10)["tiles"] == 4
+    (table,) = tile_tables(io.BytesIO(buf))
+    assert table.width == 600 and table.tile_width == 256 and len(table.byte_counts) == 9
+    one = tile_bytes(table, 0, 0, 10, 10)
+    assert one["tiles"] == 1 and one["tile_bytes"] == table.byte_counts[0]
+    all_ = tile_bytes(table, 0, 0, 600, 600)
+    assert all_["tiles"] == 9 and all_["tile_bytes"] == sum(table.byte_counts)
+    assert all_["covered_pixels"] == 600 * 600
+    assert tile_bytes(table, 250, 250, 10, 10)["tiles"] == 4
     pyr = jpeg_pyramid(region, 80)
     assert [lv["width"] for lv in pyr["levels"]] == [600, 300, 150]
     assert pyr["level0_bytes"] > pyr["lower_levels_bytes"] > 0 and pyr["level0_psnr"] > 25
 
 
 def test_encode_cinr_equals_fit_then_store(tmp_path: Path) -> None:
-    from benchmarks.rd import encode_cinr, fit_cinr, store_cinr
+    from benchmarks.rd_cinr import encode_cinr, fit_cinr, store_cinr
 
     region = _crop(32)
     one = encode_cinr(region, tmp_path / "a.cinr", "fast", "int8+float16", 5)

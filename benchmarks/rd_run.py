@@ -1,0 +1,198 @@
+"""Rate-distortion benchmark, one image: cinr fits and stores, codec sweeps, source and pyramid sizes, BD-rates."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cinr_codec.encode.train.presets import get_preset
+
+from .bdrate import bd_rate, rate_at
+from .rd_cinr import fit_cinr, store_cinr
+from .rd_codecs import Codec, sweep
+from .rd_sources import PYRAMID_QUALITIES, jpeg_pyramid, read_region, source_tiles
+
+__all__ = ["Config", "bd_rates", "cinr_target", "equal_psnr", "mean_bd", "planned_work", "run_image"]
+
+
+def cinr_target(rows: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The bpp and PSNR range of the cinr rows (what the codec sweeps should cover)."""
+    pts = [r for r in rows if r["psnr"] is not None]
+    if not pts:
+        return None
+    return {
+        "bpp_min": min(r["bpp"] for r in pts),
+        "bpp_max": max(r["bpp"] for r in pts),
+        "psnr_min": min(r["psnr"] for r in pts),
+        "psnr_max": max(r["psnr"] for r in pts),
+    }
+
+
+def bd_rates(
+    rows: list[dict[str, Any]], codecs: Sequence[str], preset: str | None = None
+) -> dict[str, float | None]:
+    """BD-rate (%) of cinr (all presets, or one) against each codec, from one image's rows."""
+    cinr = [r for r in rows if r["codec"] == "cinr" and (preset is None or r["preset"] == preset)]
+    out: dict[str, float | None] = {}
+    for c in codecs:
+        anchor = [r for r in rows if r["codec"] == c]
+        out[c] = bd_rate(
+            [r["bpp"] for r in anchor],
+            [r["psnr"] for r in anchor],
+            [r["bpp"] for r in cinr],
+            [r["psnr"] for r in cinr],
+        )
+    return out
+
+
+def equal_psnr(rows: list[dict[str, Any]], codecs: Sequence[str]) -> list[dict[str, Any]]:
+    """For each cinr point: the bpp each codec needs for the same PSNR (None outside its range)."""
+    out = []
+    for r in rows:
+        if r["codec"] != "cinr" or r["psnr"] is None:
+            continue
+        entry = {"setting": r["setting"], "bpp": r["bpp"], "psnr": r["psnr"], "codecs": {}}
+        for c in codecs:
+            pts = [q for q in rows if q["codec"] == c]
+            entry["codecs"][c] = rate_at([q["bpp"] for q in pts], [q["psnr"] for q in pts], r["psnr"])
+        out.append(entry)
+    return out
+
+
+@dataclass
+class Config:
+    """What to run."""
+
+    size: int
+    region: str
+    presets: list[str]
+    quants: list[str]
+    steps: dict[str, int | None]
+    codecs: dict[str, Codec]
+    quick: bool
+    device: str
+    seed: int
+    pyramid: bool = True
+
+
+def planned_work(cfg: Config) -> int:
+    """Progress-bar units for one image: cinr fits and stores, codec settings, pyramids."""
+    n = len(cfg.presets) * (1 + len(cfg.quants))
+    for c in cfg.codecs.values():
+        n += len(c.quick if cfg.quick else c.base) + len(c.low) + len(c.high)
+    return n + (len(PYRAMID_QUALITIES) if cfg.pyramid else 0)
+
+
+def run_image(path: Path, label: str, cfg: Config, bar: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """Everything for one image: region, cinr fits and stores, codec sweeps, source and pyramid sizes."""
+    t_image = time.perf_counter()
+    region, where = read_region(path, cfg.size, cfg.region)
+    h, w = region.shape[:2]
+    n = w * h
+    log(f"{label}: {w}x{h} region at ({where['x']}, {where['y']}), {where['how']}")
+    rows: list[dict[str, Any]] = []
+    fits = []
+
+    def step(what: str) -> None:
+        bar.label = f"{label}: {what}"
+        bar.update(1)
+        log(f"  {what}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in cfg.presets:
+            steps = cfg.steps.get(preset)
+            total = steps if steps is not None else int(get_preset("cinr", preset).train["steps"])
+            bar.label = f"{label}: fitting cinr/{preset}"
+            bar.update(0)
+
+            def progress(
+                step_i: int, seconds: float, est: float, preset: str = preset, total: int = total
+            ) -> None:
+                if step_i % 50 == 0:
+                    bar.label = f"{label}: fitting cinr/{preset} step {step_i}/{total}, ~{est:.1f} dB"
+                    bar.update(0)
+
+            fit = fit_cinr(region, preset, steps, device=cfg.device, seed=cfg.seed, progress=progress)
+            fits.append(
+                {
+                    "preset": preset,
+                    "steps": fit.steps,
+                    "seconds": round(fit.seconds, 2),
+                    "fit_psnr": fit.psnr,
+                    "n_params": fit.n_params,
+                    "device": fit.device,
+                }
+            )
+            step(
+                f"fit cinr/{preset}: {fit.steps} steps, {fit.seconds:.1f} s, {fit.psnr:.2f} dB before storage"
+            )
+            for quant in cfg.quants:
+                t0 = time.perf_counter()
+                s = store_cinr(fit, region, Path(tmp) / f"{preset}-{quant}.cinr", quant)
+                p = s["psnr"] if math.isfinite(s["psnr"]) else None
+                rows.append(
+                    {
+                        "codec": "cinr",
+                        "setting": f"{preset}/{quant}",
+                        "preset": preset,
+                        "quant": quant,
+                        "bytes": s["bytes"],
+                        "payload_bytes": s["payload_bytes"],
+                        "bpp": 8.0 * s["bytes"] / n,
+                        "psnr": p,
+                        "ssim": s["ssim"],
+                        "lossless": p is None,
+                        "steps": fit.steps,
+                        "seconds": round(fit.seconds + time.perf_counter() - t0, 3),
+                    }
+                )
+                step(f"cinr {preset}/{quant}: {8.0 * s['bytes'] / n:.3f} bpp, {s['psnr']:.2f} dB")
+    target = cinr_target(rows)
+    coverage = {}
+    for name, codec in cfg.codecs.items():
+        codec_rows, coverage[name] = sweep(
+            codec, region, codec.quick if cfg.quick else codec.base, target, step
+        )
+        rows += codec_rows
+    pyramids = []
+    if cfg.pyramid:
+        for q in PYRAMID_QUALITIES:
+            try:
+                pyramids.append(jpeg_pyramid(region, q))
+            except Exception as exc:  # noqa: BLE001 - libvips problems skip this part only
+                log(f"  JPEG pyramid Q{q} skipped: {exc.__class__.__name__}: {exc}")
+            step(f"JPEG pyramid Q{q}")
+    for r in rows:
+        r["image"] = label
+    names = list(cfg.codecs)
+    return {
+        "image": label,
+        "path": str(path),
+        "region": where,
+        "pixels": n,
+        "source_tiles": source_tiles(path, where),
+        "pyramid": pyramids,
+        "cinr_fits": fits,
+        "coverage": coverage,
+        "rows": rows,
+        "bd_rate": bd_rates(rows, names),
+        "bd_rate_default_preset": bd_rates(rows, names, "default") if "default" in cfg.presets else {},
+        "equal_psnr": equal_psnr(rows, names),
+        "seconds": round(time.perf_counter() - t_image, 1),
+    }
+
+
+def mean_bd(images: list[dict[str, Any]], key: str, codecs: Sequence[str]) -> dict[str, float | None]:
+    """Mean over images of the defined per-image BD-rates."""
+    out: dict[str, float | None] = {}
+    for c in codecs:
+        vals = [im[key][c] for im in images if im[key].get(c) is not None]
+        out[c] = float(np.mean(vals)) if vals else None
+    return out
