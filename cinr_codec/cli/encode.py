@@ -28,7 +28,8 @@ from .common import NullSink, fmt, handle_errors, json_safe
     "--preset",
     default="fast",
     show_default=True,
-    help="Recipe: fast (CPU, tests and demos), default (CPU, better), high (GPU, best), paper (the authors').",
+    help="Recipe: fast (CPU, tests and demos), default (CPU, better), high (GPU, best), paper (the authors'); "
+    "for --model ccinr a quality level q1 (smallest) ... q8 (best).",
 )
 @click.option("--steps", type=int, default=None, help="Optimiser steps per block  [default: the preset's]")
 @click.option(

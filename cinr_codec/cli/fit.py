@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from ..coding.registry import model_kinds
+from ..core.config import MODEL_KINDS
 from .common import NullSink, handle_errors
 
 
@@ -18,7 +18,7 @@ from .common import NullSink, handle_errors
 @click.option("--level", default=0, show_default=True, help="Slide level to read.")
 @click.option(
     "--model",
-    type=click.Choice(list(model_kinds())),
+    type=click.Choice(list(MODEL_KINDS)),
     default="cinr",
     show_default=True,
     help="Network to fit.",

@@ -71,6 +71,8 @@ class BlockCodec(ABC):
     #: Storage settings (``--quant``) and the default one.
     storages: ClassVar[tuple[str, ...]]
     default_storage: ClassVar[str]
+    #: Lowest container minor version that may hold this representation's blocks.
+    format_minor: ClassVar[int] = 0
 
     # -- both sides ------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import CinrFormatError
+from ..errors import CinrFormatError, CinrVersionError
 from .base import BlockCodec
 
 #: model kind -> module defining ``CODEC``.
@@ -19,6 +19,7 @@ CODECS: dict[str, str] = {
     "ngp": "cinr_codec.coding.hashgrid",
     "engp": "cinr_codec.coding.hashgrid",
     "cinr": "cinr_codec.coding.hashgrid",
+    "ccinr": "cinr_codec.coding.latent",
 }
 
 
@@ -43,8 +44,12 @@ def codec_for_header(header: Mapping[str, Any], where: str) -> BlockCodec:
     if not isinstance(model, dict):
         raise CinrFormatError(f"{where}: header field 'model' is missing or not an object")
     kind = model.get("kind")
-    if not isinstance(kind, str) or kind not in CODECS:
+    if not isinstance(kind, str):
         raise CinrFormatError(f"{where}: model: kind {str(kind)[:40]!r} is not one of {model_kinds()}")
+    if kind not in CODECS:  # a representation from a newer encoder, or garbage
+        raise CinrVersionError(
+            f"{where}: model: kind {kind[:40]!r} is not one of {model_kinds()} (newer encoder?)"
+        )
     return get_codec(kind)
 
 

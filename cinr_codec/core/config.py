@@ -135,6 +135,72 @@ class ModelConfig:
         return cls(**d)
 
 
+#: The compressive CINR model kind (entropy-coded latent grids; ``coding.latent``).
+LATENT_KINDS = ("ccinr",)
+
+
+@dataclass(frozen=True)
+class LatentConfig:
+    """Architecture of a compressive CINR block: integer latent grids, their CINR synthesis and
+    the context model that codes them.
+
+    ``levels`` grids of one channel each, at 1/2**k of the block for k = ``first_level`` ...;
+    ``mlp`` is the per-pixel MLP flow's widths, ``conv_width`` x ``conv_layers`` the 3x3
+    convolutional flow over the same features (0: the MLP-only, NGP-like synthesis), then
+    ``residual_convs`` 3x3 convolutions refine RGB. The context model predicts each latent from
+    ``context`` causal neighbours through ``arm_layers`` layers of ``arm_width``. ``side`` is the
+    block frame's side (a payload's grids may not be larger).
+    """
+
+    kind: str = "ccinr"
+    side: int = field(default=1024, metadata={"range": (1, 1 << 14)})
+    levels: int = field(default=7, metadata={"range": (1, 12)})
+    first_level: int = field(default=0, metadata={"range": (0, 6)})
+    mlp: tuple[int, ...] = (24, 24)
+    conv_width: int = field(default=8, metadata={"range": (0, 64)})
+    conv_layers: int = field(default=1, metadata={"range": (0, 4)})
+    residual_convs: int = field(default=2, metadata={"range": (0, 4)})
+    context: int = field(default=16, metadata={"range": (1, 24)})
+    arm_width: int = field(default=16, metadata={"range": (1, 64)})
+    arm_layers: int = field(default=2, metadata={"range": (1, 4)})
+
+    def __post_init__(self) -> None:
+        if self.kind not in LATENT_KINDS:
+            raise ValueError(f"unknown latent model {self.kind!r}")
+        if not (1 <= len(self.mlp) <= 4 and all(isinstance(w, int) and 1 <= w <= 128 for w in self.mlp)):
+            raise ValueError("mlp must list 1 to 4 widths in [1, 128]")
+
+    def grid_shapes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Shapes of the latent grids of a height x width domain."""
+        return [
+            (-(-height // (1 << k)), -(-width // (1 << k)))
+            for k in range(self.first_level, self.first_level + self.levels)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        d = asdict(self)
+        d["mlp"] = list(self.mlp)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatentConfig:
+        """Inverse of :meth:`to_dict`."""
+        d = dict(d)
+        if "mlp" in d:
+            d["mlp"] = tuple(d["mlp"])
+        return cls(**d)
+
+
+def causal_offsets(n: int, half: int = 3) -> list[tuple[int, int]]:
+    """The ``n`` causal neighbours (row offset <= 0) nearest a latent, inside a (2*half+1)^2 window."""
+    offs = [(-di, dj) for di in range(half, 0, -1) for dj in range(-half, half + 1)]
+    offs += [(0, -dj) for dj in range(half, 0, -1)]
+    if not 1 <= n <= len(offs):
+        raise ValueError(f"context size must be in [1, {len(offs)}]")
+    return sorted(sorted(offs, key=lambda o: (o[0] ** 2 + o[1] ** 2, o))[:n])
+
+
 def int_ranges(cls: type) -> dict[str, tuple[int, int]]:
     """``{field: (lo, hi)}`` of a config dataclass's bounded integer fields."""
     return {f.name: f.metadata["range"] for f in fields(cls) if "range" in f.metadata}

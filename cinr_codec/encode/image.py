@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from ..coding.base import FitSettings, FittedBlock
 from ..coding.registry import get_codec
 from ..core.metrics import psnr, ssim
 from ..errors import CinrIOError
 from ..format.container import CinrWriter
 from ..format.grid import BlockGrid
 from ..format.header import MAX_PIXELS, MAX_SIDE, build_header, finite_or_none, image_footer, slide_fields
-from .train.fit import FitResult, fit_image
 
 log = logging.getLogger(__name__)
 
@@ -52,25 +52,29 @@ def check_image(image: np.ndarray) -> np.ndarray:
 
 
 def write_fitted(
-    result: FitResult,
+    result: FittedBlock,
     image: np.ndarray,
     dst: str | os.PathLike[str],
     *,
     quant: str | None = None,
     source_properties: Mapping[str, str] | None = None,
+    preset: str = "",
 ) -> dict[str, Any]:
     """Store a fitted model of ``image``, measure its decoded quality, write ``dst``; return a summary.
 
-    ``result`` is ``fit_image(image, ...)``'s output (one block covering the whole image);
-    ``quant`` is a storage setting of its representation (default: the representation's).
+    ``result`` is a fit of one block covering the whole image (``fit_image(image, ...)``, or any
+    representation's ``BlockCodec.fit``); ``quant`` is a storage setting of its representation
+    (default: the representation's).
     The file is written atomically: on any exception ``dst`` is untouched.
     """
     img = check_image(image)
     height, width = img.shape[:2]
-    if (result.height, result.width) != (height, width):
+    fitted_size = (getattr(result, "height", height), getattr(result, "width", width))
+    if fitted_size != (height, width):
         raise ValueError(
-            f"the model was fitted to {result.width}x{result.height}, the image is {width}x{height}"
+            f"the model was fitted to {fitted_size[1]}x{fitted_size[0]}, the image is {width}x{height}"
         )
+    preset = str(getattr(result, "preset", None) or preset)
     codec = get_codec(result.config.kind)
     quant = codec.default_storage if quant is None else quant
     codec.check_storage(quant)
@@ -84,10 +88,12 @@ def write_fitted(
         slide=slide,
         grid=grid,
         representation=codec.header_fields(result.config, quant),
-        preset=result.preset,
+        preset=preset,
     )
     pixels = width * height
-    with CinrWriter(path, header, 1, max_block_bytes=max(8, len(payload))) as writer:
+    with CinrWriter(
+        path, header, 1, max_block_bytes=max(8, len(payload)), minor_version=codec.format_minor
+    ) as writer:
         stored = writer.add_model_block(0, payload, check=codec.check_payload)
         # Measure what a decoder will see: the stored payload, decoded on the CPU.
         decoded = codec.load(payload, result.config, f"{path}: block 0").render(
@@ -108,7 +114,7 @@ def write_fitted(
         "width": width,
         "height": height,
         "model": result.config.kind,
-        "preset": result.preset,
+        "preset": preset,
         "quant": quant,
         "psnr": q_psnr,
         "ssim": q_ssim,
@@ -119,7 +125,7 @@ def write_fitted(
         "raw_bytes": len(payload),
         "bpp": 8.0 * size / pixels,
         "payload_bpp": 8.0 * stored / pixels,
-        "n_params": result.n_params,
+        "n_params": getattr(result, "n_params", None),
         "steps": result.steps,
         "seconds": result.seconds,
         "device": result.device,
@@ -160,10 +166,13 @@ def encode_image(
     """
     img = check_image(image)
     codec = get_codec(model)
-    codec.check_storage(codec.default_storage if quant is None else quant)
+    quant = codec.default_storage if quant is None else quant
+    codec.check_storage(quant)
     check_destination(dst)
     slide_fields(img.shape[1], img.shape[0], source_properties)  # validate before the (long) fit
-    result = fit_image(
-        img, model=model, preset=preset, steps=steps, time_budget=time_budget, device=device, seed=seed
-    )
-    return write_fitted(result, img, dst, quant=quant, source_properties=source_properties)
+    height, width = img.shape[:2]
+    side = max(height, width)
+    config = codec.config_for(model, preset, side, side)
+    settings = FitSettings(steps=steps, time_budget=time_budget, device=device, seed=seed)
+    result = codec.fit(img, config, model, preset, settings)
+    return write_fitted(result, img, dst, quant=quant, source_properties=source_properties, preset=preset)

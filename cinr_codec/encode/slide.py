@@ -356,14 +356,11 @@ def assemble(
     """Write the ``.cinr`` file from the journal's records, in block order; return the summary figures
     (``labels``, e.g. the model and preset, come first)."""
     t = SlideTotals()
-    # Every model block of a representation has about the same payload size; the header's
-    # bound is twice the first one's, and each block is checked when added.
-    max_raw = 8
-    for rec in journal.records():
-        if rec.meta["kind"] == "model":
-            max_raw = min(2 * len(rec.parts[0]), 1 << 30)
-            break
-    minor = 1 if grid.mip_downsamples else 0
+    # The header's bound on a block's payload: twice the first one's (hash-grid blocks all have
+    # the same size), and at least the largest (entropy-coded blocks vary with their content).
+    sizes = [len(rec.parts[0]) for rec in journal.records() if rec.meta["kind"] == "model"]
+    max_raw = min(max([2 * sizes[0], *sizes]) if sizes else 8, 1 << 30)
+    minor = max(1 if grid.mip_downsamples else 0, codec.format_minor)
     with CinrWriter(path, header, grid.n_blocks, max_block_bytes=max_raw, minor_version=minor) as writer:
         for rec in journal.records():
             m = rec.meta

@@ -27,8 +27,9 @@ MAGIC = b"CINR\r\n\x1a\n"
 TRAILER_MAGIC = b"CINR-END"
 
 FORMAT_MAJOR = 1
-#: Highest minor version this code writes and fully understands (1.1 added image blocks, kind 3).
-FORMAT_MINOR = 1
+#: Highest minor version this code writes and fully understands (1.1 added image blocks, kind 3;
+#: 1.2 compressive CINR payloads, header model.kind "ccinr").
+FORMAT_MINOR = 2
 #: Lowest minor version that knows image blocks.
 MINOR_IMAGE_BLOCKS = 1
 

@@ -1,0 +1,277 @@
+"""Entropy coding of integer latent grids: a fixed-point context model and a range coder.
+
+Each latent ``x`` of a grid is coded, in raster order, given its causal neighbours: a small
+network (``ContextModel``) predicts a Laplace mean and scale from them. For the decoder to
+rebuild exactly the probabilities the encoder used, on any machine:
+
+* the network runs in integer arithmetic (``IntContextModel``: weights are integers times
+  ``2**-k``, activations fixed point with ``FRAC_BITS`` fractional bits, numpy int64), so
+  its outputs are the same bits everywhere;
+* the mean is snapped to ``1 / MEAN_STEPS`` and the log-scale to one of ``N_SCALES``
+  values, and the probabilities of each (scale, mean offset) pair come from ``pmf_table()``,
+  computed with Python's ``decimal`` (software arithmetic, correctly rounded exp): no libm,
+  no SIMD, no platform in the loop;
+* the symbols are coded with constriction's range coder (``Categorical`` with the table's
+  rows, which it quantizes with plain float arithmetic).
+
+A symbol is ``x - floor(mean)`` in ``[-RADIUS, RADIUS]``; values beyond are an escape
+symbol followed by the excess, uniform over ``[0, MAX_EXCESS)``.
+
+Decoding is sequential in principle (each latent needs its left neighbour); it runs on
+anti-diagonal wavefronts, all latents of one wavefront at once, so its cost is
+``rows * (max column offset + 1) + cols`` vectorised steps per grid.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal, localcontext
+
+import numpy as np
+
+from ..core.config import causal_offsets
+from ..errors import CinrFormatError
+
+#: Fractional bits of the context model's fixed-point activations.
+FRAC_BITS = 16
+#: The mean is snapped to multiples of 1 / MEAN_STEPS.
+MEAN_STEPS = 8
+#: Log-scales: N_SCALES values from LOG_SCALE_MIN in steps of LOG_SCALE_STEP (b from 0.01 to ~150).
+N_SCALES = 64
+LOG_SCALE_MIN = Decimal("-4.6")
+LOG_SCALE_STEP = Decimal("0.15")
+#: Symbols x - floor(mean) in [-RADIUS, RADIUS] are coded directly; beyond, an escape.
+RADIUS = 24
+#: An escaped value's excess beyond RADIUS is below this (the encoder refuses larger ones).
+MAX_EXCESS = 1 << 12
+#: Symbols of the alphabet: escape-low, -RADIUS..RADIUS, escape-high.
+ALPHABET = 2 * RADIUS + 3
+
+
+def log_scale_table() -> np.ndarray:
+    """The N_SCALES log-scales (float64) the coder snaps to."""
+    return np.array([float(LOG_SCALE_MIN + i * LOG_SCALE_STEP) for i in range(N_SCALES)])
+
+
+@functools.lru_cache(maxsize=1)
+def pmf_table() -> np.ndarray:
+    """(N_SCALES, MEAN_STEPS, ALPHABET) float64 probabilities, identical on every machine.
+
+    Row (s, f) is a Laplace of scale ``b = exp(LOG_SCALE_MIN + s * LOG_SCALE_STEP)`` and mean
+    ``m = f / MEAN_STEPS``, integrated over the unit bins of ``-RADIUS..RADIUS`` and the two
+    tails. Bin edges t = r - 1/2 have ``exp((t - m) / b) = exp(-1/(2b)) exp(-m/b) exp(1/b)**r``,
+    so each row takes a few ``Decimal.exp`` and products, all in software decimal arithmetic.
+    """
+    out = np.empty((N_SCALES, MEAN_STEPS, ALPHABET), dtype=np.float64)
+    with localcontext() as ctx:
+        ctx.prec = 28
+        half = Decimal("0.5")
+        for s in range(N_SCALES):
+            b = (LOG_SCALE_MIN + s * LOG_SCALE_STEP).exp()
+            q = (-1 / b).exp()  # exp(-1/b)
+            eh = (-half / b).exp()  # exp(-1/(2b))
+            pw = [Decimal(1)]
+            for _ in range(RADIUS + 2):
+                pw.append(pw[-1] * q)  # q**k
+            for f in range(MEAN_STEPS):
+                m = Decimal(f) / MEAN_STEPS
+                ef = (-m / b).exp()  # exp(-m/b)
+                edges = []
+                for r in range(-RADIUS, RADIUS + 2):  # t = r - 1/2
+                    if r - half < m:  # 0.5 exp((t - m)/b) = 0.5 eh ef q**(-r)
+                        up = pw[-r] if r <= 0 else 1 / pw[r]
+                        edges.append(half * eh * ef * up)
+                    else:  # 1 - 0.5 exp(-(t - m)/b) = 1 - 0.5 q**r / (eh ef)
+                        edges.append(1 - half * pw[r] / (eh * ef))
+                row = [edges[0]] + [edges[i + 1] - edges[i] for i in range(2 * RADIUS + 1)] + [1 - edges[-1]]
+                out[s, f] = [float(v) for v in row]
+    out.setflags(write=False)
+    return out
+
+
+@dataclass(frozen=True)
+class IntLayer:
+    """One linear layer in fixed point: ``weight * 2**-w_shift``, ``bias * 2**-b_shift`` (int64)."""
+
+    weight: np.ndarray  # (out, in)
+    bias: np.ndarray  # (out,)
+    w_shift: int
+    b_shift: int
+
+
+@dataclass(frozen=True)
+class IntContextModel:
+    """The context model in integer arithmetic: hidden layers (ReLU, residual after the first)
+    and an output layer giving (mean, log-scale) in fixed point."""
+
+    offsets: tuple[tuple[int, int], ...]
+    hidden: tuple[IntLayer, ...]
+    out: IntLayer
+
+    def __post_init__(self) -> None:
+        for layer in (*self.hidden, self.out):
+            if not (0 <= layer.w_shift <= FRAC_BITS + 8 and 0 <= layer.b_shift <= FRAC_BITS):
+                raise CinrFormatError("context model: weight exponent out of range")
+
+    def params(self, ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(scale index, mean numerator) for contexts ``ctx`` (n, len(offsets)) of integers.
+
+        The mean is ``numerator / MEAN_STEPS``; every operation is on int64, so the result is
+        the same on any machine and for any batch.
+        """
+        h = ctx.astype(np.int64) << FRAC_BITS
+        for i, layer in enumerate(self.hidden):
+            z = np.maximum(_linear(h, layer), 0)
+            h = h + z if i > 0 else z
+        o = _linear(h, self.out)
+        mean_num = _round_shift(o[:, 0] * MEAN_STEPS, FRAC_BITS)
+        # log-scale index: round((s - LOG_SCALE_MIN) / LOG_SCALE_STEP), in fixed point.
+        step = int(LOG_SCALE_STEP * (1 << FRAC_BITS))
+        lo = int(LOG_SCALE_MIN * (1 << FRAC_BITS))
+        s_idx = np.clip((o[:, 1] - lo + step // 2) // step, 0, N_SCALES - 1)
+        return s_idx.astype(np.int64), mean_num.astype(np.int64)
+
+    def n_macs(self) -> int:
+        """Multiply-adds per latent."""
+        return sum(int(layer.weight.size) for layer in (*self.hidden, self.out))
+
+
+def _round_shift(v: np.ndarray, s: int) -> np.ndarray:
+    return (v + (1 << (s - 1))) >> s if s > 0 else v
+
+
+def _linear(h: np.ndarray, layer: IntLayer) -> np.ndarray:
+    """``h`` (fixed point, FRAC_BITS) times the layer: fixed point out (int64, exact)."""
+    acc = h @ layer.weight.T.astype(np.int64)  # integer matmul: exact (no float)
+    acc = _round_shift(acc, layer.w_shift)
+    return acc + (layer.bias.astype(np.int64) << (FRAC_BITS - layer.b_shift))
+
+
+def _context(
+    grid: np.ndarray, rows: np.ndarray, cols: np.ndarray, offsets: Sequence[tuple[int, int]]
+) -> np.ndarray:
+    """Neighbours of (rows, cols) in ``grid`` (zero outside): (n, len(offsets)) int64."""
+    h, w = grid.shape
+    out = np.zeros((rows.size, len(offsets)), dtype=np.int64)
+    for k, (di, dj) in enumerate(offsets):
+        r, c = rows + di, cols + dj
+        ok = (r >= 0) & (c >= 0) & (c < w)
+        out[ok, k] = grid[r[ok], c[ok]]
+    return out
+
+
+def _symbols(x: np.ndarray, mean_num: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(symbol, excess) of values x for snapped means mean_num / MEAN_STEPS."""
+    d = x - np.floor_divide(mean_num, MEAN_STEPS)
+    sym = np.clip(d + RADIUS + 1, 0, ALPHABET - 1)
+    excess = np.where(d < -RADIUS, -RADIUS - 1 - d, np.where(d > RADIUS, d - RADIUS - 1, 0))
+    return sym.astype(np.int32), excess.astype(np.int32)
+
+
+def _values(sym: np.ndarray, excess: np.ndarray, mean_num: np.ndarray) -> np.ndarray:
+    d = sym.astype(np.int64) - RADIUS - 1
+    d = np.where(sym == 0, -RADIUS - 1 - excess, np.where(sym == ALPHABET - 1, RADIUS + 1 + excess, d))
+    return d + np.floor_divide(mean_num, MEAN_STEPS)
+
+
+def _wavefronts(h: int, w: int, offsets: Sequence[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Groups of positions that can be decoded together, in a valid order (raster-causal contexts)."""
+    # t = a * row + col is a valid order when every neighbour (di < 0, dj) has a * di + dj < 0.
+    a = 1 + max([dj for di, dj in offsets if di < 0] + [0])
+    rows, cols = np.divmod(np.arange(h * w), w)
+    t = a * rows + cols
+    order = np.argsort(t, kind="stable")
+    bounds = np.flatnonzero(np.diff(t[order])) + 1
+    return [(rows[g], cols[g]) for g in np.split(order, bounds)]
+
+
+def encode_grids(grids: Sequence[np.ndarray], model: IntContextModel) -> bytes:
+    """Range-code integer grids (each (h, w)) with the context model; the bytes ``decode_grids`` reads."""
+    import constriction
+
+    table = pmf_table()
+    family = constriction.stream.model.Categorical(perfect=False)
+    uniform = constriction.stream.model.Uniform(MAX_EXCESS)
+    enc = constriction.stream.queue.RangeEncoder()
+    for grid in grids:
+        g = np.asarray(grid, dtype=np.int64)
+        h, w = g.shape
+        rows, cols = np.divmod(np.arange(h * w), w)
+        s_idx, mean_num = model.params(_context(g, rows, cols, model.offsets))
+        sym, excess = _symbols(g.ravel(), mean_num)
+        if int(excess.max(initial=0)) >= MAX_EXCESS:
+            raise ValueError(f"a latent is more than {RADIUS + MAX_EXCESS} from its predicted mean")
+        probs = table[s_idx, np.mod(mean_num, MEAN_STEPS)]
+        # Same order as the decoder: wavefront by wavefront, escapes' excess after each wavefront.
+        for r, c in _wavefronts(h, w, model.offsets):
+            i = r * w + c
+            enc.encode(sym[i], family, probs[i])
+            esc = i[(sym[i] == 0) | (sym[i] == ALPHABET - 1)]
+            if esc.size:
+                enc.encode(excess[esc], uniform)
+    return enc.get_compressed().tobytes()
+
+
+def decode_grids(
+    data: bytes, shapes: Sequence[tuple[int, int]], model: IntContextModel, where: str
+) -> list[np.ndarray]:
+    """Inverse of ``encode_grids`` (CinrFormatError when the data is not such a stream)."""
+    import constriction
+
+    if len(data) % 4:
+        raise CinrFormatError(f"{where}: latent stream of {len(data)} bytes is not whole 32-bit words")
+    table = pmf_table()
+    family = constriction.stream.model.Categorical(perfect=False)
+    uniform = constriction.stream.model.Uniform(MAX_EXCESS)
+    dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype=np.uint32).copy())
+    out = []
+    for h, w in shapes:
+        g = np.zeros((h, w), dtype=np.int64)
+        for r, c in _wavefronts(h, w, model.offsets):
+            s_idx, mean_num = model.params(_context(g, r, c, model.offsets))
+            try:
+                sym = np.asarray(
+                    dec.decode(family, table[s_idx, np.mod(mean_num, MEAN_STEPS)]), dtype=np.int64
+                )
+                excess = np.zeros_like(sym)
+                esc = (sym == 0) | (sym == ALPHABET - 1)
+                if esc.any():
+                    excess[esc] = np.asarray(dec.decode(uniform, int(esc.sum())), dtype=np.int64)
+            except (ValueError, RuntimeError, AssertionError) as exc:
+                raise CinrFormatError(f"{where}: latent stream is corrupt ({exc})") from None
+            g[r, c] = _values(sym, excess, mean_num)
+        out.append(g)
+    if not dec.maybe_exhausted():
+        raise CinrFormatError(f"{where}: latent stream has data past its last latent")
+    return out
+
+
+def estimated_bits(grids: Sequence[np.ndarray], model: IntContextModel) -> float:
+    """Bits the coder will spend (the table's -log2 probabilities), without coding."""
+    table = pmf_table()
+    total = 0.0
+    for grid in grids:
+        g = np.asarray(grid, dtype=np.int64)
+        h, w = g.shape
+        rows, cols = np.divmod(np.arange(h * w), w)
+        s_idx, mean_num = model.params(_context(g, rows, cols, model.offsets))
+        sym, _ = _symbols(g.ravel(), mean_num)
+        p = table[s_idx, np.mod(mean_num, MEAN_STEPS), sym]
+        total += float(-np.log2(np.maximum(p, 2.0**-24)).sum())
+        esc = (sym == 0) | (sym == ALPHABET - 1)
+        total += float(esc.sum()) * math.log2(MAX_EXCESS)
+    return total
+
+
+__all__ = [
+    "IntContextModel",
+    "IntLayer",
+    "causal_offsets",
+    "decode_grids",
+    "encode_grids",
+    "estimated_bits",
+    "pmf_table",
+]

@@ -1,0 +1,342 @@
+"""Compressive CINR blocks (model kind ``ccinr``): entropy-coded integer latent grids and a small
+CINR synthesis, every bit counted (``formats/cinr-v1.md`` §5.4 has the payload to the byte).
+
+Payload (little-endian)::
+
+    magic  b"CCB1"
+    u16    width, height      the latent domain: the block's fitted pixels
+    u16    x0, y0             the domain's origin in the block's frame
+    u32    weight_bytes       then that many bytes: every network tensor, in state-dict order,
+                              as u8 exponent k, u8 Exp-Golomb order g, then its integers
+                              (zigzag, Exp-Golomb order g, MSB first); value = integer * 2**-k
+    u32    latent_bytes       then the latent grids' range-coded stream (``coding.entropy``)
+
+Decoding cost is bounded by the payload: a grid area may be at most ``LATENT_AREA_PER_BIT``
+latents per coded bit (plus a small floor), and never more than the block frame.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..core.config import LATENT_KINDS, LatentConfig, causal_offsets, int_ranges
+from ..errors import CinrFormatError
+from ..format.header import get_int, get_object
+from .base import BlockCodec, BlockModel, FitSettings, FittedBlock
+from .entropy import IntContextModel, IntLayer, decode_grids, encode_grids
+
+if TYPE_CHECKING:
+    from ..core.synthesis import LatentImage
+
+MAGIC = b"CCB1"
+_HEAD = struct.Struct("<4sHHHHI")
+#: At most this many latents per bit of latent stream (and at least LATENT_AREA_FLOOR), so a
+#: small hand-made payload cannot ask for a huge decode.
+LATENT_AREA_PER_BIT = 4096
+LATENT_AREA_FLOOR = 1 << 16
+
+
+# -- weights: Exp-Golomb ------------------------------------------------------------------------
+
+
+def _zigzag(v: np.ndarray) -> np.ndarray:
+    return np.where(v > 0, 2 * v - 1, -2 * v).astype(np.int64)
+
+
+def expgolomb_bits(v: np.ndarray, g: int) -> int:
+    """Bits of the signed integers ``v`` in Exp-Golomb order ``g`` (zigzag mapped)."""
+    u = _zigzag(np.asarray(v, dtype=np.int64))
+    m = (u >> g) + 1
+    return int(np.sum(2 * (np.floor(np.log2(m)).astype(np.int64)) + 1 + g))
+
+
+def best_order(v: np.ndarray) -> tuple[int, int]:
+    """(bits, order) of the cheapest Exp-Golomb order for ``v`` (orders 0..15), plus 16 bits of header."""
+    bits, g = min((expgolomb_bits(v, g), g) for g in range(16))
+    return bits + 16, g
+
+
+def _write_expgolomb(bits: list[int], v: np.ndarray, g: int) -> None:
+    for u in _zigzag(v).tolist():
+        m = (u >> g) + 1
+        n = m.bit_length() - 1
+        bits.extend([0] * n)
+        bits.extend(int(c) for c in format(m, "b"))
+        if g:
+            bits.extend(int(c) for c in format(u & ((1 << g) - 1), f"0{g}b"))
+
+
+class _BitReader:
+    def __init__(self, data: bytes, where: str) -> None:
+        self.bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+        self.pos = 0
+        self.where = where
+
+    def read(self, n: int) -> int:
+        if self.pos + n > self.bits.size:
+            raise CinrFormatError(f"{self.where}: network weights end early")
+        v = 0
+        for b in self.bits[self.pos : self.pos + n].tolist():
+            v = (v << 1) | b
+        self.pos += n
+        return v
+
+    def expgolomb(self, count: int, g: int) -> np.ndarray:
+        out = np.empty(count, dtype=np.int64)
+        for i in range(count):
+            n = 0
+            while True:
+                if self.pos >= self.bits.size:
+                    raise CinrFormatError(f"{self.where}: network weights end early")
+                if self.bits[self.pos]:
+                    break
+                n += 1
+                self.pos += 1
+                if n > 40:
+                    raise CinrFormatError(f"{self.where}: network weight code too long")
+            m = self.read(n + 1)
+            u = ((m - 1) << g) | (self.read(g) if g else 0)
+            out[i] = (u + 1) // 2 if u % 2 else -(u // 2)
+        return out
+
+
+def pack_weights(tensors: list[tuple[np.ndarray, int]]) -> bytes:
+    """Integer tensors with their exponents -> the payload's weight section."""
+    bits: list[int] = []
+    for ints, k in tensors:
+        _, g = best_order(ints)
+        bits.extend(int(c) for c in format(k, "08b"))
+        bits.extend(int(c) for c in format(g, "08b"))
+        _write_expgolomb(bits, ints.ravel(), g)
+    return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes()
+
+
+def unpack_weights(data: bytes, shapes: list[tuple[int, ...]], where: str) -> list[tuple[np.ndarray, int]]:
+    """Inverse of ``pack_weights`` for tensors of the given shapes (CinrFormatError when malformed)."""
+    reader = _BitReader(data, where)
+    out = []
+    for shape in shapes:
+        k, g = reader.read(8), reader.read(8)
+        if k > 24 or g > 15:
+            raise CinrFormatError(f"{where}: weight exponent {k} or code order {g} out of range")
+        ints = reader.expgolomb(int(np.prod(shape)), g).reshape(shape)
+        if np.abs(ints).max(initial=0) >= 1 << 15:
+            raise CinrFormatError(f"{where}: a network weight is out of range")
+        out.append((ints, k))
+    if len(data) * 8 - reader.pos >= 8:
+        raise CinrFormatError(f"{where}: weight section has data past its last tensor")
+    return out
+
+
+# -- the codec ----------------------------------------------------------------------------------
+
+
+def _state_shapes(config: LatentConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """Names and shapes of the stored network tensors, in order (built on the meta device)."""
+    import torch
+
+    from ..core.synthesis import LatentImage
+
+    with torch.device("meta"):
+        m = LatentImage(config, 1, 1)
+    return [(n, tuple(p.shape)) for n, p in m.named_parameters() if not n.startswith("latents.")]
+
+
+def int_context_model(config: LatentConfig, tensors: Mapping[str, tuple[np.ndarray, int]]) -> IntContextModel:
+    """The fixed-point context model from the stored ``arm.*`` tensors."""
+    hidden = []
+    for i in range(config.arm_layers):
+        w, kw = tensors[f"arm.hidden.{i}.weight"]
+        b, kb = tensors[f"arm.hidden.{i}.bias"]
+        hidden.append(IntLayer(w, b, kw, kb))
+    w, kw = tensors["arm.out.weight"]
+    b, kb = tensors["arm.out.bias"]
+    return IntContextModel(tuple(causal_offsets(config.context)), tuple(hidden), IntLayer(w, b, kw, kb))
+
+
+class LatentBlock:
+    """A decoded compressive CINR block (``BlockModel``): the whole domain rendered once."""
+
+    def __init__(
+        self, synthesis: Any, grids: list[np.ndarray], width: int, height: int, x0: int, y0: int
+    ) -> None:
+        self.synthesis, self.grids = synthesis, grids
+        self.width, self.height, self.x0, self.y0 = width, height, x0, y0
+        self._pixels: np.ndarray | None = None
+
+    def _render_all(self) -> np.ndarray:
+        if self._pixels is None:
+            import torch
+
+            from ..core.synthesis import upsample
+
+            dev = next(self.synthesis.parameters()).device
+            with torch.inference_mode():
+                ys = [torch.from_numpy(g.astype(np.float32))[None].to(dev) for g in self.grids]
+                x = self.synthesis(upsample(ys, self.height, self.width))[0]
+                self._pixels = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return self._pixels
+
+    def render(self, height: int, width: int, side: float, *, x0: int = 0, y0: int = 0) -> np.ndarray:
+        """Pixels of the frame rectangle; it must lie inside the fitted domain."""
+        dx, dy = x0 - self.x0, y0 - self.y0
+        if dx < 0 or dy < 0 or dx + width > self.width or dy + height > self.height:
+            raise CinrFormatError(
+                f"rectangle ({x0}, {y0}, {width}, {height}) lies outside the block's fitted "
+                f"{self.width}x{self.height} pixels at ({self.x0}, {self.y0})"
+            )
+        return self._render_all()[dy : dy + height, dx : dx + width]
+
+
+class LatentCodec(BlockCodec):
+    """Compressive CINR: entropy-coded integer latent grids and a small CINR synthesis."""
+
+    name = "latent"
+    kinds = LATENT_KINDS
+    storages = ("entropy",)
+    default_storage = "entropy"
+    format_minor = 2
+
+    def header_fields(self, config: LatentConfig, storage: str) -> dict[str, Any]:
+        self.check_storage(storage)
+        return {"model": config.to_dict()}
+
+    def parse_config(self, header: Mapping[str, Any], where: str) -> LatentConfig:
+        value = get_object(header, "model", where)
+        where = f"{where}: model"
+        unknown = sorted(set(value) - set(LatentConfig.__dataclass_fields__))
+        if unknown:
+            raise CinrFormatError(f"{where}: unknown configuration keys {unknown[:5]} (newer encoder?)")
+        for key, (lo, hi) in int_ranges(LatentConfig).items():
+            if key in value:
+                get_int(value, key, lo, hi, where)
+        mlp = value.get("mlp", [24, 24])
+        if not (isinstance(mlp, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in mlp)):
+            raise CinrFormatError(f"{where}: mlp is not a list of integers")
+        try:
+            return LatentConfig.from_dict(value)
+        except (ValueError, TypeError) as exc:
+            raise CinrFormatError(f"{where}: invalid configuration: {exc}") from None
+
+    def _parse(self, payload: bytes, config: LatentConfig, where: str) -> tuple[Any, ...]:
+        if len(payload) < _HEAD.size + 4:
+            raise CinrFormatError(f"{where}: payload of {len(payload)} bytes is too short")
+        magic, w, h, x0, y0, n_weights = _HEAD.unpack_from(payload)
+        if magic != MAGIC:
+            raise CinrFormatError(f"{where}: not a compressive CINR payload")
+        pos = _HEAD.size
+        if pos + n_weights + 4 > len(payload):
+            raise CinrFormatError(f"{where}: weight section runs past the payload")
+        weights = payload[pos : pos + n_weights]
+        pos += n_weights
+        (n_latents,) = struct.unpack_from("<I", payload, pos)
+        pos += 4
+        if pos + n_latents != len(payload):
+            raise CinrFormatError(f"{where}: latent stream of {n_latents} bytes does not end the payload")
+        latents = payload[pos:]
+        if not (
+            1 <= w <= config.side
+            and 1 <= h <= config.side
+            and x0 + w <= config.side
+            and y0 + h <= config.side
+        ):
+            raise CinrFormatError(
+                f"{where}: a {w}x{h} domain at ({x0}, {y0}) does not fit a {config.side} px block"
+            )
+        area = sum(a * b for a, b in config.grid_shapes(h, w))
+        if area > LATENT_AREA_FLOOR + LATENT_AREA_PER_BIT * 8 * n_latents:
+            raise CinrFormatError(f"{where}: {area} latents from a {n_latents}-byte stream")
+        return w, h, x0, y0, weights, latents
+
+    def load(self, payload: bytes, config: LatentConfig, where: str, device: str = "cpu") -> BlockModel:
+        import torch
+
+        from ..core.render import resolve_device
+        from ..core.synthesis import Synthesis
+
+        w, h, x0, y0, weights, latents = self._parse(payload, config, where)
+        names = _state_shapes(config)
+        ints = unpack_weights(weights, [s for _, s in names], where)
+        tensors = {n: t for (n, _), t in zip(names, ints, strict=True)}
+        grids = decode_grids(latents, config.grid_shapes(h, w), int_context_model(config, tensors), where)
+        synthesis = Synthesis(config)
+        state = {
+            n[len("synthesis.") :]: torch.from_numpy(v.astype(np.float32) * np.float32(2.0**-k))
+            for n, (v, k) in tensors.items()
+            if n.startswith("synthesis.")
+        }
+        synthesis.load_state_dict(state, strict=True)
+        synthesis.eval()
+        return LatentBlock(synthesis.to(resolve_device(device)), grids, w, h, x0, y0)
+
+    def check_payload(self, payload: bytes, where: str) -> None:
+        """Structure and weights (the latent stream is checked when decoded)."""
+        # The config is not known here; check what the payload says about itself.
+        if len(payload) < _HEAD.size + 4 or payload[:4] != MAGIC:
+            raise CinrFormatError(f"{where}: not a compressive CINR payload")
+
+    def payload_bits(self, payload: bytes) -> int:
+        return 8 * len(payload)
+
+    def config_for(self, kind: str, preset: str, height: int, width: int) -> LatentConfig:
+        from ..encode.train.latent import PRESET_ARCH, lambda_of
+
+        lambda_of(preset)  # ValueError for an unknown preset
+        return LatentConfig(kind=kind, side=max(height, width), **PRESET_ARCH)
+
+    def recipe(self, kind: str, preset: str) -> dict[str, Any]:
+        from ..encode.train.latent import RECIPE, lambda_of
+
+        return {**RECIPE, "lambda": lambda_of(preset)}
+
+    def check_storage(self, storage: str) -> None:
+        if storage not in self.storages:
+            raise ValueError(f"unknown storage setting {storage!r} for ccinr; choose entropy")
+
+    def fit(
+        self, pixels: np.ndarray, config: LatentConfig, kind: str, preset: str, settings: FitSettings
+    ) -> FittedBlock:
+        from ..encode.train.latent import fit_latents, lambda_of, quantize_networks
+
+        fitted = fit_latents(
+            pixels,
+            config,
+            lambda_of(preset),
+            steps=settings.steps,
+            time_budget=settings.time_budget,
+            seed=settings.seed,
+            device=settings.device,
+            progress=settings.progress,
+        )
+        quantize_networks(fitted, pixels, lambda v: best_order(v)[0])
+        fx, fy = (settings.frame[0], settings.frame[1]) if settings.frame else (0, 0)
+        fitted.origin = (int(fx), int(fy))  # type: ignore[attr-defined]
+        return fitted
+
+    def serialize(self, fitted: FittedBlock, storage: str) -> bytes:
+        self.check_storage(storage)
+        model: LatentImage = fitted.model  # type: ignore[attr-defined]
+        exponents: dict[str, int] = fitted.exponents  # type: ignore[attr-defined]
+        x0, y0 = getattr(fitted, "origin", (0, 0))
+        tensors = []
+        for name, p in model.named_parameters():
+            if name.startswith("latents."):
+                continue
+            k = exponents[name]
+            tensors.append(
+                (np.rint(p.detach().cpu().numpy().astype(np.float64) * 2.0**k).astype(np.int64), k)
+            )
+        weights = pack_weights(tensors)
+        stored = {n: t for (n, _), t in zip(_state_shapes(model.config), tensors, strict=True)}
+        grids = [np.rint(g.detach().cpu().numpy()[0]).astype(np.int64) for g in model.latents]
+        stream = encode_grids(grids, int_context_model(model.config, stored))
+        head = _HEAD.pack(MAGIC, model.width, model.height, x0, y0, len(weights))
+        return head + weights + struct.pack("<I", len(stream)) + stream
+
+
+#: The codec ``coding.registry`` hands out for ``ccinr``.
+CODEC = LatentCodec()

@@ -1,0 +1,167 @@
+"""Compressive CINR in torch: latent grids, their CINR synthesis, and the float context model.
+
+``Synthesis`` turns upsampled latent grids into RGB: a per-pixel MLP flow (1x1 convolutions)
+beside a 3x3 convolutional flow over the same features (CINR's idea: each pixel sees its
+neighbours), a 1x1 head to RGB, then residual 3x3 convolutions on RGB. ``ContextModel`` is the
+float twin of ``coding.entropy.IntContextModel`` (training estimates rates with it).
+``LatentImage`` holds the learnable grids of one block.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LatentConfig, causal_offsets
+
+#: Log-scales the context model may output (the entropy coder's table range).
+LOG_SCALE_RANGE = (-4.6, -4.6 + 63 * 0.15)
+
+
+def upsample(grids: list[torch.Tensor], height: int, width: int) -> torch.Tensor:
+    """Grids (C_k, h_k, w_k) bilinearly upsampled to (1, sum C_k, height, width)."""
+    out = []
+    for g in grids:
+        g = g.unsqueeze(0)
+        if g.shape[-2:] != (height, width):
+            g = F.interpolate(g, size=(height, width), mode="bilinear", align_corners=False)
+        out.append(g)
+    return torch.cat(out, dim=1)
+
+
+class Synthesis(nn.Module):
+    """Upsampled latents (1, L, H, W) -> RGB (1, 3, H, W) in [0, 1] (see the module docstring)."""
+
+    def __init__(self, config: LatentConfig) -> None:
+        super().__init__()
+        c_in = config.levels
+        self.mlp = nn.ModuleList()
+        d = c_in
+        for w in config.mlp:
+            self.mlp.append(nn.Conv2d(d, w, 1))
+            d = w
+        self.conv = nn.ModuleList()
+        dc = c_in
+        for _ in range(config.conv_layers if config.conv_width > 0 else 0):
+            self.conv.append(nn.Conv2d(dc, config.conv_width, 3, padding=1, padding_mode="replicate"))
+            dc = config.conv_width
+        self.head = nn.Conv2d(d + (dc if len(self.conv) else 0), 3, 1)
+        self.res = nn.ModuleList()
+        for _ in range(config.residual_convs):
+            m = nn.Conv2d(3, 3, 3, padding=1, padding_mode="replicate")
+            nn.init.zeros_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+            self.res.append(m)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        h = f
+        for layer in self.mlp:
+            h = F.relu(layer(h))
+        if len(self.conv):
+            c = f
+            for layer in self.conv:
+                c = F.relu(layer(c))
+            h = torch.cat([h, c], dim=1)
+        x = self.head(h)
+        for i, layer in enumerate(self.res):
+            x = x + layer(x if i == 0 else F.relu(x))
+        return x
+
+    def macs_per_pixel(self) -> int:
+        """Multiply-adds per output pixel."""
+        return sum(
+            m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1]
+            for m in self.modules()
+            if isinstance(m, nn.Conv2d)
+        )
+
+
+class ContextModel(nn.Module):
+    """Causal neighbours (n, context) -> (mean, log-scale) of each latent; ReLU layers, residual
+    after the first (the same structure as ``coding.entropy.IntContextModel``)."""
+
+    def __init__(self, config: LatentConfig) -> None:
+        super().__init__()
+        dims = [config.context] + [config.arm_width] * config.arm_layers
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.out = nn.Linear(dims[-1], 2)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = ctx
+        for i, layer in enumerate(self.hidden):
+            z = F.relu(layer(h))
+            h = h + z if i > 0 else z
+        o = self.out(h)
+        return o[:, 0], o[:, 1].clamp(*LOG_SCALE_RANGE)
+
+
+def gather_context(grid: torch.Tensor, offsets: list[tuple[int, int]]) -> torch.Tensor:
+    """(h, w) grid -> (h*w, len(offsets)) causal neighbours, zero outside (as the coder)."""
+    h, w = grid.shape
+    p = max(max(abs(a), abs(b)) for a, b in offsets)
+    padded = F.pad(grid[None, None], (p, p, p, p))[0, 0]
+    cols = [padded[p + di : p + di + h, p + dj : p + dj + w].reshape(-1) for di, dj in offsets]
+    return torch.stack(cols, dim=1)
+
+
+def laplace_bits(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """-log2 of the probability of the unit bin around x under Laplace(mean, exp(log_scale))."""
+    b = torch.exp(log_scale)
+    d = torch.abs(x - mean)
+    tail = math.log(0.5) - (d - 0.5).clamp(min=0) / b + torch.log(-torch.expm1(-1.0 / b))
+    dc = d.clamp(max=0.5)
+    centre = torch.log(
+        (1 - 0.5 * torch.exp(-(dc + 0.5) / b) - 0.5 * torch.exp((dc - 0.5) / b)).clamp(min=2**-16)
+    )
+    lp = torch.where(d >= 0.5, tail, centre)
+    return -lp.clamp(min=math.log(2**-16)) / math.log(2.0)
+
+
+def soft_round(x: torch.Tensor, t: float) -> torch.Tensor:
+    """Differentiable rounding (Agustsson & Theis): -> round(x) as t -> 0."""
+    fx = torch.floor(x)
+    r = x - fx - 0.5
+    return fx + 0.5 * torch.tanh(r / t) / math.tanh(1 / (2 * t)) + 0.5
+
+
+def quantize(x: torch.Tensor, mode: str, t: float) -> torch.Tensor:
+    """Training-time rounding: ``soft`` (soft round, noise, soft round), ``ste`` (round forward,
+    soft-round gradient backward) or ``hard``."""
+    if mode == "soft":
+        u = torch.rand_like(x) - 0.5
+        return soft_round(soft_round(x, t) + u, t)
+    if mode == "ste":
+        y = soft_round(x, t)
+        return y + (torch.round(x) - y).detach()
+    return torch.round(x)
+
+
+class LatentImage(nn.Module):
+    """The learnable part of one block: latent grids (float while training), synthesis, context model."""
+
+    def __init__(self, config: LatentConfig, height: int, width: int) -> None:
+        super().__init__()
+        self.config = config
+        self.height, self.width = height, width
+        self.latents = nn.ParameterList(
+            nn.Parameter(torch.zeros(1, h, w)) for h, w in config.grid_shapes(height, width)
+        )
+        self.synthesis = Synthesis(config)
+        self.arm = ContextModel(config)
+        self.offsets = causal_offsets(config.context)
+
+    def forward(self, mode: str = "soft", t: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+        """(RGB (1, 3, H, W), total bits of the latents) under the given rounding."""
+        ys = [quantize(g, mode, t) for g in self.latents]
+        x = self.synthesis(upsample(ys, self.height, self.width))
+        bits = torch.zeros((), device=x.device)
+        for y in ys:
+            mean, log_scale = self.arm(gather_context(y[0], self.offsets))
+            bits = bits + laplace_bits(y[0].reshape(-1), mean, log_scale).sum()
+        return x, bits

@@ -1,0 +1,203 @@
+"""Rate-distortion training of a compressive CINR block (``core.synthesis.LatentImage``).
+
+Loss = MSE + lambda * bits / pixels. Phase 1 trains with soft rounding plus noise (the
+softness annealed), phase 2 with hard rounding forward and soft-round gradients backward,
+at a lower learning rate; both follow a cosine schedule. Then every network tensor is
+quantized (``quantize_networks``: per-tensor power-of-two steps chosen for the same loss).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...core.config import LatentConfig
+from ...core.synthesis import LatentImage, upsample
+
+log = logging.getLogger(__name__)
+
+#: Lambda of each quality level (q1 smallest files ... q8 best quality).
+QUALITY_LAMBDAS = {f"q{i}": 2e-4 * 0.5 ** (i - 1) for i in range(1, 9)}
+#: Architecture of every preset (the block side is added per encode).
+PRESET_ARCH: dict[str, Any] = {
+    "levels": 7,
+    "first_level": 0,
+    "mlp": (24, 24),
+    "conv_width": 8,
+    "conv_layers": 1,
+    "residual_convs": 2,
+    "context": 16,
+    "arm_width": 16,
+    "arm_layers": 2,
+}
+
+
+def lambda_of(preset: str) -> float:
+    """The rate weight of a quality preset ``q1`` (smallest) ... ``q8`` (best); ValueError otherwise."""
+    try:
+        return QUALITY_LAMBDAS[preset]
+    except KeyError:
+        raise ValueError(
+            f"unknown preset {preset!r} for ccinr; choose a quality level {', '.join(QUALITY_LAMBDAS)}"
+        ) from None
+
+
+#: Training recipe (measured on 256^2 H&E crops; docs/architecture.md).
+RECIPE: dict[str, Any] = {
+    "steps": 1500,
+    "lr": 1e-2,
+    "latent_lr_mult": 3.0,
+    "phase2_fraction": 0.1,
+    "phase2_lr": 1e-4,
+    "soft_start": 0.3,
+    "soft_end": 0.1,
+}
+#: Candidate exponents k of the weights' steps 2**-k.
+WEIGHT_EXPONENTS = tuple(range(4, 15))
+
+
+@dataclass
+class LatentFit:
+    """A trained (and, after ``quantize_networks``, stored-precision) block and how it went."""
+
+    model: LatentImage
+    config: LatentConfig
+    lam: float
+    steps: int
+    seconds: float
+    device: str
+    psnr: float = float("nan")
+    ssim: float = float("nan")
+    exponents: dict[str, int] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def fit_latents(
+    image: np.ndarray,
+    config: LatentConfig,
+    lam: float,
+    *,
+    steps: int | None = None,
+    time_budget: float | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    recipe: dict[str, Any] | None = None,
+    progress: Callable[[int, float, float], None] | None = None,
+) -> LatentFit:
+    """Train latents, synthesis and context model on an RGB uint8 image for rate weight ``lam``."""
+    r = {**RECIPE, **(recipe or {})}
+    n_steps = int(steps if steps is not None else r["steps"])
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    h, w = image.shape[:2]
+    target = torch.from_numpy(np.ascontiguousarray(image)).to(dev).permute(2, 0, 1)[None].float() / 255.0
+    model = LatentImage(config, h, w).to(dev)
+    npx = h * w
+    t0 = time.perf_counter()
+    n2 = int(round(n_steps * float(r["phase2_fraction"])))
+    n1 = n_steps - n2
+    history: list[dict[str, float]] = []
+    done = 0
+    for phase, n, lr in ((1, n1, float(r["lr"])), (2, n2, float(r["phase2_lr"]))):
+        if n <= 0:
+            continue
+        groups = [
+            {"params": list(model.latents.parameters()), "mult": float(r["latent_lr_mult"])},
+            {"params": list(model.synthesis.parameters()) + list(model.arm.parameters()), "mult": 1.0},
+        ]
+        opt = torch.optim.Adam(groups, lr=lr)
+        for i in range(n):
+            frac = i / max(1, n - 1)
+            for g in opt.param_groups:
+                g["lr"] = lr * g["mult"] * 0.5 * (1 + math.cos(math.pi * frac))
+            if phase == 1:
+                t = float(r["soft_start"]) + (float(r["soft_end"]) - float(r["soft_start"])) * frac
+                x, bits = model("soft", t)
+            else:
+                x, bits = model("ste", float(r["soft_end"]))
+            mse = F.mse_loss(x, target)
+            loss = mse + lam * bits / npx
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+            elapsed = time.perf_counter() - t0
+            if progress is not None:
+                progress(done, elapsed, -10 * math.log10(max(mse.item(), 1e-12)))
+            if time_budget is not None and elapsed > time_budget:
+                break
+        history.append({"phase": phase, "steps": done, "psnr": -10 * math.log10(max(mse.item(), 1e-12))})
+    return LatentFit(
+        model=model,
+        config=config,
+        lam=lam,
+        steps=done,
+        seconds=time.perf_counter() - t0,
+        device=str(dev),
+        history=history,
+    )
+
+
+@torch.no_grad()
+def hard_loss(model: LatentImage, target: torch.Tensor, lam: float, extra_bits: float) -> float:
+    """MSE + lam * (latent bits + extra_bits) / pixels with rounded latents."""
+    x, bits = model("hard")
+    mse = F.mse_loss(x.clamp(0, 1), target).item()
+    return mse + lam * (bits.item() + extra_bits) / (model.height * model.width)
+
+
+@torch.no_grad()
+def quantize_networks(fit: LatentFit, image: np.ndarray, weight_bits: Callable[[np.ndarray], int]) -> None:
+    """Round each synthesis and context-model tensor to a step 2**-k, k chosen per tensor for the
+    lowest hard rate-distortion loss (``weight_bits`` counts a tensor's integers); in place."""
+    model = fit.model
+    target = (
+        torch.from_numpy(np.ascontiguousarray(image))
+        .permute(2, 0, 1)[None]
+        .float()
+        .to(next(model.parameters()).device)
+        / 255.0
+    )
+    params = {n: p for n, p in model.named_parameters() if not n.startswith("latents.")}
+    original = {n: p.detach().clone() for n, p in params.items()}
+    # One step per group (synthesis / context model, weights / biases): 4 x len(WEIGHT_EXPONENTS) evaluations.
+    groups: dict[str, list[str]] = {}
+    for n in params:
+        groups.setdefault(f"{n.split('.')[0]}.{n.rsplit('.', 1)[-1]}", []).append(n)
+    chosen: dict[str, int] = {}
+    spent = 0
+    for names in groups.values():
+        best: tuple[float, int, int] | None = None
+        for k in WEIGHT_EXPONENTS:
+            qs = [torch.round(original[n] * 2.0**k) for n in names]
+            if max(float(q.abs().max()) for q in qs) >= 2**15:
+                continue
+            for n, q in zip(names, qs, strict=True):
+                params[n].copy_(q / 2.0**k)
+            nb = sum(weight_bits(q.cpu().numpy().astype(np.int64).ravel()) for q in qs)
+            loss = hard_loss(model, target, fit.lam, nb + spent)
+            if best is None or loss < best[0]:
+                best = (loss, k, nb)
+        if best is None:
+            raise ValueError(f"tensors {names} have weights too large to store")
+        for n in names:
+            params[n].copy_(torch.round(original[n] * 2.0 ** best[1]) / 2.0 ** best[1])
+            chosen[n] = best[1]
+        spent += best[2]
+    fit.exponents = chosen
+
+
+def render_latents(model: LatentImage) -> np.ndarray:
+    """RGB uint8 of a model with rounded latents (what a decoder of its stored form computes)."""
+    with torch.no_grad():
+        ys = [torch.round(g) for g in model.latents]
+        x = model.synthesis(upsample(ys, model.height, model.width))[0]
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()

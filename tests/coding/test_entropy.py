@@ -1,0 +1,87 @@
+"""``coding.entropy``: the fixed-point context model and the range-coded latent stream."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from cinr_codec.coding import entropy as E
+from cinr_codec.errors import CinrFormatError
+
+
+def _model(seed: int = 0, n: int = 12, width: int = 8) -> E.IntContextModel:
+    rng = np.random.default_rng(seed)
+    h1 = E.IntLayer(rng.integers(-300, 300, (width, n)), rng.integers(-200, 200, width), 10, 8)
+    h2 = E.IntLayer(rng.integers(-300, 300, (width, width)), rng.integers(-200, 200, width), 10, 8)
+    out = E.IntLayer(rng.integers(-400, 400, (2, width)), np.array([0, -300]), 10, 8)
+    return E.IntContextModel(tuple(E.causal_offsets(n)), (h1, h2), out)
+
+
+def _grids(seed: int = 1) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    smooth = np.cumsum(rng.integers(-1, 2, (40, 37)), axis=1) // 3
+    return [
+        smooth,
+        rng.laplace(0, 2, (20, 19)).round().astype(np.int64),
+        np.zeros((3, 1), dtype=np.int64),
+        np.array([[400, -300], [0, 2]], dtype=np.int64),  # escapes
+    ]
+
+
+def test_table_rows_are_distributions() -> None:
+    t = E.pmf_table()
+    assert t.shape == (E.N_SCALES, E.MEAN_STEPS, E.ALPHABET)
+    assert np.allclose(t.sum(axis=2), 1.0, atol=1e-12) and (t >= 0).all()
+    # Narrow scales put the mass at the mean's bin; the mean offset moves it.
+    assert t[0, 0, E.RADIUS + 1] > 0.99 and t[-1, 0, E.RADIUS + 1] < 0.05
+    assert t[20, 7, E.RADIUS + 2] > t[20, 7, E.RADIUS]
+
+
+def test_round_trip_and_estimate() -> None:
+    model, grids = _model(), _grids()
+    data = E.encode_grids(grids, model)
+    out = E.decode_grids(data, [g.shape for g in grids], model, "t")
+    for a, b in zip(grids, out, strict=True):
+        assert np.array_equal(a, b)
+    est = E.estimated_bits(grids, model)
+    assert abs(8 * len(data) - est) < 0.05 * est + 64
+
+
+def test_probabilities_do_not_depend_on_the_batch() -> None:
+    model = _model(3)
+    rng = np.random.default_rng(0)
+    ctx = rng.integers(-50, 50, (500, 12))
+    s_all, m_all = model.params(ctx)
+    s_one, m_one = zip(*(model.params(ctx[i : i + 1]) for i in range(0, 500, 37)), strict=True)
+    assert np.array_equal(s_all[::37], np.concatenate(s_one)) and np.array_equal(
+        m_all[::37], np.concatenate(m_one)
+    )
+
+
+def test_values_too_far_from_the_mean_are_refused() -> None:
+    with pytest.raises(ValueError, match="more than"):
+        E.encode_grids([np.array([[10**6]])], _model())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_garbage_streams_fail_cleanly_in_bounded_time(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, 4 * int(rng.integers(1, 50)), dtype=np.uint8).tobytes()
+    t0 = time.perf_counter()
+    try:
+        grids = E.decode_grids(data, [(30, 30), (15, 15)], _model(seed), "garbage")
+    except CinrFormatError:
+        pass
+    else:  # a stream that decodes is still bounded: the grids have the shapes asked for
+        assert [g.shape for g in grids] == [(30, 30), (15, 15)]
+    assert time.perf_counter() - t0 < 30
+    with pytest.raises(CinrFormatError, match="32-bit words"):
+        E.decode_grids(b"abc", [(2, 2)], _model(), "odd")
+
+
+def test_context_model_rejects_absurd_exponents() -> None:
+    layer = E.IntLayer(np.zeros((2, 1), dtype=np.int64), np.zeros(2, dtype=np.int64), 99, 0)
+    with pytest.raises(CinrFormatError):
+        E.IntContextModel(((0, -1),), (), layer)

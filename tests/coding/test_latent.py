@@ -1,0 +1,125 @@
+"""``coding.latent``: compressive CINR blocks fitted, stored to the bit, and decoded back."""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cinr_codec.coding.base import FitSettings
+from cinr_codec.coding.latent import CODEC, pack_weights, unpack_weights
+from cinr_codec.core.metrics import psnr
+from cinr_codec.encode.train.latent import render_latents
+from cinr_codec.errors import CinrError, CinrFormatError
+
+
+@pytest.fixture(scope="module")
+def fitted(tissue_crop: np.ndarray) -> tuple[np.ndarray, Any, Any, bytes]:
+    img = np.ascontiguousarray(tissue_crop[:48, :40])
+    cfg = CODEC.config_for("ccinr", "q8", 64, 64)
+    fit = CODEC.fit(img, cfg, "ccinr", "q8", FitSettings(steps=150, seed=1, frame=(3, 5, 64.0)))
+    return img, cfg, fit, CODEC.serialize(fit, "entropy")
+
+
+def test_round_trip_gives_the_trained_pixels(fitted: tuple[np.ndarray, Any, Any, bytes]) -> None:
+    img, cfg, fit, payload = fitted
+    block = CODEC.load(payload, cfg, "t")
+    out = block.render(48, 40, 64.0, x0=3, y0=5)
+    assert np.array_equal(out, render_latents(fit.model))
+    assert psnr(out, img) > 20  # 150 steps learn more than the mean colour (~18 dB)
+    part = block.render(10, 7, 64.0, x0=10, y0=20)
+    assert np.array_equal(part, out[15:25, 7:14])
+    with pytest.raises(CinrFormatError, match="outside"):
+        block.render(10, 10, 64.0, x0=0, y0=0)
+
+
+def test_header_fields_round_trip(fitted: tuple[np.ndarray, Any, Any, bytes]) -> None:
+    _, cfg, _, _ = fitted
+    fields = CODEC.header_fields(cfg, "entropy")
+    assert CODEC.parse_config(fields, "t") == cfg
+    for bad in ({"levels": 99}, {"mlp": "wide"}, {"nonsense": 1}, {"kind": "cinr"}):
+        with pytest.raises(CinrFormatError):
+            CODEC.parse_config({"model": {**fields["model"], **bad}}, "t")
+    with pytest.raises(ValueError, match="quality level"):
+        CODEC.config_for("ccinr", "q99", 64, 64)
+
+
+def test_weights_pack_exactly() -> None:
+    rng = np.random.default_rng(0)
+    tensors = [
+        (rng.integers(-900, 900, (4, 3)), 9),
+        (np.zeros(5, dtype=np.int64), 0),
+        (np.array([32767, -32767]), 14),
+    ]
+    out = unpack_weights(pack_weights(tensors), [(4, 3), (5,), (2,)], "t")
+    for (a, k), (b, kb) in zip(tensors, out, strict=True):
+        assert np.array_equal(a, b) and k == kb
+
+
+def _hostile(payload: bytes) -> list[bytes]:
+    head = payload[:16]
+    (nw,) = struct.unpack_from("<I", payload, 12)
+    return [
+        b"",
+        payload[:10],
+        b"XXXX" + payload[4:],
+        payload[:-4],
+        payload + b"\0\0\0\0",
+        head[:4] + struct.pack("<HHHH", 60000, 60000, 0, 0) + payload[12:],  # domain larger than the block
+        head[:4] + struct.pack("<HHHH", 48, 40, 60, 60) + payload[12:],  # origin outside the frame
+        payload[:12] + struct.pack("<I", 10**9) + payload[16:],  # weight section past the end
+        payload[:16] + b"\0" * nw + payload[16 + nw :],  # weights decode to garbage exponents or lengths
+    ]
+
+
+def test_hostile_payloads_raise_cinr_errors(fitted: tuple[np.ndarray, Any, Any, bytes]) -> None:
+    _, cfg, _, payload = fitted
+    for bad in _hostile(payload):
+        with pytest.raises(CinrFormatError):
+            CODEC.load(bad, cfg, "hostile")
+
+
+def test_flipped_latent_bytes_fail_or_decode_in_bounded_time(
+    fitted: tuple[np.ndarray, Any, Any, bytes],
+) -> None:
+    _, cfg, _, payload = fitted
+    rng = np.random.default_rng(7)
+    (nw,) = struct.unpack_from("<I", payload, 12)
+    start = 16 + nw + 4
+    for _ in range(8):
+        bad = bytearray(payload)
+        i = int(rng.integers(start, len(payload)))
+        bad[i] ^= int(rng.integers(1, 256))
+        t0 = time.perf_counter()
+        try:
+            block = CODEC.load(bytes(bad), cfg, "flipped")
+            assert block.render(48, 40, 64.0, x0=3, y0=5).shape == (48, 40, 3)
+        except CinrError:
+            pass
+        assert time.perf_counter() - t0 < 30
+
+
+def test_a_slide_encodes_and_decodes_in_the_compressive_codec(tissue_crop: np.ndarray, tmp_path) -> None:
+    from PIL import Image
+
+    from cinr_codec import open_cinr
+    from cinr_codec.encode.slide import encode_slide
+    from cinr_codec.format.container import CinrReader
+
+    image = np.ascontiguousarray(tissue_crop[:48])
+    src = tmp_path / "crop.png"
+    Image.fromarray(image).save(src)  # 96 x 48: two blocks of 64 (the second one 32 wide)
+    out = tmp_path / "c.cinr"
+    s = encode_slide(src, out, model="ccinr", preset="q8", steps=30, block_size=64, tissue_mask=False)
+    assert s["model"] == "ccinr" and s["quant"] == "entropy" and s["tissue_blocks"] == 2
+    with CinrReader(out) as r:
+        assert r.version == (1, 2) and r.header["model"]["kind"] == "ccinr"
+        assert "quantization" not in r.header
+    with open_cinr(out) as slide:
+        pixels = slide.read(0, 0, 96, 48)
+        assert psnr(pixels, image) == pytest.approx(s["psnr_all"], abs=0.01)
+        assert slide.read(0, 0, 96, 48, scale=0.5).shape == (24, 48, 3)
+        assert slide.properties["cinr.model"] == "ccinr"
