@@ -131,7 +131,7 @@ class IntContextModel:
         # log-scale index: round((s - LOG_SCALE_MIN) / LOG_SCALE_STEP), in fixed point.
         step = int(LOG_SCALE_STEP * (1 << FRAC_BITS))
         lo = int(LOG_SCALE_MIN * (1 << FRAC_BITS))
-        s_idx = np.clip((o[:, 1] - lo + step // 2) // step, 0, N_SCALES - 1)
+        s_idx = np.minimum(np.maximum((o[:, 1] - lo + step // 2) // step, 0), N_SCALES - 1)
         return s_idx.astype(np.int64), mean_num.astype(np.int64)
 
     def n_macs(self) -> int:
@@ -150,17 +150,31 @@ def _linear(h: np.ndarray, layer: IntLayer) -> np.ndarray:
     return acc + (layer.bias.astype(np.int64) << (FRAC_BITS - layer.b_shift))
 
 
-def _context(
-    grid: np.ndarray, rows: np.ndarray, cols: np.ndarray, offsets: Sequence[tuple[int, int]]
-) -> np.ndarray:
-    """Neighbours of (rows, cols) in ``grid`` (zero outside): (n, len(offsets)) int64."""
-    h, w = grid.shape
-    out = np.zeros((rows.size, len(offsets)), dtype=np.int64)
-    for k, (di, dj) in enumerate(offsets):
-        r, c = rows + di, cols + dj
-        ok = (r >= 0) & (c >= 0) & (c < w)
-        out[ok, k] = grid[r[ok], c[ok]]
-    return out
+class _Padded:
+    """A grid with a zero border wide enough for every causal neighbour: contexts are one gather."""
+
+    def __init__(
+        self, h: int, w: int, offsets: Sequence[tuple[int, int]], grid: np.ndarray | None = None
+    ) -> None:
+        self.p = max(max(abs(di), abs(dj)) for di, dj in offsets)
+        self.w2 = w + 2 * self.p
+        self.flat = np.zeros((h + self.p) * self.w2, dtype=np.int64)
+        self.rel = np.array([di * self.w2 + dj for di, dj in offsets], dtype=np.int64)
+        self.h, self.w = h, w
+        if grid is not None:
+            self.view()[...] = grid
+
+    def view(self) -> np.ndarray:
+        """The grid itself, (h, w), a view into the padded array."""
+        return self.flat.reshape(self.h + self.p, self.w2)[self.p :, self.p : self.p + self.w]
+
+    def index(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Flat indices of (rows, cols)."""
+        return (rows + self.p) * self.w2 + cols + self.p
+
+    def context(self, idx: np.ndarray) -> np.ndarray:
+        """Neighbours of the positions at flat indices ``idx``: (n, len(offsets)) int64."""
+        return self.flat[idx[:, None] + self.rel[None, :]]
 
 
 def _symbols(x: np.ndarray, mean_num: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -200,7 +214,8 @@ def encode_grids(grids: Sequence[np.ndarray], model: IntContextModel) -> bytes:
         g = np.asarray(grid, dtype=np.int64)
         h, w = g.shape
         rows, cols = np.divmod(np.arange(h * w), w)
-        s_idx, mean_num = model.params(_context(g, rows, cols, model.offsets))
+        pad = _Padded(h, w, model.offsets, g)
+        s_idx, mean_num = model.params(pad.context(pad.index(rows, cols)))
         sym, excess = _symbols(g.ravel(), mean_num)
         if int(excess.max(initial=0)) >= MAX_EXCESS:
             raise ValueError(f"a latent is more than {RADIUS + MAX_EXCESS} from its predicted mean")
@@ -229,9 +244,10 @@ def decode_grids(
     dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype=np.uint32).copy())
     out = []
     for h, w in shapes:
-        g = np.zeros((h, w), dtype=np.int64)
+        pad = _Padded(h, w, model.offsets)
         for r, c in _wavefronts(h, w, model.offsets):
-            s_idx, mean_num = model.params(_context(g, r, c, model.offsets))
+            idx = pad.index(r, c)
+            s_idx, mean_num = model.params(pad.context(idx))
             try:
                 sym = np.asarray(
                     dec.decode(family, table[s_idx, np.mod(mean_num, MEAN_STEPS)]), dtype=np.int64
@@ -242,8 +258,8 @@ def decode_grids(
                     excess[esc] = np.asarray(dec.decode(uniform, int(esc.sum())), dtype=np.int64)
             except (ValueError, RuntimeError, AssertionError) as exc:
                 raise CinrFormatError(f"{where}: latent stream is corrupt ({exc})") from None
-            g[r, c] = _values(sym, excess, mean_num)
-        out.append(g)
+            pad.flat[idx] = _values(sym, excess, mean_num)
+        out.append(pad.view().copy())
     if not dec.maybe_exhausted():
         raise CinrFormatError(f"{where}: latent stream has data past its last latent")
     return out
@@ -257,7 +273,8 @@ def estimated_bits(grids: Sequence[np.ndarray], model: IntContextModel) -> float
         g = np.asarray(grid, dtype=np.int64)
         h, w = g.shape
         rows, cols = np.divmod(np.arange(h * w), w)
-        s_idx, mean_num = model.params(_context(g, rows, cols, model.offsets))
+        pad = _Padded(h, w, model.offsets, g)
+        s_idx, mean_num = model.params(pad.context(pad.index(rows, cols)))
         sym, _ = _symbols(g.ravel(), mean_num)
         p = table[s_idx, np.mod(mean_num, MEAN_STEPS), sym]
         total += float(-np.log2(np.maximum(p, 2.0**-24)).sum())

@@ -165,3 +165,22 @@ class LatentImage(nn.Module):
             mean, log_scale = self.arm(gather_context(y[0], self.offsets))
             bits = bits + laplace_bits(y[0].reshape(-1), mean, log_scale).sum()
         return x, bits
+
+
+def macs_per_pixel(config: LatentConfig) -> dict[str, float]:
+    """Decoder multiply-adds per pixel: ``synthesis``, ``context`` (per latent times latents per
+    pixel, for a large block), ``upsampling`` (bilinear: 4 per upsampled channel) and ``total``."""
+    with torch.device("meta"):
+        syn = Synthesis(config).macs_per_pixel()
+        arm = ContextModel(config)
+    per_latent = sum(m.in_features * m.out_features for m in arm.modules() if isinstance(m, nn.Linear))
+    levels = range(config.first_level, config.first_level + config.levels)
+    latents_per_pixel = sum(4.0**-k for k in levels)
+    upsampling = 4 * sum(1 for k in levels if k > 0)
+    context = per_latent * latents_per_pixel
+    return {
+        "synthesis": syn,
+        "context": context,
+        "upsampling": upsampling,
+        "total": syn + context + upsampling,
+    }
