@@ -274,10 +274,16 @@ class LatentCodec(BlockCodec):
         return LatentBlock(synthesis.to(resolve_device(device)), grids, w, h, x0, y0)
 
     def check_payload(self, payload: bytes, where: str) -> None:
-        """Structure and weights (the latent stream is checked when decoded)."""
-        # The config is not known here; check what the payload says about itself.
+        """The payload's structure: magic, a non-empty domain, sections that end the payload
+        exactly (the weights and latents are checked against the header when decoded)."""
         if len(payload) < _HEAD.size + 4 or payload[:4] != MAGIC:
             raise CinrFormatError(f"{where}: not a compressive CINR payload")
+        _, w, h, _, _, n_weights = _HEAD.unpack_from(payload)
+        if w < 1 or h < 1 or _HEAD.size + n_weights + 4 > len(payload):
+            raise CinrFormatError(f"{where}: malformed compressive CINR payload")
+        (n_latents,) = struct.unpack_from("<I", payload, _HEAD.size + n_weights)
+        if _HEAD.size + n_weights + 4 + n_latents != len(payload) or n_latents % 4:
+            raise CinrFormatError(f"{where}: compressive CINR payload sections do not end it")
 
     def payload_bits(self, payload: bytes) -> int:
         return 8 * len(payload)
@@ -313,6 +319,12 @@ class LatentCodec(BlockCodec):
             progress=settings.progress,
         )
         quantize_networks(fitted, pixels, lambda v: best_order(v)[0])
+        if settings.measure:
+            from ..core.metrics import psnr, ssim
+            from ..encode.train.latent import render_latents
+
+            out = render_latents(fitted.model)
+            fitted.psnr, fitted.ssim = psnr(out, pixels), ssim(out, pixels)
         fx, fy = (settings.frame[0], settings.frame[1]) if settings.frame else (0, 0)
         fitted.origin = (int(fx), int(fy))  # type: ignore[attr-defined]
         return fitted

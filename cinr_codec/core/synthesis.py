@@ -130,12 +130,19 @@ def soft_round(x: torch.Tensor, t: float) -> torch.Tensor:
     return fx + 0.5 * torch.tanh(r / t) / math.tanh(1 / (2 * t)) + 0.5
 
 
-def quantize(x: torch.Tensor, mode: str, t: float) -> torch.Tensor:
-    """Training-time rounding: ``soft`` (soft round, noise, soft round), ``ste`` (round forward,
-    soft-round gradient backward) or ``hard``."""
+def kumaraswamy_noise(like: torch.Tensor, a: float) -> torch.Tensor:
+    """Noise in [-1/2, 1/2] from a Kumaraswamy(a, b) law with mode 1/2 (a = 1: uniform; larger a
+    concentrates it near 0), as Cool-chic anneals it."""
+    u = torch.rand_like(like).clamp(1e-6, 1 - 1e-6)
+    b = (2**a * (a - 1) + 1) / a
+    return (1 - (1 - u) ** (1 / b)) ** (1 / a) - 0.5
+
+
+def quantize(x: torch.Tensor, mode: str, t: float, a: float = 1.0) -> torch.Tensor:
+    """Training-time rounding: ``soft`` (soft round, Kumaraswamy noise of parameter ``a``, soft
+    round), ``ste`` (round forward, soft-round gradient backward) or ``hard``."""
     if mode == "soft":
-        u = torch.rand_like(x) - 0.5
-        return soft_round(soft_round(x, t) + u, t)
+        return soft_round(soft_round(x, t) + kumaraswamy_noise(x, a), t)
     if mode == "ste":
         y = soft_round(x, t)
         return y + (torch.round(x) - y).detach()
@@ -156,9 +163,11 @@ class LatentImage(nn.Module):
         self.arm = ContextModel(config)
         self.offsets = causal_offsets(config.context)
 
-    def forward(self, mode: str = "soft", t: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, mode: str = "soft", t: float = 0.3, a: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(RGB (1, 3, H, W), total bits of the latents) under the given rounding."""
-        ys = [quantize(g, mode, t) for g in self.latents]
+        ys = [quantize(g, mode, t, a) for g in self.latents]
         x = self.synthesis(upsample(ys, self.height, self.width))
         bits = torch.zeros((), device=x.device)
         for y in ys:

@@ -102,7 +102,7 @@ def write_fitted(
         q_psnr, q_ssim = psnr(decoded, img), ssim(decoded, img)
         fit = {
             "psnr_db": finite_or_none(result.psnr),
-            "ssim": result.ssim,
+            "ssim": finite_or_none(result.ssim),
             "steps": result.steps,
             "seconds": round(result.seconds, 3),
             "device": result.device,

@@ -59,6 +59,7 @@ def test_rd_quick_json(tmp_path: Path) -> None:
         "cpu",
         "--threads",
         "1",
+        "--no-ccinr",
     )
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)  # nothing else on stdout

@@ -14,7 +14,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
@@ -606,15 +606,40 @@ class CinrReader:
         """Header and footer fields merged (the footer's keys never repeat the header's)."""
         return {**self.header, **self.footer}
 
-    def verify(self) -> None:
-        """Read and check every block and associated image (raises the first CinrError)."""
+    def verify(self, check: Callable[[bytes, str], None] | None = None) -> None:
+        """Read and check every block and associated image (raises the first CinrError).
+
+        Model payloads are checked by ``check(payload, where)``; by default by the block
+        representation the header's ``model.kind`` names (``coding.registry``), or as format v1
+        tensors when it names none.
+        """
+        if check is None:
+            check = self._default_check()
         for info in self.blocks():
             if info.kind == "image":
                 self.read_image_block(info.block_id)
             elif info.kind != "background":
-                self.read_tensors(info.block_id)
+                self._model_info(info.block_id)
+                check(
+                    self.read_payload(info.block_id),
+                    f"{self.name}: block {info.block_id} (at offset {info.offset})",
+                )
         for name in self._images:
             self.read_associated_image(name)
+
+    def _default_check(self) -> Callable[[bytes, str], None]:
+        from ...coding.registry import CODECS, get_codec
+
+        model = self.header.get("model")
+        kind = model.get("kind") if isinstance(model, dict) else None
+        if isinstance(kind, str) and kind in CODECS:
+            return get_codec(kind).check_payload
+        from ...coding.quant import dequantize_tensors
+
+        def tensors(data: bytes, where: str) -> None:
+            dequantize_tensors(data, where=where)
+
+        return tensors
 
     def close(self) -> None:
         """Close the file if this reader opened it."""
