@@ -13,6 +13,10 @@ points are dropped, points are sorted by rate, and a point is kept only if its P
 strictly above that of every lower-rate point (a dominated point would make log-rate a
 non-function of PSNR). ``None`` when a cleaned curve has fewer than two points or the PSNR
 ranges do not overlap.
+
+``window=(lo, hi)`` restricts the integration to the part of the overlap inside [lo, hi] dB
+(``None`` when that part is empty); without it the whole overlap is used.
+``rate_at(rates, psnrs, target)`` is the rate one curve needs for a PSNR, on its front.
 """
 
 from __future__ import annotations
@@ -92,14 +96,20 @@ def bd_rate(
     anchor_psnrs: Sequence[float | None],
     test_rates: Sequence[float],
     test_psnrs: Sequence[float | None],
+    window: tuple[float, float] | None = None,
 ) -> float | None:
-    """BD-rate in percent of the test curve against the anchor (negative: the test needs fewer bits)."""
+    """BD-rate in percent of the test curve against the anchor (negative: the test needs fewer bits).
+
+    ``window=(lo, hi)``: only the part of the curves' PSNR overlap inside [lo, hi] dB counts.
+    """
     ra, pa = rd_front(anchor_rates, anchor_psnrs)
     rt, pt = rd_front(test_rates, test_psnrs)
     if len(ra) < 2 or len(rt) < 2:
         return None
     lo = max(pa[0], pt[0])
     hi = min(pa[-1], pt[-1])
+    if window is not None:
+        lo, hi = max(lo, float(window[0])), min(hi, float(window[1]))
     if not hi > lo:
         return None
     ia = pchip_integral(pa, np.log10(ra), lo, hi)

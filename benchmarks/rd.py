@@ -1,6 +1,7 @@
-"""Rate-distortion: cinr against JPEG, JPEG 2000, JPEG XL, AVIF and WebP on real H&E regions.
+"""Rate-distortion: cinr and ccinr against JPEG, JPEG 2000, JPEG XL, AVIF and WebP on real H&E regions.
 
 python -m benchmarks.rd [--quick] [--json] [--image PATH ...] [--size N] [--steps N | PRESET=N,...]
+                        [--no-cinr] [--qualities qN,...] [--ccinr-steps N] [--no-ccinr]
                         [--region saturated|centre] [--out NAME] [--results DIR] [--quiet]
 
 Regions. For each image (default: the three real slides in ../shared/data; ``--quick``: the
@@ -12,13 +13,28 @@ The region's coordinates are in the output.
 cinr. For each preset (``fast``, ``default``) the ``cinr`` model is fitted ONCE to the region
 (``fit_cinr``) and stored at every storage precision of ``cinr_codec.QUANT_SETTINGS``
 (``store_cinr``, i.e. ``write_fitted``); bpp = whole ``.cinr`` file bytes * 8 / pixels, and
-PSNR/SSIM are those of the decoded file (measured after quantization).
+PSNR/SSIM are those of the decoded file (measured after quantization). ``--no-cinr`` skips them.
+
+ccinr (compressive CINR: integer latent grids trained with a rate term, entropy-coded, small
+synthesis network). One encode per quality level (``--qualities``, default q1,q3,q5,q6,q8, an
+even spread over the eight levels, meant to cover roughly 32-42 dB; ``--quick``: q1,q5,q8), each
+trained for ``--ccinr-steps`` steps (default the recipe's ``RECIPE["steps"]``; ``--quick``: 800),
+the same encode as ``encode_image(model="ccinr", preset=q)``. Rows ``codec: "ccinr"``,
+``setting: "qN"``; bpp = whole ``.cinr`` file bytes (header, quantized network weights and the
+entropy-coded latents) * 8 / pixels, so the network's bits are counted at the region size used
+(they weigh more per pixel on small regions). ``--no-ccinr`` skips them.
+
+Time of ``--quick`` (one 256 px region) on 2 quiet CPU cores, estimated: ccinr 3 levels x 800
+steps at 100-250 ms a step, plus ~3 s each to quantize the networks and entropy-code: 4-10 min;
+cinr 2 x 300 steps and 6 stores: ~0.5 min; codec sweeps, pyramids, plot: ~0.5 min; about 5-11
+minutes in all, under 15 (on a busy machine a ccinr step took ~0.3 s; ``--threads 1`` helps there).
 
 Codecs (imagecodecs): JPEG (libjpeg-turbo, 4:2:0, quality), JPEG 2000 (OpenJPEG, ``level`` =
 target PSNR in dB), JPEG XL (libjxl, effort 7, butteraugli distance), AVIF (libavif, speed 6,
 quality), WebP (libwebp lossy, method 4, quality). Each codec runs a base sweep, then extra
-lower/higher-rate settings while its bpp or PSNR range does not cover cinr's. Missing
-encoders are skipped with a note. Lossless results (infinite PSNR) are listed, not plotted.
+lower/higher-rate settings while its bpp or PSNR range does not cover the range of the cinr
+and ccinr points (``rd_run.cinr_target``). Missing encoders are skipped with a note. Lossless
+results (infinite PSNR) are listed, not plotted.
 
 BD-rate (``benchmarks.bdrate``): Bjøntegaard delta rate with PCHIP interpolation of log-rate
 against PSNR over the overlapping PSNR interval, in percent, of cinr against each codec
@@ -26,6 +42,13 @@ against PSNR over the overlapping PSNR interval, in percent, of cinr against eac
 points of the image (both presets, every precision; dominated points dropped); the
 ``default``-preset-only figure is reported too. ``None`` when curves do not overlap or a
 curve has fewer than two points. Averaged over images (mean of the defined per-image values).
+ccinr's BD-rate against each codec (``bd_rate_ccinr``, ``bd_rate_ccinr_per_image``) is the same
+with the PSNR integral restricted to the part of the curves' overlap inside 34-40 dB
+(``rd_run.BD_WINDOW``); the hash-grid figures above use the whole overlap, as before.
+
+Bits per pixel at 37.5 dB (``bpp_at_37_5``, per image): each curve (cinr, ccinr, every codec)
+read on its rate-distortion front with the same PCHIP of log-rate on PSNR; None outside the
+curve's PSNR range.
 
 Also reported: the bytes of the source slide's own level-0 tiles that cover the region (read
 from the TIFF tile tables; an untiled file is estimated pro rata by area) and of a
@@ -50,6 +73,7 @@ from typing import Any
 
 from cinr_codec import QUANT_SETTINGS
 from cinr_codec.core.render import resolve_device
+from cinr_codec.encode.train.latent import QUALITY_LAMBDAS, RECIPE
 from cinr_codec.encode.train.presets import get_preset
 from cinr_codec.errors import CinrError
 
@@ -65,12 +89,39 @@ from .common import (
 )
 from .rd_codecs import CODECS, make_codecs
 from .rd_report import plot, report
-from .rd_run import Config, mean_bd, planned_work, run_image
+from .rd_run import BD_WINDOW, BPP_AT_PSNR, Config, mean_bd, planned_work, run_image
 
 DEFAULT_IMAGES = SHARED_IMAGES
 PRESETS = ("fast", "default")
 QUICK_QUANTS = ("int8+float16", "int8", "float16")
 QUICK_STEPS = 300
+#: ccinr quality levels: an even spread over q1 (smallest) ... q8 (best), and the --quick one.
+QUALITIES = ("q1", "q3", "q5", "q6", "q8")
+QUICK_QUALITIES = ("q1", "q5", "q8")
+#: ccinr training steps of --quick (the default is the recipe's, RECIPE["steps"]).
+QUICK_CCINR_STEPS = 800
+
+
+def parse_qualities(text: str | None, quick: bool) -> list[str]:
+    """``q2,q4,...`` (ccinr quality levels, in the order given, repeats dropped); None: the default spread."""
+    if text is None:
+        return list(QUICK_QUALITIES if quick else QUALITIES)
+    out = list(dict.fromkeys(csv_list(text)))
+    bad = [q for q in out if q not in QUALITY_LAMBDAS]
+    if bad or not out:
+        raise ValueError(
+            f"--qualities: unknown quality levels {bad or text!r}; choose from {', '.join(QUALITY_LAMBDAS)}"
+        )
+    return out
+
+
+def ccinr_steps(value: int | None, quick: bool) -> int:
+    """``--ccinr-steps``: the value, or QUICK_CCINR_STEPS with --quick, or the recipe's steps."""
+    if value is None:
+        return QUICK_CCINR_STEPS if quick else int(RECIPE["steps"])
+    if value < 1:
+        raise ValueError("--ccinr-steps must be >= 1")
+    return value
 
 
 def parse_steps(text: str | None, presets: Sequence[str], quick: bool) -> dict[str, int | None]:
@@ -106,12 +157,29 @@ def main(argv: list[str] | None = None) -> None:
         "--size", type=int, default=None, help="region side in pixels (default 1000; --quick 256)"
     )
     ap.add_argument("--region", choices=("saturated", "centre"), default="saturated")
-    ap.add_argument("--quick", action="store_true", help="256 px, one image, fewer settings, 300 cinr steps")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"256 px, one image, fewer settings, 300 cinr steps, {QUICK_CCINR_STEPS} ccinr steps",
+    )
     ap.add_argument("--presets", default=",".join(PRESETS), help="cinr presets (default fast,default)")
     ap.add_argument(
         "--quants", default=None, help="storage precisions (default: all; --quick: int8+float16,int8,float16)"
     )
     ap.add_argument("--steps", default=None, help="cinr steps: N for every preset, or PRESET=N,...")
+    ap.add_argument("--no-cinr", action="store_true", help="skip the hash-grid cinr fits")
+    ap.add_argument(
+        "--qualities",
+        default=None,
+        help=f"ccinr quality levels (default {','.join(QUALITIES)}; --quick {','.join(QUICK_QUALITIES)})",
+    )
+    ap.add_argument(
+        "--ccinr-steps",
+        type=int,
+        default=None,
+        help=f"ccinr training steps (default: the recipe's; --quick {QUICK_CCINR_STEPS})",
+    )
+    ap.add_argument("--no-ccinr", action="store_true", help="skip the compressive CINR (ccinr) encodes")
     ap.add_argument("--codecs", default=",".join(CODECS), help="conventional codecs to compare")
     ap.add_argument("--no-pyramid", action="store_true", help="skip the JPEG pyramid sizes")
     ap.add_argument("--device", default="auto")
@@ -146,11 +214,15 @@ def main(argv: list[str] | None = None) -> None:
         size = args.size if args.size is not None else (256 if args.quick else 1000)
         if size < 16:
             raise ValueError("--size must be >= 16")
-        presets = csv_list(args.presets)
+        presets = [] if args.no_cinr else csv_list(args.presets)
         for p in presets:
             get_preset("cinr", p)
-        if not presets:
-            raise ValueError("--presets: give at least one cinr preset")
+        if not presets and not args.no_cinr:
+            raise ValueError("--presets: give at least one cinr preset (or --no-cinr)")
+        qualities = [] if args.no_ccinr else parse_qualities(args.qualities, args.quick)
+        n_ccinr_steps = ccinr_steps(args.ccinr_steps, args.quick)
+        if not presets and not qualities:
+            raise ValueError("--no-cinr and --no-ccinr: nothing to measure")
         quants = (
             csv_list(args.quants) if args.quants else list(QUICK_QUANTS if args.quick else QUANT_SETTINGS)
         )
@@ -187,6 +259,8 @@ def main(argv: list[str] | None = None) -> None:
             device=args.device,
             seed=args.seed,
             pyramid=not args.no_pyramid,
+            qualities=qualities,
+            ccinr_steps=n_ccinr_steps,
         )
         name = args.out or ("quick" if args.quick else "full")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
@@ -236,6 +310,10 @@ def main(argv: list[str] | None = None) -> None:
         "bd_rate_default_preset": mean_bd(results, "bd_rate_default_preset", names)
         if "default" in presets
         else {},
+        "bd_rate_ccinr": mean_bd(results, "bd_rate_ccinr", names),
+        "bd_rate_ccinr_per_image": {im["image"]: im["bd_rate_ccinr"] for im in results},
+        "bd_rate_ccinr_window_db": list(BD_WINDOW),
+        "bpp_at_37_5": {im["image"]: im["bpp_at_37_5"] for im in results},
         "codecs": names,
         "codec_labels": {c: codecs[c].label for c in names},
         "skipped": skipped,
@@ -248,6 +326,13 @@ def main(argv: list[str] | None = None) -> None:
             "presets": presets,
             "quants": quants,
             "steps": steps,
+            "cinr": bool(presets),
+            "ccinr": bool(qualities),
+            "qualities": qualities,
+            "ccinr_lambdas": {q: QUALITY_LAMBDAS[q] for q in qualities},
+            "ccinr_steps": n_ccinr_steps if qualities else None,
+            "bd_window_db": list(BD_WINDOW),
+            "bpp_at_psnr_db": BPP_AT_PSNR,
             "quick": args.quick,
             "device": args.device,
             "seed": args.seed,

@@ -31,27 +31,9 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v:+.1f}%"
 
 
-def report(result: dict[str, Any], extra: dict[str, str], png_name: str | None) -> str:
-    """Markdown: header, method, per image (region, source tiles, pyramid, rows, equal-PSNR), BD-rates."""
-    codecs = result["codecs"]
-    lines = [header("Rate-distortion: cinr against JPEG, JPEG 2000, JPEG XL, AVIF, WebP", extra)]
-    s = result["settings"]
-    steps = ", ".join(f"{p}: {'preset default' if v is None else v}" for p, v in s["steps"].items())
-    lines.append(
-        f"Regions: {s['size']} px side, {s['region_how']}. cinr: presets {', '.join(s['presets'])} "
-        f"(steps {steps}; fitted once per preset), stored at {', '.join(s['quants'])}; bpp = whole `.cinr` "
-        "file bytes × 8 / region pixels, PSNR/SSIM of the decoded file (after quantization). Codecs: "
-        + "; ".join(result["codec_labels"][c] for c in codecs)
-        + ". PSNR on 8-bit RGB (data range 255), SSIM as `cinr_codec.core.metrics.ssim`. "
-        "BD-rate: Bjøntegaard delta rate, PCHIP of log-rate against PSNR over the overlapping PSNR "
-        "interval (`benchmarks/bdrate.py`), of cinr against each codec; negative = cinr needs fewer bits. "
-        "The cinr curve is the rate-distortion front of all cinr points of an image (both presets, every "
-        "precision; dominated points dropped); *default preset* uses only that preset's points. "
-        "n/a: the curves do not overlap in PSNR or a curve has < 2 points.\n"
-    )
-    if result["skipped"]:
-        lines.append("Skipped: " + "; ".join(f"{c} ({why})" for c, why in result["skipped"].items()) + ".\n")
-    lines.append("## BD-rate of cinr against each codec\n")
+def _bd_hashgrid(result: dict[str, Any], codecs: list[str]) -> list[str]:
+    """The hash-grid cinr BD-rate table."""
+    lines = ["## BD-rate of cinr against each codec\n"]
     lines.append("| image | cinr curve | " + " | ".join(codecs) + " |")
     lines.append("|---|---|" + "---:|" * len(codecs))
     for im in result["images"]:
@@ -72,6 +54,79 @@ def report(result: dict[str, Any], extra: dict[str, str], png_name: str | None) 
             + " |"
         )
     lines.append("")
+    return lines
+
+
+def report(result: dict[str, Any], extra: dict[str, str], png_name: str | None) -> str:
+    """Markdown: header, method, per image (region, source tiles, pyramid, rows, equal-PSNR), BD-rates."""
+    codecs = result["codecs"]
+    lines = [header("Rate-distortion: cinr and ccinr against JPEG, JPEG 2000, JPEG XL, AVIF, WebP", extra)]
+    s = result["settings"]
+    steps = ", ".join(f"{p}: {'preset default' if v is None else v}" for p, v in s["steps"].items())
+    if s["presets"]:
+        hashgrid = (
+            f"cinr (hash grid): presets {', '.join(s['presets'])} (steps {steps}; fitted once per preset), "
+            f"stored at {', '.join(s['quants'])}"
+        )
+    else:
+        hashgrid = "cinr (hash grid): not run (`--no-cinr`)"
+    if s["qualities"]:
+        ccinr = (
+            f"ccinr (compressive CINR, entropy-coded latents): quality levels {', '.join(s['qualities'])} "
+            "(λ "
+            + ", ".join(f"{q} {lam:.3g}" for q, lam in s["ccinr_lambdas"].items())
+            + f"), {s['ccinr_steps']} training steps each, one encode per level"
+        )
+    else:
+        ccinr = "ccinr: not run (`--no-ccinr`)"
+    lines.append(
+        f"Regions: {s['size']} px side, {s['region_how']}. {hashgrid}. {ccinr}. bpp = whole `.cinr` "
+        "file bytes × 8 / region pixels (header, network weights and latents: the network bits are "
+        f"counted at this {s['size']} px region size, and weigh less per pixel on larger regions), "
+        "PSNR/SSIM of the decoded file (after quantization). Codecs: "
+        + "; ".join(result["codec_labels"][c] for c in codecs)
+        + ". PSNR on 8-bit RGB (data range 255), SSIM as `cinr_codec.core.metrics.ssim`. "
+        "BD-rate: Bjøntegaard delta rate, PCHIP of log-rate against PSNR over the overlapping PSNR "
+        "interval (`benchmarks/bdrate.py`), of cinr against each codec; negative = cinr needs fewer bits. "
+        "The cinr curve is the rate-distortion front of all cinr points of an image (both presets, every "
+        "precision; dominated points dropped); *default preset* uses only that preset's points. "
+        "n/a: the curves do not overlap in PSNR or a curve has < 2 points.\n"
+    )
+    if result["skipped"]:
+        lines.append("Skipped: " + "; ".join(f"{c} ({why})" for c, why in result["skipped"].items()) + ".\n")
+    if s["presets"]:
+        lines += _bd_hashgrid(result, codecs)
+    if s["qualities"]:
+        w0, w1 = s["bd_window_db"]
+        lines.append(f"## BD-rate of ccinr against each codec, {w0:g}–{w1:g} dB\n")
+        lines.append(
+            f"ccinr: {s['size']} px regions, {s['ccinr_steps']} steps, qualities {', '.join(s['qualities'])}; "
+            "network bits counted in the file bytes at this region size. Same BD-rate as above, with the "
+            f"PSNR integral restricted to the part of the two curves' overlap inside {w0:g}–{w1:g} dB; "
+            "n/a: no overlap there, or a curve has < 2 points.\n"
+        )
+        lines.append("| image | " + " | ".join(codecs) + " |")
+        lines.append("|---|" + "---:|" * len(codecs))
+        for im in result["images"]:
+            lines.append(
+                f"| {im['image']} | " + " | ".join(_pct(im["bd_rate_ccinr"][c]) for c in codecs) + " |"
+            )
+        lines.append("| **mean** | " + " | ".join(_pct(result["bd_rate_ccinr"][c]) for c in codecs) + " |")
+        lines.append("")
+    target = s["bpp_at_psnr_db"]
+    curves = list(next(iter(result["bpp_at_37_5"].values()), {}))
+    if curves:
+        lines.append(f"## Bits per pixel at {target:g} dB\n")
+        lines.append(
+            f"Read on each curve's rate-distortion front (PCHIP of log-rate on PSNR); – when {target:g} dB is "
+            f"outside the curve's PSNR range. {s['size']} px regions; neural-codec bpp counts the whole file.\n"
+        )
+        lines += md_table(
+            ("image", *curves),
+            "l" + "r" * len(curves),
+            ((im, *(num(v[c]) for c in curves)) for im, v in result["bpp_at_37_5"].items()),
+        )
+        lines.append("")
     if png_name:
         lines.append(f"![PSNR against bpp]({png_name})\n")
     for im in result["images"]:
@@ -79,13 +134,15 @@ def report(result: dict[str, Any], extra: dict[str, str], png_name: str | None) 
         lines.append(f"## {im['image']}\n")
         lines.append(
             f"Region {rg['width']}x{rg['height']} at ({rg['x']}, {rg['y']}) of {rg['image_width']}x"
-            f"{rg['image_height']} ({rg['how']}); {im['seconds']:.0f} s for this image. cinr fits: "
+            f"{rg['image_height']} ({rg['how']}); {im['seconds']:.0f} s for this image."
+            + (" cinr fits: " if im["cinr_fits"] else "")
             + "; ".join(
                 f"{f['preset']} {f['steps']} steps in {f['seconds']:.1f} s on {f['device']}, "
                 f"{f['fit_psnr']:.2f} dB before storage, {f['n_params']:,} parameters"
                 for f in im["cinr_fits"]
             )
-            + ".\n"
+            + ("." if im["cinr_fits"] else "")
+            + "\n"
         )
         st = im["source_tiles"]
         q = f", Q={st['quality']}" if st.get("quality") is not None else ""
@@ -126,13 +183,13 @@ def report(result: dict[str, Any], extra: dict[str, str], png_name: str | None) 
             )
             lines.append("")
         lines.append(
-            "Rate needed for cinr's PSNR (PCHIP of log-rate on PSNR; – outside the codec's range):\n"
+            "Rate needed for cinr's and ccinr's PSNR (PCHIP of log-rate on PSNR; – outside the codec's range):\n"
         )
-        lines.append("| cinr setting | cinr bpp | PSNR | " + " | ".join(f"{c} bpp" for c in codecs) + " |")
+        lines.append("| setting | bpp | PSNR | " + " | ".join(f"{c} bpp" for c in codecs) + " |")
         lines.append("|---|---:|---:|" + "---:|" * len(codecs))
         for e in im["equal_psnr"]:
             lines.append(
-                f"| {e['setting']} | {e['bpp']:.3f} | {e['psnr']:.2f} | "
+                f"| {e.get('codec', 'cinr')} {e['setting']} | {e['bpp']:.3f} | {e['psnr']:.2f} | "
                 + " | ".join(num(e["codecs"][c]) for c in codecs)
                 + " |"
             )
@@ -160,7 +217,9 @@ def report(result: dict[str, Any], extra: dict[str, str], png_name: str | None) 
         ]
         if cov:
             lines.append(
-                "\nNot covering cinr's bpp range even with the extra settings: " + ", ".join(cov) + "."
+                "\nNot covering the cinr/ccinr bpp range even with the extra settings: "
+                + ", ".join(cov)
+                + "."
             )
         lines.append("")
     lines.append(f"Total wall time: {result['seconds']:.0f} s.")
@@ -213,6 +272,24 @@ def plot(result: dict[str, Any], path: Path, extra: dict[str, str]) -> bool:
                         xytext=(3, -8),
                         textcoords="offset points",
                     )
+        cc = sorted(
+            (r for r in im["rows"] if r["codec"] == "ccinr" and r["psnr"] is not None), key=lambda r: r["bpp"]
+        )
+        if cc:
+            ax.plot(
+                [r["bpp"] for r in cc],
+                [r["psnr"] for r in cc],
+                marker="D",
+                ms=5,
+                lw=2,
+                color="tab:brown",
+                zorder=5,
+                label="ccinr",
+            )
+            for r in cc:
+                ax.annotate(
+                    r["setting"], (r["bpp"], r["psnr"]), fontsize=6, xytext=(3, 3), textcoords="offset points"
+                )
         for p in im["pyramid"]:
             if p["level0_psnr"] is not None:
                 ax.scatter([p["file_bpp"]], [p["level0_psnr"]], marker="x", color="grey", zorder=4)

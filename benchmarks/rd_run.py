@@ -1,4 +1,5 @@
-"""Rate-distortion benchmark, one image: cinr fits and stores, codec sweeps, source and pyramid sizes, BD-rates."""
+"""Rate-distortion benchmark, one image: cinr fits and stores, ccinr encodes, codec sweeps, source and
+pyramid sizes, BD-rates, bits per pixel at a PSNR."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +16,34 @@ import numpy as np
 from cinr_codec.encode.train.presets import get_preset
 
 from .bdrate import bd_rate, rate_at
-from .rd_cinr import fit_cinr, store_cinr
+from .rd_cinr import encode_ccinr, fit_cinr, store_cinr
 from .rd_codecs import Codec, sweep
 from .rd_sources import PYRAMID_QUALITIES, jpeg_pyramid, read_region, source_tiles
 
-__all__ = ["Config", "bd_rates", "cinr_target", "equal_psnr", "mean_bd", "planned_work", "run_image"]
+__all__ = [
+    "BD_WINDOW",
+    "BPP_AT_PSNR",
+    "Config",
+    "bd_rates",
+    "bpp_at",
+    "cinr_target",
+    "equal_psnr",
+    "mean_bd",
+    "planned_work",
+    "run_image",
+]
+
+#: PSNR window (dB) of the ccinr BD-rates: the part of the curves' overlap inside it counts.
+BD_WINDOW = (34.0, 40.0)
+#: PSNR (dB) at which ``bpp_at`` reads each curve.
+BPP_AT_PSNR = 37.5
+#: The neural codecs' rows (the codec sweeps cover their range).
+NEURAL = ("cinr", "ccinr")
 
 
 def cinr_target(rows: list[dict[str, Any]]) -> dict[str, float] | None:
-    """The bpp and PSNR range of the cinr rows (what the codec sweeps should cover)."""
-    pts = [r for r in rows if r["psnr"] is not None]
+    """The bpp and PSNR range of the cinr and ccinr rows (what the codec sweeps should cover)."""
+    pts = [r for r in rows if r["psnr"] is not None and r["codec"] in NEURAL]
     if not pts:
         return None
     return {
@@ -36,10 +55,18 @@ def cinr_target(rows: list[dict[str, Any]]) -> dict[str, float] | None:
 
 
 def bd_rates(
-    rows: list[dict[str, Any]], codecs: Sequence[str], preset: str | None = None
+    rows: list[dict[str, Any]],
+    codecs: Sequence[str],
+    preset: str | None = None,
+    *,
+    model: str = "cinr",
+    window: tuple[float, float] | None = None,
 ) -> dict[str, float | None]:
-    """BD-rate (%) of cinr (all presets, or one) against each codec, from one image's rows."""
-    cinr = [r for r in rows if r["codec"] == "cinr" and (preset is None or r["preset"] == preset)]
+    """BD-rate (%) of ``model``'s rows (all presets, or one) against each codec, from one image's rows.
+
+    ``window``: PSNR interval (dB) the BD integral is restricted to (``bdrate.bd_rate``).
+    """
+    cinr = [r for r in rows if r["codec"] == model and (preset is None or r["preset"] == preset)]
     out: dict[str, float | None] = {}
     for c in codecs:
         anchor = [r for r in rows if r["codec"] == c]
@@ -48,17 +75,33 @@ def bd_rates(
             [r["psnr"] for r in anchor],
             [r["bpp"] for r in cinr],
             [r["psnr"] for r in cinr],
+            window,
         )
     return out
 
 
+def bpp_at(rows: list[dict[str, Any]], codecs: Sequence[str], psnr: float) -> dict[str, float | None]:
+    """Bits per pixel each codec's rate-distortion front needs for ``psnr`` (None outside its range)."""
+    out: dict[str, float | None] = {}
+    for c in codecs:
+        pts = [r for r in rows if r["codec"] == c]
+        out[c] = rate_at([r["bpp"] for r in pts], [r["psnr"] for r in pts], psnr)
+    return out
+
+
 def equal_psnr(rows: list[dict[str, Any]], codecs: Sequence[str]) -> list[dict[str, Any]]:
-    """For each cinr point: the bpp each codec needs for the same PSNR (None outside its range)."""
+    """For each cinr and ccinr point: the bpp each codec needs for the same PSNR (None outside its range)."""
     out = []
     for r in rows:
-        if r["codec"] != "cinr" or r["psnr"] is None:
+        if r["codec"] not in NEURAL or r["psnr"] is None:
             continue
-        entry = {"setting": r["setting"], "bpp": r["bpp"], "psnr": r["psnr"], "codecs": {}}
+        entry = {
+            "codec": r["codec"],
+            "setting": r["setting"],
+            "bpp": r["bpp"],
+            "psnr": r["psnr"],
+            "codecs": {},
+        }
         for c in codecs:
             pts = [q for q in rows if q["codec"] == c]
             entry["codecs"][c] = rate_at([q["bpp"] for q in pts], [q["psnr"] for q in pts], r["psnr"])
@@ -80,18 +123,21 @@ class Config:
     device: str
     seed: int
     pyramid: bool = True
+    qualities: list[str] = field(default_factory=list)  # ccinr quality levels (none: no ccinr)
+    ccinr_steps: int | None = None  # None: the ccinr recipe's steps
 
 
 def planned_work(cfg: Config) -> int:
-    """Progress-bar units for one image: cinr fits and stores, codec settings, pyramids."""
-    n = len(cfg.presets) * (1 + len(cfg.quants))
+    """Progress-bar units for one image: cinr fits and stores, ccinr encodes, codec settings, pyramids."""
+    n = len(cfg.presets) * (1 + len(cfg.quants)) + len(cfg.qualities)
     for c in cfg.codecs.values():
         n += len(c.quick if cfg.quick else c.base) + len(c.low) + len(c.high)
     return n + (len(PYRAMID_QUALITIES) if cfg.pyramid else 0)
 
 
 def run_image(path: Path, label: str, cfg: Config, bar: Any, log: Callable[[str], None]) -> dict[str, Any]:
-    """Everything for one image: region, cinr fits and stores, codec sweeps, source and pyramid sizes."""
+    """Everything for one image: region, cinr fits and stores, ccinr encodes, codec sweeps, source and
+    pyramid sizes, BD-rates."""
     t_image = time.perf_counter()
     region, where = read_region(path, cfg.size, cfg.region)
     h, w = region.shape[:2]
@@ -154,6 +200,10 @@ def run_image(path: Path, label: str, cfg: Config, bar: Any, log: Callable[[str]
                     }
                 )
                 step(f"cinr {preset}/{quant}: {8.0 * s['bytes'] / n:.3f} bpp, {s['psnr']:.2f} dB")
+        for quality in cfg.qualities:
+            rows.append(
+                _ccinr_row(region, Path(tmp) / f"ccinr-{quality}.cinr", quality, cfg, label, bar, step)
+            )
     target = cinr_target(rows)
     coverage = {}
     for name, codec in cfg.codecs.items():
@@ -172,6 +222,7 @@ def run_image(path: Path, label: str, cfg: Config, bar: Any, log: Callable[[str]
     for r in rows:
         r["image"] = label
     names = list(cfg.codecs)
+    curves = (["cinr"] if cfg.presets else []) + (["ccinr"] if cfg.qualities else []) + names
     return {
         "image": label,
         "path": str(path),
@@ -184,9 +235,60 @@ def run_image(path: Path, label: str, cfg: Config, bar: Any, log: Callable[[str]
         "rows": rows,
         "bd_rate": bd_rates(rows, names),
         "bd_rate_default_preset": bd_rates(rows, names, "default") if "default" in cfg.presets else {},
+        "bd_rate_ccinr": bd_rates(rows, names, model="ccinr", window=BD_WINDOW),
+        "bpp_at_37_5": bpp_at(rows, curves, BPP_AT_PSNR),
         "equal_psnr": equal_psnr(rows, names),
         "seconds": round(time.perf_counter() - t_image, 1),
     }
+
+
+def _ccinr_row(
+    region: np.ndarray,
+    path: Path,
+    quality: str,
+    cfg: Config,
+    label: str,
+    bar: Any,
+    step: Callable[[str], None],
+) -> dict[str, Any]:
+    """Encode ``region`` with ccinr at ``quality``; the result row."""
+    from cinr_codec.encode.train.latent import QUALITY_LAMBDAS, RECIPE
+
+    total = cfg.ccinr_steps if cfg.ccinr_steps is not None else int(RECIPE["steps"])
+    bar.label = f"{label}: ccinr/{quality}"
+    bar.update(0)
+
+    def progress(step_i: int, seconds: float, est: float) -> None:
+        if step_i % 50 == 0:
+            bar.label = f"{label}: ccinr/{quality} step {step_i}/{total}, ~{est:.1f} dB"
+            bar.update(0)
+
+    t0 = time.perf_counter()
+    s = encode_ccinr(
+        region, path, quality, cfg.ccinr_steps, device=cfg.device, seed=cfg.seed, progress=progress
+    )
+    n = region.shape[0] * region.shape[1]
+    p = s["psnr"] if math.isfinite(s["psnr"]) else None
+    row = {
+        "codec": "ccinr",
+        "setting": quality,
+        "preset": quality,
+        "quant": "entropy",
+        "lambda": QUALITY_LAMBDAS[quality],
+        "bytes": int(s["bytes"]),
+        "payload_bytes": int(s["payload_bytes"]),
+        "bpp": 8.0 * s["bytes"] / n,
+        "psnr": p,
+        "ssim": s["ssim"],
+        "lossless": p is None,
+        "steps": int(s["steps"]),
+        "train_seconds": round(float(s["seconds"]), 3),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    step(
+        f"ccinr {quality}: {s['steps']} steps, {row['seconds']:.1f} s, {row['bpp']:.3f} bpp, {s['psnr']:.2f} dB"
+    )
+    return row
 
 
 def mean_bd(images: list[dict[str, Any]], key: str, codecs: Sequence[str]) -> dict[str, float | None]:

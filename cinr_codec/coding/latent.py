@@ -306,6 +306,7 @@ class LatentCodec(BlockCodec):
     def fit(
         self, pixels: np.ndarray, config: LatentConfig, kind: str, preset: str, settings: FitSettings
     ) -> FittedBlock:
+        from ..core.render import resolve_device
         from ..encode.train.latent import fit_latents, lambda_of, quantize_networks
 
         fitted = fit_latents(
@@ -315,7 +316,7 @@ class LatentCodec(BlockCodec):
             steps=settings.steps,
             time_budget=settings.time_budget,
             seed=settings.seed,
-            device=settings.device,
+            device=str(resolve_device(settings.device)),
             progress=settings.progress,
         )
         quantize_networks(fitted, pixels, lambda v: best_order(v)[0])
