@@ -3,7 +3,8 @@
 Loss = MSE + lambda * bits / pixels. Phase 1 trains with soft rounding plus noise (the
 softness annealed), phase 2 with hard rounding forward and soft-round gradients backward,
 at a lower learning rate; both follow a cosine schedule. Then every network tensor is
-quantized (``quantize_networks``: per-tensor power-of-two steps chosen for the same loss).
+quantized (``quantize_networks``: one power-of-two step per tensor group -- synthesis or context
+model, weights or biases -- chosen for the same loss).
 """
 
 from __future__ import annotations
@@ -170,8 +171,9 @@ def hard_loss(model: LatentImage, target: torch.Tensor, lam: float, extra_bits: 
 
 @torch.no_grad()
 def quantize_networks(fit: LatentFit, image: np.ndarray, weight_bits: Callable[[np.ndarray], int]) -> None:
-    """Round each synthesis and context-model tensor to a step 2**-k, k chosen per tensor for the
-    lowest hard rate-distortion loss (``weight_bits`` counts a tensor's integers); in place."""
+    """Round the synthesis and context-model tensors to steps 2**-k, one k per group (synthesis or
+    context model, weights or biases) chosen for the lowest hard rate-distortion loss
+    (``weight_bits`` counts a tensor's integers); in place."""
     model = fit.model
     target = (
         torch.from_numpy(np.ascontiguousarray(image))
