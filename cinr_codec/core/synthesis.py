@@ -49,6 +49,8 @@ class Synthesis(nn.Module):
             self.conv.append(nn.Conv2d(dc, config.conv_width, 3, padding=1, padding_mode="replicate"))
             dc = config.conv_width
         self.head = nn.Conv2d(d + (dc if len(self.conv) else 0), 3, 1)
+        if self.head.bias is not None:
+            nn.init.constant_(self.head.bias, 0.5)  # start from mid-grey (outputs are in [0, 1])
         self.res = nn.ModuleList()
         for _ in range(config.residual_convs):
             m = nn.Conv2d(3, 3, 3, padding=1, padding_mode="replicate")

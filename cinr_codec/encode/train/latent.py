@@ -59,6 +59,7 @@ RECIPE: dict[str, Any] = {
     "latent_lr_mult": 20.0,  # phase 1: latents learn 20x faster than the networks
     "phase2_fraction": 0.1,
     "phase2_lr": 1e-4,
+    "phase2_lr_end": 1e-5,  # phase 2's cosine ends here (phase 1's at 0)
     "phase2_latent_lr_mult": 1.0,
     "soft_start": 0.3,  # soft-rounding temperature, annealed to soft_end
     "soft_end": 0.1,
@@ -103,7 +104,7 @@ def fit_latents(
     torch.manual_seed(seed)
     dev = torch.device(device)
     h, w = image.shape[:2]
-    target = torch.from_numpy(np.ascontiguousarray(image)).to(dev).permute(2, 0, 1)[None].float() / 255.0
+    target = torch.from_numpy(np.array(image, copy=True)).to(dev).permute(2, 0, 1)[None].float() / 255.0
     model = LatentImage(config, h, w).to(dev)
     npx = h * w
     t0 = time.perf_counter()
@@ -112,9 +113,9 @@ def fit_latents(
     history: list[dict[str, float]] = []
     done = 0
     best: tuple[float, dict[str, torch.Tensor]] | None = None  # lowest hard loss at a phase's end
-    for phase, n, lr, mult in (
-        (1, n1, float(r["lr"]), float(r["latent_lr_mult"])),
-        (2, n2, float(r["phase2_lr"]), float(r["phase2_latent_lr_mult"])),
+    for phase, n, lr, lr_end, mult in (
+        (1, n1, float(r["lr"]), 0.0, float(r["latent_lr_mult"])),
+        (2, n2, float(r["phase2_lr"]), float(r["phase2_lr_end"]), float(r["phase2_latent_lr_mult"])),
     ):
         if n <= 0:
             continue
@@ -126,7 +127,7 @@ def fit_latents(
         for i in range(n):
             frac = i / max(1, n - 1)
             for g in opt.param_groups:
-                g["lr"] = lr * g["mult"] * 0.5 * (1 + math.cos(math.pi * frac))
+                g["lr"] = (lr_end + (lr - lr_end) * 0.5 * (1 + math.cos(math.pi * frac))) * g["mult"]
             if phase == 1:
                 t = float(r["soft_start"]) + (float(r["soft_end"]) - float(r["soft_start"])) * frac
                 a = float(r["noise_start"]) + (float(r["noise_end"]) - float(r["noise_start"])) * frac
