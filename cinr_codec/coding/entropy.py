@@ -202,6 +202,17 @@ def _wavefronts(h: int, w: int, offsets: Sequence[tuple[int, int]]) -> list[tupl
     return [(rows[g], cols[g]) for g in np.split(order, bounds)]
 
 
+def _grid_symbols(grid: np.ndarray, model: IntContextModel) -> tuple[np.ndarray, ...]:
+    """(scale index, mean numerator, symbol, excess) of every latent of a known grid, raster order."""
+    g = np.asarray(grid, dtype=np.int64)
+    h, w = g.shape
+    rows, cols = np.divmod(np.arange(h * w), w)
+    pad = _Padded(h, w, model.offsets, g)
+    s_idx, mean_num = model.params(pad.context(pad.index(rows, cols)))
+    sym, excess = _symbols(g.ravel(), mean_num)
+    return s_idx, mean_num, sym, excess
+
+
 def encode_grids(grids: Sequence[np.ndarray], model: IntContextModel) -> bytes:
     """Range-code integer grids (each (h, w)) with the context model; the bytes ``decode_grids`` reads."""
     import constriction
@@ -211,12 +222,8 @@ def encode_grids(grids: Sequence[np.ndarray], model: IntContextModel) -> bytes:
     uniform = constriction.stream.model.Uniform(MAX_EXCESS)
     enc = constriction.stream.queue.RangeEncoder()
     for grid in grids:
-        g = np.asarray(grid, dtype=np.int64)
-        h, w = g.shape
-        rows, cols = np.divmod(np.arange(h * w), w)
-        pad = _Padded(h, w, model.offsets, g)
-        s_idx, mean_num = model.params(pad.context(pad.index(rows, cols)))
-        sym, excess = _symbols(g.ravel(), mean_num)
+        h, w = np.shape(grid)
+        s_idx, mean_num, sym, excess = _grid_symbols(grid, model)
         if int(excess.max(initial=0)) >= MAX_EXCESS:
             raise ValueError(f"a latent is more than {RADIUS + MAX_EXCESS} from its predicted mean")
         probs = table[s_idx, np.mod(mean_num, MEAN_STEPS)]
@@ -270,12 +277,7 @@ def estimated_bits(grids: Sequence[np.ndarray], model: IntContextModel) -> float
     table = pmf_table()
     total = 0.0
     for grid in grids:
-        g = np.asarray(grid, dtype=np.int64)
-        h, w = g.shape
-        rows, cols = np.divmod(np.arange(h * w), w)
-        pad = _Padded(h, w, model.offsets, g)
-        s_idx, mean_num = model.params(pad.context(pad.index(rows, cols)))
-        sym, _ = _symbols(g.ravel(), mean_num)
+        s_idx, mean_num, sym, _ = _grid_symbols(grid, model)
         p = table[s_idx, np.mod(mean_num, MEAN_STEPS), sym]
         total += float(-np.log2(np.maximum(p, 2.0**-24)).sum())
         esc = (sym == 0) | (sym == ALPHABET - 1)
