@@ -236,9 +236,9 @@ class HashGridCodec(BlockCodec):
         return HashGridBlock(load_model(payload, config, where).to(resolve_device(device)))
 
     def check_payload(self, payload: bytes, where: str) -> None:
-        from .quant import dequantize_tensors
+        from .quant import check_tensors
 
-        dequantize_tensors(payload, where=where)
+        check_tensors(payload, where)
 
     def config_for(self, kind: str, preset: str, height: int, width: int) -> ModelConfig:
         from ..encode.train.presets import get_preset

@@ -266,6 +266,11 @@ def _dequantize_int8(
     return x.reshape(q.shape)
 
 
+def check_tensors(data: bytes, where: str) -> None:
+    """Raise ``CinrError`` unless ``data`` is a format-v1 tensor payload (``dequantize_tensors`` reads it)."""
+    dequantize_tensors(data, where=where)
+
+
 def describe(data: bytes, *, where: str = "tensor data") -> dict[str, Any]:
     """The parsed ``cinr.quant`` metadata of quantized bytes ({} if absent), for inspection tools."""
     _, metadata = parse_safetensors_header(data, where)

@@ -246,12 +246,9 @@ class CinrWriter:
                 f"block {block_id}: payload of {len(payload)} bytes is not in [8, {self.max_block_bytes}]"
             )
         if check is None:
-            from ...coding.quant import dequantize_tensors
+            from ...coding.quant import check_tensors
 
-            def check(data: bytes, where: str) -> None:
-                dequantize_tensors(data, where=where)
-
-            what = "quantize_tensors() output"
+            check, what = check_tensors, "quantize_tensors() output"
         else:
             what = "a valid payload"
         try:  # never write a block that a reader would refuse
