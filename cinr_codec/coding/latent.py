@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from .base import BlockCodec, BlockModel, FitSettings, FittedBlock
 from .entropy import IntContextModel, IntLayer, decode_grids, encode_grids
 
 if TYPE_CHECKING:
-    from ..core.synthesis import LatentImage
+    from ..encode.train.latent import LatentFit
 
 MAGIC = b"CCB1"
 _HEAD = struct.Struct("<4sHHHHI")
@@ -158,6 +158,31 @@ def int_context_model(config: LatentConfig, tensors: Mapping[str, tuple[np.ndarr
     return IntContextModel(tuple(causal_offsets(config.context)), tuple(hidden), IntLayer(w, b, kw, kb))
 
 
+def _sections(payload: bytes, where: str) -> tuple[int, int, int, int, bytes, bytes]:
+    """(width, height, x0, y0, weight section, latent stream) of a payload whose magic, non-empty
+    domain and section lengths (ending the payload exactly, whole 32-bit words of latents) are
+    right; CinrFormatError otherwise."""
+    if len(payload) < _HEAD.size + 4:
+        raise CinrFormatError(f"{where}: payload of {len(payload)} bytes is too short")
+    magic, w, h, x0, y0, n_weights = _HEAD.unpack_from(payload)
+    if magic != MAGIC:
+        raise CinrFormatError(f"{where}: not a compressive CINR payload")
+    if w < 1 or h < 1:
+        raise CinrFormatError(f"{where}: empty {w}x{h} domain")
+    pos = _HEAD.size
+    if pos + n_weights + 4 > len(payload):
+        raise CinrFormatError(f"{where}: weight section runs past the payload")
+    weights = payload[pos : pos + n_weights]
+    pos += n_weights
+    (n_latents,) = struct.unpack_from("<I", payload, pos)
+    pos += 4
+    if pos + n_latents != len(payload) or n_latents % 4:
+        raise CinrFormatError(
+            f"{where}: latent stream of {n_latents} bytes does not end the payload in whole 32-bit words"
+        )
+    return w, h, x0, y0, weights, payload[pos:]
+
+
 class LatentBlock:
     """A decoded compressive CINR block (``BlockModel``): the whole domain rendered once."""
 
@@ -223,33 +248,15 @@ class LatentCodec(BlockCodec):
             raise CinrFormatError(f"{where}: invalid configuration: {exc}") from None
 
     def _parse(self, payload: bytes, config: LatentConfig, where: str) -> tuple[Any, ...]:
-        if len(payload) < _HEAD.size + 4:
-            raise CinrFormatError(f"{where}: payload of {len(payload)} bytes is too short")
-        magic, w, h, x0, y0, n_weights = _HEAD.unpack_from(payload)
-        if magic != MAGIC:
-            raise CinrFormatError(f"{where}: not a compressive CINR payload")
-        pos = _HEAD.size
-        if pos + n_weights + 4 > len(payload):
-            raise CinrFormatError(f"{where}: weight section runs past the payload")
-        weights = payload[pos : pos + n_weights]
-        pos += n_weights
-        (n_latents,) = struct.unpack_from("<I", payload, pos)
-        pos += 4
-        if pos + n_latents != len(payload):
-            raise CinrFormatError(f"{where}: latent stream of {n_latents} bytes does not end the payload")
-        latents = payload[pos:]
-        if not (
-            1 <= w <= config.side
-            and 1 <= h <= config.side
-            and x0 + w <= config.side
-            and y0 + h <= config.side
-        ):
+        """``_sections`` plus the checks against the header's configuration."""
+        w, h, x0, y0, weights, latents = _sections(payload, where)
+        if not (w <= config.side and h <= config.side and x0 + w <= config.side and y0 + h <= config.side):
             raise CinrFormatError(
                 f"{where}: a {w}x{h} domain at ({x0}, {y0}) does not fit a {config.side} px block"
             )
         area = sum(a * b for a, b in config.grid_shapes(h, w))
-        if area > LATENT_AREA_FLOOR + LATENT_AREA_PER_BIT * 8 * n_latents:
-            raise CinrFormatError(f"{where}: {area} latents from a {n_latents}-byte stream")
+        if area > LATENT_AREA_FLOOR + LATENT_AREA_PER_BIT * 8 * len(latents):
+            raise CinrFormatError(f"{where}: {area} latents from a {len(latents)}-byte stream")
         return w, h, x0, y0, weights, latents
 
     def load(self, payload: bytes, config: LatentConfig, where: str, device: str = "cpu") -> BlockModel:
@@ -274,19 +281,9 @@ class LatentCodec(BlockCodec):
         return LatentBlock(synthesis.to(resolve_device(device)), grids, w, h, x0, y0)
 
     def check_payload(self, payload: bytes, where: str) -> None:
-        """The payload's structure: magic, a non-empty domain, sections that end the payload
-        exactly (the weights and latents are checked against the header when decoded)."""
-        if len(payload) < _HEAD.size + 4 or payload[:4] != MAGIC:
-            raise CinrFormatError(f"{where}: not a compressive CINR payload")
-        _, w, h, _, _, n_weights = _HEAD.unpack_from(payload)
-        if w < 1 or h < 1 or _HEAD.size + n_weights + 4 > len(payload):
-            raise CinrFormatError(f"{where}: malformed compressive CINR payload")
-        (n_latents,) = struct.unpack_from("<I", payload, _HEAD.size + n_weights)
-        if _HEAD.size + n_weights + 4 + n_latents != len(payload) or n_latents % 4:
-            raise CinrFormatError(f"{where}: compressive CINR payload sections do not end it")
-
-    def payload_bits(self, payload: bytes) -> int:
-        return 8 * len(payload)
+        """The payload's structure (``_sections``); weights and latents are checked against the
+        header when decoded."""
+        _sections(payload, where)
 
     def config_for(self, kind: str, preset: str, height: int, width: int) -> LatentConfig:
         from ..encode.train.latent import PRESET_ARCH, lambda_of
@@ -326,28 +323,26 @@ class LatentCodec(BlockCodec):
 
             out = render_latents(fitted.model)
             fitted.psnr, fitted.ssim = psnr(out, pixels), ssim(out, pixels)
-        fx, fy = (settings.frame[0], settings.frame[1]) if settings.frame else (0, 0)
-        fitted.origin = (int(fx), int(fy))  # type: ignore[attr-defined]
+        if settings.frame is not None:
+            fitted.origin = (int(settings.frame[0]), int(settings.frame[1]))
         return fitted
 
     def serialize(self, fitted: FittedBlock, storage: str) -> bytes:
         self.check_storage(storage)
-        model: LatentImage = fitted.model  # type: ignore[attr-defined]
-        exponents: dict[str, int] = fitted.exponents  # type: ignore[attr-defined]
-        x0, y0 = getattr(fitted, "origin", (0, 0))
-        tensors = []
+        fit = cast("LatentFit", fitted)
+        model = fit.model
+        stored: dict[str, tuple[np.ndarray, int]] = {}
         for name, p in model.named_parameters():
-            if name.startswith("latents."):
-                continue
-            k = exponents[name]
-            tensors.append(
-                (np.rint(p.detach().cpu().numpy().astype(np.float64) * 2.0**k).astype(np.int64), k)
-            )
-        weights = pack_weights(tensors)
-        stored = {n: t for (n, _), t in zip(_state_shapes(model.config), tensors, strict=True)}
+            if not name.startswith("latents."):
+                k = fit.exponents[name]
+                stored[name] = (
+                    np.rint(p.detach().cpu().numpy().astype(np.float64) * 2.0**k).astype(np.int64),
+                    k,
+                )
+        weights = pack_weights(list(stored.values()))
         grids = [np.rint(g.detach().cpu().numpy()[0]).astype(np.int64) for g in model.latents]
         stream = encode_grids(grids, int_context_model(model.config, stored))
-        head = _HEAD.pack(MAGIC, model.width, model.height, x0, y0, len(weights))
+        head = _HEAD.pack(MAGIC, model.width, model.height, fit.origin[0], fit.origin[1], len(weights))
         return head + weights + struct.pack("<I", len(stream)) + stream
 
 

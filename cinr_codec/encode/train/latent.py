@@ -83,6 +83,8 @@ class LatentFit:
     psnr: float = float("nan")
     ssim: float = float("nan")
     exponents: dict[str, int] = field(default_factory=dict)
+    #: The fitted pixels' top-left corner in the block's frame (stored in the payload).
+    origin: tuple[int, int] = (0, 0)
     history: list[dict[str, float]] = field(default_factory=list)
 
 
