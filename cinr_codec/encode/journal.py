@@ -62,10 +62,10 @@ def _fsync(fh: IO[bytes]) -> None:
 class Journal:
     """An append-only journal of finished blocks (open with :func:`Journal.create` or :func:`Journal.resume`)."""
 
-    def __init__(self, path: Path, fh: IO[bytes], done: dict[int, int]) -> None:
+    def __init__(self, path: Path, fh: IO[bytes], done: dict[int, tuple[int, list[int]]]) -> None:
         self.path = path
         self._fh = fh
-        self._done = done  # block id -> offset of its record
+        self._done = done  # block id -> (offset of its record, sizes of its parts)
 
     @classmethod
     def create(cls, path: Path, fingerprint: dict[str, Any]) -> Journal:
@@ -109,7 +109,7 @@ class Journal:
                     f"{path}: the journal was written with other settings or another source "
                     f"({', '.join(diff[:4])} differ); use the same options, or delete it to start again"
                 )
-            done: dict[int, int] = {}
+            done: dict[int, tuple[int, list[int]]] = {}
             good_end = fh.tell()
             size = os.fstat(fh.fileno()).st_size
             while True:
@@ -126,7 +126,7 @@ class Journal:
                 meta = _parse_meta(body)
                 if meta is None:
                     break
-                done[int(meta["block_id"])] = pos
+                done[int(meta["block_id"])] = (pos, list(meta["parts"]))
                 good_end = fh.tell()
             if good_end < size:
                 log.warning("%s: cutting off a torn record (%d bytes)", path, size - good_end)
@@ -155,11 +155,11 @@ class Journal:
             _fsync(self._fh)
         except OSError as exc:
             raise CinrIOError(f"{self.path}: cannot write the journal: {exc.strerror or exc}") from None
-        self._done[int(meta["block_id"])] = pos
+        self._done[int(meta["block_id"])] = (pos, list(meta["parts"]))
 
     def read(self, block_id: int) -> JournalRecord:
         """Read one block's record back (checked)."""
-        pos = self._done[block_id]
+        pos = self._done[block_id][0]
         self._fh.seek(pos)
         length, crc32 = _REC.unpack(self._fh.read(_REC.size))
         body = self._fh.read(length)
@@ -175,6 +175,10 @@ class Journal:
             parts.append(body[at : at + size])
             at += size
         return JournalRecord(meta, parts)
+
+    def part_sizes(self) -> dict[int, list[int]]:
+        """Block id -> byte sizes of its stored parts (no I/O: kept since the record was written or read)."""
+        return {b: list(sizes) for b, (_, sizes) in self._done.items()}
 
     def records(self) -> Iterator[JournalRecord]:
         """Every record, in block id order."""

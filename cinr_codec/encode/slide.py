@@ -358,7 +358,8 @@ def assemble(
     t = SlideTotals()
     # The header's bound on a block's payload: twice the first one's (hash-grid blocks all have
     # the same size), and at least the largest (entropy-coded blocks vary with their content).
-    sizes = [len(rec.parts[0]) for rec in journal.records() if rec.meta["kind"] == "model"]
+    part_sizes = journal.part_sizes()  # model blocks have parts (payload, mips), background blocks none
+    sizes = [part_sizes[b][0] for b in sorted(part_sizes) if part_sizes[b]]
     max_raw = min(max([2 * sizes[0], *sizes]) if sizes else 8, 1 << 30)
     minor = max(1 if grid.mip_downsamples else 0, codec.format_minor)
     with CinrWriter(path, header, grid.n_blocks, max_block_bytes=max_raw, minor_version=minor) as writer:
