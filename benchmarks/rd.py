@@ -1,7 +1,7 @@
 """Rate-distortion: cinr and ccinr against JPEG, JPEG 2000, JPEG XL, AVIF and WebP on real H&E regions.
 
 python -m benchmarks.rd [--quick] [--json] [--image PATH ...] [--size N] [--steps N | PRESET=N,...]
-                        [--no-cinr] [--qualities qN,...] [--ccinr-steps N] [--no-ccinr]
+                        [--no-cinr] [--qualities qN,...] [--ccinr-steps N] [--no-ccinr] [--jobs N]
                         [--region saturated|centre] [--out NAME] [--results DIR] [--quiet]
 
 Regions. For each image (default: the three real slides in ../shared/data; ``--quick``: the
@@ -17,17 +17,19 @@ PSNR/SSIM are those of the decoded file (measured after quantization). ``--no-ci
 
 ccinr (compressive CINR: integer latent grids trained with a rate term, entropy-coded, small
 synthesis network). One encode per quality level (``--qualities``, default q1,q3,q5,q6,q8, an
-even spread over the eight levels, meant to cover roughly 32-42 dB; ``--quick``: q1,q5,q8), each
-trained for ``--ccinr-steps`` steps (default the recipe's ``RECIPE["steps"]``; ``--quick``: 800),
-the same encode as ``encode_image(model="ccinr", preset=q)``. Rows ``codec: "ccinr"``,
+even spread over the eight levels, meant to cover roughly 32-42 dB; ``--quick``: q3,q5,q7), each
+trained for ``--ccinr-steps`` steps (default the recipe's ``RECIPE["steps"]``; ``--quick``: 1600),
+the same encode as ``encode_image(model="ccinr", preset=q)``. On a CPU the encodes run in
+``--jobs`` worker processes of one torch thread each (default one per core, at most one per
+level), started before the hash-grid fits, which run beside them. Rows ``codec: "ccinr"``,
 ``setting: "qN"``; bpp = whole ``.cinr`` file bytes (header, quantized network weights and the
 entropy-coded latents) * 8 / pixels, so the network's bits are counted at the region size used
 (they weigh more per pixel on small regions). ``--no-ccinr`` skips them.
 
-Time of ``--quick`` (one 256 px region) on 2 quiet CPU cores, estimated: ccinr 3 levels x 800
-steps at 100-250 ms a step, plus ~3 s each to quantize the networks and entropy-code: 4-10 min;
-cinr 2 x 300 steps and 6 stores: ~0.5 min; codec sweeps, pyramids, plot: ~0.5 min; about 5-11
-minutes in all, under 15 (on a busy machine a ccinr step took ~0.3 s; ``--threads 1`` helps there).
+Time of ``--quick`` (one 256 px region) on 2 CPU cores: ccinr 3 levels x 1600 steps in two
+processes (two levels at once, then the third beside the hash-grid fits) at 140-200 ms a step,
+plus ~5 s each to quantize the networks and entropy-code; codec sweeps, pyramids, plot: ~0.5 min.
+Measured: see the time in ``rd_quick.md``.
 
 Codecs (imagecodecs): JPEG (libjpeg-turbo, 4:2:0, quality), JPEG 2000 (OpenJPEG, ``level`` =
 target PSNR in dB), JPEG XL (libjxl, effort 7, butteraugli distance), AVIF (libavif, speed 6,
@@ -64,6 +66,7 @@ MS-SSIM is not reported.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -97,9 +100,12 @@ QUICK_QUANTS = ("int8+float16", "int8", "float16")
 QUICK_STEPS = 300
 #: ccinr quality levels: an even spread over q1 (smallest) ... q8 (best), and the --quick one.
 QUALITIES = ("q1", "q3", "q5", "q6", "q8")
-QUICK_QUALITIES = ("q1", "q5", "q8")
-#: ccinr training steps of --quick (the default is the recipe's, RECIPE["steps"]).
-QUICK_CCINR_STEPS = 800
+#: --quick's levels: about 35, 38 and 40 dB on H&E at QUICK_CCINR_STEPS, inside the 34-40 dB window.
+QUICK_QUALITIES = ("q3", "q5", "q7")
+#: ccinr training steps of --quick (the default is the recipe's, RECIPE["steps"]): twice the
+#: steps gave -7 % BD-rate against JPEG XL (800 -> 1600 on a 256 px H&E crop), and the encodes
+#: run in two processes on two cores.
+QUICK_CCINR_STEPS = 1600
 
 
 def parse_qualities(text: str | None, quick: bool) -> list[str]:
@@ -190,6 +196,13 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="torch CPU threads (default: torch's choice; 1 is much faster on a busy 2-core machine)",
     )
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="ccinr encodes run in this many processes of one torch thread each "
+        "(default: on a CPU, one per core up to the number of quality levels; on a GPU 1)",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     ap.add_argument("--quiet", action="store_true", help="no progress on stderr")
     ap.add_argument(
@@ -238,7 +251,12 @@ def main(argv: list[str] | None = None) -> None:
             import tifffile  # noqa: F401 - rd_sources.source_tiles reads the TIFF tile tables with it
         except ImportError:
             raise ValueError("tifffile is not installed (pip install tifffile, or the bench extra)") from None
-        resolve_device(args.device)
+        device = resolve_device(args.device)
+        if args.jobs is not None and args.jobs < 1:
+            raise ValueError("--jobs must be >= 1")
+        jobs = args.jobs
+        if jobs is None:
+            jobs = 1 if device.type != "cpu" else max(1, min(len(os.sched_getaffinity(0)), len(qualities)))
         if args.threads is not None:
             if args.threads < 1:
                 raise ValueError("--threads must be >= 1")
@@ -260,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
             seed=args.seed,
             pyramid=not args.no_pyramid,
             qualities=qualities,
+            jobs=jobs,
             ccinr_steps=n_ccinr_steps,
         )
         name = args.out or ("quick" if args.quick else "full")
@@ -331,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
             "qualities": qualities,
             "ccinr_lambdas": {q: QUALITY_LAMBDAS[q] for q in qualities},
             "ccinr_steps": n_ccinr_steps if qualities else None,
+            "ccinr_jobs": jobs if qualities else None,
             "bd_window_db": list(BD_WINDOW),
             "bpp_at_psnr_db": BPP_AT_PSNR,
             "quick": args.quick,

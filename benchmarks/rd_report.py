@@ -76,6 +76,11 @@ def report(result: dict[str, Any], extra: dict[str, str], png_name: str | None) 
             "(λ "
             + ", ".join(f"{q} {lam:.3g}" for q, lam in s["ccinr_lambdas"].items())
             + f"), {s['ccinr_steps']} training steps each, one encode per level"
+            + (
+                f" ({s['ccinr_jobs']} at a time, in worker processes of one torch thread)"
+                if (s.get("ccinr_jobs") or 1) > 1
+                else ""
+            )
         )
     else:
         ccinr = "ccinr: not run (`--no-ccinr`)"

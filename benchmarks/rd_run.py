@@ -4,9 +4,11 @@ pyramid sizes, BD-rates, bits per pixel at a PSNR."""
 from __future__ import annotations
 
 import math
+import multiprocessing
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +127,7 @@ class Config:
     pyramid: bool = True
     qualities: list[str] = field(default_factory=list)  # ccinr quality levels (none: no ccinr)
     ccinr_steps: int | None = None  # None: the ccinr recipe's steps
+    jobs: int = 1  # ccinr encodes run in this many worker processes (one torch thread each)
 
 
 def planned_work(cfg: Config) -> int:
@@ -144,7 +147,7 @@ def run_image(path: Path, label: str, cfg: Config, bar: Any, log: Callable[[str]
     n = w * h
     log(f"{label}: {w}x{h} region at ({where['x']}, {where['y']}), {where['how']}")
     rows: list[dict[str, Any]] = []
-    fits = []
+    fits: list[dict[str, Any]] = []
 
     def step(what: str) -> None:
         bar.label = f"{label}: {what}"
@@ -152,58 +155,15 @@ def run_image(path: Path, label: str, cfg: Config, bar: Any, log: Callable[[str]
         log(f"  {what}")
 
     with tempfile.TemporaryDirectory() as tmp:
-        for preset in cfg.presets:
-            steps = cfg.steps.get(preset)
-            total = steps if steps is not None else int(get_preset("cinr", preset).train["steps"])
-            bar.label = f"{label}: fitting cinr/{preset}"
-            bar.update(0)
-
-            def progress(
-                step_i: int, seconds: float, est: float, preset: str = preset, total: int = total
-            ) -> None:
-                if step_i % 50 == 0:
-                    bar.label = f"{label}: fitting cinr/{preset} step {step_i}/{total}, ~{est:.1f} dB"
-                    bar.update(0)
-
-            fit = fit_cinr(region, preset, steps, device=cfg.device, seed=cfg.seed, progress=progress)
-            fits.append(
-                {
-                    "preset": preset,
-                    "steps": fit.steps,
-                    "seconds": round(fit.seconds, 2),
-                    "fit_psnr": fit.psnr,
-                    "n_params": fit.n_params,
-                    "device": fit.device,
-                }
-            )
-            step(
-                f"fit cinr/{preset}: {fit.steps} steps, {fit.seconds:.1f} s, {fit.psnr:.2f} dB before storage"
-            )
-            for quant in cfg.quants:
-                t0 = time.perf_counter()
-                s = store_cinr(fit, region, Path(tmp) / f"{preset}-{quant}.cinr", quant)
-                p = s["psnr"] if math.isfinite(s["psnr"]) else None
-                rows.append(
-                    {
-                        "codec": "cinr",
-                        "setting": f"{preset}/{quant}",
-                        "preset": preset,
-                        "quant": quant,
-                        "bytes": s["bytes"],
-                        "payload_bytes": s["payload_bytes"],
-                        "bpp": 8.0 * s["bytes"] / n,
-                        "psnr": p,
-                        "ssim": s["ssim"],
-                        "lossless": p is None,
-                        "steps": fit.steps,
-                        "seconds": round(fit.seconds + time.perf_counter() - t0, 3),
-                    }
-                )
-                step(f"cinr {preset}/{quant}: {8.0 * s['bytes'] / n:.3f} bpp, {s['psnr']:.2f} dB")
-        for quality in cfg.qualities:
-            rows.append(
-                _ccinr_row(region, Path(tmp) / f"ccinr-{quality}.cinr", quality, cfg, label, bar, step)
-            )
+        # The ccinr encodes start first, in worker processes when cfg.jobs > 1, and the hash-grid
+        # fits run beside them.
+        started = _start_ccinr(region, Path(tmp), cfg)
+        try:
+            rows += _hashgrid_rows(region, Path(tmp), cfg, fits, label, bar, step)
+            rows += _ccinr_rows(region, Path(tmp), cfg, started, label, bar, step)
+        finally:
+            if started is not None:
+                started[0].shutdown(cancel_futures=True)
     target = cinr_target(rows)
     coverage = {}
     for name, codec in cfg.codecs.items():
@@ -242,34 +202,91 @@ def run_image(path: Path, label: str, cfg: Config, bar: Any, log: Callable[[str]
     }
 
 
-def _ccinr_row(
+def _hashgrid_rows(
     region: np.ndarray,
-    path: Path,
-    quality: str,
+    folder: Path,
     cfg: Config,
+    fits: list[dict[str, Any]],
     label: str,
     bar: Any,
     step: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """cinr (hash-grid) rows: each preset fitted once and stored at every precision; ``fits`` gets
+    one entry per fit."""
+    n = region.shape[0] * region.shape[1]
+    rows: list[dict[str, Any]] = []
+    for preset in cfg.presets:
+        steps = cfg.steps.get(preset)
+        total = steps if steps is not None else int(get_preset("cinr", preset).train["steps"])
+        bar.label = f"{label}: fitting cinr/{preset}"
+        bar.update(0)
+
+        def progress(
+            step_i: int, seconds: float, est: float, preset: str = preset, total: int = total
+        ) -> None:
+            if step_i % 50 == 0:
+                bar.label = f"{label}: fitting cinr/{preset} step {step_i}/{total}, ~{est:.1f} dB"
+                bar.update(0)
+
+        fit = fit_cinr(region, preset, steps, device=cfg.device, seed=cfg.seed, progress=progress)
+        fits.append(
+            {
+                "preset": preset,
+                "steps": fit.steps,
+                "seconds": round(fit.seconds, 2),
+                "fit_psnr": fit.psnr,
+                "n_params": fit.n_params,
+                "device": fit.device,
+            }
+        )
+        step(f"fit cinr/{preset}: {fit.steps} steps, {fit.seconds:.1f} s, {fit.psnr:.2f} dB before storage")
+        for quant in cfg.quants:
+            t0 = time.perf_counter()
+            s = store_cinr(fit, region, folder / f"{preset}-{quant}.cinr", quant)
+            p = s["psnr"] if math.isfinite(s["psnr"]) else None
+            rows.append(
+                {
+                    "codec": "cinr",
+                    "setting": f"{preset}/{quant}",
+                    "preset": preset,
+                    "quant": quant,
+                    "bytes": s["bytes"],
+                    "payload_bytes": s["payload_bytes"],
+                    "bpp": 8.0 * s["bytes"] / n,
+                    "psnr": p,
+                    "ssim": s["ssim"],
+                    "lossless": p is None,
+                    "steps": fit.steps,
+                    "seconds": round(fit.seconds + time.perf_counter() - t0, 3),
+                }
+            )
+            step(f"cinr {preset}/{quant}: {8.0 * s['bytes'] / n:.3f} bpp, {s['psnr']:.2f} dB")
+    return rows
+
+
+def ccinr_row(
+    region: np.ndarray,
+    path: Path,
+    quality: str,
+    steps: int | None,
+    device: str,
+    seed: int,
+    progress: Callable[[int, float, float], None] | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Encode ``region`` with ccinr at ``quality``; the result row."""
-    from cinr_codec.encode.train.latent import QUALITY_LAMBDAS, RECIPE
+    """Encode ``region`` with ccinr at ``quality`` as ``path``; the result row (``threads``: set
+    torch's CPU threads first, as a worker process does)."""
+    from cinr_codec.encode.train.latent import QUALITY_LAMBDAS
 
-    total = cfg.ccinr_steps if cfg.ccinr_steps is not None else int(RECIPE["steps"])
-    bar.label = f"{label}: ccinr/{quality}"
-    bar.update(0)
+    if threads is not None:
+        import torch
 
-    def progress(step_i: int, seconds: float, est: float) -> None:
-        if step_i % 50 == 0:
-            bar.label = f"{label}: ccinr/{quality} step {step_i}/{total}, ~{est:.1f} dB"
-            bar.update(0)
-
+        torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    s = encode_ccinr(
-        region, path, quality, cfg.ccinr_steps, device=cfg.device, seed=cfg.seed, progress=progress
-    )
+    s = encode_ccinr(region, path, quality, steps, device=device, seed=seed, progress=progress)
     n = region.shape[0] * region.shape[1]
     p = s["psnr"] if math.isfinite(s["psnr"]) else None
-    row = {
+    return {
         "codec": "ccinr",
         "setting": quality,
         "preset": quality,
@@ -285,10 +302,67 @@ def _ccinr_row(
         "train_seconds": round(float(s["seconds"]), 3),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    step(
-        f"ccinr {quality}: {s['steps']} steps, {row['seconds']:.1f} s, {row['bpp']:.3f} bpp, {s['psnr']:.2f} dB"
-    )
-    return row
+
+
+def _start_ccinr(region: np.ndarray, folder: Path, cfg: Config) -> tuple[Any, dict[Any, str]] | None:
+    """With ``cfg.jobs`` > 1: a pool of that many worker processes (one torch thread each) already
+    encoding every ccinr quality level, and its futures; else None. Each encode is seeded and
+    single-threaded, so the rows are those of the sequential run."""
+    if cfg.jobs <= 1 or len(cfg.qualities) <= 1:
+        return None
+    pool = ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=multiprocessing.get_context("spawn"))
+    futures = {
+        pool.submit(
+            ccinr_row, region, folder / f"ccinr-{q}.cinr", q, cfg.ccinr_steps, cfg.device, cfg.seed, None, 1
+        ): q
+        for q in cfg.qualities
+    }
+    return pool, futures
+
+
+def _ccinr_rows(
+    region: np.ndarray,
+    folder: Path,
+    cfg: Config,
+    started: tuple[Any, dict[Any, str]] | None,
+    label: str,
+    bar: Any,
+    step: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """ccinr rows of every quality level: the started pool's (``_start_ccinr``), or encoded here one
+    after the other with progress."""
+    from cinr_codec.encode.train.latent import RECIPE
+
+    total = cfg.ccinr_steps if cfg.ccinr_steps is not None else int(RECIPE["steps"])
+
+    def report(row: dict[str, Any]) -> None:
+        step(
+            f"ccinr {row['setting']}: {row['steps']} steps, {row['seconds']:.1f} s, "
+            f"{row['bpp']:.3f} bpp, {row['psnr']:.2f} dB"
+        )
+
+    rows: dict[str, dict[str, Any]] = {}
+    if started is not None:
+        bar.label = f"{label}: ccinr {','.join(cfg.qualities)} in {cfg.jobs} processes, {total} steps each"
+        bar.update(0)
+        _, futures = started
+        for fut in as_completed(futures):
+            rows[futures[fut]] = fut.result()
+            report(rows[futures[fut]])
+        return [rows[q] for q in cfg.qualities]
+    for quality in cfg.qualities:
+        bar.label = f"{label}: ccinr/{quality}"
+        bar.update(0)
+
+        def progress(step_i: int, seconds: float, est: float, quality: str = quality) -> None:
+            if step_i % 50 == 0:
+                bar.label = f"{label}: ccinr/{quality} step {step_i}/{total}, ~{est:.1f} dB"
+                bar.update(0)
+
+        path = folder / f"ccinr-{quality}.cinr"
+        rows[quality] = ccinr_row(region, path, quality, cfg.ccinr_steps, cfg.device, cfg.seed, progress)
+        report(rows[quality])
+    return [rows[q] for q in cfg.qualities]
 
 
 def mean_bd(images: list[dict[str, Any]], key: str, codecs: Sequence[str]) -> dict[str, float | None]:

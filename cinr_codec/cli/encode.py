@@ -31,6 +31,13 @@ from .common import NullSink, fmt, handle_errors, json_safe
     help="Recipe: fast (CPU, tests and demos), default (CPU, better), high (GPU, best), paper (the authors'); "
     "for --model ccinr a quality level q1 (smallest) ... q8 (best).",
 )
+@click.option(
+    "--quality",
+    type=click.Choice([f"q{i}" for i in range(1, 9)] + [str(i) for i in range(1, 9)]),
+    default=None,
+    help="ccinr quality level 1 (smallest files) ... 8 (best); the same as --preset qN "
+    "(with --target-psnr: the first guess of each block's search).",
+)
 @click.option("--steps", type=int, default=None, help="Optimiser steps per block  [default: the preset's]")
 @click.option(
     "--time-budget", type=float, default=None, help="Seconds of training per block  [default: none]"
@@ -45,7 +52,8 @@ from .common import NullSink, fmt, handle_errors, json_safe
     "--target-psnr",
     type=float,
     default=None,
-    help="A block stops once it reaches this PSNR (dB)  [default: none]",
+    help="Hash-grid models: a block stops once it reaches this PSNR (dB); ccinr: each block searches "
+    "the rate weight that reaches it with the fewest bits (up to 3 fits)  [default: none]",
 )
 @click.option(
     "--device",
@@ -93,6 +101,7 @@ def encode_cmd(
     level: int,
     model: str,
     preset: str,
+    quality: str | None,
     steps: int | None,
     time_budget: float | None,
     total_time_budget: float | None,
@@ -115,6 +124,12 @@ def encode_cmd(
     from ..encode.journal import journal_path
     from ..encode.slide import encode_slide
 
+    if quality is not None:
+        from ..coding.registry import get_codec
+
+        if get_codec(model).name != "latent":
+            raise ValueError(f"--quality is for --model ccinr; --model {model} takes --preset")
+        preset = quality if quality.startswith("q") else f"q{quality}"
     if threads is not None:
         import torch
 

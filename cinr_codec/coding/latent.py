@@ -304,18 +304,32 @@ class LatentCodec(BlockCodec):
         self, pixels: np.ndarray, config: LatentConfig, kind: str, preset: str, settings: FitSettings
     ) -> FittedBlock:
         from ..core.render import resolve_device
-        from ..encode.train.latent import fit_latents, lambda_of, quantize_networks
+        from ..encode.train.latent import fit_latents, fit_latents_to_psnr, lambda_of, quantize_networks
 
-        fitted = fit_latents(
-            pixels,
-            config,
-            lambda_of(preset),
-            steps=settings.steps,
-            time_budget=settings.time_budget,
-            seed=settings.seed,
-            device=str(resolve_device(settings.device)),
-            progress=settings.progress,
-        )
+        device = str(resolve_device(settings.device))
+        if settings.target_psnr is not None:
+            # The quality level's lambda is the first guess; the search moves it per block.
+            fitted = fit_latents_to_psnr(
+                pixels,
+                config,
+                settings.target_psnr,
+                lambda_of(preset),
+                steps=settings.steps,
+                seed=settings.seed,
+                device=device,
+                progress=settings.progress,
+            )
+        else:
+            fitted = fit_latents(
+                pixels,
+                config,
+                lambda_of(preset),
+                steps=settings.steps,
+                time_budget=settings.time_budget,
+                seed=settings.seed,
+                device=device,
+                progress=settings.progress,
+            )
         quantize_networks(fitted, pixels, lambda v: best_order(v)[0])
         if settings.measure:
             from ..core.metrics import psnr, ssim

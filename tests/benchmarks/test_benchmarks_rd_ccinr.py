@@ -158,3 +158,46 @@ def test_rd_ccinr_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "BD-rate of ccinr against each codec, 34–40 dB" in text and "Bits per pixel at 37.5 dB" in text
     assert "20 steps, qualities q4; network bits counted in the file bytes at this region size" in text
     assert "| ccinr | q4 |" in text and "## BD-rate of cinr against" not in text
+
+
+def test_rd_ccinr_worker_processes_give_the_sequential_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks.rd import main
+
+    img = _png(tmp_path, 32)
+    got = {}
+    for jobs in ("1", "2"):
+        main(
+            [
+                "--json",
+                "--image",
+                str(img),
+                "--size",
+                "32",
+                "--no-cinr",
+                "--qualities",
+                "q2,q6",
+                "--ccinr-steps",
+                "10",
+                "--codecs",
+                "jpeg",
+                "--no-pyramid",
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                "--jobs",
+                jobs,
+                "--results",
+                str(tmp_path),
+                "--out",
+                f"jobs{jobs}",
+            ]
+        )
+        out = json.loads(capsys.readouterr().out)
+        assert out["settings"]["ccinr_jobs"] == int(jobs)
+        got[jobs] = [(r["setting"], r["bytes"], r["psnr"]) for r in out["rows"] if r["codec"] == "ccinr"]
+    assert [g[0] for g in got["1"]] == ["q2", "q6"]
+    assert got["1"] == got["2"]
+    assert "(2 at a time, in worker processes" in (tmp_path / "rd_jobs2.md").read_text()

@@ -93,3 +93,19 @@ def test_corrupt_and_truncated_files_are_one_line_errors(tmp_path: Path) -> None
             assert p.stderr.startswith("cinr: error:") and p.stderr.count("\n") == 1, p.stderr
             assert "Traceback" not in p.stderr
         assert not (tmp_path / "x.png").exists()
+
+
+def test_encode_quality_selects_the_ccinr_level(tmp_path: Path, tissue_crop: np.ndarray) -> None:
+    from PIL import Image
+
+    src = tmp_path / "crop.png"
+    Image.fromarray(np.ascontiguousarray(tissue_crop[:32, :64])).save(src)
+    out = tmp_path / "q.cinr"
+    args = ["encode", str(src), "-o", str(out), "--model", "ccinr", "--quality", "3", "--steps", "5"]
+    res = CliRunner().invoke(main, [*args, "--block-size", "64", "--no-tissue-mask", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["model"] == "ccinr" and summary["preset"] == "q3"
+    res = CliRunner().invoke(main, ["encode", str(src), "-o", str(tmp_path / "h.cinr"), "--quality", "q3"])
+    assert res.exit_code == 2 and "--quality is for --model ccinr" in res.output
+    assert not (tmp_path / "h.cinr").exists()
