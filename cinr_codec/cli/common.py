@@ -4,6 +4,7 @@ progress sink, number formatting for summaries."""
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -32,6 +33,12 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             click.echo("cinr: interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:
+            # The reader went away (``cinr info x.cinr | head``): stop quietly, as Unix tools do,
+            # and keep Python from complaining again when it flushes stdout at exit.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(141)
         except click.exceptions.Exit:
             raise
         except Exception as exc:  # noqa: BLE001

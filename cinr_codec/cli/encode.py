@@ -121,15 +121,21 @@ def encode_cmd(
     """Encode a whole-slide image (any OpenSlide format, or PNG/JPEG/TIFF) as a .cinr file."""
     import os
 
+    from ..coding.registry import get_codec
     from ..encode.journal import journal_path
     from ..encode.slide import encode_slide
 
+    latent = get_codec(model).name == "latent"
     if quality is not None:
-        from ..coding.registry import get_codec
-
-        if get_codec(model).name != "latent":
+        if not latent:
             raise ValueError(f"--quality is for --model ccinr; --model {model} takes --preset")
         preset = quality if quality.startswith("q") else f"q{quality}"
+    if latent:
+        from ..decode.cache import tune_allocator
+
+        # ccinr training re-allocates the same large tensors every step; with glibc's default a
+        # 1024^2 block's step spent 1.7 of 4.2 s page-faulting (3.1 s tuned, +19 % peak memory).
+        tune_allocator(1 << 30)
     if threads is not None:
         import torch
 

@@ -109,3 +109,18 @@ def test_encode_quality_selects_the_ccinr_level(tmp_path: Path, tissue_crop: np.
     res = CliRunner().invoke(main, ["encode", str(src), "-o", str(tmp_path / "h.cinr"), "--quality", "q3"])
     assert res.exit_code == 2 and "--quality is for --model ccinr" in res.output
     assert not (tmp_path / "h.cinr").exists()
+
+
+def test_a_closed_pipe_stops_quietly() -> None:
+    """``cinr info x.cinr | head``: the reader going away is not an internal error."""
+    vector = Path(__file__).parents[2] / "formats" / "vectors" / "ccinr-q6-64x48-entropy.cinr"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cinr_codec", "info", str(vector)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # nobody reads: the first write raises BrokenPipeError
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "internal error" not in err and "Traceback" not in err and "BrokenPipe" not in err
