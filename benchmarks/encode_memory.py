@@ -248,6 +248,7 @@ def encode_once(
         str(steps),
         "--quiet",
         "--json",
+        "--overwrite",  # the runs share one scratch output
         "--block-size",
         str(block),
         "--device",

@@ -50,6 +50,18 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def check_output(path: str, overwrite: bool, suffix: str | None = None) -> None:
+    """Refuse an output that would replace an existing file (unless ``overwrite``) or, with
+    ``suffix``, whose name does not end in it (ValueError: a one-line error, exit 2)."""
+    if suffix is not None and not path.lower().endswith(suffix):
+        raise ValueError(f"{path}: the output's name must end in {suffix}")
+    if os.path.lexists(path):
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a folder; give a file name")
+        if not overwrite:
+            raise ValueError(f"{path} exists; pass --overwrite (-f) to replace it")
+
+
 class NullSink:
     """A write-only sink for a silenced progress bar (the benchmarks use it too)."""
 

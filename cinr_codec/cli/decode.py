@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .common import handle_errors
+from .common import check_output, handle_errors
 
 
 @click.command("decode")
@@ -21,9 +21,12 @@ from .common import handle_errors
 @click.option(
     "--scale", type=float, default=1.0, show_default=True, help="Output pixels per level-0 pixel, in (0, 4]."
 )
+@click.option("-f", "--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 @handle_errors
-def decode_cmd(path: str, output: str, region: str | None, scale: float, quiet: bool) -> None:
+def decode_cmd(
+    path: str, output: str, region: str | None, scale: float, overwrite: bool, quiet: bool
+) -> None:
     """Decode a .cinr slide, or a region of it at any scale, to an image (written atomically).
 
     The format follows OUTPUT's extension; .tif/.tiff is a tiled pyramidal TIFF (JPEG tiles)
@@ -48,7 +51,17 @@ def decode_cmd(path: str, output: str, region: str | None, scale: float, quiet: 
         if len(values) != 4 or not all(math.isfinite(v) for v in values):
             raise ValueError(f"--region must be four numbers X,Y,W,H, not {region!r}")
         box = (values[0], values[1], values[2], values[3])
+    check_output(output, overwrite)
     with open_cinr(path) as slide, contextlib.ExitStack() as stack:
+        if box is not None:
+            w0, h0 = slide.dimensions
+            x, y, w, h = box
+            if w > 0 and h > 0 and (x >= w0 or y >= h0 or x + w <= 0 or y + h <= 0):
+                click.echo(
+                    f"cinr: warning: region {region} lies wholly outside the {w0} x {h0} slide; "
+                    "the output is background",
+                    err=True,
+                )
         bar: list[Any] = []
 
         def progress(done: int, total: int) -> None:

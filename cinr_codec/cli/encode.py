@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..coding.registry import model_kinds, storage_settings
-from .common import NullSink, fmt, handle_errors, json_safe
+from .common import NullSink, check_output, fmt, handle_errors, json_safe
 
 
 @click.command("encode")
@@ -92,6 +92,7 @@ from .common import NullSink, fmt, handle_errors, json_safe
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted encode from its journal (OUTPUT.journal)."
 )
+@click.option("-f", "--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors (and --json output).")
 @handle_errors
@@ -115,6 +116,7 @@ def encode_cmd(
     seed: int,
     resume: bool,
     threads: int | None,
+    overwrite: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -141,6 +143,7 @@ def encode_cmd(
 
         torch.set_num_threads(threads)
     out = output or (os.path.splitext(os.path.basename(os.path.normpath(slide)))[0] + ".cinr")
+    check_output(out, overwrite, ".cinr")
     show = not quiet and not as_json
     sink = sys.stderr if show else NullSink()
     state: dict[str, Any] = {"bar": None, "done": 0}

@@ -124,3 +124,24 @@ def test_a_closed_pipe_stops_quietly() -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141
     assert "internal error" not in err and "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_encode_refuses_to_clobber(tmp_path: Path, tissue_crop: np.ndarray) -> None:
+    from PIL import Image
+
+    src = tmp_path / "crop.png"
+    Image.fromarray(np.ascontiguousarray(tissue_crop[:32, :64])).save(src)
+    base = ["encode", str(src), "--steps", "2", "--block-size", "64", "--no-tissue-mask", "--quiet"]
+    other = tmp_path / "x.png"
+    other.write_bytes(b"a picture")
+    res = CliRunner().invoke(main, [*base, "-o", str(other)])
+    assert res.exit_code == 2 and "must end in .cinr" in res.output
+    assert other.read_bytes() == b"a picture"
+    out = tmp_path / "x.cinr"
+    out.write_bytes(b"an older encode")
+    res = CliRunner().invoke(main, [*base, "-o", str(out)])
+    assert res.exit_code == 2 and "exists; pass --overwrite (-f)" in res.output
+    assert out.read_bytes() == b"an older encode"
+    res = CliRunner().invoke(main, [*base, "-o", str(out), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert out.read_bytes()[:4] == b"CINR"

@@ -154,12 +154,34 @@ def test_decode_bad_files_leave_existing_output(files: dict[str, Any], tmp_path:
     for name, blob in cases.items():
         bad = tmp_path / name
         bad.write_bytes(blob)
-        _one_line_error(_cli("decode", bad, "-o", out))
+        _one_line_error(_cli("decode", bad, "-o", out, "--overwrite"))
         _one_line_error(_cli("info", bad))
-    _one_line_error(_cli("decode", files["png"], "-o", out))
-    _one_line_error(_cli("decode", tmp_path / "missing.cinr", "-o", out))
+    _one_line_error(_cli("decode", files["png"], "-o", out, "-f"))
+    _one_line_error(_cli("decode", tmp_path / "missing.cinr", "-o", out, "-f"))
     assert out.read_bytes() == b"keep me"
     assert sorted(f.name for f in tmp_path.iterdir()) == sorted([*cases, "out.png"])
+
+
+def test_decode_does_not_replace_a_file_without_overwrite(files: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "keep.png"
+    out.write_bytes(b"keep me")
+    res = _cli("decode", files["slide"], "-o", out, "--region", "0,0,16,16")
+    _one_line_error(res)
+    assert "exists; pass --overwrite (-f)" in res.stderr and out.read_bytes() == b"keep me"
+    res = _cli("decode", files["slide"], "-o", out, "--region", "0,0,16,16", "-f", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert _pixels(out).shape == (16, 16, 3)
+    _one_line_error(_cli("decode", files["slide"], "-o", tmp_path, "-f"))  # a folder is never replaced
+
+
+def test_decode_warns_of_a_region_outside_the_slide(files: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "outside.png"
+    res = _cli("decode", files["slide"], "-o", out, "--region", f"{W + 10},0,16,16", "--quiet")
+    assert res.exit_code == 0, res.output  # as OpenSlide: background, not an error
+    assert res.stderr.startswith("cinr: warning: region") and "wholly outside" in res.stderr
+    assert out.exists()
+    res = _cli("decode", files["slide"], "-o", tmp_path / "inside.png", "--region", "0,0,16,16", "--quiet")
+    assert res.exit_code == 0 and res.stderr == ""
 
 
 # -- cinr info --------------------------------------------------------------------------------------
