@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
+import pytest
+import torch
 
 from cinr_codec.coding.base import FitSettings
 from cinr_codec.coding.latent import CODEC
@@ -13,6 +17,15 @@ from cinr_codec.encode.train.latent import (
     QUALITY_LAMBDAS,
     fit_latents_to_psnr,
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny fits: one intra-op thread (two are several times slower on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _config(side: int) -> LatentConfig:
@@ -55,3 +68,35 @@ def test_codec_fit_uses_the_target(tissue_crop: np.ndarray) -> None:
     assert fit.lam == LAMBDA_RANGE[1]
     assert fit.history[1]["bits"] < fit.history[0]["bits"]
     assert fit.psnr >= 10.0  # measured after the networks' quantization
+
+
+def test_per_tensor_steps_never_lose_to_the_group_steps(tissue_crop: np.ndarray, monkeypatch) -> None:
+    import copy
+
+    from cinr_codec.coding.latent import best_order
+    from cinr_codec.encode.train import latent as L
+
+    img = np.ascontiguousarray(tissue_crop[:32, :32])
+    fit = L.fit_latents(img, _config(32), QUALITY_LAMBDAS["q3"], steps=40)
+    target = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
+
+    def rd_loss(f: L.LatentFit) -> float:
+        bits = 0
+        for n, p in f.model.named_parameters():
+            if not n.startswith("latents."):
+                q = torch.round(p.detach() * 2.0 ** f.exponents[n])
+                assert torch.equal(q / 2.0 ** f.exponents[n], p.detach())  # on the chosen grid
+                bits += best_order(q.numpy().astype(np.int64).ravel())[0]
+        return L.hard_loss(f.model, target, f.lam, bits)
+
+    group = copy.deepcopy(fit)
+    monkeypatch.setattr(L, "WEIGHT_SWEEPS", 0)
+    L.quantize_networks(group, img, lambda v: best_order(v)[0])
+    monkeypatch.setattr(L, "WEIGHT_SWEEPS", 1)
+    L.quantize_networks(fit, img, lambda v: best_order(v)[0])
+    # One k per group (synthesis/context model x weights/biases) without the sweep.
+    for prefix in ("synthesis.", "arm."):
+        for kind in ("weight", "bias"):
+            ks = {k for n, k in group.exponents.items() if n.startswith(prefix) and n.endswith(kind)}
+            assert len(ks) == 1
+    assert rd_loss(fit) <= rd_loss(group) + 1e-12
