@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -11,10 +12,11 @@ from .common import handle_errors
 
 @click.command("info")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=str))
-@click.option("--json", "as_json", is_flag=True, help="Print the metadata as one JSON object.")
+@click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON object.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print the whole header and footer.")
 @handle_errors
-def info_cmd(path: str, as_json: bool) -> None:
-    """Print a .cinr file's metadata, blocks and stored quality figures."""
+def info_cmd(path: str, as_json: bool, verbose: bool) -> None:
+    """Print a readable summary of a .cinr file: image, encoding, blocks, quality and size."""
     import os
 
     from ..format.container import CinrReader
@@ -71,23 +73,61 @@ def info_cmd(path: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary))
         return
-    for key in ("path", "bytes", "version", "blocks", "model_blocks", "associated_images"):
-        click.echo(f"{key:>17}: {summary[key]}")
-    lb = summary["level_blocks"]
-    click.echo(
-        f"{'size':>17}: {layout.width} x {layout.height} px (level {summary['level']}), mpp {summary['mpp']}"
-    )
-    click.echo(f"{'model':>17}: {summary['model']}/{summary['preset']}, {summary['quantization']}")
-    click.echo(
-        f"{'grid':>17}: {layout.cols} x {layout.rows} blocks of {layout.block_size} px, margin {layout.margin}; "
-        f"{lb['model']} model, {lb['background']} background; model bytes {summary['model_bytes']}"
-    )
-    for m in summary["mips"]:
-        click.echo(
-            f"{'mip 1/' + str(m['downsample']):>17}: {m['image_blocks']} image blocks, {m['bytes']} bytes"
+    click.echo("\n".join(_text(summary, about)))
+    if verbose:
+        click.echo(json.dumps(meta, indent=2, sort_keys=True))
+    else:
+        click.echo("(the whole header and footer: --verbose, or --json for machines)")
+
+
+def _num(v: Any, digits: int) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "unknown"
+
+
+def _text(s: dict[str, Any], about: Any) -> list[str]:
+    """The readable summary of ``cinr info``: one labelled line per subject."""
+    q = s["quality"]
+    mpp = s["mpp"]
+    where = [f"{s['width']} x {s['height']} px (level {s['level']} of the source)"]
+    if mpp[0] is not None and mpp[1] is not None:
+        where.append(f"{mpp[0]:.4g} x {mpp[1]:.4g} µm per pixel")
+    if about.objective_power is not None:
+        where.append(f"objective {about.objective_power:g}x")
+    if about.vendor:
+        where.append(f"from {about.vendor}")
+    storage = f", {s['quantization']}" if s["quantization"] else ""
+    software = f" ({about.software})" if about.software else ""
+    g, lb = s["grid"], s["level_blocks"]
+    margin = f", fitted with {g['margin']} px of margin" if g["margin"] else ""
+    lines = [
+        f"{'file':>9}: {s['path']}, {s['bytes']:,} bytes, format {s['version'][0]}.{s['version'][1]}",
+        f"{'image':>9}: " + "; ".join(where),
+        f"{'encoding':>9}: {s['model']}/{s['preset']}{storage}{software}",
+        f"{'blocks':>9}: {g['cols']} x {g['rows']} blocks of {g['block_size']} px{margin}: "
+        f"{lb['model']} fitted by the model, {lb['background']} background (no tissue: stored as one colour)",
+    ]
+    quality = f"PSNR {_num(q.get('psnr_db'), 2)} dB, SSIM {_num(q.get('ssim'), 4)}"
+    if "psnr_all_db" in q:
+        quality = (
+            f"over tissue PSNR {_num(q.get('psnr_db'), 2)} dB, SSIM {_num(q.get('ssim'), 4)}; "
+            f"all pixels {_num(q.get('psnr_all_db'), 2)} dB"
         )
-    click.echo(f"{'bpp':>17}: {summary['bpp']:.3f}")
-    for key in ("psnr_db", "ssim", "psnr_all_db", "psnr_border_db", "psnr_adjacent_db", "psnr_interior_db"):
-        if key in quality:
-            click.echo(f"{'quality.' + key:>17}: {quality[key]}")
-    click.echo(json.dumps(meta, indent=2, sort_keys=True))
+    lines.append(f"{'quality':>9}: {quality} (against the source, after storage)")
+    if "psnr_border_db" in q:
+        lines.append(
+            f"{'':>9}  block borders {_num(q.get('psnr_border_db'), 2)} dB, next to them "
+            f"{_num(q.get('psnr_adjacent_db'), 2)} dB, interiors {_num(q.get('psnr_interior_db'), 2)} dB"
+        )
+    parts = [f"models {s['model_bytes']:,} B"]
+    mip_bytes = sum(m["bytes"] for m in s["mips"])
+    if s["mips"]:
+        parts.append(
+            f"mips {mip_bytes:,} B (1/{s['mips'][0]['downsample']} ... 1/{s['mips'][-1]['downsample']})"
+        )
+    assoc = s["associated_image_bytes"]
+    if assoc:
+        parts.append(f"associated images {sum(assoc.values()):,} B ({', '.join(assoc)})")
+    other = s["bytes"] - s["model_bytes"] - mip_bytes - sum(assoc.values())
+    parts.append(f"header, index and the rest {other:,} B")
+    lines.append(f"{'size':>9}: {s['bpp']:.3f} bits per pixel; " + ", ".join(parts))
+    return lines

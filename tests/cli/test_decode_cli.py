@@ -217,8 +217,20 @@ def test_info_json(files: dict[str, Any]) -> None:
 def test_info_text(files: dict[str, Any]) -> None:
     res = _cli("info", files["slide"])
     assert res.exit_code == 0, res.output
-    for word in ("model_blocks", "3 x 2 blocks of 128 px", "mip 1/8", "quality.psnr_db"):
-        assert word in res.stdout
+    with CinrSlide(files["slide"]) as s:
+        psnr = float(s.properties["cinr.psnr"])
+    text = res.stdout
+    for word in (
+        "format 1.1",
+        "3 x 2 blocks of 128 px",
+        "(1/2 ... 1/",
+        "bits per pixel",
+        f"PSNR {psnr:.2f} dB",
+    ):
+        assert word in text, (word, text)
+    assert len(text.splitlines()) <= 12 and "{" not in text  # a summary, not the header
+    verbose = _cli("info", files["slide"], "--verbose").stdout
+    assert verbose.startswith(text.splitlines()[0]) and '"grid"' in verbose and len(verbose) > len(text)
 
 
 # -- export_region ----------------------------------------------------------------------------------
