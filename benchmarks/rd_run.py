@@ -274,19 +274,20 @@ def ccinr_row(
     progress: Callable[[int, float, float], None] | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """Encode ``region`` with ccinr at ``quality`` as ``path``; the result row (``threads``: set
-    torch's CPU threads first, as a worker process does)."""
-    from cinr_codec.decode.cache import tune_allocator
-
-    # Training allocates the same large tensors every step: with glibc's default, a 1024^2 step
-    # spent 1.7 of 4.2 s in the kernel page-faulting them back (3.1 s tuned; no change at 256^2).
-    tune_allocator(1 << 30)
+    """Encode ``region`` with ccinr at ``quality`` as ``path``; the result row (``threads``: a
+    worker process's call: set torch's CPU threads and tune the allocator first)."""
     from cinr_codec.encode.train.latent import QUALITY_LAMBDAS
 
     if threads is not None:
         import torch
 
+        from cinr_codec.decode.cache import tune_allocator
+
         torch.set_num_threads(threads)
+        # Training allocates the same large tensors every step, and with glibc's default a
+        # 1024^2 step spent 1.7 of 4.2 s in the kernel page-faulting them back (3.1 s tuned; no
+        # change at 256^2). Only in a worker: the setting is process-wide.
+        tune_allocator(1 << 30)
     t0 = time.perf_counter()
     s = encode_ccinr(region, path, quality, steps, device=device, seed=seed, progress=progress)
     n = region.shape[0] * region.shape[1]
