@@ -1,0 +1,34 @@
+"""``benchmarks.jpeg_grid`` on a small JPEG made here: the grid position changes the block codecs' cost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def test_on_grid_regions_are_cheaper_for_jpeg(
+    tmp_path: Path,
+    tissue_crop: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from PIL import Image
+
+    from benchmarks import jpeg_grid
+
+    src = tmp_path / "src.jpg"
+    Image.fromarray(np.ascontiguousarray(tissue_crop[:80, :80])).save(src, quality=80)
+    monkeypatch.setattr(jpeg_grid, "IMAGE", src)
+    monkeypatch.setattr(jpeg_grid, "RESULTS", tmp_path)
+    monkeypatch.setattr(jpeg_grid, "REGIONS", ((8, 8, 64), (12, 12, 64)))
+    monkeypatch.setattr(jpeg_grid, "SETTINGS", {"jpeg": range(50, 100, 4)})
+    monkeypatch.setattr(jpeg_grid, "PSNR", 36.0)
+    jpeg_grid.main(["--json"])
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["on_grid"] for r in rows] == [True, False]
+    on, off = rows[0]["jpeg"], rows[1]["jpeg"]
+    assert on is not None and off is not None and on < off  # re-hitting the source's quantisation
+    assert "| (8, 8, 64) | yes |" in (tmp_path / "jpeg_grid.md").read_text()
