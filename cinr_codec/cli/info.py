@@ -81,7 +81,11 @@ def info_cmd(path: str, as_json: bool, verbose: bool) -> None:
 
 
 def _num(v: Any, digits: int) -> str:
-    return f"{v:.{digits}f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "unknown"
+    """A stored figure rounded, or "unknown" (absent, not a number, infinite or too large)."""
+    from ..format.header import finite
+
+    f = finite(v)
+    return f"{f:.{digits}f}" if f is not None else "unknown"
 
 
 def _text(s: dict[str, Any], about: Any) -> list[str]:

@@ -145,3 +145,11 @@ def test_encode_refuses_to_clobber(tmp_path: Path, tissue_crop: np.ndarray) -> N
     res = CliRunner().invoke(main, [*base, "-o", str(out), "--overwrite"])
     assert res.exit_code == 0, res.output
     assert out.read_bytes()[:4] == b"CINR"
+
+
+def test_info_summary_rounds_only_usable_figures() -> None:
+    from cinr_codec.cli.info import _num
+
+    assert _num(31.234, 2) == "31.23" and _num(7, 1) == "7.0"
+    for bad in (10**400, float("nan"), float("inf"), True, "31", None):  # hostile footers
+        assert _num(bad, 2) == "unknown"
