@@ -57,6 +57,24 @@ def _bd_hashgrid(result: dict[str, Any], codecs: list[str]) -> list[str]:
     return lines
 
 
+def grid_note(im: dict[str, Any]) -> str:
+    """For a JPEG source: whether the region lies on its 8x8 grid, which decides what the block
+    codecs pay (``benchmarks.jpeg_grid``); "" for other sources."""
+    comp = str(im.get("source_tiles", {}).get("compression", ""))
+    if not comp.upper().startswith("JPEG") or "2000" in comp:
+        return ""
+    dx, dy = im["region"]["x"] % 8, im["region"]["y"] % 8
+    if dx == dy == 0:
+        return (
+            " The region lies on the source JPEG's 8x8 grid: the block codecs re-hit its "
+            "quantisation and need fewer bits than off it (`jpeg_grid.md`)."
+        )
+    return (
+        f" The region lies ({dx}, {dy}) px off the source JPEG's 8x8 grid: the block codecs cannot "
+        "re-hit its quantisation and need more bits than on it (`jpeg_grid.md`)."
+    )
+
+
 def report(result: dict[str, Any], extra: dict[str, str], png_name: str | None) -> str:
     """Markdown: header, method, per image (region, source tiles, pyramid, rows, equal-PSNR), BD-rates."""
     codecs = result["codecs"]
@@ -140,6 +158,7 @@ def report(result: dict[str, Any], extra: dict[str, str], png_name: str | None) 
         lines.append(
             f"Region {rg['width']}x{rg['height']} at ({rg['x']}, {rg['y']}) of {rg['image_width']}x"
             f"{rg['image_height']} ({rg['how']}); {im['seconds']:.0f} s for this image."
+            + grid_note(im)
             + (" cinr fits: " if im["cinr_fits"] else "")
             + "; ".join(
                 f"{f['preset']} {f['steps']} steps in {f['seconds']:.1f} s on {f['device']}, "

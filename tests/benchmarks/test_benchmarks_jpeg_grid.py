@@ -32,3 +32,15 @@ def test_on_grid_regions_are_cheaper_for_jpeg(
     on, off = rows[0]["jpeg"], rows[1]["jpeg"]
     assert on is not None and off is not None and on < off  # re-hitting the source's quantisation
     assert "| (8, 8, 64) | yes |" in (tmp_path / "jpeg_grid.md").read_text()
+
+
+def test_rd_report_says_where_a_region_lies_on_a_jpeg_grid() -> None:
+    from benchmarks.rd_report import grid_note
+
+    def im(x: int, y: int, compression: str) -> dict[str, object]:
+        return {"region": {"x": x, "y": y}, "source_tiles": {"compression": compression}}
+
+    assert "(6, 0) px off the source JPEG's 8x8 grid" in grid_note(im(46, 1272, "JPEG"))
+    assert "lies on the source JPEG's 8x8 grid" in grid_note(im(48, 1272, "JPEG"))
+    assert grid_note(im(46, 1272, "JPEG 2000 (Aperio YCbCr)")) == ""
+    assert grid_note(im(46, 1272, "PNG")) == ""
