@@ -64,6 +64,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def machine(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """What ran the benchmark: CPU, cores, GPU, library versions, then the ``extra`` entries."""
     import numpy
@@ -72,7 +77,7 @@ def machine(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return {
         "cpu": cpu_model(),
-        "cores": str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()),
+        "cores": str(cores()),
         "torch threads": str(torch.get_num_threads()),
         "gpu": gpu,
         "python": platform.python_version(),

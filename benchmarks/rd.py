@@ -66,7 +66,6 @@ MS-SSIM is not reported.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
@@ -86,6 +85,7 @@ from .common import (
     SHARED_IMAGES,
     NullSink,
     codec_library_versions,
+    cores,
     csv_list,
     machine,
     publish,
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError("--jobs must be >= 1")
         jobs = args.jobs
         if jobs is None:
-            jobs = 1 if device.type != "cpu" else max(1, min(len(os.sched_getaffinity(0)), len(qualities)))
+            jobs = 1 if device.type != "cpu" else max(1, min(cores(), len(qualities)))
         if args.threads is not None:
             if args.threads < 1:
                 raise ValueError("--threads must be >= 1")

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..coding.registry import model_kinds, storage_settings
+from ..coding.registry import get_codec, model_kinds, storage_settings
 from .common import NullSink, check_output, fmt, handle_errors, json_safe
 
 
@@ -123,7 +123,6 @@ def encode_cmd(
     """Encode a whole-slide image (any OpenSlide format, or PNG/JPEG/TIFF) as a .cinr file."""
     import os
 
-    from ..coding.registry import get_codec
     from ..encode.journal import journal_path
     from ..encode.slide import encode_slide
 

@@ -108,7 +108,7 @@ def fit_latents(
     torch.manual_seed(seed)
     dev = torch.device(device)
     h, w = image.shape[:2]
-    target = torch.from_numpy(np.array(image, copy=True)).to(dev).permute(2, 0, 1)[None].float() / 255.0
+    target = _target(image, dev)
     model = LatentImage(config, h, w).to(dev)
     npx = h * w
     t0 = time.perf_counter()
@@ -166,6 +166,11 @@ def fit_latents(
     )
 
 
+def _target(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """An RGB uint8 image as the (1, 3, H, W) float target in [0, 1] on ``device``."""
+    return torch.from_numpy(np.array(image, copy=True)).to(device).permute(2, 0, 1)[None].float() / 255.0
+
+
 #: The lambdas a target-PSNR search may try (an eighth of q8's to eight times q1's).
 LAMBDA_RANGE = (QUALITY_LAMBDAS["q8"] / 8, QUALITY_LAMBDAS["q1"] * 8)
 #: Measured slope of PSNR against lambda (dB per halving of lambda; 256^2 H&E crops, 34-40 dB).
@@ -195,8 +200,7 @@ def fit_latents_to_psnr(
     (Continuing one fit at the corrected lambda was measured and rejected: with the recipe's
     learning rate it lost 3-5 dB in 100 steps, with a low one lambda barely moved the result.)
     """
-    dev = torch.device(device)
-    target = torch.from_numpy(np.array(image, copy=True)).to(dev).permute(2, 0, 1)[None].float() / 255.0
+    target = _target(image, torch.device(device))
     tried: list[tuple[float, float, LatentFit]] = []  # psnr, bits, fit
     rounds_log: list[dict[str, float]] = []
     total_steps, seconds = 0, 0.0
@@ -259,8 +263,7 @@ def quantize_networks(fit: LatentFit, image: np.ndarray, weight_bits: Callable[[
     steps, measured on a 256^2 H&E crop at lambda 2.5e-4: weight bits -28 %, file -3.8 %,
     PSNR -0.05 dB.)"""
     model = fit.model
-    dev = next(model.parameters()).device
-    target = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().to(dev) / 255.0
+    target = _target(image, next(model.parameters()).device)
     npx = model.height * model.width
     ys = [torch.round(g) for g in model.latents]
     feats = upsample(ys, model.height, model.width)
@@ -306,8 +309,14 @@ def quantize_networks(fit: LatentFit, image: np.ndarray, weight_bits: Callable[[
         else:
             parts["bits"] = latent_bits()
 
+    def keep(n: str, k: int) -> None:
+        """Settle tensor n at a step already tried and found storable."""
+        b = set_k(n, k)
+        assert b is not None
+        ks[n], nbits[n] = k, b
+
     for names in groups.values():
-        best: tuple[float, int, dict[str, int]] | None = None
+        best: tuple[float, int] | None = None
         for k in WEIGHT_EXPONENTS:
             got = {n: set_k(n, k) for n in names}
             if any(b is None for b in got.values()):
@@ -315,17 +324,15 @@ def quantize_networks(fit: LatentFit, image: np.ndarray, weight_bits: Callable[[
             nbits.update({n: int(b) for n, b in got.items() if b is not None})
             evaluate(names[0])
             if best is None or loss() < best[0]:
-                best = (loss(), k, {n: int(b) for n, b in got.items() if b is not None})
+                best = (loss(), k)
         if best is None:
             raise ValueError(f"tensors {names} have weights too large to store")
         for n in names:
-            set_k(n, best[1])
-            ks[n] = best[1]
-        nbits.update(best[2])
+            keep(n, best[1])
         evaluate(names[0])
     for _ in range(WEIGHT_SWEEPS):
         for n in params:
-            best_n = (loss(), ks[n], nbits[n])
+            best_n = (loss(), ks[n])
             for k in range(ks[n] - 4, ks[n] + 2):
                 if k == ks[n] or not 0 <= k <= 24:
                     continue
@@ -335,9 +342,8 @@ def quantize_networks(fit: LatentFit, image: np.ndarray, weight_bits: Callable[[
                 nbits[n] = b
                 evaluate(n)
                 if loss() < best_n[0]:
-                    best_n = (loss(), k, b)
-            ks[n], nbits[n] = best_n[1], best_n[2]
-            set_k(n, ks[n])
+                    best_n = (loss(), k)
+            keep(n, best_n[1])
             evaluate(n)
     fit.exponents = ks
 
