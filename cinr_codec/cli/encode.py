@@ -87,7 +87,8 @@ from .common import NullSink, check_output, fmt, handle_errors, json_safe
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="CPU threads for PyTorch  [default: PyTorch's choice; 1 is faster on a busy machine]",
+    help="CPU threads for PyTorch  [default: the cores other processes leave free, re-measured "
+    "before each block]",
 )
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted encode from its journal (OUTPUT.journal)."
@@ -137,10 +138,6 @@ def encode_cmd(
         # ccinr training re-allocates the same large tensors every step; with glibc's default a
         # 1024^2 block's step spent 1.7 of 4.2 s page-faulting (3.1 s tuned, +19 % peak memory).
         tune_allocator(1 << 30)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
     out = output or (os.path.splitext(os.path.basename(os.path.normpath(slide)))[0] + ".cinr")
     check_output(out, overwrite, ".cinr")
     show = not quiet and not as_json
@@ -189,6 +186,7 @@ def encode_cmd(
             mips=not no_mips,
             seed=seed,
             resume=resume,
+            threads="auto" if threads is None else threads,
             progress=progress,
         )
     except KeyboardInterrupt:

@@ -193,6 +193,7 @@ def encode_slide(
     mips: bool = True,
     seed: int = 0,
     resume: bool = False,
+    threads: int | str | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
 ) -> dict[str, Any]:
     """Encode level ``level`` of a slide or image ``src`` as the ``.cinr`` file ``dst``; return a summary.
@@ -204,7 +205,9 @@ def encode_slide(
     (``resume`` continues an interrupted encode); ``dst`` appears, atomically, only when
     complete. ``time_budget`` bounds each block's training, ``total_time_budget`` the whole
     encode's, ``target_psnr`` stops a block early. Bad input raises ``CinrInputError``/``ValueError``
-    before any fitting.
+    before any fitting. ``threads``: torch's CPU threads for the fits (None: leave torch's setting;
+    ``"auto"``: the cores other processes leave free, re-measured before each block,
+    ``encode.threads``).
     """
     from ..core.render import resolve_device
 
@@ -224,6 +227,7 @@ def encode_slide(
     side = block_size + 2 * margin  # every block's frame (BlockGrid.side)
     codec.config_for(model, preset, side, side)  # a bad preset fails before the slide is opened
     dev = resolve_device(device)
+    set_threads = _thread_setter(threads, dev.type == "cpu")
     src_path = Path(src)
     path = check_destination(dst)
     if src_path.exists() and path.exists() and src_path.resolve() == path.resolve():
@@ -274,6 +278,8 @@ def encode_slide(
                     budget = share if time_budget is None else min(time_budget, share)
                     job = replace(job, time_budget=budget)
                 fx0, fy0, fw, fh = grid.fit_region(job.block_id)
+                if job.block_id in plan.tissue_blocks:
+                    set_threads()
                 meta, parts = encode_block(job, source.read(fx0, fy0, fw, fh))
                 if meta["kind"] == "model":
                     todo_tissue = max(0, todo_tissue - 1)
@@ -321,6 +327,32 @@ def encode_slide(
         summary["bytes"],
     )
     return summary
+
+
+def _thread_setter(threads: int | str | None, on_cpu: bool) -> Callable[[], None]:
+    """What to call before each fitted block: sets torch's thread count per ``threads``
+    (see ``encode_slide``); a fixed count is set once, here."""
+    if threads is None:
+        return lambda: None
+    import torch
+
+    if threads == "auto":
+        if not on_cpu:
+            return lambda: None
+        from .threads import CpuMonitor
+
+        monitor = CpuMonitor()
+
+        def auto() -> None:
+            n = monitor.threads()
+            if n != torch.get_num_threads():
+                torch.set_num_threads(n)
+
+        return auto
+    if isinstance(threads, str) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be a positive integer or 'auto', not {threads!r}")
+    torch.set_num_threads(threads)
+    return lambda: None
 
 
 #: Quality of associated images (macro, thumbnail) re-encoded as JPEG; labels stay lossless PNG.

@@ -340,3 +340,40 @@ def test_bad_arguments_before_fitting(mixed_png: Path, tmp_path: Path) -> None:
         encode_slide(tmp_path / "nope.png", tmp_path / "x.cinr")
     with pytest.raises(ValueError, match="overwrite the source"):
         encode_slide(mixed_png, mixed_png)
+
+
+def test_auto_threads_are_measured_before_each_fitted_block(
+    mixed_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from cinr_codec.encode.threads import CpuMonitor
+
+    answers = iter([1, 2])
+    calls: list[int] = []
+
+    def fake(self: CpuMonitor) -> int:
+        calls.append(next(answers))
+        return calls[-1]
+
+    monkeypatch.setattr(CpuMonitor, "threads", fake)
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    real_set = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real_set(n)))
+    try:
+        s = encode_slide(
+            mixed_png,
+            tmp_path / "t.cinr",
+            block_size=256,
+            steps=2,
+            tissue_mask=False,
+            mips=False,
+            threads="auto",
+        )
+    finally:
+        real_set(before)
+    assert s["tissue_blocks"] == 2 and calls == [1, 2]
+    assert [n for n in seen if n in (1, 2)][-1] == 2  # the second block ran with the second answer
+    with pytest.raises(ValueError, match="threads"):
+        encode_slide(mixed_png, tmp_path / "x.cinr", threads=0)
