@@ -1,27 +1,34 @@
 """Write a region of a ``.cinr`` slide, at any scale, as a PNG, JPEG, TIFF or WebP image.
 
 ``export_region(slide, "out.tif")`` decodes through ``CinrSlide.read`` / ``SlideDecoder.read``
-and saves through libvips, choosing the format by the output's extension:
+and saves through libvips (whole-slide TIFFs through tifffile), choosing the format by the
+output's extension:
 
 =================  =====================================================================
 ``.png``           lossless
 ``.jpg``/``.jpeg`` JPEG, quality 90
 ``.webp``          WebP, quality 90 (at most 16383 pixels a side)
 ``.tif``/``.tiff`` always a tiled (256 x 256), pyramidal BigTIFF with JPEG tiles (quality 90),
-                   whatever its size, so that every exported TIFF opens in OpenSlide
-                   (``generic-tiff``) and in viewers that need tiles
+                   whatever its size. A region is a plain pyramidal TIFF (libvips; OpenSlide's
+                   ``generic-tiff``). The whole slide (no region) is written in Aperio's SVS
+                   layout (``cinr_codec.aperio``) so that OpenSlide (``aperio``), tiffslide and
+                   QuPath see what the ``.cinr`` slide has: its levels exactly (``ceil`` halving,
+                   ``level_dimensions``; libvips's pyramid rounds down), the objective power,
+                   mpp and vendor properties in an Aperio ImageDescription, and the thumbnail,
+                   label and macro as extra pages
 =================  =====================================================================
 
 Small outputs (at most ``STREAM_PIXELS`` pixels, region given) are decoded with one read and
-saved from memory. Whole-slide exports (no region) and large outputs are *streamed*: decoded
-in strips of at most 1024 output rows (fewer for wide outputs: ``STRIP_PIXELS`` per strip, 8x that
-at scale 1 on integer coordinates, where reads are plain copies of decoded tiles)
-into a raw memory-mapped temporary file beside the output, then saved from that file by
-libvips, which reads it lazily; memory stays bounded by the strip, disk use is 3 bytes per
-output pixel until the save ends. The resolution is recorded when the slide's is known (pixels
-per millimetre ``1000 * scale / mpp``). Writes are atomic: a temporary file in the destination
-folder is renamed over the output only when complete; on any error the temporaries are deleted
-and an existing output is left untouched.
+saved from memory. Whole-slide TIFFs are decoded level by level, one 256-row tile row at a
+time, straight into the file (``cinr_codec.aperio``). Other whole-slide exports (no region) and
+large outputs are *streamed*: decoded in strips of at most 1024 output rows (fewer for wide
+outputs: ``STRIP_PIXELS`` per strip, 8x that at scale 1 on integer coordinates, where reads are
+plain copies of decoded tiles) into a raw memory-mapped temporary file beside the output, then
+saved from that file by libvips, which reads it lazily; disk use is 3 bytes per output pixel
+until the save ends. Either way memory stays bounded by the strip. The resolution is recorded
+when the slide's is known (pixels per millimetre ``1000 * scale / mpp``). Writes are atomic: a
+temporary file in the destination folder is renamed over the output only when complete; on any
+error the temporaries are deleted and an existing output is left untouched.
 
 Whole-slide exports cover the slide with ``ceil(W * scale) x ceil(H * scale)`` pixels (the
 virtual pyramid's level size when ``scale`` is ``2**-k``); pixels beyond the slide take the
@@ -31,21 +38,24 @@ background colour.
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import math
 import os
 import secrets
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from .api import CinrSlide
 from .decode.decoder import MAX_SCALE, SlideDecoder, finite_number
-from .errors import CinrIOError
-from .format.header import MAX_READ_PIXELS, header_mpp
+from .errors import CinrError, CinrFormatError, CinrIOError
+from .format.header import MAX_READ_PIXELS, describe, header_mpp
 
 __all__ = ["FORMATS", "export_region"]
 
@@ -152,6 +162,76 @@ def _save(img: Any, path: str, fmt: str) -> None:
         )
 
 
+def _slide_metadata(
+    slide: CinrSlide | SlideDecoder,
+) -> tuple[Mapping[str, str], float | None, tuple[int, ...], dict[str, Callable[[], Image.Image]]]:
+    """(properties, objective power of level 0, mip downsamples, name -> associated image getter)."""
+    if isinstance(slide, CinrSlide):
+        dec = slide.decoder
+        images = slide.associated_images
+        props: Mapping[str, str] = slide.properties
+        getters: dict[str, Callable[[], Image.Image]] = {
+            name: functools.partial(images.__getitem__, name) for name in images
+        }
+    else:
+        dec = slide
+        props = describe(dec.reader.header, dec.reader.footer).properties
+        getters = {
+            name: functools.partial(_associated_image, dec, name) for name in dec.reader.associated_images
+        }
+    power = describe(dec.reader.header).objective_power
+    return props, power, tuple(dec.grid.mip_downsamples), getters
+
+
+def _associated_image(dec: SlideDecoder, name: str) -> Image.Image:
+    """A SlideDecoder's associated image as an RGB PIL image (``CinrSlide.associated_images``'s rule)."""
+    data = dec.reader.read_associated_image(name)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise CinrFormatError(
+            f"{dec.reader.name}: associated image {name!r} cannot be decoded ({exc})"
+        ) from None
+
+
+def _save_slide_tiff(
+    slide: CinrSlide | SlideDecoder,
+    path: str,
+    read: Callable[..., np.ndarray],
+    width: int,
+    height: int,
+    scale: float,
+    mpp: tuple[float | None, float | None],
+    progress: Progress | None,
+    out_path: str | os.PathLike[str],
+) -> None:
+    """A whole slide at ``scale`` as an Aperio-layout TIFF (``cinr_codec.aperio``), or CinrIOError."""
+    from .aperio import write_aperio_tiff
+
+    props, power, mips, associated = _slide_metadata(slide)
+    try:
+        write_aperio_tiff(
+            path,
+            read,
+            width,
+            height,
+            scale,
+            mpp=mpp,
+            objective_power=power * scale if power else None,
+            properties=props,
+            associated=associated,
+            mips=mips,
+            progress=progress,
+            strip_pixels=STRIP_PIXELS,
+        )
+    except CinrError:
+        raise
+    except OSError as exc:
+        raise CinrIOError(f"{out_path}: cannot write: {exc.strerror or exc}") from None
+
+
 def export_region(
     slide: CinrSlide | SlideDecoder,
     out_path: str | os.PathLike[str],
@@ -201,6 +281,7 @@ def export_region(
             f"{out_path}: a {ow} x {oh} image is too large for {fmt.upper()} (at most {MAX_SIDES[fmt]} "
             "pixels a side); use .tif"
         )
+    aperio = whole and fmt == "tiff"  # the whole slide: Aperio layout, written level by level
     streamed = whole or ow * oh > STREAM_PIXELS
     if not streamed and ow * oh > MAX_READ_PIXELS:  # pragma: no cover - STREAM_PIXELS < MAX_READ_PIXELS
         streamed = True
@@ -211,7 +292,9 @@ def export_region(
     tmp = _make_temp(folder, os.path.splitext(out)[1])
     raw: str | None = None
     try:
-        if not streamed:
+        if aperio:
+            _save_slide_tiff(slide, tmp, read, ow, oh, s, out_mpp, progress, out_path)
+        elif not streamed:
             pixels = np.ascontiguousarray(read(_exact(x), _exact(y), _exact(w), _exact(h), s))
             if pixels.shape != (oh, ow, 3):  # pragma: no cover - the decoder's contract
                 raise RuntimeError(f"read returned {pixels.shape}, expected {(oh, ow, 3)}")
@@ -246,15 +329,16 @@ def export_region(
             finally:
                 del buf
             img = pyvips.Image.rawload(raw, ow, oh, 3)
-        changes: dict[str, Any] = {"interpretation": "srgb"}
-        if out_mpp[0] and out_mpp[1]:
-            changes.update(xres=1000.0 / out_mpp[0], yres=1000.0 / out_mpp[1])
-        img = img.copy(**changes)
-        try:
-            _save(img, tmp, fmt)
-        except pyvips.Error as exc:
-            raise CinrIOError(f"{out_path}: cannot write: {' '.join(str(exc).split())[:200]}") from None
-        del img
+        if not aperio:
+            changes: dict[str, Any] = {"interpretation": "srgb"}
+            if out_mpp[0] and out_mpp[1]:
+                changes.update(xres=1000.0 / out_mpp[0], yres=1000.0 / out_mpp[1])
+            img = img.copy(**changes)
+            try:
+                _save(img, tmp, fmt)
+            except pyvips.Error as exc:
+                raise CinrIOError(f"{out_path}: cannot write: {' '.join(str(exc).split())[:200]}") from None
+            del img
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, out)

@@ -30,7 +30,9 @@ def decode_cmd(
     """Decode a .cinr slide, or a region of it at any scale, to an image (written atomically).
 
     The format follows OUTPUT's extension; .tif/.tiff is a tiled pyramidal TIFF (JPEG tiles)
-    that OpenSlide opens. Whole-slide exports are streamed in strips (bounded memory).
+    that OpenSlide opens: for the whole slide an Aperio-layout TIFF with the slide's levels,
+    objective power, mpp, vendor properties, label, macro and thumbnail. Whole-slide exports are
+    streamed in strips (bounded memory).
     """
 
     from ..api import open_cinr

@@ -86,7 +86,7 @@ def test_decode_whole_slide_tif_opens_in_openslide(files: dict[str, Any], tmp_pa
     res = _cli("decode", files["relabelled"], "-o", out)
     assert res.exit_code == 0, res.output
     assert "decoding" in res.stderr  # the progress bar, on stderr
-    assert openslide.OpenSlide.detect_format(str(out)) == "generic-tiff"
+    assert openslide.OpenSlide.detect_format(str(out)) == "aperio"  # see tests/test_export_tiff.py
     with openslide.OpenSlide(out) as o, open_cinr(files["relabelled"]) as s:
         assert o.dimensions == (W, H)
         assert float(o.properties["openslide.mpp-x"]) == pytest.approx(0.5, rel=1e-4)
@@ -288,10 +288,11 @@ def test_export_errors_leave_no_trace(
     with pytest.raises(CinrError, match="disk on fire"):
         export_region(slide, out)
     monkeypatch.undo()
-    # Not enough disk space for the temporary raw file.
+    # Not enough disk space for the temporary raw file of a streamed region (whole-slide TIFFs need none).
     monkeypatch.setattr(shutil, "disk_usage", lambda p: types.SimpleNamespace(total=10, used=10, free=0))
+    monkeypatch.setattr(export, "STREAM_PIXELS", 0)
     with pytest.raises(CinrIOError, match="temporary disk space"):
-        export_region(slide, out)
+        export_region(slide, out, (0, 0, W, H))
     monkeypatch.undo()
     assert out.read_bytes() == b"keep me"
     assert [f.name for f in tmp_path.iterdir()] == ["out.tif"]
