@@ -29,3 +29,20 @@ def he_image() -> np.ndarray:
 def tissue_crop(he_image: np.ndarray) -> np.ndarray:
     """A 96x80 crop of real tissue (non-square on purpose)."""
     return np.ascontiguousarray(he_image[1000:1080, 1000:1096])
+
+
+@pytest.fixture(scope="session")
+def he_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A plain JPEG of real H&E: the shared 2500x2500 prostate image, or the bundled sample's
+    level 0 (2220x2967) saved by PIL as a baseline JPEG, quality 90, when shared data are absent."""
+    path = SHARED / "he-prostate-2500.jpeg"
+    if path.exists():
+        return path
+    from PIL import Image
+
+    from cinr_codec.encode.source import SlideSource
+
+    out = tmp_path_factory.mktemp("he-jpeg") / "sample.jpeg"
+    with SlideSource(SAMPLE) as s:
+        Image.fromarray(s.read(0, 0, s.width, s.height)).save(out, quality=90)
+    return out

@@ -1,9 +1,10 @@
 """``open_cinr()``/``CinrSlide``: OpenSlide's interface over a real block-grid encode, any-scale reads.
 
 The files are made once per session (``make_files``, shared with ``test_decode_cli.py``): a
-280x200 crop of real H&E tissue, encoded with ``encode_slide`` in 128-px blocks (a 3x2 grid whose
-last column is 24 px wide and last row 72 px high; the top-left block is glass, stored as a
-colour; mips at 2, 4, 8), and a copy of it re-labelled as level 1 of an Aperio slide with two
+280x200 crop of real H&E tissue (from ``../shared/data/he-prostate-2500.jpeg``, or from the bundled
+sample slide when the shared data are absent), encoded with ``encode_slide`` in 128-px blocks (a 3x2
+grid whose last column is 24 px wide and last row 72 px high; the top-left block is glass, stored as
+a colour; mips at 2, 4, 8), and a copy of it re-labelled as level 1 of an Aperio slide with two
 associated images.
 """
 
@@ -35,18 +36,26 @@ from cinr_codec.format.container import CinrReader, CinrWriter
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 VECTORS = ROOT / "formats" / "vectors"
+SAMPLE = ROOT / "cinr_codec" / "data" / "CMU-1-Small-Region.svs"
 #: Crop of he-prostate-2500.jpeg: (top, left, height, width). Its top-left 128-px block is glass.
 CROP = (16, 1040, 200, 280)
+#: The same-size crop of the bundled sample, used without ../shared/data: glass at the top left
+#: (with the 16-px margin), some tissue in each of the other five blocks.
+SAMPLE_CROP = (864, 656, 200, 280)
 W, H = CROP[3], CROP[2]
 
 
 def _source_image() -> np.ndarray:
-    path = SHARED / "he-prostate-2500.jpeg"
-    if not path.exists():  # pragma: no cover - the shared data are part of the project's set-up
-        pytest.skip("shared data missing")
     y, x, h, w = CROP
-    with Image.open(path) as im:
-        return np.ascontiguousarray(np.asarray(im.convert("RGB"))[y : y + h, x : x + w])
+    path = SHARED / "he-prostate-2500.jpeg"
+    if path.exists():
+        with Image.open(path) as im:
+            return np.ascontiguousarray(np.asarray(im.convert("RGB"))[y : y + h, x : x + w])
+    from cinr_codec.encode.source import SlideSource
+
+    y, x, h, w = SAMPLE_CROP
+    with SlideSource(SAMPLE) as s:
+        return s.read(x, y, w, h)
 
 
 def _relabel(src: Path, dst: Path, associated: dict[str, bytes]) -> None:

@@ -114,7 +114,8 @@ def test_bd_rate_synthetic_curves() -> None:
 
 
 def test_bd_rate_matches_scipy() -> None:
-    interpolate = pytest.importorskip("scipy.interpolate")
+    """pchip_integral against an independent implementation, SciPy's PchipInterpolator."""
+    interpolate = pytest.importorskip("scipy.interpolate", reason="needs scipy: pip install -e '.[test]'")
     rng = np.random.default_rng(0)
     x = np.sort(rng.uniform(25, 45, 6))
     y = np.sort(rng.uniform(-1, 1, 6))

@@ -26,10 +26,11 @@ PINK = (200, 120, 170)  # H&E eosin-like
 GLASS = (244, 241, 242)
 
 
-def shared(name: str) -> Path:
+def shared(name: str, why: str) -> Path:
+    """The shared data file, or skip the test (saying why it needs that file) when it is absent."""
     path = SHARED / name
     if not path.exists():
-        pytest.skip(f"shared data not available: {path}")
+        pytest.skip(f"needs ../shared/data/{name} ({why}); see README")
     return path
 
 
@@ -215,7 +216,8 @@ def test_cmu_small_region_has_glass_and_tissue() -> None:
 
 
 def test_tcga_frozen_section() -> None:
-    thumb, tmap = thumb_and_map(shared("TCGA-CR-7395-01A-01-TS1.svs"), level=1)
+    why = "tissue fractions measured on this frozen section"
+    thumb, tmap = thumb_and_map(shared("TCGA-CR-7395-01A-01-TS1.svs", why), level=1)
     assert 0.5 < tmap.tissue_fraction < 0.8  # measured 0.63
     with SlideSource(SHARED / "TCGA-CR-7395-01A-01-TS1.svs") as s:
         crop = s.read(1200, 1000, 1024, 768)  # all tissue
@@ -224,7 +226,7 @@ def test_tcga_frozen_section() -> None:
 
 
 def test_prostate_biopsy_has_glass_around_it() -> None:
-    _, tmap = thumb_and_map(shared("he-prostate-2500.jpeg"))
+    _, tmap = thumb_and_map(shared("he-prostate-2500.jpeg", "tissue fractions measured on this biopsy image"))
     assert 0.55 < tmap.tissue_fraction < 0.85  # measured 0.72; lumens and glass are background
     assert min(tmap.background) > 230
     frac = block_tissue(tmap, 500, 5, 5)

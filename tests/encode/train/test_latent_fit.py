@@ -63,10 +63,13 @@ def test_codec_fit_uses_the_target(tissue_crop: np.ndarray) -> None:
     img = np.ascontiguousarray(tissue_crop[:24, :24])
     cfg = CODEC.config_for("ccinr", "q5", 24, 24)
     fit = CODEC.fit(img, cfg, "ccinr", "q5", FitSettings(steps=20, target_psnr=10.0))
-    # Far below what q5 gives: lambda grows to the end of the range, then the search stops.
-    assert [r["lambda"] for r in fit.history] == [QUALITY_LAMBDAS["q5"], LAMBDA_RANGE[1]]
+    # Far below what q5 gives: lambda grows (in one or two rounds, depending on the image) to the
+    # end of the range, then the search stops.
+    lams = [r["lambda"] for r in fit.history]
+    assert lams[0] == QUALITY_LAMBDAS["q5"] and lams[-1] == LAMBDA_RANGE[1] and len(lams) <= 3
+    assert lams == sorted(lams)
     assert fit.lam == LAMBDA_RANGE[1]
-    assert fit.history[1]["bits"] < fit.history[0]["bits"]
+    assert fit.history[-1]["bits"] < fit.history[0]["bits"]
     assert fit.psnr >= 10.0  # measured after the networks' quantization
 
 
