@@ -74,6 +74,11 @@ class BlockCodec(ABC):
     #: Lowest container minor version that may hold this representation's blocks.
     format_minor: ClassVar[int] = 0
 
+    def minor_version(self, header: Mapping[str, Any]) -> int:
+        """Lowest container minor version for a file with this header (``format_minor`` unless a
+        configuration needs a later one)."""
+        return self.format_minor
+
     # -- both sides ------------------------------------------------------------------------------
 
     @abstractmethod

@@ -197,12 +197,10 @@ class LatentBlock:
         if self._pixels is None:
             import torch
 
-            from ..core.synthesis import upsample
-
             dev = next(self.synthesis.parameters()).device
             with torch.inference_mode():
                 ys = [torch.from_numpy(g.astype(np.float32))[None].to(dev) for g in self.grids]
-                x = self.synthesis(upsample(ys, self.height, self.width))[0]
+                x = self.synthesis(self.synthesis.features(ys, self.height, self.width))[0]
                 self._pixels = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         return self._pixels
 
@@ -225,6 +223,11 @@ class LatentCodec(BlockCodec):
     storages = ("entropy",)
     default_storage = "entropy"
     format_minor = 2
+
+    def minor_version(self, header: Mapping[str, Any]) -> int:
+        model = header.get("model")
+        learned = isinstance(model, Mapping) and model.get("upsampling") == "learned"
+        return 3 if learned else self.format_minor  # 1.3 added learned upsampling
 
     def header_fields(self, config: LatentConfig, storage: str) -> dict[str, Any]:
         self.check_storage(storage)

@@ -137,6 +137,9 @@ class ModelConfig:
 
 #: The compressive CINR model kind (entropy-coded latent grids; ``coding.latent``).
 LATENT_KINDS = ("ccinr",)
+#: How latent grids reach full resolution: each grid bilinearly (format 1.2), or coarse to fine
+#: through learned 2x filters (format 1.3; ``core.synthesis.LearnedUpsampling``).
+UPSAMPLINGS = ("bilinear", "learned")
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,8 @@ class LatentConfig:
     convolutional flow over the same features (0: the MLP-only, NGP-like synthesis), then
     ``residual_convs`` 3x3 convolutions refine RGB. The context model predicts each latent from
     ``context`` causal neighbours through ``arm_layers`` layers of ``arm_width``. ``side`` is the
-    block frame's side (a payload's grids may not be larger).
+    block frame's side (a payload's grids may not be larger). ``upsampling`` is ``bilinear`` or
+    ``learned`` (``UPSAMPLINGS``).
     """
 
     kind: str = "ccinr"
@@ -163,10 +167,15 @@ class LatentConfig:
     context: int = field(default=16, metadata={"range": (1, 24)})
     arm_width: int = field(default=16, metadata={"range": (1, 64)})
     arm_layers: int = field(default=2, metadata={"range": (1, 4)})
+    upsampling: str = "bilinear"
 
     def __post_init__(self) -> None:
         if self.kind not in LATENT_KINDS:
             raise ValueError(f"unknown latent model {self.kind!r}")
+        if self.upsampling not in UPSAMPLINGS:
+            raise ValueError(
+                f"unknown upsampling {self.upsampling!r}; choose one of {', '.join(UPSAMPLINGS)}"
+            )
         if not (1 <= len(self.mlp) <= 4 and all(isinstance(w, int) and 1 <= w <= 128 for w in self.mlp)):
             raise ValueError("mlp must list 1 to 4 widths in [1, 128]")
 
@@ -181,6 +190,8 @@ class LatentConfig:
         """JSON-serialisable form."""
         d = asdict(self)
         d["mlp"] = list(self.mlp)
+        if self.upsampling == "bilinear":
+            del d["upsampling"]  # format 1.2's headers, unchanged
         return d
 
     @classmethod

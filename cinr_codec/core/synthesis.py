@@ -32,8 +32,43 @@ def upsample(grids: list[torch.Tensor], height: int, width: int) -> torch.Tensor
     return torch.cat(out, dim=1)
 
 
+#: A learned filter's initial taps (f0, f1, f2, f3): bilinear doubling.
+BILINEAR_TAPS = (0.75, 0.25, 0.0, 0.0)
+
+
+def double(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """(1, C, h, w) -> (1, C, 2h, 2w) through the symmetric 8-tap filter ``taps`` = (f0 … f3),
+    separably: out[2a] = f0 x[a] + f1 x[a-1] + f2 x[a+1] + f3 x[a-2] and
+    out[2a+1] = f0 x[a] + f1 x[a+1] + f2 x[a-1] + f3 x[a+2], indices clamped to the grid."""
+    c = x.shape[1]
+    h, w = x.shape[-2:]
+    k = torch.cat([taps.flip(0), taps])
+    x = F.pad(x, (2, 2, 2, 2), mode="replicate")
+    x = F.conv_transpose2d(x, k.view(1, 1, 1, 8).expand(c, 1, 1, 8), stride=(1, 2), groups=c)
+    x = x[..., :, 7 : 7 + 2 * w]
+    x = F.conv_transpose2d(x, k.view(1, 1, 8, 1).expand(c, 1, 8, 1), stride=(2, 1), groups=c)
+    return x[..., 7 : 7 + 2 * h, :]
+
+
+def upsample_learned(
+    grids: list[torch.Tensor], filters: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
+    """Grids (C_k, h_k, w_k), finest first, -> (1, sum C_k, height, width), coarse to fine: the
+    features so far are doubled with ``filters[j]`` (``double``), cropped to grid j's size, and
+    grid j is put in front; a result of another size is then bilinearly resized."""
+    x = grids[-1].unsqueeze(0)
+    for j in range(len(grids) - 2, -1, -1):
+        g = grids[j].unsqueeze(0)
+        x = double(x, filters[j])[..., : g.shape[-2], : g.shape[-1]]
+        x = torch.cat([g, x], dim=1)
+    if x.shape[-2:] != (height, width):
+        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+    return x
+
+
 class Synthesis(nn.Module):
-    """Upsampled latents (1, L, H, W) -> RGB (1, 3, H, W) in [0, 1] (see the module docstring)."""
+    """Upsampled latents (1, L, H, W) -> RGB (1, 3, H, W) in [0, 1] (see the module docstring);
+    ``features`` upsamples the grids as the configuration says."""
 
     def __init__(self, config: LatentConfig) -> None:
         super().__init__()
@@ -58,6 +93,16 @@ class Synthesis(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
             self.res.append(m)
+        # Learned upsampling: one filter (f0 … f3) per doubling, started at bilinear.
+        self.up: nn.Parameter | None = None
+        if config.upsampling == "learned" and config.levels > 1:
+            self.up = nn.Parameter(torch.tensor([BILINEAR_TAPS] * (config.levels - 1)))
+
+    def features(self, grids: list[torch.Tensor], height: int, width: int) -> torch.Tensor:
+        """The grids (C_k, h_k, w_k), finest first, at full resolution (1, sum C_k, height, width)."""
+        if self.up is None:
+            return upsample(grids, height, width)
+        return upsample_learned(grids, self.up, height, width)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         h = f
@@ -79,7 +124,7 @@ class Synthesis(nn.Module):
             m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1]
             for m in self.modules()
             if isinstance(m, nn.Conv2d)
-        )
+        )  # upsampling: ``macs_per_pixel`` below
 
 
 class ContextModel(nn.Module):
@@ -170,7 +215,7 @@ class LatentImage(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(RGB (1, 3, H, W), total bits of the latents) under the given rounding."""
         ys = [quantize(g, mode, t, a) for g in self.latents]
-        x = self.synthesis(upsample(ys, self.height, self.width))
+        x = self.synthesis(self.synthesis.features(ys, self.height, self.width))
         bits = torch.zeros((), device=x.device)
         for y in ys:
             mean, log_scale = self.arm(gather_context(y[0], self.offsets))
@@ -180,14 +225,22 @@ class LatentImage(nn.Module):
 
 def macs_per_pixel(config: LatentConfig) -> dict[str, float]:
     """Decoder multiply-adds per pixel: ``synthesis``, ``context`` (per latent times latents per
-    pixel, for a large block), ``upsampling`` (bilinear: 4 per upsampled channel) and ``total``."""
+    pixel, for a large block), ``upsampling`` (bilinear: 4 per upsampled channel; learned: 8 per
+    channel and pixel of each doubling's output, 4 taps a direction) and ``total``."""
     with torch.device("meta"):
         syn = Synthesis(config).macs_per_pixel()
         arm = ContextModel(config)
     per_latent = sum(m.in_features * m.out_features for m in arm.modules() if isinstance(m, nn.Linear))
     levels = range(config.first_level, config.first_level + config.levels)
     latents_per_pixel = sum(4.0**-k for k in levels)
-    upsampling = 4 * sum(1 for k in levels if k > 0)
+    if config.upsampling == "learned":
+        # Doubling j outputs grid j's size (4**-(first_level + j) per pixel) for levels - 1 - j channels.
+        n = config.levels
+        upsampling = sum(8.0 * (n - 1 - j) * 4.0 ** -(config.first_level + j) for j in range(n - 1))
+        if config.first_level > 0:
+            upsampling += 4 * n  # then every channel bilinearly to full resolution
+    else:
+        upsampling = 4 * sum(1 for k in levels if k > 0)
     context = per_latent * latents_per_pixel
     return {
         "synthesis": syn,

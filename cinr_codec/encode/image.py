@@ -92,7 +92,7 @@ def write_fitted(
     )
     pixels = width * height
     with CinrWriter(
-        path, header, 1, max_block_bytes=max(8, len(payload)), minor_version=codec.format_minor
+        path, header, 1, max_block_bytes=max(8, len(payload)), minor_version=codec.minor_version(header)
     ) as writer:
         stored = writer.add_model_block(0, payload, check=codec.check_payload)
         # Measure what a decoder will see: the stored payload, decoded on the CPU.

@@ -393,7 +393,7 @@ def assemble(
     part_sizes = journal.part_sizes()  # model blocks have parts (payload, mips), background blocks none
     sizes = [part_sizes[b][0] for b in sorted(part_sizes) if part_sizes[b]]
     max_raw = min(max([2 * sizes[0], *sizes]) if sizes else 8, 1 << 30)
-    minor = max(1 if grid.mip_downsamples else 0, codec.format_minor)
+    minor = max(1 if grid.mip_downsamples else 0, codec.minor_version(header))
     with CinrWriter(path, header, grid.n_blocks, max_block_bytes=max_raw, minor_version=minor) as writer:
         for rec in journal.records():
             m = rec.meta

@@ -31,6 +31,7 @@ from cinr_codec import encode_image  # noqa: E402
 from cinr_codec.core.metrics import psnr  # noqa: E402
 from cinr_codec.decode import decode_image  # noqa: E402
 from cinr_codec.encode.source import read_crop, sample_slide_path  # noqa: E402
+from cinr_codec.encode.train.latent import PRESET_ARCH  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 EXPECTED = HERE / "expected.json"
@@ -63,6 +64,17 @@ VECTORS: dict[str, dict[str, Any]] = {
         "steps": 400,
         "seed": 0,
         "quant": "entropy",
+        "arch": {"upsampling": "bilinear"},  # format 1.2, as first written
+    },
+    "ccinr-q6-64x48-learned.cinr": {
+        "crop": 64,
+        "rows": 48,
+        "model": "ccinr",
+        "preset": "q6",
+        "steps": 400,
+        "seed": 0,
+        "quant": "entropy",
+        "arch": {"upsampling": "learned"},  # format 1.3
     },
 }
 
@@ -112,16 +124,22 @@ def make(only: list[str] | None = None) -> dict[str, Any]:
             continue
         src = source_pixels(spec)
         path = HERE / name
-        summary = encode_image(
-            src,
-            path,
-            model=spec["model"],
-            preset=spec["preset"],
-            steps=spec["steps"],
-            seed=spec["seed"],
-            quant=spec["quant"],
-            device="cpu",
-        )
+        saved = dict(PRESET_ARCH)
+        PRESET_ARCH.update(spec.get("arch", {}))  # a ccinr vector's architecture, whatever the preset's
+        try:
+            summary = encode_image(
+                src,
+                path,
+                model=spec["model"],
+                preset=spec["preset"],
+                steps=spec["steps"],
+                seed=spec["seed"],
+                quant=spec["quant"],
+                device="cpu",
+            )
+        finally:
+            PRESET_ARCH.clear()
+            PRESET_ARCH.update(saved)
         digest, shape = decoded_digest(path)
         entries.append(
             {
@@ -132,7 +150,8 @@ def make(only: list[str] | None = None) -> dict[str, Any]:
                 "shape": shape,
                 "psnr_db_vs_source": round(psnr(decode_image(path), src), 4),
                 "source": f"read_crop(sample_slide_path(), {spec['crop']})[:{spec['rows']}]",
-                "encode": {k: v for k, v in spec.items() if k not in ("crop", "rows")},
+                "encode": {k: v for k, v in spec.items() if k not in ("crop", "rows", "arch")},
+                **({"architecture": spec["arch"]} if "arch" in spec else {}),
             }
         )
         lat = latents_digest(path)

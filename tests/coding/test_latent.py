@@ -40,7 +40,18 @@ def test_header_fields_round_trip(fitted: tuple[np.ndarray, Any, Any, bytes]) ->
     _, cfg, _, _ = fitted
     fields = CODEC.header_fields(cfg, "entropy")
     assert CODEC.parse_config(fields, "t") == cfg
-    for bad in ({"levels": 99}, {"mlp": "wide"}, {"nonsense": 1}, {"kind": "cinr"}):
+    assert fields["model"]["upsampling"] == "learned"
+    assert CODEC.minor_version(fields) == 3  # learned upsampling came with format 1.3
+    assert (
+        CODEC.minor_version({"model": {k: v for k, v in fields["model"].items() if k != "upsampling"}}) == 2
+    )
+    for bad in (
+        {"levels": 99},
+        {"mlp": "wide"},
+        {"nonsense": 1},
+        {"kind": "cinr"},
+        {"upsampling": "nearest"},
+    ):
         with pytest.raises(CinrFormatError):
             CODEC.parse_config({"model": {**fields["model"], **bad}}, "t")
     with pytest.raises(ValueError, match="quality level"):
@@ -116,7 +127,8 @@ def test_a_slide_encodes_and_decodes_in_the_compressive_codec(tissue_crop: np.nd
     s = encode_slide(src, out, model="ccinr", preset="q8", steps=30, block_size=64, tissue_mask=False)
     assert s["model"] == "ccinr" and s["quant"] == "entropy" and s["tissue_blocks"] == 2
     with CinrReader(out) as r:
-        assert r.version == (1, 2) and r.header["model"]["kind"] == "ccinr"
+        assert r.version == (1, 3) and r.header["model"]["kind"] == "ccinr"
+        assert r.header["model"]["upsampling"] == "learned"
         assert "quantization" not in r.header
     with open_cinr(out) as slide:
         pixels = slide.read(0, 0, 96, 48)

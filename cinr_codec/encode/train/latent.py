@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ...core.config import LatentConfig
-from ...core.synthesis import LatentImage, gather_context, laplace_bits, upsample
+from ...core.synthesis import LatentImage, gather_context, laplace_bits
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ PRESET_ARCH: dict[str, Any] = {
     "context": 16,
     "arm_width": 16,
     "arm_layers": 2,
+    "upsampling": "learned",
 }
 
 
@@ -266,12 +267,15 @@ def quantize_networks(fit: LatentFit, image: np.ndarray, weight_bits: Callable[[
     target = _target(image, next(model.parameters()).device)
     npx = model.height * model.width
     ys = [torch.round(g) for g in model.latents]
-    feats = upsample(ys, model.height, model.width)
+    feats = model.synthesis.features(ys, model.height, model.width)
     ctx = [gather_context(y[0], model.offsets) for y in ys]
     flat = [y[0].reshape(-1) for y in ys]
+    learned_up = model.synthesis.up is not None
 
     def distortion() -> float:
-        return F.mse_loss(model.synthesis(feats).clamp(0, 1), target).item()
+        # Learned upsampling filters are weights too: their rounding changes the features.
+        f = model.synthesis.features(ys, model.height, model.width) if learned_up else feats
+        return F.mse_loss(model.synthesis(f).clamp(0, 1), target).item()
 
     def latent_bits() -> float:
         total = 0.0
@@ -352,5 +356,5 @@ def render_latents(model: LatentImage) -> np.ndarray:
     """RGB uint8 of a model with rounded latents (what a decoder of its stored form computes)."""
     with torch.no_grad():
         ys = [torch.round(g) for g in model.latents]
-        x = model.synthesis(upsample(ys, model.height, model.width))[0]
+        x = model.synthesis(model.synthesis.features(ys, model.height, model.width))[0]
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
