@@ -39,7 +39,6 @@ Properties: see ``CinrSlide.properties``.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import re
@@ -51,8 +50,8 @@ import numpy as np
 import openslide
 from PIL import Image
 
+from .coding.images import decode_associated_image
 from .decode.decoder import DEFAULT_CACHE_BYTES, TILE, SlideDecoder, finite_number
-from .errors import CinrFormatError
 from .format.container import MAGIC
 from .format.header import describe, finite, header_mpp
 
@@ -112,14 +111,7 @@ class _AssociatedImages(Mapping[str, Image.Image]):
             raise KeyError(name)
         reader = self._slide._decoder.reader
         data = reader.read_associated_image(name)
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                return im.convert("RGB")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise CinrFormatError(
-                f"{reader.name}: associated image {name!r} cannot be decoded ({exc})"
-            ) from None
+        return decode_associated_image(data, f"{reader.name}: associated image {name!r}")
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
@@ -199,11 +191,15 @@ class CinrSlide(openslide.AbstractSlide):
             b = [float(stored[f"openslide.bounds-{n}"]) for n in _BOUNDS]
         except (KeyError, ValueError):
             b = []
-        if len(b) == 4 and all(math.isfinite(v) for v in b):
-            x0 = min(W, max(0, math.floor(b[0] / level_ds)))
-            y0 = min(H, max(0, math.floor(b[1] / level_ds)))
-            x1 = min(W, max(x0, math.ceil((b[0] + b[2]) / level_ds)))
-            y1 = min(H, max(y0, math.ceil((b[1] + b[3]) / level_ds)))
+        # Edges in this slide's pixels, each clamped to the slide before rounding (no float can
+        # overflow an int here: a bound of 1e308 or a sum that is infinite just clamps).
+        edges = [b[0], b[1], b[0] + b[2], b[1] + b[3]] if len(b) == 4 else []
+        if edges and all(math.isfinite(v) for v in b + edges):
+            ex0, ey0, ex1, ey1 = (v / level_ds for v in edges)
+            x0 = math.floor(min(W, max(0.0, ex0)))
+            y0 = math.floor(min(H, max(0.0, ey0)))
+            x1 = max(x0, math.ceil(min(W, max(0.0, ex1))))
+            y1 = max(y0, math.ceil(min(H, max(0.0, ey1))))
             for n, bound in zip(_BOUNDS, (x0, y0, x1 - x0, y1 - y0), strict=True):
                 props[f"openslide.bounds-{n}"] = str(bound)
         if "openslide.vendor" not in props:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import math
 import os
 import secrets
@@ -54,7 +53,7 @@ from PIL import Image
 
 from .api import CinrSlide
 from .decode.decoder import MAX_SCALE, SlideDecoder, finite_number
-from .errors import CinrError, CinrFormatError, CinrIOError
+from .errors import CinrError, CinrIOError
 from .format.header import MAX_READ_PIXELS, describe, header_mpp
 
 __all__ = ["FORMATS", "export_region"]
@@ -185,15 +184,10 @@ def _slide_metadata(
 
 def _associated_image(dec: SlideDecoder, name: str) -> Image.Image:
     """A SlideDecoder's associated image as an RGB PIL image (``CinrSlide.associated_images``'s rule)."""
+    from .coding.images import decode_associated_image
+
     data = dec.reader.read_associated_image(name)
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise CinrFormatError(
-            f"{dec.reader.name}: associated image {name!r} cannot be decoded ({exc})"
-        ) from None
+    return decode_associated_image(data, f"{dec.reader.name}: associated image {name!r}")
 
 
 def _save_slide_tiff(

@@ -158,22 +158,8 @@ def load_model(payload: bytes, config: ModelConfig, where: str) -> ImageModel:
     except (ValueError, RuntimeError) as exc:
         raise CinrFormatError(f"{where}: cannot build the model in the header: {exc}") from None
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-    tensors = dequantize_tensors(payload, where=where)
-    found = {k: tuple(v.shape) for k, v in tensors.items()}
-    if found != expected:
-        missing = sorted(set(expected) - set(found))[:3]
-        extra = sorted(set(found) - set(expected))[:3]
-        wrong = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])[:3]
-        detail = "; ".join(
-            part
-            for part in (
-                f"missing {missing}" if missing else "",
-                f"unexpected {extra}" if extra else "",
-                ", ".join(f"{k} is {found[k]}, expected {expected[k]}" for k in wrong),
-            )
-            if part
-        )
-        raise CinrFormatError(f"{where}: tensors do not match the model in the header ({detail})")
+    # Shapes checked against the model before anything is loaded or dequantized.
+    tensors = dequantize_tensors(payload, where=where, shapes=expected)
     for name, t in tensors.items():
         if not t.is_floating_point():
             raise CinrFormatError(f"{where}: tensor {name!r} is {t.dtype}, expected a floating type")

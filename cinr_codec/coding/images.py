@@ -1,7 +1,7 @@
 """Image blocks: the PNG and JPEG bytes of mips and associated images, written and read back.
 
 The encoder chooses what to store (``encode.mips``); the decoder reads it here, with a bound on
-the pixels an image block may declare.
+the pixels an image block may declare (``CinrFormatError`` for anything wrong with its bytes).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import io
 
 import numpy as np
 from PIL import Image
+
+from ..errors import CinrError, CinrFormatError
 
 #: Largest mip image a decoder accepts (pixels).
 MAX_MIP_PIXELS = 1 << 24
@@ -29,12 +31,60 @@ def encode_png(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
-    """RGB uint8 pixels of a stored PNG/JPEG (ValueError naming ``where`` on failure)."""
+def decode_image_bytes(
+    data: bytes, where: str, size: tuple[int, int] | None = None, max_pixels: int = MAX_MIP_PIXELS
+) -> np.ndarray:
+    """RGB uint8 pixels of a stored PNG/JPEG.
+
+    The image's declared size is checked before any pixel is decoded: it must be ``size``
+    (width, height) when given, and at most ``max_pixels``. Anything wrong -- a size, a
+    truncated or corrupt image, a decompression bomb, whatever the decoder (PIL) raises --
+    is a ``CinrFormatError`` naming ``where``.
+    """
     try:
         with Image.open(io.BytesIO(data)) as im:
-            if im.width * im.height > MAX_MIP_PIXELS:
-                raise ValueError(f"{where}: image of {im.width}x{im.height} is too large")
-            return np.asarray(im.convert("RGB"))
-    except (OSError, Image.DecompressionBombError, SyntaxError) as exc:
-        raise ValueError(f"{where}: cannot decode the stored image ({exc})") from None
+            check_image_size(im, where, size, max_pixels)
+            im.load()
+            rgb = np.asarray(im.convert("RGB"))
+    except CinrError:
+        raise
+    except MemoryError:
+        raise CinrFormatError(f"{where}: the stored image does not fit in memory") from None
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types on hostile bytes
+        raise CinrFormatError(f"{where}: cannot decode the stored image ({_one_line(exc)})") from None
+    if rgb.shape[:2] != (im.height, im.width):  # pragma: no cover - PIL keeps the declared size
+        raise CinrFormatError(f"{where}: the stored image decoded to an unexpected size")
+    return rgb
+
+
+def decode_associated_image(data: bytes, where: str) -> Image.Image:
+    """An associated image's PNG/JPEG bytes as an RGB PIL image, at most ``MAX_ASSOCIATED_PIXELS``
+    pixels (checked before decoding); ``CinrFormatError`` naming ``where`` for anything wrong."""
+    from ..format.container.binary import MAX_ASSOCIATED_PIXELS
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            check_image_size(im, where, None, MAX_ASSOCIATED_PIXELS)
+            im.load()
+            return im.convert("RGB")
+    except CinrError:
+        raise
+    except MemoryError:
+        raise CinrFormatError(f"{where}: the image does not fit in memory") from None
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types on hostile bytes
+        raise CinrFormatError(f"{where}: cannot be decoded ({_one_line(exc)})") from None
+
+
+def check_image_size(im: Image.Image, where: str, size: tuple[int, int] | None, max_pixels: int) -> None:
+    """``CinrFormatError`` naming ``where`` unless an opened (not yet loaded) image is ``size``
+    (when given) and at most ``max_pixels`` pixels."""
+    w, h = im.size
+    if size is not None and (w, h) != tuple(size):
+        raise CinrFormatError(f"{where}: image is {w}x{h}, expected {size[0]}x{size[1]}")
+    if w * h > max_pixels:
+        raise CinrFormatError(f"{where}: image of {w}x{h} pixels is over the limit of {max_pixels} pixels")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -175,12 +175,32 @@ def _quantize_int8(
     return q.reshape(t.shape), lo, scale
 
 
-def dequantize_tensors(data: bytes, *, where: str = "tensor data") -> dict[str, torch.Tensor]:
+def dequantize_tensors(
+    data: bytes,
+    *,
+    where: str = "tensor data",
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> dict[str, torch.Tensor]:
     """Decode ``quantize_tensors`` bytes into tensors of their original dtypes.
 
-    Every malformation raises ``CinrFormatError`` naming ``where``; a quantization scheme
-    newer than this code raises ``CinrVersionError``.
+    With ``shapes`` (name -> shape of every tensor a model expects), the stored tensors' names
+    and shapes are compared with it from the safetensors header, before any tensor is loaded
+    or dequantized (a block then costs no more than the model it must hold). Every
+    malformation raises ``CinrFormatError`` naming ``where``; a quantization scheme newer than
+    this code raises ``CinrVersionError``.
     """
+    return _dequantize(data, where, shapes, decode=True)
+
+
+def _dequantize(
+    data: bytes, where: str, shapes: Mapping[str, tuple[int, ...]] | None, *, decode: bool
+) -> dict[str, torch.Tensor]:
+    """``dequantize_tensors``; with ``decode=False`` everything is checked but the float tensors
+    are not computed (the stored tensors are returned)."""
+    if shapes is not None:
+        entries, _ = parse_safetensors_header(data, where)
+        found = {k: tuple(e.shape) for k, e in entries.items() if AUX_SEPARATOR not in k}
+        check_shapes(found, shapes, where)
     stored, metadata = load_safetensors(data, where)
     raw = metadata.get(QUANT_METADATA_KEY)
     if raw is None:
@@ -219,9 +239,10 @@ def dequantize_tensors(data: bytes, *, where: str = "tensor data") -> dict[str, 
         if scheme in _FLOAT_STORAGE:
             if t.dtype != _FLOAT_STORAGE[scheme]:
                 raise CinrFormatError(f"{bad}: stored as {t.dtype}, expected {scheme}")
-            out[name] = t.to(orig)
+            out[name] = t.to(orig) if decode else t
         elif scheme == "int8":
-            out[name] = _dequantize_int8(name, bad, t, s, stored, used).to(orig)
+            x = _dequantize_int8(name, bad, t, s, stored, used, decode)
+            out[name] = x.to(orig) if decode else x
         else:
             raise CinrVersionError(f"{bad}: unknown quantization scheme {scheme[:20]!r} (newer writer?)")
     extra = set(stored) - used
@@ -232,8 +253,35 @@ def dequantize_tensors(data: bytes, *, where: str = "tensor data") -> dict[str, 
     return out
 
 
+def check_shapes(
+    found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]], where: str
+) -> None:
+    """``CinrFormatError`` naming ``where`` unless the stored tensors' names and shapes are the expected ones."""
+    if dict(found) == dict(expected):
+        return
+    missing = sorted(set(expected) - set(found))[:3]
+    extra = sorted(set(found) - set(expected))[:3]
+    wrong = sorted(k for k in set(found) & set(expected) if tuple(found[k]) != tuple(expected[k]))[:3]
+    detail = "; ".join(
+        part
+        for part in (
+            f"missing {missing}" if missing else "",
+            f"unexpected {extra}" if extra else "",
+            ", ".join(f"{k} is {tuple(found[k])}, expected {tuple(expected[k])}" for k in wrong),
+        )
+        if part
+    )
+    raise CinrFormatError(f"{where}: tensors do not match the model in the header ({detail})")
+
+
 def _dequantize_int8(
-    name: str, bad: str, q: torch.Tensor, s: dict[str, Any], stored: dict[str, torch.Tensor], used: set[str]
+    name: str,
+    bad: str,
+    q: torch.Tensor,
+    s: dict[str, Any],
+    stored: dict[str, torch.Tensor],
+    used: set[str],
+    decode: bool = True,
 ) -> torch.Tensor:
     if q.dtype != torch.int8:
         raise CinrFormatError(f"{bad}: stored as {q.dtype}, expected int8")
@@ -257,18 +305,23 @@ def _dequantize_int8(
             raise CinrFormatError(f"{bad}: int8 {suffix} values are not finite (and non-negative)")
         used.add(key)
         params.append(p)
+    if not decode:
+        return q
     lo, scale = params
     # np.repeat: torch.repeat_interleave costs ~1 ms per call on CPU.
     lo_rows = torch.from_numpy(np.repeat(lo.numpy(), groups))
     scale_rows = torch.from_numpy(np.repeat(scale.numpy(), groups))
+    # In place: one float32 copy of the int8 tensor, no temporaries of its size.
     x = _as_rows(q).to(torch.float32)
-    x = (x + 128.0) * scale_rows[:, None] + lo_rows[:, None]
+    x.add_(128.0).mul_(scale_rows[:, None]).add_(lo_rows[:, None])
     return x.reshape(q.shape)
 
 
 def check_tensors(data: bytes, where: str) -> None:
-    """Raise ``CinrError`` unless ``data`` is a format-v1 tensor payload (``dequantize_tensors`` reads it)."""
-    dequantize_tensors(data, where=where)
+    """Raise ``CinrError`` unless ``data`` is a format-v1 tensor payload (``dequantize_tensors`` reads it).
+
+    Checks everything ``dequantize_tensors`` does without computing the float tensors."""
+    _dequantize(data, where, None, decode=False)
 
 
 def describe(data: bytes, *, where: str = "tensor data") -> dict[str, Any]:

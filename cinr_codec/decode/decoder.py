@@ -85,12 +85,25 @@ class SlideDecoder:
             self.codec = self.layout.codec
             self.background = self.layout.background
             self._kinds = [self.reader.block_info(i).kind for i in range(self.reader.n_blocks)]
+            self._check_kinds()
         except BaseException:
             self.reader.close()
             raise
         self._pixels = LRUCache(cache_bytes)
         self._models = LRUCache(MODEL_CACHE)
         self._closed = False
+
+    def _check_kinds(self) -> None:
+        """Level blocks must be model or background blocks, mip blocks image or background blocks
+        (``CinrFormatError`` naming the first that is not; unknown kinds are left to the reader)."""
+        n = self.grid.n_level_blocks
+        for i, kind in enumerate(self._kinds):
+            bad = "image" if i < n else "model"
+            if kind == bad:
+                role = "level block" if i < n else f"mip block (of block {i % n})"
+                raise CinrFormatError(
+                    f"{self.reader.name}: block {i} is a {role} but its index record says {kind}"
+                )
 
     @property
     def width(self) -> int:
@@ -139,11 +152,8 @@ class SlideDecoder:
             raise CinrFormatError(
                 f"{self.reader.name}: block {mid} (mip of block {block_id}) is not an image block"
             )
-        t = decode_image_bytes(self.reader.read_image_block(mid), f"{self.reader.name}: block {mid}")
-        if t.shape != (h, w, 3):
-            raise CinrFormatError(
-                f"{self.reader.name}: block {mid} is {t.shape[1]}x{t.shape[0]}, expected {w}x{h}"
-            )
+        where = f"{self.reader.name}: block {mid} (mip of block {block_id})"
+        t = decode_image_bytes(self.reader.read_image_block(mid), where, (w, h))  # size checked first
         self._pixels.put(key, t, t.nbytes)
         return t
 

@@ -41,6 +41,10 @@ MAX_READ_PIXELS = 1 << 28
 MAX_MIP_LEVELS = 32
 #: The header's name for ``BlockGrid.margin`` (format v1).
 MARGIN_KEY = "halo"
+#: Largest ``slide.level`` and ``slide.level_downsample`` read from a header (``describe``);
+#: others (and a downsample below 1) read as absent.
+MAX_LEVEL = 64
+MAX_LEVEL_DOWNSAMPLE = float(1 << 20)
 #: Background colour when the header names none.
 DEFAULT_BACKGROUND = (255, 255, 255)
 
@@ -402,7 +406,7 @@ class Description:
     objective_power: float | None
     vendor: str | None
     properties: dict[str, str]
-    level: Any
+    level: int | None
     level_downsample: float
     model: str | None
     preset: str | None
@@ -422,6 +426,17 @@ def header_mpp(header: Mapping[str, Any]) -> tuple[float | None, float | None]:
     slide = obj(header, "slide")
     x, y = finite(slide.get("mpp_x")), finite(slide.get("mpp_y"))
     return (x if x is not None and x > 0 else None, y if y is not None and y > 0 else None)
+
+
+def _level(v: Any) -> int | None:
+    """``slide.level``: an integer in [0, MAX_LEVEL], else None."""
+    return int(v) if is_int(v) and 0 <= v <= MAX_LEVEL else None
+
+
+def _level_downsample(v: Any) -> float:
+    """``slide.level_downsample``: a number in [1, MAX_LEVEL_DOWNSAMPLE], else 1.0 (absent)."""
+    f = finite(v)
+    return f if f is not None and 1.0 <= f <= MAX_LEVEL_DOWNSAMPLE else 1.0
 
 
 def describe(header: Mapping[str, Any], footer: Mapping[str, Any] | None = None) -> Description:
@@ -447,8 +462,8 @@ def describe(header: Mapping[str, Any], footer: Mapping[str, Any] | None = None)
         objective_power=power if power is not None and power > 0 else None,
         vendor=text(vendor),
         properties=props,
-        level=slide.get("level", 0),
-        level_downsample=finite(slide.get("level_downsample")) or 1.0,
+        level=_level(slide.get("level", 0)),
+        level_downsample=_level_downsample(slide.get("level_downsample")),
         model=text(obj(header, "model").get("kind")),
         preset=text(encoder.get("preset")),
         storage=text(obj(header, "quantization").get("setting")),

@@ -9,6 +9,7 @@ from cinr_codec.coding.images import decode_image_bytes
 from cinr_codec.core.metrics import psnr
 from cinr_codec.core.resample import box_downsample
 from cinr_codec.encode.mips import encode_mip
+from cinr_codec.errors import CinrFormatError
 
 
 def test_box_downsample_means_what_each_box_covers() -> None:
@@ -47,5 +48,5 @@ def test_unreachable_target_falls_back_to_png(tissue_crop: np.ndarray) -> None:
 
 
 def test_decode_rejects_garbage() -> None:
-    with pytest.raises(ValueError, match="cannot decode"):
+    with pytest.raises(CinrFormatError, match="block 3: cannot decode"):
         decode_image_bytes(b"\xff\xd8\xff\x00garbage", "block 3")

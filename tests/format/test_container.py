@@ -89,7 +89,7 @@ def test_real_file_decodes_and_verifies(tmp_path: Path) -> None:
         assert r.n_blocks == 3 and r.associated_images["thumbnail"].media_type == "image/png"
         assert r.read_associated_image("thumbnail").startswith(b"\x89PNG")
         assert [b.kind for b in r.blocks()] == ["model", "background", "model"]
-        with pytest.raises(ValueError, match="background block"):
+        with pytest.raises(CinrFormatError, match="background block"):
             r.read_payload(1)
         with pytest.raises(IndexError):
             r.block_info(3)

@@ -34,9 +34,9 @@ def test_image_blocks_round_trip(tmp_path: Path) -> None:
         assert info.kind == "image" and info.raw_length == info.stored_length == len(jpg)
         assert r.read_image_block(0) == jpg
         r.verify()
-        with pytest.raises(ValueError, match="not a model block"):
+        with pytest.raises(CinrFormatError, match="not a model block"):
             r.read_tensors(0)
-        with pytest.raises(ValueError, match="not an image block"):
+        with pytest.raises(CinrFormatError, match="not an image block"):
             r.read_image_block(1)
 
 

@@ -75,6 +75,9 @@ DEFAULT_MAX_BLOCK_BYTES = 256 * MiB
 MAX_IMAGE_BYTES = 256 * MiB
 MAX_IMAGES = 64
 MAX_IMAGE_NAME = 64
+#: Largest pixel count of an associated image a decoder accepts (§5.3, §12): checked from the
+#: image's own header before decoding (8192 x 4096; a slide's label, macro or thumbnail is far smaller).
+MAX_ASSOCIATED_PIXELS = 1 << 25
 
 IMAGE_SIGNATURES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}
 

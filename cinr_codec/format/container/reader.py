@@ -533,15 +533,17 @@ class CinrReader:
                     CinrVersionError,
                 )
             article = "an" if want[0] in "aeiou" else "a"
-            raise ValueError(
-                f"{self.name}: block {block_id} is a {info.kind} block, not {article} {want} block"
+            raise self._err(
+                f"block {block_id} is a {info.kind} block, not {article} {want} block",
+                self._index_offset + block_id * self._record_size,
             )
         return info
 
     def read_payload(self, block_id: int) -> bytes:
         """The decompressed payload of model block ``block_id`` (what its representation decodes).
 
-        ValueError for a background block; CinrError for anything wrong in the file.
+        CinrFormatError for a block whose index record says it is not a model block, as for
+        anything else wrong in the file.
         """
         info = self._model_info(block_id)
         stored = self.read_stored(block_id)
