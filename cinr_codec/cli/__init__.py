@@ -7,6 +7,7 @@ import logging
 
 import click
 
+from ..logs import quiet_library_warnings
 from .common import NullSink, handle_errors
 from .decode import decode_cmd
 from .encode import encode_cmd
@@ -22,6 +23,8 @@ def main(debug: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    # pyvips' warnings (dozens for a hostile TIFF) become debug records: shown with --debug only.
+    quiet_library_warnings()
 
 
 for _command in (fit_cmd, encode_cmd, info_cmd, decode_cmd):

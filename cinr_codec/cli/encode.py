@@ -93,6 +93,14 @@ from .common import NullSink, check_output, fmt, handle_errors, json_safe
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted encode from its journal (OUTPUT.journal)."
 )
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Refuse a level of more pixels than this  [default: 2^36 (about 69 gigapixels), and at most "
+    "1024 pixels per byte of the file beyond 2^28 (a declared size absurd for the file); a number "
+    "replaces both rules]",
+)
 @click.option("-f", "--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors (and --json output).")
@@ -117,6 +125,7 @@ def encode_cmd(
     seed: int,
     resume: bool,
     threads: int | None,
+    max_pixels: int | None,
     overwrite: bool,
     as_json: bool,
     quiet: bool,
@@ -188,6 +197,7 @@ def encode_cmd(
             resume=resume,
             threads="auto" if threads is None else threads,
             progress=progress,
+            max_pixels=max_pixels,
         )
     except KeyboardInterrupt:
         if state["bar"] is not None:

@@ -8,6 +8,7 @@ storage, by decoding the payload exactly as ``decode.image.decode_image`` does.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Mapping
@@ -33,7 +34,16 @@ def check_destination(dst: str | os.PathLike[str]) -> Path:
     if path.is_dir():
         raise CinrIOError(f"{path}: is a directory")
     if not path.parent.is_dir():
-        raise CinrIOError(f"{path}: folder {path.parent} does not exist")
+        parent = path.parent
+        try:
+            os.stat(parent)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise CinrIOError(f"{path}: {parent} is a symbolic link loop, not a folder") from None
+            if exc.errno == errno.ENOTDIR:
+                raise CinrIOError(f"{path}: {parent} is under a file, not a folder") from None
+            raise CinrIOError(f"{path}: folder {parent} does not exist") from None
+        raise CinrIOError(f"{path}: {parent} is a file, not a folder")
     return path
 
 

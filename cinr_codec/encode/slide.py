@@ -195,6 +195,7 @@ def encode_slide(
     resume: bool = False,
     threads: int | str | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
+    max_pixels: int | None = None,
 ) -> dict[str, Any]:
     """Encode level ``level`` of a slide or image ``src`` as the ``.cinr`` file ``dst``; return a summary.
 
@@ -207,7 +208,10 @@ def encode_slide(
     encode's, ``target_psnr`` stops a block early. Bad input raises ``CinrInputError``/``ValueError``
     before any fitting. ``threads``: torch's CPU threads for the fits (None: leave torch's setting;
     ``"auto"``: the cores other processes leave free, re-measured before each block,
-    ``encode.threads``).
+    ``encode.threads``). ``max_pixels``: the most pixels the level may have (None: at most
+    ``source.DEFAULT_MAX_PIXELS``, and a level 0 plausible for the file's bytes; see ``SlideSource``);
+    a source whose pixels cannot be decoded (a corrupt tile) raises ``CinrInputError`` naming the
+    region, and the blocks finished before it stay in the journal.
     """
     from ..core.render import resolve_device
 
@@ -233,7 +237,7 @@ def encode_slide(
     if src_path.exists() and path.exists() and src_path.resolve() == path.resolve():
         raise ValueError(f"{path}: the output would overwrite the source")
 
-    with SlideSource(src_path, level) as source:
+    with SlideSource(src_path, level, max_pixels=max_pixels) as source:
         plan = plan_slide(
             source,
             src_path,
@@ -280,7 +284,14 @@ def encode_slide(
                 fx0, fy0, fw, fh = grid.fit_region(job.block_id)
                 if job.block_id in plan.tissue_blocks:
                     set_threads()
-                meta, parts = encode_block(job, source.read(fx0, fy0, fw, fh))
+                try:
+                    pixels = source.read(fx0, fy0, fw, fh)
+                except CinrInputError as exc:
+                    raise CinrInputError(
+                        f"{exc} (block {job.block_id + 1} of {grid.n_level_blocks}); the source is corrupt "
+                        f"there: the {len(journal.done)} blocks finished are kept in {jpath}"
+                    ) from None
+                meta, parts = encode_block(job, pixels)
                 if meta["kind"] == "model":
                     todo_tissue = max(0, todo_tissue - 1)
                 journal.append(meta, parts)

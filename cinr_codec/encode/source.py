@@ -7,6 +7,7 @@ rectangular regions of it; it never holds more of the image in Python memory tha
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -30,6 +31,19 @@ MAX_ASSOCIATED_PIXELS = 1 << 26
 _STRIPE_PIXELS = 1 << 24
 #: Side of the tiles `thumbnail` reads from a slide level.
 _THUMB_TILE = 1024
+
+#: Most pixels a level may have by default (``max_pixels``; ``cinr encode --max-pixels``): 2^36,
+#: about 69 gigapixels (262144 x 262144), several times the largest slides scanners make.
+DEFAULT_MAX_PIXELS = 1 << 36
+#: Plausibility of a declared size against the file's bytes (only with the default ``max_pixels``):
+#: level 0 may have at most max(PLAUSIBLE_FREE_PIXELS, PLAUSIBLE_PIXELS_PER_BYTE x bytes) pixels.
+#: JPEG-compressed slides take 1-2 bits a pixel (4-8 pixels a byte; the samples: 3.4 to 4.9),
+#: a blank JPEG region at least ~0.05 bit (~170 pixels a byte); 1024 pixels a byte (0.008 bit
+#: a pixel) is beyond any real scan, while a header claiming 10^12 pixels in 186 bytes, or a
+#: 437 KB PNG of 60000^2 (8,000 pixels a byte), is refused before a pixel is read.
+PLAUSIBLE_PIXELS_PER_BYTE = 1024
+#: Any image up to this many pixels (16384^2) passes the plausibility rule, whatever its size on disk.
+PLAUSIBLE_FREE_PIXELS = 1 << 28
 
 # pyvips loaders accepted for plain images (others, such as csv, matrix, svg or pdf, are refused).
 _PLAIN_LOADERS = {
@@ -110,17 +124,30 @@ class SlideSource:
     level_count: int
     format: str
 
-    def __init__(self, path: str | os.PathLike[str], level: int = 0) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], level: int = 0, *, max_pixels: int | None = None
+    ) -> None:
+        """Open level ``level`` of ``path``; only the header is read (CinrInputError on bad input).
+
+        ``max_pixels``: the most pixels the level may have. None (the default) refuses a level of
+        more than `DEFAULT_MAX_PIXELS` pixels, or a level 0 of more than
+        max(`PLAUSIBLE_FREE_PIXELS`, `PLAUSIBLE_PIXELS_PER_BYTE` x the file's bytes) pixels (a
+        declared size absurd for the file, such as a forged header); a number replaces both rules.
+        """
         p = Path(path)
         self.path = p
         self._slide: Any = None
         self._vips: Any = None
-        if not p.exists():
-            raise CinrInputError(f"{p}: no such file")
+        if max_pixels is not None and max_pixels < 1:
+            raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+        try:
+            st = os.stat(p)
+        except OSError as exc:
+            raise CinrInputError(_stat_error(p, exc)) from None
         if p.is_dir():
             raise CinrInputError(f"{p}: is a directory, not a slide or image")
         try:
-            size = p.stat().st_size
+            size = st.st_size
             with open(p, "rb"):
                 pass
         except OSError as exc:
@@ -133,6 +160,38 @@ class SlideSource:
         else:
             self._open_vips(p, level)
         self.level = level
+        try:
+            self._check_size(max_pixels)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_size(self, max_pixels: int | None) -> None:
+        """Refuse a level too large for ``max_pixels`` or (by default) absurd for the file's bytes."""
+        pixels = self.width * self.height
+        what = f"level {self.level} is {self.width}x{self.height} ({pixels:,} pixels)"
+        if max_pixels is not None:
+            if pixels > max_pixels:
+                raise CinrInputError(
+                    f"{self.path}: {what}, more than the limit of {max_pixels:,} (--max-pixels)"
+                )
+            return
+        if pixels > DEFAULT_MAX_PIXELS:
+            raise CinrInputError(
+                f"{self.path}: {what}, more than the limit of {DEFAULT_MAX_PIXELS:,}; "
+                "pass --max-pixels to raise it"
+            )
+        if self._slide is not None:
+            w0, h0 = (int(v) for v in self._slide.level_dimensions[0])
+        else:
+            w0, h0 = self.width, self.height
+        nbytes = self.source_bytes
+        allowed = max(PLAUSIBLE_FREE_PIXELS, PLAUSIBLE_PIXELS_PER_BYTE * nbytes)
+        if w0 * h0 > allowed:
+            raise CinrInputError(
+                f"{self.path}: declares {w0}x{h0} pixels in {nbytes:,} bytes, implausible for an image "
+                f"(more than {PLAUSIBLE_PIXELS_PER_BYTE} pixels a byte); pass --max-pixels to read it anyway"
+            )
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -257,7 +316,9 @@ class SlideSource:
             try:
                 rgba = np.asarray(self._slide.read_region((x0, y0), level, (w, n)), dtype=np.uint8)
             except Exception as exc:  # noqa: BLE001 - OpenSlideError, OSError, PIL errors
-                raise CinrInputError(f"{self.path}: read error at ({x}, {y + r}): {_one_line(exc)}") from None
+                raise CinrInputError(
+                    f"{self.path}: read error at ({x}, {y + r}) in the {w}x{n} region of level {level}: {_one_line(exc)}"
+                ) from None
             rgb = _composite_rgba(rgba)
             if out is None:
                 return rgb
@@ -283,7 +344,9 @@ class SlideSource:
         try:
             region = _vips_to_rgb8(self._vips.crop(x0, y0, x1 - x0, y1 - y0))
         except pyvips.Error as exc:
-            raise CinrInputError(f"{self.path}: read error at ({x}, {y}): {_one_line(exc)}") from None
+            raise CinrInputError(
+                f"{self.path}: read error at ({x}, {y}) in the {w}x{h} region: {_one_line(exc)}"
+            ) from None
         if out is None:
             return region
         out[y0 - y : y1 - y, x0 - x : x1 - x] = region
@@ -391,6 +454,19 @@ class SlideSource:
         return (
             f"SlideSource({str(self.path)!r}, level={self.level}, {self.width}x{self.height}, {self.format})"
         )
+
+
+def _stat_error(p: Path, exc: OSError) -> str:
+    """A one-line message for a path that cannot be stat'ed (missing, symlink loop, not a folder...)."""
+    if exc.errno == errno.ENOENT:
+        if os.path.islink(p):
+            return f"{p}: is a broken symbolic link (its target {os.readlink(p)} does not exist)"
+        return f"{p}: no such file"
+    if exc.errno == errno.ELOOP:
+        return f"{p}: symbolic link loop (too many levels of symbolic links)"
+    if exc.errno == errno.ENOTDIR:
+        return f"{p}: no such file (a part of the path before the name is a file, not a folder)"
+    return f"{p}: cannot open ({exc.strerror or _one_line(exc)})"
 
 
 def _is_dicom(f: Path) -> bool:
