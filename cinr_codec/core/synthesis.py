@@ -4,7 +4,9 @@
 beside a 3x3 convolutional flow over the same features (CINR's idea: each pixel sees its
 neighbours), a 1x1 head to RGB, then residual 3x3 convolutions on RGB. ``ContextModel`` is the
 float twin of ``coding.entropy.IntContextModel`` (training estimates rates with it).
-``LatentImage`` holds the learnable grids of one block.
+``LatentImage`` holds the learnable grids of one block. The grids reach full resolution
+bilinearly (``upsample``) or, coarse to fine, through learned 2x filters (``upsample_learned``,
+format 1.3).
 """
 
 from __future__ import annotations
@@ -119,12 +121,13 @@ class Synthesis(nn.Module):
         return x
 
     def macs_per_pixel(self) -> int:
-        """Multiply-adds per output pixel."""
+        """Multiply-adds per output pixel of the convolutions (the upsampling's: module-level
+        ``macs_per_pixel``)."""
         return sum(
             m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1]
             for m in self.modules()
             if isinstance(m, nn.Conv2d)
-        )  # upsampling: ``macs_per_pixel`` below
+        )
 
 
 class ContextModel(nn.Module):
