@@ -21,6 +21,9 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from ..core.config import MAX_MACS_PER_PIXEL
+from ..errors import CinrFormatError
+
 #: ``progress(step, seconds, estimated_psnr)`` during a fit.
 FitProgress = Callable[[int, float, float], None]
 
@@ -126,3 +129,13 @@ class BlockCodec(ABC):
     @abstractmethod
     def serialize(self, fitted: FittedBlock, storage: str) -> bytes:
         """The payload the container stores for a fitted block under ``storage``."""
+
+
+def check_decode_cost(macs: float, where: str) -> None:
+    """CinrFormatError (naming ``where``, the file and block) when a model's decoding costs more
+    than ``MAX_MACS_PER_PIXEL`` multiply-adds per pixel (``formats/cinr-v1.md`` §12)."""
+    if not macs <= MAX_MACS_PER_PIXEL:
+        raise CinrFormatError(
+            f"{where}: decoding costs {macs:,.0f} multiply-adds per pixel, over the limit of "
+            f"{MAX_MACS_PER_PIXEL:,}"
+        )

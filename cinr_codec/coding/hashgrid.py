@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..core.config import MODEL_KINDS, HashGridConfig, ModelConfig, int_ranges
+from ..core.config import MODEL_KINDS, HashGridConfig, ModelConfig, int_ranges, macs_per_pixel
 from ..errors import CinrFormatError
 from ..format.header import get_int, get_object, is_number
-from .base import BlockCodec, BlockModel, FitSettings, FittedBlock
+from .base import BlockCodec, BlockModel, FitSettings, FittedBlock, check_decode_cost
 
 if TYPE_CHECKING:
     import torch
@@ -140,9 +140,11 @@ def parse_model_config(value: Any, where: str) -> ModelConfig:
     if not finest <= _MAX_RESOLUTION:
         raise CinrFormatError(f"{where}.hash: finest resolution {finest:.3g} is over {_MAX_RESOLUTION}")
     try:
-        return ModelConfig.from_dict(value)
+        config = ModelConfig.from_dict(value)
     except (ValueError, TypeError) as exc:
         raise CinrFormatError(f"{where}: invalid configuration: {exc}") from None
+    check_decode_cost(macs_per_pixel(config), where)
+    return config
 
 
 def load_model(payload: bytes, config: ModelConfig, where: str) -> ImageModel:

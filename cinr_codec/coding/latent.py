@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from ..core.config import LATENT_KINDS, LatentConfig, causal_offsets, int_ranges
+from ..core.config import LATENT_KINDS, LatentConfig, causal_offsets, int_ranges, latent_macs_per_pixel
 from ..errors import CinrFormatError
 from ..format.header import get_int, get_object
-from .base import BlockCodec, BlockModel, FitSettings, FittedBlock
+from .base import BlockCodec, BlockModel, FitSettings, FittedBlock, check_decode_cost
 from .entropy import IntContextModel, IntLayer, decode_grids, encode_grids
 
 if TYPE_CHECKING:
@@ -246,9 +246,11 @@ class LatentCodec(BlockCodec):
         if not (isinstance(mlp, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in mlp)):
             raise CinrFormatError(f"{where}: mlp is not a list of integers")
         try:
-            return LatentConfig.from_dict(value)
+            config = LatentConfig.from_dict(value)
         except (ValueError, TypeError) as exc:
             raise CinrFormatError(f"{where}: invalid configuration: {exc}") from None
+        check_decode_cost(latent_macs_per_pixel(config), where)
+        return config
 
     def _parse(self, payload: bytes, config: LatentConfig, where: str) -> tuple[Any, ...]:
         """``_sections`` plus the checks against the header's configuration."""

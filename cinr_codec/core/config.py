@@ -135,6 +135,49 @@ class ModelConfig:
         return cls(**d)
 
 
+#: Decoding budget of one block model, in multiply-adds per output pixel (``macs_per_pixel``
+#: here for hash-grid models, ``latent_macs_per_pixel`` for ccinr), checked
+#: from the header before any tensor is loaded: the range checks alone admit networks (an NGP
+#: of 8 x 1024 is 7.4 M, 64 x 4096 over 1 G) that take minutes to hours per block. The shipped
+#: presets' costs: ngp fast 2 272, high 6 464, default 53 760, paper 55 872; engp fast 14 656,
+#: default / high 467 840, paper 472 000; cinr fast 10 712, high 33 456, default 50 288, paper
+#: 707 520 (the largest); ccinr 2 292 (its ranges allow at most about 190 000). The limit, 4 Mi,
+#: is 5.9x the largest.
+MAX_MACS_PER_PIXEL = 4_194_304
+
+
+def macs_per_pixel(config: ModelConfig) -> int:
+    """Multiply-adds per output pixel of a hash-grid model (``core.models``, pure arithmetic).
+
+    The hash grid's bilinear interpolation (4 per feature of each level), then every Linear
+    layer (inputs x outputs) and 3x3 convolution (9 x inputs x outputs) the model builds, each
+    counted once per pixel of its output (a convolutional model's halo, a few pixels around
+    tiles of 256, is not counted).
+    """
+    z = config.hash.out_dim
+    mw, depth = config.mlp_width, config.mlp_depth
+
+    def mlp(n_in: int, width: int, depth: int) -> tuple[int, int]:
+        """(cost, output width) of ``core.models._mlp`` without its output layer."""
+        if depth == 0:
+            return 0, n_in
+        return n_in * width + (depth - 1) * width * width, width
+
+    grid = 4 * z
+    if config.kind in ("ngp", "engp"):
+        cost, d = mlp(z, mw, depth)
+        return grid + cost + d * 3
+    cw = config.conv_width
+    na, nc = max(config.conv_a_depth, 1), max(config.conv_c_depth, 1)
+    cnn_a = 9 * (z * cw + (na - 1) * cw * cw)
+    mlp_b, _ = mlp(z, mw, depth)
+    cnn_c = 9 * ((cw + mw) * cw + (nc - 1) * cw * cw)
+    mlp_d, _ = mlp(mw, mw, config.mlp2_depth)
+    out = 9 * (cw + mw) * 3
+    head = mw * 3 if config.residual else 0
+    return grid + cnn_a + mlp_b + cnn_c + mlp_d + out + head
+
+
 #: The compressive CINR model kind (entropy-coded latent grids; ``coding.latent``).
 LATENT_KINDS = ("ccinr",)
 #: How latent grids reach full resolution: each grid bilinearly (format 1.2), or coarse to fine
@@ -201,6 +244,32 @@ class LatentConfig:
         if "mlp" in d:
             d["mlp"] = tuple(d["mlp"])
         return cls(**d)
+
+
+def latent_macs_per_pixel(config: LatentConfig) -> float:
+    """Decoder multiply-adds per pixel of a ccinr block, pure arithmetic (no torch, so that
+    ``cinr info`` stays light): the total of ``core.synthesis.macs_per_pixel`` (synthesis
+    convolutions, context model per latent times latents per pixel, upsampling)."""
+    c = config.levels
+    dims = [c, *config.mlp]
+    synthesis = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+    n_conv = config.conv_layers if config.conv_width > 0 else 0
+    cw = config.conv_width
+    if n_conv:
+        synthesis += 9 * (c * cw + (n_conv - 1) * cw * cw)
+    synthesis += (dims[-1] + (cw if n_conv else 0)) * 3 + 81 * config.residual_convs
+    arm = [config.context] + [config.arm_width] * config.arm_layers
+    per_latent = sum(a * b for a, b in zip(arm[:-1], arm[1:])) + arm[-1] * 2
+    levels = range(config.first_level, config.first_level + config.levels)
+    context = per_latent * sum(4.0**-k for k in levels)
+    if config.upsampling == "learned":
+        n = config.levels
+        upsampling = sum(8.0 * (n - 1 - j) * 4.0 ** -(config.first_level + j) for j in range(n - 1))
+        if config.first_level > 0:
+            upsampling += 4 * n
+    else:
+        upsampling = 4.0 * sum(1 for k in levels if k > 0)
+    return synthesis + context + upsampling
 
 
 def causal_offsets(n: int, half: int = 3) -> list[tuple[int, int]]:

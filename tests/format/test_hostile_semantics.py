@@ -265,3 +265,61 @@ def test_bad_associated_image_is_a_format_error(tmp_path: Path) -> None:
     with open_cinr(path) as s:
         with pytest.raises(CinrError, match="associated image 'label'"):
             s.associated_images["label"]
+
+
+# -- 10. models that validate but cost hours to decode (issue 14) -----------------------------
+
+
+def _costly_payload(model: dict[str, Any]) -> bytes:
+    """A real payload for the vector's model with ``model``'s edits (weights zero: it compresses
+    to a few KiB), so that only the decoding budget stands between the file and its cost."""
+    from cinr_codec.coding.hashgrid import quantize_model
+    from cinr_codec.core.config import ModelConfig
+    from cinr_codec.core.models import build_model
+
+    header, _ = _vector()
+    net = build_model(ModelConfig.from_dict({**header["model"], **model}))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+    return quantize_model(net, header["quantization"]["setting"])
+
+
+def test_a_model_over_the_decoding_budget_is_refused_when_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import cinr_codec.coding.base
+    from cinr_codec.core.config import MAX_MACS_PER_PIXEL
+
+    wide = {"mlp_width": 1024, "mlp_depth": 8}  # 7.4 M multiply-adds a pixel: 23 s for 40 x 40
+    path = _slide(tmp_path / "wide.cinr", model=wide, payload=_costly_payload(wide))
+    assert path.stat().st_size < 64 << 10
+    t0 = time.perf_counter()
+    limit = f"{MAX_MACS_PER_PIXEL:,}"
+    with pytest.raises(
+        CinrFormatError, match=rf"wide\.cinr: model: .* 7,\d{{3}},\d{{3}} multiply-adds .*{limit}"
+    ):
+        open_cinr(path)  # refused from the header, before any block is read
+    assert time.perf_counter() - t0 < 2.0
+    # Nothing else is wrong with the file: without the budget it opens.
+    monkeypatch.setattr(cinr_codec.coding.base, "MAX_MACS_PER_PIXEL", 1 << 40)
+    with open_cinr(path) as s:
+        assert s.dimensions == (W, H)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"mlp_width": 4096, "mlp_depth": 64},
+        {"kind": "cinr", "conv_width": 4096, "mlp_width": 64, "conv_a_depth": 2, "conv_c_depth": 2},
+        {"kind": "engp", "mlp_width": 800, "mlp_depth": 8},
+    ],
+)
+def test_every_costly_configuration_within_the_ranges_is_refused(
+    tmp_path: Path, model: dict[str, Any]
+) -> None:
+    path = _slide(tmp_path / "costly.cinr", model=model)  # the header alone: no tensor is looked at
+    with pytest.raises(CinrFormatError, match=r"costly\.cinr.*multiply-adds per pixel, over the limit"):
+        open_cinr(path)
