@@ -27,7 +27,10 @@ class _Sine(nn.Module):
 
 
 _ACTIVATIONS = {  # one entry per name in core.config.ACTIVATIONS
-    "relu": lambda w0: nn.ReLU(inplace=False),
+    # In place: every ReLU follows a layer whose fresh output nothing else reads; one fewer
+    # multi-megabyte allocation per layer (512^2 reads at scale 1, one thread, quiet machine:
+    # 0.81-0.99 s -> 0.64-0.90 s with glibc's default malloc, 0.47-0.63 s -> 0.39-0.51 s tuned).
+    "relu": lambda w0: nn.ReLU(inplace=True),
     "silu": lambda w0: nn.SiLU(),
     "gelu": lambda w0: nn.GELU(),
     "leaky_relu": lambda w0: nn.LeakyReLU(0.1),
