@@ -36,23 +36,13 @@ def decode_image_bytes(
 ) -> np.ndarray:
     """RGB uint8 pixels of a stored PNG/JPEG.
 
-    The image's declared size is checked before any pixel is decoded: it must be ``size``
+    The image's own header is checked before its pixels are decoded: it must be ``size`` =
     (width, height) when given, and at most ``max_pixels``. Anything wrong -- a size, a
     truncated or corrupt image, a decompression bomb, whatever the decoder (PIL) raises --
     is a ``CinrFormatError`` naming ``where``.
     """
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            check_image_size(im, where, size, max_pixels)
-            im.load()
-            rgb = np.asarray(im.convert("RGB"))
-    except CinrError:
-        raise
-    except MemoryError:
-        raise CinrFormatError(f"{where}: the stored image does not fit in memory") from None
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types on hostile bytes
-        raise CinrFormatError(f"{where}: cannot decode the stored image ({_one_line(exc)})") from None
-    if rgb.shape[:2] != (im.height, im.width):  # pragma: no cover - PIL keeps the declared size
+    rgb = np.asarray(_decode_rgb(data, where, size, max_pixels))
+    if size is not None and rgb.shape[:2] != (size[1], size[0]):  # pragma: no cover - PIL keeps the size
         raise CinrFormatError(f"{where}: the stored image decoded to an unexpected size")
     return rgb
 
@@ -62,17 +52,23 @@ def decode_associated_image(data: bytes, where: str) -> Image.Image:
     pixels (checked before decoding); ``CinrFormatError`` naming ``where`` for anything wrong."""
     from ..format.container.binary import MAX_ASSOCIATED_PIXELS
 
+    return _decode_rgb(data, where, None, MAX_ASSOCIATED_PIXELS)
+
+
+def _decode_rgb(data: bytes, where: str, size: tuple[int, int] | None, max_pixels: int) -> Image.Image:
+    """PNG/JPEG bytes as an RGB PIL image, its size checked (``check_image_size``) before the
+    pixels are decoded; every decoder error a ``CinrFormatError`` naming ``where``."""
     try:
         with Image.open(io.BytesIO(data)) as im:
-            check_image_size(im, where, None, MAX_ASSOCIATED_PIXELS)
+            check_image_size(im, where, size, max_pixels)
             im.load()
             return im.convert("RGB")
     except CinrError:
         raise
     except MemoryError:
-        raise CinrFormatError(f"{where}: the image does not fit in memory") from None
+        raise CinrFormatError(f"{where}: the stored image does not fit in memory") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types on hostile bytes
-        raise CinrFormatError(f"{where}: cannot be decoded ({_one_line(exc)})") from None
+        raise CinrFormatError(f"{where}: cannot decode the stored image ({_one_line(exc)})") from None
 
 
 def check_image_size(im: Image.Image, where: str, size: tuple[int, int] | None, max_pixels: int) -> None:

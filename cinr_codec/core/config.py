@@ -181,7 +181,7 @@ def macs_per_pixel(config: ModelConfig) -> int:
 #: The compressive CINR model kind (entropy-coded latent grids; ``coding.latent``).
 LATENT_KINDS = ("ccinr",)
 #: How latent grids reach full resolution: each grid bilinearly (format 1.2), or coarse to fine
-#: through learned 2x filters (format 1.3; ``core.synthesis.LearnedUpsampling``).
+#: through learned 2x filters (format 1.3; ``core.synthesis.upsample_learned``).
 UPSAMPLINGS = ("bilinear", "learned")
 
 
@@ -262,14 +262,19 @@ def latent_macs_per_pixel(config: LatentConfig) -> float:
     per_latent = sum(a * b for a, b in zip(arm[:-1], arm[1:])) + arm[-1] * 2
     levels = range(config.first_level, config.first_level + config.levels)
     context = per_latent * sum(4.0**-k for k in levels)
-    if config.upsampling == "learned":
-        n = config.levels
-        upsampling = sum(8.0 * (n - 1 - j) * 4.0 ** -(config.first_level + j) for j in range(n - 1))
-        if config.first_level > 0:
-            upsampling += 4 * n
-    else:
-        upsampling = 4.0 * sum(1 for k in levels if k > 0)
-    return synthesis + context + upsampling
+    return synthesis + context + upsampling_macs_per_pixel(config)
+
+
+def upsampling_macs_per_pixel(config: LatentConfig) -> float:
+    """Multiply-adds per pixel of bringing a ccinr block's grids to full resolution: bilinear,
+    4 per upsampled channel; learned, 8 per channel and pixel of each doubling's output (4 taps
+    a direction), then 4 per channel when the finest grid is coarser than the block."""
+    n = config.levels
+    if config.upsampling != "learned":
+        return 4.0 * sum(1 for k in range(config.first_level, config.first_level + n) if k > 0)
+    # Doubling j outputs grid j's size (4**-(first_level + j) per pixel) for n - 1 - j channels.
+    cost = sum(8.0 * (n - 1 - j) * 4.0 ** -(config.first_level + j) for j in range(n - 1))
+    return cost + (4.0 * n if config.first_level > 0 else 0.0)
 
 
 def causal_offsets(n: int, half: int = 3) -> list[tuple[int, int]]:

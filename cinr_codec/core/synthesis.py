@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import LatentConfig, causal_offsets
+from .config import LatentConfig, causal_offsets, upsampling_macs_per_pixel
 
 #: Log-scales the context model may output (the entropy coder's table range).
 LOG_SCALE_RANGE = (-4.6, -4.6 + 63 * 0.15)
@@ -227,23 +227,16 @@ class LatentImage(nn.Module):
 
 
 def macs_per_pixel(config: LatentConfig) -> dict[str, float]:
-    """Decoder multiply-adds per pixel: ``synthesis``, ``context`` (per latent times latents per
-    pixel, for a large block), ``upsampling`` (bilinear: 4 per upsampled channel; learned: 8 per
-    channel and pixel of each doubling's output, 4 taps a direction) and ``total``."""
+    """Decoder multiply-adds per pixel: ``synthesis`` and ``context`` (per latent times latents
+    per pixel, for a large block) counted on the modules, ``upsampling``
+    (``core.config.upsampling_macs_per_pixel``) and ``total``."""
     with torch.device("meta"):
         syn = Synthesis(config).macs_per_pixel()
         arm = ContextModel(config)
     per_latent = sum(m.in_features * m.out_features for m in arm.modules() if isinstance(m, nn.Linear))
     levels = range(config.first_level, config.first_level + config.levels)
     latents_per_pixel = sum(4.0**-k for k in levels)
-    if config.upsampling == "learned":
-        # Doubling j outputs grid j's size (4**-(first_level + j) per pixel) for levels - 1 - j channels.
-        n = config.levels
-        upsampling = sum(8.0 * (n - 1 - j) * 4.0 ** -(config.first_level + j) for j in range(n - 1))
-        if config.first_level > 0:
-            upsampling += 4 * n  # then every channel bilinearly to full resolution
-    else:
-        upsampling = 4 * sum(1 for k in levels if k > 0)
+    upsampling = upsampling_macs_per_pixel(config)
     context = per_latent * latents_per_pixel
     return {
         "synthesis": syn,
