@@ -247,3 +247,21 @@ def reseal(buf: bytearray, original: bytes) -> None:
     struct.pack_into("<I", buf, t0 + 52, crc(bytes(buf[t0 : t0 + 52])))
     struct.pack_into("<I", buf, 20, crc(bytes(buf[32 : 32 + hlen])))
     struct.pack_into("<I", buf, 28, crc(bytes(buf[:28])))
+
+
+def rewrite(r: CinrReader, dst: Any, header: dict[str, Any], associated: dict[str, bytes]) -> None:
+    """Write ``r``'s blocks and footer to ``dst`` under a new ``header``, with ``associated`` images."""
+    with CinrWriter(
+        dst, header, r.n_blocks, max_block_bytes=r.max_block_bytes, minor_version=r.version[1]
+    ) as w:
+        for info in r.blocks():
+            if info.kind == "model":
+                w.add_model_block(info.block_id, r.read_payload(info.block_id))
+            elif info.kind == "image":
+                w.add_image_block(info.block_id, r.read_image_block(info.block_id))
+            else:
+                assert info.colour is not None
+                w.add_background_block(info.block_id, info.colour)
+        for name, data in associated.items():
+            w.add_associated_image(name, data)
+        w.commit(r.footer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +47,15 @@ def he_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with SlideSource(SAMPLE) as s:
         Image.fromarray(s.read(0, 0, s.width, s.height)).save(out, quality=90)
     return out
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch intra-op thread for the test (tiny models gain nothing from threads, and on a busy
+    2-core machine OpenMP threads wait for each other), restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

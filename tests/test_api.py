@@ -22,6 +22,7 @@ import numpy as np
 import openslide
 import pytest
 import torch
+from cinr_container_helpers import rewrite
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openslide.deepzoom import DeepZoomGenerator
@@ -31,7 +32,7 @@ from cinr_codec.api import CinrSlide, SlideRequestError, open_cinr, virtual_pyra
 from cinr_codec.core.metrics import psnr
 from cinr_codec.core.resample import box_downsample, to_uint8
 from cinr_codec.decode import SlideDecoder, decode_image
-from cinr_codec.format.container import CinrReader, CinrWriter
+from cinr_codec.format.container import CinrReader
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -91,20 +92,7 @@ def _relabel(src: Path, dst: Path, associated: dict[str, bytes]) -> None:
             },
         )
         header["slide"] = slide
-        with CinrWriter(
-            dst, header, r.n_blocks, max_block_bytes=r.max_block_bytes, minor_version=r.version[1]
-        ) as w:
-            for info in r.blocks():
-                if info.kind == "model":
-                    w.add_model_block(info.block_id, r.read_payload(info.block_id))
-                elif info.kind == "image":
-                    w.add_image_block(info.block_id, r.read_image_block(info.block_id))
-                else:
-                    assert info.colour is not None
-                    w.add_background_block(info.block_id, info.colour)
-            for name, data in associated.items():
-                w.add_associated_image(name, data)
-            w.commit(r.footer)
+        rewrite(r, dst, header, dict(associated))
 
 
 def _image_bytes(img: np.ndarray, fmt: str) -> bytes:

@@ -20,6 +20,7 @@ import pytest
 import tifffile
 import tiffslide
 import torch
+from cinr_container_helpers import rewrite
 from click.testing import CliRunner
 from PIL import Image
 
@@ -31,7 +32,7 @@ from cinr_codec.encode.slide import encode_slide
 from cinr_codec.encode.source import SlideSource, sample_slide_path
 from cinr_codec.errors import CinrIOError
 from cinr_codec.export import export_region
-from cinr_codec.format.container import CinrReader, CinrWriter
+from cinr_codec.format.container import CinrReader
 
 #: (x, y, w, h) of the crop in the sample's level 0.
 CROP = (600, 1500, 701, 517)
@@ -50,20 +51,7 @@ def _graft(src: Path, dst: Path, props: Mapping[str, str], associated: Mapping[s
             "vendor": props["openslide.vendor"],
             "properties": dict(props),
         }
-        with CinrWriter(
-            dst, header, r.n_blocks, max_block_bytes=r.max_block_bytes, minor_version=r.version[1]
-        ) as w:
-            for info in r.blocks():
-                if info.kind == "model":
-                    w.add_model_block(info.block_id, r.read_payload(info.block_id))
-                elif info.kind == "image":
-                    w.add_image_block(info.block_id, r.read_image_block(info.block_id))
-                else:
-                    assert info.colour is not None
-                    w.add_background_block(info.block_id, info.colour)
-            for name, data in associated.items():
-                w.add_associated_image(name, data)
-            w.commit(r.footer)
+        rewrite(r, dst, header, dict(associated))
 
 
 @pytest.fixture(scope="module")

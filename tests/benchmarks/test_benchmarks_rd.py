@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -17,15 +16,7 @@ from benchmarks.bdrate import bd_rate, pchip_integral, rate_at, rd_front
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    """Tiny models gain nothing from threads, and a busy 2-core machine makes OpenMP threads wait."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -11,16 +11,7 @@ import pytest
 
 from benchmarks.bdrate import bd_rate
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    """Tiny models gain nothing from threads, and a busy 2-core machine makes OpenMP threads wait."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _png(tmp_path: Path, size: int) -> Path:

@@ -36,12 +36,7 @@ W, H, B = 300, 40, 64
 MIP = 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _png(w: int, h: int, chunks: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
