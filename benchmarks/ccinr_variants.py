@@ -138,13 +138,27 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     crops = args.crop or ["tcga", "prostate"]
     variants = args.variant or ["base"]
-    for v in variants:
-        apply(v)  # a bad variant fails here, before any training
+    qualities = args.qualities.split(",")
     from cinr_codec.encode.train import latent as L
 
-    qualities = args.qualities.split(",")
-    for q in qualities:
-        L.lambda_of(q)
+    arch, recipe = dict(L.PRESET_ARCH), dict(L.RECIPE)
+    try:  # bad arguments fail here, in one line, before any training
+        for v in variants:
+            apply(v)
+            # Each variant starts from the package's recipe (worker processes may be forked
+            # from this one): undo what validating it changed.
+            L.PRESET_ARCH.clear()
+            L.PRESET_ARCH.update(arch)
+            L.RECIPE.clear()
+            L.RECIPE.update(recipe)
+        for q in qualities:
+            L.lambda_of(q)
+        for c in crops:
+            if not CROPS[c][0].exists():
+                raise ValueError(f"crop {c!r} needs {CROPS[c][0]}, which is missing")
+    except ValueError as exc:
+        print(f"benchmarks.ccinr_variants: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     jobs = [(v, c) for c in crops for v in variants]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = [pool.submit(run, v, c, args.steps, qualities) for v, c in jobs]

@@ -18,8 +18,47 @@ def test_variants_override_the_recipe_or_fail(monkeypatch: pytest.MonkeyPatch) -
         V.apply("nonsense=1")
 
 
+def test_validating_variants_leaves_the_recipe_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() validates every variant in this process; workers forked from it must see the
+    package's recipe, not the last variant's."""
+    arch, recipe = dict(L.PRESET_ARCH), dict(L.RECIPE)
+    monkeypatch.setattr(V, "ProcessPoolExecutor", _Stop)
+    with pytest.raises(_StopError):
+        V.main(["--crop", "sample", "--variant", 'upsampling="bilinear"+latent_lr_mult=3'])
+    assert L.PRESET_ARCH == arch and L.RECIPE == recipe
+
+
+class _StopError(Exception):
+    pass
+
+
+class _Stop:
+    def __init__(self, *a: object, **k: object) -> None:
+        raise _StopError
+
+
 def test_one_level_of_the_bundled_sample() -> None:
     (row,) = V.run("base", "sample", 3, ["q5"])
     assert row["crop"] == "sample" and row["steps"] == 3
     assert row["bytes"] > 100 and 0 < row["bpp"] == pytest.approx(row["bytes"] * 8 / 256**2)
     assert 10 < row["psnr"] < 60
+
+
+@pytest.mark.parametrize(
+    "args", [["--variant", "nonsense=1"], ["--variant", "mlp=[16"], ["--qualities", "q99"]]
+)
+def test_bad_arguments_are_one_line(args: list[str]) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    p = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ccinr_variants", "--crop", "sample", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("benchmarks.ccinr_variants: error:")
