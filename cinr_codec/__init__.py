@@ -26,6 +26,7 @@ from .errors import (
     CinrFormatError,
     CinrInputError,
     CinrIOError,
+    CinrRequestError,
     CinrTruncatedError,
     CinrVersionError,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "CinrIOError",
     "CinrInputError",
     "CinrReader",
+    "CinrRequestError",
     "CinrSlide",
     "CinrTruncatedError",
     "CinrVersionError",

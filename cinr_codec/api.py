@@ -25,7 +25,13 @@ Conventions (where OpenSlide leaves a choice):
   which is both a ``ValueError`` (cinr's convention) and an ``openslide.OpenSlideError``
   (OpenSlide's).
 * ``read`` (beyond OpenSlide) returns RGB on the slide's background colour; its bad arguments
-  raise ``ValueError``.
+  raise ``CinrRequestError`` (a ``ValueError``).
+* Every read is bounded (``formats/cinr-v1.md`` §12): at most 2^28 output pixels, and a read that
+  would decode too many blocks or source pixels (a coarse read of a huge slide without mips) is
+  refused with ``CinrRequestError`` (``SlideRequestError`` from ``read_region``) before anything
+  is decoded. Reads coarser than 1/4 of a file without a usable mip sample its models once per
+  cell of the largest power of two <= 1/scale pixels instead of decoding every pixel, so
+  ``get_thumbnail`` costs what the thumbnail needs, whatever the mips.
 * Using a closed slide raises ``SlideRequestError`` (a ``ValueError``, as OpenSlide-Python's
   "Passing closed slide object"); ``close()`` is idempotent.
 * ``get_best_level_for_downsample`` follows OpenSlide 4's C code exactly: the largest level
@@ -52,6 +58,7 @@ from PIL import Image
 
 from .coding.images import decode_associated_image
 from .decode.decoder import DEFAULT_CACHE_BYTES, TILE, SlideDecoder, finite_number
+from .errors import CinrRequestError
 from .format.container import MAGIC
 from .format.header import describe, finite, header_mpp
 
@@ -72,11 +79,12 @@ _REPLACED = re.compile(
 _BOUNDS = ("x", "y", "width", "height")
 
 
-class SlideRequestError(ValueError, openslide.OpenSlideError):
-    """A bad argument to a ``CinrSlide`` method, or use of a closed slide.
+class SlideRequestError(CinrRequestError, openslide.OpenSlideError):
+    """A bad argument to a ``CinrSlide`` method, use of a closed slide, or a read beyond the limits.
 
-    Both a ``ValueError`` (what cinr raises for bad arguments) and an ``openslide.OpenSlideError``
-    (what OpenSlide raises), so handlers written for either catch it.
+    A ``CinrRequestError`` (so a ``CinrError`` and a ``ValueError``: what cinr raises for bad
+    arguments) and an ``openslide.OpenSlideError`` (what OpenSlide raises), so handlers written
+    for either catch it.
     """
 
 
@@ -216,7 +224,7 @@ class CinrSlide(openslide.AbstractSlide):
 
         # What the encoder did and measured.
         grid = dec.grid
-        kinds = [reader.block_info(i).kind for i in range(grid.n_level_blocks)]
+        counts = dec.block_counts()  # numpy over the index: no per-block objects
         quality = info.quality
         cinr: dict[str, Any] = {
             "format-version": f"{reader.version[0]}.{reader.version[1]}",
@@ -227,8 +235,8 @@ class CinrSlide(openslide.AbstractSlide):
             "block-size": grid.block_size,
             "margin": grid.margin,
             "blocks": grid.n_level_blocks,
-            "model-blocks": sum(1 for k in kinds if k == "model"),
-            "background-blocks": sum(1 for k in kinds if k == "background"),
+            "model-blocks": counts["model"],
+            "background-blocks": counts["background"],
             "mip-downsamples": ",".join(str(d) for d in grid.mip_downsamples) or None,
             "level": info.level,
             "level-downsample": level_ds,

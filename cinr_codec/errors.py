@@ -11,6 +11,11 @@ class CinrInputError(CinrError, ValueError):
     """An input slide or image cannot be used (missing, unreadable, too small...)."""
 
 
+class CinrRequestError(CinrError, ValueError):
+    """A read the decoder refuses: a bad argument, a closed slide, or a request beyond the limits of
+    one read (output pixels, blocks or source pixels to decode; ``formats/cinr-v1.md`` §12)."""
+
+
 class CinrFormatError(CinrError):
     """A .cinr file is malformed."""
 

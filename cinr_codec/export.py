@@ -52,9 +52,9 @@ import numpy as np
 from PIL import Image
 
 from .api import CinrSlide
-from .decode.decoder import MAX_SCALE, SlideDecoder, finite_number
+from .decode.decoder import MAX_READ_OUTPUT, MAX_SCALE, SlideDecoder, finite_number
 from .errors import CinrError, CinrIOError
-from .format.header import MAX_READ_PIXELS, describe, header_mpp
+from .format.header import describe, header_mpp
 
 __all__ = ["FORMATS", "export_region"]
 
@@ -277,7 +277,7 @@ def export_region(
         )
     aperio = whole and fmt == "tiff"  # the whole slide: Aperio layout, written level by level
     streamed = whole or ow * oh > STREAM_PIXELS
-    if not streamed and ow * oh > MAX_READ_PIXELS:  # pragma: no cover - STREAM_PIXELS < MAX_READ_PIXELS
+    if not streamed and ow * oh > MAX_READ_OUTPUT:  # pragma: no cover - STREAM_PIXELS < MAX_READ_OUTPUT
         streamed = True
     if progress is None and not quiet:
         progress = _stderr_progress()

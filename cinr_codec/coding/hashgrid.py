@@ -193,6 +193,23 @@ class HashGridBlock:
         with torch.inference_mode():
             return render(self.model, height, width, side, x0=x0, y0=y0)
 
+    def render_coarse(
+        self, height: int, width: int, side: float, *, x0: int = 0, y0: int = 0, stride: int = 1
+    ) -> np.ndarray:
+        """One sample per ``stride`` x ``stride`` cell: the model at the centre of the frame pixels
+        ``[x0 + stride*j, +stride) x [y0 + stride*i, +stride)``, as uint8 (height, width, 3).
+
+        What the decoder reads a coarse scale from when the file has no mip for it: the model is a
+        function of coordinates, so it can be evaluated on a coarser lattice (the convolutions of a
+        CINR then see neighbours ``stride`` pixels apart: an approximation of the box mean).
+        """
+        import torch
+
+        from ..core.render import render
+
+        with torch.inference_mode():
+            return render(self.model, height, width, side / stride, x0=x0 / stride, y0=y0 / stride)
+
 
 class HashGridCodec(BlockCodec):
     """NGP, ENGP and CINR blocks: a hash grid and a network, stored as quantized tensors."""

@@ -35,13 +35,14 @@ def render(
     width: int,
     side: float | None = None,
     tile: int = 256,
-    x0: int = 0,
-    y0: int = 0,
+    x0: float = 0,
+    y0: float = 0,
 ) -> np.ndarray:
     """Decode an image region (uint8 H x W x 3), tile by tile with a halo of real features.
 
     Each tile's convolutions see the hash features of its neighbours (``model.halo`` pixels
-    around it), so the result does not depend on ``tile``.
+    around it), so the result does not depend on ``tile``. ``x0``/``y0`` may be fractional
+    (samples between pixel centres: ``HashGridBlock.render_coarse``).
     """
     side = float(side if side is not None else max(height, width))
     dev = next(model.parameters()).device

@@ -41,7 +41,10 @@ def box_overlaps(a: np.ndarray, b: np.ndarray, length: float) -> tuple[np.ndarra
     averages ``sum_k w[i, k] * src[idx[i, k]] / (b_i - a_i)``. The one formula behind every area
     resampling in the package (decoder reads and tiled thumbnails).
     """
-    k = int(math.ceil(float(np.max(b - a)) if len(a) else 0.0)) + 1
+    # Boxes clipped to the source first: a box far larger than the source (a tiny scale) costs
+    # what the source has, not what the box spans.
+    span = np.minimum(b, length) - np.maximum(a, 0.0)
+    k = int(math.ceil(max(0.0, float(np.max(span)))) if len(a) else 0.0) + 1
     p0 = np.floor(np.clip(a, 0.0, max(length - 1e-9, 0.0)))
     idx = p0[:, None] + np.arange(k)[None, :]
     lo = np.maximum(a[:, None], idx)
@@ -65,6 +68,33 @@ def area_weights(
     return idx, w, np.clip(cov, 0.0, 1.0)
 
 
+def integrate_cells(
+    values: np.ndarray, edges: np.ndarray, a: np.ndarray, b: np.ndarray, axis: int
+) -> np.ndarray:
+    """Integrals over boxes [a_i, b_i) of a piecewise-constant function along ``axis`` (float64).
+
+    The function is ``values[c]`` on the cell [edges[c], edges[c+1]) (``len(edges)`` is one more
+    than ``values``'s length along ``axis``; edges increase) and 0 outside [edges[0], edges[-1]).
+    The result has ``len(a)`` entries along ``axis``: a box sum in source-length units, through
+    prefix sums, so its cost is one pass over ``values`` whatever the boxes' sizes (a box may
+    cover a whole slide).
+    """
+    v = np.moveaxis(np.asarray(values, dtype=np.float64), axis, 0)
+    n = v.shape[0]
+    widths = np.diff(edges).reshape((n,) + (1,) * (v.ndim - 1))
+    prefix = np.empty((n + 1,) + v.shape[1:], dtype=np.float64)
+    prefix[0] = 0.0
+    np.cumsum(v * widths, axis=0, out=prefix[1:])
+
+    def upto(t: np.ndarray) -> np.ndarray:
+        t = np.clip(t, edges[0], edges[-1])
+        c = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, n - 1)
+        part = (t - edges[c]).reshape((-1,) + (1,) * (v.ndim - 1))
+        return prefix[c] + v[c] * part  # type: ignore[no-any-return]
+
+    return np.moveaxis(upto(b) - upto(a), 0, axis)
+
+
 def weighted_sum(src: np.ndarray, idx: np.ndarray, w: np.ndarray, axis: int, offset: int = 0) -> np.ndarray:
     """``out[i] = sum_k w[i, k] * src[idx[i, k] - offset]`` along ``axis`` (float64)."""
     shape = [1] * src.ndim
@@ -78,10 +108,13 @@ def weighted_sum(src: np.ndarray, idx: np.ndarray, w: np.ndarray, axis: int, off
 
 
 def bilinear_weights(
-    start: float, step: float, n_out: int, length: int
+    start: float, step: float, n_out: int, length: int, first: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bilinear weights between level-pixel centres (edges replicated); coverage 1 inside the level, else 0."""
-    u = start + (np.arange(n_out, dtype=np.float64) + 0.5) * step
+    """Bilinear weights between level-pixel centres (edges replicated); coverage 1 inside the level, else 0.
+
+    Output pixels ``first .. first + n_out - 1`` of a read starting at ``start`` (a part of a read
+    gets the weights the whole read would)."""
+    u = start + (np.arange(first, first + n_out, dtype=np.float64) + 0.5) * step
     p = np.clip(u - 0.5, 0.0, length - 1.0)
     i0 = np.floor(p)
     f = p - i0

@@ -15,21 +15,35 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..coding.base import BlockModel
 from ..coding.images import decode_image_bytes
-from ..core.resample import area_weights, bilinear_weights, weighted_sum
-from ..errors import CinrFormatError
+from ..core.resample import bilinear_weights, box_downsample, integrate_cells, to_uint8, weighted_sum
+from ..errors import CinrFormatError, CinrRequestError
 from ..format.container import CinrReader
+from ..format.container.binary import KIND_BACKGROUND, KIND_IMAGE, KIND_MODEL, KIND_NAMES
 from ..format.header import MAX_READ_PIXELS, parse_layout
 from .cache import LRUCache
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_CACHE_BYTES", "MAX_READ_PIXELS", "MAX_SCALE", "TILE", "SlideDecoder", "finite_number"]
+__all__ = [
+    "DEFAULT_CACHE_BYTES",
+    "MAX_READ_IMAGES",
+    "MAX_READ_MODELS",
+    "MAX_READ_OUTPUT",
+    "MAX_READ_PIXELS",
+    "MAX_READ_SOURCE_PIXELS",
+    "MAX_SCALE",
+    "TILE",
+    "SlideDecoder",
+    "Source",
+    "finite_number",
+]
 
 # -- whole slides: any region at any scale ------------------------------------------------------
 
@@ -41,6 +55,24 @@ MAX_SCALE = 4.0
 DEFAULT_CACHE_BYTES = 256 << 20
 #: Models kept loaded.
 MODEL_CACHE = 16
+#: Side of the pieces of output a read is computed in (bounds its float intermediates).
+OUT_TILE = 256
+#: Without a mip at least this coarse, reads at 1/scale >= SAMPLE_STEP sample the models once per
+#: cell of the largest power of two <= 1/scale pixels (1 to 4 samples per output pixel) instead of
+#: decoding every pixel: their cost follows the output, not the region covered.
+SAMPLE_STEP = 4.0
+#: Largest f of the aligned path (output pixels that are plain f x f means of source cells).
+MAX_ALIGNED = 8
+#: Largest output of one read (pixels): 8192 x 8192, 192 MiB as RGB (formats/cinr-v1.md §12).
+#: Larger images are exported in strips (``cinr_codec.export``).
+MAX_READ_OUTPUT = 1 << 26
+#: Most model blocks, and most mip images, one read may decode (formats/cinr-v1.md §12).
+MAX_READ_MODELS = 4096
+MAX_READ_IMAGES = 1 << 16
+#: Most source pixels (cells) one read may decode: this many, plus SOURCE_PIXELS_PER_OUTPUT per
+#: output pixel.
+MAX_READ_SOURCE_PIXELS = 1 << 26
+SOURCE_PIXELS_PER_OUTPUT = 16
 
 
 def finite_number(v: Any, name: str, error: type[ValueError] = ValueError) -> float:
@@ -56,6 +88,16 @@ def finite_number(v: Any, name: str, error: type[ValueError] = ValueError) -> fl
     return f
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where a read's pixels come from: mip ``k`` (cells of ``cell`` = its downsample) or, for
+    ``k = -1``, the level blocks' models, rendered at every pixel (``cell = 1``) or sampled once per
+    ``cell`` x ``cell`` pixels (reads coarser than ``SAMPLE_STEP`` without a usable mip)."""
+
+    k: int
+    cell: int
+
+
 class SlideDecoder:
     """Decode any region of a ``.cinr`` slide at any scale; thread-safe, with an LRU pixel cache.
 
@@ -64,6 +106,12 @@ class SlideDecoder:
     mip at least as fine as the output and average it over each output pixel's box; scales above
     1 interpolate level pixels bilinearly. ``device`` runs the models on a GPU ("cuda"; "auto"
     picks it when present); pixels may then differ from a CPU decode by a rounding step.
+
+    A read is computed in ``OUT_TILE`` x ``OUT_TILE`` pieces of its output, block by block, so its
+    memory is bounded by the output and the blocks, never by the source region it covers;
+    background blocks cost arithmetic on their colours only (whole rows of them at once), and a read
+    that would decode more blocks or source pixels than ``formats/cinr-v1.md`` §12 allows is
+    refused (``CinrRequestError``) before anything is decoded.
     """
 
     def __init__(
@@ -84,7 +132,8 @@ class SlideDecoder:
             self.grid = self.layout.grid
             self.codec = self.layout.codec
             self.background = self.layout.background
-            self._kinds = [self.reader.block_info(i).kind for i in range(self.reader.n_blocks)]
+            self._codes = self.reader.kind_codes()
+            self._colours = self.reader.colours()
             self._check_kinds()
         except BaseException:
             self.reader.close()
@@ -97,13 +146,16 @@ class SlideDecoder:
         """Level blocks must be model or background blocks, mip blocks image or background blocks
         (``CinrFormatError`` naming the first that is not; unknown kinds are left to the reader)."""
         n = self.grid.n_level_blocks
-        for i, kind in enumerate(self._kinds):
-            bad = "image" if i < n else "model"
-            if kind == bad:
-                role = "level block" if i < n else f"mip block (of block {i % n})"
-                raise CinrFormatError(
-                    f"{self.reader.name}: block {i} is a {role} but its index record says {kind}"
-                )
+        bad = np.concatenate(
+            (np.flatnonzero(self._codes[:n] == KIND_IMAGE), n + np.flatnonzero(self._codes[n:] == KIND_MODEL))
+        )
+        if bad.size:
+            i = int(bad.min())
+            kind = KIND_NAMES[int(self._codes[i])]
+            role = "level block" if i < n else f"mip block (of block {i % n})"
+            raise CinrFormatError(
+                f"{self.reader.name}: block {i} is a {role} but its index record says {kind}"
+            )
 
     @property
     def width(self) -> int:
@@ -115,29 +167,55 @@ class SlideDecoder:
         """Level height in pixels."""
         return self.layout.height
 
+    def block_counts(self) -> dict[str, int]:
+        """Number of level blocks of each kind: ``model``, ``background`` and ``other``."""
+        codes = self._codes[: self.grid.n_level_blocks]
+        model = int(np.count_nonzero(codes == KIND_MODEL))
+        back = int(np.count_nonzero(codes == KIND_BACKGROUND))
+        return {"model": model, "background": back, "other": len(codes) - model - back}
+
     # -- sources ---------------------------------------------------------------------------------
 
     def _model(self, block_id: int) -> BlockModel:
-        m = self._models.get(block_id)
+        info = self.reader.block_info(block_id)
+        # Keyed by the payload, not the block: blocks that share one (a hostile file's index may
+        # point many records at the same bytes) load it once.
+        key = (info.offset, info.stored_length, info.crc32)
+        m = self._models.get(key)
         if m is None:
-            info = self.reader.block_info(block_id)
             where = f"{self.reader.name}: block {block_id} (at offset {info.offset})"
             m = self.codec.load(
                 self.reader.read_payload(block_id), self.layout.config, where, str(self.device)
             )
-            self._models.put(block_id, m, 1)
+            self._models.put(key, m, 1)
         return m  # type: ignore[no-any-return]
 
-    def _tile(self, block_id: int, tx: int, ty: int) -> np.ndarray:
-        """Decoded level pixels of one tile of a model block (tile origin (tx, ty) in level pixels)."""
-        key = ("t", block_id, tx, ty)
+    def _tile(self, block_id: int, cell: int, ti: int, tj: int) -> np.ndarray:
+        """Tile (ti, tj) of a model block's cells: ``TILE`` x ``TILE`` cells of ``cell`` x ``cell``
+        level pixels on a lattice from the block's origin (``cell = 1``: its decoded pixels)."""
+        key = ("t", block_id, cell, ti, tj)
         t = self._pixels.get(key)
         if t is not None:
             return t  # type: ignore[no-any-return]
         x, y, w, h = self.grid.owned(block_id)
-        tw, th = min(TILE, x + w - tx), min(TILE, y + h - ty)
+        tw = min(TILE, -(-w // cell) - tj * TILE)
+        th = min(TILE, -(-h // cell) - ti * TILE)
         ox, oy = self.grid.frame_origin(block_id)
-        t = self._model(block_id).render(th, tw, float(self.grid.side), x0=tx - ox, y0=ty - oy)
+        fx, fy = x - ox + tj * TILE * cell, y - oy + ti * TILE * cell  # the tile's origin in the frame
+        side = float(self.grid.side)
+        model = self._model(block_id)
+        if cell == 1:
+            t = model.render(th, tw, side, x0=fx, y0=fy)
+        elif hasattr(model, "render_coarse"):
+            t = model.render_coarse(th, tw, side, x0=fx, y0=fy, stride=cell)
+        else:  # no coarse lattice: box means of decoded pixels, a band of cells at a time
+            pw, ph = min(tw * cell, x + w - (ox + fx)), min(th * cell, y + h - (oy + fy))
+            t = np.empty((th, tw, 3), dtype=np.uint8)
+            band = max(1, (1 << 22) // max(1, pw * cell))
+            for i in range(0, th, band):
+                rows = min(band * cell, ph - i * cell)
+                pixels = model.render(rows, pw, side, x0=fx, y0=fy + i * cell)
+                t[i : i + -(-rows // cell)] = to_uint8(box_downsample(pixels, cell))
         self._pixels.put(key, t, t.nbytes)
         return t
 
@@ -148,7 +226,7 @@ class SlideDecoder:
             return t  # type: ignore[no-any-return]
         mid = self.grid.mip_id(block_id, k)
         w, h = self.grid.mip_size(block_id, k)
-        if self._kinds[mid] != "image":
+        if self._codes[mid] != KIND_IMAGE:
             raise CinrFormatError(
                 f"{self.reader.name}: block {mid} (mip of block {block_id}) is not an image block"
             )
@@ -157,39 +235,77 @@ class SlideDecoder:
         self._pixels.put(key, t, t.nbytes)
         return t
 
-    def level_region(self, x0: int, y0: int, w: int, h: int, k: int = -1) -> np.ndarray:
-        """Pixels [x0, x0+w) x [y0, y0+h) of the level (k = -1) or of mip level k, all inside the image."""
+    def _cells(self, block_id: int, src: Source, i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
+        """Cells [i0, i1) x [j0, j1) of a stored block's picture at ``src`` (uint8 (rows, cols, 3))."""
+        if src.k >= 0:
+            return self._mip(block_id, src.k)[i0:i1, j0:j1]
+        out = np.empty((i1 - i0, j1 - j0, 3), dtype=np.uint8)
+        for ti in range(i0 // TILE, -(-i1 // TILE)):
+            for tj in range(j0 // TILE, -(-j1 // TILE)):
+                t = self._tile(block_id, src.cell, ti, tj)
+                r0, c0 = max(i0, ti * TILE), max(j0, tj * TILE)
+                r1, c1 = min(i1, ti * TILE + t.shape[0]), min(j1, tj * TILE + t.shape[1])
+                out[r0 - i0 : r1 - i0, c0 - j0 : c1 - j0] = t[
+                    r0 - ti * TILE : r1 - ti * TILE, c0 - tj * TILE : c1 - tj * TILE
+                ]
+        return out
+
+    def _records(self, k: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Container ids of the records for block rows [r0, r1) and columns [c0, c1) at mip ``k``
+        (``k = -1``: the level blocks), an int64 array (rows, cols)."""
+        base = 0 if k < 0 else self.grid.mip_id(0, k)
+        rows = np.arange(r0, r1, dtype=np.int64)[:, None] * self.grid.cols
+        return base + rows + np.arange(c0, c1, dtype=np.int64)[None, :]  # type: ignore[no-any-return]
+
+    def _row_chunk(self, n_cols: int) -> int:
+        """Block rows handled at once when every block of a row range is looked at (bounds the
+        arrays of per-block values by about 2^20 entries)."""
+        return max(1, (1 << 20) // max(1, n_cols))
+
+    def level_region(self, x0: int, y0: int, w: int, h: int, k: int = -1, cell: int = 1) -> np.ndarray:
+        """Pixels [x0, x0+w) x [y0, y0+h) of the level (k = -1), of mip level k, or of the level sampled
+        once per ``cell`` x ``cell`` pixels (k = -1; ``cell`` must divide the block size), all inside."""
         self._check_open()
+        src = Source(k, self.grid.mip_downsamples[k] if k >= 0 else cell)
+        d = src.cell
+        if self.grid.block_size % d:
+            raise ValueError(f"cell {d} does not divide the block size {self.grid.block_size}")
+        if w * h > MAX_READ_OUTPUT:
+            raise CinrRequestError(f"{w} x {h} pixels is over the {MAX_READ_OUTPUT}-pixel limit of one read")
         out = np.empty((h, w, 3), dtype=np.uint8)
-        d = 1 if k < 0 else self.grid.mip_downsamples[k]
-        for bid in self.grid.overlapping(x0 * d, y0 * d, (x0 + w) * d, (y0 + h) * d):
-            bx, by, bw, bh = self.grid.owned(bid)
-            # This block's extent in this level's pixels.
+        bd = self.grid.block_size // d  # a block's side in cells
+        W, H = -(-self.width // d), -(-self.height // d)
+        if w <= 0 or h <= 0 or x0 < 0 or y0 < 0 or x0 + w > W or y0 + h > H:
+            raise ValueError(f"region ({x0}, {y0}, {w}, {h}) is not inside the {W} x {H} source")
+        r0, r1 = y0 // bd, (y0 + h - 1) // bd + 1
+        c0, c1 = x0 // bd, (x0 + w - 1) // bd + 1
+        # Background: each block row's colours spread over its pixel columns (no per-block loop).
+        xs = (np.arange(x0, x0 + w) // bd) - c0
+        stored: list[np.ndarray] = []
+        step = self._row_chunk(c1 - c0)
+        for ra in range(r0, r1, step):
+            rb = min(r1, ra + step)
+            ids = self._records(k, ra, rb, c0, c1)
+            back = self._codes[ids] == KIND_BACKGROUND
+            stored.append(ids[~back])
+            if not back.any():
+                continue
+            colour = np.where(back[..., None], self._colours[ids], 0).astype(np.uint8)
+            for r in range(ra, rb):
+                py0, py1 = max(y0, r * bd), min(y0 + h, (r + 1) * bd)
+                out[py0 - y0 : py1 - y0] = colour[r - ra][xs]
+        for bid in np.concatenate(stored):
+            lid = int(bid) % self.grid.n_level_blocks
+            bx, by, bw, bh = self.grid.owned(lid)
             ex0, ey0 = bx // d, by // d
             ex1, ey1 = ex0 + -(-bw // d), ey0 + -(-bh // d)
             ix0, iy0 = max(x0, ex0), max(y0, ey0)
             ix1, iy1 = min(x0 + w, ex1), min(y0 + h, ey1)
             if ix1 <= ix0 or iy1 <= iy0:
                 continue
-            kind = self._kinds[bid]
-            dst = out[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
-            if kind == "background":
-                colour = self.reader.block_info(bid).colour
-                assert colour is not None
-                dst[...] = colour
-            elif k >= 0:
-                m = self._mip(bid, k)
-                dst[...] = m[iy0 - ey0 : iy1 - ey0, ix0 - ex0 : ix1 - ex0]
-            else:
-                # Tiles on a TILE lattice from the block origin.
-                for ty in range(by + (iy0 - by) // TILE * TILE, iy1, TILE):
-                    for tx in range(bx + (ix0 - bx) // TILE * TILE, ix1, TILE):
-                        t = self._tile(bid, tx, ty)
-                        sx0, sy0 = max(ix0, tx), max(iy0, ty)
-                        sx1, sy1 = min(ix1, tx + t.shape[1]), min(iy1, ty + t.shape[0])
-                        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = t[
-                            sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx
-                        ]
+            out[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = self._cells(
+                lid, src, iy0 - ey0, iy1 - ey0, ix0 - ex0, ix1 - ex0
+            )
         return out
 
     # -- reads -----------------------------------------------------------------------------------
@@ -197,95 +313,234 @@ class SlideDecoder:
     def _check_read(
         self, x: float, y: float, w: float, h: float, scale: float
     ) -> tuple[float, float, float, float, float, int, int]:
-        """Validated (x, y, w, h, scale) as floats and the output size (ValueError naming the problem)."""
+        """Validated (x, y, w, h, scale) as floats and the output size (CinrRequestError naming the problem)."""
         self._check_open()
         x, y, w, h, scale = (
-            finite_number(v, name) for name, v in (("x", x), ("y", y), ("w", w), ("h", h), ("scale", scale))
+            finite_number(v, name, CinrRequestError)
+            for name, v in (("x", x), ("y", y), ("w", w), ("h", h), ("scale", scale))
         )
         if w <= 0 or h <= 0:
-            raise ValueError(f"region size must be positive, not {w} x {h}")
+            raise CinrRequestError(f"region size must be positive, not {w} x {h}")
         if not 0 < scale <= MAX_SCALE:
-            raise ValueError(f"scale must be in (0, {MAX_SCALE}], not {scale}")
+            raise CinrRequestError(f"scale must be in (0, {MAX_SCALE}], not {scale}")
         if not (math.isfinite(w * scale) and math.isfinite(h * scale)):  # round(inf): OverflowError
-            raise ValueError(f"a {w} x {h} region at scale {scale} is too large")
+            raise CinrRequestError(f"a {w} x {h} region at scale {scale} is too large")
         ow, oh = int(round(w * scale)), int(round(h * scale))
         if ow < 1 or oh < 1:
-            raise ValueError(f"a {w} x {h} region at scale {scale} has no output pixels")
-        if ow * oh > MAX_READ_PIXELS:
-            raise ValueError(
-                f"{ow} x {oh} output pixels is over the {MAX_READ_PIXELS}-pixel limit of one read"
+            raise CinrRequestError(f"a {w} x {h} region at scale {scale} has no output pixels")
+        if ow * oh > MAX_READ_OUTPUT:
+            raise CinrRequestError(
+                f"{ow} x {oh} output pixels is over the {MAX_READ_OUTPUT}-pixel limit of one read"
             )
         return x, y, w, h, scale, ow, oh
 
-    def _resample(
-        self, x: float, y: float, w: float, h: float, scale: float, ow: int, oh: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(RGB float64 mean over the part of each output box inside the slide, coverage in [0, 1]),
-        for values that ``_check_read`` returned."""
+    def _source(self, scale: float) -> Source:
+        """The coarsest stored mip whose downsample d <= 1/scale; else the level's models, sampled on
+        a lattice of the largest power of two <= 1/scale when 1/scale >= ``SAMPLE_STEP``."""
+        if scale >= 1.0:
+            return Source(-1, 1)
         step = 1.0 / scale
-        W, H = self.width, self.height
-        if scale > 1.0:
-            k = -1
-            iy, wy, cy = bilinear_weights(y, step, oh, H)
-            ix, wx, cx = bilinear_weights(x, step, ow, W)
-            norm = 1.0
-        else:
-            k = self._source_level(scale)
-            d = 1 if k < 0 else self.grid.mip_downsamples[k]
-            iy, wy, cy = area_weights(y / d, step / d, oh, H / d)
-            ix, wx, cx = area_weights(x / d, step / d, ow, W / d)
-            norm = (step / d) ** 2
-        cov = cy[:, None] * cx[None, :]
-        mean = np.zeros((oh, ow, 3), dtype=np.float64)
-        rows, cols = np.flatnonzero(cy > 0), np.flatnonzero(cx > 0)
-        if rows.size == 0 or cols.size == 0:
-            return mean, cov
-        # Only the output pixels that overlap the slide (a contiguous block) are resampled.
-        o0, o1, p0, p1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        iy, wy, ix, wx = iy[o0:o1], wy[o0:o1], ix[p0:p1], wx[p0:p1]
-        ry0, ry1 = int(iy.min()), int(iy.max()) + 1
-        rx0, rx1 = int(ix.min()), int(ix.max()) + 1
-        src = self.level_region(rx0, ry0, rx1 - rx0, ry1 - ry0, k).astype(np.float32)
-        num = weighted_sum(weighted_sum(src, iy, wy, 0, ry0), ix, wx, 1, rx0)
-        sub = cov[o0:o1, p0:p1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean[o0:o1, p0:p1] = np.where(
-                sub[..., None] > 0, num / (norm * np.maximum(sub, 1e-300))[..., None], 0.0
-            )
-        return mean, cov
+        k = -1
+        for i, d in enumerate(self.grid.mip_downsamples):
+            if d <= step * (1 + 1e-9):
+                k = i
+        if k >= 0:
+            return Source(k, self.grid.mip_downsamples[k])
+        if step < SAMPLE_STEP:
+            return Source(-1, 1)
+        return Source(-1, 1 << min(30, int(math.floor(math.log2(step) + 1e-9))))
 
     def _source_level(self, scale: float) -> int:
         """Index of the coarsest mip whose downsample d <= 1/scale (-1: the level itself)."""
-        k = -1
-        for i, d in enumerate(self.grid.mip_downsamples):
-            if d <= (1.0 / scale) * (1 + 1e-9):
-                k = i
-        return k
+        return self._source(scale).k
 
-    def _aligned(self, xf: float, yf: float, sf: float, ow: int, oh: int) -> np.ndarray | None:
-        """The read's pixels without resampling, when every output box is f x f whole source pixels.
+    def _check_cost(self, x: float, y: float, scale: float, ow: int, oh: int, src: Source) -> None:
+        """Refuse (CinrRequestError) a read that would decode more stored blocks or source pixels
+        than one read may (``MAX_READ_MODELS``, ``MAX_READ_IMAGES``, ``MAX_READ_SOURCE_PIXELS``),
+        counted over the blocks its source rectangle touches before anything is decoded."""
+        step = 1.0 / scale
+        pad = 1.0 if scale > 1.0 else 0.0
+        W, H, B = self.width, self.height, self.grid.block_size
+        X0, X1 = max(0.0, x - pad), min(float(W), x + ow * step + pad)
+        Y0, Y1 = max(0.0, y - pad), min(float(H), y + oh * step + pad)
+        if X1 <= X0 or Y1 <= Y0:
+            return
+        c0, c1 = int(X0 // B), min(self.grid.cols, int(math.ceil(X1 / B)))
+        r0, r1 = int(Y0 // B), min(self.grid.rows, int(math.ceil(Y1 / B)))
 
-        That is the case for power-of-two scales at positions on the source's pixel lattice, inside
-        the slide (what viewers ask for): the box means are then source pixels (f = 1) or plain
-        f x f averages. Takes ``_check_read``'s values; None when the general (area-weighted) path
-        is needed.
+        def cells(lo: float, hi: float, i0: int, i1: int, length: int) -> np.ndarray:
+            starts = np.arange(i0, i1, dtype=np.float64) * B
+            ends = np.minimum(starts + B, length)
+            if src.k >= 0:  # a mip image is decoded whole
+                return np.ceil((ends - starts) / src.cell)
+            span = np.minimum(ends, hi) - np.maximum(starts, lo)
+            return np.minimum(np.ceil((ends - starts) / src.cell), np.ceil(span / src.cell) + 2 * TILE)
+
+        cx, cy = cells(X0, X1, c0, c1, W), cells(Y0, Y1, r0, r1, H)
+        n_stored, pixels = 0, 0.0
+        chunk = self._row_chunk(c1 - c0)
+        for ra in range(r0, r1, chunk):
+            rb = min(r1, ra + chunk)
+            stored = self._codes[self._records(src.k, ra, rb, c0, c1)] != KIND_BACKGROUND
+            n_stored += int(np.count_nonzero(stored))
+            pixels += float(cy[ra - r0 : rb - r0] @ (stored @ cx))
+        what, limit = ("mip images", MAX_READ_IMAGES) if src.k >= 0 else ("model blocks", MAX_READ_MODELS)
+        hint = "read a smaller region" + (
+            "" if src.k >= 0 or self.grid.mip_downsamples else " (this file has no mips)"
+        )
+        if n_stored > limit:
+            raise CinrRequestError(
+                f"{self.reader.name}: this read would decode {n_stored} {what}, over the limit of "
+                f"{limit} for one read; {hint}"
+            )
+        budget = MAX_READ_SOURCE_PIXELS + SOURCE_PIXELS_PER_OUTPUT * ow * oh
+        if pixels > budget:
+            raise CinrRequestError(
+                f"{self.reader.name}: this read would decode about {pixels:,.0f} source pixels for "
+                f"{ow * oh:,} output pixels, over the limit of {budget:,} for one read; {hint}"
+            )
+
+    def _aligned(self, x: float, y: float, scale: float, ow: int, oh: int, src: Source) -> int | None:
+        """f when every output box is f x f whole cells of ``src``, inside the slide, with f <= ``MAX_ALIGNED``.
+
+        That is the case for power-of-two scales at positions on the source's lattice, inside the
+        slide (what viewers ask for): the box means are then cells (f = 1) or plain f x f averages.
+        None when the general (area-weighted) path is needed.
         """
-        if sf > 1:
+        d = src.cell
+        if scale > 1 or self.grid.block_size % d:
             return None
-        k = self._source_level(sf)
-        d = 1 if k < 0 else self.grid.mip_downsamples[k]
-        f = 1.0 / (sf * d)
+        f = 1.0 / (scale * d)
         fi = int(round(f))
-        sx, sy = xf / d, yf / d
-        if abs(f - fi) > 1e-9 or sx != int(sx) or sy != int(sy) or sx < 0 or sy < 0:
+        if abs(f - fi) > 1e-9 or not 1 <= fi <= MAX_ALIGNED or x < 0 or y < 0:
             return None
-        if xf + ow * fi * d > self.width or yf + oh * fi * d > self.height:
+        if x + ow * fi * d > self.width or y + oh * fi * d > self.height:
             return None  # boxes reach outside the slide: coverage < 1 somewhere
-        src = self.level_region(int(sx), int(sy), ow * fi, oh * fi, k)
+        sx, sy = x / d, y / d
+        if sx != int(sx) or sy != int(sy):
+            return None
+        return fi
+
+    def _area(
+        self, x: float, y: float, step: float, src: Source, o0: int, o1: int, p0: int, p1: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(sum of source values x area over each output box of rows [o0, o1) and columns [p0, p1)
+        (RGB float64, in level pixels squared), coverage: the fraction of each box inside the slide)."""
+        W, H, B = self.width, self.height, self.grid.block_size
+        ay = y + np.arange(o0, o1, dtype=np.float64) * step
+        ax = x + np.arange(p0, p1, dtype=np.float64) * step
+        by, bx = ay + step, ax + step
+        cy = np.clip((np.minimum(by, H) - np.maximum(ay, 0.0)) / step, 0.0, 1.0)
+        cx = np.clip((np.minimum(bx, W) - np.maximum(ax, 0.0)) / step, 0.0, 1.0)
+        cov = cy[:, None] * cx[None, :]
+        acc = np.zeros((o1 - o0, p1 - p0, 3), dtype=np.float64)
+        rows, cols = np.flatnonzero(cy > 0), np.flatnonzero(cx > 0)
+        if rows.size == 0 or cols.size == 0:
+            return acc, cov
+        Y0, Y1 = max(0.0, float(ay[rows[0]])), min(float(H), float(by[rows[-1]]))
+        X0, X1 = max(0.0, float(ax[cols[0]])), min(float(W), float(bx[cols[-1]]))
+        r0, r1 = int(Y0 // B), min(self.grid.rows, int(math.ceil(Y1 / B)))
+        c0, c1 = int(X0 // B), min(self.grid.cols, int(math.ceil(X1 / B)))
+        if r1 <= r0 or c1 <= c0:
+            return acc, cov
+        # Background blocks: their colours integrated over the boxes, whole rows of blocks at once.
+        col_edges = np.minimum(np.arange(c0, c1 + 1, dtype=np.float64) * B, W)
+        row_edges = np.minimum(np.arange(r0, r1 + 1, dtype=np.float64) * B, H)
+        by_rows = np.zeros((r1 - r0, p1 - p0, 3), dtype=np.float64)
+        stored: list[np.ndarray] = []
+        chunk = self._row_chunk(c1 - c0)
+        for ra in range(r0, r1, chunk):
+            rb = min(r1, ra + chunk)
+            ids = self._records(src.k, ra, rb, c0, c1)
+            back = self._codes[ids] == KIND_BACKGROUND
+            stored.append(ids[~back])
+            if back.any():
+                colour = np.where(back[..., None], self._colours[ids], 0)
+                by_rows[ra - r0 : rb - r0] = integrate_cells(colour, col_edges, ax, bx, axis=1)
+        acc += integrate_cells(by_rows, row_edges, ay, by, axis=0)
+        # Stored blocks (mip images or models), one at a time.
+        d = src.cell
+        for bid in np.concatenate(stored):
+            lid = int(bid) % self.grid.n_level_blocks
+            ex, ey, ew, eh = self.grid.owned(lid)
+            q0, q1 = int(np.searchsorted(by, ey, "right")), int(np.searchsorted(ay, ey + eh, "left"))
+            s0, s1 = int(np.searchsorted(bx, ex, "right")), int(np.searchsorted(ax, ex + ew, "left"))
+            if q1 <= q0 or s1 <= s0:
+                continue
+            lo_y, hi_y = max(float(ey), float(ay[q0])), min(float(ey + eh), float(by[q1 - 1]))
+            lo_x, hi_x = max(float(ex), float(ax[s0])), min(float(ex + ew), float(bx[s1 - 1]))
+            i0, i1 = int((lo_y - ey) // d), min(-(-eh // d), int(math.ceil((hi_y - ey) / d)))
+            j0, j1 = int((lo_x - ex) // d), min(-(-ew // d), int(math.ceil((hi_x - ex) / d)))
+            if i1 <= i0 or j1 <= j0:
+                continue
+            cells = self._cells(lid, src, i0, i1, j0, j1)
+            e_y = np.minimum(ey + d * np.arange(i0, i1 + 1, dtype=np.float64), ey + eh)
+            e_x = np.minimum(ex + d * np.arange(j0, j1 + 1, dtype=np.float64), ex + ew)
+            part = integrate_cells(cells, e_y, ay[q0:q1], by[q0:q1], axis=0)
+            acc[q0:q1, s0:s1] += integrate_cells(part, e_x, ax[s0:s1], bx[s0:s1], axis=1)
+        return acc, cov
+
+    def _bilinear(
+        self, x: float, y: float, step: float, o0: int, o1: int, p0: int, p1: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(RGB float64 bilinear interpolation of level pixels, coverage) for output rows [o0, o1)
+        and columns [p0, p1) of a read at scale 1/step > 1."""
+        iy, wy, cy = bilinear_weights(y, step, o1 - o0, self.height, o0)
+        ix, wx, cx = bilinear_weights(x, step, p1 - p0, self.width, p0)
+        cov = cy[:, None] * cx[None, :]
+        mean = np.zeros((o1 - o0, p1 - p0, 3), dtype=np.float64)
+        rows, cols = np.flatnonzero(cy > 0), np.flatnonzero(cx > 0)
+        if rows.size == 0 or cols.size == 0:
+            return mean, cov
+        q0, q1, s0, s1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        iy, wy, ix, wx = iy[q0:q1], wy[q0:q1], ix[s0:s1], wx[s0:s1]
+        ry0, ry1 = int(iy.min()), int(iy.max()) + 1
+        rx0, rx1 = int(ix.min()), int(ix.max()) + 1
+        src = self.level_region(rx0, ry0, rx1 - rx0, ry1 - ry0).astype(np.float32)
+        mean[q0:q1, s0:s1] = weighted_sum(weighted_sum(src, iy, wy, 0, ry0), ix, wx, 1, rx0)
+        return mean, cov
+
+    def _read(self, x: float, y: float, scale: float, ow: int, oh: int, rgba: bool) -> np.ndarray:
+        """The read of ``_check_read``'s values: RGB, or RGBA with alpha = coverage."""
+        src = self._source(scale)
+        self._check_cost(x, y, scale, ow, oh, src)
+        out = np.empty((oh, ow, 4 if rgba else 3), dtype=np.uint8)
+        if rgba:
+            out[..., 3] = 255
+        fi = self._aligned(x, y, scale, ow, oh, src)
+        d = src.cell
         if fi == 1:
-            return src
-        means = src.reshape(oh, fi, ow, fi, 3).astype(np.float32).mean(axis=(1, 3))
-        return np.clip(np.rint(means), 0, 255).astype(np.uint8)
+            out[..., :3] = self.level_region(int(x / d), int(y / d), ow, oh, src.k, d)
+            return out
+        step = 1.0 / scale
+        bg = np.asarray(self.background, dtype=np.float64)
+        for o0 in range(0, oh, OUT_TILE):
+            o1 = min(oh, o0 + OUT_TILE)
+            for p0 in range(0, ow, OUT_TILE):
+                p1 = min(ow, p0 + OUT_TILE)
+                dst = out[o0:o1, p0:p1]
+                if fi is not None:
+                    cells = self.level_region(
+                        int(x / d) + p0 * fi, int(y / d) + o0 * fi, (p1 - p0) * fi, (o1 - o0) * fi, src.k, d
+                    )
+                    means = cells.reshape(o1 - o0, fi, p1 - p0, fi, 3).astype(np.float32).mean(axis=(1, 3))
+                    dst[..., :3] = np.clip(np.rint(means), 0, 255)
+                    continue
+                if scale > 1.0:
+                    mean, cov = self._bilinear(x, y, step, o0, o1, p0, p1)
+                    total = mean * cov[..., None]
+                else:
+                    acc, cov = self._area(x, y, step, src, o0, o1, p0, p1)
+                    total = acc / (step * step)  # the mean over the part inside, times the coverage
+                if rgba:
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        mean = total / cov[..., None]
+                    dst[..., :3] = np.where(cov[..., None] > 0, np.clip(np.rint(mean), 0, 255), 0)
+                    dst[..., 3] = np.clip(np.rint(cov * 255.0), 0, 255)
+                    dst[dst[..., 3] == 0] = 0
+                else:
+                    dst[...] = np.clip(np.rint(total + bg * (1.0 - cov[..., None])), 0, 255)
+        return out
 
     def read(self, x: float, y: float, w: float, h: float, scale: float = 1.0) -> np.ndarray:
         """RGB uint8 (round(h*scale), round(w*scale), 3) of the region at level coordinates (x, y, w, h).
@@ -293,35 +548,18 @@ class SlideDecoder:
         Pixels outside the slide take the slide's background colour.
         """
         x, y, w, h, scale, ow, oh = self._check_read(x, y, w, h, scale)
-        fast = self._aligned(x, y, scale, ow, oh)
-        if fast is not None:
-            return fast
-        mean, cov = self._resample(x, y, w, h, scale, ow, oh)
-        bg = np.asarray(self.background, dtype=np.float64)
-        rgb = mean * cov[..., None] + bg * (1.0 - cov[..., None])
-        return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+        return self._read(x, y, scale, ow, oh, rgba=False)
 
     def read_rgba(self, x: float, y: float, w: float, h: float, scale: float = 1.0) -> np.ndarray:
         """RGBA uint8: the region's pixels, alpha = the fraction of each pixel inside the slide (0 outside)."""
         x, y, w, h, scale, ow, oh = self._check_read(x, y, w, h, scale)
-        fast = self._aligned(x, y, scale, ow, oh)
-        if fast is not None:
-            out = np.empty(fast.shape[:2] + (4,), dtype=np.uint8)
-            out[..., :3] = fast
-            out[..., 3] = 255
-            return out
-        mean, cov = self._resample(x, y, w, h, scale, ow, oh)
-        out = np.zeros(mean.shape[:2] + (4,), dtype=np.uint8)
-        out[..., :3] = np.clip(np.rint(mean), 0, 255)
-        out[..., 3] = np.clip(np.rint(cov * 255.0), 0, 255)
-        out[out[..., 3] == 0] = 0
-        return out
+        return self._read(x, y, scale, ow, oh, rgba=True)
 
     # -- lifetime --------------------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ValueError(f"{self.reader.name}: the slide is closed")
+            raise CinrRequestError(f"{self.reader.name}: the slide is closed")
 
     @property
     def cache_capacity(self) -> int:

@@ -504,6 +504,19 @@ class CinrReader:
         for i in range(self.n_blocks):
             yield self._info(i)
 
+    def kind_codes(self) -> np.ndarray:
+        """Every block's kind as its index byte (1 model, 2 background, 3 image; others unknown),
+        a read-only uint8 array of ``n_blocks`` (one copy of the index column: no per-block objects)."""
+        codes = np.ascontiguousarray(self._index["kind"], dtype=np.uint8)
+        codes.flags.writeable = False
+        return codes
+
+    def colours(self) -> np.ndarray:
+        """Every block's rgb bytes, a read-only uint8 array (n_blocks, 3) (meaningful for background blocks)."""
+        rgb = np.stack([self._index[c] for c in ("r", "g", "b")], axis=1).astype(np.uint8)
+        rgb.flags.writeable = False
+        return rgb
+
     def background_colours(self) -> dict[int, tuple[int, int, int]]:
         """Block id -> RGB colour of every background block."""
         ids = np.flatnonzero(self._index["kind"] == KIND_BACKGROUND)
