@@ -28,7 +28,8 @@ saved from that file by libvips, which reads it lazily; disk use is 3 bytes per 
 until the save ends. Either way memory stays bounded by the strip. The resolution is recorded
 when the slide's is known (pixels per millimetre ``1000 * scale / mpp``). Writes are atomic: a
 temporary file in the destination folder is renamed over the output only when complete; on any
-error the temporaries are deleted and an existing output is left untouched.
+error, and on SIGTERM or SIGINT, the temporaries are deleted and an existing output is left untouched
+(the signal then ends the process as it would have).
 
 Whole-slide exports cover the slide with ``ceil(W * scale) x ceil(H * scale)`` pixels (the
 virtual pyramid's level size when ``scale`` is ``2**-k``); pixels beyond the slide take the
@@ -43,9 +44,11 @@ import math
 import os
 import secrets
 import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -113,18 +116,63 @@ def _exact(v: float) -> float | int:
     return int(v) if float(v).is_integer() and abs(v) < 1 << 53 else v
 
 
-def _make_temp(folder: str, suffix: str) -> str:
-    """Create an empty temporary file in ``folder`` with the umask's permissions (unlike mkstemp's 0600)."""
+def _make_temp(folder: str, suffix: str, temps: list[str]) -> str:
+    """Create an empty temporary file in ``folder`` with the umask's permissions (unlike mkstemp's 0600),
+    its name appended to ``temps`` before it exists (so a signal cannot leave it behind unlisted)."""
     for _ in range(100):
         path = os.path.join(folder, f".cinr-export-{secrets.token_hex(6)}{suffix}")
+        temps.append(path)
         try:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         except FileExistsError:  # pragma: no cover - 48 random bits
+            temps.remove(path)
             continue
         except OSError as exc:
+            temps.remove(path)
             raise CinrIOError(f"{path}: cannot create a temporary file: {exc.strerror or exc}") from None
         return path
     raise CinrIOError(f"{folder}: cannot create a temporary file")  # pragma: no cover
+
+
+class _Terminated(BaseException):
+    """SIGTERM (or an unhandled SIGINT) during an export: unwinds it so that its temporaries go."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """During an export, SIGTERM -- and SIGINT when Python does not handle it already (its default
+    handler raises KeyboardInterrupt, which unwinds the same way) -- raise ``_Terminated`` in the main
+    thread, so that the export's ``finally`` deletes its temporary files; then the signal is
+    delivered again under the previous handler, so the process ends as it would have. Handlers the
+    application installed itself, ignored signals and other threads are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated(signum)
+
+    previous: dict[signal.Signals, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        old = signal.getsignal(sig)
+        if old == signal.SIG_DFL:
+            previous[sig] = old
+            signal.signal(sig, handler)
+    try:
+        yield
+    except _Terminated as exc:
+        for signum, before in previous.items():
+            signal.signal(signum, before)
+        previous.clear()
+        signal.raise_signal(exc.signum)
+        raise  # pragma: no cover - the default action ended the process
+    finally:
+        for signum, before in previous.items():
+            signal.signal(signum, before)
 
 
 def _stderr_progress() -> Progress:
@@ -283,67 +331,67 @@ def export_region(
         progress = _stderr_progress()
     out_mpp = (mpp[0] / s if mpp[0] else None, mpp[1] / s if mpp[1] else None)
 
-    tmp = _make_temp(folder, os.path.splitext(out)[1])
-    raw: str | None = None
-    try:
-        if aperio:
-            _save_slide_tiff(slide, tmp, read, ow, oh, s, out_mpp, progress, out_path)
-        elif not streamed:
-            pixels = np.ascontiguousarray(read(_exact(x), _exact(y), _exact(w), _exact(h), s))
-            if pixels.shape != (oh, ow, 3):  # pragma: no cover - the decoder's contract
-                raise RuntimeError(f"read returned {pixels.shape}, expected {(oh, ow, 3)}")
-            img = pyvips.Image.new_from_memory(pixels.data, ow, oh, 3, "uchar")
-            if progress is not None:
-                progress(oh, oh)
-        else:
-            need = ow * oh * 3
-            free = shutil.disk_usage(folder).free
-            if need > free:
-                raise CinrIOError(
-                    f"{out_path}: streaming a {ow} x {oh} image needs {need / 1e9:.1f} GB of temporary "
-                    f"disk space in {folder}, only {free / 1e9:.1f} GB is free"
-                )
-            raw = _make_temp(folder, ".raw")
-            buf = np.memmap(raw, dtype=np.uint8, mode="w+", shape=(oh, ow, 3))
-            try:
-                # At scale 1 on integer coordinates reads are uint8 copies of decoded tiles: 8x the strip.
-                fast = s == 1.0 and float(x).is_integer() and float(y).is_integer()
-                rows = max(1, min(STRIP_ROWS, STRIP_PIXELS * (8 if fast else 1) // ow))
-                if rows >= 256:
-                    rows -= rows % 256  # whole 256-row decode tiles per strip when aligned
-                for r0 in range(0, oh, rows):
-                    r1 = min(oh, r0 + rows)
-                    strip = read(_exact(x), _exact(y + r0 / s), _exact(w), _exact((r1 - r0) / s), s)
-                    if strip.shape != (r1 - r0, ow, 3):  # pragma: no cover - the decoder's contract
-                        raise RuntimeError(f"read returned {strip.shape}, expected {(r1 - r0, ow, 3)}")
-                    buf[r0:r1] = strip
-                    if progress is not None:
-                        progress(r1, oh)
-                buf.flush()
-            finally:
-                del buf
-            img = pyvips.Image.rawload(raw, ow, oh, 3)
-        if not aperio:
-            changes: dict[str, Any] = {"interpretation": "srgb"}
-            if out_mpp[0] and out_mpp[1]:
-                changes.update(xres=1000.0 / out_mpp[0], yres=1000.0 / out_mpp[1])
-            img = img.copy(**changes)
-            try:
-                _save(img, tmp, fmt)
-            except pyvips.Error as exc:
-                raise CinrIOError(f"{out_path}: cannot write: {' '.join(str(exc).split())[:200]}") from None
-            del img
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    finally:
-        if raw is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(raw)
+    temps: list[str] = []  # every temporary file, named before it is created
+    with _signals_raise():
+        try:
+            tmp = _make_temp(folder, os.path.splitext(out)[1], temps)
+            if aperio:
+                _save_slide_tiff(slide, tmp, read, ow, oh, s, out_mpp, progress, out_path)
+            elif not streamed:
+                pixels = np.ascontiguousarray(read(_exact(x), _exact(y), _exact(w), _exact(h), s))
+                if pixels.shape != (oh, ow, 3):  # pragma: no cover - the decoder's contract
+                    raise RuntimeError(f"read returned {pixels.shape}, expected {(oh, ow, 3)}")
+                img = pyvips.Image.new_from_memory(pixels.data, ow, oh, 3, "uchar")
+                if progress is not None:
+                    progress(oh, oh)
+            else:
+                need = ow * oh * 3
+                free = shutil.disk_usage(folder).free
+                if need > free:
+                    raise CinrIOError(
+                        f"{out_path}: streaming a {ow} x {oh} image needs {need / 1e9:.1f} GB of temporary "
+                        f"disk space in {folder}, only {free / 1e9:.1f} GB is free"
+                    )
+                raw = _make_temp(folder, ".raw", temps)
+                buf = np.memmap(raw, dtype=np.uint8, mode="w+", shape=(oh, ow, 3))
+                try:
+                    # At scale 1 on integer coordinates reads are uint8 copies of decoded tiles: 8x the strip.
+                    fast = s == 1.0 and float(x).is_integer() and float(y).is_integer()
+                    rows = max(1, min(STRIP_ROWS, STRIP_PIXELS * (8 if fast else 1) // ow))
+                    if rows >= 256:
+                        rows -= rows % 256  # whole 256-row decode tiles per strip when aligned
+                    for r0 in range(0, oh, rows):
+                        r1 = min(oh, r0 + rows)
+                        strip = read(_exact(x), _exact(y + r0 / s), _exact(w), _exact((r1 - r0) / s), s)
+                        if strip.shape != (r1 - r0, ow, 3):  # pragma: no cover - the decoder's contract
+                            raise RuntimeError(f"read returned {strip.shape}, expected {(r1 - r0, ow, 3)}")
+                        buf[r0:r1] = strip
+                        if progress is not None:
+                            progress(r1, oh)
+                    buf.flush()
+                finally:
+                    del buf
+                img = pyvips.Image.rawload(raw, ow, oh, 3)
+            if not aperio:
+                changes: dict[str, Any] = {"interpretation": "srgb"}
+                if out_mpp[0] and out_mpp[1]:
+                    changes.update(xres=1000.0 / out_mpp[0], yres=1000.0 / out_mpp[1])
+                img = img.copy(**changes)
+                try:
+                    _save(img, tmp, fmt)
+                except pyvips.Error as exc:
+                    raise CinrIOError(
+                        f"{out_path}: cannot write: {' '.join(str(exc).split())[:200]}"
+                    ) from None
+                del img
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, out)
+            temps.remove(tmp)
+        finally:  # on any exception, SIGTERM and SIGINT included; the raw pixels also on success
+            for path in temps:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
     return {
         "path": out,
         "format": fmt,
