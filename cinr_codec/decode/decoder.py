@@ -39,6 +39,7 @@ __all__ = [
     "MAX_READ_PIXELS",
     "MAX_READ_SOURCE_PIXELS",
     "MAX_SCALE",
+    "MAX_WHOLE_BLOCK_PIXELS",
     "TILE",
     "SlideDecoder",
     "Source",
@@ -69,6 +70,8 @@ MAX_READ_OUTPUT = 1 << 26
 #: Most model blocks, and most mip images, one read may decode (formats/cinr-v1.md §12).
 MAX_READ_MODELS = 4096
 MAX_READ_IMAGES = 1 << 16
+#: Largest frame (pixels) of a block representation that synthesises whole blocks (ccinr).
+MAX_WHOLE_BLOCK_PIXELS = 1 << 22
 #: Most source pixels (cells) one read may decode: this many, plus SOURCE_PIXELS_PER_OUTPUT per
 #: output pixel.
 MAX_READ_SOURCE_PIXELS = 1 << 26
@@ -132,6 +135,7 @@ class SlideDecoder:
             self.grid = self.layout.grid
             self.codec = self.layout.codec
             self.background = self.layout.background
+            self._check_whole_blocks()
             self._codes = self.reader.kind_codes()
             self._colours = self.reader.colours()
             self._check_kinds()
@@ -141,6 +145,21 @@ class SlideDecoder:
         self._pixels = LRUCache(cache_bytes)
         self._models = LRUCache(MODEL_CACHE)
         self._closed = False
+
+    def _check_whole_blocks(self) -> None:
+        """Refuse a representation that synthesises each block's whole domain for any read (the
+        compressive ``ccinr`` blocks, ``coding.latent.LatentBlock``) when a block's frame is over
+        ``MAX_WHOLE_BLOCK_PIXELS``: a 64 x 64 read would otherwise cost the whole frame (a 2 KB file
+        declaring a 4096-px frame took 34 s and 5.3 GB). Tile-wise representations have no such bound."""
+        from ..core.config import LatentConfig
+
+        config = self.layout.config
+        if isinstance(config, LatentConfig) and config.side * config.side > MAX_WHOLE_BLOCK_PIXELS:
+            raise CinrFormatError(
+                f"{self.reader.name}: model: ccinr blocks of side {config.side} are synthesised whole, "
+                f"over the {MAX_WHOLE_BLOCK_PIXELS}-pixel limit of this decoder (side <= "
+                f"{math.isqrt(MAX_WHOLE_BLOCK_PIXELS)})"
+            )
 
     def _check_kinds(self) -> None:
         """Level blocks must be model or background blocks, mip blocks image or background blocks

@@ -20,7 +20,7 @@ from cinr_codec.api import SlideRequestError, open_cinr
 from cinr_codec.core.resample import box_downsample, integrate_cells
 from cinr_codec.decode import decoder as decoder_module
 from cinr_codec.decode.image import decode_image
-from cinr_codec.errors import CinrError, CinrRequestError
+from cinr_codec.errors import CinrError, CinrFormatError, CinrRequestError
 from cinr_codec.format.container import CinrReader, CinrWriter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -241,3 +241,18 @@ def test_2_22_background_blocks(tmp_path: Path) -> None:
     out = json.loads(res.stdout)
     assert max(v for k, v in out.items() if k != "peak_mib") < 20, out
     assert out["peak_mib"] < 3072, out
+
+
+def test_whole_block_representations_are_bounded(tmp_path: Path) -> None:
+    """A ccinr block is synthesised whole for any read: a header declaring a 4096-px frame (a 2 KB
+    file once took 34 s and 5.3 GB for a 64 x 64 read) is refused at open."""
+    from benchmarks.cinr_mutator import assemble, parse
+
+    f = parse((ROOT / "formats" / "vectors" / "ccinr-q6-64x48-learned.cinr").read_bytes())
+    f.header["model"]["side"] = 4096
+    f.header["slide"].update(width=4096, height=4096)
+    f.header["grid"]["block_size"] = 4096
+    path = tmp_path / "c.cinr"
+    path.write_bytes(assemble(f))
+    with pytest.raises(CinrFormatError, match="ccinr blocks of side 4096 are synthesised whole"):
+        open_cinr(path)
