@@ -19,24 +19,28 @@ def info_cmd(path: str, as_json: bool, verbose: bool) -> None:
     """Print a readable summary of a .cinr file: image, encoding, blocks, quality and size."""
     import os
 
+    import numpy as np
+
     from ..format.container import CinrReader
+    from ..format.container.binary import KIND_BACKGROUND, KIND_IMAGE, KIND_MODEL
     from ..format.header import describe, parse_layout
 
     with CinrReader(path) as reader:
         meta = reader.metadata
-        blocks = [reader.block_info(i) for i in range(reader.n_blocks)]
+        # numpy over the index: a file of 2^22 blocks is summarised in about a second
+        codes, lengths = reader.kind_codes(), reader.stored_lengths()
         layout = parse_layout(reader)  # CinrFormatError (exit 2) when the header is not a slide's
         about = describe(reader.header, reader.footer)
         mips = layout.mips
         n = layout.n_blocks
-        level = blocks[:n]
+        level, level_lengths = codes[:n], lengths[:n]
         quality = about.quality
         summary = {
             "path": path,
             "bytes": os.path.getsize(path),
             "version": list(reader.version),
             "blocks": reader.n_blocks,
-            "model_blocks": sum(1 for b in blocks if b.kind == "model"),
+            "model_blocks": int(np.count_nonzero(codes == KIND_MODEL)),
             "associated_images": sorted(reader.associated_images),
             "width": layout.width,
             "height": layout.height,
@@ -53,15 +57,15 @@ def info_cmd(path: str, as_json: bool, verbose: bool) -> None:
             },
             "level_blocks": {
                 "total": n,
-                "model": sum(1 for b in level if b.kind == "model"),
-                "background": sum(1 for b in level if b.kind == "background"),
+                "model": int(np.count_nonzero(level == KIND_MODEL)),
+                "background": int(np.count_nonzero(level == KIND_BACKGROUND)),
             },
-            "model_bytes": sum(b.stored_length for b in level if b.kind == "model"),
+            "model_bytes": int(level_lengths[level == KIND_MODEL].sum()),
             "mips": [
                 {
                     "downsample": d,
-                    "image_blocks": sum(1 for b in blocks[n * (1 + k) : n * (2 + k)] if b.kind == "image"),
-                    "bytes": sum(b.stored_length for b in blocks[n * (1 + k) : n * (2 + k)]),
+                    "image_blocks": int(np.count_nonzero(codes[n * (1 + k) : n * (2 + k)] == KIND_IMAGE)),
+                    "bytes": int(lengths[n * (1 + k) : n * (2 + k)].sum()),
                 }
                 for k, d in enumerate(mips)
             ],

@@ -511,6 +511,12 @@ class CinrReader:
         codes.flags.writeable = False
         return codes
 
+    def stored_lengths(self) -> np.ndarray:
+        """Every block's stored length in bytes (0 for background blocks), a read-only int64 array."""
+        lengths = self._index["stored_length"].astype(np.int64)
+        lengths.flags.writeable = False
+        return lengths
+
     def colours(self) -> np.ndarray:
         """Every block's rgb bytes, a read-only uint8 array (n_blocks, 3) (meaningful for background blocks)."""
         rgb = np.stack([self._index[c] for c in ("r", "g", "b")], axis=1).astype(np.uint8)
