@@ -34,6 +34,10 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
+#: ``integrate_cells`` sums boxes that meet at most this many cells cell by cell.
+FEW_CELLS = 4
+
+
 def box_overlaps(a: np.ndarray, b: np.ndarray, length: float) -> tuple[np.ndarray, np.ndarray]:
     """Overlaps of boxes [a_i, b_i) with the source pixels [p, p+1) ∩ [0, length) along one axis.
 
@@ -75,24 +79,34 @@ def integrate_cells(
 
     The function is ``values[c]`` on the cell [edges[c], edges[c+1]) (``len(edges)`` is one more
     than ``values``'s length along ``axis``; edges increase) and 0 outside [edges[0], edges[-1]).
-    The result has ``len(a)`` entries along ``axis``: a box sum in source-length units, through
-    prefix sums, so its cost is one pass over ``values`` whatever the boxes' sizes (a box may
-    cover a whole slide).
+    The result has ``len(a)`` entries along ``axis``: a box sum in source-length units. Boxes that
+    meet at most ``FEW_CELLS`` cells are summed cell by cell (the overlap of each cell times its
+    value, as ``weighted_sum``); larger ones through prefix sums, so the cost is one pass over
+    ``values`` whatever the boxes' sizes (a box may cover a whole slide).
     """
-    v = np.moveaxis(np.asarray(values, dtype=np.float64), axis, 0)
+    v = np.moveaxis(values, axis, 0)
     n = v.shape[0]
-    widths = np.diff(edges).reshape((n,) + (1,) * (v.ndim - 1))
+    bshape = (-1,) + (1,) * (v.ndim - 1)
+    lo, hi = np.clip(a, edges[0], edges[-1]), np.clip(b, edges[0], edges[-1])
+    ca = np.clip(np.searchsorted(edges, lo, side="right") - 1, 0, n - 1)
+    cb = np.clip(np.searchsorted(edges, hi, side="right") - 1, 0, n - 1)
+    k = int((cb - ca).max()) + 1 if len(a) else 1
+    if k <= FEW_CELLS:
+        out = np.zeros((len(a),) + v.shape[1:], dtype=np.float64)
+        for j in range(k):
+            c = ca + j
+            inside = c <= cb
+            c = np.minimum(c, n - 1)
+            w = np.minimum(hi, edges[c + 1]) - np.maximum(lo, edges[c])
+            out += np.where(inside, np.clip(w, 0.0, None), 0.0).reshape(bshape) * v[c]
+        return np.moveaxis(out, 0, axis)
+    widths = np.diff(edges).reshape(bshape)
     prefix = np.empty((n + 1,) + v.shape[1:], dtype=np.float64)
     prefix[0] = 0.0
-    np.cumsum(v * widths, axis=0, out=prefix[1:])
-
-    def upto(t: np.ndarray) -> np.ndarray:
-        t = np.clip(t, edges[0], edges[-1])
-        c = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, n - 1)
-        part = (t - edges[c]).reshape((-1,) + (1,) * (v.ndim - 1))
-        return prefix[c] + v[c] * part  # type: ignore[no-any-return]
-
-    return np.moveaxis(upto(b) - upto(a), 0, axis)
+    np.cumsum(np.ascontiguousarray(v, dtype=np.float64) * widths, axis=0, out=prefix[1:])
+    upto_b = prefix[cb] + v[cb] * (hi - edges[cb]).reshape(bshape)
+    upto_a = prefix[ca] + v[ca] * (lo - edges[ca]).reshape(bshape)
+    return np.moveaxis(upto_b - upto_a, 0, axis)
 
 
 def weighted_sum(src: np.ndarray, idx: np.ndarray, w: np.ndarray, axis: int, offset: int = 0) -> np.ndarray:
