@@ -1,9 +1,12 @@
 """``SlideDecoder``: any region of a ``.cinr`` slide at any scale, from its blocks and mips.
 
-A read travels: ``read`` (validate, pick the source level) -> ``level_region`` (which blocks
-and tiles it touches) -> per block a background colour, a stored mip image, or a model tile
-rendered by the block's representation (``coding`` -- the decoder never knows which) and
-kept in an LRU pixel cache -> area or bilinear resampling (``core.resample``).
+A read travels: ``read`` (validate, pick the source: a mip, the level, or the level's models
+sampled on a coarser lattice; count what it will decode and refuse it beyond the limits) -> per
+256 x 256 piece of the output, the blocks its boxes meet: background blocks as their colours
+(whole rows of blocks at once), stored blocks as a mip image or model tiles rendered by the
+block's representation (``coding`` -- the decoder never knows which) and kept in an LRU pixel
+cache -> area integrals or bilinear weights (``core.resample``). Memory is bounded by the output
+piece and one block, never by the region the read covers (``formats/cinr-v1.md`` §12).
 
 The header is validated once (``format.header.parse_layout``), so a malformed or
 hand-crafted file raises ``CinrFormatError`` naming the file, never ``KeyError``/``TypeError``.
