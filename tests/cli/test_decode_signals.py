@@ -74,3 +74,28 @@ def test_a_killed_export_leaves_nothing(tmp_path: Path, sig: signal.Signals) -> 
         assert proc.returncode == -signal.SIGTERM  # ended by the signal, as without the cleanup
     else:
         assert proc.returncode == 130 and err.decode().strip().splitlines()[-1] == "cinr: interrupted"
+
+
+@pytest.mark.parametrize(
+    ("args", "ok"),
+    [
+        (["--scale", "1e-9"], True),  # the whole slide: 1 x 1
+        (["--region", "0,0,1e12,1e12", "--scale", "1e-9"], True),  # 1000 x 1000 from a huge region
+        (["--region", "0,0,1e12,1e12", "--scale", "1"], False),  # too large for PNG
+        (["--region", "0,0,2e9,2e9", "--scale", "0.001"], False),  # 2e6 x 2e6: more disk than there is
+    ],
+)
+def test_absurd_requests_finish_or_fail_in_one_line(tmp_path: Path, args: list[str], ok: bool) -> None:
+    from click.testing import CliRunner
+
+    from cinr_codec.cli import main
+
+    src = _slow_slide(tmp_path / "slow.cinr")
+    t0 = time.monotonic()
+    res = CliRunner().invoke(main, ["decode", str(src), "-o", str(tmp_path / "x.png"), "--quiet", *args])
+    assert time.monotonic() - t0 < 20
+    if ok:
+        assert res.exit_code == 0, res.output
+    else:
+        assert res.exit_code == 2 and res.stderr.startswith("cinr: error: ") and res.stderr.count("\n") == 1
+    assert _temporaries(tmp_path) == []
