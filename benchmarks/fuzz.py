@@ -413,11 +413,13 @@ def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
     }
 
 
-def report(summary: dict[str, Any], settings: dict[str, Any], seed_names: list[str]) -> str:
-    from benchmarks.common import header, library_versions, load_average, md_table
+def report(
+    summary: dict[str, Any], settings: dict[str, Any], seed_names: list[str], versions: dict[str, str]
+) -> str:
+    from benchmarks.common import header, load_average, md_table
 
     lines = [
-        header("Structure-aware fuzzing of the reader (issue 14)", library_versions()),
+        header("Structure-aware fuzzing of the reader (issue 14)", versions),
         f"- load average at the end: {load_average()}",
         "",
         "Each mutant: one to three structure-aware changes of a seed (`benchmarks/cinr_mutator.py`), every",
@@ -488,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     import cinr_codec.coding.hashgrid  # noqa: F401
     import cinr_codec.coding.latent  # noqa: F401
     import cinr_codec.coding.tensors  # noqa: F401
+    from benchmarks.common import library_versions
 
+    versions = library_versions()  # the code the forks run: recorded before, not after, the run
     folder = Path(tempfile.mkdtemp(prefix="cinr-fuzz-"))
     sources = seeds(("ngp", "cinr", "ccinr") if args.encoded else (), folder)
     t0 = time.perf_counter()
@@ -520,7 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(outcomes)
     from benchmarks.common import write_report
 
-    write_report(args.out, report(summary, settings, sorted(sources)), {"settings": settings, **summary})
+    write_report(
+        args.out, report(summary, settings, sorted(sources), versions), {"settings": settings, **summary}
+    )
     print(f"{len(outcomes)} mutants, {len(summary['failures'])} failures; report: {args.out}")
     return 1 if summary["failures"] else 0
 
