@@ -226,8 +226,11 @@ class LatentCodec(BlockCodec):
 
     def minor_version(self, header: Mapping[str, Any]) -> int:
         model = header.get("model")
-        learned = isinstance(model, Mapping) and model.get("upsampling") == "learned"
-        return 3 if learned else self.format_minor  # 1.3 added learned upsampling
+        if not isinstance(model, Mapping):
+            return self.format_minor
+        if model.get("activation") == "leaky_relu":
+            return 4  # 1.4 added leaky ReLU
+        return 3 if model.get("upsampling") == "learned" else self.format_minor  # 1.3: learned upsampling
 
     def header_fields(self, config: LatentConfig, storage: str) -> dict[str, Any]:
         self.check_storage(storage)

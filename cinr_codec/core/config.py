@@ -183,6 +183,9 @@ LATENT_KINDS = ("ccinr",)
 #: How latent grids reach full resolution: each grid bilinearly (format 1.2), or coarse to fine
 #: through learned 2x filters (format 1.3; ``core.synthesis.upsample_learned``).
 UPSAMPLINGS = ("bilinear", "learned")
+#: The synthesis' activations: ReLU, or leaky ReLU of negative slope ``LEAKY_SLOPE`` (format 1.4).
+LATENT_ACTIVATIONS = ("relu", "leaky_relu")
+LEAKY_SLOPE = 0.01
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,8 @@ class LatentConfig:
     ``residual_convs`` 3x3 convolutions refine RGB. The context model predicts each latent from
     ``context`` causal neighbours through ``arm_layers`` layers of ``arm_width``. ``side`` is the
     block frame's side (a payload's grids may not be larger). ``upsampling`` is ``bilinear`` or
-    ``learned`` (``UPSAMPLINGS``).
+    ``learned`` (``UPSAMPLINGS``); ``activation`` the synthesis' ``relu`` or ``leaky_relu``
+    (``LATENT_ACTIVATIONS``).
     """
 
     kind: str = "ccinr"
@@ -211,6 +215,7 @@ class LatentConfig:
     arm_width: int = field(default=16, metadata={"range": (1, 64)})
     arm_layers: int = field(default=2, metadata={"range": (1, 4)})
     upsampling: str = "bilinear"
+    activation: str = "relu"
 
     def __post_init__(self) -> None:
         if self.kind not in LATENT_KINDS:
@@ -218,6 +223,10 @@ class LatentConfig:
         if self.upsampling not in UPSAMPLINGS:
             raise ValueError(
                 f"unknown upsampling {self.upsampling!r}; choose one of {', '.join(UPSAMPLINGS)}"
+            )
+        if self.activation not in LATENT_ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {self.activation!r}; choose one of {', '.join(LATENT_ACTIVATIONS)}"
             )
         if not (1 <= len(self.mlp) <= 4 and all(isinstance(w, int) and 1 <= w <= 128 for w in self.mlp)):
             raise ValueError("mlp must list 1 to 4 widths in [1, 128]")
@@ -235,6 +244,8 @@ class LatentConfig:
         d["mlp"] = list(self.mlp)
         if self.upsampling == "bilinear":
             del d["upsampling"]  # format 1.2's headers, unchanged
+        if self.activation == "relu":
+            del d["activation"]  # format 1.3's headers, unchanged
         return d
 
     @classmethod

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import LatentConfig, causal_offsets, upsampling_macs_per_pixel
+from .config import LEAKY_SLOPE, LatentConfig, causal_offsets, upsampling_macs_per_pixel
 
 #: Log-scales the context model may output (the entropy coder's table range).
 LOG_SCALE_RANGE = (-4.6, -4.6 + 63 * 0.15)
@@ -74,6 +74,7 @@ class Synthesis(nn.Module):
 
     def __init__(self, config: LatentConfig) -> None:
         super().__init__()
+        self.leaky = config.activation == "leaky_relu"
         c_in = config.levels
         self.mlp = nn.ModuleList()
         d = c_in
@@ -106,18 +107,22 @@ class Synthesis(nn.Module):
             return upsample(grids, height, width)
         return upsample_learned(grids, self.up, height, width)
 
+    def act(self, x: torch.Tensor) -> torch.Tensor:
+        """The configured activation (ReLU or leaky ReLU)."""
+        return F.leaky_relu(x, LEAKY_SLOPE) if self.leaky else F.relu(x)
+
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         h = f
         for layer in self.mlp:
-            h = F.relu(layer(h))
+            h = self.act(layer(h))
         if len(self.conv):
             c = f
             for layer in self.conv:
-                c = F.relu(layer(c))
+                c = self.act(layer(c))
             h = torch.cat([h, c], dim=1)
         x = self.head(h)
         for i, layer in enumerate(self.res):
-            x = x + layer(x if i == 0 else F.relu(x))
+            x = x + layer(x if i == 0 else self.act(x))
         return x
 
     def macs_per_pixel(self) -> int:

@@ -64,7 +64,7 @@ VECTORS: dict[str, dict[str, Any]] = {
         "steps": 400,
         "seed": 0,
         "quant": "entropy",
-        "arch": {"upsampling": "bilinear"},  # format 1.2, as first written
+        "arch": {"upsampling": "bilinear", "activation": "relu"},  # format 1.2, as first written
     },
     "ccinr-q6-64x48-learned.cinr": {
         "crop": 64,
@@ -74,7 +74,17 @@ VECTORS: dict[str, dict[str, Any]] = {
         "steps": 400,
         "seed": 0,
         "quant": "entropy",
-        "arch": {"upsampling": "learned"},  # format 1.3
+        "arch": {"upsampling": "learned", "activation": "relu"},  # format 1.3
+    },
+    "ccinr-q6-64x48-leaky.cinr": {
+        "crop": 64,
+        "rows": 48,
+        "model": "ccinr",
+        "preset": "q6",
+        "steps": 400,
+        "seed": 0,
+        "quant": "entropy",
+        "arch": {"upsampling": "learned", "activation": "leaky_relu"},  # format 1.4
     },
 }
 

@@ -11,6 +11,7 @@ import pytest
 
 from cinr_codec.coding.base import FitSettings
 from cinr_codec.coding.latent import CODEC, pack_weights, unpack_weights
+from cinr_codec.core.config import LatentConfig
 from cinr_codec.core.metrics import psnr
 from cinr_codec.encode.train.latent import render_latents
 from cinr_codec.errors import CinrError, CinrFormatError
@@ -40,17 +41,20 @@ def test_header_fields_round_trip(fitted: tuple[np.ndarray, Any, Any, bytes]) ->
     _, cfg, _, _ = fitted
     fields = CODEC.header_fields(cfg, "entropy")
     assert CODEC.parse_config(fields, "t") == cfg
-    assert fields["model"]["upsampling"] == "learned"
-    assert CODEC.minor_version(fields) == 3  # learned upsampling came with format 1.3
-    assert (
-        CODEC.minor_version({"model": {k: v for k, v in fields["model"].items() if k != "upsampling"}}) == 2
-    )
+    assert fields["model"]["upsampling"] == "learned" and fields["model"]["activation"] == "leaky_relu"
+    assert CODEC.minor_version(fields) == 4  # leaky ReLU came with format 1.4
+    relu = {k: v for k, v in fields["model"].items() if k != "activation"}
+    assert CODEC.minor_version({"model": relu}) == 3  # learned upsampling came with format 1.3
+    assert CODEC.minor_version({"model": {k: v for k, v in relu.items() if k != "upsampling"}}) == 2
+    assert "activation" not in LatentConfig.from_dict(relu).to_dict()  # 1.3 headers unchanged
     for bad in (
         {"levels": 99},
         {"mlp": "wide"},
         {"nonsense": 1},
         {"kind": "cinr"},
         {"upsampling": "nearest"},
+        {"activation": "gelu"},
+        {"activation": 1},
     ):
         with pytest.raises(CinrFormatError):
             CODEC.parse_config({"model": {**fields["model"], **bad}}, "t")
@@ -127,7 +131,7 @@ def test_a_slide_encodes_and_decodes_in_the_compressive_codec(tissue_crop: np.nd
     s = encode_slide(src, out, model="ccinr", preset="q8", steps=30, block_size=64, tissue_mask=False)
     assert s["model"] == "ccinr" and s["quant"] == "entropy" and s["tissue_blocks"] == 2
     with CinrReader(out) as r:
-        assert r.version == (1, 3) and r.header["model"]["kind"] == "ccinr"
+        assert r.version == (1, 4) and r.header["model"]["kind"] == "ccinr"
         assert r.header["model"]["upsampling"] == "learned"
         assert "quantization" not in r.header
     with open_cinr(out) as slide:

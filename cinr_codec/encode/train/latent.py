@@ -40,6 +40,9 @@ PRESET_ARCH: dict[str, Any] = {
     "arm_width": 16,
     "arm_layers": 2,
     "upsampling": "learned",
+    # Leaky ReLU in the synthesis (format 1.4): 800 steps, 256^2 crops, BD-rate against JPEG XL
+    # -2.5 % (prostate) and -0.7 % (TCGA); with ReLU about half the second layer's units die.
+    "activation": "leaky_relu",
 }
 
 

@@ -29,8 +29,8 @@ TRAILER_MAGIC = b"CINR-END"
 FORMAT_MAJOR = 1
 #: Highest minor version this code writes and fully understands (1.1 added image blocks, kind 3;
 #: 1.2 compressive CINR payloads, header model.kind "ccinr"; 1.3 their learned upsampling,
-#: header model.upsampling "learned").
-FORMAT_MINOR = 3
+#: header model.upsampling "learned"; 1.4 their leaky ReLU, header model.activation "leaky_relu").
+FORMAT_MINOR = 4
 #: Lowest minor version that knows image blocks.
 MINOR_IMAGE_BLOCKS = 1
 
