@@ -18,7 +18,7 @@ PSNR/SSIM are those of the decoded file (measured after quantization). ``--no-ci
 ccinr (compressive CINR: integer latent grids trained with a rate term, entropy-coded, small
 synthesis network). One encode per quality level (``--qualities``, default q1,q3,q5,q6,q8, an
 even spread over the eight levels, meant to cover roughly 32-42 dB; ``--quick``: q3,q5,q7), each
-trained for ``--ccinr-steps`` steps (default the recipe's ``RECIPE["steps"]``; ``--quick``: 1600),
+trained for ``--ccinr-steps`` steps (default the recipe's ``RECIPE["steps"]``; ``--quick``: 2400),
 the same encode as ``encode_image(model="ccinr", preset=q)``. On a CPU the encodes run in
 ``--jobs`` worker processes of one torch thread each (default one per core, at most one per
 level), started before the hash-grid fits, which run beside them. Rows ``codec: "ccinr"``,
@@ -26,9 +26,10 @@ level), started before the hash-grid fits, which run beside them. Rows ``codec: 
 entropy-coded latents) * 8 / pixels, so the network's bits are counted at the region size used
 (they weigh more per pixel on small regions). ``--no-ccinr`` skips them.
 
-Time of ``--quick`` (one 256 px region) on 2 CPU cores: ccinr 3 levels x 1600 steps in two
-processes (two levels at once, then the third beside the hash-grid fits) at 140-200 ms a step,
-plus ~5 s each to quantize the networks and entropy-code; codec sweeps, pyramids, plot: ~0.5 min.
+Time of ``--quick`` (one 256 px region) on 2 CPU cores: ccinr 3 levels x 2400 steps in two
+processes (two levels at once, then the third beside the hash-grid fits) at 80-100 ms a step on
+a quiet machine, plus ~5 s each to quantize the networks and entropy-code; codec sweeps,
+pyramids, plot: ~0.5 min. 7 min 26 s in all on the TCGA slide (quiet machine, 2026-12-02).
 Measured: see the time in ``rd_quick.md``.
 
 Codecs (imagecodecs): JPEG (libjpeg-turbo, 4:2:0, quality), JPEG 2000 (OpenJPEG, ``level`` =
@@ -103,9 +104,9 @@ QUALITIES = ("q1", "q3", "q5", "q6", "q8")
 #: --quick's levels: about 35, 38 and 40 dB on H&E at QUICK_CCINR_STEPS, inside the 34-40 dB window.
 QUICK_QUALITIES = ("q3", "q5", "q7")
 #: ccinr training steps of --quick (the default is the recipe's, RECIPE["steps"]): twice the
-#: steps gave -7 % BD-rate against JPEG XL (800 -> 1600 on a 256 px H&E crop), and the encodes
-#: run in two processes on two cores.
-QUICK_CCINR_STEPS = 1600
+#: steps gave -7 % BD-rate against JPEG XL (800 -> 1600 on a 256 px H&E crop); 2400 with leaky
+#: ReLU keep --quick at about half its 15-minute budget on two quiet cores (two processes).
+QUICK_CCINR_STEPS = 2400
 
 
 def parse_qualities(text: str | None, quick: bool) -> list[str]:

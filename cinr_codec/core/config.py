@@ -141,9 +141,10 @@ class ModelConfig:
 #: of 8 x 1024 is 7.4 M, 64 x 4096 over 1 G) that take minutes to hours per block. The shipped
 #: presets' costs: ngp fast 2 272, high 6 464, default 53 760, paper 55 872; engp fast 14 656,
 #: default / high 467 840, paper 472 000; cinr fast 10 712, high 33 456, default 50 288, paper
-#: 707 520 (the largest); ccinr 2 292 (its ranges allow at most about 190 000). The limit, 4 Mi,
-#: is 5.9x the largest.
-MAX_MACS_PER_PIXEL = 4_194_304
+#: 707 520 (the largest); ccinr 2 292 (its ranges allow at most about 190 000). The limit, 2 Mi,
+#: is 3.0x the largest: a model just under 4 Mi took 7.6 s per 256^2 tile on the 2-core machine
+#: (so about 30 s for a 512^2 read); at 2 Mi such a read stays under 20 s.
+MAX_MACS_PER_PIXEL = 2_097_152
 
 
 def macs_per_pixel(config: ModelConfig) -> int:
