@@ -29,7 +29,8 @@ entropy-coded latents) * 8 / pixels, so the network's bits are counted at the re
 Time of ``--quick`` (one 256 px region) on 2 CPU cores: ccinr 3 levels x 2400 steps in two
 processes (two levels at once, then the third beside the hash-grid fits) at 80-100 ms a step on
 a quiet machine, plus ~5 s each to quantize the networks and entropy-code; codec sweeps,
-pyramids, plot: ~0.5 min. 7 min 26 s in all on the TCGA slide (quiet machine, 2026-12-02).
+pyramids, plot: ~0.5 min. In all 7.5-8.5 min on the TCGA slide and 8 min on the prostate image
+(quiet machine, 2026-12-02).
 Measured: see the time in ``rd_quick.md``.
 
 Codecs (imagecodecs): JPEG (libjpeg-turbo, 4:2:0, quality), JPEG 2000 (OpenJPEG, ``level`` =
