@@ -74,18 +74,33 @@ def apply(variant: str) -> None:
 
 def run(variant: str, crop_name: str, steps: int, qualities: list[str]) -> list[dict[str, Any]]:
     """Train, store and decode every quality level of one (variant, crop); one row per level."""
-    import time
-
     import torch
+
+    from cinr_codec.decode.cache import tune_allocator
+    from cinr_codec.encode.train import latent as L
+
+    torch.set_num_threads(1)
+    tune_allocator(1 << 30)
+    # Worker processes run several jobs: each starts from the package's recipe and leaves it so.
+    arch, recipe = dict(L.PRESET_ARCH), dict(L.RECIPE)
+    try:
+        apply(variant)
+        return _levels(variant, crop_name, steps, qualities)
+    finally:
+        L.PRESET_ARCH.clear()
+        L.PRESET_ARCH.update(arch)
+        L.RECIPE.clear()
+        L.RECIPE.update(recipe)
+
+
+def _levels(variant: str, crop_name: str, steps: int, qualities: list[str]) -> list[dict[str, Any]]:
+    """``run``'s work, with the variant applied."""
+    import time
 
     from cinr_codec.coding.base import FitSettings
     from cinr_codec.coding.registry import get_codec
     from cinr_codec.core.metrics import psnr
-    from cinr_codec.decode.cache import tune_allocator
 
-    torch.set_num_threads(1)
-    tune_allocator(1 << 30)
-    apply(variant)
     img = crop(crop_name)
     codec = get_codec("ccinr")
     rows = []

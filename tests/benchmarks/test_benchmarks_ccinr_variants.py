@@ -28,6 +28,20 @@ def test_validating_variants_leaves_the_recipe_alone(monkeypatch: pytest.MonkeyP
     assert L.PRESET_ARCH == arch and L.RECIPE == recipe
 
 
+def test_a_worker_job_leaves_the_recipe_as_it_found_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker process runs several jobs: one variant must not leak into the next job."""
+    arch, recipe = dict(L.PRESET_ARCH), dict(L.RECIPE)
+    seen: list[tuple[object, object]] = []
+    monkeypatch.setattr(
+        V, "_levels", lambda *a: seen.append((L.PRESET_ARCH["activation"], L.RECIPE["lr"])) or []
+    )
+    assert V.run('activation="relu"+lr=0.5', "sample", 1, ["q3"]) == []
+    assert seen == [("relu", 0.5)]
+    assert L.PRESET_ARCH == arch and L.RECIPE == recipe
+    V.run("base", "sample", 1, ["q3"])
+    assert seen[-1] == (arch["activation"], recipe["lr"])
+
+
 class _StopError(Exception):
     pass
 
