@@ -36,6 +36,16 @@ from cinr_codec.encode.train.latent import PRESET_ARCH  # noqa: E402
 HERE = Path(__file__).resolve().parent
 EXPECTED = HERE / "expected.json"
 
+#: What the ccinr vectors share: the same crop, preset, steps, seed and storage.
+_CCINR: dict[str, Any] = {
+    "crop": 64,
+    "rows": 48,
+    "model": "ccinr",
+    "preset": "q6",
+    "steps": 400,
+    "seed": 0,
+    "quant": "entropy",
+}
 #: name -> how it is made. ``rows``: keep only the first rows of the centred crop (non-square).
 VECTORS: dict[str, dict[str, Any]] = {
     "cinr-fast-64x64-int8+float16.cinr": {
@@ -56,36 +66,10 @@ VECTORS: dict[str, dict[str, Any]] = {
         "seed": 0,
         "quant": "int8",
     },
-    "ccinr-q6-64x48-entropy.cinr": {
-        "crop": 64,
-        "rows": 48,
-        "model": "ccinr",
-        "preset": "q6",
-        "steps": 400,
-        "seed": 0,
-        "quant": "entropy",
-        "arch": {"upsampling": "bilinear", "activation": "relu"},  # format 1.2, as first written
-    },
-    "ccinr-q6-64x48-learned.cinr": {
-        "crop": 64,
-        "rows": 48,
-        "model": "ccinr",
-        "preset": "q6",
-        "steps": 400,
-        "seed": 0,
-        "quant": "entropy",
-        "arch": {"upsampling": "learned", "activation": "relu"},  # format 1.3
-    },
-    "ccinr-q6-64x48-leaky.cinr": {
-        "crop": 64,
-        "rows": 48,
-        "model": "ccinr",
-        "preset": "q6",
-        "steps": 400,
-        "seed": 0,
-        "quant": "entropy",
-        "arch": {"upsampling": "learned", "activation": "leaky_relu"},  # format 1.4
-    },
+    # Compressive CINR, one architecture per format version that added to it.
+    "ccinr-q6-64x48-entropy.cinr": {**_CCINR, "arch": {"upsampling": "bilinear", "activation": "relu"}},
+    "ccinr-q6-64x48-learned.cinr": {**_CCINR, "arch": {"upsampling": "learned", "activation": "relu"}},
+    "ccinr-q6-64x48-leaky.cinr": {**_CCINR, "arch": {"upsampling": "learned", "activation": "leaky_relu"}},
 }
 
 
