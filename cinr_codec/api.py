@@ -26,7 +26,7 @@ Conventions (where OpenSlide leaves a choice):
   (OpenSlide's).
 * ``read`` (beyond OpenSlide) returns RGB on the slide's background colour; its bad arguments
   raise ``CinrRequestError`` (a ``ValueError``).
-* Every read is bounded (``formats/cinr-v1.md`` §12): at most 2^28 output pixels, and a read that
+* Every read is bounded (``formats/cinr-v1.md`` §12): at most 2^26 output pixels, and a read that
   would decode too many blocks or source pixels (a coarse read of a huge slide without mips) is
   refused with ``CinrRequestError`` (``SlideRequestError`` from ``read_region``) before anything
   is decoded. Reads coarser than 1/4 of a file without a usable mip sample its models once per
