@@ -26,6 +26,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,12 @@ END_MAGIC = b"CINR-END"
 KIND_MODEL, KIND_BACKGROUND, KIND_IMAGE = 1, 2, 3
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 JPEG_SIG = b"\xff\xd8\xff"
+#: Required flag of format 1.5: header and footer JSON are zstd frames made with the format's
+#: raw-content dictionary (§4.3).
+FLAG_JSON_ZSTD = 0x0001
+JSON_DICTIONARY = (
+    Path(__file__).resolve().parents[1] / "cinr_codec" / "format" / "container" / "json_dictionary_v1.txt"
+)
 #: Most blocks a mutation that grows the grid adds (the spec allows 2^22; the fuzzer's workers
 #: raise it for the benchmark).
 DEFAULT_MAX_BLOCKS = 1 << 16
@@ -119,6 +126,26 @@ class CinrFile:
     footer_text: bytes | None = None
     trailer_reserved: int = 0
     zstd_level: int = 3
+    #: Store ``header_text`` / ``footer_text`` as they are even under ``FLAG_JSON_ZSTD``.
+    json_verbatim: bool = False
+
+
+def _json_dict() -> zstandard.ZstdCompressionDict:
+    return zstandard.ZstdCompressionDict(
+        JSON_DICTIONARY.read_bytes(), dict_type=zstandard.DICT_TYPE_RAWCONTENT
+    )
+
+
+def compress_json(raw: bytes, **kw: Any) -> bytes:
+    """``raw`` as the zstd frame a 1.5 writer stores (content size, no dictionary id or checksum)."""
+    opts = {"write_checksum": False, "write_content_size": True, "write_dict_id": False, **kw}
+    return zstandard.ZstdCompressor(level=19, dict_data=_json_dict(), **opts).compress(raw)
+
+
+def _json_text(stored: bytes, flags: int) -> bytes:
+    if not flags & FLAG_JSON_ZSTD:
+        return stored
+    return zstandard.ZstdDecompressor(dict_data=_json_dict()).decompress(stored)
 
 
 def parse(data: bytes) -> CinrFile:
@@ -126,12 +153,12 @@ def parse(data: bytes) -> CinrFile:
     if data[:8] != MAGIC or data[-8:] != END_MAGIC or len(data) < 96:
         raise ValueError("not a .cinr file")
     _, major, minor, flags, hlen, _, reserved = struct.unpack_from("<8sHHIIII", data, 0)
-    header = json.loads(data[32 : 32 + hlen])
+    header = json.loads(_json_text(data[32 : 32 + hlen], flags))
     t = len(data) - 64
     index_offset, index_length, footer_offset, footer_length, _, _, _, record_size, tres = struct.unpack_from(
         "<QQQQQIIHH", data, t
     )
-    footer = json.loads(data[footer_offset : footer_offset + footer_length])
+    footer = json.loads(_json_text(data[footer_offset : footer_offset + footer_length], flags))
     container = header.pop("container")
     fc = footer.pop("container")
     blocks = []
@@ -194,6 +221,8 @@ def assemble(f: CinrFile) -> bytes:
         **f.container,
     }
     header = f.header_text if f.header_text is not None else dumps({**f.header, "container": container})
+    if f.flags & FLAG_JSON_ZSTD and not f.json_verbatim:
+        header = compress_json(header)
     data_start = 32 + len(header)
     region = bytearray()
     offsets: list[int] = []
@@ -219,6 +248,8 @@ def assemble(f: CinrFile) -> bytes:
         if f.footer_text is not None
         else dumps({**f.footer, "container": {"associated_images": entries, **f.footer_container}})
     )
+    if f.flags & FLAG_JSON_ZSTD and not f.json_verbatim:
+        footer = compress_json(footer)
     index_offset = footer_offset + len(footer)
     before_index = header + bytes(region) + footer  # bytes [32, index_offset) of the file
     index = bytearray()
@@ -1046,6 +1077,44 @@ def m_associated(rng: random.Random, f: CinrFile, cap: int) -> str:
     return f"associated entry {key} = {str(im.entry[key])[:20]}"
 
 
+def m_json_frame(rng: random.Random, f: CinrFile, cap: int) -> str:
+    """The stored JSON of format 1.5 (§4.3): the flag set or cleared, frames cut, padded,
+    without a content size, inflating past 16 MiB, or holding what is not a JSON object."""
+    header = dumps({**f.header, "container": {"n_blocks": len(f.blocks), "max_block_bytes": 1 << 20}})
+    footer = dumps({**f.footer, "container": {"associated_images": []}})
+    f.images = []
+    f.flags |= FLAG_JSON_ZSTD
+    f.json_verbatim = True
+    r = rng.random()
+    frame = compress_json(header)
+    if r < 0.15:
+        f.header_text, what = header, "plain JSON under the flag"
+    elif r < 0.3:
+        f.flags &= ~FLAG_JSON_ZSTD
+        f.header_text, what = frame, "compressed JSON without the flag"
+    elif r < 0.45:
+        cut = rng.randrange(0, len(frame))
+        f.header_text, what = frame[:cut], f"frame cut at {cut}"
+    elif r < 0.55:
+        f.header_text, what = frame + bytes(rng.randrange(1, 9)), "bytes after the frame"
+    elif r < 0.65:
+        f.header_text, what = compress_json(header, write_content_size=False), "no content size"
+    elif r < 0.75:
+        f.header_text, what = compress_json(b" " * ((16 << 20) + 1)), "frame of 16 MiB + 1"
+    elif r < 0.85:
+        f.header_text, what = (
+            compress_json(rng.choice([b"[]", b"1", b"{", b'{"a":1,"a":2}'])),
+            "not an object",
+        )
+    else:
+        buf = bytearray(frame)
+        for _ in range(rng.randrange(1, 4)):
+            buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
+        f.header_text, what = bytes(buf), "bits flipped in the frame"
+    f.footer_text = compress_json(footer) if f.flags & FLAG_JSON_ZSTD else footer
+    return f"json frame: {what}"
+
+
 #: (weight, mutation): how often each kind of change is drawn.
 MUTATIONS: list[tuple[float, Mutation]] = [
     (3, m_header_json),
@@ -1059,6 +1128,7 @@ MUTATIONS: list[tuple[float, Mutation]] = [
     (4, m_payload),
     (2, m_image_block),
     (1.5, m_associated),
+    (1, m_json_frame),
 ]
 
 

@@ -76,6 +76,9 @@ class BlockCodec(ABC):
     default_storage: ClassVar[str]
     #: Lowest container minor version that may hold this representation's blocks.
     format_minor: ClassVar[int] = 0
+    #: Whether encoders store this representation's files with compressed header and footer JSON
+    #: (format 1.5): worth it for small, compact files, where the JSON would be 5-10 % of the bytes.
+    compact_json: ClassVar[bool] = False
 
     def minor_version(self, header: Mapping[str, Any]) -> int:
         """Lowest container minor version for a file with this header (``format_minor`` unless a

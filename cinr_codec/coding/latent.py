@@ -223,6 +223,7 @@ class LatentCodec(BlockCodec):
     storages = ("entropy",)
     default_storage = "entropy"
     format_minor = 2
+    compact_json = True
 
     def minor_version(self, header: Mapping[str, Any]) -> int:
         model = header.get("model")

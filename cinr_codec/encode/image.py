@@ -21,9 +21,18 @@ from ..coding.base import FitSettings, FittedBlock
 from ..coding.registry import get_codec
 from ..core.metrics import psnr, ssim
 from ..errors import CinrIOError
-from ..format.container import CinrWriter
+from ..format.container import MINOR_JSON_ZSTD, CinrWriter
 from ..format.grid import BlockGrid
-from ..format.header import MAX_PIXELS, MAX_SIDE, build_header, finite_or_none, image_footer, slide_fields
+from ..format.header import (
+    DB_DECIMALS,
+    MAX_PIXELS,
+    MAX_SIDE,
+    SSIM_DECIMALS,
+    build_header,
+    finite_or_none,
+    image_footer,
+    slide_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +110,10 @@ def write_fitted(
         preset=preset,
     )
     pixels = width * height
+    compact = codec.compact_json
+    minor = max(codec.minor_version(header), MINOR_JSON_ZSTD if compact else 0)
     with CinrWriter(
-        path, header, 1, max_block_bytes=max(8, len(payload)), minor_version=codec.minor_version(header)
+        path, header, 1, max_block_bytes=max(8, len(payload)), minor_version=minor, compress_json=compact
     ) as writer:
         stored = writer.add_model_block(0, payload, check=codec.check_payload)
         # Measure what a decoder will see: the stored payload, decoded on the CPU.
@@ -111,8 +122,8 @@ def write_fitted(
         )
         q_psnr, q_ssim = psnr(decoded, img), ssim(decoded, img)
         fit = {
-            "psnr_db": finite_or_none(result.psnr),
-            "ssim": finite_or_none(result.ssim),
+            "psnr_db": finite_or_none(result.psnr, DB_DECIMALS),
+            "ssim": finite_or_none(result.ssim, SSIM_DECIMALS),
             "steps": result.steps,
             "seconds": round(result.seconds, 3),
             "device": result.device,

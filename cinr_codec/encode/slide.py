@@ -23,7 +23,7 @@ from .._version import __version__
 from ..coding.base import BlockCodec
 from ..coding.registry import get_codec
 from ..errors import CinrInputError
-from ..format.container import CinrWriter
+from ..format.container import MINOR_JSON_ZSTD, CinrWriter
 from ..format.grid import BlockGrid, default_mip_downsamples
 from ..format.header import (
     SlideTotals,
@@ -404,8 +404,13 @@ def assemble(
     part_sizes = journal.part_sizes()  # model blocks have parts (payload, mips), background blocks none
     sizes = [part_sizes[b][0] for b in sorted(part_sizes) if part_sizes[b]]
     max_raw = min(max([2 * sizes[0], *sizes]) if sizes else 8, 1 << 30)
-    minor = max(1 if grid.mip_downsamples else 0, codec.minor_version(header))
-    with CinrWriter(path, header, grid.n_blocks, max_block_bytes=max_raw, minor_version=minor) as writer:
+    compact = codec.compact_json
+    minor = max(
+        1 if grid.mip_downsamples else 0, codec.minor_version(header), MINOR_JSON_ZSTD if compact else 0
+    )
+    with CinrWriter(
+        path, header, grid.n_blocks, max_block_bytes=max_raw, minor_version=minor, compress_json=compact
+    ) as writer:
         for rec in journal.records():
             m = rec.meta
             bid = int(m["block_id"])

@@ -73,9 +73,17 @@ def finite(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def finite_or_none(v: float | None) -> float | None:
-    """JSON has no infinity: a lossless PSNR (or a missing figure) is stored as null."""
-    return v if v is not None and math.isfinite(v) else None
+#: Decimals of the quality figures stored in footers (dB, SSIM, bits per pixel): finer digits
+#: are noise and cost bytes in small files.
+DB_DECIMALS, SSIM_DECIMALS, BPP_DECIMALS = 4, 6, 6
+
+
+def finite_or_none(v: float | None, digits: int | None = None) -> float | None:
+    """JSON has no infinity: a lossless PSNR (or a missing figure) is stored as null; ``digits``
+    rounds the rest to that many decimals."""
+    if v is None or not math.isfinite(v):
+        return None
+    return v if digits is None else round(float(v), digits)
 
 
 def obj(parent: Any, key: str) -> dict[str, Any]:
@@ -198,11 +206,11 @@ def image_footer(
         "quality": {
             "region": "whole image",
             "after_quantization": True,
-            "psnr_db": finite_or_none(psnr),
-            "ssim": ssim,
+            "psnr_db": finite_or_none(psnr, DB_DECIMALS),
+            "ssim": finite_or_none(ssim, SSIM_DECIMALS),
             "pixels": pixels,
             "payload_bytes": payload_bytes,
-            "payload_bpp": 8.0 * payload_bytes / pixels,
+            "payload_bpp": round(8.0 * payload_bytes / pixels, BPP_DECIMALS),
         },
         "fit": dict(fit),
     }
@@ -248,13 +256,13 @@ def slide_footer(totals: SlideTotals, grid: BlockGrid, strip: int) -> dict[str, 
     return {
         "quality": {
             "after_quantization": True,
-            "psnr_db": finite_or_none(q["psnr"]),
-            "ssim": q["ssim"],
+            "psnr_db": finite_or_none(q["psnr"], DB_DECIMALS),
+            "ssim": finite_or_none(q["ssim"], SSIM_DECIMALS),
             "region": "tissue blocks",
-            "psnr_all_db": finite_or_none(q["psnr_all"]),
-            "psnr_border_db": finite_or_none(q["psnr_border"]),
-            "psnr_interior_db": finite_or_none(q["psnr_interior"]),
-            "psnr_adjacent_db": finite_or_none(q["psnr_adjacent"]),
+            "psnr_all_db": finite_or_none(q["psnr_all"], DB_DECIMALS),
+            "psnr_border_db": finite_or_none(q["psnr_border"], DB_DECIMALS),
+            "psnr_interior_db": finite_or_none(q["psnr_interior"], DB_DECIMALS),
+            "psnr_adjacent_db": finite_or_none(q["psnr_adjacent"], DB_DECIMALS),
             "border_strip_px": strip,
             "pixels": grid.width * grid.height,
             "tissue_pixels": totals.t_n // 3,

@@ -28,6 +28,7 @@ import zstandard
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
 from cinr_codec import encode_image  # noqa: E402
+from cinr_codec.coding.registry import get_codec  # noqa: E402
 from cinr_codec.core.metrics import psnr  # noqa: E402
 from cinr_codec.decode import decode_image  # noqa: E402
 from cinr_codec.encode.source import read_crop, sample_slide_path  # noqa: E402
@@ -66,10 +67,24 @@ VECTORS: dict[str, dict[str, Any]] = {
         "seed": 0,
         "quant": "int8",
     },
-    # Compressive CINR, one architecture per format version that added to it.
-    "ccinr-q6-64x48-entropy.cinr": {**_CCINR, "arch": {"upsampling": "bilinear", "activation": "relu"}},
-    "ccinr-q6-64x48-learned.cinr": {**_CCINR, "arch": {"upsampling": "learned", "activation": "relu"}},
-    "ccinr-q6-64x48-leaky.cinr": {**_CCINR, "arch": {"upsampling": "learned", "activation": "leaky_relu"}},
+    # Compressive CINR, one per format version that added to it: 1.2, 1.3 and 1.4 architectures
+    # with plain JSON (``compact_json`` False), 1.5 with the header and footer compressed.
+    "ccinr-q6-64x48-entropy.cinr": {
+        **_CCINR,
+        "arch": {"upsampling": "bilinear", "activation": "relu"},
+        "compact_json": False,
+    },
+    "ccinr-q6-64x48-learned.cinr": {
+        **_CCINR,
+        "arch": {"upsampling": "learned", "activation": "relu"},
+        "compact_json": False,
+    },
+    "ccinr-q6-64x48-leaky.cinr": {
+        **_CCINR,
+        "arch": {"upsampling": "learned", "activation": "leaky_relu"},
+        "compact_json": False,
+    },
+    "ccinr-q6-64x48-compact.cinr": {**_CCINR, "arch": {"upsampling": "learned", "activation": "leaky_relu"}},
 }
 
 
@@ -120,6 +135,9 @@ def make(only: list[str] | None = None) -> dict[str, Any]:
         path = HERE / name
         saved = dict(PRESET_ARCH)
         PRESET_ARCH.update(spec.get("arch", {}))  # a ccinr vector's architecture, whatever the preset's
+        codec = get_codec(spec["model"])
+        saved_compact = codec.compact_json
+        codec.compact_json = spec.get("compact_json", saved_compact)  # type: ignore[misc]
         try:
             summary = encode_image(
                 src,
@@ -134,6 +152,7 @@ def make(only: list[str] | None = None) -> dict[str, Any]:
         finally:
             PRESET_ARCH.clear()
             PRESET_ARCH.update(saved)
+            codec.compact_json = saved_compact  # type: ignore[misc]
         digest, shape = decoded_digest(path)
         entries.append(
             {
@@ -144,7 +163,9 @@ def make(only: list[str] | None = None) -> dict[str, Any]:
                 "shape": shape,
                 "psnr_db_vs_source": round(psnr(decode_image(path), src), 4),
                 "source": f"read_crop(sample_slide_path(), {spec['crop']})[:{spec['rows']}]",
-                "encode": {k: v for k, v in spec.items() if k not in ("crop", "rows", "arch")},
+                "encode": {
+                    k: v for k, v in spec.items() if k not in ("crop", "rows", "arch", "compact_json")
+                },
                 **({"architecture": spec["arch"]} if "arch" in spec else {}),
             }
         )

@@ -81,7 +81,7 @@ def test_corrupt_and_truncated_files_are_one_line_errors(tmp_path: Path) -> None
     cases = {
         "truncated.cinr": data[: len(data) // 2],
         "empty.cinr": b"",
-        "flipped.cinr": data[:100] + bytes([data[100] ^ 0xFF]) + data[101:],
+        "flipped.cinr": data[:40] + bytes([data[40] ^ 0xFF]) + data[41:],  # inside the header
         "magic.cinr": b"XXXX" + data[4:],
     }
     for name, blob in cases.items():

@@ -246,7 +246,7 @@ def _peak_bytes(fn: Any) -> int:
         ("header_length", 5000, CinrTruncatedError),
         ("major", 2, CinrVersionError),
         ("major", 0, CinrFormatError),
-        ("flags", 1, CinrVersionError),
+        ("flags", 2, CinrVersionError),  # bit 0 is FLAG_JSON_ZSTD (1.5); bit 1 is unknown
     ],
 )
 def test_preamble_lengths_claiming_gigabytes(field: str, value: int, error: type[CinrError]) -> None:

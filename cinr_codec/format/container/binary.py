@@ -12,12 +12,17 @@ unpacks fixed-size structures; the reader validates them against the file.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import struct
 import zlib
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, TypeGuard
+
+import zstandard
 
 from ...errors import CinrFormatError
 
@@ -29,8 +34,9 @@ TRAILER_MAGIC = b"CINR-END"
 FORMAT_MAJOR = 1
 #: Highest minor version this code writes and fully understands (1.1 added image blocks, kind 3;
 #: 1.2 compressive CINR payloads, header model.kind "ccinr"; 1.3 their learned upsampling,
-#: header model.upsampling "learned"; 1.4 their leaky ReLU, header model.activation "leaky_relu").
-FORMAT_MINOR = 4
+#: header model.upsampling "learned"; 1.4 their leaky ReLU, header model.activation "leaky_relu";
+#: 1.5 header and footer JSON compressed with the built-in dictionary, flag ``FLAG_JSON_ZSTD``).
+FORMAT_MINOR = 5
 #: Lowest minor version that knows image blocks.
 MINOR_IMAGE_BLOCKS = 1
 
@@ -46,8 +52,17 @@ MAX_RECORD_SIZE = 256
 
 #: Flags bits 0-15 are "required": a reader that does not know a set bit must refuse the file.
 REQUIRED_FLAGS_MASK = 0x0000FFFF
-#: Required flags this reader understands (none in 1.0).
-KNOWN_REQUIRED_FLAGS = 0
+#: Required flag (since 1.5): the header and footer JSON are stored as zstd frames made with the
+#: format's raw-content dictionary (``json_dictionary_v1.txt``, §4.3 of the spec).
+FLAG_JSON_ZSTD = 0x0001
+#: Lowest minor version that may set ``FLAG_JSON_ZSTD``.
+MINOR_JSON_ZSTD = 5
+#: Required flags this reader understands.
+KNOWN_REQUIRED_FLAGS = FLAG_JSON_ZSTD
+#: SHA-256 of the JSON dictionary (its bytes are part of the format: they never change).
+JSON_DICTIONARY_SHA256 = "34197c915d0732124aca9a1cb8325d11df9968886298fffcc2e348bb1c88a654"
+#: zstd level of compressed JSON (a few hundred bytes: the slowest level costs nothing).
+JSON_ZSTD_LEVEL = 19
 
 #: Key reserved for the container's own fields in the header and footer JSON.
 CONTAINER_KEY = "container"
@@ -224,6 +239,56 @@ def loads_json(raw: bytes, what: str) -> Any:
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeError are ValueErrors
         raise CinrFormatError(f"{what}: invalid JSON ({exc.__class__.__name__}: {one_line(exc)})") from None
     return value
+
+
+@functools.cache
+def _json_dictionary() -> zstandard.ZstdCompressionDict:
+    """The format's raw-content JSON dictionary, checked against its pinned SHA-256."""
+    data = resources.files(__package__).joinpath("json_dictionary_v1.txt").read_bytes()
+    if hashlib.sha256(data).hexdigest() != JSON_DICTIONARY_SHA256:
+        raise RuntimeError(
+            "cinr_codec's JSON dictionary is damaged (SHA-256 mismatch); reinstall the package"
+        )
+    return zstandard.ZstdCompressionDict(data, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+
+
+def compress_json(raw: bytes) -> bytes:
+    """``raw`` JSON as one zstd frame made with the built-in dictionary: content size declared, no
+    dictionary id, no checksum (the container's CRC covers the stored bytes)."""
+    cctx = zstandard.ZstdCompressor(
+        level=JSON_ZSTD_LEVEL,
+        dict_data=_json_dictionary(),
+        write_checksum=False,
+        write_content_size=True,
+        write_dict_id=False,
+    )
+    return cctx.compress(raw)
+
+
+def decompress_json(stored: bytes, what: str) -> bytes:
+    """The JSON bytes of a stored zstd frame (``FLAG_JSON_ZSTD``): exactly one frame that declares
+    its content size, at most ``MAX_JSON_BYTES``; ``CinrFormatError`` naming ``what`` otherwise."""
+    try:
+        params = zstandard.get_frame_parameters(stored)
+    except zstandard.ZstdError as exc:
+        raise CinrFormatError(f"{what}: not a zstd frame ({one_line(exc)})") from None
+    size = params.content_size
+    if size == zstandard.CONTENTSIZE_UNKNOWN or not 2 <= size <= MAX_JSON_BYTES:
+        declared = "no" if size == zstandard.CONTENTSIZE_UNKNOWN else str(size)
+        raise CinrFormatError(
+            f"{what}: zstd frame declares {declared} decompressed bytes, not 2 to {MAX_JSON_BYTES}"
+        )
+    if params.dict_id:
+        raise CinrFormatError(f"{what}: zstd frame names dictionary {params.dict_id}; the format's has no id")
+    try:
+        raw = zstandard.ZstdDecompressor(dict_data=_json_dictionary()).decompress(
+            stored, max_output_size=size, allow_extra_data=False
+        )
+    except zstandard.ZstdError as exc:
+        raise CinrFormatError(f"{what}: zstd decompression failed ({one_line(exc)})") from None
+    if len(raw) != size:
+        raise CinrFormatError(f"{what}: decompressed to {len(raw)} bytes, the frame declares {size}")
+    return raw
 
 
 def one_line(exc: BaseException, limit: int = 160) -> str:

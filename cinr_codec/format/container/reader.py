@@ -32,6 +32,7 @@ from ...errors import (
 )
 from .binary import (
     CONTAINER_KEY,
+    FLAG_JSON_ZSTD,
     FORMAT_MAJOR,
     FORMAT_MINOR,
     HARD_MAX_BLOCK_BYTES,
@@ -55,6 +56,7 @@ from .binary import (
     TRAILER_MAGIC,
     TRAILER_SIZE,
     crc32,
+    decompress_json,
     is_uint,
     loads_json,
     one_line,
@@ -335,6 +337,9 @@ class CinrReader:
                 PREAMBLE_SIZE,
                 CinrChecksumError,
             )
+        self.json_compressed = bool(pre.flags & FLAG_JSON_ZSTD)
+        if self.json_compressed:
+            header_bytes = decompress_json(header_bytes, f"{self.name}: header (at offset {PREAMBLE_SIZE})")
         header = loads_json(header_bytes, f"{self.name}: header (at offset {PREAMBLE_SIZE})")
         if not isinstance(header, dict):
             raise self._err("header is not a JSON object", PREAMBLE_SIZE)
@@ -371,6 +376,10 @@ class CinrReader:
                 f"footer checksum mismatch (stored {tr.footer_crc32:#010x}, computed {crc32(footer_bytes):#010x})",
                 tr.footer_offset,
                 CinrChecksumError,
+            )
+        if self.json_compressed:
+            footer_bytes = decompress_json(
+                footer_bytes, f"{self.name}: footer (at offset {tr.footer_offset})"
             )
         footer = loads_json(footer_bytes, f"{self.name}: footer (at offset {tr.footer_offset})")
         if not isinstance(footer, dict):

@@ -25,6 +25,7 @@ from ...errors import CinrError, CinrIOError
 from .binary import (
     CONTAINER_KEY,
     DEFAULT_MAX_BLOCK_BYTES,
+    FLAG_JSON_ZSTD,
     FORMAT_MAJOR,
     FORMAT_MINOR,
     HARD_MAX_BLOCK_BYTES,
@@ -38,6 +39,7 @@ from .binary import (
     MAX_IMAGES,
     MAX_JSON_BYTES,
     MINOR_IMAGE_BLOCKS,
+    MINOR_JSON_ZSTD,
     PREAMBLE_SIZE,
     RECORD_SIZE,
     TRAILER_SIZE,
@@ -49,6 +51,9 @@ from .binary import (
     pack_preamble,
     pack_record,
     pack_trailer,
+)
+from .binary import (
+    compress_json as compress_json_bytes,
 )
 
 if TYPE_CHECKING:
@@ -133,10 +138,16 @@ class CinrWriter:
         zstd_level: int = DEFAULT_ZSTD_LEVEL,
         overwrite: bool = True,
         minor_version: int = 0,
+        compress_json: bool = False,
     ) -> None:
         if minor_version not in range(FORMAT_MINOR + 1):
             raise ValueError(f"minor_version must be in [0, {FORMAT_MINOR}]")
+        if compress_json and minor_version < MINOR_JSON_ZSTD:
+            raise ValueError(
+                f"compressed JSON needs format 1.{MINOR_JSON_ZSTD} (minor_version={MINOR_JSON_ZSTD})"
+            )
         self.minor_version = minor_version
+        self.compress_json = compress_json
         if not isinstance(n_blocks, int) or not 0 <= n_blocks <= MAX_BLOCKS:
             raise ValueError(f"n_blocks must be an int in [0, {MAX_BLOCKS}]")
         if not isinstance(max_block_bytes, int) or not 8 <= max_block_bytes <= HARD_MAX_BLOCK_BYTES:
@@ -149,6 +160,8 @@ class CinrWriter:
             raise ValueError(
                 f"header JSON is {len(header_bytes)} bytes, over the {MAX_JSON_BYTES}-byte limit"
             )
+        if compress_json:
+            header_bytes = compress_json_bytes(header_bytes)
         self._header_keys = set(full)
         self.n_blocks = n_blocks
         self.max_block_bytes = max_block_bytes
@@ -189,7 +202,8 @@ class CinrWriter:
         self._finalizer = weakref.finalize(self, _cleanup, self._fh if self._tmp else None, self._tmp)
         self._pos = 0
         try:
-            pre = Preamble(FORMAT_MAJOR, minor_version, 0, len(header_bytes), crc32(header_bytes))
+            flags = FLAG_JSON_ZSTD if compress_json else 0
+            pre = Preamble(FORMAT_MAJOR, minor_version, flags, len(header_bytes), crc32(header_bytes))
             self._write(pack_preamble(pre))
             self._write(header_bytes)
         except BaseException:
@@ -360,6 +374,8 @@ class CinrWriter:
             footer_bytes = dumps_json(footer, "footer")
             if len(footer_bytes) > MAX_JSON_BYTES:
                 raise ValueError(f"footer JSON is {len(footer_bytes)} bytes, over {MAX_JSON_BYTES}")
+            if self.compress_json:
+                footer_bytes = compress_json_bytes(footer_bytes)
             self._state = "committing"
         try:
             footer_offset = self._write(footer_bytes)
