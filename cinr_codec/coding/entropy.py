@@ -62,10 +62,19 @@ def pmf_table() -> np.ndarray:
 
     Row (s, f) is a Laplace of scale ``b = exp(LOG_SCALE_MIN + s * LOG_SCALE_STEP)`` and mean
     ``m = f / MEAN_STEPS``, integrated over the unit bins of ``-RADIUS..RADIUS`` and the two
-    tails. Bin edges t = r - 1/2 have ``exp((t - m) / b) = exp(-1/(2b)) exp(-m/b) exp(1/b)**r``,
-    so each row takes a few ``Decimal.exp`` and products, all in software decimal arithmetic.
+    tails (``_laplace_rows``).
     """
-    out = np.empty((N_SCALES, MEAN_STEPS, ALPHABET), dtype=np.float64)
+    out = _laplace_rows(RADIUS, MEAN_STEPS)
+    out.setflags(write=False)
+    return out
+
+
+def _laplace_rows(radius: int, mean_steps: int) -> np.ndarray:
+    """(N_SCALES, mean_steps, 2 * radius + 3) float64: the Laplace of each table scale and mean
+    f / mean_steps over the bins of ``-radius..radius`` and the two tails. Bin edges t = r - 1/2
+    have ``exp((t - m) / b) = exp(-1/(2b)) exp(-m/b) exp(1/b)**r``, so each row takes a few
+    ``Decimal.exp`` and products, all in software decimal arithmetic."""
+    out = np.empty((N_SCALES, mean_steps, 2 * radius + 3), dtype=np.float64)
     with localcontext() as ctx:
         ctx.prec = 28
         half = Decimal("0.5")
@@ -74,21 +83,20 @@ def pmf_table() -> np.ndarray:
             q = (-1 / b).exp()  # exp(-1/b)
             eh = (-half / b).exp()  # exp(-1/(2b))
             pw = [Decimal(1)]
-            for _ in range(RADIUS + 2):
+            for _ in range(radius + 2):
                 pw.append(pw[-1] * q)  # q**k
-            for f in range(MEAN_STEPS):
-                m = Decimal(f) / MEAN_STEPS
+            for f in range(mean_steps):
+                m = Decimal(f) / mean_steps
                 ef = (-m / b).exp()  # exp(-m/b)
                 edges = []
-                for r in range(-RADIUS, RADIUS + 2):  # t = r - 1/2
+                for r in range(-radius, radius + 2):  # t = r - 1/2
                     if r - half < m:  # 0.5 exp((t - m)/b) = 0.5 eh ef q**(-r)
                         up = pw[-r] if r <= 0 else 1 / pw[r]
                         edges.append(half * eh * ef * up)
                     else:  # 1 - 0.5 exp(-(t - m)/b) = 1 - 0.5 q**r / (eh ef)
                         edges.append(1 - half * pw[r] / (eh * ef))
-                row = [edges[0]] + [edges[i + 1] - edges[i] for i in range(2 * RADIUS + 1)] + [1 - edges[-1]]
+                row = [edges[0]] + [edges[i + 1] - edges[i] for i in range(2 * radius + 1)] + [1 - edges[-1]]
                 out[s, f] = [float(v) for v in row]
-    out.setflags(write=False)
     return out
 
 
@@ -285,12 +293,125 @@ def estimated_bits(grids: Sequence[np.ndarray], model: IntContextModel) -> float
     return total
 
 
+# -- network weights under a per-tensor Laplace (format 1.5, ``weight_coding = "laplace"``) -------
+
+#: Weights -W_RADIUS..W_RADIUS are coded directly (zero-mean rows of the table's scales); beyond,
+#: an escape symbol and the excess, uniform over [0, W_MAX_EXCESS) (stored weights are < 2**15).
+W_RADIUS = 255
+W_MAX_EXCESS = 1 << 15
+W_ALPHABET = 2 * W_RADIUS + 3
+
+
+@functools.lru_cache(maxsize=1)
+def weight_pmf_table() -> np.ndarray:
+    """(N_SCALES, W_ALPHABET) float64: zero-mean Laplace rows for the weights, like ``pmf_table``."""
+    out = _laplace_rows(W_RADIUS, 1)[:, 0]
+    out.setflags(write=False)
+    return out
+
+
+def _weight_symbols(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    d = np.asarray(v, dtype=np.int64).ravel()
+    sym = np.clip(d + W_RADIUS + 1, 0, W_ALPHABET - 1)
+    excess = np.where(d < -W_RADIUS, -W_RADIUS - 1 - d, np.where(d > W_RADIUS, d - W_RADIUS - 1, 0))
+    return sym.astype(np.int32), excess.astype(np.int32)
+
+
+def _weight_costs(v: np.ndarray) -> np.ndarray:
+    """Bits of the integers ``v`` under each of the table's zero-mean Laplace rows (N_SCALES,)."""
+    sym, _ = _weight_symbols(v)
+    counts = np.bincount(sym, minlength=W_ALPHABET).astype(np.float64)
+    logp = -np.log2(np.maximum(weight_pmf_table(), 2.0**-24))
+    n_esc = counts[0] + counts[-1]
+    return logp @ counts + n_esc * math.log2(W_MAX_EXCESS)
+
+
+def laplace_weight_bits(v: np.ndarray) -> int:
+    """Bits ``encode_weights`` spends on one tensor's integers ``v``, its 16 header bits included
+    (the cost the networks' quantizer weighs)."""
+    return int(math.ceil(float(_weight_costs(v).min()))) + 16
+
+
+def encode_weights(tensors: Sequence[tuple[np.ndarray, int]]) -> bytes:
+    """Integer tensors with their exponents -> u8 exponent and u8 scale index per tensor, then
+    one range-coded stream of every tensor's integers (zero-mean Laplace of that scale; values
+    beyond W_RADIUS escape)."""
+    import constriction
+
+    table = weight_pmf_table()
+    family = constriction.stream.model.Categorical(perfect=False)
+    uniform = constriction.stream.model.Uniform(W_MAX_EXCESS)
+    enc = constriction.stream.queue.RangeEncoder()
+    head = bytearray()
+    for ints, k in tensors:
+        v = np.asarray(ints, dtype=np.int64).ravel()
+        s_idx = int(np.argmin(_weight_costs(v)))
+        head += bytes([k, s_idx])
+        sym, excess = _weight_symbols(v)
+        if int(excess.max(initial=0)) >= W_MAX_EXCESS:
+            raise ValueError(f"a network weight is beyond {W_RADIUS + W_MAX_EXCESS}")
+        if v.size:
+            enc.encode(sym, family, np.broadcast_to(table[s_idx], (v.size, W_ALPHABET)).copy())
+        esc = (sym == 0) | (sym == W_ALPHABET - 1)
+        if esc.any():
+            enc.encode(excess[esc], uniform)
+    return bytes(head) + enc.get_compressed().tobytes()
+
+
+def decode_weights(
+    data: bytes, shapes: Sequence[tuple[int, ...]], where: str
+) -> list[tuple[np.ndarray, int]]:
+    """Inverse of ``encode_weights`` for tensors of the given shapes (CinrFormatError when malformed)."""
+    import constriction
+
+    n = len(shapes)
+    if len(data) < 2 * n or (len(data) - 2 * n) % 4:
+        raise CinrFormatError(f"{where}: weight section of {len(data)} bytes does not fit {n} tensors")
+    head, stream = data[: 2 * n], np.frombuffer(data[2 * n :], dtype=np.uint32).copy()
+    table = weight_pmf_table()
+    family = constriction.stream.model.Categorical(perfect=False)
+    uniform = constriction.stream.model.Uniform(W_MAX_EXCESS)
+    dec = constriction.stream.queue.RangeDecoder(stream)
+    out = []
+    for i, shape in enumerate(shapes):
+        k, s_idx = head[2 * i], head[2 * i + 1]
+        if k > 24 or s_idx >= N_SCALES:
+            raise CinrFormatError(f"{where}: weight exponent {k} or scale index {s_idx} out of range")
+        size = int(np.prod(shape))
+        try:
+            sym = (
+                np.asarray(dec.decode(family, np.broadcast_to(table[s_idx], (size, W_ALPHABET)).copy()))
+                if size
+                else np.zeros(0, dtype=np.int64)
+            ).astype(np.int64)
+            excess = np.zeros_like(sym)
+            esc = (sym == 0) | (sym == W_ALPHABET - 1)
+            if esc.any():
+                excess[esc] = np.asarray(dec.decode(uniform, int(esc.sum())), dtype=np.int64)
+        except (ValueError, RuntimeError, AssertionError) as exc:
+            raise CinrFormatError(f"{where}: weight stream is corrupt ({exc})") from None
+        d = sym - W_RADIUS - 1
+        d = np.where(
+            sym == 0, -W_RADIUS - 1 - excess, np.where(sym == W_ALPHABET - 1, W_RADIUS + 1 + excess, d)
+        )
+        ints = d.reshape(shape)
+        if np.abs(ints).max(initial=0) >= 1 << 15:
+            raise CinrFormatError(f"{where}: a network weight is out of range")
+        out.append((ints, k))
+    if not dec.maybe_exhausted():
+        raise CinrFormatError(f"{where}: weight stream has data past its last tensor")
+    return out
+
+
 __all__ = [
     "IntContextModel",
     "IntLayer",
     "causal_offsets",
     "decode_grids",
+    "decode_weights",
     "encode_grids",
+    "encode_weights",
+    "laplace_weight_bits",
     "estimated_bits",
     "pmf_table",
 ]

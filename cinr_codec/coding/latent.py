@@ -8,7 +8,10 @@ Payload (little-endian)::
     u16    x0, y0             the domain's origin in the block's frame
     u32    weight_bytes       then that many bytes: every network tensor, in state-dict order,
                               as u8 exponent k, u8 Exp-Golomb order g, then its integers
-                              (zigzag, Exp-Golomb order g, MSB first); value = integer * 2**-k
+                              (zigzag, Exp-Golomb order g, MSB first); value = integer * 2**-k.
+                              With ``weight_coding = "laplace"`` (format 1.5): u8 k and u8 scale
+                              index per tensor, then one range-coded stream of all the integers
+                              (``coding.entropy.encode_weights``)
     u32    latent_bytes       then the latent grids' range-coded stream (``coding.entropy``)
 
 Decoding cost is bounded by the payload: a grid area may be at most ``LATENT_AREA_PER_BIT``
@@ -27,7 +30,15 @@ from ..core.config import LATENT_KINDS, LatentConfig, causal_offsets, int_ranges
 from ..errors import CinrFormatError
 from ..format.header import get_int, get_object
 from .base import BlockCodec, BlockModel, FitSettings, FittedBlock, check_decode_cost
-from .entropy import IntContextModel, IntLayer, decode_grids, encode_grids
+from .entropy import (
+    IntContextModel,
+    IntLayer,
+    decode_grids,
+    decode_weights,
+    encode_grids,
+    encode_weights,
+    laplace_weight_bits,
+)
 
 if TYPE_CHECKING:
     from ..encode.train.latent import LatentFit
@@ -229,6 +240,8 @@ class LatentCodec(BlockCodec):
         model = header.get("model")
         if not isinstance(model, Mapping):
             return self.format_minor
+        if model.get("weight_coding") == "laplace":
+            return 5  # 1.5 added Laplace-coded weights
         if model.get("activation") == "leaky_relu":
             return 4  # 1.4 added leaky ReLU
         return 3 if model.get("upsampling") == "learned" else self.format_minor  # 1.3: learned upsampling
@@ -276,7 +289,11 @@ class LatentCodec(BlockCodec):
 
         w, h, x0, y0, weights, latents = self._parse(payload, config, where)
         names = _state_shapes(config)
-        ints = unpack_weights(weights, [s for _, s in names], where)
+        shapes = [s for _, s in names]
+        if config.weight_coding == "laplace":
+            ints = decode_weights(weights, shapes, where)
+        else:
+            ints = unpack_weights(weights, shapes, where)
         tensors = {n: t for (n, _), t in zip(names, ints, strict=True)}
         grids = decode_grids(latents, config.grid_shapes(h, w), int_context_model(config, tensors), where)
         synthesis = Synthesis(config)
@@ -339,7 +356,8 @@ class LatentCodec(BlockCodec):
                 device=device,
                 progress=settings.progress,
             )
-        quantize_networks(fitted, pixels, lambda v: best_order(v)[0])
+        bits = laplace_weight_bits if config.weight_coding == "laplace" else (lambda v: best_order(v)[0])
+        quantize_networks(fitted, pixels, bits)
         if settings.measure:
             from ..core.metrics import psnr, ssim
             from ..encode.train.latent import render_latents
@@ -362,7 +380,10 @@ class LatentCodec(BlockCodec):
                     np.rint(p.detach().cpu().numpy().astype(np.float64) * 2.0**k).astype(np.int64),
                     k,
                 )
-        weights = pack_weights(list(stored.values()))
+        if model.config.weight_coding == "laplace":
+            weights = encode_weights(list(stored.values()))
+        else:
+            weights = pack_weights(list(stored.values()))
         grids = [np.rint(g.detach().cpu().numpy()[0]).astype(np.int64) for g in model.latents]
         stream = encode_grids(grids, int_context_model(model.config, stored))
         head = _HEAD.pack(MAGIC, model.width, model.height, fit.origin[0], fit.origin[1], len(weights))

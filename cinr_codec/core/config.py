@@ -187,6 +187,9 @@ UPSAMPLINGS = ("bilinear", "learned")
 #: The synthesis' activations: ReLU, or leaky ReLU of negative slope ``LEAKY_SLOPE`` (format 1.4).
 LATENT_ACTIVATIONS = ("relu", "leaky_relu")
 LEAKY_SLOPE = 0.01
+#: How a payload codes its network weights: Exp-Golomb, or range-coded under a zero-mean Laplace
+#: of one stored scale per tensor (format 1.5; ``coding.latent``).
+WEIGHT_CODINGS = ("expgolomb", "laplace")
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,8 @@ class LatentConfig:
     ``context`` causal neighbours through ``arm_layers`` layers of ``arm_width``. ``side`` is the
     block frame's side (a payload's grids may not be larger). ``upsampling`` is ``bilinear`` or
     ``learned`` (``UPSAMPLINGS``); ``activation`` the synthesis' ``relu`` or ``leaky_relu``
-    (``LATENT_ACTIVATIONS``).
+    (``LATENT_ACTIVATIONS``); ``weight_coding`` how the payload codes the networks' weights
+    (``WEIGHT_CODINGS``).
     """
 
     kind: str = "ccinr"
@@ -217,8 +221,13 @@ class LatentConfig:
     arm_layers: int = field(default=2, metadata={"range": (1, 4)})
     upsampling: str = "bilinear"
     activation: str = "relu"
+    weight_coding: str = "expgolomb"
 
     def __post_init__(self) -> None:
+        if self.weight_coding not in WEIGHT_CODINGS:
+            raise ValueError(
+                f"unknown weight coding {self.weight_coding!r}; choose one of {', '.join(WEIGHT_CODINGS)}"
+            )
         if self.kind not in LATENT_KINDS:
             raise ValueError(f"unknown latent model {self.kind!r}")
         if self.upsampling not in UPSAMPLINGS:
@@ -247,6 +256,8 @@ class LatentConfig:
             del d["upsampling"]  # format 1.2's headers, unchanged
         if self.activation == "relu":
             del d["activation"]  # format 1.3's headers, unchanged
+        if self.weight_coding == "expgolomb":
+            del d["weight_coding"]  # format 1.4's headers, unchanged
         return d
 
     @classmethod

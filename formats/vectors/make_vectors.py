@@ -68,23 +68,27 @@ VECTORS: dict[str, dict[str, Any]] = {
         "quant": "int8",
     },
     # Compressive CINR, one per format version that added to it: 1.2, 1.3 and 1.4 architectures
-    # with plain JSON (``compact_json`` False), 1.5 with the header and footer compressed.
+    # with plain JSON (``compact_json`` False), 1.5 with the header and footer compressed and
+    # Laplace-coded weights.
     "ccinr-q6-64x48-entropy.cinr": {
         **_CCINR,
-        "arch": {"upsampling": "bilinear", "activation": "relu"},
+        "arch": {"upsampling": "bilinear", "activation": "relu", "weight_coding": "expgolomb"},
         "compact_json": False,
     },
     "ccinr-q6-64x48-learned.cinr": {
         **_CCINR,
-        "arch": {"upsampling": "learned", "activation": "relu"},
+        "arch": {"upsampling": "learned", "activation": "relu", "weight_coding": "expgolomb"},
         "compact_json": False,
     },
     "ccinr-q6-64x48-leaky.cinr": {
         **_CCINR,
-        "arch": {"upsampling": "learned", "activation": "leaky_relu"},
+        "arch": {"upsampling": "learned", "activation": "leaky_relu", "weight_coding": "expgolomb"},
         "compact_json": False,
     },
-    "ccinr-q6-64x48-compact.cinr": {**_CCINR, "arch": {"upsampling": "learned", "activation": "leaky_relu"}},
+    "ccinr-q6-64x48-compact.cinr": {
+        **_CCINR,
+        "arch": {"upsampling": "learned", "activation": "leaky_relu", "weight_coding": "laplace"},
+    },
 }
 
 

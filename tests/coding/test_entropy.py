@@ -85,3 +85,53 @@ def test_context_model_rejects_absurd_exponents() -> None:
     layer = E.IntLayer(np.zeros((2, 1), dtype=np.int64), np.zeros(2, dtype=np.int64), 99, 0)
     with pytest.raises(CinrFormatError):
         E.IntContextModel(((0, -1),), (), layer)
+
+
+def test_weight_table_rows_are_distributions() -> None:
+    t = E.weight_pmf_table()
+    assert t.shape == (E.N_SCALES, E.W_ALPHABET)
+    assert np.allclose(t.sum(axis=1), 1.0, atol=1e-12) and (t >= 0).all()
+    # The same Laplace as the latents' table, over a wider alphabet.
+    lat = E.pmf_table()[:, 0]
+    mid = slice(E.W_RADIUS + 1 - E.RADIUS, E.W_RADIUS + 2 + E.RADIUS)
+    assert np.allclose(t[:, mid], lat[:, 1:-1], rtol=1e-12, atol=1e-300)
+
+
+def test_weights_round_trip_and_cost() -> None:
+    rng = np.random.default_rng(0)
+    tensors = [
+        (rng.laplace(0, 6, (24, 7)).round().astype(np.int64), 6),
+        (np.zeros(5, dtype=np.int64), 0),
+        (np.array([32767, -32767, 300, -256, 255]), 14),  # escapes
+        (np.zeros((0, 3), dtype=np.int64), 4),  # empty tensor
+        (rng.laplace(0, 40, 300).round().astype(np.int64), 9),
+    ]
+    data = E.encode_weights(tensors)
+    out = E.decode_weights(data, [t.shape for t, _ in tensors], "t")
+    for (a, k), (b, kb) in zip(tensors, out, strict=True):
+        assert np.array_equal(a, b) and a.shape == b.shape and k == kb
+    est = sum(E.laplace_weight_bits(t) for t, _ in tensors)
+    assert abs(8 * len(data) - est) < 64 + 0.02 * est
+    # A Laplace-shaped tensor costs fewer bits than Exp-Golomb's best order.
+    from cinr_codec.coding.latent import best_order
+
+    assert E.laplace_weight_bits(tensors[4][0]) < best_order(tensors[4][0])[0]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_garbage_weight_streams_fail_cleanly(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    shapes = [(24, 7), (24,), (3, 32)]
+    data = rng.integers(0, 256, 6 + 4 * int(rng.integers(0, 60)), dtype=np.uint8).tobytes()
+    data = bytes([rng.integers(0, 25), rng.integers(0, 64)] * 3) + data[6:]  # valid k and scale
+    t0 = time.perf_counter()
+    try:
+        out = E.decode_weights(data, shapes, "garbage")
+    except CinrFormatError:
+        pass
+    else:
+        assert [t.shape for t, _ in out] == shapes and all(np.abs(t).max() < 1 << 15 for t, _ in out)
+    assert time.perf_counter() - t0 < 10
+    for bad in (b"", b"\x05\x05\x05", bytes([25, 0] * 3) + b"\0" * 8, bytes([4, 64] * 3) + b"\0" * 8):
+        with pytest.raises(CinrFormatError):
+            E.decode_weights(bad, shapes, "bad")

@@ -42,8 +42,12 @@ def test_header_fields_round_trip(fitted: tuple[np.ndarray, Any, Any, bytes]) ->
     fields = CODEC.header_fields(cfg, "entropy")
     assert CODEC.parse_config(fields, "t") == cfg
     assert fields["model"]["upsampling"] == "learned" and fields["model"]["activation"] == "leaky_relu"
-    assert CODEC.minor_version(fields) == 4  # leaky ReLU came with format 1.4
-    relu = {k: v for k, v in fields["model"].items() if k != "activation"}
+    assert fields["model"]["weight_coding"] == "laplace"
+    assert CODEC.minor_version(fields) == 5  # Laplace-coded weights came with format 1.5
+    eg = {k: v for k, v in fields["model"].items() if k != "weight_coding"}
+    assert CODEC.minor_version({"model": eg}) == 4  # leaky ReLU came with format 1.4
+    assert "weight_coding" not in LatentConfig.from_dict(eg).to_dict()  # 1.4 headers unchanged
+    relu = {k: v for k, v in eg.items() if k != "activation"}
     assert CODEC.minor_version({"model": relu}) == 3  # learned upsampling came with format 1.3
     assert CODEC.minor_version({"model": {k: v for k, v in relu.items() if k != "upsampling"}}) == 2
     assert "activation" not in LatentConfig.from_dict(relu).to_dict()  # 1.3 headers unchanged
@@ -55,6 +59,8 @@ def test_header_fields_round_trip(fitted: tuple[np.ndarray, Any, Any, bytes]) ->
         {"upsampling": "nearest"},
         {"activation": "gelu"},
         {"activation": 1},
+        {"weight_coding": "huffman"},
+        {"weight_coding": None},
     ):
         with pytest.raises(CinrFormatError):
             CODEC.parse_config({"model": {**fields["model"], **bad}}, "t")
