@@ -53,7 +53,8 @@ from .common import NullSink, check_output, fmt, handle_errors, json_safe
     type=float,
     default=None,
     help="Hash-grid models: a block stops once it reaches this PSNR (dB); ccinr: each block searches "
-    "the rate weight that reaches it with the fewest bits (up to 3 fits)  [default: none]",
+    "the rate weight that reaches it with the fewest bits (up to 3 fits), starting from --quality or, "
+    "without it, from the level whose typical PSNR reaches the target  [default: none]",
 )
 @click.option(
     "--device",
@@ -141,6 +142,10 @@ def encode_cmd(
         if not latent:
             raise ValueError(f"--quality is for --model ccinr; --model {model} takes --preset")
         preset = quality if quality.startswith("q") else f"q{quality}"
+    elif latent and target_psnr is not None and not preset.startswith("q"):
+        from ..encode.train.latent import quality_for_psnr
+
+        preset = quality_for_psnr(target_psnr)  # its latent step suits the target
     if latent:
         from ..decode.cache import tune_allocator
 

@@ -240,8 +240,8 @@ class LatentCodec(BlockCodec):
         model = header.get("model")
         if not isinstance(model, Mapping):
             return self.format_minor
-        if model.get("weight_coding") == "laplace":
-            return 5  # 1.5 added Laplace-coded weights
+        if model.get("weight_coding") == "laplace" or model.get("latent_shift", 0):
+            return 5  # 1.5 added Laplace-coded weights and the latent step
         if model.get("activation") == "leaky_relu":
             return 4  # 1.4 added leaky ReLU
         return 3 if model.get("upsampling") == "learned" else self.format_minor  # 1.3: learned upsampling
@@ -312,10 +312,10 @@ class LatentCodec(BlockCodec):
         _sections(payload, where)
 
     def config_for(self, kind: str, preset: str, height: int, width: int) -> LatentConfig:
-        from ..encode.train.latent import PRESET_ARCH, lambda_of
+        from ..encode.train.latent import PRESET_ARCH, latent_shift_of
 
-        lambda_of(preset)  # ValueError for an unknown preset
-        return LatentConfig(kind=kind, side=max(height, width), **PRESET_ARCH)
+        shift = latent_shift_of(preset)  # ValueError for an unknown preset
+        return LatentConfig(kind=kind, side=max(height, width), **{"latent_shift": shift, **PRESET_ARCH})
 
     def recipe(self, kind: str, preset: str) -> dict[str, Any]:
         from ..encode.train.latent import RECIPE, lambda_of

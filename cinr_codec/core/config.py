@@ -205,7 +205,8 @@ class LatentConfig:
     block frame's side (a payload's grids may not be larger). ``upsampling`` is ``bilinear`` or
     ``learned`` (``UPSAMPLINGS``); ``activation`` the synthesis' ``relu`` or ``leaky_relu``
     (``LATENT_ACTIVATIONS``); ``weight_coding`` how the payload codes the networks' weights
-    (``WEIGHT_CODINGS``).
+    (``WEIGHT_CODINGS``). The synthesis reads each integer latent times ``2**-latent_shift``: a
+    finer step in feature units, which the higher quality levels need (format 1.5).
     """
 
     kind: str = "ccinr"
@@ -222,6 +223,7 @@ class LatentConfig:
     upsampling: str = "bilinear"
     activation: str = "relu"
     weight_coding: str = "expgolomb"
+    latent_shift: int = field(default=0, metadata={"range": (0, 4)})
 
     def __post_init__(self) -> None:
         if self.weight_coding not in WEIGHT_CODINGS:
@@ -258,6 +260,8 @@ class LatentConfig:
             del d["activation"]  # format 1.3's headers, unchanged
         if self.weight_coding == "expgolomb":
             del d["weight_coding"]  # format 1.4's headers, unchanged
+        if self.latent_shift == 0:
+            del d["latent_shift"]
         return d
 
     @classmethod

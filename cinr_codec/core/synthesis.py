@@ -75,6 +75,8 @@ class Synthesis(nn.Module):
     def __init__(self, config: LatentConfig) -> None:
         super().__init__()
         self.leaky = config.activation == "leaky_relu"
+        #: What one integer step of a latent is worth in feature units (exact: a power of two).
+        self.latent_scale = 2.0**-config.latent_shift
         c_in = config.levels
         self.mlp = nn.ModuleList()
         d = c_in
@@ -102,7 +104,10 @@ class Synthesis(nn.Module):
             self.up = nn.Parameter(torch.tensor([BILINEAR_TAPS] * (config.levels - 1)))
 
     def features(self, grids: list[torch.Tensor], height: int, width: int) -> torch.Tensor:
-        """The grids (C_k, h_k, w_k), finest first, at full resolution (1, sum C_k, height, width)."""
+        """The grids (C_k, h_k, w_k), finest first, times ``latent_scale``, at full resolution
+        (1, sum C_k, height, width)."""
+        if self.latent_scale != 1.0:
+            grids = [g * self.latent_scale for g in grids]
         if self.up is None:
             return upsample(grids, height, width)
         return upsample_learned(grids, self.up, height, width)

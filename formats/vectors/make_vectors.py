@@ -68,26 +68,46 @@ VECTORS: dict[str, dict[str, Any]] = {
         "quant": "int8",
     },
     # Compressive CINR, one per format version that added to it: 1.2, 1.3 and 1.4 architectures
-    # with plain JSON (``compact_json`` False), 1.5 with the header and footer compressed and
-    # Laplace-coded weights.
+    # with plain JSON (``compact_json`` False), 1.5 with the header and footer compressed,
+    # Laplace-coded weights and a latent step of 1/4 (q6's).
     "ccinr-q6-64x48-entropy.cinr": {
         **_CCINR,
-        "arch": {"upsampling": "bilinear", "activation": "relu", "weight_coding": "expgolomb"},
+        "arch": {
+            "upsampling": "bilinear",
+            "activation": "relu",
+            "weight_coding": "expgolomb",
+            "latent_shift": 0,
+        },
         "compact_json": False,
     },
     "ccinr-q6-64x48-learned.cinr": {
         **_CCINR,
-        "arch": {"upsampling": "learned", "activation": "relu", "weight_coding": "expgolomb"},
+        "arch": {
+            "upsampling": "learned",
+            "activation": "relu",
+            "weight_coding": "expgolomb",
+            "latent_shift": 0,
+        },
         "compact_json": False,
     },
     "ccinr-q6-64x48-leaky.cinr": {
         **_CCINR,
-        "arch": {"upsampling": "learned", "activation": "leaky_relu", "weight_coding": "expgolomb"},
+        "arch": {
+            "upsampling": "learned",
+            "activation": "leaky_relu",
+            "weight_coding": "expgolomb",
+            "latent_shift": 0,
+        },
         "compact_json": False,
     },
     "ccinr-q6-64x48-compact.cinr": {
         **_CCINR,
-        "arch": {"upsampling": "learned", "activation": "leaky_relu", "weight_coding": "laplace"},
+        "arch": {
+            "upsampling": "learned",
+            "activation": "leaky_relu",
+            "weight_coding": "laplace",
+            "latent_shift": 2,
+        },
     },
 }
 
@@ -138,7 +158,9 @@ def make(only: list[str] | None = None) -> dict[str, Any]:
         src = source_pixels(spec)
         path = HERE / name
         saved = dict(PRESET_ARCH)
-        PRESET_ARCH.update(spec.get("arch", {}))  # a ccinr vector's architecture, whatever the preset's
+        PRESET_ARCH.update(
+            spec.get("arch", {})
+        )  # latent_shift here overrides the quality level's  # a ccinr vector's architecture, whatever the preset's
         codec = get_codec(spec["model"])
         saved_compact = codec.compact_json
         codec.compact_json = spec.get("compact_json", saved_compact)  # type: ignore[misc]

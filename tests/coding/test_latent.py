@@ -42,9 +42,10 @@ def test_header_fields_round_trip(fitted: tuple[np.ndarray, Any, Any, bytes]) ->
     fields = CODEC.header_fields(cfg, "entropy")
     assert CODEC.parse_config(fields, "t") == cfg
     assert fields["model"]["upsampling"] == "learned" and fields["model"]["activation"] == "leaky_relu"
-    assert fields["model"]["weight_coding"] == "laplace"
-    assert CODEC.minor_version(fields) == 5  # Laplace-coded weights came with format 1.5
-    eg = {k: v for k, v in fields["model"].items() if k != "weight_coding"}
+    assert fields["model"]["weight_coding"] == "laplace" and fields["model"]["latent_shift"] == 3  # q8's
+    assert CODEC.minor_version(fields) == 5  # Laplace-coded weights and latent steps came with 1.5
+    assert CODEC.minor_version({"model": {**fields["model"], "weight_coding": "expgolomb"}}) == 5
+    eg = {k: v for k, v in fields["model"].items() if k not in ("weight_coding", "latent_shift")}
     assert CODEC.minor_version({"model": eg}) == 4  # leaky ReLU came with format 1.4
     assert "weight_coding" not in LatentConfig.from_dict(eg).to_dict()  # 1.4 headers unchanged
     relu = {k: v for k, v in eg.items() if k != "activation"}
@@ -61,6 +62,9 @@ def test_header_fields_round_trip(fitted: tuple[np.ndarray, Any, Any, bytes]) ->
         {"activation": 1},
         {"weight_coding": "huffman"},
         {"weight_coding": None},
+        {"latent_shift": 5},
+        {"latent_shift": -1},
+        {"latent_shift": 1.5},
     ):
         with pytest.raises(CinrFormatError):
             CODEC.parse_config({"model": {**fields["model"], **bad}}, "t")
@@ -145,3 +149,19 @@ def test_a_slide_encodes_and_decodes_in_the_compressive_codec(tissue_crop: np.nd
         assert psnr(pixels, image) == pytest.approx(s["psnr_all"], abs=0.01)
         assert slide.read(0, 0, 96, 48, scale=0.5).shape == (24, 48, 3)
         assert slide.properties["cinr.model"] == "ccinr"
+
+
+def test_latent_shift_scales_what_the_synthesis_reads() -> None:
+    import torch
+
+    from cinr_codec.core.synthesis import Synthesis
+
+    base = CODEC.config_for("ccinr", "q1", 64, 64)
+    assert base.latent_shift == 0 and CODEC.config_for("ccinr", "q8", 64, 64).latent_shift == 3
+    torch.manual_seed(0)
+    grids = [torch.randint(-9, 9, (1, 64 >> k, 64 >> k)).float() for k in range(base.levels)]
+    s0 = Synthesis(base)
+    s2 = Synthesis(LatentConfig.from_dict({**base.to_dict(), "latent_shift": 2}))
+    s2.load_state_dict(s0.state_dict())
+    with torch.no_grad():
+        assert torch.equal(s2.features(grids, 64, 64), s0.features([g / 4 for g in grids], 64, 64))

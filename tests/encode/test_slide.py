@@ -76,7 +76,7 @@ def test_summary_matches_the_decoded_file(mixed_png: Path, encoded: tuple[Path, 
         meta = d.reader.metadata
     assert meta["grid"] == {"block_size": 128, "halo": 16, "cols": 4, "rows": 2}
     assert meta["mips"]["downsamples"] == [2, 4, 8]
-    assert meta["quality"]["psnr_db"] == pytest.approx(s["psnr"])
+    assert meta["quality"]["psnr_db"] == round(s["psnr"], 4)  # footers keep 4 decimals of dB
     assert meta["blocks"] == {"total": 8, "tissue": s["tissue_blocks"], "background": s["background_blocks"]}
     assert meta["encoder"]["preset"] == "fast" and meta["model"]["kind"] == "cinr"
     assert 0.1 < meta["tissue"]["fraction"] < 0.7

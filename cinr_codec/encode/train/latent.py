@@ -49,6 +49,38 @@ PRESET_ARCH: dict[str, Any] = {
 }
 
 
+#: The latent step 2**-shift of each quality level (format 1.5): the synthesis reads latents at a
+#: finer step at high quality, where with a unit step PSNR stalled near 40.8 dB (calibration in
+#: docs/architecture.md).
+QUALITY_LATENT_SHIFT = {"q1": 0, "q2": 0, "q3": 0, "q4": 0, "q5": 2, "q6": 2, "q7": 3, "q8": 3}
+
+
+#: About the PSNR (dB) each quality level reaches on 256^2 H&E crops at the recipe's steps
+#: (benchmarks/results/rd_quick*.md); ``quality_for_psnr`` starts a --target-psnr search from it.
+TYPICAL_PSNR = {
+    "q1": 31.0,
+    "q2": 33.0,
+    "q3": 35.0,
+    "q4": 37.3,
+    "q5": 40.0,
+    "q6": 42.0,
+    "q7": 43.5,
+    "q8": 44.0,
+}
+
+
+def quality_for_psnr(target: float) -> str:
+    """The lowest quality level whose typical PSNR reaches ``target`` (q8 beyond them all): its
+    latent step suits the target, and its lambda is the search's first guess."""
+    return next((q for q, p in TYPICAL_PSNR.items() if p >= target), "q8")
+
+
+def latent_shift_of(preset: str) -> int:
+    """The latent step exponent of a quality preset (ValueError for an unknown one)."""
+    lambda_of(preset)
+    return QUALITY_LATENT_SHIFT[preset]
+
+
 def lambda_of(preset: str) -> float:
     """The rate weight of a quality preset ``q1`` (smallest) ... ``q8`` (best); ValueError otherwise."""
     try:
@@ -125,7 +157,9 @@ def fit_latents(
     done = 0
     best: tuple[float, dict[str, torch.Tensor]] | None = None  # lowest hard loss at a phase's end
     for phase, n, lr, lr_end, mult in (
-        (1, n1, float(r["lr"]), 0.0, float(r["latent_lr_mult"])),
+        # A latent step of 2**-shift: the latents move 2**shift times faster, so the features
+        # they feed learn at the same pace.
+        (1, n1, float(r["lr"]), 0.0, float(r["latent_lr_mult"]) * 2.0**config.latent_shift),
         (2, n2, float(r["phase2_lr"]), float(r["phase2_lr_end"]), float(r["phase2_latent_lr_mult"])),
     ):
         if n <= 0:

@@ -94,3 +94,17 @@ def test_per_tensor_steps_never_lose_to_the_group_steps(tissue_crop: np.ndarray,
             ks = {k for n, k in group.exponents.items() if n.startswith(prefix) and n.endswith(kind)}
             assert len(ks) == 1
     assert rd_loss(fit) <= rd_loss(group) + 1e-12
+
+
+def test_quality_for_psnr_picks_the_level_whose_step_suits_the_target() -> None:
+    from cinr_codec.encode.train.latent import QUALITY_LATENT_SHIFT, latent_shift_of, quality_for_psnr
+
+    assert [quality_for_psnr(t) for t in (20, 35, 36, 39, 41, 60)] == ["q1", "q3", "q4", "q5", "q6", "q8"]
+    shifts = [latent_shift_of(f"q{i}") for i in range(1, 9)]
+    assert (
+        shifts == sorted(shifts)
+        and shifts[0] == 0
+        and set(QUALITY_LATENT_SHIFT) == {f"q{i}" for i in range(1, 9)}
+    )
+    with pytest.raises(ValueError, match="quality level"):
+        latent_shift_of("fast")
