@@ -5,7 +5,8 @@
 
 A variant is ``base`` (the package's recipe) or ``KEY=JSON[+KEY=JSON...]`` overriding entries of
 ``encode.train.latent.PRESET_ARCH`` (architecture) or ``RECIPE`` (training), e.g.
-``context=24``, ``mlp=[28,24]``, ``latent_lr_mult=10``. Each (variant, crop) trains every quality
+``context=24``, ``mlp=[28,24]``, ``latent_lr_mult=10``, ``latent_shift=0`` (one latent step for
+every level instead of the quality levels' own). Each (variant, crop) trains every quality
 level for ``--steps`` steps with one torch thread (``--jobs`` such processes at a time), quantizes
 and serializes the block as ``cinr encode`` does, decodes the payload, and counts the payload's
 bytes (network included, container excluded: the same for every variant). Crops are 256 px: the
@@ -64,7 +65,7 @@ def apply(variant: str) -> None:
         key, _, text = part.partition("=")
         value = json.loads(text)
         value = tuple(value) if isinstance(value, list) else value
-        if key in L.PRESET_ARCH:
+        if key in L.PRESET_ARCH or key == "latent_shift":  # latent_shift: one step for every level
             L.PRESET_ARCH[key] = value
         elif key in L.RECIPE:
             L.RECIPE[key] = value
