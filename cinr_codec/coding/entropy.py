@@ -411,7 +411,8 @@ __all__ = [
     "decode_weights",
     "encode_grids",
     "encode_weights",
-    "laplace_weight_bits",
     "estimated_bits",
+    "laplace_weight_bits",
     "pmf_table",
+    "weight_pmf_table",
 ]
