@@ -122,6 +122,8 @@ class CinrWriter:
     not closed). ``header`` is the caller's JSON object (slide metadata, block grid, model
     configuration, quantization...); the key ``container`` is reserved. ``n_blocks`` fixes
     the block ids ``0 .. n_blocks - 1``, each of which must be added exactly once.
+    ``compress_json`` (format 1.5, ``minor_version`` >= 5) stores the header and footer JSON as
+    zstd frames made with the format's built-in dictionary (spec §4.3).
 
     Use as a context manager and call ``commit()`` inside it; leaving the block without
     ``commit()`` (or with an exception) removes the temporary file and leaves the
