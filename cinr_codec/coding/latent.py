@@ -198,10 +198,18 @@ class LatentBlock:
     """A decoded compressive CINR block (``BlockModel``): the whole domain rendered once."""
 
     def __init__(
-        self, synthesis: Any, grids: list[np.ndarray], width: int, height: int, x0: int, y0: int
+        self,
+        synthesis: Any,
+        grids: list[np.ndarray],
+        width: int,
+        height: int,
+        x0: int,
+        y0: int,
+        where: str = "ccinr block",
     ) -> None:
         self.synthesis, self.grids = synthesis, grids
         self.width, self.height, self.x0, self.y0 = width, height, x0, y0
+        self.where = where  # names the file and block in errors
         self._pixels: np.ndarray | None = None
 
     def _render_all(self) -> np.ndarray:
@@ -220,8 +228,8 @@ class LatentBlock:
         dx, dy = x0 - self.x0, y0 - self.y0
         if dx < 0 or dy < 0 or dx + width > self.width or dy + height > self.height:
             raise CinrFormatError(
-                f"rectangle ({x0}, {y0}, {width}, {height}) lies outside the block's fitted "
-                f"{self.width}x{self.height} pixels at ({self.x0}, {self.y0})"
+                f"{self.where}: rectangle ({x0}, {y0}, {width}, {height}) lies outside the block's "
+                f"fitted {self.width}x{self.height} pixels at ({self.x0}, {self.y0})"
             )
         return self._render_all()[dy : dy + height, dx : dx + width]
 
@@ -304,7 +312,7 @@ class LatentCodec(BlockCodec):
         }
         synthesis.load_state_dict(state, strict=True)
         synthesis.eval()
-        return LatentBlock(synthesis.to(resolve_device(device)), grids, w, h, x0, y0)
+        return LatentBlock(synthesis.to(resolve_device(device)), grids, w, h, x0, y0, where)
 
     def check_payload(self, payload: bytes, where: str) -> None:
         """The payload's structure (``_sections``); weights and latents are checked against the

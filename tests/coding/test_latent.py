@@ -33,7 +33,7 @@ def test_round_trip_gives_the_trained_pixels(fitted: tuple[np.ndarray, Any, Any,
     assert psnr(out, img) > 20  # 150 steps learn more than the mean colour (~18 dB)
     part = block.render(10, 7, 64.0, x0=10, y0=20)
     assert np.array_equal(part, out[15:25, 7:14])
-    with pytest.raises(CinrFormatError, match="outside"):
+    with pytest.raises(CinrFormatError, match="^t: rectangle .* outside"):  # names the file and block
         block.render(10, 10, 64.0, x0=0, y0=0)
 
 
