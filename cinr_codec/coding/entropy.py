@@ -29,6 +29,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
+from typing import Any
 
 import numpy as np
 
@@ -185,18 +186,45 @@ class _Padded:
         return self.flat[idx[:, None] + self.rel[None, :]]
 
 
-def _symbols(x: np.ndarray, mean_num: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(symbol, excess) of values x for snapped means mean_num / MEAN_STEPS."""
+def _symbols(x: np.ndarray, mean_num: np.ndarray, radius: int = RADIUS) -> tuple[np.ndarray, np.ndarray]:
+    """(symbol, excess) of values x for snapped means mean_num / MEAN_STEPS: ``d = x - floor(mean)``
+    is the symbol ``d + radius + 1`` for |d| <= radius, else escape 0 (below) or ``2 radius + 2``
+    (above) with the excess ``|d| - radius - 1``."""
     d = x - np.floor_divide(mean_num, MEAN_STEPS)
-    sym = np.clip(d + RADIUS + 1, 0, ALPHABET - 1)
-    excess = np.where(d < -RADIUS, -RADIUS - 1 - d, np.where(d > RADIUS, d - RADIUS - 1, 0))
+    sym = np.clip(d + radius + 1, 0, 2 * radius + 2)
+    excess = np.where(d < -radius, -radius - 1 - d, np.where(d > radius, d - radius - 1, 0))
     return sym.astype(np.int32), excess.astype(np.int32)
 
 
-def _values(sym: np.ndarray, excess: np.ndarray, mean_num: np.ndarray) -> np.ndarray:
-    d = sym.astype(np.int64) - RADIUS - 1
-    d = np.where(sym == 0, -RADIUS - 1 - excess, np.where(sym == ALPHABET - 1, RADIUS + 1 + excess, d))
+def _values(sym: np.ndarray, excess: np.ndarray, mean_num: np.ndarray, radius: int = RADIUS) -> np.ndarray:
+    """Inverse of ``_symbols``."""
+    d = sym.astype(np.int64) - radius - 1
+    d = np.where(sym == 0, -radius - 1 - excess, np.where(sym == 2 * radius + 2, radius + 1 + excess, d))
     return d + np.floor_divide(mean_num, MEAN_STEPS)
+
+
+def _encode_symbols(
+    enc: Any, family: Any, uniform: Any, sym: np.ndarray, excess: np.ndarray, probs: np.ndarray
+) -> None:
+    """Code ``sym`` (rows of ``probs`` their probabilities), then the escapes' excesses: what
+    ``_decode_symbols`` reads back."""
+    if len(sym):
+        enc.encode(sym, family, probs)
+    esc = (sym == 0) | (sym == probs.shape[-1] - 1)
+    if esc.any():
+        enc.encode(excess[esc], uniform)
+
+
+def _decode_symbols(dec: Any, family: Any, uniform: Any, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(symbol, excess) of ``len(probs)`` symbols, rows of ``probs`` their probabilities (alphabet:
+    the rows' length, escapes at both ends), the escapes' excesses after them (``uniform``).
+    Raises what constriction raises on a corrupt stream."""
+    sym = np.asarray(dec.decode(family, probs), dtype=np.int64) if len(probs) else np.zeros(0, dtype=np.int64)
+    excess = np.zeros_like(sym)
+    esc = (sym == 0) | (sym == probs.shape[-1] - 1)
+    if esc.any():
+        excess[esc] = np.asarray(dec.decode(uniform, int(esc.sum())), dtype=np.int64)
+    return sym, excess
 
 
 def _wavefronts(h: int, w: int, offsets: Sequence[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -238,10 +266,7 @@ def encode_grids(grids: Sequence[np.ndarray], model: IntContextModel) -> bytes:
         # Same order as the decoder: wavefront by wavefront, escapes' excess after each wavefront.
         for r, c in _wavefronts(h, w, model.offsets):
             i = r * w + c
-            enc.encode(sym[i], family, probs[i])
-            esc = i[(sym[i] == 0) | (sym[i] == ALPHABET - 1)]
-            if esc.size:
-                enc.encode(excess[esc], uniform)
+            _encode_symbols(enc, family, uniform, sym[i], excess[i], probs[i])
     return enc.get_compressed().tobytes()
 
 
@@ -264,13 +289,9 @@ def decode_grids(
             idx = pad.index(r, c)
             s_idx, mean_num = model.params(pad.context(idx))
             try:
-                sym = np.asarray(
-                    dec.decode(family, table[s_idx, np.mod(mean_num, MEAN_STEPS)]), dtype=np.int64
+                sym, excess = _decode_symbols(
+                    dec, family, uniform, table[s_idx, np.mod(mean_num, MEAN_STEPS)]
                 )
-                excess = np.zeros_like(sym)
-                esc = (sym == 0) | (sym == ALPHABET - 1)
-                if esc.any():
-                    excess[esc] = np.asarray(dec.decode(uniform, int(esc.sum())), dtype=np.int64)
             except (ValueError, RuntimeError, AssertionError) as exc:
                 raise CinrFormatError(f"{where}: latent stream is corrupt ({exc})") from None
             pad.flat[idx] = _values(sym, excess, mean_num)
@@ -311,10 +332,9 @@ def weight_pmf_table() -> np.ndarray:
 
 
 def _weight_symbols(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(symbol, excess) of integer weights: ``_symbols`` about a zero mean over -W_RADIUS..W_RADIUS."""
     d = np.asarray(v, dtype=np.int64).ravel()
-    sym = np.clip(d + W_RADIUS + 1, 0, W_ALPHABET - 1)
-    excess = np.where(d < -W_RADIUS, -W_RADIUS - 1 - d, np.where(d > W_RADIUS, d - W_RADIUS - 1, 0))
-    return sym.astype(np.int32), excess.astype(np.int32)
+    return _symbols(d, np.zeros_like(d), W_RADIUS)
 
 
 def _weight_costs(v: np.ndarray) -> np.ndarray:
@@ -350,11 +370,8 @@ def encode_weights(tensors: Sequence[tuple[np.ndarray, int]]) -> bytes:
         sym, excess = _weight_symbols(v)
         if int(excess.max(initial=0)) >= W_MAX_EXCESS:
             raise ValueError(f"a network weight is beyond {W_RADIUS + W_MAX_EXCESS}")
-        if v.size:
-            enc.encode(sym, family, np.broadcast_to(table[s_idx], (v.size, W_ALPHABET)).copy())
-        esc = (sym == 0) | (sym == W_ALPHABET - 1)
-        if esc.any():
-            enc.encode(excess[esc], uniform)
+        probs = np.broadcast_to(table[s_idx], (v.size, W_ALPHABET)).copy()
+        _encode_symbols(enc, family, uniform, sym, excess, probs)
     return bytes(head) + enc.get_compressed().tobytes()
 
 
@@ -379,22 +396,11 @@ def decode_weights(
             raise CinrFormatError(f"{where}: weight exponent {k} or scale index {s_idx} out of range")
         size = int(np.prod(shape))
         try:
-            sym = (
-                np.asarray(dec.decode(family, np.broadcast_to(table[s_idx], (size, W_ALPHABET)).copy()))
-                if size
-                else np.zeros(0, dtype=np.int64)
-            ).astype(np.int64)
-            excess = np.zeros_like(sym)
-            esc = (sym == 0) | (sym == W_ALPHABET - 1)
-            if esc.any():
-                excess[esc] = np.asarray(dec.decode(uniform, int(esc.sum())), dtype=np.int64)
+            probs = np.broadcast_to(table[s_idx], (size, W_ALPHABET)).copy()
+            sym, excess = _decode_symbols(dec, family, uniform, probs)
         except (ValueError, RuntimeError, AssertionError) as exc:
             raise CinrFormatError(f"{where}: weight stream is corrupt ({exc})") from None
-        d = sym - W_RADIUS - 1
-        d = np.where(
-            sym == 0, -W_RADIUS - 1 - excess, np.where(sym == W_ALPHABET - 1, W_RADIUS + 1 + excess, d)
-        )
-        ints = d.reshape(shape)
+        ints = _values(sym, excess, np.zeros_like(sym), W_RADIUS).reshape(shape)
         if np.abs(ints).max(initial=0) >= 1 << 15:
             raise CinrFormatError(f"{where}: a network weight is out of range")
         out.append((ints, k))
