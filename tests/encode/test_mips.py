@@ -23,6 +23,32 @@ def test_box_downsample_means_what_each_box_covers() -> None:
     assert np.allclose(box_downsample(img, 8)[0, 0], img.reshape(-1, 3).mean(axis=0))
 
 
+def test_box_downsample_of_a_box_far_larger_than_the_image_costs_the_image() -> None:
+    """A 2 x 16 tile at d = 4096 is one mean, not a 4096^2 padded array (fuzz mutant: 3,295 such
+    tiles of a 1048575 x 2 slide took minutes at its last level)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (2, 16, 3), dtype=np.uint8)
+    tracemalloc.start()
+    out = box_downsample(img, 4096)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert out.shape == (1, 1, 3) and out.dtype == np.float32
+    assert np.allclose(out[0, 0], img.reshape(-1, 3).mean(axis=0))
+    assert peak < 1 << 20
+    # Both ways of summing give the same means (exact sums of uint8 values) on ragged edges.
+    big = rng.integers(0, 256, (37, 300, 3), dtype=np.uint8)
+    for d in (3, 64, 256):
+        ref = np.stack(
+            [
+                np.stack([big[i : i + d, j : j + d].reshape(-1, 3).mean(axis=0) for j in range(0, 300, d)])
+                for i in range(0, 37, d)
+            ]
+        )
+        assert np.allclose(box_downsample(big, d), ref, atol=1e-4)
+
+
 @pytest.mark.parametrize("target", [28.0, 36.0, 44.0])
 def test_encode_mip_reaches_its_target(tissue_crop: np.ndarray, target: float) -> None:
     exact = box_downsample(tissue_crop, 2)
