@@ -12,6 +12,7 @@ format 1.3).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -68,15 +69,17 @@ def upsample_learned(
     return x
 
 
-def _pointwise(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """A 1x1 convolution on a channels-last (N, H, W, C) tensor."""
-    return F.linear(x, layer.weight.view(layer.out_channels, layer.in_channels), layer.bias)
+def _pointwise(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution (``nn.Conv2d``) on a channels-last (N, H, W, C) tensor."""
+    conv = cast(nn.Conv2d, layer)
+    return F.linear(x, conv.weight.view(conv.out_channels, conv.in_channels), conv.bias)
 
 
-def _conv3x3(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """A 3x3 convolution with replicate padding, channels-last (N, H, W, C) in and out."""
+def _conv3x3(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A 3x3 convolution (``nn.Conv2d``) with replicate padding, channels-last (N, H, W, C) in and out."""
+    conv = cast(nn.Conv2d, layer)
     y = F.pad(x.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="replicate")
-    return F.conv2d(y, layer.weight, layer.bias).permute(0, 2, 3, 1)
+    return F.conv2d(y, conv.weight, conv.bias).permute(0, 2, 3, 1)
 
 
 class Synthesis(nn.Module):
