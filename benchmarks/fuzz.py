@@ -16,6 +16,8 @@ the maxima per call, and every failure with the mutations that made it.
 
     python -m benchmarks.fuzz --mutants 100000 --seed 0                  # the full run
     python -m benchmarks.fuzz --time-budget 1200 --encoded               # what fits in 20 minutes
+    python -m benchmarks.fuzz --first 50000 --mutants 50000 --out B.md   # a share of the full run
+    python -m benchmarks.fuzz --merge A.json B.json --out fuzz.md        # shares added up
 
 ``tests/format/test_fuzz.py`` runs a few hundred mutants in-process with a fixed seed (CI).
 """
@@ -303,11 +305,14 @@ class Outcome:
 
 
 def mutants(
-    sources: dict[str, bytes], n: int, seed: int, max_blocks: int
+    sources: dict[str, bytes], n: int, seed: int, max_blocks: int, first: int = 0
 ) -> Iterator[tuple[int, str, bytes, list[str]]]:
-    """(index, seed name, bytes, mutations) of mutants 0..n-1, seeds taken in turn (deterministic)."""
+    """(index, seed name, bytes, mutations) of mutants first..first+n-1, seeds taken in turn.
+
+    Mutant i depends only on (seed, i), so runs over disjoint ranges add up to one run.
+    """
     names = sorted(sources)
-    for i in range(n):
+    for i in range(first, first + n):
         name = names[i % len(names)]
         data, what = mutate(sources[name], f"{seed}:{i}", max_blocks=max_blocks)
         yield i, name, data, what
@@ -428,9 +433,16 @@ def report(
         "`get_thumbnail`, in a forked child under an address-space limit and a timeout. A failure is any",
         "exception that is not a `CinrError`, or a child that died or ran out of time.",
         "",
-        f"- mutants: {summary['mutants']:,}; seed {settings['seed']}; seeds: {', '.join(seed_names)}",
+        f"- mutants: {summary['mutants']:,} (indices "
+        + ", ".join(
+            f"{a:,}–{b - 1:,}"
+            for a, b in settings.get("ranges")
+            or [(settings.get("first", 0), settings.get("first", 0) + summary["mutants"])]
+        )
+        + f"); seed {settings['seed']}; seeds: {', '.join(seed_names)}",
         f"- limits per mutant: {settings['memory_gb']} GB of address space, {settings['timeout']} s",
-        f"- wall time: {settings['wall_seconds']:.0f} s on {settings['workers']} worker(s)",
+        f"- wall time: {settings['wall_seconds']:.0f} s"
+        + (f", summed over {settings['workers']} runs" if settings["workers"] > 1 else " on 1 worker"),
         f"- **failures: {len(summary['failures'])}**",
         f"- largest mutant: {summary['max_file_bytes']:,} bytes; slowest mutant (all calls): "
         f"{summary['max_file_seconds']:.2f} s",
@@ -465,11 +477,62 @@ def report(
     return "\n".join(lines) + "\n"
 
 
+def merge(parts: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(summary, settings) of runs over disjoint ranges of the same mutants, as one run's.
+
+    Raises ``ValueError`` when the runs differ in seed, limits or seeds, or their ranges overlap.
+    """
+    keys = ("seed", "memory_gb", "timeout", "max_blocks", "seed_names", "code")
+    first = parts[0]["settings"]
+    for p in parts[1:]:
+        diff = [k for k in keys if p["settings"].get(k) != first.get(k)]
+        if diff:
+            raise ValueError(f"the runs differ in {', '.join(diff)}")
+    ranges = sorted((p["settings"]["first"], p["settings"]["first"] + p["mutants"]) for p in parts)
+    for (_, end), (start, _) in zip(ranges, ranges[1:]):
+        if start < end:
+            raise ValueError(f"mutant ranges overlap at {start}")
+    types: dict[str, collections.Counter[str]] = {c: collections.Counter() for c in CALLS}
+    worst: dict[str, dict[str, Any]] = {c: {"seconds": 0.0, "peak_kib": 0} for c in CALLS}
+    for p in parts:
+        for c in CALLS:
+            types[c].update(p["exception_types"][c])
+            w, pw = worst[c], p["worst"][c]
+            if pw["seconds"] > w["seconds"]:
+                w.update(seconds=pw["seconds"], seconds_at=pw.get("seconds_at"))
+            if pw["peak_kib"] > w["peak_kib"]:
+                w.update(peak_kib=pw["peak_kib"], peak_at=pw.get("peak_at"))
+    summary = {
+        "mutants": sum(p["mutants"] for p in parts),
+        "failures": [f for p in parts for f in p["failures"]],
+        "exception_types": {c: dict(types[c].most_common()) for c in CALLS},
+        "worst": worst,
+        "max_file_seconds": max(p["max_file_seconds"] for p in parts),
+        "max_file_bytes": max(p["max_file_bytes"] for p in parts),
+    }
+    settings = {
+        **{k: first.get(k) for k in keys},
+        "first": ranges[0][0],
+        "ranges": ranges,
+        "wall_seconds": sum(p["settings"]["wall_seconds"] for p in parts),
+        "workers": len(parts),
+    }
+    return summary, settings
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.fuzz", description=__doc__.split("\n\n")[0])
     ap.add_argument("--mutants", type=int, default=100_000, help="how many mutants [%(default)s]")
     ap.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--first", type=int, default=0, help="index of the first mutant [%(default)s]")
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="add up the JSON reports of runs over disjoint ranges",
+    )
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per mutant [%(default)s]")
     ap.add_argument("--memory-gb", type=float, default=4.0, help="address space per mutant [%(default)s]")
     ap.add_argument(
@@ -480,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", type=Path, default=RESULTS / "fuzz.md", help="report (and .json beside it)")
     args = ap.parse_args(argv)
+    if args.merge:
+        return _merged(args.merge, args.out)
 
     import torch
 
@@ -498,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     outcomes: list[Outcome] = []
     memory = int(args.memory_gb * (1 << 30))
-    for i, name, data, what in mutants(sources, args.mutants, args.seed, args.max_blocks):
+    for i, name, data, what in mutants(sources, args.mutants, args.seed, args.max_blocks, args.first):
         if args.time_budget is not None and time.perf_counter() - t0 > args.time_budget:
             break
         t = time.perf_counter()
@@ -515,19 +580,43 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{i + 1} mutants, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     settings = {
         "seed": args.seed,
+        "first": args.first,
         "memory_gb": args.memory_gb,
         "timeout": args.timeout,
         "wall_seconds": time.perf_counter() - t0,
         "workers": 1,
         "max_blocks": args.max_blocks,
+        "seed_names": sorted(sources),
+        "code": versions.get("cinr_codec"),
     }
     summary = summarise(outcomes)
     from benchmarks.common import write_report
 
     write_report(
-        args.out, report(summary, settings, sorted(sources), versions), {"settings": settings, **summary}
+        args.out,
+        report(summary, settings, sorted(sources), versions),
+        {"settings": settings, "versions": versions, **summary},
     )
     print(f"{len(outcomes)} mutants, {len(summary['failures'])} failures; report: {args.out}")
+    return 1 if summary["failures"] else 0
+
+
+def _merged(paths: list[Path], out: Path) -> int:
+    from benchmarks.common import write_report
+
+    parts = [json.loads(p.read_text()) for p in paths]
+    try:
+        summary, settings = merge(parts)
+    except ValueError as exc:
+        print(f"cannot merge: {exc}", file=sys.stderr)
+        return 2
+    versions = parts[0].get("versions", {})
+    write_report(
+        out,
+        report(summary, settings, settings["seed_names"], versions),
+        {"settings": settings, "versions": versions, **summary},
+    )
+    print(f"{summary['mutants']} mutants, {len(summary['failures'])} failures; report: {out}")
     return 1 if summary["failures"] else 0
 
 

@@ -111,3 +111,28 @@ def test_many_forked_mutants(sources: dict[str, bytes], tmp_path: Path) -> None:
     assert not summary["failures"], summary["failures"][:3]
     assert max(w["seconds"] for w in summary["worst"].values()) < 20
     assert max(w["peak_kib"] for w in summary["worst"].values()) < 3 << 20
+
+
+def test_runs_over_disjoint_ranges_add_up_to_one_run(sources: dict[str, bytes], tmp_path: Path) -> None:
+    """``--first`` shares of a run merge into the whole run's counts and maxima; overlaps are refused."""
+    from benchmarks.fuzz import merge
+
+    def part(first: int, n: int) -> dict:
+        outcomes = [o for o in run_inprocess(sources, first + n, 3, tmp_path) if o.index >= first]
+        settings = {"seed": 3, "first": first, "memory_gb": 4.0, "timeout": 60.0, "wall_seconds": 1.0}
+        return {
+            "settings": {**settings, "max_blocks": 1 << 12, "seed_names": sorted(sources)},
+            **summarise(outcomes),
+        }
+
+    whole, a, b = part(0, 12), part(0, 5), part(5, 7)
+    summary, settings = merge([b, a])
+    assert summary["mutants"] == 12 and settings["ranges"] == [(0, 5), (5, 12)]
+    assert summary["exception_types"] == whole["exception_types"]
+    assert summary["max_file_bytes"] == whole["max_file_bytes"]
+    for c in CALLS:
+        assert summary["worst"][c]["seconds"] == max(a["worst"][c]["seconds"], b["worst"][c]["seconds"])
+    with pytest.raises(ValueError, match="overlap"):
+        merge([a, part(4, 3)])
+    with pytest.raises(ValueError, match="seed"):
+        merge([a, {**b, "settings": {**b["settings"], "seed": 4}}])
