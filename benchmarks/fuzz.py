@@ -16,6 +16,7 @@ the maxima per call, and every failure with the mutations that made it.
 
     python -m benchmarks.fuzz --mutants 100000 --seed 0                  # the full run
     python -m benchmarks.fuzz --time-budget 1200 --encoded               # what fits in 20 minutes
+    python -m benchmarks.fuzz --jobs 16                                  # the full run on 16 cores
     python -m benchmarks.fuzz --first 50000 --mutants 50000 --out B.md   # a share of the full run
     python -m benchmarks.fuzz --merge A.json B.json --out fuzz.md        # shares added up
 
@@ -542,9 +543,17 @@ def main(argv: list[str] | None = None) -> int:
         "--encoded", action="store_true", help="also seed with slides made by the encoder (ngp, cinr, ccinr)"
     )
     ap.add_argument("--out", type=Path, default=RESULTS / "fuzz.md", help="report (and .json beside it)")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="split the range over this many processes, then merge [%(default)s]",
+    )
     args = ap.parse_args(argv)
     if args.merge:
         return _merged(args.merge, args.out)
+    if args.jobs > 1:
+        return _parallel(args, argv if argv is not None else sys.argv[1:])
 
     import torch
 
@@ -599,6 +608,52 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{len(outcomes)} mutants, {len(summary['failures'])} failures; report: {args.out}")
     return 1 if summary["failures"] else 0
+
+
+def _parallel(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run ``args.jobs`` processes over equal shares of the range (each a ``--first`` run), then merge."""
+    import subprocess
+
+    drop = {"--jobs", "--first", "--mutants", "--out"}
+    rest, skip = [], False
+    for a in argv:  # the shares' own options replace these
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in drop:
+            skip = "=" not in a
+            continue
+        rest.append(a)
+    bounds = [args.first + args.mutants * k // args.jobs for k in range(args.jobs + 1)]
+    parts = [args.out.with_name(f"{args.out.stem}.part{k}.md") for k in range(args.jobs)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.fuzz",
+                *rest,
+                "--first",
+                str(a),
+                "--mutants",
+                str(b - a),
+                "--out",
+                str(o),
+            ],
+            cwd=ROOT,
+        )
+        for a, b, o in zip(bounds, bounds[1:], parts)
+    ]
+    codes = [p.wait() for p in procs]
+    if any(c not in (0, 1) for c in codes):
+        print(f"a share failed to run (exit statuses {codes})", file=sys.stderr)
+        return 2
+    status = _merged([o.with_suffix(".json") for o in parts], args.out)
+    for o in parts:
+        o.unlink(missing_ok=True)
+        o.with_suffix(".json").unlink(missing_ok=True)
+    return status
 
 
 def _merged(paths: list[Path], out: Path) -> int:

@@ -39,3 +39,8 @@ for preset in ("fast", "default", "high"):
 PY
 python3 -m benchmarks.hashgrid_speed --device cuda --repeat 5 2>&1 | tee "$OUT/hashgrid_speed_cuda.txt"
 cp benchmarks/results/hashgrid_speed_cuda.md "$OUT/" 2>/dev/null || true
+# The lent machine's 16 CPU cores run the 10^5-mutant fuzz of issue 14 in about 10-15 minutes
+# (2-core CPU: about 3-10 mutants/s per core). Only with FUZZ=1: it takes most of a session's device time.
+if [ "${FUZZ:-0}" = 1 ]; then
+  python3 -m benchmarks.fuzz --jobs "$(nproc)" --mutants 100000 --memory-gb 3 --timeout 20 --out "$OUT/fuzz.md" 2>&1 | grep -v -i warn | tail -3
+fi
