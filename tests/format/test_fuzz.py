@@ -136,3 +136,16 @@ def test_runs_over_disjoint_ranges_add_up_to_one_run(sources: dict[str, bytes], 
         merge([a, part(4, 3)])
     with pytest.raises(ValueError, match="seed"):
         merge([a, {**b, "settings": {**b["settings"], "seed": 4}}])
+
+
+def test_jobs_split_the_range_and_merge_it(tmp_path: Path) -> None:
+    """``--jobs 2`` runs two shares in their own processes and leaves one report of the whole range."""
+    import json
+
+    from benchmarks.fuzz import main
+
+    out = tmp_path / "f.md"
+    assert main(["--jobs", "2", "--mutants", "6", "--first", "3", "--timeout", "20", "--out", str(out)]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["mutants"] == 6 and data["settings"]["ranges"] == [[3, 6], [6, 9]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json", "f.md"]
