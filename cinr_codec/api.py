@@ -145,12 +145,13 @@ class CinrSlide(openslide.AbstractSlide):
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_block_bytes: int | None = None,
         device: str = "cpu",
+        remote: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self._path = os.fspath(path)
         self._closed = True
         self._decoder = SlideDecoder(
-            path, cache_bytes=cache_bytes, max_block_bytes=max_block_bytes, device=device
+            path, cache_bytes=cache_bytes, max_block_bytes=max_block_bytes, device=device, remote=remote
         )
         try:
             dims, ds = virtual_pyramid(self._decoder.width, self._decoder.height)
@@ -438,11 +439,17 @@ def open_cinr(
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     max_block_bytes: int | None = None,
     device: str = "cpu",
+    remote: Mapping[str, Any] | None = None,
 ) -> CinrSlide:
     """Open a ``.cinr`` slide (``CinrError`` if the file is missing, not a .cinr file, or corrupt).
 
-    ``cache_bytes`` bounds the decoded-pixel cache; ``max_block_bytes`` lowers the decompressed
-    block size accepted (see ``CinrReader``); ``device`` runs the block models there ("cpu",
-    "cuda" or "auto"; see ``SlideDecoder``).
+    ``path`` may be an fsspec URL (``https://``, ``s3://``, ``gs://``, ``file://``): the header,
+    the index and then only the blocks a read touches are fetched, by ranged requests;
+    ``remote`` sets their ``timeout`` (seconds, default 30), ``retries`` (default 2) and fsspec
+    ``storage_options``. ``cache_bytes`` bounds the decoded-pixel cache; ``max_block_bytes`` lowers
+    the decompressed block size accepted (see ``CinrReader``); ``device`` runs the block models
+    there ("cpu", "cuda" or "auto"; see ``SlideDecoder``).
     """
-    return CinrSlide(path, cache_bytes=cache_bytes, max_block_bytes=max_block_bytes, device=device)
+    return CinrSlide(
+        path, cache_bytes=cache_bytes, max_block_bytes=max_block_bytes, device=device, remote=remote
+    )

@@ -17,7 +17,6 @@ from .common import handle_errors
 @handle_errors
 def info_cmd(path: str, as_json: bool, verbose: bool) -> None:
     """Print a readable summary of a .cinr file: image, encoding, blocks, quality and size."""
-    import os
 
     import numpy as np
 
@@ -37,7 +36,7 @@ def info_cmd(path: str, as_json: bool, verbose: bool) -> None:
         quality = about.quality
         summary = {
             "path": path,
-            "bytes": os.path.getsize(path),
+            "bytes": reader.file_size,
             "version": list(reader.version),
             "blocks": reader.n_blocks,
             "model_blocks": int(np.count_nonzero(codes == KIND_MODEL)),
@@ -70,7 +69,7 @@ def info_cmd(path: str, as_json: bool, verbose: bool) -> None:
                 for k, d in enumerate(mips)
             ],
             "associated_image_bytes": {k: v.length for k, v in sorted(reader.associated_images.items())},
-            "bpp": 8.0 * os.path.getsize(path) / (layout.width * layout.height),
+            "bpp": 8.0 * reader.file_size / (layout.width * layout.height),
             "quality": quality,
             "metadata": meta,
         }

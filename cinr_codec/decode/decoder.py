@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,12 +128,13 @@ class SlideDecoder:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_block_bytes: int | None = None,
         device: str = "cpu",
+        remote: Mapping[str, Any] | None = None,
     ) -> None:
         from ..core.render import resolve_device
 
         self.device = resolve_device(device)
 
-        self.reader = CinrReader(path, max_block_bytes=max_block_bytes)
+        self.reader = CinrReader(path, max_block_bytes=max_block_bytes, remote=remote)
         try:
             self.layout = parse_layout(self.reader)
             self.grid = self.layout.grid

@@ -14,10 +14,10 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import numpy as np
 import zstandard
@@ -30,6 +30,7 @@ from ...errors import (
     CinrTruncatedError,
     CinrVersionError,
 )
+from ..remote import RemoteFile, is_url
 from .binary import (
     CONTAINER_KEY,
     FLAG_JSON_ZSTD,
@@ -110,8 +111,11 @@ class AssociatedImage:
 class CinrReader:
     """Read a ``.cinr`` file lazily.
 
-    ``source`` is a path or a seekable binary file object (not closed by ``close()``; reads
-    use ``os.pread`` when it has a real file descriptor, otherwise seek+read under a lock).
+    ``source`` is a path, an fsspec URL (``https://``, ``s3://``, ``file://``...: read by ranged
+    requests of what is needed, ``format.remote.RemoteFile``, configured by ``remote``: its
+    ``timeout``, ``retries`` and ``storage_options``) or a seekable binary file object (not closed
+    by ``close()``; reads use ``os.pread`` when it has a real file descriptor, otherwise seek+read
+    under a lock).
     ``max_block_bytes`` lowers the decompressed size a block may have (the file's own
     ``container.max_block_bytes`` and ``HARD_MAX_BLOCK_BYTES`` always apply): a server can
     refuse files whose blocks would need more memory than it grants.
@@ -125,6 +129,7 @@ class CinrReader:
         *,
         name: str | None = None,
         max_block_bytes: int | None = None,
+        remote: Mapping[str, Any] | None = None,
     ) -> None:
         if max_block_bytes is not None and not is_uint(max_block_bytes, HARD_MAX_BLOCK_BYTES):
             raise ValueError(f"max_block_bytes must be an int in [0, {HARD_MAX_BLOCK_BYTES}]")
@@ -133,14 +138,23 @@ class CinrReader:
         self._owned: IO[bytes] | None = None
         self._fd: int | None = None
         self._closed = False
-        if isinstance(source, (str, os.PathLike)):
+        self._fh: IO[bytes]
+        if is_url(source):
+            self.name = name or str(source)
+            try:
+                remote_file = RemoteFile(str(source), **dict(remote or {}))
+            except OSError as exc:
+                raise CinrIOError(f"{self.name}: cannot open: {exc}") from None
+            self._owned = cast("IO[bytes]", remote_file)
+            self._fh = self._owned
+        elif isinstance(source, (str, os.PathLike)):
             self.name = name or str(source)
             try:
                 fh = open(source, "rb", buffering=0)  # closed by close()
             except OSError as exc:
                 raise CinrIOError(f"{self.name}: cannot open: {exc.strerror or exc}") from None
             self._owned = fh
-            self._fh: IO[bytes] = fh
+            self._fh = fh
         else:
             self.name = name or str(getattr(source, "name", "<stream>"))
             self._fh = source

@@ -1,0 +1,206 @@
+"""Reading a ``.cinr`` over HTTP: bytes fetched against the file and the blocks touched, time against
+a local read.
+
+    python -m benchmarks.remote_read [--cinr PATH] [--steps 20] [--reads 5] [--json] [--out NAME]
+
+The slide (default: the bundled sample, encoded with the fast preset at ``--steps`` per block,
+cached like ``benchmarks.decode_speed``'s) is served by a range-capable HTTP server on loopback
+(``http.server`` threads; every response body counted). For each case a fresh ``open_cinr(url)``
+and a fresh ``open_cinr(path)``: opening (preamble, header, index, footer), a 256 x 256 read at
+scale 1, a 1024 x 1024 read at scale 1, a 512 x 512 read at scale 1/4 (from the mips), and the
+thumbnail. Reported per case: bytes fetched and requests (after opening), the stored bytes of the
+blocks the read touched (from the index: the lower bound), the file size, and the median seconds
+of the remote and the local read (``--reads`` times, positions fixed; loopback, so the time is
+the protocol's overhead, not a network's latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS, header, md_table, publish
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "cinr_codec" / "data" / "CMU-1-Small-Region.svs"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.server.data)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+
+    def do_GET(self) -> None:  # noqa: N802
+        data = self.server.data
+        rng = self.headers.get("Range")
+        if rng:
+            a, _, b = rng.removeprefix("bytes=").partition("-")
+            start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
+            body = data[start : end + 1]
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        else:
+            body = data
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        with self.server.lock:  # counted before it is sent: a client that has it sees it counted
+            self.server.sent += len(body)
+            self.server.requests += 1
+        self.wfile.write(body)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    data: bytes
+    sent = 0
+    requests = 0
+    lock: threading.Lock
+
+
+def touched_bytes(path: Path, x: int, y: int, w: int, h: int, scale: float) -> int:
+    """Stored bytes of the blocks (level blocks at scale 1, else the mip level used) under a read."""
+    from cinr_codec.decode import SlideDecoder
+
+    d = SlideDecoder(path)
+    try:
+        g = d.layout
+        n = g.n_blocks
+        bs = g.block_size
+        level = 0
+        if scale < 1:
+            usable = [k for k, ds in enumerate(g.mips) if ds <= 1 / scale]
+            level = usable[-1] + 1 if usable else 0
+        lengths = d.reader.stored_lengths()
+        c0, c1 = x // bs, min(g.cols - 1, (x + w - 1) // bs)
+        r0, r1 = y // bs, min(g.rows - 1, (y + h - 1) // bs)
+        ids = {level * n + r * g.cols + c for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)}
+        return int(sum(int(lengths[i]) for i in ids))
+    finally:
+        d.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.remote_read", description=__doc__.split("\n")[0])
+    ap.add_argument("--cinr", type=Path, default=None, help="a .cinr file (default: the sample, encoded)")
+    ap.add_argument("--steps", type=int, default=20, help="steps per block when encoding the sample")
+    ap.add_argument("--reads", type=int, default=5)
+    ap.add_argument("--out", default="remote_read")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    from benchmarks.decode_speed import cached_cinr
+    from cinr_codec.api import open_cinr
+
+    if args.cinr is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path, _ = cached_cinr(SAMPLE, "fast", args.steps, 1024, "cpu", True, Path(tmp), print)
+    else:
+        path = args.cinr
+    data = path.read_bytes()
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.data, server.lock = data, threading.Lock()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
+    with open_cinr(path) as s:
+        W, H = s.dimensions
+    cx, cy = W // 2, H // 2
+    cases: list[tuple[str, Any, tuple[int, int, int, int, float] | None]] = [
+        ("256² at scale 1", lambda s: s.read_region((cx, cy), 0, (256, 256)), (cx, cy, 256, 256, 1.0)),
+        (
+            "1024² at scale 1",
+            lambda s: s.read_region((cx - 512, cy - 512), 0, (1024, 1024)),
+            (cx - 512, cy - 512, 1024, 1024, 1.0),
+        ),
+        ("512² at scale 1/4", lambda s: s.read_region((0, 0), 2, (512, 512)), (0, 0, 2048, 2048, 0.25)),
+        ("thumbnail 256 px", lambda s: s.get_thumbnail((256, 256)), (0, 0, W, H, 256 / max(W, H))),
+    ]
+    rows, payload = [], []
+    open_sent: list[int] = []
+    for name, fn, where in cases:
+        t_remote, t_local, sent, reqs = [], [], 0, 0
+        for _ in range(args.reads):
+            before = (server.sent, server.requests)
+            with open_cinr(url) as s:
+                open_sent.append(server.sent - before[0])
+                mid = (server.sent, server.requests)
+                t = time.perf_counter()
+                fn(s)
+                t_remote.append(time.perf_counter() - t)
+                sent, reqs = server.sent - mid[0], server.requests - mid[1]
+            with open_cinr(path) as s:
+                t = time.perf_counter()
+                fn(s)
+                t_local.append(time.perf_counter() - t)
+        touched = touched_bytes(path, *where) if where else None
+        r = {
+            "case": name,
+            "bytes_fetched": sent,
+            "requests": reqs,
+            "touched_block_bytes": touched,
+            "remote_s": statistics.median(t_remote),
+            "local_s": statistics.median(t_local),
+        }
+        payload.append(r)
+        rows.append(
+            (
+                name,
+                f"{sent:,}",
+                reqs,
+                f"{touched:,}" if touched is not None else "n/a",
+                f"{r['remote_s'] * 1000:.0f}",
+                f"{r['local_s'] * 1000:.0f}",
+                f"{r['remote_s'] / r['local_s']:.2f}",
+            )
+        )
+    server.shutdown()
+    text = "\n".join(
+        [
+            header("Reading a .cinr over HTTP (loopback)"),
+            f"- file: {path.name}, {len(data):,} bytes, {W} x {H} px",
+            f"- opening fetches {statistics.median(open_sent):,.0f} bytes (preamble, header, index, footer: "
+            f"{statistics.median(open_sent) / len(data):.1%} of the file)",
+            "",
+            *md_table(
+                [
+                    "read (fresh open each)",
+                    "bytes fetched",
+                    "requests",
+                    "stored bytes of the blocks under it",
+                    "remote ms",
+                    "local ms",
+                    "remote / local",
+                ],
+                "lrrrrrr",
+                rows,
+            ),
+            "",
+            "Medians of the reads; the server is `http.server` on loopback, so remote time is the "
+            "protocol's overhead, not a network's latency.",
+        ]
+    )
+    publish(
+        RESULTS / f"{args.out}.md", text, payload, args.json, data={"file_bytes": len(data), "cases": payload}
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""``.cinr`` files read through URLs (``format/remote.py``): against a range-capable HTTP server on
+loopback, only what a read needs is fetched; failures are ``CinrIOError`` naming the URL, in
+bounded time."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cinr_codec.api import open_cinr
+from cinr_codec.errors import CinrError, CinrIOError
+from cinr_codec.format.container import CinrReader
+from cinr_codec.format.remote import is_url
+
+VECTORS = Path(__file__).resolve().parents[2] / "formats" / "vectors"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Files from ``server.files``; ``server.mode``: ``ok``, ``norange`` (ignores Range),
+    ``short`` (sends half of what it announces, then closes), ``hang`` (never answers a GET),
+    ``nosize`` (no Content-Length, no Content-Range)."""
+
+    server: _Server
+    disable_nagle_algorithm = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _file(self) -> bytes | None:
+        data = self.server.files.get(self.path)
+        if data is None:
+            self.send_error(404, "no such file")
+        return data
+
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+        data = self._file()
+        if data is None:
+            return
+        self.send_response(200)
+        if self.server.mode != "nosize":
+            self.send_header("Content-Length", str(len(data)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+
+    def do_GET(self) -> None:  # noqa: N802
+        data = self._file()
+        if data is None:
+            return
+        mode = self.server.mode
+        if mode == "hang":
+            self.server.release.wait(30)
+            return
+        rng = self.headers.get("Range")
+        status, body = 200, data
+        if rng and mode != "norange":
+            a, _, b = rng.removeprefix("bytes=").partition("-")
+            start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
+            status, body = 206, data[start : end + 1]
+        self.send_response(status)
+        if mode == "nosize":  # a body delimited by closing the connection, sizes unsaid
+            self.close_connection = True
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_header("Content-Length", str(len(body)))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        self.end_headers()
+        if mode == "short":
+            body = body[: len(body) // 2]
+            self.close_connection = True
+        self.server.sent += len(body)  # counted before it is sent: a client that has it sees it counted
+        self.server.requests += 1
+        self.wfile.write(body)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    files: dict[str, bytes]
+    mode = "ok"
+    sent = 0
+    requests = 0
+    release: threading.Event
+
+
+@contextlib.contextmanager
+def _serve(files: dict[str, bytes], mode: str = "ok") -> Iterator[_Server]:
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.files, server.mode, server.release = files, mode, threading.Event()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def _url(server: _Server, name: str) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}{name}"
+
+
+@pytest.fixture(scope="module")
+def slide_bytes() -> bytes:
+    from benchmarks.fuzz import grid_seed
+
+    return grid_seed(VECTORS / "ngp-fast-64x40-int8.cinr")
+
+
+def test_is_url() -> None:
+    assert is_url("https://x/y.cinr") and is_url("s3://b/k.cinr") and is_url("file:///tmp/a.cinr")
+    assert not is_url("slide.cinr") and not is_url("/tmp/a.cinr") and not is_url(Path("a://b"))
+
+
+def test_a_region_over_http_is_the_local_one_and_fetches_only_its_blocks(
+    slide_bytes: bytes, tmp_path: Path
+) -> None:
+    local = tmp_path / "s.cinr"
+    local.write_bytes(slide_bytes)
+    with _serve({"/s.cinr": slide_bytes}) as server, open_cinr(_url(server, "/s.cinr")) as remote:
+        opened = server.sent
+        with CinrReader(local) as r:
+            stored = [b for b in r.blocks() if b.stored_length]
+            block0 = r.block_info(0)
+        # Opening reads the preamble, header, index and footer: not one stored block.
+        assert opened <= len(slide_bytes) - sum(b.stored_length for b in stored)
+        got = np.asarray(remote.read_region((0, 0), 0, (64, 64)))
+        fetched = server.sent - opened
+        with open_cinr(local) as slide:
+            want = np.asarray(slide.read_region((0, 0), 0, (64, 64)))
+        assert np.array_equal(got, want)
+        # Block 0 (a model) is the only block under the region: its bytes and nothing else.
+        assert fetched == block0.stored_length
+        assert remote.properties["openslide.mpp-x"] == "0.25"
+        assert remote.associated_images["label"].size == (40, 30)
+    assert server.sent < len(slide_bytes)
+
+
+def test_file_urls_and_cli_info(slide_bytes: bytes, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cinr_codec.cli import main
+
+    local = tmp_path / "s.cinr"
+    local.write_bytes(slide_bytes)
+    with open_cinr(local.as_uri()) as slide:
+        assert slide.dimensions == open_cinr(local).dimensions
+    with _serve({"/s.cinr": slide_bytes}) as server:
+        res = CliRunner().invoke(main, ["info", "--json", _url(server, "/s.cinr")])
+    assert res.exit_code == 0, res.output
+    assert f'"bytes": {len(slide_bytes)}' in res.output
+
+
+@pytest.mark.parametrize(
+    ("mode", "name", "expect"),
+    [
+        ("ok", "/missing.cinr", "404"),
+        ("norange", "/s.cinr", "range"),
+        ("short", "/s.cinr", ""),
+        ("nosize", "/s.cinr", "size"),
+        ("hang", "/s.cinr", "no answer within 2 s"),
+    ],
+)
+def test_bad_servers_give_one_cinr_io_error_naming_the_url(
+    slide_bytes: bytes, mode: str, name: str, expect: str
+) -> None:
+    with _serve({"/s.cinr": slide_bytes}, mode) as server:
+        url = _url(server, name)
+        t = time.perf_counter()
+        with pytest.raises(CinrIOError) as info:
+            with open_cinr(url, remote={"timeout": 2, "retries": 1}) as slide:
+                slide.read_region((0, 0), 0, (64, 64))
+        assert time.perf_counter() - t < 15
+    msg = str(info.value)
+    assert msg.startswith(url) and "\n" not in msg
+    assert expect in msg.lower()
+
+
+def test_unknown_protocols_are_cinr_errors() -> None:
+    with pytest.raises(CinrError, match="nosuchproto://x/y.cinr"):
+        open_cinr("nosuchproto://x/y.cinr")
+
+
+def test_a_refused_connection_is_a_cinr_io_error() -> None:
+    with _serve({}) as server:
+        url = _url(server, "/s.cinr")
+    with pytest.raises(CinrIOError, match="(?i)cannot connect"):
+        open_cinr(url, remote={"retries": 0})
