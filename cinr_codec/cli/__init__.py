@@ -13,6 +13,7 @@ from .decode import decode_cmd
 from .encode import encode_cmd
 from .fit import fit_cmd
 from .info import info_cmd
+from .serve import serve_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,7 +28,7 @@ def main(debug: bool) -> None:
     quiet_library_warnings()
 
 
-for _command in (fit_cmd, encode_cmd, info_cmd, decode_cmd):
+for _command in (fit_cmd, encode_cmd, info_cmd, decode_cmd, serve_cmd):
     main.add_command(_command)
 
 __all__ = ["NullSink", "handle_errors", "main"]

@@ -1,0 +1,170 @@
+"""``cinr serve`` (``cinr_codec/serve``): routes, DeepZoom tiles equal to the library's, 404 for
+everything it was not given, caching headers, folder discovery, the command on loopback."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cinr_codec.errors import CinrInputError
+from cinr_codec.serve import close_slides, create_app, find_slides
+
+ROOT = Path(__file__).resolve().parents[2]
+VECTORS = ROOT / "formats" / "vectors"
+SAMPLE = ROOT / "cinr_codec" / "data" / "CMU-1-Small-Region.svs"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """slide.cinr (a grid slide with associated images) beside slide.svs (the bundled sample)."""
+    from benchmarks.fuzz import grid_seed
+
+    d = tmp_path_factory.mktemp("served")
+    (d / "slide.cinr").write_bytes(grid_seed(VECTORS / "ngp-fast-64x40-int8.cinr"))
+    shutil.copy(SAMPLE, d / "slide.svs")
+    (d / "notes.txt").write_text("not a slide")
+    return d
+
+
+@pytest.fixture(scope="module")
+def client(folder: Path):
+    slides, pairs = find_slides([str(folder)])
+    app = create_app(slides, compare=pairs, tile_format="png")
+    yield app.test_client()
+    close_slides(app)
+
+
+def test_folder_discovery_pairs_a_cinr_with_its_original(folder: Path, tmp_path: Path) -> None:
+    slides, pairs = find_slides([str(folder)])
+    assert sorted(slides) == ["slide.cinr", "slide.svs"] and pairs == {"slide.cinr": "slide.svs"}
+    outside = tmp_path / "outside.svs"
+    shutil.copy(SAMPLE, outside)
+    linked = tmp_path / "f"
+    linked.mkdir()
+    os.symlink(outside, linked / "escape.svs")
+    assert find_slides([str(linked)]) == ({}, {})
+    with pytest.raises(CinrInputError, match="no such file"):
+        find_slides([str(tmp_path / "missing.cinr")])
+    with pytest.raises(CinrInputError, match="exactly one"):
+        find_slides([str(folder)], compare=str(SAMPLE))
+
+
+def test_slide_list_and_properties(client) -> None:
+    r = client.get("/api/slides")
+    assert r.status_code == 200
+    got = {s["name"]: s for s in r.get_json()}
+    assert got["slide.cinr"]["dimensions"] == [300, 104] and got["slide.cinr"]["compare"] == "slide.svs"
+    assert got["slide.cinr"]["mpp"] == [0.25, 0.25] and got["slide.cinr"]["dzi"] == "/slides/slide.cinr.dzi"
+    assert got["slide.svs"]["dimensions"] == [2220, 2967]
+    info = client.get("/api/slides/slide.cinr").get_json()
+    assert info["associated_images"] == ["label", "macro"] and info["properties"]["openslide.mpp-x"] == "0.25"
+
+
+def test_tiles_are_the_librarys_deepzoom_tiles(client, folder: Path) -> None:
+    from openslide.deepzoom import DeepZoomGenerator
+
+    from cinr_codec.api import open_cinr
+
+    dzi = client.get("/slides/slide.cinr.dzi")
+    assert dzi.status_code == 200 and b'Format="png"' in dzi.data and b'Width="300"' in dzi.data
+    with open_cinr(folder / "slide.cinr") as slide:
+        dz = DeepZoomGenerator(slide, tile_size=254, overlap=1)
+        top = dz.level_count - 1
+        for col, row in [(0, 0), (1, 0)]:
+            r = client.get(f"/slides/slide.cinr_files/{top}/{col}_{row}.png")
+            assert r.status_code == 200 and r.mimetype == "image/png"
+            want = np.asarray(dz.get_tile(top, (col, row)).convert("RGB"))
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.data)).convert("RGB")), want)
+    r = client.get("/slides/slide.svs_files/8/0_0.jpeg")
+    assert r.status_code == 200 and r.mimetype == "image/jpeg"
+    label = client.get("/slides/slide.cinr/associated/label.png")
+    assert label.status_code == 200 and Image.open(io.BytesIO(label.data)).size == (40, 30)
+
+
+def test_etags_answer_304(client) -> None:
+    r = client.get("/slides/slide.cinr_files/0/0_0.png")
+    assert r.status_code == 200 and "max-age" in r.headers["Cache-Control"]
+    again = client.get("/slides/slide.cinr_files/0/0_0.png", headers={"If-None-Match": r.headers["ETag"]})
+    assert again.status_code == 304 and not again.data
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/slides/nope.dzi",
+        "/slides/slide.cinr_files/99/0_0.png",
+        "/slides/slide.cinr_files/0/5_0.png",
+        "/slides/slide.cinr_files/0/0_0.gif",
+        "/slides/slide.cinr_files/-1/0_0.png",
+        "/slides/slide.cinr/associated/thumbnail.png",
+        "/slides/..%2F..%2Fetc%2Fpasswd.dzi",
+        "/slides/%2Fetc%2Fpasswd.dzi",
+        "/slides/../slide.svs.dzi",
+        "/static/../app.py",
+        "/static/%2e%2e/app.py",
+        "/static/..%252Fapp.py",
+        "/static/%2e%2e%2f%2e%2e%2fcli%2fserve.py",
+        "//etc/passwd",
+        "/etc/passwd",
+        "/api/slides/..",
+        "/api/slides/notes.txt",
+    ],
+)
+def test_anything_not_given_is_a_short_404(client, url: str) -> None:
+    r = client.get(url)
+    assert r.status_code == 404, (url, r.status_code)
+    assert r.mimetype == "text/plain" and len(r.data) < 200 and b"Traceback" not in r.data
+
+
+def test_the_page_and_the_vendored_viewer(client) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and b"openseadragon.min.js" in page.data
+    js = client.get("/static/openseadragon/openseadragon.min.js")
+    assert js.status_code == 200 and len(js.data) > 100_000
+    assert client.get("/static/openseadragon/LICENSE.txt").status_code == 200
+    assert client.get("/static/openseadragon/images/home_rest.png").status_code == 200
+
+
+def test_the_command_binds_loopback_and_serves(folder: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cinr_codec", "serve", str(folder / "slide.cinr"), "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stderr.readline()
+        assert "http://127.0.0.1:" in line and "this machine only" in line, line
+        url = line.split(" at ", 1)[1].split()[0]
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(url + "api/slides", timeout=10) as r:
+                    assert r.status == 200 and b"slide.cinr" in r.read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+
+
+def test_the_command_refuses_what_it_cannot_serve(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "cinr_codec", "serve", str(tmp_path / "none.cinr")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no such file" in r.stderr
