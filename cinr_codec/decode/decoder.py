@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,6 +150,10 @@ class SlideDecoder:
             raise
         self._pixels = LRUCache(cache_bytes)
         self._models = LRUCache(MODEL_CACHE)
+        # Work in progress by key: a thread that needs what another is making waits for it
+        # instead of making it again (a tile server's clients ask for neighbours at once).
+        self._making: dict[Any, threading.Event] = {}
+        self._making_lock = threading.Lock()
         self._closed = False
 
     def _check_whole_blocks(self) -> None:
@@ -200,27 +205,58 @@ class SlideDecoder:
 
     # -- sources ---------------------------------------------------------------------------------
 
+    def _once(self, cache: LRUCache, key: Any, make: Callable[[], Any], cost: Callable[[Any], int]) -> Any:
+        """``cache[key]``, made by ``make`` and cached when missing; made once when several threads
+        ask at the same time (the others wait; if the maker fails, each tries for itself)."""
+        v = cache.get(key)
+        if v is not None:
+            return v
+        with self._making_lock:
+            done = self._making.get(key)
+            mine = done is None
+            if mine:
+                done = self._making[key] = threading.Event()
+        assert done is not None
+        if not mine:
+            done.wait()
+            v = cache.get(key)
+            if v is not None:
+                return v
+            v = make()  # the maker failed, or its result is already evicted
+            cache.put(key, v, cost(v))
+            return v
+        try:
+            v = make()
+            cache.put(key, v, cost(v))
+            return v
+        finally:
+            with self._making_lock:
+                del self._making[key]
+            done.set()
+
     def _model(self, block_id: int) -> BlockModel:
         info = self.reader.block_info(block_id)
         # Keyed by the payload, not the block: blocks that share one (a hostile file's index may
         # point many records at the same bytes) load it once.
         key = (info.offset, info.stored_length, info.crc32)
-        m = self._models.get(key)
-        if m is None:
+
+        def load() -> BlockModel:
             where = f"{self.reader.name}: block {block_id} (at offset {info.offset})"
-            m = self.codec.load(
+            return self.codec.load(
                 self.reader.read_payload(block_id), self.layout.config, where, str(self.device)
             )
-            self._models.put(key, m, 1)
-        return m  # type: ignore[no-any-return]
+
+        return self._once(self._models, key, load, lambda _: 1)  # type: ignore[no-any-return]
 
     def _tile(self, block_id: int, cell: int, ti: int, tj: int) -> np.ndarray:
         """Tile (ti, tj) of a model block's cells: ``TILE`` x ``TILE`` cells of ``cell`` x ``cell``
         level pixels on a lattice from the block's origin (``cell = 1``: its decoded pixels)."""
         key = ("t", block_id, cell, ti, tj)
-        t = self._pixels.get(key)
-        if t is not None:
-            return t  # type: ignore[no-any-return]
+        return self._once(  # type: ignore[no-any-return]
+            self._pixels, key, lambda: self._make_tile(block_id, cell, ti, tj), lambda t: int(t.nbytes)
+        )
+
+    def _make_tile(self, block_id: int, cell: int, ti: int, tj: int) -> np.ndarray:
         x, y, w, h = self.grid.owned(block_id)
         tw = min(TILE, -(-w // cell) - tj * TILE)
         th = min(TILE, -(-h // cell) - ti * TILE)
@@ -240,7 +276,6 @@ class SlideDecoder:
                 rows = min(band * cell, ph - i * cell)
                 pixels = model.render(rows, pw, side, x0=fx, y0=fy + i * cell)
                 t[i : i + -(-rows // cell)] = to_uint8(box_downsample(pixels, cell))
-        self._pixels.put(key, t, t.nbytes)
         return t
 
     def _mip(self, block_id: int, k: int) -> np.ndarray:

@@ -69,3 +69,64 @@ def test_lru_cache_bounds_cost_and_is_thread_safe() -> None:
     for t in threads:
         t.join()
     assert cache.cost <= 100
+
+
+def test_threads_asking_for_the_same_tile_make_it_once() -> None:
+    """Readers of the same block at the same time wait for one decode (model load and tile), get
+    the same pixels, and a failed decode leaves the others to try for themselves."""
+    import time
+
+    path = VECTORS / "ccinr-q6-64x48-compact.cinr"
+    with SlideDecoder(path) as dec:
+        want = dec.read(0, 0, 64, 48)
+    with SlideDecoder(path) as dec:
+        made = {"tile": 0, "model": 0}
+        make_tile, load = dec._make_tile, dec.codec.load
+
+        def slow_tile(*args: object) -> np.ndarray:
+            made["tile"] += 1
+            time.sleep(0.3)  # long enough for every thread to ask while it is being made
+            return make_tile(*args)  # type: ignore[arg-type]
+
+        def counted_load(*args: object, **kw: object) -> object:
+            made["model"] += 1
+            return load(*args, **kw)  # type: ignore[arg-type]
+
+        dec._make_tile = slow_tile  # type: ignore[method-assign]
+        dec.codec = type("C", (), {"load": staticmethod(counted_load)})()  # type: ignore[assignment]
+        out: list[np.ndarray] = []
+        threads = [threading.Thread(target=lambda: out.append(dec.read(0, 0, 64, 48))) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert made == {"tile": 1, "model": 1}
+        assert len(out) == 6 and all((o == want).all() for o in out)
+
+    with SlideDecoder(path) as dec:
+        calls = {"n": 0}
+        make_tile = dec._make_tile
+
+        def fails_first(*args: object) -> np.ndarray:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                time.sleep(0.3)
+                raise RuntimeError("first maker fails")
+            return make_tile(*args)  # type: ignore[arg-type]
+
+        dec._make_tile = fails_first  # type: ignore[method-assign]
+        results: list[object] = []
+
+        def read() -> None:
+            try:
+                results.append(dec.read(0, 0, 64, 48))
+            except RuntimeError as exc:
+                results.append(exc)
+
+        threads = [threading.Thread(target=read) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sum(isinstance(r, RuntimeError) for r in results) == 1
+        assert sum(isinstance(r, np.ndarray) and (r == want).all() for r in results) == 2
