@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         line = proc.stderr.readline()
         port = int(line.split("127.0.0.1:", 1)[1].split("/", 1)[0])
         name = proc.stderr.readline().split(":", 1)[0].strip()  # "  NAME: PATH"
+        log_lines: list[str] = []  # the server's log, drained (a full pipe would stop the server)
+        threading.Thread(target=lambda: log_lines.extend(proc.stderr), daemon=True).start()  # type: ignore[arg-type]
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         conn.request("GET", f"/slides/{name}.dzi")
         levels = _levels(conn.getresponse().read().decode())
@@ -104,7 +106,10 @@ def main(argv: list[str] | None = None) -> None:
                     ok = r.status == 200
                     what = f"HTTP {r.status} {url}"
                 except (OSError, http.client.HTTPException) as exc:
-                    ok, what = False, f"{type(exc).__name__} {url}"
+                    ok, what = (
+                        False,
+                        f"{type(exc).__name__} ({exc}) {url} after {time.perf_counter() - t:.1f} s",
+                    )
                     c.close()
                     c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
                 with lock:

@@ -46,6 +46,8 @@ def serve_cmd(
 ) -> None:
     """Serve SOURCES (slide files, folders of them, or .cinr URLs) to a browser: a viewer page and
     DeepZoom tiles. Only the slides named here are served."""
+    import logging
+
     from werkzeug.serving import make_server
 
     from ..errors import CinrInputError
@@ -54,6 +56,10 @@ def serve_cmd(
     slides, pairs = find_slides(list(sources), compare)
     if not slides:
         raise CinrInputError("no slides found in " + ", ".join(sources))
+    # One line per slide opened (cinr_codec.serve at INFO); werkzeug's line per request only with --debug.
+    logging.getLogger("cinr_codec.serve").setLevel(logging.INFO)
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
     app = create_app(slides, workers=workers, tile_format=tile_format, quality=quality, compare=pairs)
     try:
         server = make_server(host, port, app, threaded=True)
