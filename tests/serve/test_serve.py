@@ -168,3 +168,19 @@ def test_the_command_refuses_what_it_cannot_serve(tmp_path: Path) -> None:
         text=True,
     )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no such file" in r.stderr
+
+
+def test_a_url_is_served_like_a_file(folder: Path) -> None:
+    """A ``.cinr`` URL (here ``file://``; http is tested in tests/format/test_remote.py) is opened
+    through fsspec and served like a local file."""
+    url = (folder / "slide.cinr").as_uri()
+    slides, pairs = find_slides([url])
+    assert slides == {"slide.cinr": url} and pairs == {}
+    app = create_app(slides, tile_format="png")
+    try:
+        c = app.test_client()
+        local = create_app({"slide.cinr": str(folder / "slide.cinr")}, tile_format="png").test_client()
+        a, b = c.get("/slides/slide.cinr_files/8/0_0.png"), local.get("/slides/slide.cinr_files/8/0_0.png")
+        assert a.status_code == b.status_code == 200 and a.data == b.data
+    finally:
+        close_slides(app)
