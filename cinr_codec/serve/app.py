@@ -8,7 +8,10 @@ Routes (``name`` is a served slide's name; nothing else is reachable):
 - ``/api/slides/<name>``: that slide's properties and associated image names;
 - ``/slides/<name>.dzi`` and ``/slides/<name>_files/<level>/<col>_<row>.<jpeg|png>``: DeepZoom
   (``openslide.deepzoom.DeepZoomGenerator`` over ``CinrSlide`` or ``OpenSlide``);
-- ``/slides/<name>/associated/<image>.png``.
+- ``/slides/<name>/associated/<image>.png``;
+- ``/slides/<name>_diff.dzi`` and ``/slides/<name>_diff_files/...``: for a ``.cinr`` served beside
+  its original of the same size, the difference of their tiles (white: equal; each channel
+  darker by 4x the absolute difference).
 
 Tiles are decoded under a bounded semaphore (``workers`` at a time), carry ``Cache-Control`` and
 an ``ETag``, and each slide is opened once, on first use, so the decoder's caches serve every
@@ -127,6 +130,7 @@ def create_app(
             "objective_power": _float(props.get("openslide.objective-power")),
             "dzi": f"/slides/{s.name}.dzi",
             "compare": pairs.get(s.name),
+            "diff": f"/slides/{s.name}_diff.dzi" if s.name in pairs else None,
         }
 
     @app.errorhandler(404)
@@ -172,31 +176,54 @@ def create_app(
         s = opened(name)
         return Response(s.dz.get_dzi(tile_format), mimetype="application/xml")
 
-    @app.get("/slides/<name>_files/<int:level>/<int:col>_<int:row>.<fmt>")
-    def tile(name: str, level: int, col: int, row: int, fmt: str) -> Any:
+    def pair(name: str) -> tuple[ServedSlide, ServedSlide]:
+        if name not in pairs:
+            abort(404, f"slide {name!r} is not served beside an original")
+        a, b = opened(name), opened(pairs[name])
+        if a.slide.dimensions != b.slide.dimensions:
+            abort(404, f"slide {name!r} and its original differ in size: no difference view")
+        return a, b
+
+    @app.get("/slides/<name>_diff.dzi")
+    def diff_dzi(name: str) -> Any:
+        a, _ = pair(name)
+        return Response(a.dz.get_dzi(tile_format), mimetype="application/xml")
+
+    def checked(s: ServedSlide, level: int, col: int, row: int, fmt: str) -> None:
         if fmt not in FORMATS:
             abort(404, f"no tile format {fmt!r}")
-        s = opened(name)
         if not 0 <= level < s.dz.level_count:
             abort(404, f"no level {level}")
         cols, rows = s.dz.level_tiles[level]
         if not (0 <= col < cols and 0 <= row < rows):
             abort(404, f"no tile {col}_{row} at level {level}")
+
+    @app.get("/slides/<name>_diff_files/<int:level>/<int:col>_<int:row>.<fmt>")
+    def diff_tile(name: str, level: int, col: int, row: int, fmt: str) -> Any:
+        import numpy as np
+        from PIL import Image
+
+        a, b = pair(name)
+        checked(a, level, col, row, fmt)
+        etag = f'"{a.tag}-{b.tag}-diff-{tile_size}-{overlap}-{level}-{col}-{row}-{fmt}-{quality}"'
+        if etag in request.headers.get("If-None-Match", ""):
+            return Response(status=304, headers={"ETag": etag, "Cache-Control": f"max-age={MAX_AGE}"})
+        with decode_slots:
+            ta = np.asarray(a.dz.get_tile(level, (col, row)).convert("RGB"), dtype=np.int16)
+            tb = np.asarray(b.dz.get_tile(level, (col, row)).convert("RGB"), dtype=np.int16)
+        d = np.clip(255 - 4 * np.abs(ta - tb), 0, 255).astype(np.uint8)
+        return _image_response(Image.fromarray(d), fmt, quality, etag)
+
+    @app.get("/slides/<name>_files/<int:level>/<int:col>_<int:row>.<fmt>")
+    def tile(name: str, level: int, col: int, row: int, fmt: str) -> Any:
+        s = opened(name)
+        checked(s, level, col, row, fmt)
         etag = f'"{s.tag}-{tile_size}-{overlap}-{level}-{col}-{row}-{fmt}-{quality}"'
         if etag in request.headers.get("If-None-Match", ""):
             return Response(status=304, headers={"ETag": etag, "Cache-Control": f"max-age={MAX_AGE}"})
         with decode_slots:
             img = s.dz.get_tile(level, (col, row))
-        buf = io.BytesIO()
-        if fmt == "jpeg":
-            img.convert("RGB").save(buf, "JPEG", quality=quality)
-        else:
-            img.save(buf, "PNG")
-        return Response(
-            buf.getvalue(),
-            mimetype=FORMATS[fmt],
-            headers={"ETag": etag, "Cache-Control": f"max-age={MAX_AGE}"},
-        )
+        return _image_response(img, fmt, quality, etag)
 
     @app.get("/slides/<name>/associated/<image>.png")
     def associated(name: str, image: str) -> Any:
@@ -209,6 +236,20 @@ def create_app(
 
     app.config["CINR_SLIDES"] = slides
     return app
+
+
+def _image_response(img: Any, fmt: str, quality: int, etag: str) -> Any:
+    """A tile as JPEG or PNG bytes with its caching headers."""
+    from flask import Response
+
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        img.convert("RGB").save(buf, "JPEG", quality=quality)
+    else:
+        img.save(buf, "PNG")
+    return Response(
+        buf.getvalue(), mimetype=FORMATS[fmt], headers={"ETag": etag, "Cache-Control": f"max-age={MAX_AGE}"}
+    )
 
 
 def _float(v: Any) -> float | None:

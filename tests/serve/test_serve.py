@@ -184,3 +184,38 @@ def test_a_url_is_served_like_a_file(folder: Path) -> None:
         assert a.status_code == b.status_code == 200 and a.data == b.data
     finally:
         close_slides(app)
+
+
+def test_difference_tiles_of_a_cinr_and_its_original(folder: Path, tmp_path: Path) -> None:
+    """Beside an original of the same size, ``_diff`` tiles are 255 - 4 |cinr - original| per channel."""
+    import tifffile
+    from openslide.deepzoom import DeepZoomGenerator
+
+    from cinr_codec.api import open_cinr
+
+    with open_cinr(folder / "slide.cinr") as slide:
+        pixels = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
+        want_a = np.asarray(DeepZoomGenerator(slide).get_tile(9, (0, 0)).convert("RGB"), dtype=np.int16)
+    changed = pixels.copy()
+    changed[10:40, 20:90] = (changed[10:40, 20:90] // 2) + 20  # a patch the difference must show
+    original = tmp_path / "original.tif"
+    tifffile.imwrite(original, changed, tile=(256, 256), photometric="rgb")
+    slides = {"a.cinr": str(folder / "slide.cinr"), "o.tif": str(original), "c.svs": str(SAMPLE)}
+    app = create_app(slides, compare={"a.cinr": "o.tif", "o.tif": "c.svs"}, tile_format="png")
+    try:
+        c = app.test_client()
+        r = c.get("/slides/a.cinr_diff_files/9/0_0.png")
+        assert r.status_code == 200 and c.get("/slides/a.cinr_diff.dzi").status_code == 200
+        got = np.asarray(Image.open(io.BytesIO(r.data)).convert("RGB"))
+        import openslide
+
+        with openslide.open_slide(str(original)) as o:
+            want_b = np.asarray(DeepZoomGenerator(o).get_tile(9, (0, 0)).convert("RGB"), dtype=np.int16)
+        assert np.array_equal(got, np.clip(255 - 4 * np.abs(want_a - want_b), 0, 255))
+        assert got.shape == (104, 255, 3)  # level 9 is full resolution: the tile's pixels are the slide's
+        assert got[10:40, 20:90].mean() < 250 and (got[60:, 150:] == 255).all()
+        assert c.get("/api/slides/a.cinr").get_json()["diff"] == "/slides/a.cinr_diff.dzi"
+        assert c.get("/slides/o.tif_diff_files/9/0_0.png").status_code == 404  # sizes differ
+        assert c.get("/slides/c.svs_diff.dzi").status_code == 404  # no original beside it
+    finally:
+        close_slides(app)
