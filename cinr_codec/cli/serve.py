@@ -48,10 +48,8 @@ def serve_cmd(
     DeepZoom tiles. Only the slides named here are served."""
     import logging
 
-    from werkzeug.serving import make_server
-
     from ..errors import CinrInputError
-    from ..serve import create_app, find_slides
+    from ..serve import create_app, find_slides, make_server
 
     slides, pairs = find_slides(list(sources), compare)
     if not slides:
@@ -62,7 +60,7 @@ def serve_cmd(
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
     app = create_app(slides, workers=workers, tile_format=tile_format, quality=quality, compare=pairs)
     try:
-        server = make_server(host, port, app, threaded=True)
+        server = make_server(host, port, app)
     except OSError as exc:
         raise CinrInputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     where = f"http://{host if ':' not in host else f'[{host}]'}:{server.server_port}/"

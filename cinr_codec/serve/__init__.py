@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import CinrInputError
 from ..format.remote import is_url
-from .app import close_slides, create_app
+from .app import close_slides, create_app, make_server
 
 #: File suffixes a folder is searched for: .cinr, and the formats OpenSlide reads.
 SLIDE_SUFFIXES = (
@@ -84,4 +84,4 @@ def find_slides(sources: list[str], compare: str | None = None) -> tuple[dict[st
     return slides, pairs
 
 
-__all__ = ["SLIDE_SUFFIXES", "close_slides", "create_app", "find_slides"]
+__all__ = ["SLIDE_SUFFIXES", "close_slides", "create_app", "find_slides", "make_server"]

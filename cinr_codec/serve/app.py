@@ -238,6 +238,43 @@ def create_app(
     return app
 
 
+#: Connections served at once by ``make_server``'s server (more wait in the listen queue), and
+#: the seconds an idle keep-alive connection keeps its slot.
+MAX_CONNECTIONS = 64
+IDLE_TIMEOUT = 30.0
+
+
+def make_server(host: str, port: int, app: Any, max_connections: int = MAX_CONNECTIONS) -> Any:
+    """A threaded WSGI server for ``app`` with a thread per connection, at most ``max_connections``
+    of them (a burst of clients waits in the listen queue instead of spawning threads without
+    bound); a connection idle for ``IDLE_TIMEOUT`` seconds is closed."""
+    from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+
+    class Handler(WSGIRequestHandler):
+        timeout = IDLE_TIMEOUT  # socketserver sets it on the connection
+
+    class Server(ThreadedWSGIServer):
+        def __init__(self) -> None:
+            super().__init__(host, port, app, handler=Handler)
+            self.slots = threading.BoundedSemaphore(max(1, max_connections))
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            self.slots.acquire()
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self.slots.release()
+                raise
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
+
+    return Server()
+
+
 def _image_response(img: Any, fmt: str, quality: int, etag: str) -> Any:
     """A tile as JPEG or PNG bytes with its caching headers."""
     from flask import Response

@@ -219,3 +219,29 @@ def test_difference_tiles_of_a_cinr_and_its_original(folder: Path, tmp_path: Pat
         assert c.get("/slides/c.svs_diff.dzi").status_code == 404  # no original beside it
     finally:
         close_slides(app)
+
+
+def test_connections_beyond_the_limit_wait_their_turn(folder: Path) -> None:
+    """``make_server`` serves at most ``max_connections`` connections at once: an idle client holds
+    its slot (until ``IDLE_TIMEOUT``) and the next waits in the listen queue, served when it leaves."""
+    import socket
+    import threading
+
+    from cinr_codec.serve import make_server
+
+    app = create_app({"slide.cinr": str(folder / "slide.cinr")})
+    server = make_server("127.0.0.1", 0, app, max_connections=1)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/api/slides"
+    try:
+        idle = socket.create_connection(("127.0.0.1", server.server_port))
+        time.sleep(0.3)
+        with pytest.raises(OSError):  # a timeout: the one slot is taken
+            urllib.request.urlopen(url, timeout=1.5)
+        idle.close()
+        with urllib.request.urlopen(url, timeout=20) as r:
+            assert r.status == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+        close_slides(app)
