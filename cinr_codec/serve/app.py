@@ -142,8 +142,15 @@ def create_app(
     def internal(err: Exception) -> Any:
         from werkzeug.exceptions import HTTPException
 
+        from ..errors import CinrError
+
         if isinstance(err, HTTPException):
             return Response(f"{err.description}\n", err.code or 500, mimetype="text/plain")
+        if isinstance(err, CinrError):  # a damaged block: this tile cannot be had, the others can
+            log.warning("%s: %s", request.path, err)
+            return Response(
+                "this tile cannot be decoded (see the server's log)\n", 404, mimetype="text/plain"
+            )
         log.exception("request %s failed", request.path)
         return Response("internal error (logged by the server)\n", 500, mimetype="text/plain")
 
@@ -157,7 +164,15 @@ def create_app(
 
     @app.get("/api/slides")
     def api_slides() -> Any:
-        return jsonify([summary(opened(n)) for n in sorted(slides)])
+        from werkzeug.exceptions import NotFound
+
+        out = []
+        for n in sorted(slides):
+            try:
+                out.append(summary(opened(n)))
+            except NotFound:  # one slide that cannot open does not hide the others
+                out.append({"name": n, "error": "cannot be opened"})
+        return jsonify(out)
 
     @app.get("/api/slides/<name>")
     def api_slide(name: str) -> Any:

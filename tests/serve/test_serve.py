@@ -245,3 +245,30 @@ def test_connections_beyond_the_limit_wait_their_turn(folder: Path) -> None:
         server.shutdown()
         server.server_close()
         close_slides(app)
+
+
+def test_a_broken_slide_is_listed_as_such_and_its_tiles_are_404(folder: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.cinr"
+    broken.write_bytes(b"CINR not really")
+    good = folder / "slide.cinr"
+    damaged = tmp_path / "damaged.cinr"
+    data = bytearray(good.read_bytes())
+    from cinr_codec.format.container import CinrReader
+
+    with CinrReader(good) as r:
+        b0 = r.block_info(0)
+    data[b0.offset + b0.stored_length // 2] ^= 0xFF  # block 0's bytes: its CRC fails when read
+    damaged.write_bytes(bytes(data))
+    app = create_app({"broken.cinr": str(broken), "damaged.cinr": str(damaged), "slide.cinr": str(good)})
+    try:
+        c = app.test_client()
+        listed = {s["name"]: s for s in c.get("/api/slides").get_json()}
+        assert listed["broken.cinr"] == {"name": "broken.cinr", "error": "cannot be opened"}
+        assert listed["slide.cinr"]["dimensions"] == [300, 104]
+        r = c.get("/slides/broken.cinr.dzi")
+        assert r.status_code == 404 and b"cannot be opened" in r.data
+        r = c.get("/slides/damaged.cinr_files/9/0_0.jpeg")
+        assert r.status_code == 404 and b"cannot be decoded" in r.data and b"Traceback" not in r.data
+        assert c.get("/slides/damaged.cinr_files/9/1_0.jpeg").status_code == 200  # other blocks still serve
+    finally:
+        close_slides(app)
