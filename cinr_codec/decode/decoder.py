@@ -72,8 +72,11 @@ MAX_ALIGNED = 8
 #: Largest output of one read (pixels): 8192 x 8192, 192 MiB as RGB (formats/cinr-v1.md §12).
 #: Larger images are exported in strips (``cinr_codec.export``).
 MAX_READ_OUTPUT = 1 << 26
-#: Most model blocks, and most mip images, one read may decode (formats/cinr-v1.md §12).
-MAX_READ_MODELS = 4096
+#: Most model blocks, and most mip images, one read may decode (formats/cinr-v1.md §12). Each
+#: model block costs a render call even for one cell: a hostile 192 x 1048575 slide of 64-px
+#: blocks sharing one CINR model took 14.4 s for its last level at 4096 (fuzz mutant 51196 of
+#: seed 0); only coarse reads of slides without mips reach this limit.
+MAX_READ_MODELS = 1024
 MAX_READ_IMAGES = 1 << 16
 #: Largest frame (pixels) of a block representation that synthesises whole blocks (ccinr).
 MAX_WHOLE_BLOCK_PIXELS = 1 << 22
