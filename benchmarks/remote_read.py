@@ -80,16 +80,16 @@ def touched_bytes(path: Path, x: int, y: int, w: int, h: int, scale: float) -> i
     d = SlideDecoder(path)
     try:
         g = d.layout
-        n = g.n_blocks
-        bs = g.block_size
-        level = 0
+        k = -1  # the level itself, else the mip a read at this scale starts from
         if scale < 1:
-            usable = [k for k, ds in enumerate(g.mips) if ds <= 1 / scale]
-            level = usable[-1] + 1 if usable else 0
+            usable = [j for j, ds in enumerate(g.mips) if ds <= 1 / scale]
+            k = usable[-1] if usable else -1
         lengths = d.reader.stored_lengths()
+        bs = g.block_size
         c0, c1 = x // bs, min(g.cols - 1, (x + w - 1) // bs)
         r0, r1 = y // bs, min(g.rows - 1, (y + h - 1) // bs)
-        ids = {level * n + r * g.cols + c for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)}
+        blocks = {r * g.cols + c for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)}
+        ids = blocks if k < 0 else {d.grid.mip_id(b, k) for b in blocks}
         return int(sum(int(lengths[i]) for i in ids))
     finally:
         d.close()

@@ -223,10 +223,9 @@ class SlideDecoder:
         if not mine:
             done.wait()
             v = cache.get(key)
-            if v is not None:
-                return v
-            v = make()  # the maker failed, or its result is already evicted
-            cache.put(key, v, cost(v))
+            if v is None:  # the maker failed, or its result is already evicted
+                v = make()
+                cache.put(key, v, cost(v))
             return v
         try:
             v = make()
@@ -282,10 +281,11 @@ class SlideDecoder:
         return t
 
     def _mip(self, block_id: int, k: int) -> np.ndarray:
-        key = ("m", block_id, k)
-        t = self._pixels.get(key)
-        if t is not None:
-            return t  # type: ignore[no-any-return]
+        return self._once(  # type: ignore[no-any-return]
+            self._pixels, ("m", block_id, k), lambda: self._make_mip(block_id, k), lambda t: int(t.nbytes)
+        )
+
+    def _make_mip(self, block_id: int, k: int) -> np.ndarray:
         mid = self.grid.mip_id(block_id, k)
         w, h = self.grid.mip_size(block_id, k)
         if self._codes[mid] != KIND_IMAGE:
@@ -293,9 +293,7 @@ class SlideDecoder:
                 f"{self.reader.name}: block {mid} (mip of block {block_id}) is not an image block"
             )
         where = f"{self.reader.name}: block {mid} (mip of block {block_id})"
-        t = decode_image_bytes(self.reader.read_image_block(mid), where, (w, h))  # size checked first
-        self._pixels.put(key, t, t.nbytes)
-        return t
+        return decode_image_bytes(self.reader.read_image_block(mid), where, (w, h))  # size checked first
 
     def _cells(self, block_id: int, src: Source, i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
         """Cells [i0, i1) x [j0, j1) of a stored block's picture at ``src`` (uint8 (rows, cols, 3))."""

@@ -204,6 +204,10 @@ def create_app(
         a, _ = pair(name)
         return Response(a.dz.get_dzi(tile_format), mimetype="application/xml")
 
+    def unchanged(etag: str) -> bool:
+        """The client already has this tile (its If-None-Match names the ETag)."""
+        return etag in request.headers.get("If-None-Match", "")
+
     def checked(s: ServedSlide, level: int, col: int, row: int, fmt: str) -> None:
         if fmt not in FORMATS:
             abort(404, f"no tile format {fmt!r}")
@@ -221,7 +225,7 @@ def create_app(
         a, b = pair(name)
         checked(a, level, col, row, fmt)
         etag = f'"{a.tag}-{b.tag}-diff-{tile_size}-{overlap}-{level}-{col}-{row}-{fmt}-{quality}"'
-        if etag in request.headers.get("If-None-Match", ""):
+        if unchanged(etag):
             return Response(status=304, headers={"ETag": etag, "Cache-Control": f"max-age={MAX_AGE}"})
         with decode_slots:
             ta = np.asarray(a.dz.get_tile(level, (col, row)).convert("RGB"), dtype=np.int16)
@@ -234,7 +238,7 @@ def create_app(
         s = opened(name)
         checked(s, level, col, row, fmt)
         etag = f'"{s.tag}-{tile_size}-{overlap}-{level}-{col}-{row}-{fmt}-{quality}"'
-        if etag in request.headers.get("If-None-Match", ""):
+        if unchanged(etag):
             return Response(status=304, headers={"ETag": etag, "Cache-Control": f"max-age={MAX_AGE}"})
         with decode_slots:
             img = s.dz.get_tile(level, (col, row))
