@@ -1,7 +1,7 @@
 """Reading a ``.cinr`` over HTTP: bytes fetched against the file and the blocks touched, time against
 a local read.
 
-    python -m benchmarks.remote_read [--cinr PATH] [--steps 20] [--reads 5] [--json] [--out NAME]
+    python -m benchmarks.remote_read [--cinr PATH] [--steps 20] [--reads 5] [--latency MS] [--json] [--out NAME]
 
 The slide (default: the bundled sample, encoded with the fast preset at ``--steps`` per block,
 cached like ``benchmarks.decode_speed``'s) is served by a range-capable HTTP server on loopback
@@ -11,7 +11,10 @@ scale 1, a 1024 x 1024 read at scale 1, a 512 x 512 read at scale 1/4 (from the 
 thumbnail. Reported per case: bytes fetched and requests (after opening), the stored bytes of the
 blocks the read touched (from the index: the lower bound), the file size, and the median seconds
 of the remote and the local read (``--reads`` times, positions fixed; loopback, so the time is
-the protocol's overhead, not a network's latency).
+the protocol's overhead, not a network's latency). ``--latency MS`` makes the server wait that
+long before each response (a network's round trip; concurrent requests wait side by side), and
+each case is then also read with the decoder's fetching of a read's blocks together
+(``CinrReader.prefetch``) switched off, alternating with it, to show what it saves.
 """
 
 from __future__ import annotations
@@ -40,12 +43,14 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_HEAD(self) -> None:  # noqa: N802
+        time.sleep(self.server.latency)
         self.send_response(200)
         self.send_header("Content-Length", str(len(self.server.data)))
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
 
     def do_GET(self) -> None:  # noqa: N802
+        time.sleep(self.server.latency)
         data = self.server.data
         rng = self.headers.get("Range")
         if rng:
@@ -70,6 +75,7 @@ class _Server(ThreadingHTTPServer):
     data: bytes
     sent = 0
     requests = 0
+    latency = 0.0
     lock: threading.Lock
 
 
@@ -100,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cinr", type=Path, default=None, help="a .cinr file (default: the sample, encoded)")
     ap.add_argument("--steps", type=int, default=20, help="steps per block when encoding the sample")
     ap.add_argument("--reads", type=int, default=5)
+    ap.add_argument("--latency", type=float, default=0.0, help="ms the server waits before each response")
     ap.add_argument("--out", default="remote_read")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -117,7 +124,10 @@ def main(argv: list[str] | None = None) -> None:
         path = args.cinr
     data = path.read_bytes()
     server = _Server(("127.0.0.1", 0), _Handler)
-    server.data, server.lock = data, threading.Lock()
+    server.data, server.lock, server.latency = data, threading.Lock(), args.latency / 1000
+    from cinr_codec.format.container.reader import CinrReader
+
+    prefetch = CinrReader.prefetch
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
     with open_cinr(path) as s:
@@ -136,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, payload = [], []
     open_sent: list[int] = []
     for name, fn, where in cases:
-        t_remote, t_local, sent, reqs = [], [], 0, 0
+        t_remote, t_plain, t_local, sent, reqs, plain_reqs = [], [], [], 0, 0, 0
         for _ in range(args.reads):
             before = (server.sent, server.requests)
             with open_cinr(url) as s:
@@ -146,6 +156,17 @@ def main(argv: list[str] | None = None) -> None:
                 fn(s)
                 t_remote.append(time.perf_counter() - t)
                 sent, reqs = server.sent - mid[0], server.requests - mid[1]
+            if args.latency:  # the same read, each block fetched when the decoder reaches it
+                CinrReader.prefetch = lambda self, ids: 0  # type: ignore[method-assign]
+                try:
+                    with open_cinr(url) as s:
+                        mid = (server.sent, server.requests)
+                        t = time.perf_counter()
+                        fn(s)
+                        t_plain.append(time.perf_counter() - t)
+                        plain_reqs = server.requests - mid[1]
+                finally:
+                    CinrReader.prefetch = prefetch  # type: ignore[method-assign]
             with open_cinr(path) as s:
                 t = time.perf_counter()
                 fn(s)
@@ -159,42 +180,48 @@ def main(argv: list[str] | None = None) -> None:
             "remote_s": statistics.median(t_remote),
             "local_s": statistics.median(t_local),
         }
+        if args.latency:
+            r |= {"remote_one_by_one_s": statistics.median(t_plain), "requests_one_by_one": plain_reqs}
         payload.append(r)
-        rows.append(
-            (
-                name,
-                f"{sent:,}",
-                reqs,
-                f"{touched:,}" if touched is not None else "n/a",
-                f"{r['remote_s'] * 1000:.0f}",
-                f"{r['local_s'] * 1000:.0f}",
-                f"{r['remote_s'] / r['local_s']:.2f}",
-            )
-        )
+        row = [
+            name,
+            f"{sent:,}",
+            reqs,
+            f"{touched:,}" if touched is not None else "n/a",
+            f"{r['remote_s'] * 1000:.0f}",
+        ]
+        if args.latency:
+            row += [f"{r['remote_one_by_one_s'] * 1000:.0f} ({plain_reqs})"]
+        row += [f"{r['local_s'] * 1000:.0f}", f"{r['remote_s'] / r['local_s']:.2f}"]
+        rows.append(tuple(row))
     server.shutdown()
+    cols = [
+        "read (fresh open each)",
+        "bytes fetched",
+        "requests",
+        "stored bytes of the blocks under it",
+        "remote ms",
+    ]
+    if args.latency:
+        cols += ["remote ms, blocks fetched one by one (requests)"]
+    cols += ["local ms", "remote / local"]
+    where = (
+        f"loopback with {args.latency:g} ms before each response (a network's round trip)"
+        if args.latency
+        else "loopback, so remote time is the protocol's overhead, not a network's latency"
+    )
     text = "\n".join(
         [
             header("Reading a .cinr over HTTP (loopback)"),
             f"- file: {path.name}, {len(data):,} bytes, {W} x {H} px",
             f"- opening fetches {statistics.median(open_sent):,.0f} bytes (preamble, header, index, footer: "
             f"{statistics.median(open_sent) / len(data):.1%} of the file)",
+            f"- server latency: {args.latency:g} ms",
             "",
-            *md_table(
-                [
-                    "read (fresh open each)",
-                    "bytes fetched",
-                    "requests",
-                    "stored bytes of the blocks under it",
-                    "remote ms",
-                    "local ms",
-                    "remote / local",
-                ],
-                "lrrrrrr",
-                rows,
-            ),
+            *md_table(cols, "l" + "r" * (len(cols) - 1), rows),
             "",
-            "Medians of the reads; the server is `http.server` on loopback, so remote time is the "
-            "protocol's overhead, not a network's latency.",
+            f"Medians of the reads; the server is `http.server` on {where}. A read's blocks are "
+            "fetched together (concurrent requests, adjacent blocks merged into one).",
         ]
     )
     publish(

@@ -34,6 +34,11 @@ class LRUCache:
                 _, (_, c) = self._d.popitem(last=False)
                 self.cost -= c
 
+    def __contains__(self, key: Any) -> bool:
+        """Whether ``key`` is cached (its place in the LRU order unchanged)."""
+        with self._lock:
+            return key in self._d
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._d)

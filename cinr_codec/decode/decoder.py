@@ -414,19 +414,66 @@ class SlideDecoder:
         """Index of the coarsest mip whose downsample d <= 1/scale (-1: the level itself)."""
         return self._source(scale).k
 
-    def _check_cost(self, x: float, y: float, scale: float, ow: int, oh: int, src: Source) -> None:
-        """Refuse (CinrRequestError) a read that would decode more stored blocks or source pixels
-        than one read may (``MAX_READ_MODELS``, ``MAX_READ_IMAGES``, ``MAX_READ_SOURCE_PIXELS``),
-        counted over the blocks its source rectangle touches before anything is decoded."""
+    def _source_rect(
+        self, x: float, y: float, scale: float, ow: int, oh: int
+    ) -> tuple[float, float, float, float, int, int, int, int] | None:
+        """(X0, X1, Y0, Y1, r0, r1, c0, c1): the level rectangle a read needs (one pixel more
+        around it when magnifying) and the block rows and columns it touches; None when it lies
+        outside the slide."""
         step = 1.0 / scale
         pad = 1.0 if scale > 1.0 else 0.0
         W, H, B = self.width, self.height, self.grid.block_size
         X0, X1 = max(0.0, x - pad), min(float(W), x + ow * step + pad)
         Y0, Y1 = max(0.0, y - pad), min(float(H), y + oh * step + pad)
         if X1 <= X0 or Y1 <= Y0:
-            return
+            return None
         c0, c1 = int(X0 // B), min(self.grid.cols, int(math.ceil(X1 / B)))
         r0, r1 = int(Y0 // B), min(self.grid.rows, int(math.ceil(Y1 / B)))
+        return X0, X1, Y0, Y1, r0, r1, c0, c1
+
+    def _prefetch(self, x: float, y: float, scale: float, ow: int, oh: int, src: Source) -> None:
+        """For a file read over a URL: fetch together the stored blocks this read will decode and
+        has not cached (``CinrReader.prefetch``), so that it costs one round trip, not one per block.
+        Called after ``_check_cost``, so their number is bounded."""
+        rect = self._source_rect(x, y, scale, ow, oh)
+        if rect is None:
+            return
+        X0, X1, Y0, Y1, r0, r1, c0, c1 = rect
+        ids = self._records(src.k, r0, r1, c0, c1).ravel()
+        ids = ids[self._codes[ids] != KIND_BACKGROUND]
+        d = src.cell
+        need: list[int] = []
+        for bid in ids:
+            lid = int(bid) % self.grid.n_level_blocks
+            if src.k >= 0:
+                if ("m", lid, src.k) not in self._pixels:
+                    need.append(int(bid))
+                continue
+            info = self.reader.block_info(lid)
+            if (info.offset, info.stored_length, info.crc32) in self._models:
+                continue
+            bx, by, bw, bh = self.grid.owned(lid)
+            # The block's tiles under the rectangle: any of them not cached needs the model.
+            j0, j1 = int(max(X0 - bx, 0) // d) // TILE, int(math.ceil(min(X1 - bx, bw) / d) - 1) // TILE
+            i0, i1 = int(max(Y0 - by, 0) // d) // TILE, int(math.ceil(min(Y1 - by, bh) / d) - 1) // TILE
+            if any(
+                ("t", lid, d, ti, tj) not in self._pixels
+                for ti in range(i0, i1 + 1)
+                for tj in range(j0, j1 + 1)
+            ):
+                need.append(int(bid))
+        if len(need) > 1:
+            self.reader.prefetch(need)
+
+    def _check_cost(self, x: float, y: float, scale: float, ow: int, oh: int, src: Source) -> None:
+        """Refuse (CinrRequestError) a read that would decode more stored blocks or source pixels
+        than one read may (``MAX_READ_MODELS``, ``MAX_READ_IMAGES``, ``MAX_READ_SOURCE_PIXELS``),
+        counted over the blocks its source rectangle touches before anything is decoded."""
+        rect = self._source_rect(x, y, scale, ow, oh)
+        if rect is None:
+            return
+        X0, X1, Y0, Y1, r0, r1, c0, c1 = rect
+        W, H, B = self.width, self.height, self.grid.block_size
 
         def cells(lo: float, hi: float, i0: int, i1: int, length: int) -> np.ndarray:
             starts = np.arange(i0, i1, dtype=np.float64) * B
@@ -564,6 +611,8 @@ class SlideDecoder:
         """The read of ``_check_read``'s values: RGB, or RGBA with alpha = coverage."""
         src = self._source(scale)
         self._check_cost(x, y, scale, ow, oh, src)
+        if self.reader.is_remote:
+            self._prefetch(x, y, scale, ow, oh, src)
         out = np.empty((oh, ow, 4 if rgba else 3), dtype=np.uint8)
         if rgba:
             out[..., 3] = 255

@@ -1,8 +1,10 @@
 """``.cinr`` files behind fsspec URLs (``https://``, ``s3://``, ``gs://``, ``file://``).
 
 ``RemoteFile`` is a seekable binary file whose every read is one ranged fetch of exactly the
-bytes asked for (no read-ahead), so the container reader fetches the preamble, the header, the
-index and then only the blocks a read touches. Each fetch is bounded in time (``timeout``) and
+bytes asked for (no speculative read-ahead), so the container reader fetches the preamble, the
+header, the index and then only the blocks a read touches; ``read_ranges`` fetches several
+ranges at once (concurrent requests: the decoder asks for all the blocks of one read together,
+so a read costs one round trip, not one per block). Each fetch is bounded in time (``timeout``) and
 retried a bounded number of times on network errors; a server that ignores range requests, a
 short response, a missing file or a timeout is an ``OSError``, which ``CinrReader`` reports as
 ``CinrIOError`` naming the URL.
@@ -13,7 +15,7 @@ from __future__ import annotations
 import io
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 #: Seconds one request (connect, headers and body) may take.
@@ -102,6 +104,13 @@ class RemoteFile(io.RawIOBase):
                 "client_kwargs",
                 {"timeout": aiohttp.ClientTimeout(total=t, connect=t, sock_connect=t, sock_read=t)},
             )
+        elif protocol in ("s3", "s3a"):
+            # botocore's own timeouts and retries (s3fs passes config_kwargs to it).
+            t = self._timeout
+            options.setdefault(
+                "config_kwargs",
+                {"connect_timeout": t, "read_timeout": t, "retries": {"max_attempts": self._retries + 1}},
+            )
         try:
             self._fs, self._path = fsspec.core.url_to_fs(url, **options)
         except (ValueError, ImportError) as exc:  # unknown protocol, missing backend (s3fs, gcsfs)
@@ -167,6 +176,32 @@ class RemoteFile(io.RawIOBase):
             raise OSError(f"the server sent {len(data)} of the {end - start} bytes asked for")
         self.bytes_fetched += len(data)
         self._pos = end
+        return data
+
+    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The bytes of each ``(start, end)`` range, fetched concurrently (fsspec ``cat_ranges``:
+        one request per range, run together); the file position is unchanged. An ``OSError`` as
+        for ``read`` when any fetch fails or comes back short."""
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        ranges = [(int(a), int(b)) for a, b in ranges]
+        if any(not 0 <= a < b <= self.size for a, b in ranges):
+            raise ValueError("ranges must be non-empty and inside the file")
+        if not ranges:
+            return []
+
+        def fetch() -> list[bytes]:
+            self.requests += len(ranges)
+            parts = self._fs.cat_ranges(
+                [self._path] * len(ranges), [a for a, _ in ranges], [b for _, b in ranges], on_error="raise"
+            )
+            return [bytes(p) for p in parts]
+
+        data = self._call(fetch)
+        for (a, b), part in zip(ranges, data, strict=True):
+            if len(part) != b - a:
+                raise OSError(f"the server sent {len(part)} of the {b - a} bytes asked for")
+        self.bytes_fetched += sum(len(p) for p in data)
         return data
 
     def readinto(self, b: Any) -> int:

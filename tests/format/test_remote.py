@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -104,6 +105,12 @@ def _serve(files: dict[str, bytes], mode: str = "ok") -> Iterator[_Server]:
         server.server_close()
 
 
+def _bytes_file(data: bytes) -> Any:
+    import io
+
+    return io.BytesIO(data)
+
+
 def _url(server: _Server, name: str) -> str:
     return f"http://127.0.0.1:{server.server_address[1]}{name}"
 
@@ -142,6 +149,71 @@ def test_a_region_over_http_is_the_local_one_and_fetches_only_its_blocks(
         assert remote.properties["openslide.mpp-x"] == "0.25"
         assert remote.associated_images["label"].size == (40, 30)
     assert server.sent < len(slide_bytes)
+
+
+def test_a_read_fetches_its_blocks_together_and_nothing_more(
+    slide_bytes: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read over several stored blocks asks for them in one ``read_ranges`` call (concurrent
+    requests: one round trip), fetches exactly their bytes, and decodes what a local read does."""
+    from cinr_codec.format.remote import RemoteFile
+
+    calls: list[list[tuple[int, int]]] = []
+    original = RemoteFile.read_ranges
+
+    def spy(self: RemoteFile, ranges: list[tuple[int, int]]) -> list[bytes]:
+        calls.append(list(ranges))
+        return original(self, ranges)
+
+    monkeypatch.setattr(RemoteFile, "read_ranges", spy)
+    local = tmp_path / "s.cinr"
+    local.write_bytes(slide_bytes)
+    with open_cinr(local) as slide:
+        w, h = slide.level_dimensions[1]
+        want = np.asarray(slide.read_region((0, 0), 1, (w, h)))
+    with CinrReader(local) as r:  # the first mip level's stored blocks
+        mips = [b for b in r.blocks() if b.kind == "image"]
+        assert CinrReader.prefetch(r, [b.block_id for b in mips]) == 0  # a local file: nothing to do
+    with _serve({"/s.cinr": slide_bytes}) as server, open_cinr(_url(server, "/s.cinr")) as remote:
+        opened = server.sent
+        got = np.asarray(remote.read_region((0, 0), 1, (w, h)))
+        fetched = server.sent - opened
+        assert np.array_equal(got, want)
+        assert len(calls) == 1 and len(calls[0]) >= 1
+        fetched_ranges = sum(b - a for a, b in calls[0])
+        assert fetched == fetched_ranges
+        assert fetched in {sum(b.stored_length for b in mips[:2]), sum(b.stored_length for b in mips)}
+        # Read again: cached pixels, nothing fetched.
+        again = server.sent
+        assert np.array_equal(np.asarray(remote.read_region((0, 0), 1, (w, h))), want)
+        assert server.sent == again and len(calls) == 1
+
+
+def test_fetched_ahead_blocks_are_bounded_and_checked(
+    slide_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most ``PREFETCH_BYTES`` are held; ids that are not stored blocks are skipped; a block
+    fetched ahead is still CRC-checked when read (a damaged one is a ``CinrError``)."""
+    from cinr_codec.format.container import reader as reader_mod
+
+    with CinrReader(_bytes_file(slide_bytes)) as r:
+        stored = [b for b in r.blocks() if b.stored_length]
+        background = [b.block_id for b in r.blocks() if b.kind == "background"]
+    bad = bytearray(slide_bytes)
+    victim = stored[-1]
+    bad[victim.offset + victim.stored_length // 2] ^= 0xFF  # the index CRC no longer matches
+    files = {"/s.cinr": slide_bytes, "/bad.cinr": bytes(bad)}
+    with _serve(files) as server:
+        monkeypatch.setattr(reader_mod, "PREFETCH_BYTES", stored[0].stored_length)
+        with CinrReader(_url(server, "/s.cinr")) as r:
+            before = server.sent
+            got = r.prefetch([-1, 10**9, *background, *(b.block_id for b in stored)])
+            assert 0 < got <= stored[0].stored_length and server.sent - before == got
+        monkeypatch.setattr(reader_mod, "PREFETCH_BYTES", 64 << 20)
+        with CinrReader(_url(server, "/bad.cinr")) as r:
+            assert r.prefetch([victim.block_id]) == victim.stored_length
+            with pytest.raises(CinrError, match="checksum"):
+                r.read_image_block(victim.block_id)
 
 
 def test_file_urls_and_cli_info(slide_bytes: bytes, tmp_path: Path) -> None:
