@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Any
@@ -92,6 +93,20 @@ from .common import NullSink, check_output, fmt, handle_errors, json_safe
     "before each block]",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Fit the blocks on a local Dask cluster of this many worker processes, one thread each "
+    "(needs dask's distributed: pip install -e '.[dask]')",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Fit the blocks on the Dask cluster of this scheduler (tcp://host:8786); its workers must "
+    "see SLIDE at the same path",
+)
+@click.option(
     "--resume", is_flag=True, help="Continue an interrupted encode from its journal (OUTPUT.journal)."
 )
 @click.option(
@@ -124,6 +139,8 @@ def encode_cmd(
     no_tissue_mask: bool,
     no_mips: bool,
     seed: int,
+    workers: int | None,
+    scheduler: str | None,
     resume: bool,
     threads: int | None,
     max_pixels: int | None,
@@ -181,7 +198,21 @@ def encode_cmd(
             state["bar"].__exit__(None, None, None)
             state["bar"] = None
 
+    if workers is not None and scheduler is not None:
+        raise ValueError("give --workers (a local cluster) or --scheduler (a running one), not both")
+    if (workers is not None or scheduler is not None) and threads is not None:
+        raise ValueError("on a cluster each block is fitted with one thread; --threads is for a local encode")
+    stack = contextlib.ExitStack()
+    client = None
+    if workers is not None or scheduler is not None:
+        from ..encode.cluster import cluster_client, dashboard_link
+
+        client = stack.enter_context(cluster_client(workers, scheduler))
+        link = dashboard_link(client)
     try:
+        if client is not None and show:
+            where = scheduler or f"a local cluster of {workers} worker processes"
+            click.echo(f"encoding on {where}" + (f" (dashboard: {link})" if link else ""), err=True)
         summary = encode_slide(
             slide,
             out,
@@ -200,9 +231,10 @@ def encode_cmd(
             mips=not no_mips,
             seed=seed,
             resume=resume,
-            threads="auto" if threads is None else threads,
+            threads=None if client is not None else "auto" if threads is None else threads,
             progress=progress,
             max_pixels=max_pixels,
+            client=client,
         )
     except KeyboardInterrupt:
         if state["bar"] is not None:
@@ -216,6 +248,7 @@ def encode_cmd(
     finally:
         if state["bar"] is not None:
             state["bar"].__exit__(None, None, None)
+        stack.close()
     if as_json:
         click.echo(json.dumps({k: json_safe(v) for k, v in summary.items()}))
         return

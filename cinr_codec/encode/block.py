@@ -90,6 +90,7 @@ class BlockJob:
     seed: int
     maybe_background: bool  # the thumbnail saw (almost) no tissue in this block
     tissue_threshold: float
+    mip_avif: bool = False  # mips may be AVIF (format 1.6), else JPEG or PNG
 
 
 def encode_block(job: BlockJob, fit_pixels: np.ndarray) -> tuple[dict[str, Any], list[bytes]]:
@@ -146,7 +147,7 @@ def encode_block(job: BlockJob, fit_pixels: np.ndarray) -> tuple[dict[str, Any],
     floor = block_psnr if block_psnr is not None and math.isfinite(block_psnr) else LOSSLESS_MIP_PSNR
     qualities = []
     for dsm in grid.mip_downsamples:
-        data, _, q = encode_mip(box_downsample(owned, dsm), floor + PSNR_MARGIN)
+        data, _, q = encode_mip(box_downsample(owned, dsm), floor + PSNR_MARGIN, avif=job.mip_avif)
         parts.append(data)
         qualities.append(q)
     meta["mip_quality"] = qualities

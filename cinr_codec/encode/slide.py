@@ -21,9 +21,10 @@ import numpy as np
 
 from .._version import __version__
 from ..coding.base import BlockCodec
+from ..coding.images import avif_available
 from ..coding.registry import get_codec
 from ..errors import CinrInputError
-from ..format.container import MINOR_JSON_ZSTD, CinrWriter
+from ..format.container import MINOR_AVIF, MINOR_JSON_ZSTD, CinrWriter
 from ..format.grid import BlockGrid, default_mip_downsamples
 from ..format.header import (
     SlideTotals,
@@ -83,6 +84,7 @@ class SlidePlan:
     jobs: tuple[BlockJob, ...]
     tissue_blocks: frozenset[int]
     tissue_fraction: float
+    mip_avif: bool = False  # mips may be AVIF: the file is format 1.6
 
 
 def plan_slide(
@@ -136,7 +138,9 @@ def plan_slide(
             "masked": bool(tissue_mask),
         },
     )
+    mip_avif = bool(grid.mip_downsamples) and avif_available()
     settings = {
+        "mip_avif": mip_avif,
         "seed": seed,
         "steps": steps,
         "time_budget": time_budget,
@@ -160,6 +164,7 @@ def plan_slide(
             seed=block_seed(seed, block_id),
             maybe_background=bool(fractions.flat[block_id] < THUMB_TISSUE_MIN),
             tissue_threshold=float(tmap.threshold),
+            mip_avif=mip_avif,
         )
         for block_id in range(grid.n_level_blocks)
     )
@@ -171,6 +176,7 @@ def plan_slide(
         jobs=jobs,
         tissue_blocks=frozenset(b for b in range(grid.n_level_blocks) if fractions.flat[b] > 0),
         tissue_fraction=float(tmap.tissue_fraction),
+        mip_avif=mip_avif,
     )
 
 
@@ -196,6 +202,7 @@ def encode_slide(
     threads: int | str | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
     max_pixels: int | None = None,
+    client: Any = None,
 ) -> dict[str, Any]:
     """Encode level ``level`` of a slide or image ``src`` as the ``.cinr`` file ``dst``; return a summary.
 
@@ -211,7 +218,10 @@ def encode_slide(
     ``encode.threads``). ``max_pixels``: the most pixels the level may have (None: at most
     ``source.DEFAULT_MAX_PIXELS``, and a level 0 plausible for the file's bytes; see ``SlideSource``);
     a source whose pixels cannot be decoded (a corrupt tile) raises ``CinrInputError`` naming the
-    region, and the blocks finished before it stay in the journal.
+    region, and the blocks finished before it stay in the journal. ``client``: a
+    ``distributed.Client`` whose workers fit the blocks, one task per block, each reading its
+    own pixels from ``src`` (which they must see at the same path) with one torch thread
+    (``encode.cluster``); this process keeps the journal and writes the file.
     """
     from ..core.render import resolve_device
 
@@ -228,6 +238,10 @@ def encode_slide(
     for name, v in (("time budget", time_budget), ("total time budget", total_time_budget)):
         if v is not None and not v > 0:
             raise ValueError(f"{name} must be > 0 seconds")
+    if client is not None and total_time_budget is not None:
+        raise ValueError(
+            "a total time budget is shared out block by block; on a cluster use a time budget per block"
+        )
     side = block_size + 2 * margin  # every block's frame (BlockGrid.side)
     codec.config_for(model, preset, side, side)  # a bad preset fails before the slide is opened
     dev = resolve_device(device)
@@ -273,7 +287,25 @@ def encode_slide(
                         "tissue_blocks": len(plan.tissue_blocks),
                     }
                 )
-            for job in plan.jobs:
+            if client is not None:
+                from .cluster import SourceSpec, run_on_cluster
+
+                def on_done(job: BlockJob, meta: dict[str, Any]) -> None:
+                    if progress is not None:
+                        progress(
+                            {
+                                "stage": "block",
+                                "block_id": job.block_id,
+                                "kind": meta["kind"],
+                                "psnr": psnr_of(meta["sse"], meta["n"]),
+                                "total": grid.n_level_blocks,
+                            }
+                        )
+
+                spec = SourceSpec.of(src_path, level, max_pixels)
+                todo = [job for job in plan.jobs if job.block_id not in done]
+                run_on_cluster(client, spec, todo, journal, on_done, gpu=dev.type == "cuda")
+            for job in plan.jobs if client is None else ():
                 if job.block_id in done:
                     continue
                 if total_time_budget is not None:
@@ -317,6 +349,7 @@ def encode_slide(
                 plan.codec,
                 labels={"model": model, "preset": preset, "quant": quant},
                 tissue_fraction=plan.tissue_fraction,
+                mip_avif=plan.mip_avif,
             )
         except BaseException:
             journal.close()
@@ -395,9 +428,11 @@ def assemble(
     *,
     labels: Mapping[str, Any],
     tissue_fraction: float,
+    mip_avif: bool = False,
 ) -> dict[str, Any]:
     """Write the ``.cinr`` file from the journal's records, in block order; return the summary figures
-    (``labels``, e.g. the model and preset, come first)."""
+    (``labels``, e.g. the model and preset, come first). ``mip_avif``: the blocks' mips may be
+    AVIF (the file is then format 1.6)."""
     t = SlideTotals()
     # The header's bound on a block's payload: twice the first one's (hash-grid blocks all have
     # the same size), and at least the largest (entropy-coded blocks vary with their content).
@@ -406,7 +441,10 @@ def assemble(
     max_raw = min(max([2 * sizes[0], *sizes]) if sizes else 8, 1 << 30)
     compact = codec.compact_json
     minor = max(
-        1 if grid.mip_downsamples else 0, codec.minor_version(header), MINOR_JSON_ZSTD if compact else 0
+        1 if grid.mip_downsamples else 0,
+        MINOR_AVIF if mip_avif and grid.mip_downsamples else 0,
+        codec.minor_version(header),
+        MINOR_JSON_ZSTD if compact else 0,
     )
     with CinrWriter(
         path, header, grid.n_blocks, max_block_bytes=max_raw, minor_version=minor, compress_json=compact

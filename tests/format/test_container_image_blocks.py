@@ -45,7 +45,7 @@ def test_image_blocks_need_format_1_1(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="1.1"):
             w.add_image_block(0, _jpeg())
     with CinrWriter(tmp_path / "h.cinr", {}, 1, minor_version=1) as w:
-        with pytest.raises(ValueError, match="PNG or JPEG"):
+        with pytest.raises(ValueError, match="not a PNG, JPEG or AVIF file"):
             w.add_image_block(0, b"not an image")
 
 
@@ -80,3 +80,43 @@ def test_corrupt_image_block_is_a_checksum_error(tmp_path: Path) -> None:
     with CinrReader(path) as r:
         with pytest.raises(CinrChecksumError, match="block 0 checksum"):
             r.read_image_block(0)
+
+
+def _avif() -> bytes:
+    from cinr_codec.coding.images import avif_available, encode_avif
+
+    if not avif_available():
+        pytest.skip("this Pillow has no AVIF (Pillow >= 11.3 wheels do)")
+    return encode_avif(np.full((8, 8, 3), 200, dtype=np.uint8), 80)
+
+
+def test_avif_image_blocks_are_format_1_6(tmp_path: Path) -> None:
+    """AVIF image blocks (1.6): written only at minor 6, read back; in a file that says 1.5 an
+    AVIF block is not PNG or JPEG data."""
+    avif = _avif()
+    assert avif[4:12] == b"ftypavif"
+    with CinrWriter(tmp_path / "old.cinr", {}, 1, minor_version=5) as w:
+        with pytest.raises(ValueError, match="1.6"):
+            w.add_image_block(0, avif)
+    path = tmp_path / "f.cinr"
+    with CinrWriter(path, {}, 1, minor_version=6) as w:
+        w.add_image_block(0, avif)
+        w.commit()
+    with CinrReader(path) as r:
+        assert r.version == (1, 6) and r.read_image_block(0) == avif
+        r.verify()
+    data = bytearray(path.read_bytes())
+    data[10:12] = struct.pack("<H", 5)  # minor 6 -> 5, then fix the preamble CRC
+    import zlib
+
+    data[28:32] = struct.pack("<I", zlib.crc32(bytes(data[:28])))
+    path.write_bytes(bytes(data))
+    with CinrReader(path) as r:
+        with pytest.raises(CinrFormatError, match="not PNG or JPEG data"):
+            r.read_image_block(0)
+
+
+def test_associated_images_stay_png_or_jpeg(tmp_path: Path) -> None:
+    with CinrWriter(tmp_path / "f.cinr", {}, 1, minor_version=6) as w:
+        with pytest.raises(ValueError, match="not PNG or JPEG"):
+            w.add_associated_image("label", _avif())

@@ -16,6 +16,7 @@ from .binary import (
     HARD_MAX_BLOCK_BYTES,
     MAGIC,
     MAX_BLOCKS,
+    MINOR_AVIF,
     MINOR_JSON_ZSTD,
 )
 from .reader import AssociatedImage, BlockInfo, CinrReader
@@ -28,6 +29,7 @@ __all__ = [
     "HARD_MAX_BLOCK_BYTES",
     "MAGIC",
     "MAX_BLOCKS",
+    "MINOR_AVIF",
     "MINOR_JSON_ZSTD",
     "AssociatedImage",
     "BlockInfo",

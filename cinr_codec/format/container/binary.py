@@ -35,10 +35,14 @@ FORMAT_MAJOR = 1
 #: Highest minor version this code writes and fully understands (1.1 added image blocks, kind 3;
 #: 1.2 compressive CINR payloads, header model.kind "ccinr"; 1.3 their learned upsampling,
 #: header model.upsampling "learned"; 1.4 their leaky ReLU, header model.activation "leaky_relu";
-#: 1.5 header and footer JSON compressed with the built-in dictionary, flag ``FLAG_JSON_ZSTD``).
-FORMAT_MINOR = 5
+#: 1.5 header and footer JSON compressed with the built-in dictionary, flag ``FLAG_JSON_ZSTD``;
+#: 1.6 AVIF image blocks).
+FORMAT_MINOR = 6
 #: Lowest minor version that knows image blocks.
 MINOR_IMAGE_BLOCKS = 1
+#: Lowest minor version whose image blocks may be AVIF (``AVIF_BRAND``); associated images stay
+#: PNG or JPEG.
+MINOR_AVIF = 6
 
 PREAMBLE = struct.Struct("<8sHHIIII")  # magic, major, minor, flags, header_len, header_crc, reserved
 PREAMBLE_SIZE = PREAMBLE.size + 4  # + preamble_crc32
@@ -95,6 +99,20 @@ MAX_IMAGE_NAME = 64
 MAX_ASSOCIATED_PIXELS = 1 << 25
 
 IMAGE_SIGNATURES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}
+#: An AVIF file (ISO/IEC 23000-22) starts with an ISO BMFF ``ftyp`` box of major brand ``avif``:
+#: these bytes at offset 4 (after the box's 32-bit size).
+AVIF_BRAND = b"ftypavif"
+
+
+def image_media_type(data: bytes, avif: bool = False) -> str | None:
+    """``image/png``, ``image/jpeg`` (or, when ``avif``, ``image/avif``) from the leading bytes, else None."""
+    for media, sig in IMAGE_SIGNATURES.items():
+        if data.startswith(sig):
+            return media
+    if avif and data[4:12] == AVIF_BRAND:
+        return "image/avif"
+    return None
+
 
 assert PREAMBLE_SIZE == 32 and TRAILER_SIZE == 64 and RECORD_SIZE == 24
 

@@ -51,6 +51,7 @@ from .binary import (
     MAX_IMAGES,
     MAX_JSON_BYTES,
     MAX_RECORD_SIZE,
+    MINOR_AVIF,
     MINOR_IMAGE_BLOCKS,
     PREAMBLE_SIZE,
     RECORD_SIZE,
@@ -59,6 +60,7 @@ from .binary import (
     TRAILER_SIZE,
     crc32,
     decompress_json,
+    image_media_type,
     is_uint,
     loads_json,
     one_line,
@@ -627,11 +629,14 @@ class CinrReader:
         return self._read_verified(info.offset, info.stored_length, info.crc32, f"block {block_id}")
 
     def read_image_block(self, block_id: int) -> bytes:
-        """The PNG or JPEG bytes of image block ``block_id``, checksum and signature verified."""
+        """The PNG, JPEG or (format 1.6) AVIF bytes of image block ``block_id``, checksum and
+        signature verified."""
         info = self._model_info(block_id, "image")
         data = self._read_verified(info.offset, info.stored_length, info.crc32, f"block {block_id}")
-        if not any(data.startswith(sig) for sig in IMAGE_SIGNATURES.values()):
-            raise self._err(f"block {block_id} is not PNG or JPEG data", info.offset)
+        avif = self.version[1] >= MINOR_AVIF
+        if image_media_type(data, avif=avif) is None:
+            kinds = "PNG, JPEG or AVIF" if avif else "PNG or JPEG"
+            raise self._err(f"block {block_id} is not {kinds} data", info.offset)
         return data
 
     def _model_info(self, block_id: int, want: str = "model") -> BlockInfo:

@@ -38,6 +38,7 @@ from .binary import (
     MAX_IMAGE_NAME,
     MAX_IMAGES,
     MAX_JSON_BYTES,
+    MINOR_AVIF,
     MINOR_IMAGE_BLOCKS,
     MINOR_JSON_ZSTD,
     PREAMBLE_SIZE,
@@ -47,6 +48,7 @@ from .binary import (
     Trailer,
     crc32,
     dumps_json,
+    image_media_type,
     one_line,
     pack_preamble,
     pack_record,
@@ -108,10 +110,7 @@ def _cleanup(fh: IO[bytes] | None, tmp: str | None) -> None:
 
 def sniff_media_type(data: bytes) -> str | None:
     """``image/png`` or ``image/jpeg`` from the leading bytes, else None."""
-    for media, sig in IMAGE_SIGNATURES.items():
-        if data.startswith(sig):
-            return media
-    return None
+    return image_media_type(data)
 
 
 class CinrWriter:
@@ -309,15 +308,20 @@ class CinrWriter:
             self._record(block_id, pack_record(0, 0, 0, 0, KIND_BACKGROUND, bytes(rgb)))
 
     def add_image_block(self, block_id: int, data: bytes) -> int:
-        """Append block ``block_id`` as a complete PNG or JPEG file (kind 3, format 1.1); returns its length."""
+        """Append block ``block_id`` as a complete PNG or JPEG file (kind 3, format 1.1), or AVIF
+        (format 1.6); returns its length."""
         self._check_open()
         self._check_id(block_id)
         if self.minor_version < MINOR_IMAGE_BLOCKS:
             raise ValueError(f"image blocks need format 1.{MINOR_IMAGE_BLOCKS} (CinrWriter(minor_version=1))")
         data = bytes(data)
-        if sniff_media_type(data) is None or not 1 <= len(data) <= MAX_IMAGE_BYTES:
+        media = image_media_type(data, avif=True)
+        if media == "image/avif" and self.minor_version < MINOR_AVIF:
+            raise ValueError(f"block {block_id}: AVIF image blocks need format 1.{MINOR_AVIF}")
+        if media is None or not 1 <= len(data) <= MAX_IMAGE_BYTES:
             raise ValueError(
-                f"block {block_id}: image data is not a PNG or JPEG file of at most {MAX_IMAGE_BYTES} bytes"
+                f"block {block_id}: image data is not a PNG, JPEG or AVIF file of at most "
+                f"{MAX_IMAGE_BYTES} bytes"
             )
         crc = crc32(data)
         with self._lock:

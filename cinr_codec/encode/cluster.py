@@ -1,0 +1,206 @@
+"""Encoding a slide's blocks on a Dask cluster (``distributed``): one task per block.
+
+``encode_slide(..., client=...)`` plans the slide as usual (``plan_slide``) and, instead of
+its serial loop, hands the blocks to ``run_on_cluster``: each block not yet in the journal is a
+task ``block_task(source, job)`` that reads its own pixels from the slide path (the client ships
+the small ``BlockJob``, never pixels), fits it with one torch thread and returns the journal
+metadata and parts. The client alone writes the journal, as tasks finish, and ``assemble`` then
+writes the file in block order: the payloads are those of a serial encode with the same settings
+and one thread. A worker that dies mid-block has its task rerun elsewhere (Dask's retries,
+bounded by ``RETRIES`` and the scheduler's ``allowed-failures``); a block that fails for its
+own reason fails the encode with one line naming it, the finished blocks kept in the journal.
+
+``distributed`` is optional (``pip install -e '.[dask]'``); nothing here imports it until a
+cluster is asked for.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CinrInputError
+from .block import BlockJob, encode_block
+
+if TYPE_CHECKING:
+    from .journal import Journal
+
+log = logging.getLogger(__name__)
+
+#: Further tries of a block whose task failed by an exception that is not the block's own fault.
+RETRIES = 2
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What a worker needs to open the slide itself: its path (as the workers see it), the level
+    and the pixel limit the client checked it with."""
+
+    path: str
+    level: int
+    max_pixels: int | None
+    #: The file's (size, mtime in ns) when the client planned the encode: a worker that has the
+    #: same path open from another encode opens it again if it changed.
+    stamp: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str], level: int, max_pixels: int | None) -> SourceSpec:
+        """The spec of a local file as it is now."""
+        p = os.path.abspath(path)
+        st = os.stat(p)
+        return cls(p, level, max_pixels, (st.st_size, st.st_mtime_ns))
+
+
+_sources: dict[SourceSpec, Any] = {}
+_sources_lock = threading.Lock()
+
+
+def _open_source(spec: SourceSpec) -> Any:
+    """The worker process's open ``SlideSource`` for ``spec`` (opened once, then reused)."""
+    from .source import SlideSource
+
+    with _sources_lock:
+        src = _sources.get(spec)
+        if src is None:
+            src = SlideSource(spec.path, spec.level, max_pixels=spec.max_pixels)
+            if len(_sources) >= 4:  # a cohort moves on: close the oldest
+                old = next(iter(_sources))
+                _sources.pop(old).close()
+            _sources[spec] = src
+        return src
+
+
+def block_task(spec: SourceSpec, job: BlockJob, threads: int = 1) -> tuple[dict[str, Any], list[bytes]]:
+    """Run on a worker: read block ``job``'s fit region from the slide and encode it
+    (``encode_block``) with ``threads`` torch threads. A region the source cannot decode raises
+    ``CinrInputError`` naming the block."""
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    fx0, fy0, fw, fh = job.grid.fit_region(job.block_id)
+    try:
+        pixels = _open_source(spec).read(fx0, fy0, fw, fh)
+    except CinrInputError as exc:
+        raise CinrInputError(f"{exc} (block {job.block_id + 1} of {job.grid.n_level_blocks})") from None
+    return encode_block(job, pixels)
+
+
+def run_on_cluster(
+    client: Any,
+    spec: SourceSpec,
+    jobs: list[BlockJob],
+    journal: Journal,
+    on_done: Callable[[BlockJob, dict[str, Any]], None],
+    *,
+    gpu: bool = False,
+) -> None:
+    """Encode ``jobs`` on ``client``'s cluster, appending each result to ``journal`` as it arrives
+    and calling ``on_done(job, meta)``. ``gpu``: each task asks for the worker resource ``GPU=1``
+    (workers started with ``--resources GPU=1``). The first block that fails stops the encode:
+    the other tasks are cancelled and its error is raised (``CinrInputError`` for the slide's
+    own faults, with the journal's path)."""
+    from distributed import as_completed
+
+    by_key = {}
+    futures = []
+    for job in jobs:
+        fut = client.submit(
+            block_task,
+            spec,
+            job,
+            key=f"cinr-block-{os.path.basename(spec.path)}-{job.block_id}-{journal_id(journal)}",
+            retries=RETRIES,
+            pure=False,
+            resources={"GPU": 1} if gpu else None,
+        )
+        by_key[fut.key] = job
+        futures.append(fut)
+    try:
+        for fut in as_completed(futures):
+            job = by_key[fut.key]
+            try:
+                meta, parts = fut.result()
+            except CinrInputError as exc:
+                raise CinrInputError(
+                    f"{exc}; the source is corrupt there: the {len(journal.done)} blocks finished are kept "
+                    f"in {journal.path}"
+                ) from None
+            journal.append(meta, parts)
+            on_done(job, meta)
+            fut.release()
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+
+
+def journal_id(journal: Journal) -> str:
+    """A short id of this encode (its journal file), so that two slides' tasks never share keys."""
+    return f"{abs(hash(str(journal.path))) % 10**8:08d}"
+
+
+@contextmanager
+def cluster_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Any]:
+    """A ``distributed.Client``: connected to ``scheduler`` (an address such as
+    ``tcp://host:8786``), or to a new local cluster of ``workers`` processes of one thread each."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise CinrInputError(
+            "encoding on a cluster needs dask's distributed package: pip install 'cinr[dask]'"
+        ) from None
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout="30s")
+        except (OSError, TimeoutError) as exc:
+            raise CinrInputError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    n = max(1, int(workers or 1))
+    # The scheduler of a local cluster runs in this process: its start-up chatter is not the user's.
+    chatter = logging.getLogger("distributed")
+    level = chatter.level
+    chatter.setLevel(max(level, logging.WARNING))
+    try:
+        with (
+            LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",  # loopback, a free port
+                silence_logs=logging.WARNING,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            yield client
+    finally:
+        chatter.setLevel(level)
+
+
+def dashboard_link(client: Any) -> str | None:
+    """The cluster's dashboard URL, when it serves one (the dashboard needs bokeh)."""
+    import importlib.util
+
+    if importlib.util.find_spec("bokeh") is None:
+        return None
+    link = getattr(client, "dashboard_link", None)
+    return link if isinstance(link, str) else None
+
+
+@functools.lru_cache(maxsize=1)
+def distributed_available() -> bool:
+    """Whether dask's ``distributed`` package imports."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        return False
+    return True
