@@ -135,19 +135,65 @@ def test_settings_a_cluster_cannot_honour_are_refused(image: Path, client: Any, 
         encode_slide(image, tmp_path / "x.cinr", client=client, total_time_budget=10.0, **SETTINGS)
 
 
-def test_cli_workers(image: Path, serial: Path, tmp_path: Path) -> None:
+def test_a_cohort_on_one_cluster_goes_on_past_a_bad_slide(image: Path, serial: Path, tmp_path: Path) -> None:
+    """``cinr encode A B C --out-dir DIR --workers 2`` with B unreadable: A and C are encoded (A's
+    blocks are the serial encode's), B is one error line, ``--json`` gives a line per slide, and
+    the exit status is 2."""
+    import json
+
     from click.testing import CliRunner
 
     from cinr_codec.cli import main
 
-    out = tmp_path / "cli.cinr"
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(b"II*\x00" + bytes(100))
+    other = tmp_path / "other.png"
+    Image.open(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other)
+    out_dir = tmp_path / "out"
+    args = ["encode", str(image), str(bad), str(other), "--out-dir", str(out_dir)]
+    args += ["--steps", "12", "--block-size", "64", "--workers", "2", "--json"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2, res.output
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [line.get("source") for line in lines] == [str(image), str(bad), str(other)]
+    assert "error" in lines[1] and "error" not in lines[0] and "error" not in lines[2]
+    assert "1 of 3 slides failed" in res.stderr and f"cinr: error: {bad}:" in res.stderr
+    assert _blocks(out_dir / "tissue.cinr") == _blocks(serial)
+    assert (out_dir / "other.cinr").exists() and not (out_dir / "broken.cinr").exists()
     res = CliRunner().invoke(
-        main, ["encode", str(image), "-o", str(out), "--steps", "12", "--block-size", "64", "--workers", "2"]
-    )
-    assert res.exit_code == 0, res.output
-    assert "local cluster of 2 worker processes" in res.stderr
-    assert _blocks(out) == _blocks(serial)
-    res = CliRunner().invoke(
-        main, ["encode", str(image), "-o", str(out), "--workers", "2", "--threads", "1", "-f"]
+        main, ["encode", str(image), "-o", str(out_dir / "x.cinr"), "--workers", "2", "--threads", "1"]
     )
     assert res.exit_code == 2 and "one thread" in res.stderr
+    res = CliRunner().invoke(main, ["encode", str(image), str(other), "-o", str(out_dir / "x.cinr")])
+    assert res.exit_code == 2 and "--out-dir" in res.stderr
+
+
+def test_the_client_killed_then_resumed_on_a_new_cluster(image: Path, serial: Path, tmp_path: Path) -> None:
+    """kill -9 of ``cinr encode --workers 2`` (client, scheduler and workers: its process group)
+    once the journal holds a block, then ``--resume`` on a new cluster: the file is the serial one."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "resumed.cinr"
+    jpath = journal_path(out)
+    args = [sys.executable, "-m", "cinr_codec", "encode", str(image), "-o", str(out), "--quiet"]
+    args += ["--steps", "12", "--block-size", "64", "--workers", "2"]
+    proc = subprocess.Popen(args, start_new_session=True, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        first = None  # the journal's size when first seen; larger once a block is appended
+        while time.monotonic() < deadline and proc.poll() is None:
+            size = jpath.stat().st_size if jpath.exists() else None
+            if first is None:
+                first = size
+            elif size is not None and size > first:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert jpath.exists() and not out.exists()
+    res = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert _blocks(out) == _blocks(serial) and not jpath.exists()
