@@ -16,10 +16,10 @@ cluster is asked for.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -108,6 +108,7 @@ def run_on_cluster(
     own faults, with the journal's path)."""
     from distributed import as_completed
 
+    run = uuid.uuid4().hex[:12]  # this call's tasks: keys never shared with another encode's
     by_key = {}
     futures = []
     for job in jobs:
@@ -115,7 +116,7 @@ def run_on_cluster(
             block_task,
             spec,
             job,
-            key=f"cinr-block-{os.path.basename(spec.path)}-{job.block_id}-{journal_id(journal)}",
+            key=f"cinr-block-{os.path.basename(spec.path)}-{job.block_id}-{run}",
             retries=RETRIES,
             pure=False,
             resources={"GPU": 1} if gpu else None,
@@ -137,11 +138,6 @@ def run_on_cluster(
             fut.release()
     finally:
         client.cancel([f for f in futures if not f.done()])
-
-
-def journal_id(journal: Journal) -> str:
-    """A short id of this encode (its journal file), so that two slides' tasks never share keys."""
-    return f"{abs(hash(str(journal.path))) % 10**8:08d}"
 
 
 @contextmanager
@@ -194,13 +190,3 @@ def dashboard_link(client: Any) -> str | None:
         return None
     link = getattr(client, "dashboard_link", None)
     return link if isinstance(link, str) else None
-
-
-@functools.lru_cache(maxsize=1)
-def distributed_available() -> bool:
-    """Whether dask's ``distributed`` package imports."""
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
-        return False
-    return True
