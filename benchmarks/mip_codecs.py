@@ -1,11 +1,13 @@
 """Bytes and time of a block's mips stored as JPEG (the ladder) or AVIF (libavif speeds), at equal PSNR.
 
-    python -m benchmarks.mip_codecs [--side 1024] [--targets 35.1,37.6] [--speeds 6,8,9] [--json]
+    python -m benchmarks.mip_codecs [--side 1024] [--targets 35.1,37.6] [--speeds 6,8,9,9+8] [--json]
 
 For a centred ``--side`` crop of each of the three images in ``../shared/data``, the
 box-filtered mips at downsamples 2 and 4 are stored the way ``encode.mips.encode_mip`` does (the
 smallest file whose PSNR against the exact box means reaches the target): JPEG only (4:2:0 or
-4:4:4 over the quality ladder), then AVIF 4:4:4 over qualities 0-100 at each libavif speed.
+4:4:4 over the quality ladder), then AVIF 4:4:4 over qualities 0-100 at each libavif speed
+(``9+8``: searched at speed 9, then re-encoded at speed 8 from the quality found, as the encoder
+does).
 Reported: bytes per image and target, totals, and the seconds of each search.
 """
 
@@ -31,14 +33,18 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.mip_codecs", description=__doc__.split("\n")[0])
     ap.add_argument("--side", type=int, default=1024)
     ap.add_argument("--targets", default="35.1,37.6", help="PSNR targets (dB), comma-separated")
-    ap.add_argument("--speeds", default="6,8,9", help="libavif speeds, comma-separated")
+    ap.add_argument(
+        "--speeds",
+        default="6,8,9,9+8",
+        help="libavif speeds (S or S+R: search at S, refine at R), comma-separated",
+    )
     ap.add_argument("--out", default="mip_codecs")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if not images.avif_available():
         raise SystemExit("this Pillow has no AVIF (Pillow >= 11.3 wheels do)")
     targets = [float(t) for t in csv_list(args.targets)]
-    speeds = [int(s) for s in csv_list(args.speeds)]
+    speeds = csv_list(args.speeds)
     sources = [p for p in SHARED_IMAGES if p.exists()]
     rows: list[tuple[object, ...]] = []
     payload: list[dict[str, Any]] = []
@@ -55,9 +61,15 @@ def main(argv: list[str] | None = None) -> None:
                     data, got, _ = mips.encode_mip(exact, target, avif=False)
                     r["jpeg"] = {"bytes": len(data), "psnr": got, "seconds": time.perf_counter() - t}
                     for s in speeds:
-                        images.AVIF_SPEED = s
+                        search, _, refine = s.partition("+")
+                        images.AVIF_SPEED = int(search)
                         t = time.perf_counter()
-                        found = mips._smallest_avif(mips.to_uint8(exact), exact.astype(np.float64), target)
+                        found = mips._smallest_avif(
+                            mips.to_uint8(exact),
+                            exact.astype(np.float64),
+                            target,
+                            refine_speed=int(refine or 0),
+                        )
                         sec = time.perf_counter() - t
                         r[f"avif{s}"] = (
                             {"bytes": len(found[0]), "psnr": found[1], "quality": found[2], "seconds": sec}

@@ -147,7 +147,10 @@ def encode_block(job: BlockJob, fit_pixels: np.ndarray) -> tuple[dict[str, Any],
     floor = block_psnr if block_psnr is not None and math.isfinite(block_psnr) else LOSSLESS_MIP_PSNR
     qualities = []
     for dsm in grid.mip_downsamples:
-        data, _, q = encode_mip(box_downsample(owned, dsm), floor + PSNR_MARGIN, avif=job.mip_avif)
+        # Compressive files' mips are a large share of them (docs/architecture.md): worth a slower AVIF.
+        data, _, q = encode_mip(
+            box_downsample(owned, dsm), floor + PSNR_MARGIN, avif=job.mip_avif, refine=codec.name == "latent"
+        )
         parts.append(data)
         qualities.append(q)
     meta["mip_quality"] = qualities

