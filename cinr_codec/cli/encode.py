@@ -183,8 +183,6 @@ def encode_cmd(
         tune_allocator(1 << 30)
     if output is not None and (len(slides) > 1 or out_dir is not None):
         raise ValueError("-o names one output; for several slides give --out-dir")
-    if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
     outs = [
         output
         or os.path.join(out_dir or "", os.path.splitext(os.path.basename(os.path.normpath(sl)))[0] + ".cinr")
@@ -194,6 +192,11 @@ def encode_cmd(
         raise ValueError("two slides have the same name: their outputs would collide; encode them separately")
     for out in outs:
         check_output(out, overwrite, ".cinr")
+    if out_dir is not None:
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"{out_dir}: cannot make the output folder: {exc.strerror or exc}") from None
     show = not quiet and not as_json
     sink = sys.stderr if show else NullSink()
     state: dict[str, Any] = {"bar": None, "done": 0}
