@@ -16,6 +16,7 @@ cluster is asked for.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -76,6 +77,18 @@ def _open_source(spec: SourceSpec) -> Any:
         return src
 
 
+@functools.lru_cache(maxsize=1)
+def _tune_worker_allocator() -> bool:
+    """Once per worker process: let malloc keep freed memory (``decode.cache.tune_allocator``).
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, under which every fit's
+    fresh tensors are page-faulted back in: a fast-preset block's fit took 1.8x as long in a
+    worker as in a plain process (benchmarks/results/cluster_efficiency.md). A worker running
+    these tasks is this program, so the process-wide setting is ours to make here."""
+    from ..decode.cache import tune_allocator
+
+    return tune_allocator(1 << 30)
+
+
 def block_task(spec: SourceSpec, job: BlockJob, threads: int = 1) -> tuple[dict[str, Any], list[bytes]]:
     """Run on a worker: read block ``job``'s fit region from the slide and encode it
     (``encode_block``) with ``threads`` torch threads. A region the source cannot decode raises
@@ -84,6 +97,7 @@ def block_task(spec: SourceSpec, job: BlockJob, threads: int = 1) -> tuple[dict[
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+    _tune_worker_allocator()
     fx0, fy0, fw, fh = job.grid.fit_region(job.block_id)
     try:
         pixels = _open_source(spec).read(fx0, fy0, fw, fh)
