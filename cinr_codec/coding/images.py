@@ -24,8 +24,8 @@ def encode_jpeg(img: np.ndarray, quality: int, subsampling: int = 0) -> bytes:
     return buf.getvalue()
 
 
-#: AVIF encoder speed (libavif 0-10): 9 is about 5x faster than 6 for 5 % more bytes on H&E mips
-#: (docs/architecture.md).
+#: AVIF encoder speed of the quality search (libavif 0-10): 9 searched 9x faster than 6 for 9 %
+#: more bytes on H&E mips (benchmarks/results/mip_codecs.md; ``encode.mips`` may refine slower).
 AVIF_SPEED = 9
 
 
