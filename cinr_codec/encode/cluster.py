@@ -162,7 +162,7 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None) -> 
         from distributed import Client, LocalCluster
     except ImportError:
         raise CinrInputError(
-            "encoding on a cluster needs dask's distributed package: pip install 'cinr[dask]'"
+            "encoding on a cluster needs dask's distributed package: pip install 'cinr-codec[dask]' (or -e '.[dask]' in a clone)"
         ) from None
     if scheduler is not None:
         try:
