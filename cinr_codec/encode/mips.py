@@ -13,6 +13,7 @@ bytes than JPEG for the same PSNR (docs/architecture.md).
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -29,52 +30,48 @@ AVIF_REFINE_SPEED = 8
 PSNR_MARGIN = 0.1
 
 
-def _smallest_jpeg(
-    target: np.ndarray, ref: np.ndarray, min_psnr: float, subsampling: int
+def _measured(data: bytes, ref: np.ndarray, quality: int) -> tuple[bytes, float, int]:
+    """(data, PSNR of its decoded pixels against ``ref``, quality)."""
+    return data, psnr(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), ref), quality
+
+
+def _lowest_reaching(
+    qualities: Sequence[int], encode: Callable[[int], bytes], ref: np.ndarray, min_psnr: float
 ) -> tuple[bytes, float, int] | None:
-    """Binary search on the ladder (PSNR grows with quality) for the lowest quality reaching min_psnr."""
-    lo, hi = 0, len(JPEG_LADDER) - 1
+    """Binary search on ``qualities`` (increasing; PSNR grows with quality) for the lowest whose
+    encoding reaches min_psnr: (data, PSNR, quality), None when the highest does not."""
+    lo, hi = 0, len(qualities) - 1
     best: tuple[bytes, float, int] | None = None
     while lo <= hi:
         mid = (lo + hi) // 2
-        q = JPEG_LADDER[mid]
-        data = encode_jpeg(target, q, subsampling)
-        got = psnr(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), ref)
-        if got >= min_psnr:
-            best = (data, got, q)
+        got = _measured(encode(qualities[mid]), ref, qualities[mid])
+        if got[1] >= min_psnr:
+            best = got
             hi = mid - 1
         else:
             lo = mid + 1
     return best
 
 
+def _smallest_jpeg(
+    target: np.ndarray, ref: np.ndarray, min_psnr: float, subsampling: int
+) -> tuple[bytes, float, int] | None:
+    """The lowest quality of the ladder reaching min_psnr."""
+    return _lowest_reaching(JPEG_LADDER, lambda q: encode_jpeg(target, q, subsampling), ref, min_psnr)
+
+
 def _smallest_avif(
     target: np.ndarray, ref: np.ndarray, min_psnr: float, refine_speed: int | None = None
 ) -> tuple[bytes, float, int] | None:
-    """Binary search over libavif qualities 0-100 (at ``images.AVIF_SPEED``) for the lowest
-    reaching min_psnr (None if 100 does not); then, with ``refine_speed`` (default
-    ``AVIF_REFINE_SPEED``; 0: none), a slower, better encode from that quality down (or up a
-    little), kept when smaller."""
-
-    def encode(q: int, speed: int | None = None) -> tuple[bytes, float, int]:
-        data = encode_avif(target, q, speed)
-        return data, psnr(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), ref), q
-
-    lo, hi = 0, 100
-    best: tuple[bytes, float, int] | None = None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        got = encode(mid)
-        if got[1] >= min_psnr:
-            best = got
-            hi = mid - 1
-        else:
-            lo = mid + 1
+    """The lowest libavif quality 0-100 (at ``images.AVIF_SPEED``) reaching min_psnr (None if 100
+    does not); then, with ``refine_speed`` (default ``AVIF_REFINE_SPEED``; 0: none), a slower,
+    better encode from that quality down (or up a little), kept when smaller."""
+    best = _lowest_reaching(range(101), lambda q: encode_avif(target, q), ref, min_psnr)
     speed = AVIF_REFINE_SPEED if refine_speed is None else refine_speed
     if best is None or not speed:
         return best
     q = best[2]
-    tried = encode(q, speed)
+    tried = _measured(encode_avif(target, q, speed), ref, q)
     step = -1 if tried[1] >= min_psnr else 1
     for _ in range(3):  # the slower encoder usually reaches the target a step or two lower
         ok = tried[1] >= min_psnr
@@ -85,7 +82,7 @@ def _smallest_avif(
         q += step
         if not 0 <= q <= 100:
             break
-        tried = encode(q, speed)
+        tried = _measured(encode_avif(target, q, speed), ref, q)
     return best
 
 
@@ -97,8 +94,8 @@ def encode_mip(
     Tries JPEG at 4:2:0 and 4:4:4 over the quality ladder and, when ``avif`` (default: when Pillow
     has AVIF), AVIF at 4:4:4 over qualities 0-100 (with ``refine``, then re-encoded slower from the
     quality found: 6 % fewer mip bytes for about 1 s more per 512^2 mip), and keeps the smallest
-    file; PNG when none reaches the target. Returns (bytes, PSNR of the stored pixels against the exact means, the
-    codec's quality or 0 for PNG).
+    file; PNG when none reaches the target. Returns (bytes, PSNR of the stored pixels against the
+    exact means, the codec's quality or 0 for PNG).
     """
     ref = exact.astype(np.float64)
     target = to_uint8(exact)
