@@ -118,8 +118,8 @@ def run_on_cluster(
     """Encode ``jobs`` on ``client``'s cluster, appending each result to ``journal`` as it arrives
     and calling ``on_done(job, meta)``. ``gpu``: each task asks for the worker resource ``GPU=1``
     (workers started with ``--resources GPU=1``). The first block that fails stops the encode:
-    the other tasks are cancelled and its error is raised (``CinrInputError`` for the slide's
-    own faults, with the journal's path)."""
+    the other tasks are cancelled and its error is raised (``CinrInputError`` naming the block for
+    the slide's own faults)."""
     from distributed import as_completed
 
     run = uuid.uuid4().hex[:12]  # this call's tasks: keys never shared with another encode's
@@ -140,13 +140,7 @@ def run_on_cluster(
     try:
         for fut in as_completed(futures):
             job = by_key[fut.key]
-            try:
-                meta, parts = fut.result()
-            except CinrInputError as exc:
-                raise CinrInputError(
-                    f"{exc}; the source is corrupt there: the {len(journal.done)} blocks finished are kept "
-                    f"in {journal.path}"
-                ) from None
+            meta, parts = fut.result()
             journal.append(meta, parts)
             on_done(job, meta)
             fut.release()

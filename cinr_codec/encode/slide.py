@@ -287,24 +287,34 @@ def encode_slide(
                         "tissue_blocks": len(plan.tissue_blocks),
                     }
                 )
+
+            def block_done(job: BlockJob, meta: dict[str, Any]) -> None:
+                if progress is not None:
+                    progress(
+                        {
+                            "stage": "block",
+                            "block_id": job.block_id,
+                            "kind": meta["kind"],
+                            "psnr": psnr_of(meta["sse"], meta["n"]),
+                            "total": grid.n_level_blocks,
+                        }
+                    )
+
+            def source_failed(exc: CinrInputError) -> CinrInputError:
+                return CinrInputError(
+                    f"{exc}; the source is corrupt there: the {len(journal.done)} blocks finished are kept "
+                    f"in {jpath}"
+                )
+
             if client is not None:
                 from .cluster import SourceSpec, run_on_cluster
 
-                def on_done(job: BlockJob, meta: dict[str, Any]) -> None:
-                    if progress is not None:
-                        progress(
-                            {
-                                "stage": "block",
-                                "block_id": job.block_id,
-                                "kind": meta["kind"],
-                                "psnr": psnr_of(meta["sse"], meta["n"]),
-                                "total": grid.n_level_blocks,
-                            }
-                        )
-
                 spec = SourceSpec.of(src_path, level, max_pixels)
                 todo = [job for job in plan.jobs if job.block_id not in done]
-                run_on_cluster(client, spec, todo, journal, on_done, gpu=dev.type == "cuda")
+                try:
+                    run_on_cluster(client, spec, todo, journal, block_done, gpu=dev.type == "cuda")
+                except CinrInputError as exc:  # the worker's message names the block
+                    raise source_failed(exc) from None
             for job in plan.jobs if client is None else ():
                 if job.block_id in done:
                     continue
@@ -319,24 +329,14 @@ def encode_slide(
                 try:
                     pixels = source.read(fx0, fy0, fw, fh)
                 except CinrInputError as exc:
-                    raise CinrInputError(
-                        f"{exc} (block {job.block_id + 1} of {grid.n_level_blocks}); the source is corrupt "
-                        f"there: the {len(journal.done)} blocks finished are kept in {jpath}"
+                    raise source_failed(
+                        CinrInputError(f"{exc} (block {job.block_id + 1} of {grid.n_level_blocks})")
                     ) from None
                 meta, parts = encode_block(job, pixels)
                 if meta["kind"] == "model":
                     todo_tissue = max(0, todo_tissue - 1)
                 journal.append(meta, parts)
-                if progress is not None:
-                    progress(
-                        {
-                            "stage": "block",
-                            "block_id": job.block_id,
-                            "kind": meta["kind"],
-                            "psnr": psnr_of(meta["sse"], meta["n"]),
-                            "total": grid.n_level_blocks,
-                        }
-                    )
+                block_done(job, meta)
             # All blocks are in the journal: assemble the file.
             if progress is not None:
                 progress({"stage": "write"})
