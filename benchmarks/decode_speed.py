@@ -1,5 +1,7 @@
 """Region decoding speed: cinr's SlideDecoder against OpenSlide and pyvips on the source slide.
 
+python -m benchmarks.decode_speed --viewer [...]: the viewer pattern of a ccinr slide against OpenSlide
+    (``benchmarks.viewer_speed``: cold tile, 16 DeepZoom tiles, warm tiles; the slides issue's ratios)
 python -m benchmarks.decode_speed [--quick] [--slide PATH] [--cinr PATH] [--preset fast] [--steps N]
                                   [--sizes 256,512,1024] [--scales 1,1/2,1/4,1/8,1/16,1/32]
                                   [--reads N] [--threads 1,4] [--device auto|cpu|cuda]
@@ -112,22 +114,21 @@ def cached_cinr(
     use_cache: bool,
     scratch: Path,
     log: Callable[[str], None],
+    model: str = "cinr",
 ) -> tuple[Path, dict[str, Any]]:
-    """Path of the encoded slide and how it was made.
+    """Path of the encoded slide and how it was made (``model`` with ``preset``).
 
     With ``use_cache`` a copy in ``$TMPDIR/cinr-bench-cache`` made by the same encoder code with
     the same settings is reused (else made there); without, the slide is encoded into ``scratch``.
     """
     if use_cache:
         st = src.stat()
-        key = hashlib.sha1(
-            json.dumps(
-                [str(src.resolve()), st.st_size, st.st_mtime_ns, preset, steps, block, _code_hash()]
-            ).encode()
-        ).hexdigest()[:16]
+        settings = [str(src.resolve()), st.st_size, st.st_mtime_ns, preset, steps, block, _code_hash()]
+        settings += [model] if model != "cinr" else []  # hash-grid keys as before
+        key = hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:16]
         cache = Path(tempfile.gettempdir()) / "cinr-bench-cache"
         cache.mkdir(exist_ok=True)
-        dst = cache / f"{src.stem}-{preset}-{steps}-{block}-{key}.cinr"
+        dst = cache / f"{src.stem}-{model}-{preset}-{steps}-{block}-{key}.cinr"
     else:
         dst = scratch / f"{src.stem}.cinr"
     meta = dst.with_suffix(".json")
@@ -138,7 +139,7 @@ def cached_cinr(
 
     log(f"encoding {src.name} ({preset}, {steps or 'preset'} steps per block) ...")
     t = time.perf_counter()
-    s = encode_slide(src, dst, preset=preset, steps=steps, block_size=block, device=device)
+    s = encode_slide(src, dst, model=model, preset=preset, steps=steps, block_size=block, device=device)
     info = {
         "path": str(dst),
         "preset": preset,
@@ -531,6 +532,12 @@ def _smoke_slide(tmp: Path, src: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
+    args_in = sys.argv[1:] if argv is None else argv
+    if "--viewer" in args_in:  # the viewer pattern on a ccinr slide (benchmarks.viewer_speed)
+        from .viewer_speed import main as viewer_main
+
+        viewer_main([a for a in args_in if a != "--viewer"])
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slide", default=str(DEFAULT_SLIDE), help="source slide (baselines read it)")
     ap.add_argument("--cinr", default=None, help="use this .cinr of the slide instead of encoding one")

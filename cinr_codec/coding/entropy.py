@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core import native
 from ..core.config import causal_offsets
 from ..errors import CinrFormatError
 
@@ -273,15 +274,29 @@ def encode_grids(grids: Sequence[np.ndarray], model: IntContextModel) -> bytes:
 def decode_grids(
     data: bytes, shapes: Sequence[tuple[int, int]], model: IntContextModel, where: str
 ) -> list[np.ndarray]:
-    """Inverse of ``encode_grids`` (CinrFormatError when the data is not such a stream)."""
-    import constriction
+    """Inverse of ``encode_grids`` (CinrFormatError when the data is not such a stream).
 
+    Runs the compiled decoder (``_latent.c``) when it is built, else the numpy one; both give
+    the same grids bit for bit."""
     if len(data) % 4:
         raise CinrFormatError(f"{where}: latent stream of {len(data)} bytes is not whole 32-bit words")
+    words = np.frombuffer(data, dtype=np.uint32).copy()
+    lib = _latent_lib() if native.enabled() and _kernel_takes(model) else None
+    if lib is not None:
+        return _decode_grids_native(lib, words, shapes, model, where)
+    return _decode_grids_numpy(words, shapes, model, where)
+
+
+def _decode_grids_numpy(
+    words: np.ndarray, shapes: Sequence[tuple[int, int]], model: IntContextModel, where: str
+) -> list[np.ndarray]:
+    """``decode_grids`` with numpy and constriction, one wavefront at a time."""
+    import constriction
+
     table = pmf_table()
     family = constriction.stream.model.Categorical(perfect=False)
     uniform = constriction.stream.model.Uniform(MAX_EXCESS)
-    dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype=np.uint32).copy())
+    dec = constriction.stream.queue.RangeDecoder(words)
     out = []
     for h, w in shapes:
         pad = _Padded(h, w, model.offsets)
@@ -297,6 +312,119 @@ def decode_grids(
             pad.flat[idx] = _values(sym, excess, mean_num)
         out.append(pad.view().copy())
     if not dec.maybe_exhausted():
+        raise CinrFormatError(f"{where}: latent stream has data past its last latent")
+    return out
+
+
+# -- the compiled decoder (``_latent.c``) --------------------------------------------------------
+
+#: constriction's probability precision (its default categorical and uniform models).
+PRECISION = 24
+
+
+@functools.lru_cache(maxsize=1)
+def cdf_table() -> np.ndarray:
+    """(N_SCALES * MEAN_STEPS, ALPHABET + 1) uint32: the integer CDF constriction's range coder uses
+    for each ``pmf_table`` row (its "fast" leaky quantization, ``perfect=False``).
+
+    Entry i < ALPHABET is ``trunc(c_i * (2**24 - ALPHABET) / total) + i``, where ``c_i`` sums the
+    row's first i probabilities left to right in float64 and ``total`` sums all of them the same
+    way; the last entry is 2**24. Every symbol keeps a probability of at least 2**-24.
+    """
+    rows = pmf_table().reshape(N_SCALES * MEAN_STEPS, ALPHABET)
+    out = np.empty((rows.shape[0], ALPHABET + 1), dtype=np.uint32)
+    for n, row in enumerate(rows):
+        total = 0.0
+        for v in row:  # left to right, as constriction sums
+            total += float(v)
+        scale = float((1 << PRECISION) - ALPHABET) / total
+        cum = 0.0
+        for i, v in enumerate(row):
+            out[n, i] = int(cum * scale) + i
+            cum += float(v)
+        out[n, ALPHABET] = 1 << PRECISION
+    out.setflags(write=False)
+    return out
+
+
+def _setup_latent(lib: Any) -> None:
+    import ctypes
+
+    p, i = ctypes.c_void_p, ctypes.c_int64
+    fn = lib.cinr_latent_decode_grid
+    fn.restype = ctypes.c_int
+    fn.argtypes = [p, i, p, i, i, p, i, i, i, i, p, p, p, p, p, p]
+
+
+#: Limits of the compiled decoder (``_latent.c``: MAX_WIDTH, MAX_LAYERS, MAX_CTX; weights below
+#: 2**15); a context model beyond them decodes on the numpy path.
+KERNEL_MAX_WIDTH = 64
+KERNEL_MAX_LAYERS = 8
+
+
+def _kernel_takes(model: IntContextModel) -> bool:
+    """True when the compiled decoder accepts this context model's shape and weights."""
+    layers = (*model.hidden, model.out)
+    return (
+        0 < len(model.offsets) <= KERNEL_MAX_WIDTH
+        and len(layers) <= KERNEL_MAX_LAYERS
+        and all(max(layer.weight.shape) <= KERNEL_MAX_WIDTH for layer in layers)
+        and all(int(np.abs(layer.weight).max(initial=0)) < 1 << 15 for layer in layers)
+    )
+
+
+def _latent_lib() -> Any:
+    """The compiled latent decoder, or None (no compiler, ``CINR_NATIVE=0``, or the build failed)."""
+    from pathlib import Path
+
+    return native.compiled(Path(__file__).with_name("_latent.c"), "latent decoding", _setup_latent)
+
+
+def _decode_grids_native(
+    lib: Any, words: np.ndarray, shapes: Sequence[tuple[int, int]], model: IntContextModel, where: str
+) -> list[np.ndarray]:
+    """``decode_grids`` through ``cinr_latent_decode_grid``, one call per grid."""
+    layers = (*model.hidden, model.out)
+    dims = np.array([d for layer in layers for d in layer.weight.shape[::-1]], dtype=np.int64)
+    shifts = np.array([s for layer in layers for s in (layer.w_shift, layer.b_shift)], dtype=np.int64)
+    params = np.concatenate(
+        [
+            np.concatenate([layer.weight.astype(np.int64).ravel(), layer.bias.astype(np.int64).ravel()])
+            for layer in layers
+        ]
+    )
+    offsets = np.array(model.offsets, dtype=np.int64).reshape(-1)
+    a = 1 + max([dj for di, dj in model.offsets if di < 0] + [0])
+    pad = max(max(abs(di), abs(dj)) for di, dj in model.offsets)
+    step = int(LOG_SCALE_STEP * (1 << FRAC_BITS))
+    lo = int(LOG_SCALE_MIN * (1 << FRAC_BITS))
+    consts = np.array([FRAC_BITS, MEAN_STEPS, N_SCALES, RADIUS, lo, step, MAX_EXCESS], dtype=np.int64)
+    cdf = cdf_table()
+    # The range decoder's state (lower, range, point, next word), as constriction starts it.
+    point = 0
+    for k in range(min(2, len(words))):
+        point = (point << 32) | int(words[k])
+    if len(words) == 1:
+        point <<= 32
+    state = np.array([0, (1 << 64) - 1, point, min(2, len(words))], dtype=np.uint64)
+    out = []
+    for h, w in shapes:
+        grid = np.empty((h, w), dtype=np.int64)
+        rc = lib.cinr_latent_decode_grid(
+            words.ctypes.data, len(words), state.ctypes.data, h, w, offsets.ctypes.data, len(model.offsets),
+            a, pad, len(layers), dims.ctypes.data, shifts.ctypes.data, params.ctypes.data, cdf.ctypes.data,
+            consts.ctypes.data, grid.ctypes.data,
+        )  # fmt: skip
+        if rc == 1:
+            raise CinrFormatError(
+                f"{where}: latent stream is corrupt (Tried to decode invalid compressed data.)"
+            )
+        if rc != 0:
+            raise CinrFormatError(f"{where}: the context model does not fit the compiled decoder (code {rc})")
+        out.append(grid)
+    lower, rng, point, pos = (int(v) for v in state)
+    # constriction's maybe_exhausted(): every word read and the point within 2**33 - 1 of lower.
+    if pos < len(words) or not (rng == (1 << 64) - 1 or (point - lower) % (1 << 64) < (1 << 33) - 1):
         raise CinrFormatError(f"{where}: latent stream has data past its last latent")
     return out
 

@@ -1,11 +1,12 @@
-"""Optional compiled CPU kernels for the hash grid, built on first use, with a pure-PyTorch fallback.
+"""Optional compiled CPU kernels, built on first use, each with a pure-Python fallback.
 
-``_native.c`` is plain C (no Python or torch headers), so building it takes well under a
-second with the system C compiler (``$CC``, else ``cc``). The shared library is cached per
-user under ``$CINR_CACHE_DIR`` or ``~/.cache/cinr_codec``, named by a hash of the source
-and the compiler, and written atomically, so concurrent processes can share it. Without a
-compiler, or with ``CINR_NATIVE=0``, everything runs on the pure-PyTorch path, which
-defines the semantics; the kernels compute the same values (tests compare both).
+``_native.c`` (the hash grid) and ``coding/_latent.c`` (latent decoding) are plain C (no
+Python or torch headers), so building one takes about a second with the system C compiler
+(``$CC``, else ``cc``). Each shared library is cached per user under ``$CINR_CACHE_DIR`` or
+``~/.cache/cinr_codec``, named by a hash of its source and the compiler, and written
+atomically, so concurrent processes can share it. Without a compiler, or with
+``CINR_NATIVE=0``, everything runs on the Python paths, which define the semantics; the
+kernels compute the same values (tests compare both).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -29,8 +30,6 @@ log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("_native.c")
 _lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_tried = False
 _disabled = 0
 
 _i64 = ctypes.c_int64
@@ -50,8 +49,9 @@ def _compiler() -> str | None:
     return cc if shutil.which(cc.split()[0]) else None
 
 
-def _build(cc: str, src: bytes) -> Path:
-    """Compile the kernels into the cache (atomic rename); returns the library's path."""
+def _build(cc: str, source: Path) -> Path:
+    """Compile C ``source`` into the cache (atomic rename); returns the library's path."""
+    src = source.read_bytes()
     key = hashlib.sha256(src + cc.encode() + sys.platform.encode()).hexdigest()[:16]
     out_dir = _cache_dir()
     lib_path = out_dir / f"native-{key}.so"
@@ -61,7 +61,7 @@ def _build(cc: str, src: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=".native-", suffix=".so", dir=out_dir)
     os.close(fd)
     try:
-        cmd = [*cc.split(), "-O3", "-shared", "-fPIC", "-o", tmp, str(_SOURCE), "-lm"]
+        cmd = [*cc.split(), "-O3", "-shared", "-fPIC", "-o", tmp, str(source), "-lm"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed")
@@ -72,36 +72,52 @@ def _build(cc: str, src: bytes) -> Path:
     return lib_path
 
 
-def _load() -> ctypes.CDLL | None:
-    """The compiled kernels, or None (disabled, no compiler, or the build failed; logged once)."""
-    global _lib, _tried
-    if _tried:
-        return _lib
+_libs: dict[Path, ctypes.CDLL | None] = {}
+
+
+def compiled(source: Path, what: str, setup: Callable[[ctypes.CDLL], None]) -> ctypes.CDLL | None:
+    """The C file ``source`` built and loaded (once per process), ``setup`` declaring its functions;
+    None when disabled (``CINR_NATIVE=0``), without a compiler, or when the build failed (logged once,
+    naming ``what`` runs on its Python path instead)."""
+    if source in _libs:
+        return _libs[source]
     with _lock:
-        if _tried:
-            return _lib
-        _tried = True
-        if os.environ.get("CINR_NATIVE", "1") == "0":
-            log.info("native kernels disabled by CINR_NATIVE=0")
-            return None
+        if source in _libs:
+            return _libs[source]
+        lib: ctypes.CDLL | None = None
         cc = _compiler()
-        if cc is None:
-            log.info("no C compiler found: hash grid runs on the pure-PyTorch path")
-            return None
-        try:
-            lib = ctypes.CDLL(str(_build(cc, _SOURCE.read_bytes())))
-            for name in ("cinr_hg_points_fwd", "cinr_hg_points_bwd"):
-                fn = getattr(lib, name)
-                fn.restype = ctypes.c_int
-                fn.argtypes = [_ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _ptr]
-            lib.cinr_wgather_bwd.restype = ctypes.c_int
-            lib.cinr_wgather_bwd.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _ptr]
-        except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as exc:
-            log.warning("could not build the native hash-grid kernels (%s); using pure PyTorch", exc)
-            return None
-        _lib = lib
-        log.debug("native hash-grid kernels loaded")
-        return _lib
+        if os.environ.get("CINR_NATIVE", "1") == "0":
+            log.info("native kernels disabled by CINR_NATIVE=0: %s runs on its Python path", what)
+        elif cc is None:
+            log.info("no C compiler found: %s runs on its Python path", what)
+        else:
+            try:
+                lib = ctypes.CDLL(str(_build(cc, source)))
+                setup(lib)
+            except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as exc:
+                log.warning("could not build the native kernels for %s (%s); using Python", what, exc)
+                lib = None
+        _libs[source] = lib
+        return lib
+
+
+def _setup_hashgrid(lib: ctypes.CDLL) -> None:
+    for name in ("cinr_hg_points_fwd", "cinr_hg_points_bwd"):
+        fn = getattr(lib, name)
+        fn.restype = ctypes.c_int
+        fn.argtypes = [_ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _ptr]
+    lib.cinr_wgather_bwd.restype = ctypes.c_int
+    lib.cinr_wgather_bwd.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _ptr]
+
+
+def _load() -> ctypes.CDLL | None:
+    """The compiled hash-grid kernels, or None (disabled, no compiler, or the build failed)."""
+    return compiled(_SOURCE, "the hash grid", _setup_hashgrid)
+
+
+def enabled() -> bool:
+    """False inside ``disabled()``: callers then take their Python paths."""
+    return not _disabled
 
 
 def available() -> bool:
@@ -116,7 +132,7 @@ def usable(*tensors: torch.Tensor) -> bool:
 
 @contextlib.contextmanager
 def disabled() -> Iterator[None]:
-    """Run the pure-PyTorch path inside the block (tests and benchmarks compare the two)."""
+    """Run the Python paths inside the block (tests and benchmarks compare them with the kernels)."""
     global _disabled
     _disabled += 1
     try:

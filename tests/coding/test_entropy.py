@@ -135,3 +135,97 @@ def test_garbage_weight_streams_fail_cleanly(seed: int) -> None:
     for bad in (b"", b"\x05\x05\x05", bytes([25, 0] * 3) + b"\0" * 8, bytes([4, 64] * 3) + b"\0" * 8):
         with pytest.raises(CinrFormatError):
             E.decode_weights(bad, shapes, "bad")
+
+
+# -- the compiled decoder (``_latent.c``) against the numpy one ------------------------------------
+
+needs_kernel = pytest.mark.skipif(
+    E._latent_lib() is None, reason="needs a C compiler (compiled latent decoder)"
+)
+
+
+def _both(data: bytes, shapes: list[tuple[int, int]], model: E.IntContextModel) -> list[object]:
+    """What the compiled and the numpy decoders make of ``data``: grids, or the error's class."""
+    from cinr_codec.core import native
+
+    out: list[object] = []
+    for off in (False, True):
+        try:
+            if off:
+                with native.disabled():
+                    out.append(E.decode_grids(data, shapes, model, "t"))
+            else:
+                out.append(E.decode_grids(data, shapes, model, "t"))
+        except CinrFormatError as exc:
+            out.append(type(exc))
+    return out
+
+
+@needs_kernel
+@pytest.mark.parametrize("seed", range(4))
+def test_compiled_decoder_matches_numpy_bit_for_bit(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    model = _model(seed, n=int(rng.choice([1, 4, 12, 16])), width=int(rng.choice([2, 8, 16, 24])))
+    grids = [
+        *_grids(seed),
+        rng.laplace(0, 8, (33, 2)).round().astype(np.int64),  # narrower than the wavefront slope
+        np.full((1, 1), -4000, dtype=np.int64),  # a large escape
+    ]
+    data = E.encode_grids(grids, model)
+    fast, slow = _both(data, [g.shape for g in grids], model)
+    assert isinstance(fast, list) and isinstance(slow, list)
+    for a, b, c in zip(grids, fast, slow, strict=True):
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+
+
+@needs_kernel
+@pytest.mark.parametrize("seed", range(8))
+def test_compiled_decoder_reads_garbage_as_numpy_does(seed: int) -> None:
+    # The same grids or the same error (a corrupt stream, or data past the last latent).
+    rng = np.random.default_rng(100 + seed)
+    data = rng.integers(0, 256, 4 * int(rng.integers(0, 40)), dtype=np.uint8).tobytes()
+    model = _model(seed)
+    shapes = [(int(rng.integers(1, 40)), int(rng.integers(1, 40))), (7, 3)]
+    fast, slow = _both(data, shapes, model)
+    if isinstance(fast, list) and isinstance(slow, list):
+        assert all(np.array_equal(a, b) for a, b in zip(fast, slow, strict=True))
+    else:
+        assert fast is slow
+
+
+def test_cdf_table_is_constrictions_quantization() -> None:
+    # Symbols coded by constriction decode with the table's integer CDF (the compiled decoder's
+    # model), so the table is the quantization constriction applies to pmf_table's rows.
+    import constriction
+
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, E.N_SCALES * E.MEAN_STEPS, 400)
+    probs = E.pmf_table().reshape(-1, E.ALPHABET)[rows]
+    sym = np.array([rng.choice(E.ALPHABET, p=p / p.sum()) for p in probs], dtype=np.int32)
+    enc = constriction.stream.queue.RangeEncoder()
+    enc.encode(sym, constriction.stream.model.Categorical(perfect=False), probs)
+    words = [int(w) for w in enc.get_compressed()]
+    cdf = E.cdf_table()
+    assert (np.diff(cdf.astype(np.int64), axis=1) >= 1).all() and (cdf[:, -1] == 1 << E.PRECISION).all()
+    lower, rng_, point, pos = 0, (1 << 64) - 1, (words[0] << 32) | words[1], 2
+    for r, s in zip(rows, sym, strict=True):  # constriction's range decoder, in Python integers
+        scale = rng_ >> E.PRECISION
+        q = ((point - lower) % (1 << 64)) // scale
+        got = int(np.searchsorted(cdf[r], q, side="right")) - 1
+        assert got == s
+        lower, rng_ = (
+            (lower + scale * int(cdf[r, got])) % (1 << 64),
+            scale * int(cdf[r, got + 1] - cdf[r, got]),
+        )
+        if rng_ < 1 << 32:
+            lower, rng_ = (lower << 32) % (1 << 64), rng_ << 32
+            point = ((point << 32) % (1 << 64)) | (words[pos] if pos < len(words) else 0)
+            pos += 1
+
+
+def test_context_models_beyond_the_kernel_decode_on_numpy() -> None:
+    model = _model(1, n=12, width=80)
+    assert not E._kernel_takes(model)
+    grids = _grids(2)
+    out = E.decode_grids(E.encode_grids(grids, model), [g.shape for g in grids], model, "wide")
+    assert all(np.array_equal(a, b) for a, b in zip(grids, out, strict=True))

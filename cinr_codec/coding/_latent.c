@@ -1,0 +1,302 @@
+/* Compiled decoding of compressive-CINR latent grids (coding/entropy.py, spec section 5.4).
+ *
+ * Plain C, no Python headers: built on first use like core/_native.c and called through
+ * ctypes. It decodes exactly what entropy.decode_grids decodes, in the same order:
+ *   - the context model in int64 fixed point with wrapping (two's-complement) arithmetic,
+ *     as numpy's int64 arrays compute it;
+ *   - the range decoder of constriction's queue coder (32-bit words, 64-bit state,
+ *     24-bit probabilities), with the categorical rows quantized as constriction's
+ *     "fast" quantization does (the integer CDF table is computed once in Python);
+ *   - anti-diagonal wavefronts t = a * row + col, rows ascending inside one, the escapes'
+ *     excesses (uniform) after each wavefront's symbols.
+ * Everything is integer arithmetic, so the decoded grids are the same bits everywhere.
+ * Every index is bounded by the grid's own size; a stream that runs out reads zero words
+ * (as constriction does) and an impossible quantile is an error: no input can make it
+ * read or write outside its buffers or loop longer than the grid's size.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PRECISION 24
+#define MAX_WIDTH 64
+#define MAX_LAYERS 8
+#define MAX_CTX 64
+#define CHUNK 16
+#define SMALL 4
+
+/* Columns a layer of dout outputs is padded to: SMALL for the output layer, else CHUNKs. */
+static inline int64_t padded(int64_t dout) { return dout <= SMALL ? SMALL : (dout + CHUNK - 1) / CHUNK * CHUNK; }
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLONES
+#endif
+
+/* acc[0..CHUNK) = sum_k x[k] * w[k * stride + j]: independent accumulators the compiler keeps
+ * in vector registers (exact: every product and partial sum is an integer below 2**52). */
+CLONES static void dense_chunk(const double *w, int64_t stride, const int64_t *x, int64_t din, double *acc) {
+    double a[CHUNK] = {0};
+    for (int64_t k = 0; k < din; k++) {
+        const double xk = (double)x[k];
+        const double *col = w + k * stride;
+        for (int j = 0; j < CHUNK; j++) a[j] += xk * col[j];
+    }
+    for (int j = 0; j < CHUNK; j++) acc[j] = a[j];
+}
+
+CLONES static void dense_small(const double *w, const int64_t *x, int64_t din, double *acc) {
+    double a[SMALL] = {0};
+    for (int64_t k = 0; k < din; k++) {
+        const double xk = (double)x[k];
+        for (int j = 0; j < SMALL; j++) a[j] += xk * w[k * SMALL + j];
+    }
+    for (int j = 0; j < SMALL; j++) acc[j] = a[j];
+}
+
+typedef struct {
+    uint64_t lower, range, point, pos;
+} rc_state;
+
+static inline uint32_t next_word(const uint32_t *words, int64_t n_words, rc_state *s) {
+    if ((int64_t)s->pos < n_words) return words[s->pos++];
+    return 0;
+}
+
+/* One symbol's quantile; -1 when the stream is not a valid one. */
+static inline int64_t rc_quantile(const rc_state *s, uint64_t *scale) {
+    *scale = s->range >> PRECISION;
+    if (*scale == 0) return -1;
+    uint64_t q = (s->point - s->lower) / *scale;
+    if (q >= ((uint64_t)1 << PRECISION)) return -1;
+    return (int64_t)q;
+}
+
+static inline void rc_update(rc_state *s, const uint32_t *words, int64_t n_words, uint64_t scale,
+                             uint64_t left, uint64_t prob) {
+    s->lower += scale * left;
+    s->range = scale * prob;
+    if (s->range < ((uint64_t)1 << 32)) {
+        s->lower <<= 32;
+        s->range <<= 32;
+        s->point = (s->point << 32) | next_word(words, n_words, s);
+    }
+}
+
+/* Arithmetic right shift and rounding shift of a wrapped int64, as numpy computes them. */
+static inline int64_t sar(int64_t v, int s) { return v >= 0 ? v >> s : ~((~v) >> s); }
+static inline int64_t wadd(int64_t a, int64_t b) { return (int64_t)((uint64_t)a + (uint64_t)b); }
+static inline int64_t wmul(int64_t a, int64_t b) { return (int64_t)((uint64_t)a * (uint64_t)b); }
+static inline int64_t wshl(int64_t a, int s) { return (int64_t)((uint64_t)a << s); }
+static inline int64_t round_shift(int64_t v, int s) { return s > 0 ? sar(wadd(v, (int64_t)1 << (s - 1)), s) : v; }
+static inline int64_t floor_div(int64_t a, int64_t b) {
+    int64_t q = a / b, r = a % b;
+    return (r != 0 && ((r < 0) != (b < 0))) ? q - 1 : q;
+}
+
+/* The context model's last layer (mean, log-scale; fixed point) for the latent at idx.
+ *
+ * Every value is an integer. While they stay below 2**52 in magnitude, double-precision
+ * products and sums of them are exact, hence equal to the int64 results, and much faster
+ * to compute; inputs too large for that bound take the int64 path with wrapping arithmetic
+ * (what numpy computes), so both give the same bits for any input. */
+static void context_mlp(const int64_t *grid, int64_t idx, const int64_t *rel, int64_t n_ctx, int64_t n_layers,
+                        const int64_t *dims, const int64_t *shifts, const int64_t *const *wp,
+                        const int64_t *const *bp, const double *const *wd, int frac, int64_t *zbuf) {
+    int64_t x[MAX_WIDTH], hbuf[MAX_WIDTH];
+    /* |h| < 2**31 and |weight| < 2**15 (checked by the caller) keep every sum of at most
+     * MAX_WIDTH products below 2**52. */
+    const int64_t bound = (int64_t)1 << 31;
+    int fast = 1;
+    for (int64_t k = 0; k < n_ctx; k++) {
+        int64_t v = grid[idx + rel[k]];
+        x[k] = wshl(v, frac);
+        if (v >= (bound >> frac) || v <= -(bound >> frac)) fast = 0;
+    }
+    int64_t din = n_ctx;
+    for (int64_t l = 0; l < n_layers; l++) {
+        int64_t dout = dims[2 * l + 1];
+        int ws = (int)shifts[2 * l], bs = (int)shifts[2 * l + 1];
+        if (fast) {
+            /* Input-major weights, outputs padded to CHUNK: CHUNK independent accumulators that
+             * the compiler keeps in vector registers. */
+            const int64_t dpad = padded(dout);
+            double acc[MAX_WIDTH];
+            if (dpad == SMALL)
+                dense_small(wd[l], x, din, acc);
+            else
+                for (int64_t j0 = 0; j0 < dpad; j0 += CHUNK) dense_chunk(wd[l] + j0, dpad, x, din, acc + j0);
+            for (int64_t j = 0; j < dout; j++)
+                zbuf[j] = wadd(round_shift((int64_t)acc[j], ws), wshl(bp[l][j], frac - bs));
+        } else {
+            const int64_t *W = wp[l];
+            for (int64_t j = 0; j < dout; j++) {
+                int64_t acc = 0;
+                const int64_t *row = W + j * din;
+                for (int64_t k = 0; k < din; k++) acc = wadd(acc, wmul(x[k], row[k]));
+                zbuf[j] = wadd(round_shift(acc, ws), wshl(bp[l][j], frac - bs));
+            }
+        }
+        if (l == n_layers - 1) break;
+        for (int64_t j = 0; j < dout; j++) {
+            int64_t z = zbuf[j] > 0 ? zbuf[j] : 0;
+            hbuf[j] = l > 0 ? wadd(x[j], z) : z;
+            if (hbuf[j] >= bound || hbuf[j] <= -bound) fast = 0;
+        }
+        memcpy(x, hbuf, (size_t)dout * sizeof(int64_t));
+        din = dout;
+    }
+}
+
+/*
+ * Decode one grid of h x w latents into out (h * w int64, raster order).
+ *
+ * state: [lower, range, point, pos] of the range decoder, read and updated.
+ * ctx_off: n_ctx (di, dj) pairs; a: the wavefront slope; pad: the zero border's width.
+ * layers: n_layers layers (the hidden ones, then the output layer of 2 units); dims holds
+ *   (in, out) per layer, shifts (w_shift, b_shift) per layer, params each layer's weight
+ *   (out x in, row-major) then bias (out), concatenated.
+ * cdf: n_scales * mean_steps rows of alphabet + 1 entries; consts: frac_bits, mean_steps,
+ *   n_scales, radius, log-scale lo, log-scale step, max_excess.
+ * Returns 0, 1 for a corrupt stream, 2 for arguments out of range, 3 when out of memory.
+ */
+int cinr_latent_decode_grid(const uint32_t *words, int64_t n_words, uint64_t *state, int64_t h, int64_t w,
+                            const int64_t *ctx_off, int64_t n_ctx, int64_t a, int64_t pad, int64_t n_layers,
+                            const int64_t *dims, const int64_t *shifts, const int64_t *params,
+                            const uint32_t *cdf, const int64_t *consts, int64_t *out) {
+    const int frac = (int)consts[0];
+    const int64_t mean_steps = consts[1], n_scales = consts[2], radius = consts[3];
+    const int64_t ls_lo = consts[4], ls_step = consts[5], max_excess = consts[6];
+    const int64_t alphabet = 2 * radius + 3;
+    if (h <= 0 || w <= 0 || n_ctx <= 0 || n_ctx > MAX_CTX || n_layers < 1 || n_layers > MAX_LAYERS || a < 1 ||
+        pad < 0 || frac < 1 || frac > 30 || mean_steps != 8 || ls_step <= 0 || max_excess < 2 ||
+        max_excess > ((int64_t)1 << PRECISION))
+        return 2;
+    const int64_t *wp[MAX_LAYERS], *bp[MAX_LAYERS];
+    const double *wd[MAX_LAYERS];
+    int64_t off = 0, n_weights = 0;
+    for (int64_t l = 0; l < n_layers; l++) {
+        int64_t din = dims[2 * l], dout = dims[2 * l + 1];
+        if (din < 1 || din > MAX_WIDTH || dout < 1 || dout > MAX_WIDTH) return 2;
+        if (shifts[2 * l] < 0 || shifts[2 * l] > 62 || shifts[2 * l + 1] < 0 || shifts[2 * l + 1] > frac) return 2;
+        if (l == 0 && din != n_ctx) return 2;
+        if (l > 0 && din != dims[2 * l - 1]) return 2;
+        if (l >= 1 && l < n_layers - 1 && dout != din) return 2; /* residual hidden layers */
+        wp[l] = params + off;
+        for (int64_t k = 0; k < din * dout; k++)
+            if (wp[l][k] >= (1 << 15) || wp[l][k] <= -(1 << 15)) return 2;
+        n_weights += din * padded(dout);
+        off += din * dout;
+        bp[l] = params + off;
+        off += dout;
+    }
+    if (dims[2 * (n_layers - 1) + 1] != 2) return 2;
+    for (int64_t k = 0; k < n_ctx; k++) {
+        int64_t di = ctx_off[2 * k], dj = ctx_off[2 * k + 1];
+        if (di > 0 || (di == 0 && dj >= 0) || -di > pad || dj > pad || -dj > pad) return 2;
+        if (di < 0 && a * di + dj >= 0) return 2;
+    }
+    double *wbuf = calloc((size_t)n_weights, sizeof(double));
+    if (!wbuf) return 3;
+    for (int64_t l = 0, o = 0; l < n_layers; l++) {
+        wd[l] = wbuf + o;
+        const int64_t din = dims[2 * l], dout = dims[2 * l + 1];
+        const int64_t dpad = padded(dout);
+        for (int64_t j = 0; j < dout; j++) /* transposed (input-major), columns padded with zeros */
+            for (int64_t k = 0; k < din; k++) wbuf[o + k * dpad + j] = (double)wp[l][j * din + k];
+        o += din * dpad;
+    }
+    const int64_t w2 = w + 2 * pad;
+    int64_t *grid = calloc((size_t)((h + pad) * w2), sizeof(int64_t));
+    int64_t *wf_mean = malloc((size_t)h * sizeof(int64_t));
+    int64_t *wf_sym = malloc((size_t)h * sizeof(int64_t));
+    int64_t *wf_idx = malloc((size_t)h * sizeof(int64_t));
+    if (!grid || !wf_mean || !wf_sym || !wf_idx) {
+        free(wbuf);
+        free(grid);
+        free(wf_mean);
+        free(wf_sym);
+        free(wf_idx);
+        return 3;
+    }
+    int64_t rel[MAX_CTX];
+    for (int64_t k = 0; k < n_ctx; k++) rel[k] = ctx_off[2 * k] * w2 + ctx_off[2 * k + 1];
+    rc_state s = {state[0], state[1], state[2], state[3]};
+    const uint64_t u_ppb = ((uint64_t)1 << PRECISION) / (uint64_t)max_excess;
+    const uint64_t u_last = (uint64_t)max_excess - 1;
+    int rc = 0;
+    const int64_t t_end = a * (h - 1) + (w - 1);
+    for (int64_t t = 0; t <= t_end && rc == 0; t++) {
+        int64_t r_hi = t / a < h - 1 ? t / a : h - 1;
+        int64_t r_lo = t - (w - 1) > 0 ? (t - (w - 1) + a - 1) / a : 0;
+        int64_t n = 0;
+        for (int64_t r = r_lo; r <= r_hi; r++) {
+            int64_t c = t - a * r;
+            int64_t idx = (r + pad) * w2 + c + pad;
+            int64_t zbuf[MAX_WIDTH];
+            context_mlp(grid, idx, rel, n_ctx, n_layers, dims, shifts, wp, bp, wd, frac, zbuf);
+            int64_t mean_num = round_shift(wmul(zbuf[0], mean_steps), frac);
+            int64_t si = floor_div(wadd(wadd(zbuf[1], -ls_lo), ls_step / 2), ls_step);
+            si = si < 0 ? 0 : (si > n_scales - 1 ? n_scales - 1 : si);
+            const uint32_t *row = cdf + (si * mean_steps + (mean_num & (mean_steps - 1))) * (alphabet + 1);
+            uint64_t scale;
+            int64_t q = rc_quantile(&s, &scale);
+            if (q < 0) {
+                rc = 1;
+                break;
+            }
+            int64_t lo = 0, hi = alphabet - 1; /* largest sym with row[sym] <= q */
+            while (lo < hi) {
+                int64_t mid = (lo + hi + 1) / 2;
+                if ((int64_t)row[mid] <= q)
+                    lo = mid;
+                else
+                    hi = mid - 1;
+            }
+            rc_update(&s, words, n_words, scale, row[lo], (uint64_t)row[lo + 1] - row[lo]);
+            wf_mean[n] = mean_num;
+            wf_sym[n] = lo;
+            wf_idx[n] = idx;
+            n++;
+        }
+        for (int64_t i = 0; i < n && rc == 0; i++) {
+            int64_t sym = wf_sym[i], d;
+            if (sym == 0 || sym == alphabet - 1) {
+                uint64_t scale;
+                int64_t q = rc_quantile(&s, &scale);
+                if (q < 0) {
+                    rc = 1;
+                    break;
+                }
+                uint64_t e = (uint64_t)q / u_ppb, left, prob;
+                if (e < u_last) {
+                    left = e * u_ppb;
+                    prob = u_ppb;
+                } else {
+                    e = u_last;
+                    left = u_last * u_ppb;
+                    prob = ((uint64_t)1 << PRECISION) - left;
+                }
+                rc_update(&s, words, n_words, scale, left, prob);
+                d = sym == 0 ? -radius - 1 - (int64_t)e : radius + 1 + (int64_t)e;
+            } else {
+                d = sym - radius - 1;
+            }
+            grid[wf_idx[i]] = wadd(d, sar(wf_mean[i], 3));
+        }
+    }
+    if (rc == 0) {
+        for (int64_t r = 0; r < h; r++) memcpy(out + r * w, grid + (r + pad) * w2 + pad, (size_t)w * sizeof(int64_t));
+        state[0] = s.lower;
+        state[1] = s.range;
+        state[2] = s.point;
+        state[3] = s.pos;
+    }
+    free(wbuf);
+    free(grid);
+    free(wf_mean);
+    free(wf_sym);
+    free(wf_idx);
+    return rc;
+}
