@@ -195,7 +195,15 @@ def _sections(payload: bytes, where: str) -> tuple[int, int, int, int, bytes, by
 
 
 class LatentBlock:
-    """A decoded compressive CINR block (``BlockModel``): the whole domain rendered once."""
+    """A decoded compressive CINR block (``BlockModel``).
+
+    A rectangle of at most ``WINDOW_FRACTION`` of the domain renders from windows of the grids
+    (learned upsampling, ``Synthesis.window_features``) plus the synthesis' halo, at a cost
+    proportional to its area; a larger one renders the whole domain once and keeps its pixels.
+    """
+
+    #: Rectangles up to this share of the domain render alone (a cold tile need not pay the block).
+    WINDOW_FRACTION = 0.25
 
     def __init__(
         self,
@@ -211,17 +219,50 @@ class LatentBlock:
         self.width, self.height, self.x0, self.y0 = width, height, x0, y0
         self.where = where  # names the file and block in errors
         self._pixels: np.ndarray | None = None
+        self._tensors: list[Any] | None = None
+
+    def _grid_tensors(self) -> list[Any]:
+        """The grids as float32 tensors (1, h, w) on the synthesis' device (made once)."""
+        if self._tensors is None:
+            import torch
+
+            dev = next(self.synthesis.parameters()).device
+            self._tensors = [torch.from_numpy(g.astype(np.float32))[None].to(dev) for g in self.grids]
+        return self._tensors
+
+    @staticmethod
+    def _to_pixels(x: Any) -> np.ndarray:
+        """(3, H, W) floats in [0, 1] -> (H, W, 3) uint8."""
+        import torch
+
+        return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
     def _render_all(self) -> np.ndarray:
         if self._pixels is None:
             import torch
 
-            dev = next(self.synthesis.parameters()).device
             with torch.inference_mode():
-                ys = [torch.from_numpy(g.astype(np.float32))[None].to(dev) for g in self.grids]
-                x = self.synthesis(self.synthesis.features(ys, self.height, self.width))[0]
-                self._pixels = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+                f = self.synthesis.features(self._grid_tensors(), self.height, self.width)
+                self._pixels = self._to_pixels(self.synthesis(f)[0])
         return self._pixels
+
+    def _render_window(self, dy: int, dx: int, height: int, width: int) -> np.ndarray | None:
+        """Rows dy:dy+height, columns dx:dx+width of the domain from windows of the grids (None
+        when the configuration has no windowed upsampling)."""
+        import torch
+
+        halo = self.synthesis.halo
+        r0, r1 = max(0, dy - halo), min(self.height, dy + height + halo)
+        c0, c1 = max(0, dx - halo), min(self.width, dx + width + halo)
+        grids = self._grid_tensors()
+        if grids[0].shape[-2:] != (self.height, self.width):
+            return None
+        with torch.inference_mode():
+            f = self.synthesis.window_features(grids, (r0, r1), (c0, c1))
+            if f is None:
+                return None
+            x = self.synthesis(f)[0]
+        return self._to_pixels(x)[dy - r0 : dy - r0 + height, dx - c0 : dx - c0 + width]
 
     def render(self, height: int, width: int, side: float, *, x0: int = 0, y0: int = 0) -> np.ndarray:
         """Pixels of the frame rectangle; it must lie inside the fitted domain."""
@@ -231,6 +272,10 @@ class LatentBlock:
                 f"{self.where}: rectangle ({x0}, {y0}, {width}, {height}) lies outside the block's "
                 f"fitted {self.width}x{self.height} pixels at ({self.x0}, {self.y0})"
             )
+        if self._pixels is None and height * width <= self.WINDOW_FRACTION * self.height * self.width:
+            out = self._render_window(dy, dx, height, width)
+            if out is not None:
+                return out
         return self._render_all()[dy : dy + height, dx : dx + width]
 
 

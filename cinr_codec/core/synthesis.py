@@ -69,6 +69,31 @@ def upsample_learned(
     return x
 
 
+def upsample_learned_window(
+    grids: list[torch.Tensor], filters: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int]
+) -> torch.Tensor:
+    """Rows ``rows`` and columns ``cols`` (half-open) of ``upsample_learned(grids, filters, *grid 0's
+    shape)``, made from windows of the grids only: cost proportional to the window.
+
+    Doubling reads the coarser stack two cells either side of a position (out[2a] needs x[a-2 …
+    a+1], out[2a+1] x[a-1 … a+2]), so each coarser window is the finer one halved and widened by 2,
+    clamped to its grid; inside a grid the widening keeps ``double``'s edge replication away from
+    the rows and columns kept, and at a grid's edge it is the same replication."""
+
+    def window(j: int, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+        g = grids[j][:, r0:r1, c0:c1].unsqueeze(0)
+        if j == len(grids) - 1:
+            return g
+        h, w = grids[j + 1].shape[-2:]
+        cr0, cr1 = max(0, r0 // 2 - 2), min(h, (r1 + 1) // 2 + 2)
+        cc0, cc1 = max(0, c0 // 2 - 2), min(w, (c1 + 1) // 2 + 2)
+        x = double(window(j + 1, cr0, cr1, cc0, cc1), filters[j])
+        x = x[..., r0 - 2 * cr0 : r1 - 2 * cr0, c0 - 2 * cc0 : c1 - 2 * cc0]
+        return torch.cat([g, x], dim=1)
+
+    return window(0, rows[0], rows[1], cols[0], cols[1])
+
+
 def _pointwise(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A 1x1 convolution (``nn.Conv2d``) on a channels-last (N, H, W, C) tensor."""
     conv = cast(nn.Conv2d, layer)
@@ -125,6 +150,22 @@ class Synthesis(nn.Module):
         if self.up is None:
             return upsample(grids, height, width)
         return upsample_learned(grids, self.up, height, width)
+
+    def window_features(
+        self, grids: list[torch.Tensor], rows: tuple[int, int], cols: tuple[int, int]
+    ) -> torch.Tensor | None:
+        """``features(grids, *grid 0's shape)[..., rows, cols]`` from windows of the grids (learned
+        upsampling only; None otherwise: the caller computes all features)."""
+        if self.up is None:
+            return None
+        if self.latent_scale != 1.0:
+            grids = [g * self.latent_scale for g in grids]
+        return upsample_learned_window(grids, self.up, rows, cols)
+
+    @property
+    def halo(self) -> int:
+        """Pixels a window's edge changes inward (its replicated border): one per 3x3 layer."""
+        return len(self.conv) + len(self.res)
 
     def act(self, x: torch.Tensor) -> torch.Tensor:
         """The configured activation (ReLU or leaky ReLU)."""

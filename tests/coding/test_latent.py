@@ -38,6 +38,28 @@ def test_round_trip_gives_the_trained_pixels(fitted: tuple[np.ndarray, Any, Any,
         block.render(10, 10, 64.0, x0=0, y0=0)
 
 
+def test_small_rectangles_render_alone_with_the_same_pixels(
+    fitted: tuple[np.ndarray, Any, Any, bytes],
+) -> None:
+    # A rectangle up to a quarter of the domain renders from windows of the grids (a cold tile
+    # does not pay for its whole block); its pixels are the whole render's, edges included.
+    _, cfg, _, payload = fitted
+    whole = CODEC.load(payload, cfg, "t").render(48, 40, 64.0, x0=3, y0=5)
+    rng = np.random.default_rng(0)
+    rects = [(0, 0, 20, 12), (28, 30, 20, 10), (1, 1, 1, 1), (47, 39, 1, 1)]
+    rects += [
+        (int(rng.integers(0, 40)), int(rng.integers(0, 32)), 8, int(rng.integers(1, 9))) for _ in range(12)
+    ]
+    block = CODEC.load(payload, cfg, "t")
+    for dy, dx, h, w in rects:
+        part = block.render(h, w, 64.0, x0=3 + dx, y0=5 + dy)
+        assert block._pixels is None  # rendered alone, not the whole block
+        diff = np.abs(part.astype(np.int16) - whole[dy : dy + h, dx : dx + w])
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01  # float convolutions of other sizes
+    block.render(30, 30, 64.0, x0=3, y0=5)  # past a quarter: the whole domain, kept
+    assert block._pixels is not None
+
+
 def test_header_fields_round_trip(fitted: tuple[np.ndarray, Any, Any, bytes]) -> None:
     _, cfg, _, _ = fitted
     fields = CODEC.header_fields(cfg, "entropy")
