@@ -1,0 +1,261 @@
+"""Viewer speed of a compressive (ccinr) slide on the CPU against OpenSlide on its JPEG-tiled source.
+
+    python -m benchmarks.viewer_speed [--slide PATH] [--cinr PATH] [--quality q4] [--steps 20]
+        [--block-size 1024] [--reads 5] [--threads 2] [--no-cache] [--json]
+
+(also ``python -m benchmarks.decode_speed --viewer ...``). The slide (default: the bundled sample,
+an Aperio SVS of JPEG tiles) is encoded once with ``--model ccinr --quality Q`` for ``--steps``
+steps per block (decoding cost does not depend on how long a block trained; the file is cached in
+the temporary folder like ``benchmarks.decode_speed``'s). OpenSlide reads the source slide itself:
+a JPEG-tiled file of the same pixels. Measured side by side, alternating cinr and OpenSlide read
+by read, at positions inside tissue blocks:
+
+- **cold tile**: one 256² ``read_region`` at level 0 after ``clear_cache()`` (no block decoded, no
+  tile cached) against ``read_region`` on a freshly opened OpenSlide handle (opened untimed);
+- **viewer pattern**: a ``DeepZoomGenerator`` (254-px tiles, overlap 1) at its full-resolution
+  level, 16 neighbouring tiles (4 x 4) in viewing order (row by row) from a cold start (a fresh
+  ``open_cinr`` / ``OpenSlide``, opened untimed), total time;
+- **warm tile**: the same 16 tiles again at once; median per tile.
+
+Ratios are cinr / OpenSlide (the issue's targets: cold tile <= 3, viewer pattern <= 2, warm <= 1).
+Where the cold tiles' time goes is measured by timing the block codec's ``load`` (weights and
+entropy decoding of the latents) and its synthesis (a window of the block, or the whole block)
+inside the same reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import RESULTS, header, load_average, md_table, publish
+
+DEFAULT_SLIDE = Path(__file__).resolve().parents[1] / "cinr_codec" / "data" / "CMU-1-Small-Region.svs"
+TARGETS = {"cold tile": 3.0, "viewer pattern": 2.0, "warm tile": 1.0}
+
+
+@contextlib.contextmanager
+def _timed_parts(parts: dict[str, float]) -> Iterator[None]:
+    """Add the seconds spent in ``LatentCodec.load`` (weights and entropy decoding) and in
+    ``LatentBlock``'s synthesis (a window, or the whole block) to ``parts``."""
+    from cinr_codec.coding import latent
+
+    def timed(name: str, fn: Any) -> Any:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                parts[name] = parts.get(name, 0.0) + time.perf_counter() - t
+
+        return wrapper
+
+    cls, block = latent.LatentCodec, latent.LatentBlock
+    saved = cls.load, block._render_all, block._render_window
+    cls.load = timed("entropy decoding (load)", saved[0])  # type: ignore[method-assign]
+    block._render_all = timed("synthesis (whole block, or crop of it)", saved[1])  # type: ignore[method-assign]
+    block._render_window = timed("synthesis (window)", saved[2])  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        cls.load, block._render_all, block._render_window = saved  # type: ignore[method-assign]
+
+
+def tissue_positions(cinr: Path, n: int, tile: int, seed: int = 0) -> list[tuple[int, int]]:
+    """``n`` level-0 positions of ``tile``-px squares, each inside one model (tissue) block."""
+    from cinr_codec.decode import SlideDecoder
+
+    rng = np.random.default_rng(seed)
+    with contextlib.closing(SlideDecoder(cinr)) as dec:
+        grid = dec.grid
+        blocks = [b for b in range(grid.n_level_blocks) if dec.reader.block_info(b).kind == "model"]
+    if not blocks:
+        raise SystemExit("benchmarks.viewer_speed: the slide has no tissue block")
+    out = []
+    for i in range(n):
+        bx, by, bw, bh = grid.owned(blocks[int(rng.integers(len(blocks)))] if i else blocks[len(blocks) // 2])
+        out.append(
+            (bx + int(rng.integers(0, max(1, bw - tile))), by + int(rng.integers(0, max(1, bh - tile))))
+        )
+    return out
+
+
+def measure(slide: Path, cinr: Path, reads: int) -> dict[str, Any]:
+    """The three patterns, cinr and OpenSlide alternating (see the module docstring)."""
+    import openslide
+    from openslide.deepzoom import DeepZoomGenerator
+
+    from cinr_codec.api import open_cinr
+
+    parts: dict[str, float] = {}
+    cold: dict[str, list[float]] = {"cinr": [], "openslide": []}
+    cs = open_cinr(cinr)
+    with _timed_parts(parts):
+        for x, y in tissue_positions(cinr, reads, 256):
+            cs.decoder.clear_cache()
+            t = time.perf_counter()
+            cs.read_region((x, y), 0, (256, 256))
+            cold["cinr"].append(time.perf_counter() - t)
+            with openslide.OpenSlide(slide) as osr:
+                t = time.perf_counter()
+                osr.read_region((x, y), 0, (256, 256))
+                cold["openslide"].append(time.perf_counter() - t)
+    cs.close()
+    # The viewer pattern: a 4 x 4 group of full-resolution DeepZoom tiles inside tissue.
+    x0, y0 = tissue_positions(cinr, 1, 4 * 254)[0]
+    c0, r0 = x0 // 254, y0 // 254
+    viewer: dict[str, list[float]] = {"cinr": [], "openslide": []}
+    warm: dict[str, list[float]] = {"cinr": [], "openslide": []}
+    for _ in range(max(1, reads // 2)):
+        for name in ("cinr", "openslide"):
+            s = open_cinr(cinr) if name == "cinr" else openslide.OpenSlide(slide)
+            dz = DeepZoomGenerator(s, tile_size=254, overlap=1)
+            level = dz.level_count - 1
+            cols, rows = dz.level_tiles[level]
+            tiles = [(c, r) for r in range(r0, min(r0 + 4, rows)) for c in range(c0, min(c0 + 4, cols))]
+            t = time.perf_counter()
+            for c, r in tiles:
+                dz.get_tile(level, (c, r))
+            viewer[name].append(time.perf_counter() - t)
+            for c, r in tiles:
+                t = time.perf_counter()
+                dz.get_tile(level, (c, r))
+                warm[name].append(time.perf_counter() - t)
+            s.close()
+    med = {
+        "cold tile": {k: statistics.median(v) for k, v in cold.items()},
+        "viewer pattern": {k: statistics.median(v) for k, v in viewer.items()},
+        "warm tile": {k: statistics.median(v) for k, v in warm.items()},
+    }
+    return {
+        "reads": reads,
+        "tiles_in_pattern": len(tiles),
+        "medians_s": med,
+        "ratios": {k: v["cinr"] / v["openslide"] for k, v in med.items()},
+        "cold_parts_s": {k: v / reads for k, v in parts.items()},
+        "cold_all_s": cold,
+    }
+
+
+def report(r: dict[str, Any], info: dict[str, Any]) -> str:
+    """Markdown report."""
+    rows = [
+        [
+            k,
+            f"{1000 * m['cinr']:.1f}",
+            f"{1000 * m['openslide']:.2f}",
+            f"{r['ratios'][k]:.1f}×",
+            f"≤ {TARGETS[k]:g}×",
+            "met" if r["ratios"][k] <= TARGETS[k] else "not met",
+        ]
+        for k, m in r["medians_s"].items()
+    ]
+    cold = r["medians_s"]["cold tile"]["cinr"]
+    parts = [[k, f"{1000 * v:.0f}"] for k, v in r["cold_parts_s"].items()]
+    rest = sum(r["cold_parts_s"].values())
+    parts.append(
+        ["everything else (reading, cropping, the read's bookkeeping)", f"{1000 * max(0.0, cold - rest):.0f}"]
+    )
+    return "\n".join(
+        [
+            header("Viewer speed of a ccinr slide on the CPU, against OpenSlide"),
+            "",
+            f"Slide: {info['source']} ({info['blocks']} blocks of {info['block_size']}², {info['tissue_blocks']} "
+            f"with tissue), encoded `--model ccinr --quality {info['quality']} --steps {info['steps']}` "
+            f"({info['bytes']:,} bytes; a fit for timing, not a rate-distortion point). OpenSlide reads the "
+            "source slide (JPEG tiles) itself. cinr and OpenSlide alternate read by read; medians of "
+            f"{r['reads']} cold tiles and of {max(1, r['reads'] // 2)} viewer patterns ({r['tiles_in_pattern']} "
+            f"DeepZoom tiles of 254 px, overlap 1); load average at the end: {load_average()}."
+            + (
+                " Every block rendered whole on its first read (`--whole-block`)."
+                if r.get("whole_block")
+                else ""
+            ),
+            "",
+            *md_table(["pattern", "cinr ms", "OpenSlide ms", "ratio", "target", ""], "lrrrrl", rows),
+            "",
+            "Where a cold 256² tile's time goes (mean per read):",
+            "",
+            *md_table(["part", "ms"], "lr", parts),
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--slide", type=Path, default=DEFAULT_SLIDE)
+    ap.add_argument("--cinr", type=Path, default=None, help="an encoded ccinr file of --slide (else made)")
+    ap.add_argument("--quality", default="q4")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--block-size", type=int, default=1024)
+    ap.add_argument("--reads", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--no-cache", action="store_true", help="encode again instead of reusing a cached file")
+    ap.add_argument(
+        "--whole-block",
+        action="store_true",
+        help="render every block whole on its first read (no windows: the decoder before 2026-12-03)",
+    )
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    if not args.slide.is_file():
+        print(f"benchmarks.viewer_speed: error: {args.slide}: no such file", file=sys.stderr)
+        sys.exit(2)
+    import torch
+
+    from benchmarks.decode_speed import cached_cinr
+
+    torch.set_num_threads(args.threads)
+    if args.whole_block:
+        from cinr_codec.coding.latent import LatentBlock
+
+        LatentBlock.WINDOW_FRACTION = 0.0
+    with tempfile.TemporaryDirectory() as scratch:
+        cinr, made = (
+            (args.cinr, {})
+            if args.cinr
+            else cached_cinr(
+                args.slide,
+                args.quality,
+                args.steps,
+                args.block_size,
+                "cpu",
+                not args.no_cache,
+                Path(scratch),
+                lambda m: print(m, file=sys.stderr),
+                model="ccinr",
+            )
+        )
+        from cinr_codec.decode import SlideDecoder
+
+        with contextlib.closing(SlideDecoder(cinr)) as dec:
+            kinds = [dec.reader.block_info(b).kind for b in range(dec.grid.n_level_blocks)]
+            info = {
+                "source": args.slide.name,
+                "blocks": len(kinds),
+                "tissue_blocks": kinds.count("model"),
+                "block_size": dec.grid.side,
+                "quality": args.quality,
+                "steps": args.steps,
+                "bytes": cinr.stat().st_size,
+            }
+        r = measure(args.slide, cinr, args.reads)
+    r["file"] = {**info, **{k: v for k, v in made.items() if k != "path"}}
+    r["whole_block"] = args.whole_block
+    name = "viewer_speed_whole_block.md" if args.whole_block else "viewer_speed.md"
+    publish(RESULTS / name, report(r, info), r, args.json)
+
+
+if __name__ == "__main__":
+    main()
