@@ -305,6 +305,19 @@ def encode_cmd(
         sys.exit(2)
 
 
+def _jpeg_line(s: dict[str, Any]) -> str:
+    """The summary's comparison with a 256-px JPEG-tiled pyramid of the same level."""
+    if s.get("jpeg_q80_bytes") is None:
+        return "not measured (blocks journaled by an older encoder)"
+    at_q80 = f"q80 {s['jpeg_q80_bytes']:,} bytes at {fmt(s['jpeg_q80_psnr'], ' dB')} over tissue"
+    if s.get("jpeg_equal_psnr_bytes") is None:
+        return f"{at_q80}; this file's PSNR lies outside JPEG q20-q95's"
+    return (
+        f"{at_q80}; at this file's PSNR {s['jpeg_equal_psnr_bytes']:,} bytes: "
+        f"this file is {s['vs_jpeg_pyramid']:.2f}x of it"
+    )
+
+
 def _print_summary(s: dict[str, Any]) -> None:
     """The human-readable summary of one encoded slide."""
     rows = [
@@ -331,8 +344,10 @@ def _print_summary(s: dict[str, Any]) -> None:
         ("bits/pixel", f"{fmt(s['bpp_tissue'], '', 3)} over tissue, {s['bpp']:.3f} over the slide"),
         (
             "compression",
-            f"{fmt(s['compression_ratio'], 'x', 2)} against the source file ({s['source_bytes']:,} bytes)",
+            f"{fmt(s['compression_ratio'], 'x', 2)} against the source file ({s['source_bytes']:,} bytes, "
+            f"{8.0 * s['source_bytes'] / (s['width'] * s['height']):.3f} bits/pixel of this level)",
         ),
+        ("JPEG pyramid", _jpeg_line(s)),
         ("time", f"{s['seconds']:.1f} s ({s['steps']} steps)"),
     ]
     for k, v in rows:

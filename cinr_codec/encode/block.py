@@ -3,7 +3,9 @@
 A block's pixels travel: tissue check (``encode.tissue``) -> a background colour, or a fit by
 the block's representation (``coding``: any ``BlockCodec``) -> its payload -> a CPU decode of
 that payload, measured against the pixels (PSNR, SSIM, seam strips) -> box-filtered mips
-stored as small JPEG/PNG images (``encode.mips``). Nothing here knows what the payload holds.
+stored as small JPEG/PNG images (``encode.mips``). Every block is also measured as a JPEG-tiled
+pyramid would store it (``encode.reference``): the summary's yardstick. Nothing here knows what
+the payload holds.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..core.resample import box_downsample
 from ..format.grid import BlockGrid
 from ..format.header import psnr_of
 from .mips import PSNR_MARGIN, encode_mip
+from .reference import block_reference
 from .tissue import is_glass
 
 #: Width of the strips along internal block borders whose PSNR is reported (seams).
@@ -115,6 +118,7 @@ def encode_block(job: BlockJob, fit_pixels: np.ndarray) -> tuple[dict[str, Any],
         flat_psnr = psnr_of(sse, owned.size)
         if flat_psnr is not None and flat_psnr >= BACKGROUND_MIN_PSNR:
             meta.update(kind="background", colour=list(colour), sse=sse, n=int(owned.size))
+            meta["jpeg_reference"] = block_reference(owned, error=False)  # its bytes in a JPEG pyramid
             return meta, []
     codec = get_codec(job.model)
     side = float(grid.side)
@@ -154,4 +158,5 @@ def encode_block(job: BlockJob, fit_pixels: np.ndarray) -> tuple[dict[str, Any],
         parts.append(data)
         qualities.append(q)
     meta["mip_quality"] = qualities
+    meta["jpeg_reference"] = block_reference(owned, error=True)  # the summary's yardstick
     return meta, parts

@@ -37,6 +37,7 @@ from ..format.header import (
 from .block import SEAM_STRIP, BlockJob, block_seed, encode_block
 from .image import check_destination
 from .journal import Journal, journal_path
+from .reference import PyramidTotals
 from .source import SlideSource
 from .tissue import block_tissue, detect_tissue
 
@@ -434,6 +435,7 @@ def assemble(
     (``labels``, e.g. the model and preset, come first). ``mip_avif``: the blocks' mips may be
     AVIF (the file is then format 1.6)."""
     t = SlideTotals()
+    jpeg = PyramidTotals()
     # The header's bound on a block's payload: twice the first one's (hash-grid blocks all have
     # the same size), and at least the largest (entropy-coded blocks vary with their content).
     part_sizes = journal.part_sizes()  # model blocks have parts (payload, mips), background blocks none
@@ -452,6 +454,7 @@ def assemble(
         for rec in journal.records():
             m = rec.meta
             bid = int(m["block_id"])
+            jpeg.add(m)
             t.sse += m["sse"]
             t.n += m["n"]
             if m["kind"] == "background":
@@ -506,4 +509,14 @@ def assemble(
         "bpp_tissue": 8.0 * size / tissue_pixels if tissue_pixels else None,
         "steps": t.steps,
         "fit_seconds": t.fit_seconds,
+        **_against_jpeg(jpeg.summary(q["psnr"]), size),
     }
+
+
+def _against_jpeg(ref: dict[str, Any] | None, size: int) -> dict[str, Any]:
+    """The summary's JPEG-pyramid fields (``encode.reference``) and the file's size against them;
+    all None when a block was journaled without the reference."""
+    if ref is None:
+        ref = {k: None for k in ("jpeg_q80_bytes", "jpeg_q80_psnr", "jpeg_equal_psnr_bytes")}
+    equal = ref["jpeg_equal_psnr_bytes"]
+    return {**ref, "vs_jpeg_pyramid": size / equal if equal else None}

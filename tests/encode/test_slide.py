@@ -59,6 +59,13 @@ def test_summary_matches_the_decoded_file(mixed_png: Path, encoded: tuple[Path, 
     assert s["tissue_blocks"] >= 2 and s["background_blocks"] >= 2  # tissue left, glass right
     assert s["bytes"] == out.stat().st_size and s["bpp"] == pytest.approx(8 * s["bytes"] / (448 * 256))
     assert not journal_path(out).exists()
+    # The JPEG-tiled pyramid of the same pixels: q80's bytes and PSNR; at the file's PSNR when
+    # JPEG's qualities reach it (this 40-step fit lies below q20's), and the file against it.
+    assert s["jpeg_q80_bytes"] > 0 and 25 < s["jpeg_q80_psnr"] < 50
+    if s["jpeg_equal_psnr_bytes"] is None:
+        assert s["vs_jpeg_pyramid"] is None
+    else:
+        assert s["vs_jpeg_pyramid"] == pytest.approx(s["bytes"] / s["jpeg_equal_psnr_bytes"])
     with SlideDecoder(out) as d:
         decoded = d.read(0, 0, 448, 256)
         kinds = [d.reader.block_info(b).kind for b in range(8)]

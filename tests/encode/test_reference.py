@@ -1,0 +1,60 @@
+"""``encode.reference``: the JPEG-tiled pyramid every encode's summary compares with."""
+
+from __future__ import annotations
+
+import imagecodecs
+import numpy as np
+import pytest
+
+from cinr_codec.encode.reference import MIN_SIDE, QUALITIES, TILE, PyramidTotals, block_reference
+from cinr_codec.encode.source import SlideSource, sample_slide_path
+
+
+@pytest.fixture(scope="module")
+def tissue() -> np.ndarray:
+    with SlideSource(sample_slide_path()) as s:
+        return s.read(1600, 2000, 300, 280)  # not a multiple of the tile: partial tiles counted
+
+
+def test_bytes_grow_and_error_falls_with_quality(tissue: np.ndarray) -> None:
+    ref = block_reference(tissue, error=True)
+    assert len(ref["bytes"]) == len(ref["sse"]) == len(QUALITIES)
+    assert all(a < b for a, b in zip(ref["bytes"], ref["bytes"][1:], strict=False))
+    assert all(a > b for a, b in zip(ref["sse"], ref["sse"][1:], strict=False))
+    # The error is the level tiles' own: q80 of each tile, decoded, against the pixels.
+    q80 = QUALITIES.index(80)
+    sse = 0.0
+    level_bytes = 0
+    for y in range(0, tissue.shape[0], TILE):
+        for x in range(0, tissue.shape[1], TILE):
+            tile = np.ascontiguousarray(tissue[y : y + TILE, x : x + TILE])
+            data = imagecodecs.jpeg8_encode(tile, level=80)
+            sse += float(((imagecodecs.jpeg8_decode(data).astype(np.float64) - tile) ** 2).sum())
+            level_bytes += len(data) - data.find(b"\xff\xda")  # from the start of scan: tables are shared
+    assert ref["sse"][q80] == pytest.approx(sse)
+    # ... and the lower levels (1/2, 1/4, ... down to MIN_SIDE) add to the level's bytes.
+    assert level_bytes < ref["bytes"][q80] < 1.6 * level_bytes
+    assert 300 // 16 >= MIN_SIDE  # so the 1/16 level was counted too
+    assert block_reference(tissue, error=False)["sse"] == [0.0] * len(QUALITIES)
+
+
+def test_pyramid_interpolates_bytes_at_the_files_psnr(tissue: np.ndarray) -> None:
+    ref = block_reference(tissue, error=True)
+    glass = block_reference(np.full((64, 64, 3), 240, dtype=np.uint8), error=False)
+    totals = PyramidTotals()
+    totals.add({"kind": "model", "n": tissue.size, "jpeg_reference": ref})
+    totals.add({"kind": "background", "n": 64 * 64 * 3, "jpeg_reference": glass})
+    i = QUALITIES.index(80)
+    at = totals.summary(None)
+    assert at is not None and at["jpeg_equal_psnr_bytes"] is None
+    both = np.array(ref["bytes"]) + np.array(glass["bytes"])
+    assert at["jpeg_q80_bytes"] == int(both[i])  # the background's tiles count in bytes, not in PSNR
+    p = at["jpeg_psnr"]
+    assert p[i] == pytest.approx(10 * np.log10(255**2 / (ref["sse"][i] / tissue.size)))
+    # At a quality's own PSNR the bytes are that quality's; between two, between theirs.
+    assert totals.summary(p[i])["jpeg_equal_psnr_bytes"] == pytest.approx(both[i], rel=1e-9)
+    mid = totals.summary((p[i] + p[i + 1]) / 2)["jpeg_equal_psnr_bytes"]
+    assert both[i] < mid < both[i + 1]
+    assert totals.summary(p[-1] + 1)["jpeg_equal_psnr_bytes"] is None  # past q95: not extrapolated
+    totals.add({"kind": "model", "n": 3})  # a block journaled before the reference existed
+    assert totals.summary(p[i]) is None
