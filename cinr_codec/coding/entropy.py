@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from ..core import native
 from ..core.config import causal_offsets
 from ..errors import CinrFormatError
 
@@ -280,6 +279,8 @@ def decode_grids(
     the same grids bit for bit."""
     if len(data) % 4:
         raise CinrFormatError(f"{where}: latent stream of {len(data)} bytes is not whole 32-bit words")
+    from ..core import native  # imports torch: not at module level (cinr info stays light)
+
     words = np.frombuffer(data, dtype=np.uint32).copy()
     lib = _latent_lib() if native.enabled() and _kernel_takes(model) else None
     if lib is not None:
@@ -376,6 +377,8 @@ def _kernel_takes(model: IntContextModel) -> bool:
 def _latent_lib() -> Any:
     """The compiled latent decoder, or None (no compiler, ``CINR_NATIVE=0``, or the build failed)."""
     from pathlib import Path
+
+    from ..core import native
 
     return native.compiled(Path(__file__).with_name("_latent.c"), "latent decoding", _setup_latent)
 
