@@ -308,7 +308,7 @@ def encode_cmd(
 def _jpeg_line(s: dict[str, Any]) -> str:
     """The summary's comparison with a 256-px JPEG-tiled pyramid of the same level."""
     if s.get("jpeg_q80_bytes") is None:
-        return "not measured (blocks journaled by an older encoder)"
+        return "not measured (no tissue block, or blocks journaled by an older encoder)"
     at_q80 = f"q80 {s['jpeg_q80_bytes']:,} bytes at {fmt(s['jpeg_q80_psnr'], ' dB')} over tissue"
     if s.get("jpeg_equal_psnr_bytes") is None:
         return f"{at_q80}; this file's PSNR lies outside JPEG q20-q95's"
