@@ -159,13 +159,24 @@ def _linear(h: np.ndarray, layer: IntLayer) -> np.ndarray:
     return acc + (layer.bias.astype(np.int64) << (FRAC_BITS - layer.b_shift))
 
 
+def _border(offsets: Sequence[tuple[int, int]]) -> int:
+    """Width of the zero border that holds every causal neighbour of a grid's positions."""
+    return max(max(abs(di), abs(dj)) for di, dj in offsets)
+
+
+def _slope(offsets: Sequence[tuple[int, int]]) -> int:
+    """The wavefront slope a: t = a * row + col is a valid decoding order when every neighbour
+    (di < 0, dj) has a * di + dj < 0."""
+    return 1 + max([dj for di, dj in offsets if di < 0] + [0])
+
+
 class _Padded:
     """A grid with a zero border wide enough for every causal neighbour: contexts are one gather."""
 
     def __init__(
         self, h: int, w: int, offsets: Sequence[tuple[int, int]], grid: np.ndarray | None = None
     ) -> None:
-        self.p = max(max(abs(di), abs(dj)) for di, dj in offsets)
+        self.p = _border(offsets)
         self.w2 = w + 2 * self.p
         self.flat = np.zeros((h + self.p) * self.w2, dtype=np.int64)
         self.rel = np.array([di * self.w2 + dj for di, dj in offsets], dtype=np.int64)
@@ -229,8 +240,7 @@ def _decode_symbols(dec: Any, family: Any, uniform: Any, probs: np.ndarray) -> t
 
 def _wavefronts(h: int, w: int, offsets: Sequence[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Groups of positions that can be decoded together, in a valid order (raster-causal contexts)."""
-    # t = a * row + col is a valid order when every neighbour (di < 0, dj) has a * di + dj < 0.
-    a = 1 + max([dj for di, dj in offsets if di < 0] + [0])
+    a = _slope(offsets)
     rows, cols = np.divmod(np.arange(h * w), w)
     t = a * rows + cols
     order = np.argsort(t, kind="stable")
@@ -397,8 +407,7 @@ def _decode_grids_native(
         ]
     )
     offsets = np.array(model.offsets, dtype=np.int64).reshape(-1)
-    a = 1 + max([dj for di, dj in model.offsets if di < 0] + [0])
-    pad = max(max(abs(di), abs(dj)) for di, dj in model.offsets)
+    a, pad = _slope(model.offsets), _border(model.offsets)
     step = int(LOG_SCALE_STEP * (1 << FRAC_BITS))
     lo = int(LOG_SCALE_MIN * (1 << FRAC_BITS))
     consts = np.array([FRAC_BITS, MEAN_STEPS, N_SCALES, RADIUS, lo, step, MAX_EXCESS], dtype=np.int64)

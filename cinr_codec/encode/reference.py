@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.resample import box_downsample
+from ..core.resample import box_downsample, to_uint8
 from ..format.header import psnr_of
 
 #: JPEG qualities measured per block (q80 is the scanners' usual setting): about 0.8 s for a
@@ -53,7 +53,7 @@ def block_reference(pixels: np.ndarray, *, error: bool) -> dict[str, list[float]
     levels = [pixels]
     d = 2
     while max(pixels.shape[:2]) // d >= MIN_SIDE:
-        levels.append(np.clip(np.rint(box_downsample(pixels, d)), 0, 255).astype(np.uint8))
+        levels.append(to_uint8(box_downsample(pixels, d)))
         d *= 2
     size = [0.0] * len(QUALITIES)
     sse = [0.0] * len(QUALITIES)
