@@ -26,11 +26,12 @@ level), started before the hash-grid fits, which run beside them. Rows ``codec: 
 entropy-coded latents) * 8 / pixels, so the network's bits are counted at the region size used
 (they weigh more per pixel on small regions). ``--no-ccinr`` skips them.
 
-Time of ``--quick`` (one 256 px region) on 2 CPU cores: ccinr 3 levels x 2400 steps in two
-processes (two levels at once, then the third beside the hash-grid fits) at 80-100 ms a step on
+Time of ``--quick`` (one 256 px region) on 2 CPU cores: ccinr 4 levels x 2400 steps in two
+processes (two levels at a time, the first two beside the hash-grid fits) at 80-100 ms a step on
 a quiet machine, plus ~5 s each to quantize the networks and entropy-code; codec sweeps,
 pyramids, plot: ~0.5 min. In all 7.5-8.5 min on the TCGA slide and 8 min on the prostate image
-(quiet machine, 2026-12-02).
+(quiet AMD EPYC, 2026-12-02); 14.6 min on the prostate image on a 2-core Intel Xeon whose
+training steps take 170-195 ms (2026-12-03).
 Measured: see the time in ``rd_quick.md``.
 
 Codecs (imagecodecs): JPEG (libjpeg-turbo, 4:2:0, quality), JPEG 2000 (OpenJPEG, ``level`` =

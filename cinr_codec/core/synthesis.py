@@ -259,9 +259,12 @@ def kumaraswamy_noise(like: torch.Tensor, a: float) -> torch.Tensor:
 
 def quantize(x: torch.Tensor, mode: str, t: float, a: float = 1.0) -> torch.Tensor:
     """Training-time rounding: ``soft`` (soft round, Kumaraswamy noise of parameter ``a``, soft
-    round), ``ste`` (round forward, soft-round gradient backward) or ``hard``."""
+    round), ``soft-gauss`` (the same with Gaussian noise of standard deviation ``a``), ``ste``
+    (round forward, soft-round gradient backward) or ``hard``."""
     if mode == "soft":
         return soft_round(soft_round(x, t) + kumaraswamy_noise(x, a), t)
+    if mode == "soft-gauss":
+        return soft_round(soft_round(x, t) + torch.randn_like(x) * a, t)
     if mode == "ste":
         y = soft_round(x, t)
         return y + (torch.round(x) - y).detach()

@@ -108,3 +108,28 @@ def test_quality_for_psnr_picks_the_level_whose_step_suits_the_target() -> None:
     )
     with pytest.raises(ValueError, match="quality level"):
         latent_shift_of("fast")
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "soap"])
+def test_each_optimizer_trains_latents_and_networks(tissue_crop: np.ndarray, optimizer: str) -> None:
+    from pytorch_optimizer import SOAP
+
+    from cinr_codec.encode.train import latent as L
+
+    img = np.ascontiguousarray(tissue_crop[:32, :32])
+    recipe = {**L.RECIPE, "optimizer": optimizer}
+    model = L.LatentImage(_config(32), 32, 32)
+    opts = L._optimizers(model, recipe, 1e-2, 20.0)
+    # SOAP (when chosen) preconditions the networks only; the latents keep Adam.
+    assert any(isinstance(o, SOAP) for o in opts) == (optimizer == "soap")
+    latents = {id(p) for p in model.latents.parameters()}
+    for o in opts:
+        for g in o.param_groups:
+            ids = {id(p) for p in g["params"]}
+            assert ids <= latents or not ids & latents
+            assert g["mult"] == (20.0 if ids <= latents else 1.0)
+    target = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
+    lam = QUALITY_LAMBDAS["q3"]
+    start = L.hard_loss(L.LatentImage(_config(32), 32, 32), target, lam, 0.0)
+    fit = L.fit_latents(img, _config(32), lam, steps=60, recipe={"optimizer": optimizer})
+    assert L.hard_loss(fit.model, target, lam, 0.0) < 0.5 * start
