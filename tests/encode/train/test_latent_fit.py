@@ -133,3 +133,7 @@ def test_each_optimizer_trains_latents_and_networks(tissue_crop: np.ndarray, opt
     start = L.hard_loss(L.LatentImage(_config(32), 32, 32), target, lam, 0.0)
     fit = L.fit_latents(img, _config(32), lam, steps=60, recipe={"optimizer": optimizer})
     assert L.hard_loss(fit.model, target, lam, 0.0) < 0.5 * start
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        L._optimizers(model, {**recipe, "optimizer": "sgd"}, 1e-2, 20.0)
+    with pytest.raises(ValueError, match="unknown quantization noise"):
+        L.fit_latents(img, _config(32), lam, steps=1, recipe={"noise": "uniform"})
