@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.config import causal_offsets
+from ..core.config import causal_offsets, context_border
 from ..errors import CinrFormatError
 
 #: Fractional bits of the context model's fixed-point activations.
@@ -159,11 +159,6 @@ def _linear(h: np.ndarray, layer: IntLayer) -> np.ndarray:
     return acc + (layer.bias.astype(np.int64) << (FRAC_BITS - layer.b_shift))
 
 
-def _border(offsets: Sequence[tuple[int, int]]) -> int:
-    """Width of the zero border that holds every causal neighbour of a grid's positions."""
-    return max(max(abs(di), abs(dj)) for di, dj in offsets)
-
-
 def _slope(offsets: Sequence[tuple[int, int]]) -> int:
     """The wavefront slope a: t = a * row + col is a valid decoding order when every neighbour
     (di < 0, dj) has a * di + dj < 0."""
@@ -176,7 +171,7 @@ class _Padded:
     def __init__(
         self, h: int, w: int, offsets: Sequence[tuple[int, int]], grid: np.ndarray | None = None
     ) -> None:
-        self.p = _border(offsets)
+        self.p = context_border(offsets)
         self.w2 = w + 2 * self.p
         self.flat = np.zeros((h + self.p) * self.w2, dtype=np.int64)
         self.rel = np.array([di * self.w2 + dj for di, dj in offsets], dtype=np.int64)
@@ -407,7 +402,7 @@ def _decode_grids_native(
         ]
     )
     offsets = np.array(model.offsets, dtype=np.int64).reshape(-1)
-    a, pad = _slope(model.offsets), _border(model.offsets)
+    a, pad = _slope(model.offsets), context_border(model.offsets)
     step = int(LOG_SCALE_STEP * (1 << FRAC_BITS))
     lo = int(LOG_SCALE_MIN * (1 << FRAC_BITS))
     consts = np.array([FRAC_BITS, MEAN_STEPS, N_SCALES, RADIUS, lo, step, MAX_EXCESS], dtype=np.int64)

@@ -8,6 +8,7 @@ it) are what a ``.cinr`` header's ``model`` object stores; the modules that buil
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -311,6 +312,11 @@ def causal_offsets(n: int, half: int = 3) -> list[tuple[int, int]]:
     if not 1 <= n <= len(offs):
         raise ValueError(f"context size must be in [1, {len(offs)}]")
     return sorted(sorted(offs, key=lambda o: (o[0] ** 2 + o[1] ** 2, o))[:n])
+
+
+def context_border(offsets: Sequence[tuple[int, int]]) -> int:
+    """Width of the zero border that holds every causal neighbour of a grid's positions."""
+    return max(max(abs(di), abs(dj)) for di, dj in offsets)
 
 
 def int_ranges(cls: type) -> dict[str, tuple[int, int]]:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import LEAKY_SLOPE, LatentConfig, causal_offsets, upsampling_macs_per_pixel
+from .config import LEAKY_SLOPE, LatentConfig, causal_offsets, context_border, upsampling_macs_per_pixel
 
 #: Log-scales the context model may output (the entropy coder's table range).
 LOG_SCALE_RANGE = (-4.6, -4.6 + 63 * 0.15)
@@ -223,7 +223,7 @@ class ContextModel(nn.Module):
 def gather_context(grid: torch.Tensor, offsets: list[tuple[int, int]]) -> torch.Tensor:
     """(h, w) grid -> (h*w, len(offsets)) causal neighbours, zero outside (as the coder)."""
     h, w = grid.shape
-    p = max(max(abs(a), abs(b)) for a, b in offsets)
+    p = context_border(offsets)
     padded = F.pad(grid[None, None], (p, p, p, p))[0, 0]
     cols = [padded[p + di : p + di + h, p + dj : p + dj + w].reshape(-1) for di, dj in offsets]
     return torch.stack(cols, dim=1)

@@ -169,6 +169,9 @@ def fit_latents(
     history: list[dict[str, float]] = []
     done = 0
     best: tuple[float, dict[str, torch.Tensor]] | None = None  # lowest hard loss at a phase's end
+    latents = list(model.latents.parameters())
+    nets = list(model.synthesis.parameters()) + list(model.arm.parameters())
+    soft_mode = "soft-gauss" if r["noise"] == "gaussian" else "soft"
     for phase, n, lr, lr_end, mult in (
         # A latent step of 2**-shift: the latents move 2**shift times faster, so the features
         # they feed learn at the same pace.
@@ -177,9 +180,7 @@ def fit_latents(
     ):
         if n <= 0:
             continue
-        opts = _optimizers(model, r, lr, mult)
-        nets = list(model.synthesis.parameters()) + list(model.arm.parameters())
-        soft_mode = "soft-gauss" if r["noise"] == "gaussian" else "soft"
+        opts = _optimizers(latents, nets, r, lr, mult)
         for i in range(n):
             frac = i / max(1, n - 1)
             for opt in opts:
@@ -223,11 +224,15 @@ def fit_latents(
     )
 
 
-def _optimizers(model: LatentImage, r: dict[str, Any], lr: float, mult: float) -> list[torch.optim.Optimizer]:
+def _optimizers(
+    latents: list[torch.nn.Parameter],
+    nets: list[torch.nn.Parameter],
+    r: dict[str, Any],
+    lr: float,
+    mult: float,
+) -> list[torch.optim.Optimizer]:
     """The optimizers of one phase: Adam for everything, or (``optimizer = "soap"``) Adam for
     the latents and SOAP for the networks. Each group's ``mult`` scales the scheduled rate."""
-    latents = list(model.latents.parameters())
-    nets = list(model.synthesis.parameters()) + list(model.arm.parameters())
     if r["optimizer"] == "adam":
         return [torch.optim.Adam([{"params": latents, "mult": mult}, {"params": nets, "mult": 1.0}], lr=lr)]
     if r["optimizer"] != "soap":

@@ -119,7 +119,8 @@ def test_each_optimizer_trains_latents_and_networks(tissue_crop: np.ndarray, opt
     img = np.ascontiguousarray(tissue_crop[:32, :32])
     recipe = {**L.RECIPE, "optimizer": optimizer}
     model = L.LatentImage(_config(32), 32, 32)
-    opts = L._optimizers(model, recipe, 1e-2, 20.0)
+    nets = list(model.synthesis.parameters()) + list(model.arm.parameters())
+    opts = L._optimizers(list(model.latents.parameters()), nets, recipe, 1e-2, 20.0)
     # SOAP (when chosen) preconditions the networks only; the latents keep Adam.
     assert any(isinstance(o, SOAP) for o in opts) == (optimizer == "soap")
     latents = {id(p) for p in model.latents.parameters()}
@@ -134,6 +135,6 @@ def test_each_optimizer_trains_latents_and_networks(tissue_crop: np.ndarray, opt
     fit = L.fit_latents(img, _config(32), lam, steps=60, recipe={"optimizer": optimizer})
     assert L.hard_loss(fit.model, target, lam, 0.0) < 0.5 * start
     with pytest.raises(ValueError, match="unknown optimizer"):
-        L._optimizers(model, {**recipe, "optimizer": "sgd"}, 1e-2, 20.0)
+        L._optimizers(list(model.latents.parameters()), nets, {**recipe, "optimizer": "sgd"}, 1e-2, 20.0)
     with pytest.raises(ValueError, match="unknown quantization noise"):
         L.fit_latents(img, _config(32), lam, steps=1, recipe={"noise": "uniform"})
