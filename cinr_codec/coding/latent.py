@@ -293,6 +293,8 @@ class LatentCodec(BlockCodec):
         model = header.get("model")
         if not isinstance(model, Mapping):
             return self.format_minor
+        if model.get("stabiliser"):
+            return 7  # 1.7 added the synthesis' stabiliser (the head reads the latents too)
         if model.get("weight_coding") == "laplace" or model.get("latent_shift", 0):
             return 5  # 1.5 added Laplace-coded weights and the latent step
         if model.get("activation") == "leaky_relu":
@@ -315,6 +317,8 @@ class LatentCodec(BlockCodec):
         mlp = value.get("mlp", [24, 24])
         if not (isinstance(mlp, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in mlp)):
             raise CinrFormatError(f"{where}: mlp is not a list of integers")
+        if not isinstance(value.get("stabiliser", False), bool):
+            raise CinrFormatError(f"{where}: stabiliser is not true or false")
         try:
             config = LatentConfig.from_dict(value)
         except (ValueError, TypeError) as exc:

@@ -207,7 +207,9 @@ class LatentConfig:
     ``learned`` (``UPSAMPLINGS``); ``activation`` the synthesis' ``relu`` or ``leaky_relu``
     (``LATENT_ACTIVATIONS``); ``weight_coding`` how the payload codes the networks' weights
     (``WEIGHT_CODINGS``). The synthesis reads each integer latent times ``2**-latent_shift``: a
-    finer step in feature units, which the higher quality levels need (format 1.5).
+    finer step in feature units, which the higher quality levels need (format 1.5). With
+    ``stabiliser`` the head also reads the upsampled latents: a linear path from them to RGB beside
+    the MLP and conv flows, as Cool-chic 5's synthesis has (format 1.7).
     """
 
     kind: str = "ccinr"
@@ -225,6 +227,7 @@ class LatentConfig:
     activation: str = "relu"
     weight_coding: str = "expgolomb"
     latent_shift: int = field(default=0, metadata={"range": (0, 4)})
+    stabiliser: bool = False
 
     def __post_init__(self) -> None:
         if self.weight_coding not in WEIGHT_CODINGS:
@@ -263,6 +266,8 @@ class LatentConfig:
             del d["weight_coding"]  # format 1.4's headers, unchanged
         if self.latent_shift == 0:
             del d["latent_shift"]
+        if not self.stabiliser:
+            del d["stabiliser"]  # format 1.5's headers, unchanged
         return d
 
     @classmethod
@@ -285,7 +290,8 @@ def latent_macs_per_pixel(config: LatentConfig) -> float:
     cw = config.conv_width
     if n_conv:
         synthesis += 9 * (c * cw + (n_conv - 1) * cw * cw)
-    synthesis += (dims[-1] + (cw if n_conv else 0)) * 3 + 81 * config.residual_convs
+    synthesis += (dims[-1] + (cw if n_conv else 0) + (c if config.stabiliser else 0)) * 3
+    synthesis += 81 * config.residual_convs
     arm = [config.context] + [config.arm_width] * config.arm_layers
     per_latent = sum(a * b for a, b in zip(arm[:-1], arm[1:])) + arm[-1] * 2
     levels = range(config.first_level, config.first_level + config.levels)

@@ -127,7 +127,9 @@ class Synthesis(nn.Module):
         for _ in range(config.conv_layers if config.conv_width > 0 else 0):
             self.conv.append(nn.Conv2d(dc, config.conv_width, 3, padding=1, padding_mode="replicate"))
             dc = config.conv_width
-        self.head = nn.Conv2d(d + (dc if len(self.conv) else 0), 3, 1)
+        #: The head also reads the latent features (a linear path beside the flows).
+        self.stabiliser = config.stabiliser
+        self.head = nn.Conv2d(d + (dc if len(self.conv) else 0) + (c_in if self.stabiliser else 0), 3, 1)
         if self.head.bias is not None:
             nn.init.constant_(self.head.bias, 0.5)  # start from mid-grey (outputs are in [0, 1])
         self.res = nn.ModuleList()
@@ -184,6 +186,8 @@ class Synthesis(nn.Module):
             for layer in self.conv:
                 c = self.act(_conv3x3(layer, c))
             h = torch.cat([h, c], dim=-1)
+        if self.stabiliser:
+            h = torch.cat([h, fh], dim=-1)
         x = _pointwise(self.head, h)
         for i, layer in enumerate(self.res):
             x = x + _conv3x3(layer, x if i == 0 else self.act(x))

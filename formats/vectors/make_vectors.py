@@ -69,7 +69,7 @@ VECTORS: dict[str, dict[str, Any]] = {
     },
     # Compressive CINR, one per format version that added to it: 1.2, 1.3 and 1.4 architectures
     # with plain JSON (``compact_json`` False), 1.5 with the header and footer compressed,
-    # Laplace-coded weights and a latent step of 1/4 (q6's).
+    # Laplace-coded weights and a latent step of 1/4 (q6's), 1.7 with the synthesis' stabiliser.
     "ccinr-q6-64x48-entropy.cinr": {
         **_CCINR,
         "arch": {
@@ -77,6 +77,7 @@ VECTORS: dict[str, dict[str, Any]] = {
             "activation": "relu",
             "weight_coding": "expgolomb",
             "latent_shift": 0,
+            "stabiliser": False,
         },
         "compact_json": False,
     },
@@ -87,6 +88,7 @@ VECTORS: dict[str, dict[str, Any]] = {
             "activation": "relu",
             "weight_coding": "expgolomb",
             "latent_shift": 0,
+            "stabiliser": False,
         },
         "compact_json": False,
     },
@@ -97,6 +99,7 @@ VECTORS: dict[str, dict[str, Any]] = {
             "activation": "leaky_relu",
             "weight_coding": "expgolomb",
             "latent_shift": 0,
+            "stabiliser": False,
         },
         "compact_json": False,
     },
@@ -107,6 +110,17 @@ VECTORS: dict[str, dict[str, Any]] = {
             "activation": "leaky_relu",
             "weight_coding": "laplace",
             "latent_shift": 2,
+            "stabiliser": False,
+        },
+    },
+    "ccinr-q6-64x48-stabiliser.cinr": {
+        **_CCINR,
+        "arch": {
+            "upsampling": "learned",
+            "activation": "leaky_relu",
+            "weight_coding": "laplace",
+            "latent_shift": 2,
+            "stabiliser": True,
         },
     },
 }

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from cinr_codec.coding.base import FitSettings
-from cinr_codec.coding.images import avif_available
 from cinr_codec.coding.latent import CODEC, pack_weights, unpack_weights
 from cinr_codec.core.config import LatentConfig
 from cinr_codec.core.metrics import psnr
@@ -66,9 +65,13 @@ def test_header_fields_round_trip(fitted: tuple[np.ndarray, Any, Any, bytes]) ->
     assert CODEC.parse_config(fields, "t") == cfg
     assert fields["model"]["upsampling"] == "learned" and fields["model"]["activation"] == "leaky_relu"
     assert fields["model"]["weight_coding"] == "laplace" and fields["model"]["latent_shift"] == 3  # q8's
-    assert CODEC.minor_version(fields) == 5  # Laplace-coded weights and latent steps came with 1.5
-    assert CODEC.minor_version({"model": {**fields["model"], "weight_coding": "expgolomb"}}) == 5
-    eg = {k: v for k, v in fields["model"].items() if k not in ("weight_coding", "latent_shift")}
+    assert fields["model"]["stabiliser"] is True
+    assert CODEC.minor_version(fields) == 7  # the synthesis' stabiliser came with 1.7
+    plain = {k: v for k, v in fields["model"].items() if k != "stabiliser"}
+    assert "stabiliser" not in LatentConfig.from_dict(plain).to_dict()  # 1.5 headers unchanged
+    assert CODEC.minor_version({"model": plain}) == 5  # Laplace-coded weights and latent steps: 1.5
+    assert CODEC.minor_version({"model": {**plain, "weight_coding": "expgolomb"}}) == 5
+    eg = {k: v for k, v in plain.items() if k not in ("weight_coding", "latent_shift")}
     assert CODEC.minor_version({"model": eg}) == 4  # leaky ReLU came with format 1.4
     assert "weight_coding" not in LatentConfig.from_dict(eg).to_dict()  # 1.4 headers unchanged
     relu = {k: v for k, v in eg.items() if k != "activation"}
@@ -88,6 +91,8 @@ def test_header_fields_round_trip(fitted: tuple[np.ndarray, Any, Any, bytes]) ->
         {"latent_shift": 5},
         {"latent_shift": -1},
         {"latent_shift": 1.5},
+        {"stabiliser": 1},
+        {"stabiliser": "yes"},
     ):
         with pytest.raises(CinrFormatError):
             CODEC.parse_config({"model": {**fields["model"], **bad}}, "t")
@@ -164,9 +169,8 @@ def test_a_slide_encodes_and_decodes_in_the_compressive_codec(tissue_crop: np.nd
     s = encode_slide(src, out, model="ccinr", preset="q8", steps=30, block_size=64, tissue_mask=False)
     assert s["model"] == "ccinr" and s["quant"] == "entropy" and s["tissue_blocks"] == 2
     with CinrReader(out) as r:
-        assert (
-            r.version == (1, 6 if avif_available() else 5) and r.json_compressed
-        )  # AVIF mips and r.header["model"]["kind"] == "ccinr"
+        assert r.version == (1, 7) and r.json_compressed  # the synthesis' stabiliser
+        assert r.header["model"]["kind"] == "ccinr" and r.header["model"]["stabiliser"] is True
         assert r.header["model"]["upsampling"] == "learned"
         assert "quantization" not in r.header
     with open_cinr(out) as slide:
@@ -190,3 +194,36 @@ def test_latent_shift_scales_what_the_synthesis_reads() -> None:
     s2.load_state_dict(s0.state_dict())
     with torch.no_grad():
         assert torch.equal(s2.features(grids, 64, 64), s0.features([g / 4 for g in grids], 64, 64))
+
+
+def test_the_stabiliser_is_a_linear_path_from_the_latents_to_rgb() -> None:
+    """With ``stabiliser`` the head reads the upsampled latents after the two flows: zero those
+    flows' contribution and the synthesis is the head's linear map of the features (before the
+    residual convolutions, which start at zero)."""
+    import torch
+
+    from cinr_codec.core.config import latent_macs_per_pixel
+    from cinr_codec.core.synthesis import Synthesis, macs_per_pixel
+
+    on = CODEC.config_for("ccinr", "q3", 64, 64)
+    off = LatentConfig.from_dict({**on.to_dict(), "stabiliser": False})
+    assert on.stabiliser and not off.stabiliser
+    s = Synthesis(on)
+    d = on.mlp[-1] + on.conv_width
+    assert s.head.weight.shape == (3, d + on.levels, 1, 1) and Synthesis(off).head.weight.shape == (
+        3,
+        d,
+        1,
+        1,
+    )
+    assert macs_per_pixel(on)["total"] - macs_per_pixel(off)["total"] == 3 * on.levels
+    assert latent_macs_per_pixel(on) == macs_per_pixel(on)["total"]
+    torch.manual_seed(0)
+    f = torch.randn(1, on.levels, 16, 16)
+    with torch.no_grad():
+        s.head.weight[:, :d] = 0
+        x = s(f)
+        w = s.head.weight[:, d:, 0, 0]
+        assert torch.allclose(
+            x, torch.einsum("ck,nkhw->nchw", w, f) + s.head.bias[None, :, None, None], atol=1e-6
+        )
