@@ -210,12 +210,8 @@ def test_the_stabiliser_is_a_linear_path_from_the_latents_to_rgb() -> None:
     assert on.stabiliser and not off.stabiliser
     s = Synthesis(on)
     d = on.mlp[-1] + on.conv_width
-    assert s.head.weight.shape == (3, d + on.levels, 1, 1) and Synthesis(off).head.weight.shape == (
-        3,
-        d,
-        1,
-        1,
-    )
+    assert s.head.weight.shape == (3, d + on.levels, 1, 1)
+    assert Synthesis(off).head.weight.shape == (3, d, 1, 1)
     assert macs_per_pixel(on)["total"] - macs_per_pixel(off)["total"] == 3 * on.levels
     assert latent_macs_per_pixel(on) == macs_per_pixel(on)["total"]
     torch.manual_seed(0)
