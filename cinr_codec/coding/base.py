@@ -79,6 +79,10 @@ class BlockCodec(ABC):
     #: Whether encoders store this representation's files with compressed header and footer JSON
     #: (format 1.5): worth it for small, compact files, where the JSON would be 5-10 % of the bytes.
     compact_json: ClassVar[bool] = False
+    #: The finest mip downsample encoders store for this representation: reads at finer scales
+    #: box-filter the decoded level (so they are never worse than it), which costs up to
+    #: first_mip^2 decoded pixels per output pixel instead of the mips' bytes.
+    first_mip: ClassVar[int] = 2
 
     def minor_version(self, header: Mapping[str, Any]) -> int:
         """Lowest container minor version for a file with this header (``format_minor`` unless a

@@ -115,7 +115,13 @@ def plan_slide(
             f"{src_path}: level {level} is {width}x{height} pixels; at least "
             f"{MIN_SLIDE_SIDE}x{MIN_SLIDE_SIDE} is needed"
         )
-    grid = BlockGrid(width, height, block_size, margin, default_mip_downsamples(block_size) if mips else ())
+    grid = BlockGrid(
+        width,
+        height,
+        block_size,
+        margin,
+        default_mip_downsamples(block_size, codec.first_mip) if mips else (),
+    )
     cfg = codec.config_for(model, preset, grid.side, grid.side)
     # Tissue: Otsu on the saturation of a thumbnail with at least ~4 thumbnail pixels per block.
     thumb_side = int(min(8192, max(1024, 4 * max(width, height) / block_size)))

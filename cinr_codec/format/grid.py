@@ -29,10 +29,13 @@ MIN_MIP_SIDE = 16
 MAX_MIP_DOWNSAMPLE = 64
 
 
-def default_mip_downsamples(block_size: int) -> tuple[int, ...]:
-    """Powers of two d >= 2 with block_size / d >= MIN_MIP_SIDE and d <= MAX_MIP_DOWNSAMPLE."""
+def default_mip_downsamples(block_size: int, first: int = 2) -> tuple[int, ...]:
+    """Powers of two d >= ``first`` with block_size / d >= MIN_MIP_SIDE and d <= MAX_MIP_DOWNSAMPLE
+    (coarser reads without a mip box-filter the decoded level, or the coarsest mip)."""
+    if first < 2 or first & (first - 1):
+        raise ValueError(f"the first mip downsample must be a power of two >= 2, not {first}")
     out = []
-    d = 2
+    d = first
     while block_size // d >= MIN_MIP_SIDE and d <= MAX_MIP_DOWNSAMPLE and block_size % d == 0:
         out.append(d)
         d *= 2

@@ -119,3 +119,34 @@ def test_refined_avif_mips_keep_the_target_in_fewer_or_equal_bytes(tissue_crop: 
     refined = encode_mip(exact, 36.0, avif=True, refine=True)
     assert refined[1] >= 36.0 and len(refined[0]) <= len(fast[0])
     assert psnr(decode_image_bytes(refined[0], "t"), exact) == pytest.approx(refined[1])
+
+
+def test_compressive_files_read_scales_finer_than_their_first_mip_from_the_level(
+    he_image: np.ndarray, tmp_path
+) -> None:
+    """ccinr files store mips from d = 8 (``LatentCodec.first_mip``); reads at 1/2 and 1/4 are the
+    decoded level box-filtered, and every scale is at least as good as the level against the
+    box-filtered original (the mips rule)."""
+    from PIL import Image
+
+    from cinr_codec import open_cinr
+    from cinr_codec.encode.slide import encode_slide
+    from cinr_codec.format.container import CinrReader
+
+    image = np.ascontiguousarray(he_image[1000:1128, 1000:1256])  # two blocks of 128
+    src = tmp_path / "crop.png"
+    Image.fromarray(image).save(src)
+    out = tmp_path / "c.cinr"
+    encode_slide(src, out, model="ccinr", preset="q8", steps=20, block_size=128, tissue_mask=False)
+    with CinrReader(out) as r:
+        assert r.header["mips"]["downsamples"] == [8]
+    with open_cinr(out) as slide:
+        level = slide.read(0, 0, 256, 128)
+        floor = psnr(level, image)
+        for d in (2, 4, 8, 16):
+            got = slide.read(0, 0, 256, 128, scale=1 / d)
+            exact = box_downsample(image, d)
+            if d < 8:  # from the level: its box means, to rounding
+                from_level = box_downsample(level, d)
+                assert np.abs(got.astype(np.float64) - from_level).max() <= 0.5 + 1e-6
+            assert psnr(got, exact) >= floor, d

@@ -52,6 +52,11 @@ def test_overlapping_and_edges() -> None:
 def test_mip_downsamples_and_validation() -> None:
     assert default_mip_downsamples(1024) == (2, 4, 8, 16, 32, 64)
     assert default_mip_downsamples(64) == (2, 4)
+    assert default_mip_downsamples(1024, first=8) == (8, 16, 32, 64)
+    assert default_mip_downsamples(64, first=8) == ()
+    for bad in (1, 3, 6):
+        with pytest.raises(ValueError, match="power of two"):
+            default_mip_downsamples(1024, first=bad)
     with pytest.raises(ValueError):
         BlockGrid(10, 10, 64, 0, (3,))
     with pytest.raises(ValueError):
