@@ -3,7 +3,7 @@
 python -m benchmarks.encode_speed [--quick] [--image PATH ...] [--size 1024] [--presets fast,default]
                                   [--steps 250,500,1000,2000] [--whole-slide [PRESETS]]
                                   [--block-size 1024] [--device auto|cpu|cuda] [--threads N]
-                                  [--json] [--results DIR] [--quiet]
+                                  [--json] [--results DIR] [--out NAME] [--quiet]
 
 Images. Each ``--image`` (default ``../shared/data/he-prostate-2500.jpeg``) is cut to its most
 tissue-rich ``--size`` x ``--size`` window (highest mean HSV saturation on a 1024 px thumbnail;
@@ -13,7 +13,9 @@ block; the encoder fits it with its 32 px margin clipped to the image). ``--whol
 encodes the real slide ``CMU-1-Small-Region.svs`` (2220 x 2967, 9 blocks) whole, once per preset
 named (default ``fast``) at the preset's own step count (``--quick``: the largest quick count).
 
-Presets: ``fast`` and ``default`` (and ``high`` when the device is CUDA). For each preset the same
+Presets: ``fast`` and ``default`` (and ``high`` when the device is CUDA) of the hash-grid CINR;
+``q1`` ... ``q8`` name the compressive model's quality levels (``--model ccinr --quality N``),
+e.g. ``--presets q2,q4,q6 --steps 100,400 --size 256`` for its megapixels per minute per level. For each preset the same
 image is encoded at several step counts (full: 250, 500, 1000, 2000 and the preset's own count;
 ``high``: 1000, 2500, 5000, 10000; ``--quick``: 50 and 200, on a 512 px crop). Each point is a
 separate encode (the learning-rate schedule depends on the step count), so the curve is the PSNR
@@ -25,7 +27,7 @@ megapixels per minute = level pixels / wall seconds (and over fit seconds), tiss
 (after quantization, from the file's footer), PSNR over all pixels, bpp (file bytes * 8 / level
 pixels), steps and device. Timings depend on machine load: the load average is in the results.
 
-Writes ``encode_speed_<quick|full>[_cuda].md``, ``.json`` and ``.png`` (PSNR against wall
+Writes ``encode_speed_<quick|full>[_cuda].md`` (or ``encode_speed_<--out>.md``), ``.json`` and ``.png`` (PSNR against wall
 seconds per preset) to ``--results`` (default ``benchmarks/results``). ``--json`` prints one JSON
 object on stdout; progress goes to stderr.
 """
@@ -33,6 +35,7 @@ object on stdout; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import time
@@ -86,6 +89,19 @@ def tissue_window(path: Path, size: int) -> tuple[np.ndarray, dict[str, Any]]:
         return src.read(x, y, w, h), {"x": x, "y": y, "width": w, "height": h, "image": [W, H]}
 
 
+def model_of(preset: str) -> str:
+    """The model a preset name encodes with: ``ccinr`` for its quality levels q1-q8, else ``cinr``."""
+    return "ccinr" if re.fullmatch(r"q[1-8]", preset) else "cinr"
+
+
+def own_steps(preset: str) -> int:
+    """The preset's own steps per block (ValueError for an unknown preset)."""
+    from cinr_codec.coding.registry import get_codec
+
+    model = model_of(preset)
+    return int(get_codec(model).recipe(model, preset)["steps"])
+
+
 def encode_one(
     src: Path, dst: Path, preset: str, steps: int | None, block_size: int, device: str, seed: int
 ) -> dict[str, Any]:
@@ -93,12 +109,22 @@ def encode_one(
     from cinr_codec.encode.slide import encode_slide
 
     t = time.perf_counter()
-    s = encode_slide(src, dst, preset=preset, steps=steps, block_size=block_size, device=device, seed=seed)
+    s = encode_slide(
+        src,
+        dst,
+        model=model_of(preset),
+        preset=preset,
+        steps=steps,
+        block_size=block_size,
+        device=device,
+        seed=seed,
+    )
     wall = time.perf_counter() - t
     pixels = int(s["width"]) * int(s["height"])
     dst.unlink(missing_ok=True)
     return {
         "preset": preset,
+        "model": s["model"],
         "steps_per_block": steps,
         "steps": s["steps"],
         "device": s["device"],
@@ -218,7 +244,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image", action="append", help="image or slide to crop (repeatable)")
     ap.add_argument("--size", type=int, default=None, help="crop side (default 1024; quick 512; 0: whole)")
-    ap.add_argument("--presets", default=None, help="cinr presets (default fast,default; +high on CUDA)")
+    ap.add_argument(
+        "--presets",
+        default=None,
+        help="cinr presets, or ccinr levels q1-q8 (default fast,default; +high on CUDA)",
+    )
     ap.add_argument("--steps", default=None, help="step counts of the PSNR-against-time curve, e.g. 250,500")
     ap.add_argument(
         "--whole-slide",
@@ -237,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     ap.add_argument("--quiet", action="store_true", help="no progress on stderr")
     ap.add_argument("--results", default=None, help="output folder (default benchmarks/results)")
+    ap.add_argument("--out", default=None, help="result name: encode_speed_<OUT>.md (default the mode)")
     args = ap.parse_args(argv)
     for p in args.image or []:  # before the heavy imports: a typo fails at once
         if not Path(p).is_file():
@@ -246,7 +277,6 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from cinr_codec.core.render import resolve_device
-    from cinr_codec.encode.train.presets import get_preset
     from cinr_codec.errors import CinrError
 
     try:
@@ -268,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         if cuda and not args.presets and not args.smoke:
             presets.append("high")
         for p in presets:
-            get_preset("cinr", p)
+            own_steps(p)
         block = 128 if args.smoke and args.block_size == 1024 else args.block_size
         if args.steps:
             fixed: list[int] | None = sorted({int(v) for v in csv_list(args.steps)})
@@ -284,18 +314,18 @@ def main(argv: list[str] | None = None) -> None:
                 return list(SMOKE_STEPS)
             if mode == "quick":
                 return list(QUICK_STEPS)
-            own = int(get_preset("cinr", preset).train["steps"])
+            own = own_steps(preset)
             base = HIGH_STEPS if preset == "high" else FULL_STEPS
             return sorted(set(base) | {own})
 
         whole = csv_list(args.whole_slide) if args.whole_slide else []
         for p in whole:
-            get_preset("cinr", p)
+            own_steps(p)
         if whole and not Path(args.slide).is_file():
             raise ValueError(f"{args.slide}: no such file")
         out_dir = Path(args.results) if args.results else RESULTS
         out_dir.mkdir(parents=True, exist_ok=True)
-        name = mode + ("_cuda" if cuda else "")
+        name = args.out or mode + ("_cuda" if cuda else "")
     except (ValueError, CinrError) as exc:
         print(f"benchmarks.encode_speed: error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -323,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     plan = [(p, s) for p in presets for s in steps_for(p)]
     whole_steps = {p: (None if mode == "full" else max(steps_for(p))) for p in whole}
     total = len(images) * sum(s + 100 for _, s in plan) + sum(
-        9 * ((s or int(get_preset("cinr", p).train["steps"])) + 100) for p, s in whole_steps.items()
+        9 * ((s or own_steps(p)) + 100) for p, s in whole_steps.items()
     )
     t0 = time.perf_counter()
     interactive = sys.stderr.isatty()
@@ -371,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
                     log(f"  {row['seconds']:.1f} s, {num(row['psnr'], '.2f')} dB")
                     bar.update(steps + 100)
                 for preset in presets:
-                    own = int(get_preset("cinr", preset).train["steps"])
+                    own = own_steps(preset)
                     mine = [r for r in result["curve"] if r["image"] == label and r["preset"] == preset]
                     pick = [r for r in mine if r["steps_per_block"] == own] or [
                         max(mine, key=lambda r: r["steps"])
@@ -384,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
                     Path(args.slide), Path(tmp) / "out.cinr", preset, steps, block, dev, args.seed
                 )
                 row["image"] = f"{Path(args.slide).name} (whole)"
-                row["steps_per_block"] = steps or int(get_preset("cinr", preset).train["steps"])
+                row["steps_per_block"] = steps or own_steps(preset)
                 result["throughput"].append(row)
                 log(f"  {row['seconds']:.1f} s, {num(row['psnr'], '.2f')} dB")
                 bar.update(9 * (row["steps_per_block"] + 100))

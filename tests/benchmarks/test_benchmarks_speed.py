@@ -63,9 +63,32 @@ def test_encode_speed_smoke(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "encode_speed_smoke.json").read_text())["curve"] == out["curve"]
 
 
+def test_encode_speed_of_the_compressive_quality_levels(tmp_path: Path) -> None:
+    args = ["benchmarks.encode_speed", "--smoke", "--image", str(_he_image()), "--device", "cpu"]
+    args += [
+        "--threads",
+        "1",
+        "--presets",
+        "q4",
+        "--steps",
+        "3",
+        "--json",
+        "--quiet",
+        "--results",
+        str(tmp_path),
+    ]
+    p = _run(*args)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    (row,) = out["curve"]
+    assert row["preset"] == "q4" and row["model"] == "ccinr" and row["steps"] == 3 and row["mp_per_min"] > 0
+
+
 def test_encode_speed_bad_input() -> None:
     p = _run("benchmarks.encode_speed", "--image", "/nonexistent.png", "--smoke", "--json")
     assert p.returncode == 2 and "no such file" in p.stderr
+    p = _run("benchmarks.encode_speed", "--presets", "q9", "--smoke", "--json")
+    assert p.returncode == 2 and "unknown preset 'q9'" in p.stderr
 
 
 def test_decode_speed_smoke(tmp_path: Path) -> None:
