@@ -15,10 +15,10 @@ named (default ``fast``) at the preset's own step count (``--quick``: the larges
 
 Presets: ``fast`` and ``default`` (and ``high`` when the device is CUDA) of the hash-grid CINR;
 ``q1`` ... ``q8`` name the compressive model's quality levels (``--model ccinr --quality N``),
-e.g. ``--presets q2,q4,q6 --steps 100,400 --size 256`` for its megapixels per minute per level. For each preset the same
-image is encoded at several step counts (full: 250, 500, 1000, 2000 and the preset's own count;
-``high``: 1000, 2500, 5000, 10000; ``--quick``: 50 and 200, on a 512 px crop). Each point is a
-separate encode (the learning-rate schedule depends on the step count), so the curve is the PSNR
+e.g. ``--presets q2,q4,q6 --steps 600,2400 --size 256`` for its megapixels per minute per level.
+For each preset the same image is encoded at several step counts (full: 250, 500, 1000, 2000
+and the preset's own count; ``high``: 1000, 2500, 5000, 10000; ``--quick``: 50 and 200, on a
+512 px crop). Each point is a separate encode (the learning-rate schedule depends on the step count), so the curve is the PSNR
 an encode of that length reaches, not a snapshot of one long run.
 
 Reported per encode: wall seconds of ``encode_slide`` (reading, tissue detection, fitting,
@@ -27,9 +27,9 @@ megapixels per minute = level pixels / wall seconds (and over fit seconds), tiss
 (after quantization, from the file's footer), PSNR over all pixels, bpp (file bytes * 8 / level
 pixels), steps and device. Timings depend on machine load: the load average is in the results.
 
-Writes ``encode_speed_<quick|full>[_cuda].md`` (or ``encode_speed_<--out>.md``), ``.json`` and ``.png`` (PSNR against wall
-seconds per preset) to ``--results`` (default ``benchmarks/results``). ``--json`` prints one JSON
-object on stdout; progress goes to stderr.
+Writes ``encode_speed_<quick|full>[_cuda].md`` (or ``encode_speed_<OUT>.md`` with ``--out``),
+``.json`` and ``.png`` (PSNR against wall seconds per preset) to ``--results`` (default
+``benchmarks/results``). ``--json`` prints one JSON object on stdout; progress goes to stderr.
 """
 
 from __future__ import annotations
