@@ -1,7 +1,7 @@
 """Viewer speed of a compressive (ccinr) slide on the CPU against OpenSlide on its JPEG-tiled source.
 
     python -m benchmarks.viewer_speed [--slide PATH] [--cinr PATH] [--quality q4] [--steps 20]
-        [--block-size 1024] [--reads 5] [--threads 2] [--no-cache] [--json]
+        [--block-size 512] [--reads 5] [--threads 2] [--no-cache] [--json]
 
 (also ``python -m benchmarks.decode_speed --viewer ...``). The slide (default: the bundled sample,
 an Aperio SVS of JPEG tiles) is encoded once with ``--model ccinr --quality Q`` for ``--steps``
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cinr", type=Path, default=None, help="an encoded ccinr file of --slide (else made)")
     ap.add_argument("--quality", default="q4")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--block-size", type=int, default=1024)
+    ap.add_argument("--block-size", type=int, default=512, help="the ccinr default (LatentCodec.block_size)")
     ap.add_argument("--reads", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--no-cache", action="store_true", help="encode again instead of reusing a cached file")

@@ -78,7 +78,12 @@ from .common import NullSink, check_output, fmt, handle_errors, json_safe
     help="Storage setting of the block representation  [default: the representation's; int8+float16 "
     "(hash tables + network weights) for cinr, ngp, engp]",
 )
-@click.option("--block-size", default=1024, show_default=True, help="Block side in pixels (multiple of 16).")
+@click.option(
+    "--block-size",
+    type=int,
+    default=None,
+    help="Block side in pixels (multiple of 16)  [default: 1024; 512 for ccinr]",
+)
 @click.option(
     "--margin",
     default=0,
@@ -142,7 +147,7 @@ def encode_cmd(
     target_psnr: float | None,
     device: str,
     quant: str | None,
-    block_size: int,
+    block_size: int | None,
     margin: int,
     no_tissue_mask: bool,
     no_mips: bool,

@@ -83,6 +83,8 @@ class BlockCodec(ABC):
     #: box-filter the decoded level (so they are never worse than it), which costs up to
     #: first_mip^2 decoded pixels per output pixel instead of the mips' bytes.
     first_mip: ClassVar[int] = 2
+    #: The block side (pixels) encoders use unless told otherwise.
+    block_size: ClassVar[int] = 1024
 
     def minor_version(self, header: Mapping[str, Any]) -> int:
         """Lowest container minor version for a file with this header (``format_minor`` unless a

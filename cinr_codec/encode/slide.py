@@ -43,8 +43,8 @@ from .tissue import block_tissue, detect_tissue
 
 log = logging.getLogger(__name__)
 
-#: Default block side (pixels) and fitting margin; see docs/architecture.md for the measurements.
-DEFAULT_BLOCK_SIZE = 1024
+#: Default fitting margin (the block side is the representation's, ``BlockCodec.block_size``);
+#: see docs/architecture.md for the measurements.
 DEFAULT_MARGIN = 0
 #: Smallest block side accepted (tests use small blocks; real encodes use >= 1024).
 MIN_BLOCK_SIZE = 64
@@ -200,7 +200,7 @@ def encode_slide(
     target_psnr: float | None = None,
     device: str = "auto",
     quant: str | None = None,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size: int | None = None,
     margin: int = DEFAULT_MARGIN,
     tissue_mask: bool = True,
     mips: bool = True,
@@ -213,7 +213,8 @@ def encode_slide(
 ) -> dict[str, Any]:
     """Encode level ``level`` of a slide or image ``src`` as the ``.cinr`` file ``dst``; return a summary.
 
-    The level is cut into ``block_size`` blocks (``format.grid``), each fitted with ``margin``
+    The level is cut into ``block_size`` blocks (default: the representation's
+    ``BlockCodec.block_size``; ``format.grid``), each fitted with ``margin``
     pixels of context on every side; blocks without tissue are stored as a colour. ``model``
     names the block representation (``coding.registry``) and ``quant`` its storage setting
     (default: the representation's). Finished blocks go to a journal beside ``dst``
@@ -236,6 +237,8 @@ def encode_slide(
     codec = get_codec(model)
     quant = codec.default_storage if quant is None else quant
     codec.check_storage(quant)
+    if block_size is None:
+        block_size = codec.block_size
     if not isinstance(block_size, int) or block_size < MIN_BLOCK_SIZE or block_size % 16:
         raise ValueError(f"block size must be a multiple of 16, at least {MIN_BLOCK_SIZE}")
     if not 0 <= margin <= block_size // 2:

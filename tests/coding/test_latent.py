@@ -237,3 +237,17 @@ def test_the_stabiliser_is_a_linear_path_from_the_latents_to_rgb() -> None:
         assert torch.allclose(
             x, torch.einsum("ck,nkhw->nchw", w, f) + s.head.bias[None, :, None, None], atol=1e-6
         )
+
+
+def test_compressive_slides_default_to_512_px_blocks(tissue_crop: np.ndarray, tmp_path) -> None:
+    # Smaller blocks halve a cold tile's decoding for no measured loss in bytes (docs/architecture.md).
+    from PIL import Image
+
+    from cinr_codec.encode.slide import encode_slide
+
+    src = tmp_path / "crop.png"
+    Image.fromarray(np.ascontiguousarray(tissue_crop[:48])).save(src)
+    s = encode_slide(src, tmp_path / "c.cinr", model="ccinr", preset="q4", steps=2, tissue_mask=False)
+    assert s["block_size"] == 512 == CODEC.block_size
+    s = encode_slide(src, tmp_path / "h.cinr", model="cinr", preset="fast", steps=2, tissue_mask=False)
+    assert s["block_size"] == 1024
