@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 #: Default fitting margin (the block side is the representation's, ``BlockCodec.block_size``);
 #: see docs/architecture.md for the measurements.
 DEFAULT_MARGIN = 0
-#: Smallest block side accepted (tests use small blocks; real encodes use >= 1024).
+#: Smallest block side accepted (tests use small blocks; real encodes use 512 or 1024).
 MIN_BLOCK_SIZE = 64
 #: Smallest level accepted for a slide encode.
 MIN_SLIDE_SIDE = 16
