@@ -251,16 +251,16 @@ class VipsMethod:
 
 
 class CinrMethod:
-    """``SlideDecoder(path, device=device).read``; cold = ``clear_cache()`` first."""
+    """``SlideDecoder(path, device=device, threads=threads).read``; cold = ``clear_cache()`` first."""
 
     name = "cinr"
 
-    def __init__(self, path: Path, device: str) -> None:
+    def __init__(self, path: Path, device: str, threads: int | None = None) -> None:
         from cinr_codec.decode import SlideDecoder
 
         self.path = path
         self.device = device
-        self.dec = SlideDecoder(path, device=device)
+        self.dec = SlideDecoder(path, device=device, threads=threads)
         self.W, self.H = self.dec.width, self.dec.height
 
     def read(self, x: int, y: int, L: int, size: int, scale: float) -> np.ndarray:
@@ -551,7 +551,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reads", type=int, default=None, help="reads per cell (full 12, quick 3)")
     ap.add_argument("--threads", default="1,4", help="reader threads for the throughput table")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    ap.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default torch's)")
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch threads of each render (default: the decoder's, the cores other processes leave free)",
+    )
     ap.add_argument("--no-baselines", action="store_true", help="time cinr only")
     ap.add_argument("--no-cache", action="store_true", help="encode again even if a cached .cinr exists")
     ap.add_argument("--seed", type=int, default=0)
@@ -652,7 +657,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         result["cinr"] = enc
 
-        cinr = CinrMethod(cpath, dev)
+        cinr = CinrMethod(cpath, dev, args.torch_threads)
         W, H = cinr.W, cinr.H
         methods: list[Any] = [cinr]
         if not args.no_baselines:
@@ -798,7 +803,7 @@ def main(argv: list[str] | None = None) -> None:
         "reads": reads,
         "threads": threads,
         "device": dev,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": args.torch_threads or "auto",
         "seed": args.seed,
     }
     extra["load average at start"] = result["load_start"]

@@ -1,7 +1,7 @@
 """Viewer speed of a compressive (ccinr) slide on the CPU against OpenSlide on its JPEG-tiled source.
 
     python -m benchmarks.viewer_speed [--slide PATH] [--cinr PATH] [--quality q4] [--steps 20]
-        [--block-size 512] [--reads 5] [--threads 2] [--no-cache] [--json]
+        [--block-size 512] [--reads 5] [--threads N] [--no-cache] [--json]
 
 (also ``python -m benchmarks.decode_speed --viewer ...``). The slide (default: the bundled sample,
 an Aperio SVS of JPEG tiles) is encoded once with ``--model ccinr --quality Q`` for ``--steps``
@@ -98,8 +98,9 @@ def tissue_positions(cinr: Path, n: int, tile: int, seed: int = 0) -> list[tuple
     return out
 
 
-def measure(slide: Path, cinr: Path, reads: int) -> dict[str, Any]:
-    """The three patterns, cinr and OpenSlide alternating (see the module docstring)."""
+def measure(slide: Path, cinr: Path, reads: int, threads: int | None = None) -> dict[str, Any]:
+    """The patterns, cinr and OpenSlide alternating (see the module docstring); ``threads``: the
+    decoder's torch threads per render (None: its own choice, the cores other processes leave free)."""
     import openslide
     from openslide.deepzoom import DeepZoomGenerator
 
@@ -107,7 +108,7 @@ def measure(slide: Path, cinr: Path, reads: int) -> dict[str, Any]:
 
     parts: dict[str, float] = {}
     cold: dict[str, list[float]] = {"cinr": [], "openslide": []}
-    cs = open_cinr(cinr)
+    cs = open_cinr(cinr, threads=threads)
     with _timed_parts(parts):
         for x, y in tissue_positions(cinr, reads, 256):
             cs.decoder.clear_cache()
@@ -126,7 +127,7 @@ def measure(slide: Path, cinr: Path, reads: int) -> dict[str, Any]:
     warm: dict[str, list[float]] = {"cinr": [], "openslide": []}
     for _ in range(max(1, reads // 2)):
         for name in ("cinr", "openslide"):
-            s = open_cinr(cinr) if name == "cinr" else openslide.OpenSlide(slide)
+            s = open_cinr(cinr, threads=threads) if name == "cinr" else openslide.OpenSlide(slide)
             dz = DeepZoomGenerator(s, tile_size=254, overlap=1)
             level = dz.level_count - 1
             cols, rows = dz.level_tiles[level]
@@ -147,7 +148,7 @@ def measure(slide: Path, cinr: Path, reads: int) -> dict[str, Any]:
     for _ in range(max(1, reads // 2)):
         for f, times in zoomed.items():
             for name in ("cinr", "openslide"):
-                s = open_cinr(cinr) if name == "cinr" else openslide.OpenSlide(slide)
+                s = open_cinr(cinr, threads=threads) if name == "cinr" else openslide.OpenSlide(slide)
                 dz = DeepZoomGenerator(s, tile_size=254, overlap=1)
                 level = dz.level_count - 1 - (f.bit_length() - 1)  # 1/f of the full level
                 cols, rows = dz.level_tiles[level]
@@ -202,7 +203,8 @@ def report(r: dict[str, Any], info: dict[str, Any]) -> str:
             f"({info['bytes']:,} bytes; a fit for timing, not a rate-distortion point). OpenSlide reads the "
             "source slide (JPEG tiles) itself. cinr and OpenSlide alternate read by read; medians of "
             f"{r['reads']} cold tiles and of {max(1, r['reads'] // 2)} viewer patterns ({r['tiles_in_pattern']} "
-            f"DeepZoom tiles of 254 px, overlap 1); load average at the end: {load_average()}."
+            f"DeepZoom tiles of 254 px, overlap 1); torch threads per render: {r.get('render_threads', 'auto')} "
+            f"(auto: the cores other processes leave free); load average at the end: {load_average()}."
             + (
                 " Every block rendered whole on its first read (`--whole-block`)."
                 if r.get("whole_block")
@@ -228,7 +230,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--block-size", type=int, default=512, help="the ccinr default (LatentCodec.block_size)")
     ap.add_argument("--reads", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per render (default: the decoder's, the cores other processes leave free)",
+    )
     ap.add_argument("--no-cache", action="store_true", help="encode again instead of reusing a cached file")
     ap.add_argument(
         "--whole-block",
@@ -244,7 +251,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from benchmarks.decode_speed import cached_cinr
 
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        if args.threads < 1:
+            print("benchmarks.viewer_speed: error: --threads must be at least 1", file=sys.stderr)
+            sys.exit(2)
+        torch.set_num_threads(args.threads)
     if args.whole_block:
         from cinr_codec.coding.latent import LatentBlock
 
@@ -278,9 +289,10 @@ def main(argv: list[str] | None = None) -> None:
                 "steps": args.steps,
                 "bytes": cinr.stat().st_size,
             }
-        r = measure(args.slide, cinr, args.reads)
+        r = measure(args.slide, cinr, args.reads, args.threads)
     r["file"] = {**info, **{k: v for k, v in made.items() if k != "path"}}
     r["whole_block"] = args.whole_block
+    r["render_threads"] = args.threads or "auto"
     name = "viewer_speed_whole_block.md" if args.whole_block else "viewer_speed.md"
     publish(RESULTS / name, report(r, info), r, args.json)
 

@@ -146,12 +146,18 @@ class CinrSlide(openslide.AbstractSlide):
         max_block_bytes: int | None = None,
         device: str = "cpu",
         remote: Mapping[str, Any] | None = None,
+        threads: int | None = None,
     ) -> None:
         super().__init__()
         self._path = os.fspath(path)
         self._closed = True
         self._decoder = SlideDecoder(
-            path, cache_bytes=cache_bytes, max_block_bytes=max_block_bytes, device=device, remote=remote
+            path,
+            cache_bytes=cache_bytes,
+            max_block_bytes=max_block_bytes,
+            device=device,
+            remote=remote,
+            threads=threads,
         )
         try:
             dims, ds = virtual_pyramid(self._decoder.width, self._decoder.height)
@@ -440,6 +446,7 @@ def open_cinr(
     max_block_bytes: int | None = None,
     device: str = "cpu",
     remote: Mapping[str, Any] | None = None,
+    threads: int | None = None,
 ) -> CinrSlide:
     """Open a ``.cinr`` slide (``CinrError`` if the file is missing, not a .cinr file, or corrupt).
 
@@ -448,8 +455,14 @@ def open_cinr(
     ``remote`` sets their ``timeout`` (seconds, default 30), ``retries`` (default 2) and fsspec
     ``storage_options``. ``cache_bytes`` bounds the decoded-pixel cache; ``max_block_bytes`` lowers
     the decompressed block size accepted (see ``CinrReader``); ``device`` runs the block models
-    there ("cpu", "cuda" or "auto"; see ``SlideDecoder``).
+    there ("cpu", "cuda" or "auto"; see ``SlideDecoder``); ``threads`` fixes the torch CPU threads
+    of each render (default: the cores other processes leave free, re-measured as reads go).
     """
     return CinrSlide(
-        path, cache_bytes=cache_bytes, max_block_bytes=max_block_bytes, device=device, remote=remote
+        path,
+        cache_bytes=cache_bytes,
+        max_block_bytes=max_block_bytes,
+        device=device,
+        remote=remote,
+        threads=threads,
     )

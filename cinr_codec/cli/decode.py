@@ -22,10 +22,22 @@ from .common import check_output, handle_errors
     "--scale", type=float, default=1.0, show_default=True, help="Output pixels per level-0 pixel, in (0, 4]."
 )
 @click.option("-f", "--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for PyTorch  [default: the cores other processes leave free, re-measured as blocks decode]",
+)
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 @handle_errors
 def decode_cmd(
-    path: str, output: str, region: str | None, scale: float, overwrite: bool, quiet: bool
+    path: str,
+    output: str,
+    region: str | None,
+    scale: float,
+    overwrite: bool,
+    threads: int | None,
+    quiet: bool,
 ) -> None:
     """Decode a .cinr slide, or a region of it at any scale, to an image (written atomically).
 
@@ -54,7 +66,7 @@ def decode_cmd(
             raise ValueError(f"--region must be four numbers X,Y,W,H, not {region!r}")
         box = (values[0], values[1], values[2], values[3])
     check_output(output, overwrite)
-    with open_cinr(path) as slide, contextlib.ExitStack() as stack:
+    with open_cinr(path, threads=threads) as slide, contextlib.ExitStack() as stack:
         if box is not None:
             w0, h0 = slide.dimensions
             x, y, w, h = box

@@ -117,6 +117,8 @@ class SlideDecoder:
     mip at least as fine as the output and average it over each output pixel's box; scales above
     1 interpolate level pixels bilinearly. ``device`` runs the models on a GPU ("cuda"; "auto"
     picks it when present); pixels may then differ from a CPU decode by a rounding step.
+    ``threads`` fixes the torch CPU threads of each render; by default each render takes the cores
+    other processes leave free (the caller's own torch setting is restored afterwards).
 
     A read is computed in ``OUT_TILE`` x ``OUT_TILE`` pieces of its output, block by block, so its
     memory is bounded by the output and the blocks, never by the source region it covers;
@@ -133,9 +135,15 @@ class SlideDecoder:
         max_block_bytes: int | None = None,
         device: str = "cpu",
         remote: Mapping[str, Any] | None = None,
+        threads: int | None = None,
     ) -> None:
         from ..core.render import resolve_device
 
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, not {threads!r}")
+        #: Torch CPU threads per render; None: the cores other processes leave free, re-measured
+        #: at most twice a second (``core.threads.decode_threads``).
+        self.threads = threads
         self.device = resolve_device(device)
 
         self.reader = CinrReader(path, max_block_bytes=max_block_bytes, remote=remote)
@@ -259,6 +267,15 @@ class SlideDecoder:
         )
 
     def _make_tile(self, block_id: int, cell: int, ti: int, tj: int) -> np.ndarray:
+        from ..core.threads import decode_threads, torch_threads
+
+        # On a busy machine, threads on cores others keep busy wait for each other at every
+        # parallel region: a cold 256^2 ccinr tile took 378 ms with two, 181 with one, beside one
+        # busy process (docs/architecture.md, "CPU threads on a busy machine").
+        with torch_threads(self.threads if self.threads is not None else decode_threads()):
+            return self._render_tile(block_id, cell, ti, tj)
+
+    def _render_tile(self, block_id: int, cell: int, ti: int, tj: int) -> np.ndarray:
         x, y, w, h = self.grid.owned(block_id)
         tw = min(TILE, -(-w // cell) - tj * TILE)
         th = min(TILE, -(-h // cell) - ti * TILE)

@@ -393,7 +393,7 @@ def _thread_setter(threads: int | str | None, on_cpu: bool) -> Callable[[], None
     if threads == "auto":
         if not on_cpu:
             return lambda: None
-        from .threads import CpuMonitor
+        from ..core.threads import CpuMonitor
 
         monitor = CpuMonitor()
 

@@ -63,6 +63,18 @@ def test_decode_region_png(files: dict[str, Any], slide: CinrSlide, tmp_path: Pa
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+def test_decode_threads_option(files: dict[str, Any], slide: CinrSlide, tmp_path: Path) -> None:
+    """``--threads N`` fixes the render threads (same pixels); a count below 1 is refused."""
+    out = tmp_path / "t.png"
+    res = _cli("decode", files["slide"], "--region", "10,20,100,80", "--threads", "1", "-o", out, "--quiet")
+    assert res.exit_code == 0, res.output
+    assert (_pixels(out) == slide.read(10, 20, 100, 80)).all()
+    res = _cli(
+        "decode", files["slide"], "--region", "10,20,100,80", "--threads", "0", "-o", tmp_path / "u.png"
+    )
+    assert res.exit_code == 2 and "--threads" in res.stderr and not (tmp_path / "u.png").exists()
+
+
 @pytest.mark.parametrize("ext", [".jpg", ".jpeg", ".webp", ".tif", ".tiff"])
 def test_decode_formats_by_extension(
     files: dict[str, Any], slide: CinrSlide, tmp_path: Path, ext: str

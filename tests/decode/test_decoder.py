@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
 from cinr_codec.decode import LRUCache, SlideDecoder, decode_image
 
@@ -130,3 +132,32 @@ def test_threads_asking_for_the_same_tile_make_it_once() -> None:
             t.join()
         assert sum(isinstance(r, RuntimeError) for r in results) == 1
         assert sum(isinstance(r, np.ndarray) and (r == want).all() for r in results) == 2
+
+
+def test_renders_run_with_the_chosen_threads_and_restore_the_callers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fixed ``threads`` holds inside each render; by default the render asks
+    ``core.threads.decode_threads`` (the cores other processes leave free); either way the
+    caller's torch setting is back afterwards. Bad counts are refused."""
+    import torch
+
+    from cinr_codec.core import threads as T
+
+    path = VECTORS / "ccinr-q6-64x48-compact.cinr"
+    before = torch.get_num_threads()
+    for threads, auto, want in ((1, 2, 1), (None, 1, 1), (None, 2, 2)):
+        monkeypatch.setattr(T, "decode_threads", lambda auto=auto: auto)
+        with SlideDecoder(path, threads=threads) as dec:
+            seen: list[int] = []
+            render = dec._render_tile
+
+            def spy(*args: object, render: Any = render, seen: list[int] = seen) -> np.ndarray:
+                seen.append(torch.get_num_threads())
+                return render(*args)  # type: ignore[no-any-return]
+
+            dec._render_tile = spy  # type: ignore[method-assign]
+            dec.read(0, 0, 64, 48)
+        assert seen == [want]
+        assert torch.get_num_threads() == before
+    for bad in (0, -1, True, 1.5, "2"):
+        with pytest.raises(ValueError, match="threads"):
+            SlideDecoder(path, threads=bad)  # type: ignore[arg-type]

@@ -360,7 +360,7 @@ def test_auto_threads_are_measured_before_each_fitted_block(
 ) -> None:
     import torch
 
-    from cinr_codec.encode.threads import CpuMonitor
+    from cinr_codec.core.threads import CpuMonitor
 
     answers = iter([1, 2])
     calls: list[int] = []

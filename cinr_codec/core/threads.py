@@ -1,4 +1,4 @@
-"""How many CPU threads an encode should use: the cores other processes leave free, re-read per block.
+"""How many CPU threads an encode or a decode should use: the cores other processes leave free.
 
 On a busy machine two torch threads on two taken cores wait for each other at every parallel
 region and burn CPU without progress; one thread then finishes sooner and costs less. On a quiet
@@ -6,17 +6,25 @@ machine every core helps. ``CpuMonitor`` measures, between two calls, how much C
 the machine used (system-wide busy time from ``/proc/stat`` minus this process's own CPU time)
 and ``threads()`` answers the cores left for this process. Where ``/proc/stat`` is missing
 (not Linux) it falls back to the 1-minute load average, less this process's own share.
+
+The encoder asks before each fitted block (``threads``, which waits for a first interval); the
+decoder before each render, without waiting (``threads_now``: the answer of the last interval
+of at least ``min_interval`` seconds, a load-average guess before the first), and runs the render
+inside ``torch_threads``, which restores the caller's setting afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 import time
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CpuMonitor", "threads_for", "usable_cores"]
+__all__ = ["CpuMonitor", "decode_threads", "threads_for", "torch_threads", "usable_cores"]
 
 
 def usable_cores() -> int:
@@ -66,6 +74,8 @@ class CpuMonitor:
         self.cores = cores if cores is not None else usable_cores()
         self._stat_path = stat_path
         self._last = self._sample()
+        self._lock = threading.Lock()
+        self._answer: int | None = None
 
     def _sample(self) -> tuple[float, float | None, float]:
         return time.monotonic(), _busy_seconds(self._stat_path), _own_seconds()
@@ -99,3 +109,61 @@ class CpuMonitor:
         n = threads_for(self.free_cores(), self.cores)
         log.debug("cpu threads: %d of %d cores", n, self.cores)
         return n
+
+    def threads_now(self, min_interval: float = 0.5) -> int:
+        """Threads to use now, without waiting: re-measured when at least ``min_interval`` seconds
+        have passed since the last measurement, else the last answer (before the first one, the
+        1-minute load average's guess). Thread-safe."""
+        with self._lock:
+            if time.monotonic() - self._last[0] >= min_interval:
+                self._answer = threads_for(self.free_cores(0.0), self.cores)
+            elif self._answer is None:
+                try:
+                    others = os.getloadavg()[0]
+                except (AttributeError, OSError):
+                    others = float("nan")
+                self._answer = threads_for(self.cores - others, self.cores)
+            return self._answer
+
+
+_decode_monitor: CpuMonitor | None = None
+_decode_monitor_lock = threading.Lock()
+
+
+def decode_threads() -> int:
+    """Threads for a decoder's render now (``CpuMonitor.threads_now`` of one monitor per process)."""
+    global _decode_monitor
+    with _decode_monitor_lock:
+        if _decode_monitor is None:
+            _decode_monitor = CpuMonitor()
+        monitor = _decode_monitor
+    return monitor.threads_now()
+
+
+_torch_lock = threading.Lock()
+_torch_users = 0
+_torch_saved = 0
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads, then give the caller back its own count.
+
+    Torch's count is process-wide, so concurrent blocks share one saved value: the first to enter
+    saves it, the last to leave restores it (in between, the latest ``n`` holds)."""
+    global _torch_users, _torch_saved
+    import torch
+
+    with _torch_lock:
+        if _torch_users == 0:
+            _torch_saved = torch.get_num_threads()
+        _torch_users += 1
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        with _torch_lock:
+            _torch_users -= 1
+            if _torch_users == 0 and torch.get_num_threads() != _torch_saved:
+                torch.set_num_threads(_torch_saved)

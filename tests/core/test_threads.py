@@ -1,4 +1,4 @@
-"""encode.threads: free cores from /proc/stat-like counters, and the thread count chosen from them."""
+"""core.threads: free cores from /proc/stat-like counters, and the thread count chosen from them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cinr_codec.encode import threads as T
+from cinr_codec.core import threads as T
 
 
 def test_threads_for_rounds_and_clamps() -> None:
@@ -68,3 +68,43 @@ def test_real_monitor_answers_a_valid_count() -> None:
     mon = T.CpuMonitor()
     n = mon.threads()
     assert 1 <= n <= T.usable_cores()
+
+
+def test_threads_now_does_not_wait_and_remeasures_after_the_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before a first interval the answer is the load average's guess; after ``min_interval`` it
+    is measured from /proc/stat; in between the last answer holds, with no sleep."""
+    hz = os.sysconf("SC_CLK_TCK")
+    clock = {"t": 100.0, "own": 5.0}
+    monkeypatch.setattr(T.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(T.time, "sleep", lambda s: pytest.fail("threads_now must not sleep"))
+    monkeypatch.setattr(T, "_own_seconds", lambda: clock["own"])
+    monkeypatch.setattr(T.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(T.os, "getloadavg", lambda: (1.8, 1.0, 1.0))
+    stat = tmp_path / "stat"
+    _write_stat(stat, busy=1000 * hz, idle=1000 * hz)
+    mon = T.CpuMonitor(cores=2, stat_path=str(stat))
+    assert mon.threads_now() == 1  # load 1.8 of 2 cores: one thread
+    clock["t"] += 1.0  # others idle over this second: both cores free
+    _write_stat(stat, busy=1000 * hz, idle=1000 * hz + 2 * hz)
+    assert mon.threads_now() == 2
+    clock["t"] += 0.1  # too soon to measure again: the last answer, whatever /proc/stat says
+    _write_stat(stat, busy=1000 * hz + 2 * hz, idle=1000 * hz + 2 * hz)
+    assert mon.threads_now() == 2
+
+
+def test_torch_threads_sets_and_restores_even_when_nested_or_failing() -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    with T.torch_threads(other):
+        assert torch.get_num_threads() == other
+        with T.torch_threads(before):  # a second user: the latest count holds until both leave
+            assert torch.get_num_threads() == before
+        assert torch.get_num_threads() == before
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), T.torch_threads(other):
+        raise RuntimeError("render failed")
+    assert torch.get_num_threads() == before
