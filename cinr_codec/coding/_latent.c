@@ -9,11 +9,16 @@
  *     "fast" quantization does (the integer CDF table is computed once in Python);
  *   - anti-diagonal wavefronts t = a * row + col, rows ascending inside one, the escapes'
  *     excesses (uniform) after each wavefront's symbols.
- * Everything is integer arithmetic, so the decoded grids are the same bits everywhere.
+ * Every latent of a wavefront has its context decoded already, so the context model runs on the
+ * wavefront first, GROUP latents at a time in double precision (exact: integers below 2**52;
+ * a latent whose values leave that bound takes the int64 path), then the range decoder reads
+ * its symbols. Everything is exact integer arithmetic, so the decoded grids are the same bits
+ * everywhere.
  * Every index is bounded by the grid's own size; a stream that runs out reads zero words
  * (as constriction does) and an impossible quantile is an error: no input can make it
  * read or write outside its buffers or loop longer than the grid's size.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +29,7 @@
 #define MAX_CTX 64
 #define CHUNK 16
 #define SMALL 4
+#define GROUP 8
 
 /* Columns a layer of dout outputs is padded to: SMALL for the output layer, else CHUNKs. */
 static inline int64_t padded(int64_t dout) { return dout <= SMALL ? SMALL : (dout + CHUNK - 1) / CHUNK * CHUNK; }
@@ -53,6 +59,34 @@ CLONES static void dense_small(const double *w, const int64_t *x, int64_t din, d
         for (int j = 0; j < SMALL; j++) a[j] += xk * w[k * SMALL + j];
     }
     for (int j = 0; j < SMALL; j++) acc[j] = a[j];
+}
+
+/* The same products for GROUP latents at once (rows of MAX_WIDTH in x and acc): each weight
+ * loaded once serves GROUP latents, and the GROUP x CHUNK accumulators are independent. */
+CLONES static void dense_group_chunk(const double *w, int64_t stride, const double *x, int64_t din, double *acc) {
+    double a[GROUP][CHUNK] = {{0}};
+    for (int64_t k = 0; k < din; k++) {
+        const double *col = w + k * stride;
+        for (int b = 0; b < GROUP; b++) {
+            const double xb = x[b * MAX_WIDTH + k];
+            for (int j = 0; j < CHUNK; j++) a[b][j] += xb * col[j];
+        }
+    }
+    for (int b = 0; b < GROUP; b++)
+        for (int j = 0; j < CHUNK; j++) acc[b * MAX_WIDTH + j] = a[b][j];
+}
+
+CLONES static void dense_group_small(const double *w, const double *x, int64_t din, double *acc) {
+    double a[GROUP][SMALL] = {{0}};
+    for (int64_t k = 0; k < din; k++) {
+        const double *col = w + k * SMALL;
+        for (int b = 0; b < GROUP; b++) {
+            const double xb = x[b * MAX_WIDTH + k];
+            for (int j = 0; j < SMALL; j++) a[b][j] += xb * col[j];
+        }
+    }
+    for (int b = 0; b < GROUP; b++)
+        for (int j = 0; j < SMALL; j++) acc[b * MAX_WIDTH + j] = a[b][j];
 }
 
 typedef struct {
@@ -149,6 +183,76 @@ static void context_mlp(const int64_t *grid, int64_t idx, const int64_t *rel, in
     }
 }
 
+/* The context model of GROUP latents at once, all in double precision: ``context_mlp``'s fast
+ * path with the rounding shift, the bias and the activations on doubles too. Every value is an
+ * integer below 2**52 while each layer's inputs stay below 2**31, so each operation is exact
+ * (floor((v + 2**(s-1)) * 2**-s) is the arithmetic shift; for s > 52 both give 0 or -1 alike, as
+ * |v| < 2**52). idx[b] < 0 marks an unused row. z receives the last layer's two outputs per
+ * latent. Returns a mask of the latents whose inputs left the bound: the caller recomputes them
+ * with context_mlp (the int64 path). bd holds each layer's biases already shifted, as doubles;
+ * halves and invs each layer's 2**(s-1) (0 for s = 0) and 2**-s. */
+CLONES static int context_group(const int64_t *grid, const int64_t *idx, const int64_t *rel, int64_t n_ctx,
+                                int64_t n_layers, const int64_t *dims, const double *const *wd,
+                                const double *const *bd, const double *halves,
+                                const double *invs, int frac, int64_t z[GROUP][2]) {
+    double buf0[GROUP * MAX_WIDTH], buf1[GROUP * MAX_WIDTH];
+    double *x = buf0, *acc = buf1;
+    const int64_t lim = ((int64_t)1 << 31) >> frac;
+    const double bound = (double)((int64_t)1 << 31);
+    int bad = 0;
+    for (int b = 0; b < GROUP; b++) {
+        double *xb = x + b * MAX_WIDTH;
+        if (idx[b] < 0) {
+            for (int64_t k = 0; k < n_ctx; k++) xb[k] = 0.0;
+            continue;
+        }
+        const int64_t *g = grid + idx[b];
+        int out = 0;
+        for (int64_t k = 0; k < n_ctx; k++) {
+            const int64_t v = g[rel[k]];
+            out |= (v >= lim) | (v <= -lim);
+            xb[k] = (double)v * (double)((int64_t)1 << frac); /* exact when in bound */
+        }
+        if (out) bad |= 1 << b;
+    }
+    int64_t din = n_ctx;
+    for (int64_t l = 0; l < n_layers; l++) {
+        const int64_t dout = dims[2 * l + 1], dpad = padded(dout);
+        const double half = halves[l], inv = invs[l], *bias = bd[l];
+        if (dpad == SMALL)
+            dense_group_small(wd[l], x, din, acc);
+        else
+            for (int64_t j0 = 0; j0 < dpad; j0 += CHUNK) dense_group_chunk(wd[l] + j0, dpad, x, din, acc + j0);
+        if (l == n_layers - 1) {
+            for (int b = 0; b < GROUP; b++) {
+                const int ok = !((bad >> b) & 1); /* a bad row's doubles may be anything: not converted */
+                for (int j = 0; j < 2; j++) {
+                    const double v = floor((acc[b * MAX_WIDTH + j] + half) * inv) + bias[j];
+                    z[b][j] = ok ? (int64_t)v : 0;
+                }
+            }
+            break;
+        }
+        /* The rounding shift (for s = 0, half = 0 and inv = 1), bias, ReLU, residual after the
+         * first layer; branch-free so that it vectorizes; then the bound on the next inputs. */
+        for (int b = 0; b < GROUP; b++) {
+            double *a = acc + b * MAX_WIDTH;
+            const double *xb = x + b * MAX_WIDTH, res = l > 0 ? 1.0 : 0.0;
+            for (int64_t j = 0; j < dout; j++) {
+                const double v = floor((a[j] + half) * inv) + bias[j];
+                a[j] = (v > 0.0 ? v : 0.0) + res * xb[j];
+            }
+            for (int64_t j = 0; j < dout; j++)
+                if (fabs(a[j]) >= bound) bad |= 1 << b;
+        }
+        double *t = x;
+        x = acc;
+        acc = t;
+        din = dout;
+    }
+    return bad;
+}
+
 /*
  * Decode one grid of h x w latents into out (h * w int64, raster order).
  *
@@ -207,17 +311,36 @@ int cinr_latent_decode_grid(const uint32_t *words, int64_t n_words, uint64_t *st
             for (int64_t k = 0; k < din; k++) wbuf[o + k * dpad + j] = (double)wp[l][j * din + k];
         o += din * dpad;
     }
+    /* The grouped path's biases, shifted to the layer's fixed point, as doubles; it is used only
+     * while each is below 2**40 (sums with them then stay exact; hand-made models may not). */
+    double bbuf[MAX_LAYERS * MAX_WIDTH], halves[MAX_LAYERS], invs[MAX_LAYERS];
+    const double *bd[MAX_LAYERS];
+    int grouped = 1;
+    for (int64_t l = 0; l < n_layers; l++) {
+        const int64_t dout = dims[2 * l + 1];
+        const int bs = (int)shifts[2 * l + 1], ws = (int)shifts[2 * l];
+        halves[l] = ws > 0 ? ldexp(1.0, ws - 1) : 0.0;
+        invs[l] = ldexp(1.0, -ws);
+        for (int64_t j = 0; j < dout; j++) {
+            const int64_t v = wshl(bp[l][j], frac - bs);
+            if (v >= ((int64_t)1 << 40) || v <= -((int64_t)1 << 40)) grouped = 0;
+            bbuf[l * MAX_WIDTH + j] = (double)v;
+        }
+        bd[l] = bbuf + l * MAX_WIDTH;
+    }
     const int64_t w2 = w + 2 * pad;
     int64_t *grid = calloc((size_t)((h + pad) * w2), sizeof(int64_t));
     int64_t *wf_mean = malloc((size_t)h * sizeof(int64_t));
     int64_t *wf_sym = malloc((size_t)h * sizeof(int64_t));
-    int64_t *wf_idx = malloc((size_t)h * sizeof(int64_t));
-    if (!grid || !wf_mean || !wf_sym || !wf_idx) {
+    int64_t *wf_idx = malloc((size_t)(h + GROUP) * sizeof(int64_t));
+    int64_t(*wf_z)[2] = malloc((size_t)(h + GROUP) * sizeof(*wf_z));
+    if (!grid || !wf_mean || !wf_sym || !wf_idx || !wf_z) {
         free(wbuf);
         free(grid);
         free(wf_mean);
         free(wf_sym);
         free(wf_idx);
+        free(wf_z);
         return 3;
     }
     int64_t rel[MAX_CTX];
@@ -230,12 +353,29 @@ int cinr_latent_decode_grid(const uint32_t *words, int64_t n_words, uint64_t *st
     for (int64_t t = 0; t <= t_end && rc == 0; t++) {
         int64_t r_hi = t / a < h - 1 ? t / a : h - 1;
         int64_t r_lo = t - (w - 1) > 0 ? (t - (w - 1) + a - 1) / a : 0;
+        /* The wavefront's contexts are all decoded already: its context model runs first, GROUP
+         * latents at a time, then the range decoder reads its symbols in order. */
         int64_t n = 0;
-        for (int64_t r = r_lo; r <= r_hi; r++) {
-            int64_t c = t - a * r;
-            int64_t idx = (r + pad) * w2 + c + pad;
-            int64_t zbuf[MAX_WIDTH];
-            context_mlp(grid, idx, rel, n_ctx, n_layers, dims, shifts, wp, bp, wd, frac, zbuf);
+        for (int64_t r = r_lo; r <= r_hi; r++) wf_idx[n++] = (r + pad) * w2 + (t - a * r) + pad;
+        for (int64_t i0 = 0; i0 < n; i0 += GROUP) {
+            int64_t zg[GROUP][2];
+            for (int64_t i = n; i < i0 + GROUP; i++) wf_idx[i] = -1;
+            int bad = grouped ? context_group(grid, wf_idx + i0, rel, n_ctx, n_layers, dims, wd, bd, halves, invs,
+                                                  frac, zg)
+                              : (1 << GROUP) - 1;
+            for (int b = 0; b < GROUP && i0 + b < n; b++) {
+                if ((bad >> b) & 1) {
+                    int64_t zbuf[MAX_WIDTH];
+                    context_mlp(grid, wf_idx[i0 + b], rel, n_ctx, n_layers, dims, shifts, wp, bp, wd, frac, zbuf);
+                    zg[b][0] = zbuf[0];
+                    zg[b][1] = zbuf[1];
+                }
+                wf_z[i0 + b][0] = zg[b][0];
+                wf_z[i0 + b][1] = zg[b][1];
+            }
+        }
+        for (int64_t i = 0; i < n; i++) {
+            const int64_t *zbuf = wf_z[i];
             int64_t mean_num = round_shift(wmul(zbuf[0], mean_steps), frac);
             int64_t si = floor_div(wadd(wadd(zbuf[1], -ls_lo), ls_step / 2), ls_step);
             si = si < 0 ? 0 : (si > n_scales - 1 ? n_scales - 1 : si);
@@ -255,10 +395,8 @@ int cinr_latent_decode_grid(const uint32_t *words, int64_t n_words, uint64_t *st
                     hi = mid - 1;
             }
             rc_update(&s, words, n_words, scale, row[lo], (uint64_t)row[lo + 1] - row[lo]);
-            wf_mean[n] = mean_num;
-            wf_sym[n] = lo;
-            wf_idx[n] = idx;
-            n++;
+            wf_mean[i] = mean_num;
+            wf_sym[i] = lo;
         }
         for (int64_t i = 0; i < n && rc == 0; i++) {
             int64_t sym = wf_sym[i], d;
@@ -298,5 +436,6 @@ int cinr_latent_decode_grid(const uint32_t *words, int64_t n_words, uint64_t *st
     free(wf_mean);
     free(wf_sym);
     free(wf_idx);
+    free(wf_z);
     return rc;
 }

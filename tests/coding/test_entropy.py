@@ -193,6 +193,38 @@ def test_compiled_decoder_reads_garbage_as_numpy_does(seed: int) -> None:
         assert fast is slow
 
 
+@needs_kernel
+@pytest.mark.parametrize("case", ["wide activations", "huge bias"])
+def test_compiled_decoder_falls_back_exactly_on_extreme_models(case: str) -> None:
+    """Activations past 2**31 (the grouped double path hands those latents to the int64 path) and
+    biases past 2**40 (the grouped path is not used) decode as numpy does, bit for bit."""
+    rng = np.random.default_rng(7)
+    big = (1 << 15) - 1
+    # A context of about 20 or more pushes the second layer past 2**31; the small output weights keep
+    # the predicted means near the latents, so the grids can be coded.
+    h1 = E.IntLayer(rng.choice([-big, big], (8, 12)), rng.integers(-200, 200, 8), 8, 8)
+    h2 = E.IntLayer(rng.choice([-big, big], (8, 8)), rng.integers(-200, 200, 8), 8, 8)
+    out = E.IntLayer(rng.integers(-1, 2, (2, 8)), np.array([0, -300]), 24, 8)
+    if case == "huge bias":
+        h1 = E.IntLayer(rng.integers(-300, 300, (8, 12)), np.full(8, 1 << 25), 10, 0)  # 2**41 shifted
+    model = E.IntContextModel(tuple(E.causal_offsets(12)), (h1, h2), out)
+    spikes = np.zeros((14, 13), dtype=np.int64)
+    spikes[[2, 5, 5, 9, 12], [3, 5, 10, 1, 7]] = [25, 30, -27, 28, -23]
+    grids = [spikes] if case == "wide activations" else _grids(3)
+    fast, slow = _both(E.encode_grids(grids, model), [g.shape for g in grids], model)
+    assert isinstance(fast, list) and isinstance(slow, list)
+    assert all(
+        np.array_equal(a, b) and np.array_equal(a, c) for a, b, c in zip(grids, fast, slow, strict=True)
+    )
+    for seed in range(4):
+        data = np.random.default_rng(seed).integers(0, 256, 4 * 30, dtype=np.uint8).tobytes()
+        fast, slow = _both(data, [(20, 17), (9, 4)], model)
+        if isinstance(fast, list) and isinstance(slow, list):
+            assert all(np.array_equal(a, b) for a, b in zip(fast, slow, strict=True))
+        else:
+            assert fast is slow
+
+
 def test_cdf_table_is_constrictions_quantization() -> None:
     # Symbols coded by constriction decode with the table's integer CDF (the compiled decoder's
     # model), so the table is the quantization constriction applies to pmf_table's rows.
