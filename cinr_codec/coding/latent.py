@@ -235,20 +235,13 @@ class LatentBlock:
             self.grids = None
         return self._tensors
 
-    @staticmethod
-    def _to_pixels(x: Any) -> np.ndarray:
-        """(3, H, W) floats in [0, 1] -> (H, W, 3) uint8."""
-        import torch
-
-        return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
     def _render_all(self) -> np.ndarray:
         if self._pixels is None:
             import torch
 
             with torch.inference_mode():
                 f = self.synthesis.features(self._grid_tensors(), self.height, self.width)
-                self._pixels = self._to_pixels(self.synthesis(f)[0])
+                self._pixels = self.synthesis.pixels(f)
         return self._pixels
 
     def _render_window(self, dy: int, dx: int, height: int, width: int) -> np.ndarray | None:
@@ -266,8 +259,8 @@ class LatentBlock:
             f = self.synthesis.window_features(grids, (r0, r1), (c0, c1))
             if f is None:
                 return None
-            x = self.synthesis(f)[0]
-        return self._to_pixels(x)[dy - r0 : dy - r0 + height, dx - c0 : dx - c0 + width]
+            pixels = self.synthesis.pixels(f)
+        return pixels[dy - r0 : dy - r0 + height, dx - c0 : dx - c0 + width]
 
     def render(self, height: int, width: int, side: float, *, x0: int = 0, y0: int = 0) -> np.ndarray:
         """Pixels of the frame rectangle; it must lie inside the fitted domain."""

@@ -11,9 +11,12 @@ format 1.3).
 
 from __future__ import annotations
 
+import ctypes
 import math
+from pathlib import Path
 from typing import cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -193,6 +196,20 @@ class Synthesis(nn.Module):
             x = x + _conv3x3(layer, x if i == 0 else self.act(x))
         return x.permute(0, 3, 1, 2)
 
+    def pixels(self, f: torch.Tensor) -> np.ndarray:
+        """``forward(f)`` as uint8 pixels (H, W, 3) (clamped to [0, 1], times 255, rounded half to
+        even), for inference: on the CPU through the compiled kernel (``_synthesis.c``; no
+        allocation per layer, so its speed does not depend on the process's malloc settings),
+        else through torch. Both compute the same network; a pixel may differ by a rounding step."""
+        from . import native
+
+        lib = _synthesis_lib() if f.device.type == "cpu" and native.enabled() else None
+        if lib is not None and _kernel_takes(self, f):
+            return _native_pixels(lib, self, f)
+        with torch.inference_mode():
+            x = self(f)[0]
+        return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()  # type: ignore[no-any-return]
+
     def macs_per_pixel(self) -> int:
         """Multiply-adds per output pixel of the convolutions (the upsampling's: module-level
         ``macs_per_pixel``)."""
@@ -201,6 +218,83 @@ class Synthesis(nn.Module):
             for m in self.modules()
             if isinstance(m, nn.Conv2d)
         )
+
+
+# -- the compiled synthesis (``_synthesis.c``) -----------------------------------------------------
+
+#: Limits of the compiled synthesis (``_synthesis.c``: MAX_IN, MAX_MLP, MAX_WIDTH, MAX_CONV,
+#: MAX_CONV_WIDTH, MAX_RES); other networks run in torch.
+KERNEL_LIMITS = {"in": 16, "mlp": 4, "width": 128, "conv": 4, "conv_width": 64, "res": 4, "side": 1 << 15}
+
+
+def _synthesis_lib() -> ctypes.CDLL | None:
+    """The compiled synthesis, or None (no compiler, ``CINR_NATIVE=0``, or the build failed)."""
+    from . import native
+
+    def setup(lib: ctypes.CDLL) -> None:
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        lib.cinr_synthesis.restype = ctypes.c_int
+        lib.cinr_synthesis.argtypes = [
+            ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, i64, ptr, i64, ptr, ctypes.c_float, ptr,
+        ]  # fmt: skip
+
+    return native.compiled(Path(__file__).with_name("_synthesis.c"), "synthesis", setup)
+
+
+def _kernel_takes(net: Synthesis, f: torch.Tensor) -> bool:
+    """True when the compiled synthesis accepts this network and these features."""
+    lim = KERNEL_LIMITS
+    conv_width = cast(nn.Conv2d, net.conv[0]).out_channels if len(net.conv) else 0
+    return (
+        f.dim() == 4
+        and f.shape[0] == 1
+        and 1 <= f.shape[1] <= lim["in"]
+        and 1 <= f.shape[2] <= lim["side"]
+        and 1 <= f.shape[3] <= lim["side"]
+        and 1 <= len(net.mlp) <= lim["mlp"]
+        and all(cast(nn.Conv2d, m).out_channels <= lim["width"] for m in net.mlp)
+        and len(net.conv) <= lim["conv"]
+        and conv_width <= lim["conv_width"]
+        and len(net.res) <= lim["res"]
+        and all(cast(nn.Conv2d, m).bias is not None for m in (*net.mlp, *net.conv, net.head, *net.res))
+    )
+
+
+def _flat(layers: list[nn.Module]) -> np.ndarray:
+    """Each layer's weight then bias, flattened and concatenated (float32)."""
+    parts = []
+    for m in layers:
+        conv = cast(nn.Conv2d, m)
+        assert conv.bias is not None
+        parts += [conv.weight.detach().reshape(-1), conv.bias.detach()]
+    if not parts:
+        return np.zeros(1, dtype=np.float32)
+    return np.ascontiguousarray(torch.cat(parts).float().cpu().numpy())
+
+
+def _native_pixels(lib: ctypes.CDLL, net: Synthesis, f: torch.Tensor) -> np.ndarray:
+    """``Synthesis.pixels`` through ``cinr_synthesis``."""
+    _, n_in, h, w = f.shape
+    feats = np.ascontiguousarray(f.detach()[0].float().numpy())
+    widths = np.array([cast(nn.Conv2d, m).out_channels for m in net.mlp], dtype=np.int64)
+    mlp, conv, head, res = (
+        _flat(list(net.mlp)),
+        _flat(list(net.conv)),
+        _flat([net.head]),
+        _flat(list(net.res)),
+    )
+    conv_width = cast(nn.Conv2d, net.conv[0]).out_channels if len(net.conv) else 0
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    rc = lib.cinr_synthesis(
+        feats.ctypes.data, n_in, h, w, len(widths), widths.ctypes.data, mlp.ctypes.data, len(net.conv),
+        conv_width, conv.ctypes.data, int(net.stabiliser), head.ctypes.data, len(net.res), res.ctypes.data,
+        LEAKY_SLOPE if net.leaky else 0.0, out.ctypes.data,
+    )  # fmt: skip
+    if rc == 3:
+        raise MemoryError(f"synthesis of a {w}x{h} window: out of memory")
+    if rc != 0:
+        raise ValueError(f"the compiled synthesis refused a {n_in}-channel {w}x{h} window (code {rc})")
+    return out
 
 
 class ContextModel(nn.Module):

@@ -1,13 +1,22 @@
-"""core.synthesis: the learned upsampling's arithmetic (what formats/cinr-v1.md §5.4 specifies)."""
+"""core.synthesis: the learned upsampling's arithmetic (what formats/cinr-v1.md §5.4 specifies), and the
+compiled synthesis against torch."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from cinr_codec.core.config import LatentConfig
-from cinr_codec.core.synthesis import BILINEAR_TAPS, Synthesis, double, macs_per_pixel, upsample_learned
+from cinr_codec.core.synthesis import (
+    BILINEAR_TAPS,
+    Synthesis,
+    _synthesis_lib,
+    double,
+    macs_per_pixel,
+    upsample_learned,
+)
 from cinr_codec.encode.train.latent import PRESET_ARCH
 
 
@@ -65,3 +74,44 @@ def test_learned_filters_are_stored_weights_and_cost_few_multiply_adds() -> None
     assert 24 < learned["upsampling"] < 80 and bilinear["upsampling"] == 24
     assert learned["total"] <= 2500  # the issue's decoder budget
     assert "upsampling" not in LatentConfig(side=64).to_dict()  # format 1.2 headers unchanged
+
+
+# -- the compiled synthesis (``_synthesis.c``) against torch ---------------------------------------
+
+needs_kernel = pytest.mark.skipif(_synthesis_lib() is None, reason="needs a C compiler (compiled synthesis)")
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "arch",
+    [
+        {},
+        {"stabiliser": True, "activation": "leaky_relu"},
+        {"conv_layers": 2, "residual_convs": 3, "mlp": (16, 24, 13)},
+        {"conv_width": 0, "residual_convs": 0},
+        {"conv_width": 5, "mlp": (7,), "levels": 3, "residual_convs": 1},
+    ],
+)
+def test_compiled_synthesis_matches_torch(arch: dict[str, object]) -> None:
+    """Every architecture the format allows (MLP depths and widths, conv flows, residual convs,
+    stabiliser, leaky ReLU) and window shapes around the kernel's 16-pixel blocks (edges,
+    single pixels): the same pixels as torch's, up to a rounding step on a few."""
+    from cinr_codec.core import native
+
+    torch.manual_seed(0)
+    net = Synthesis(LatentConfig(**arch)).eval()  # type: ignore[arg-type]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.3)
+    for h, w in [(70, 53), (1, 1), (16, 16), (3, 37), (40, 1)]:
+        f = torch.randn(1, net.mlp[0].in_channels, h, w)
+        got = net.pixels(f)
+        with native.disabled():
+            want = net.pixels(f)
+        with torch.inference_mode():
+            direct = (net(f)[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        assert got.shape == want.shape == (h, w, 3) and got.dtype == np.uint8
+        assert (want == direct).all()
+        diff = np.abs(got.astype(int) - want)
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+        assert 0 < got.std()  # not a constant image: the comparison means something

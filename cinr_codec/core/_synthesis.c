@@ -1,0 +1,271 @@
+/* Compiled CPU inference of the compressive CINR synthesis (core/synthesis.py, Synthesis.forward).
+ *
+ * Plain C, no Python headers: built on first use like _native.c and called through ctypes.
+ * Input: the upsampled latent features of a window, planar float32 (L, H, W) as torch makes
+ * them. It computes what Synthesis.forward computes, in float32 with another summation order
+ * (so a pixel may differ from torch's by a rounding step, as between any two machines):
+ *   - the 3x3 convolutional flow over the features (replicate padding at the window's edge),
+ *     each layer then the activation;
+ *   - per pixel, the MLP flow (1x1 layers, each then the activation) and the head, a 1x1 layer
+ *     over [MLP output, conv flow output, features (with the stabiliser)] to RGB;
+ *   - the residual 3x3 convolutions on RGB: x += conv(x) for the first, x += conv(act(x)) after;
+ *   - clamp to [0, 1], times 255, rounded half to even, as uint8 (H, W, 3).
+ * Planes are row-major; every inner loop runs along a row, which the compiler vectorizes. The
+ * work buffers are a few planes, allocated once per call: a window costs no allocation per
+ * layer, unlike torch's fresh tensors (docs/architecture.md, "Decoding without the allocator
+ * setting").
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_IN 16
+#define MAX_MLP 4
+#define MAX_WIDTH 128
+#define MAX_CONV 4
+#define MAX_CONV_WIDTH 64
+#define MAX_RES 4
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+
+static inline float act(float v, float slope) { return v > 0.0f ? v : v * slope; }
+
+/* Planes (c, H, W) -> (c, H + 2, W + 2) with the edges replicated; act applied when asked. */
+static void pad_planes(const float *in, int64_t c, int64_t H, int64_t W, float *out, int activate, float slope) {
+    const int64_t W2 = W + 2;
+    for (int64_t k = 0; k < c; k++) {
+        const float *src = in + k * H * W;
+        float *dst = out + k * (H + 2) * W2;
+        for (int64_t y = 0; y < H + 2; y++) {
+            const int64_t sy = y == 0 ? 0 : (y > H ? H - 1 : y - 1);
+            const float *s = src + sy * W;
+            float *d = dst + y * W2;
+            if (activate) {
+                for (int64_t x = 0; x < W; x++) d[x + 1] = act(s[x], slope);
+            } else {
+                memcpy(d + 1, s, (size_t)W * sizeof(float));
+            }
+            d[0] = d[1];
+            d[W + 1] = d[W];
+        }
+    }
+}
+
+/* Register blocks: JB outputs x XB pixels of accumulators (JB * XB / 8 vector registers with AVX2),
+ * so that each input value loaded serves JB outputs and each weight XB pixels. The accumulators
+ * are GCC/Clang vectors of 8 floats (the compiler's own auto-vectorization chose poorly here). */
+#define JB 4
+#define XB 16
+typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+static inline v8 load8(const float *p) {
+    v8 v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof(v)); }
+/* act() on 8 lanes: v where v > 0, else v * slope. */
+static inline v8 act8(v8 v, float slope) {
+    const v8 zero = {0};
+    const v8i m = v > zero;
+    return (v8)(((v8i)v & m) | ((v8i)(v * slope) & ~m));
+}
+
+/* out[j] (+)= b[j] + sum_k sum_{dy,dx} w[((j * din + k) * 3 + dy) * 3 + dx] * P[k][y + dy][x + dx]
+ * for padded planes P (din, H + 2, W + 2); with add, out keeps its values and gets the sum added;
+ * with activate, the activation follows. Full JB x XB blocks in registers, then the edges. */
+CLONES static void conv3x3(const float *P, int64_t din, int64_t H, int64_t W, const float *w, const float *b,
+                           int64_t dout, float *out, int add, int activate, float slope) {
+    const int64_t W2 = W + 2, jfull = dout / JB * JB, xfull = W / XB * XB;
+    for (int64_t y = 0; y < H; y++) {
+        for (int64_t j0 = 0; j0 < jfull; j0 += JB)
+            for (int64_t x0 = 0; x0 < xfull; x0 += XB) {
+                v8 acc[JB][2];
+                memset(acc, 0, sizeof(acc));
+                for (int64_t k = 0; k < din; k++)
+                    for (int64_t dy = 0; dy < 3; dy++) {
+                        const float *row = P + (k * (H + 2) + y + dy) * W2 + x0;
+                        const v8 a0 = load8(row), a1 = load8(row + 8), b0 = load8(row + 1), b1 = load8(row + 9);
+                        const v8 c0 = load8(row + 2), c1 = load8(row + 10);
+                        for (int jb = 0; jb < JB; jb++) {
+                            const float *wk = w + ((j0 + jb) * din + k) * 9 + dy * 3;
+                            const float w0 = wk[0], w1 = wk[1], w2 = wk[2];
+                            acc[jb][0] += w0 * a0 + w1 * b0 + w2 * c0;
+                            acc[jb][1] += w0 * a1 + w1 * b1 + w2 * c1;
+                        }
+                    }
+                for (int jb = 0; jb < JB; jb++) {
+                    float *o = out + ((j0 + jb) * H + y) * W + x0;
+                    for (int h = 0; h < 2; h++) {
+                        v8 t = acc[jb][h] + b[j0 + jb];
+                        if (add) t += load8(o + 8 * h);
+                        store8(o + 8 * h, activate ? act8(t, slope) : t);
+                    }
+                }
+            }
+        /* The edges: outputs past the last full block of JB, pixels past the last full XB. */
+        for (int64_t j = 0; j < dout; j++) {
+            const int64_t xs = j < jfull ? xfull : 0;
+            for (int64_t x = xs; x < W; x++) {
+                float v = 0.0f;
+                for (int64_t k = 0; k < din; k++)
+                    for (int64_t dy = 0; dy < 3; dy++) {
+                        const float *row = P + (k * (H + 2) + y + dy) * W2 + x;
+                        const float *wk = w + (j * din + k) * 9 + dy * 3;
+                        v += wk[0] * row[0] + wk[1] * row[1] + wk[2] * row[2];
+                    }
+                float *o = out + (j * H + y) * W + x;
+                v += b[j] + (add ? *o : 0.0f);
+                *o = activate ? act(v, slope) : v;
+            }
+        }
+    }
+}
+
+/* out[j][x] = act?(b[j] + sum_k w[j * din + k] * in[k][x]) for x < n (rows of stride n); full
+ * JB x XB blocks in registers, then the edges. */
+CLONES static void dense_row(const float *in, int64_t din, int64_t n, const float *w, const float *b, int64_t dout,
+                             float *out, int activate, float slope) {
+    const int64_t jfull = dout / JB * JB, xfull = n / XB * XB;
+    for (int64_t j0 = 0; j0 < jfull; j0 += JB)
+        for (int64_t x0 = 0; x0 < xfull; x0 += XB) {
+            v8 acc[JB][2];
+            memset(acc, 0, sizeof(acc));
+            for (int64_t k = 0; k < din; k++) {
+                const v8 r0 = load8(in + k * n + x0), r1 = load8(in + k * n + x0 + 8);
+                for (int jb = 0; jb < JB; jb++) {
+                    const float wk = w[(j0 + jb) * din + k];
+                    acc[jb][0] += wk * r0;
+                    acc[jb][1] += wk * r1;
+                }
+            }
+            for (int jb = 0; jb < JB; jb++) {
+                float *o = out + (j0 + jb) * n + x0;
+                for (int h = 0; h < 2; h++) {
+                    const v8 t = acc[jb][h] + b[j0 + jb];
+                    store8(o + 8 * h, activate ? act8(t, slope) : t);
+                }
+            }
+        }
+    for (int64_t j = 0; j < dout; j++)
+        for (int64_t x = j < jfull ? xfull : 0; x < n; x++) {
+            float v = b[j];
+            for (int64_t k = 0; k < din; k++) v += w[j * din + k] * in[k * n + x];
+            out[j * n + x] = activate ? act(v, slope) : v;
+        }
+}
+
+/*
+ * f: features (L, H, W). mlp: n_mlp widths; mlp_p: each layer's weight (out x in) then bias.
+ * conv_p: n_conv layers of cw outputs, each weight (cw x in x 3 x 3) then bias. head_p: weight
+ * (3 x (d + cw + L * stabiliser)) then bias. res_p: n_res layers, weight (3 x 3 x 3 x 3) then
+ * bias. slope: the activation's negative slope (0 for ReLU). out: (H, W, 3) uint8.
+ * Returns 0, 2 for arguments out of range, 3 when out of memory.
+ */
+int cinr_synthesis(const float *f, int64_t L, int64_t H, int64_t W, int64_t n_mlp, const int64_t *mlp,
+                   const float *mlp_p, int64_t n_conv, int64_t cw, const float *conv_p, int64_t stabiliser,
+                   const float *head_p, int64_t n_res, const float *res_p, float slope, uint8_t *out) {
+    if (L < 1 || L > MAX_IN || H < 1 || W < 1 || H > (1 << 15) || W > (1 << 15) || n_mlp < 1 || n_mlp > MAX_MLP ||
+        n_conv < 0 || n_conv > MAX_CONV || n_res < 0 || n_res > MAX_RES || (n_conv > 0 && (cw < 1 || cw > MAX_CONV_WIDTH)))
+        return 2;
+    for (int64_t i = 0; i < n_mlp; i++)
+        if (mlp[i] < 1 || mlp[i] > MAX_WIDTH) return 2;
+    const int64_t d = mlp[n_mlp - 1], cwe = n_conv > 0 ? cw : 0;
+    const int64_t plane = H * W, padded = (H + 2) * (W + 2);
+    const int64_t cmax = L > cwe ? L : cwe;
+    float *pad = malloc((size_t)(cmax > 3 ? cmax : 3) * (size_t)padded * sizeof(float));
+    float *conv_a = cwe ? malloc((size_t)(cwe * plane) * sizeof(float)) : NULL;
+    float *conv_b = cwe && n_conv > 1 ? malloc((size_t)(cwe * plane) * sizeof(float)) : NULL;
+    float *rgb = calloc((size_t)(4 * plane), sizeof(float)); /* 3 planes and a spare */
+    float *row_a = malloc((size_t)(MAX_WIDTH * W) * sizeof(float));
+    float *row_b = malloc((size_t)(MAX_WIDTH * W) * sizeof(float));
+    float *row_in = malloc((size_t)(L * W) * sizeof(float));
+    int rc = 0;
+    if (!pad || (cwe && !conv_a) || (cwe && n_conv > 1 && !conv_b) || !rgb || !row_a || !row_b || !row_in) {
+        rc = 3;
+        goto done;
+    }
+    /* The conv flow, whole planes (each layer reads its input's 3 x 3 neighbourhoods). */
+    const float *conv_out = NULL;
+    if (n_conv > 0) {
+        const float *src = f;
+        int64_t din = L;
+        const float *p = conv_p;
+        float *bufs[2] = {conv_a, conv_b};
+        for (int64_t i = 0; i < n_conv; i++) {
+            float *dst = bufs[i & 1];
+            pad_planes(src, din, H, W, pad, 0, slope);
+            conv3x3(pad, din, H, W, p, p + cw * din * 9, cw, dst, 0, 1, slope);
+            p += cw * din * 9 + cw;
+            src = dst;
+            din = cw;
+        }
+        conv_out = src;
+    }
+    /* Per row: the MLP flow, then the head over [MLP, conv flow, features]. */
+    const int64_t head_in = d + cwe + (stabiliser ? L : 0);
+    const float *hw = head_p, *hb = head_p + 3 * head_in;
+    for (int64_t y = 0; y < H; y++) {
+        for (int64_t k = 0; k < L; k++) memcpy(row_in + k * W, f + k * plane + y * W, (size_t)W * sizeof(float));
+        const float *in = row_in;
+        int64_t din = L;
+        const float *p = mlp_p;
+        float *bufs[2] = {row_a, row_b};
+        for (int64_t i = 0; i < n_mlp; i++) {
+            float *dst = bufs[i & 1];
+            dense_row(in, din, W, p, p + mlp[i] * din, mlp[i], dst, 1, slope);
+            p += mlp[i] * din + mlp[i];
+            in = dst;
+            din = mlp[i];
+        }
+        for (int64_t c = 0; c < 3; c++) {
+            float *o = rgb + c * plane + y * W;
+            const float *wc = hw + c * head_in;
+            for (int64_t x = 0; x < W; x++) o[x] = hb[c];
+            for (int64_t k = 0; k < d; k++) {
+                const float wk = wc[k], *r = in + k * W;
+                for (int64_t x = 0; x < W; x++) o[x] += wk * r[x];
+            }
+            for (int64_t k = 0; k < cwe; k++) {
+                const float wk = wc[d + k], *r = conv_out + k * plane + y * W;
+                for (int64_t x = 0; x < W; x++) o[x] += wk * r[x];
+            }
+            if (stabiliser)
+                for (int64_t k = 0; k < L; k++) {
+                    const float wk = wc[d + cwe + k], *r = f + k * plane + y * W;
+                    for (int64_t x = 0; x < W; x++) o[x] += wk * r[x];
+                }
+        }
+    }
+    /* Residual 3x3 convolutions on RGB, with a fourth output of zero weights so that whole
+     * register blocks apply (it lands in rgb's spare fourth plane). */
+    for (int64_t i = 0; i < n_res; i++) {
+        const float *p = res_p + i * (81 + 3);
+        float w4[4 * 27] = {0}, b4[4] = {0};
+        memcpy(w4, p, 81 * sizeof(float));
+        memcpy(b4, p + 81, 3 * sizeof(float));
+        pad_planes(rgb, 3, H, W, pad, i > 0, slope);
+        conv3x3(pad, 3, H, W, w4, b4, JB == 4 ? 4 : 3, rgb, 1, 0, slope);
+    }
+    for (int64_t y = 0; y < H; y++)
+        for (int64_t x = 0; x < W; x++)
+            for (int64_t c = 0; c < 3; c++) {
+                float v = rgb[c * plane + y * W + x];
+                v = v > 0.0f ? (v < 1.0f ? v : 1.0f) : 0.0f;
+                out[(y * W + x) * 3 + c] = (uint8_t)nearbyintf(v * 255.0f);
+            }
+done:
+    free(pad);
+    free(conv_a);
+    free(conv_b);
+    free(rgb);
+    free(row_a);
+    free(row_b);
+    free(row_in);
+    return rc;
+}
