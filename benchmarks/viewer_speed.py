@@ -203,8 +203,13 @@ def report(r: dict[str, Any], info: dict[str, Any]) -> str:
             f"({info['bytes']:,} bytes; a fit for timing, not a rate-distortion point). OpenSlide reads the "
             "source slide (JPEG tiles) itself. cinr and OpenSlide alternate read by read; medians of "
             f"{r['reads']} cold tiles and of {max(1, r['reads'] // 2)} viewer patterns ({r['tiles_in_pattern']} "
-            f"DeepZoom tiles of 254 px, overlap 1); torch threads per render: {r.get('render_threads', 'auto')} "
-            f"(auto: the cores other processes leave free); load average at the end: {load_average()}."
+            f"DeepZoom tiles of 254 px, overlap 1); torch threads per render: "
+            + (
+                "the decoder's choice (the cores other processes leave free)"
+                if r.get("render_threads", "auto") == "auto"
+                else str(r["render_threads"])
+            )
+            + f"; load average at the end: {load_average()}."
             + (
                 " Every block rendered whole on its first read (`--whole-block`)."
                 if r.get("whole_block")

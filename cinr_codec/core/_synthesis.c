@@ -269,3 +269,93 @@ done:
     free(row_in);
     return rc;
 }
+
+/* One axis of the learned doubling (core/synthesis.py ``double``; formats/cinr-v1.md 5.4) for
+ * outputs [lo, hi) of 2n: out[2a] = f0 x[a] + f1 x[a-1] + f2 x[a+1] + f3 x[a-2] and
+ * out[2a+1] = f0 x[a] + f1 x[a+1] + f2 x[a-1] + f3 x[a+2], indices clamped to [0, n). x has
+ * stride xs between taps, out stride os between outputs. */
+static inline int64_t clamp_index(int64_t i, int64_t n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
+
+static inline void double_axis(const float *x, int64_t n, int64_t xs, const float *f, int64_t lo, int64_t hi, float *out,
+                               int64_t os) {
+    for (int64_t i = lo; i < hi; i++) {
+        const int64_t a = i >> 1, s = (i & 1) ? -1 : 1;
+        const int64_t am = clamp_index(a - s, n), ap = clamp_index(a + s, n), am2 = clamp_index(a - 2 * s, n);
+        /* even: f1 x[a-1], f2 x[a+1], f3 x[a-2]; odd: f1 x[a+1], f2 x[a-1], f3 x[a+2] */
+        out[(i - lo) * os] = f[0] * x[a * xs] + f[1] * x[am * xs] + f[2] * x[ap * xs] + f[3] * x[am2 * xs];
+    }
+}
+
+/*
+ * Rows [r0, r1) and columns [c0, c1) of the learned upsampling of n grids (finest first, grid k
+ * of hs[k] x ws[k] at grids[k], row-major float32), each times scale, into out (n planes of
+ * (r1 - r0) x (c1 - c0)): core/synthesis.py ``upsample_learned_window``, which defines the
+ * windows (each coarser one the finer halved and widened by 2, clamped to its grid).
+ * filters: (n - 1) x 4 taps. Returns 0, 2 for arguments out of range, 3 when out of memory.
+ */
+int cinr_upsample_window(const float *const *grids, const int64_t *hs, const int64_t *ws, int64_t n,
+                         const float *filters, int64_t r0, int64_t r1, int64_t c0, int64_t c1, float scale,
+                         float *out) {
+    if (n < 1 || n > MAX_IN || r0 < 0 || c0 < 0 || r1 <= r0 || c1 <= c0 || r1 > hs[0] || c1 > ws[0]) return 2;
+    int64_t R0[MAX_IN], R1[MAX_IN], C0[MAX_IN], C1[MAX_IN];
+    R0[0] = r0, R1[0] = r1, C0[0] = c0, C1[0] = c1;
+    for (int64_t k = 1; k < n; k++) {
+        if (hs[k] < 1 || ws[k] < 1) return 2;
+        R0[k] = R0[k - 1] / 2 - 2 > 0 ? R0[k - 1] / 2 - 2 : 0;
+        R1[k] = (R1[k - 1] + 1) / 2 + 2 < hs[k] ? (R1[k - 1] + 1) / 2 + 2 : hs[k];
+        C0[k] = C0[k - 1] / 2 - 2 > 0 ? C0[k - 1] / 2 - 2 : 0;
+        C1[k] = (C1[k - 1] + 1) / 2 + 2 < ws[k] ? (C1[k - 1] + 1) / 2 + 2 : ws[k];
+        if (R1[k] <= R0[k] || C1[k] <= C0[k]) return 2;
+    }
+    /* Bottom-up: cur holds the planes of window k (channels k … n-1), then grows by one. */
+    const int64_t hmax = r1 - r0 + 8, wmax = c1 - c0 + 8; /* every window is at most this */
+    float *cur = malloc((size_t)(n * hmax * wmax) * sizeof(float));
+    float *nxt = malloc((size_t)(n * hmax * wmax) * sizeof(float));
+    float *tmp = malloc((size_t)(hmax * wmax) * sizeof(float));
+    if (!cur || !nxt || !tmp) {
+        free(cur);
+        free(nxt);
+        free(tmp);
+        return 3;
+    }
+    int rc = 0;
+    for (int64_t k = n - 1; k >= 0; k--) {
+        const int64_t h = R1[k] - R0[k], w = C1[k] - C0[k];
+        if (h > hmax || w > wmax) {
+            rc = 2;
+            break;
+        }
+        float *dst = k == 0 ? out : nxt;
+        const float *g = grids[k];
+        for (int64_t y = 0; y < h; y++)
+            for (int64_t x = 0; x < w; x++) dst[y * w + x] = g[(R0[k] + y) * ws[k] + C0[k] + x] * scale;
+        if (k < n - 1) {
+            /* The coarser stack (channels k+1 … n-1, window k+1) doubled, cropped to window k. */
+            const int64_t hc = R1[k + 1] - R0[k + 1], wc = C1[k + 1] - C0[k + 1];
+            const int64_t rlo = R0[k] - 2 * R0[k + 1], clo = C0[k] - 2 * C0[k + 1];
+            const float *f = filters + 4 * k;
+            for (int64_t ch = 0; ch < n - 1 - k; ch++) {
+                const float *src = cur + ch * hc * wc;
+                for (int64_t y = 0; y < hc; y++) double_axis(src + y * wc, wc, 1, f, clo, clo + w, tmp + y * w, 1);
+                float *o = dst + (ch + 1) * h * w;
+                for (int64_t i = rlo; i < rlo + h; i++) { /* whole rows at a time (vectorized) */
+                    const int64_t a = i >> 1, s = (i & 1) ? -1 : 1;
+                    const int64_t am = clamp_index(a - s, hc), ap = clamp_index(a + s, hc);
+                    const int64_t am2 = clamp_index(a - 2 * s, hc);
+                    const float *x0 = tmp + a * w, *x1 = tmp + am * w, *x2 = tmp + ap * w, *x3 = tmp + am2 * w;
+                    float *orow = o + (i - rlo) * w;
+                    for (int64_t x = 0; x < w; x++) orow[x] = f[0] * x0[x] + f[1] * x1[x] + f[2] * x2[x] + f[3] * x3[x];
+                }
+            }
+        }
+        if (k > 0) {
+            float *t = cur;
+            cur = nxt;
+            nxt = t;
+        }
+    }
+    free(cur);
+    free(nxt);
+    free(tmp);
+    return rc;
+}

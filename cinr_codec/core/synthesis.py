@@ -150,6 +150,10 @@ class Synthesis(nn.Module):
     def features(self, grids: list[torch.Tensor], height: int, width: int) -> torch.Tensor:
         """The grids (C_k, h_k, w_k), finest first, times ``latent_scale``, at full resolution
         (1, sum C_k, height, width)."""
+        if self.up is not None and grids[0].shape[-2:] == (height, width):
+            native = _native_window(self, grids, (0, height), (0, width))
+            if native is not None:
+                return native
         if self.latent_scale != 1.0:
             grids = [g * self.latent_scale for g in grids]
         if self.up is None:
@@ -163,6 +167,9 @@ class Synthesis(nn.Module):
         upsampling only; None otherwise: the caller computes all features)."""
         if self.up is None:
             return None
+        native = _native_window(self, grids, rows, cols)
+        if native is not None:
+            return native
         if self.latent_scale != 1.0:
             grids = [g * self.latent_scale for g in grids]
         return upsample_learned_window(grids, self.up, rows, cols)
@@ -237,6 +244,10 @@ def _synthesis_lib() -> ctypes.CDLL | None:
         lib.cinr_synthesis.argtypes = [
             ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, i64, ptr, i64, ptr, ctypes.c_float, ptr,
         ]  # fmt: skip
+        lib.cinr_upsample_window.restype = ctypes.c_int
+        lib.cinr_upsample_window.argtypes = [
+            ptr, ptr, ptr, i64, ptr, i64, i64, i64, i64, ctypes.c_float, ptr,
+        ]  # fmt: skip
 
     return native.compiled(Path(__file__).with_name("_synthesis.c"), "synthesis", setup)
 
@@ -258,6 +269,44 @@ def _kernel_takes(net: Synthesis, f: torch.Tensor) -> bool:
         and len(net.res) <= lim["res"]
         and all(cast(nn.Conv2d, m).bias is not None for m in (*net.mlp, *net.conv, net.head, *net.res))
     )
+
+
+def _native_window(
+    net: Synthesis, grids: list[torch.Tensor], rows: tuple[int, int], cols: tuple[int, int]
+) -> torch.Tensor | None:
+    """``upsample_learned_window`` of the grids times ``latent_scale`` through the compiled kernel
+    (inference on the CPU: no autograd), or None where it does not apply (a GPU, gradients,
+    CINR_NATIVE=0, no compiler, one-channel grids beyond its limits)."""
+    from . import native
+
+    if (
+        net.up is None
+        or not native.enabled()
+        or torch.is_grad_enabled()
+        and (net.up.requires_grad or any(g.requires_grad for g in grids))
+        or any(g.device.type != "cpu" or g.dim() != 3 or g.shape[0] != 1 for g in grids)
+        or not 1 <= len(grids) <= KERNEL_LIMITS["in"]
+    ):
+        return None
+    lib = _synthesis_lib()
+    if lib is None:
+        return None
+    planes = [np.ascontiguousarray(g.detach()[0].float().numpy()) for g in grids]
+    ptrs = (ctypes.c_void_p * len(planes))(*[p.ctypes.data for p in planes])
+    hs = np.array([p.shape[0] for p in planes], dtype=np.int64)
+    ws = np.array([p.shape[1] for p in planes], dtype=np.int64)
+    filters = np.ascontiguousarray(net.up.detach().float().numpy())
+    (r0, r1), (c0, c1) = rows, cols
+    out = np.empty((len(planes), r1 - r0, c1 - c0), dtype=np.float32)
+    rc = lib.cinr_upsample_window(
+        ptrs, hs.ctypes.data, ws.ctypes.data, len(planes), filters.ctypes.data, r0, r1, c0, c1,
+        net.latent_scale, out.ctypes.data,
+    )  # fmt: skip
+    if rc == 3:
+        raise MemoryError(f"upsampling a {c1 - c0}x{r1 - r0} window: out of memory")
+    if rc != 0:
+        return None
+    return torch.from_numpy(out)[None]
 
 
 def _flat(layers: list[nn.Module]) -> np.ndarray:

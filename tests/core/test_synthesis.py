@@ -115,3 +115,38 @@ def test_compiled_synthesis_matches_torch(arch: dict[str, object]) -> None:
         diff = np.abs(got.astype(int) - want)
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
         assert 0 < got.std()  # not a constant image: the comparison means something
+
+
+@needs_kernel
+@pytest.mark.parametrize(("height", "width"), [(512, 512), (37, 53), (1, 1), (5, 300)])
+def test_compiled_learned_upsampling_matches_torch(height: int, width: int) -> None:
+    """The kernel's learned upsampling (whole domains and windows: inside, at the far corner)
+    equals torch's to float rounding; with gradients on, training keeps torch's path."""
+    from cinr_codec.core import native
+
+    torch.manual_seed(1)
+    cfg = LatentConfig(upsampling="learned", latent_shift=1)
+    net = Synthesis(cfg).eval()
+    with torch.no_grad():
+        assert net.up is not None
+        net.up.copy_(torch.randn_like(net.up) * 0.5)
+    grids = [torch.randint(-20, 20, (1, h, w)).float() for h, w in cfg.grid_shapes(height, width)]
+    windows = [
+        (0, height, 0, width),
+        (height // 3, height // 3 + max(1, height // 2), width // 5, width // 5 + max(1, width // 3)),
+        (height - 1, height, width - 1, width),
+    ]
+    with torch.inference_mode():
+        got = [net.features(grids, height, width)] + [
+            net.window_features(grids, w[:2], w[2:]) for w in windows
+        ]
+        with native.disabled():
+            want = [net.features(grids, height, width)] + [
+                net.window_features(grids, w[:2], w[2:]) for w in windows
+            ]
+    for a, b in zip(got, want, strict=True):
+        assert a is not None and b is not None and a.shape == b.shape
+        assert float((a - b).abs().max()) < 1e-4 * max(1.0, float(b.abs().max()))
+    params = [g.clone().requires_grad_() for g in grids]
+    net.features(params, height, width).sum().backward()  # torch's path: gradients reach the grids
+    assert all(p.grad is not None for p in params)
