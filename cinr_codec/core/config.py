@@ -247,6 +247,13 @@ class LatentConfig:
         if not (1 <= len(self.mlp) <= 4 and all(isinstance(w, int) and 1 <= w <= 128 for w in self.mlp)):
             raise ValueError("mlp must list 1 to 4 widths in [1, 128]")
 
+    def synthesis_planes(self) -> int:
+        """Float32 planes of the block's size that synthesising a whole block holds at once on the
+        CPU: the upsampled features, the learned upsampling's work (two stacks and a plane) and
+        the compiled synthesis' buffers (a padded copy, two conv-flow outputs, RGB and a spare)."""
+        conv = self.conv_width if self.conv_layers and self.conv_width else 0
+        return 3 * self.levels + 1 + max(self.levels, conv, 3) + 2 * conv + 4
+
     def grid_shapes(self, height: int, width: int) -> list[tuple[int, int]]:
         """Shapes of the latent grids of a height x width domain."""
         return [

@@ -44,6 +44,7 @@ __all__ = [
     "MAX_READ_PIXELS",
     "MAX_READ_SOURCE_PIXELS",
     "MAX_SCALE",
+    "MAX_WHOLE_BLOCK_BYTES",
     "MAX_WHOLE_BLOCK_PIXELS",
     "TILE",
     "SlideDecoder",
@@ -80,6 +81,10 @@ MAX_READ_MODELS = 1024
 MAX_READ_IMAGES = 1 << 16
 #: Largest frame (pixels) of a block representation that synthesises whole blocks (ccinr).
 MAX_WHOLE_BLOCK_PIXELS = 1 << 22
+#: Largest working memory of one whole-block synthesis (``LatentConfig.synthesis_planes`` float32
+#: planes): 1.5 GiB. The format's widest networks at 2048^2 would need about 4 GB; the default
+#: network needs 55 MB at 512^2 and 0.9 GB at 2048^2.
+MAX_WHOLE_BLOCK_BYTES = 3 << 29
 #: Most source pixels (cells) one read may decode: this many, plus SOURCE_PIXELS_PER_OUTPUT per
 #: output pixel.
 MAX_READ_SOURCE_PIXELS = 1 << 26
@@ -170,16 +175,25 @@ class SlideDecoder:
     def _check_whole_blocks(self) -> None:
         """Refuse a representation that synthesises each block's whole domain for any read (the
         compressive ``ccinr`` blocks, ``coding.latent.LatentBlock``) when a block's frame is over
-        ``MAX_WHOLE_BLOCK_PIXELS``: a 64 x 64 read would otherwise cost the whole frame (a 2 KB file
-        declaring a 4096-px frame took 34 s and 5.3 GB). Tile-wise representations have no such bound."""
+        ``MAX_WHOLE_BLOCK_PIXELS``, or its synthesis' working memory over ``MAX_WHOLE_BLOCK_BYTES``: a
+        64 x 64 read would otherwise cost the whole frame (a 2 KB file declaring a 4096-px frame took
+        34 s and 5.3 GB). Tile-wise representations have no such bound."""
         from ..core.config import LatentConfig
 
         config = self.layout.config
-        if isinstance(config, LatentConfig) and config.side * config.side > MAX_WHOLE_BLOCK_PIXELS:
+        if not isinstance(config, LatentConfig):
+            return
+        if config.side * config.side > MAX_WHOLE_BLOCK_PIXELS:
             raise CinrFormatError(
                 f"{self.reader.name}: model: ccinr blocks of side {config.side} are synthesised whole, "
                 f"over the {MAX_WHOLE_BLOCK_PIXELS}-pixel limit of this decoder (side <= "
                 f"{math.isqrt(MAX_WHOLE_BLOCK_PIXELS)})"
+            )
+        need = config.side * config.side * 4 * config.synthesis_planes()
+        if need > MAX_WHOLE_BLOCK_BYTES:
+            raise CinrFormatError(
+                f"{self.reader.name}: model: synthesising a {config.side} px ccinr block with this network "
+                f"needs {need / 2**30:.1f} GiB, over this decoder's {MAX_WHOLE_BLOCK_BYTES / 2**30:.1f} GiB"
             )
 
     def _check_kinds(self) -> None:

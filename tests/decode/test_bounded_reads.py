@@ -256,3 +256,25 @@ def test_whole_block_representations_are_bounded(tmp_path: Path) -> None:
     path.write_bytes(assemble(f))
     with pytest.raises(CinrFormatError, match="ccinr blocks of side 4096 are synthesised whole"):
         open_cinr(path)
+
+
+def test_whole_block_synthesis_memory_is_bounded(tmp_path: Path) -> None:
+    """The format's widest networks on a 2048-px frame (within the pixel limit) would need about
+    4 GB to synthesise a block: refused at open; the default network at that size is not."""
+    from benchmarks.cinr_mutator import assemble, parse
+
+    f = parse((ROOT / "formats" / "vectors" / "ccinr-q6-64x48-learned.cinr").read_bytes())
+    f.header["slide"].update(width=2048, height=2048)
+    f.header["grid"]["block_size"] = 2048
+    f.header["model"]["side"] = 2048
+    wide = {"mlp": [128] * 4, "conv_width": 64, "conv_layers": 4, "levels": 12}
+    f.header["model"].update(wide)
+    path = tmp_path / "wide.cinr"
+    path.write_bytes(assemble(f))
+    with pytest.raises(CinrFormatError, match=r"needs 3\.6 GiB, over this decoder's 1\.5 GiB"):
+        open_cinr(path)
+    for key in wide:
+        f.header["model"].pop(key)
+    path.write_bytes(assemble(f))
+    with open_cinr(path) as slide:  # the default network at 2048 px: 0.8 GiB, allowed
+        assert slide.dimensions == (2048, 2048)
