@@ -27,8 +27,12 @@
 #define MAX_CONV_WIDTH 64
 #define MAX_RES 4
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+/* x86-64-v3 (AVX2 and FMA) where GCC knows the level (GCC 11 on), else AVX2 alone. An
+ * "arch=<cpu>" clone would be chosen only on that very CPU model. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 11
 #define CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define CLONES
 #endif
@@ -63,18 +67,26 @@ static void pad_planes(const float *in, int64_t c, int64_t H, int64_t W, float *
 #define XB 16
 typedef float v8 __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
-static inline v8 load8(const float *p) {
-    v8 v;
-    memcpy(&v, p, sizeof(v));
-    return v;
-}
-static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof(v)); }
+/* Macros rather than functions: a plain function could not be inlined into the target clones,
+ * and calling it there (a 32-byte vector passed through memory) was 25x slower. */
+#define load8(p)                                                                                                       \
+    __extension__({                                                                                                    \
+        v8 v_;                                                                                                         \
+        memcpy(&v_, (p), sizeof(v_));                                                                                  \
+        v_;                                                                                                            \
+    })
+#define store8(p, v)                                                                                                   \
+    do {                                                                                                               \
+        v8 s_ = (v);                                                                                                   \
+        memcpy((p), &s_, sizeof(s_));                                                                                  \
+    } while (0)
 /* act() on 8 lanes: v where v > 0, else v * slope. */
-static inline v8 act8(v8 v, float slope) {
-    const v8 zero = {0};
-    const v8i m = v > zero;
-    return (v8)(((v8i)v & m) | ((v8i)(v * slope) & ~m));
-}
+#define act8(v, slope)                                                                                                 \
+    __extension__({                                                                                                    \
+        const v8 a_ = (v), z_ = {0};                                                                                   \
+        const v8i m_ = a_ > z_;                                                                                        \
+        (v8)(((v8i)a_ & m_) | ((v8i)(a_ * (slope)) & ~m_));                                                            \
+    })
 
 /* out[j] (+)= b[j] + sum_k sum_{dy,dx} w[((j * din + k) * 3 + dy) * 3 + dx] * P[k][y + dy][x + dx]
  * for padded planes P (din, H + 2, W + 2); with add, out keeps its values and gets the sum added;
