@@ -7,9 +7,9 @@ The block is fitted to a real H&E region for ``--steps`` steps (enough for reali
 statistics to within the purpose of a timing; the rate-distortion benchmark trains fully), stored
 with ``LatentCodec.serialize``, then decoded ``--repeat`` times: ``entropy`` = payload to integer
 latents (``LatentCodec.load``: weights, context model, range decoder), ``synthesis`` = latents to
-RGB pixels (``LatentBlock.render`` of the whole block). Entropy decoding is timed on the compiled
-decoder (``coding/_latent.c``, when a C compiler built it) and on the numpy path
-(``core.native.disabled()``), alternately in the same run. Medians are reported.
+RGB pixels (``LatentBlock.render`` of the whole block). Both are timed on the compiled kernels
+(``coding/_latent.c``, ``core/_synthesis.c``, when a C compiler built them) and on the numpy and
+torch paths (``core.native.disabled()``), alternately in the same run. Medians are reported.
 """
 
 from __future__ import annotations
@@ -48,9 +48,11 @@ def measure(image: Path, size: int, steps: int, quality: str, repeat: int, seed:
     payload = CODEC.serialize(fit, "entropy")
     from cinr_codec.coding.entropy import _latent_lib
     from cinr_codec.core import native
+    from cinr_codec.core.synthesis import _synthesis_lib
 
     compiled = _latent_lib() is not None
-    entropy_ms, numpy_ms, synthesis_ms = [], [], []
+    compiled_synthesis = _synthesis_lib() is not None
+    entropy_ms, numpy_ms, synthesis_ms, torch_ms = [], [], [], []
     pixels = None
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -61,12 +63,16 @@ def measure(image: Path, size: int, steps: int, quality: str, repeat: int, seed:
         t2 = time.perf_counter()
         with native.disabled():
             slow = CODEC.load(payload, cfg, "bench")
-        t3 = time.perf_counter()
-        assert grids is not None and slow.grids is not None
-        assert all(np.array_equal(a, b) for a, b in zip(grids, slow.grids, strict=True))
+            t3 = time.perf_counter()
+            assert grids is not None and slow.grids is not None
+            assert all(np.array_equal(a, b) for a, b in zip(grids, slow.grids, strict=True))
+            slow_pixels = slow.render(size, size, float(size))
+            t4 = time.perf_counter()
+        assert int(np.abs(slow_pixels.astype(int) - pixels).max()) <= 1  # a rounding step at most
         entropy_ms.append(1000 * (t1 - t0))
         synthesis_ms.append(1000 * (t2 - t1))
         numpy_ms.append(1000 * (t3 - t2))
+        torch_ms.append(1000 * (t4 - t3))
     assert pixels is not None
     macs = macs_per_pixel(cfg)
     return {
@@ -83,6 +89,8 @@ def measure(image: Path, size: int, steps: int, quality: str, repeat: int, seed:
         "entropy_numpy_ms": statistics.median(numpy_ms),
         "compiled": compiled,
         "synthesis_ms": statistics.median(synthesis_ms),
+        "synthesis_torch_ms": statistics.median(torch_ms),
+        "compiled_synthesis": compiled_synthesis,
         "repeat": repeat,
     }
 
@@ -92,9 +100,15 @@ def report(r: dict[str, Any]) -> str:
     m = r["macs_per_pixel"]
     rows = [
         [
-            "synthesis (MLP flow, 3x3 flow, head, residual convs)",
+            "synthesis (MLP flow, 3x3 flow, head, residual convs), "
+            + ("compiled" if r.get("compiled_synthesis") else "torch: no C compiler"),
             f"{m['synthesis']:.0f}",
             f"{r['synthesis_ms']:.0f}",
+        ],
+        [
+            "synthesis on torch (the same block; not in the total)",
+            "-",
+            f"{r['synthesis_torch_ms']:.0f}" if "synthesis_torch_ms" in r else "-",
         ],
         ["context model (per latent x latents per pixel)", f"{m['context']:.0f}", "(in entropy decoding)"],
         ["upsampling", f"{m['upsampling']:.0f}", "(in synthesis)"],
