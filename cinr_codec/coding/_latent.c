@@ -189,11 +189,12 @@ static void context_mlp(const int64_t *grid, int64_t idx, const int64_t *rel, in
  * (floor((v + 2**(s-1)) * 2**-s) is the arithmetic shift; for s > 52 both give 0 or -1 alike, as
  * |v| < 2**52). idx[b] < 0 marks an unused row. z receives the last layer's two outputs per
  * latent. Returns a mask of the latents whose inputs left the bound: the caller recomputes them
- * with context_mlp (the int64 path). bd holds each layer's biases already shifted, as doubles;
+ * with context_mlp (the int64 path). gridd mirrors grid, each value times 2**frac, while big is 0
+ * (no value decoded so far is out of the bound); then the contexts are read from it unchecked. bd holds each layer's biases already shifted, as doubles;
  * halves and invs each layer's 2**(s-1) (0 for s = 0) and 2**-s. */
-CLONES static int context_group(const int64_t *grid, const int64_t *idx, const int64_t *rel, int64_t n_ctx,
-                                int64_t n_layers, const int64_t *dims, const double *const *wd,
-                                const double *const *bd, const double *halves,
+CLONES static int context_group(const int64_t *grid, const double *gridd, int big, const int64_t *idx,
+                                const int64_t *rel, int64_t n_ctx, int64_t n_layers, const int64_t *dims,
+                                const double *const *wd, const double *const *bd, const double *halves,
                                 const double *invs, int frac, int64_t z[GROUP][2]) {
     double buf0[GROUP * MAX_WIDTH], buf1[GROUP * MAX_WIDTH];
     double *x = buf0, *acc = buf1;
@@ -204,6 +205,11 @@ CLONES static int context_group(const int64_t *grid, const int64_t *idx, const i
         double *xb = x + b * MAX_WIDTH;
         if (idx[b] < 0) {
             for (int64_t k = 0; k < n_ctx; k++) xb[k] = 0.0;
+            continue;
+        }
+        if (!big) { /* every value decoded so far is in bound: gridd holds them scaled */
+            const double *gd = gridd + idx[b];
+            for (int64_t k = 0; k < n_ctx; k++) xb[k] = gd[rel[k]];
             continue;
         }
         const int64_t *g = grid + idx[b];
@@ -235,15 +241,19 @@ CLONES static int context_group(const int64_t *grid, const int64_t *idx, const i
         }
         /* The rounding shift (for s = 0, half = 0 and inv = 1), bias, ReLU, residual after the
          * first layer; branch-free so that it vectorizes; then the bound on the next inputs. */
+        const double res = l > 0 ? 1.0 : 0.0;
         for (int b = 0; b < GROUP; b++) {
-            double *a = acc + b * MAX_WIDTH;
-            const double *xb = x + b * MAX_WIDTH, res = l > 0 ? 1.0 : 0.0;
+            double *restrict a = acc + b * MAX_WIDTH;
+            const double *restrict xb = x + b * MAX_WIDTH;
+            double m = 0.0;
             for (int64_t j = 0; j < dout; j++) {
                 const double v = floor((a[j] + half) * inv) + bias[j];
-                a[j] = (v > 0.0 ? v : 0.0) + res * xb[j];
+                const double r = (v > 0.0 ? v : 0.0) + res * xb[j];
+                a[j] = r;
+                const double ar = r < 0.0 ? -r : r;
+                m = ar > m ? ar : m;
             }
-            for (int64_t j = 0; j < dout; j++)
-                if (fabs(a[j]) >= bound) bad |= 1 << b;
+            if (!(m < bound)) bad |= 1 << b; /* also when a value is not a number */
         }
         double *t = x;
         x = acc;
@@ -330,13 +340,18 @@ int cinr_latent_decode_grid(const uint32_t *words, int64_t n_words, uint64_t *st
     }
     const int64_t w2 = w + 2 * pad;
     int64_t *grid = calloc((size_t)((h + pad) * w2), sizeof(int64_t));
+    double *gridd = calloc((size_t)((h + pad) * w2), sizeof(double)); /* grid times 2**frac */
+    const int64_t lim = ((int64_t)1 << 31) >> frac;
+    const double scale = (double)((int64_t)1 << frac);
+    int big = 0;
     int64_t *wf_mean = malloc((size_t)h * sizeof(int64_t));
     int64_t *wf_sym = malloc((size_t)h * sizeof(int64_t));
     int64_t *wf_idx = malloc((size_t)(h + GROUP) * sizeof(int64_t));
     int64_t(*wf_z)[2] = malloc((size_t)(h + GROUP) * sizeof(*wf_z));
-    if (!grid || !wf_mean || !wf_sym || !wf_idx || !wf_z) {
+    if (!grid || !gridd || !wf_mean || !wf_sym || !wf_idx || !wf_z) {
         free(wbuf);
         free(grid);
+        free(gridd);
         free(wf_mean);
         free(wf_sym);
         free(wf_idx);
@@ -360,7 +375,8 @@ int cinr_latent_decode_grid(const uint32_t *words, int64_t n_words, uint64_t *st
         for (int64_t i0 = 0; i0 < n; i0 += GROUP) {
             int64_t zg[GROUP][2];
             for (int64_t i = n; i < i0 + GROUP; i++) wf_idx[i] = -1;
-            int bad = grouped ? context_group(grid, wf_idx + i0, rel, n_ctx, n_layers, dims, wd, bd, halves, invs,
+            int bad = grouped ? context_group(grid, gridd, big, wf_idx + i0, rel, n_ctx, n_layers, dims, wd, bd,
+                                              halves, invs,
                                                   frac, zg)
                               : (1 << GROUP) - 1;
             for (int b = 0; b < GROUP && i0 + b < n; b++) {
@@ -421,7 +437,12 @@ int cinr_latent_decode_grid(const uint32_t *words, int64_t n_words, uint64_t *st
             } else {
                 d = sym - radius - 1;
             }
-            grid[wf_idx[i]] = wadd(d, sar(wf_mean[i], 3));
+            const int64_t v = wadd(d, sar(wf_mean[i], 3));
+            grid[wf_idx[i]] = v;
+            if (v >= lim || v <= -lim)
+                big = 1;
+            else
+                gridd[wf_idx[i]] = (double)v * scale;
         }
     }
     if (rc == 0) {
@@ -433,6 +454,7 @@ int cinr_latent_decode_grid(const uint32_t *words, int64_t n_words, uint64_t *st
     }
     free(wbuf);
     free(grid);
+    free(gridd);
     free(wf_mean);
     free(wf_sym);
     free(wf_idx);
