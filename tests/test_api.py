@@ -550,6 +550,27 @@ def test_concurrent_reads_are_identical(files: dict[str, Any]) -> None:
         assert (got == expected[idx]).all()
 
 
+def test_reads_over_several_cold_blocks_load_their_models_in_parallel(files: dict[str, Any]) -> None:
+    """With two threads, a read that needs several blocks' models loads them from a pool (one
+    per block, each once); the pixels are those of a one-thread read. With one, nothing changes."""
+    with SlideDecoder(files["slide"], threads=1) as one:
+        want = one.read(0, 0, W, H)
+    for threads, pooled in ((2, True), (1, False)):
+        with SlideDecoder(files["slide"], threads=threads) as dec:
+            loads: list[str] = []
+            load = dec.codec.load
+
+            def spy(*args: Any, load: Any = load, loads: list[str] = loads, **kw: Any) -> Any:
+                loads.append(threading.current_thread().name)
+                return load(*args, **kw)
+
+            dec.codec = type("C", (), {"load": staticmethod(spy)})()  # type: ignore[assignment]
+            got = dec.read(0, 0, W, H)
+            assert (got == want).all()
+            assert len(loads) == dec.block_counts()["model"] >= 2  # each model once
+            assert any(name != threading.main_thread().name for name in loads) is pooled
+
+
 def test_slide_decoder_and_cinr_slide_agree(files: dict[str, Any], slide: CinrSlide) -> None:
     with SlideDecoder(files["slide"]) as dec:
         assert (dec.read(3.5, 7, 100, 90, 0.75) == slide.read(3.5, 7, 100, 90, 0.75)).all()

@@ -462,13 +462,13 @@ class SlideDecoder:
         r0, r1 = int(Y0 // B), min(self.grid.rows, int(math.ceil(Y1 / B)))
         return X0, X1, Y0, Y1, r0, r1, c0, c1
 
-    def _prefetch(self, x: float, y: float, scale: float, ow: int, oh: int, src: Source) -> None:
-        """For a file read over a URL: fetch together the stored blocks this read will decode and
-        has not cached (``CinrReader.prefetch``), so that it costs one round trip, not one per block.
-        Called after ``_check_cost``, so their number is bounded."""
+    def _uncached(self, x: float, y: float, scale: float, ow: int, oh: int, src: Source) -> list[int]:
+        """Container ids of the stored blocks this read will decode and has not cached (for a model
+        block: its model is not loaded and a tile under the read is not cached). Called after
+        ``_check_cost``, so their number is bounded."""
         rect = self._source_rect(x, y, scale, ow, oh)
         if rect is None:
-            return
+            return []
         X0, X1, Y0, Y1, r0, r1, c0, c1 = rect
         ids = self._records(src.k, r0, r1, c0, c1).ravel()
         ids = ids[self._codes[ids] != KIND_BACKGROUND]
@@ -493,8 +493,29 @@ class SlideDecoder:
                 for tj in range(j0, j1 + 1)
             ):
                 need.append(int(bid))
-        if len(need) > 1:
+        return need
+
+    def _prepare(self, x: float, y: float, scale: float, ow: int, oh: int, src: Source) -> None:
+        """Before a read decodes: over a URL, fetch together the stored blocks it needs
+        (``CinrReader.prefetch``: one round trip, not one per block); on a CPU with free cores,
+        load the block models it needs in parallel (their entropy decoding runs in C without the
+        GIL), as many at once as there are free cores."""
+        remote = self.reader.is_remote
+        threads = 1
+        if src.k < 0 and self.device.type == "cpu":
+            from ..core.threads import decode_threads
+
+            threads = self.threads if self.threads is not None else decode_threads()
+        if not remote and threads < 2:
+            return
+        need = self._uncached(x, y, scale, ow, oh, src)
+        if remote and len(need) > 1:
             self.reader.prefetch(need)
+        if threads >= 2 and 2 <= len(need) <= MODEL_CACHE // 2:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(threads, len(need))) as pool:
+                list(pool.map(self._model, need))
 
     def _check_cost(self, x: float, y: float, scale: float, ow: int, oh: int, src: Source) -> None:
         """Refuse (CinrRequestError) a read that would decode more stored blocks or source pixels
@@ -642,8 +663,7 @@ class SlideDecoder:
         """The read of ``_check_read``'s values: RGB, or RGBA with alpha = coverage."""
         src = self._source(scale)
         self._check_cost(x, y, scale, ow, oh, src)
-        if self.reader.is_remote:
-            self._prefetch(x, y, scale, ow, oh, src)
+        self._prepare(x, y, scale, ow, oh, src)
         out = np.empty((oh, ow, 4 if rgba else 3), dtype=np.uint8)
         if rgba:
             out[..., 3] = 255
