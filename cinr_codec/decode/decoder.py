@@ -511,7 +511,7 @@ class SlideDecoder:
         need = self._uncached(x, y, scale, ow, oh, src)
         if remote and len(need) > 1:
             self.reader.prefetch(need)
-        if threads >= 2 and 2 <= len(need) <= MODEL_CACHE // 2:
+        if threads >= 2 and 2 <= len(need) <= MODEL_CACHE:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(min(threads, len(need))) as pool:
