@@ -9,8 +9,9 @@ and ``threads()`` answers the cores left for this process. Where ``/proc/stat`` 
 
 The encoder asks before each fitted block (``threads``, which waits for a first interval); the
 decoder before each render, without waiting (``threads_now``: the answer of the last interval
-of at least ``min_interval`` seconds, a load-average guess before the first), and runs the render
-inside ``torch_threads``, which restores the caller's setting afterwards.
+of at least ``min_interval`` seconds, a load-average guess before the first), never above the
+caller's own torch setting (``decode_threads``), and runs the render inside ``torch_threads``,
+which restores the caller's setting afterwards.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CpuMonitor", "decode_threads", "threads_for", "torch_threads", "usable_cores"]
+__all__ = ["CpuMonitor", "caller_threads", "decode_threads", "threads_for", "torch_threads", "usable_cores"]
 
 
 def usable_cores() -> int:
@@ -131,13 +132,24 @@ _decode_monitor_lock = threading.Lock()
 
 
 def decode_threads() -> int:
-    """Threads for a decoder's render now (``CpuMonitor.threads_now`` of one monitor per process)."""
+    """Threads for a decoder's render now: ``CpuMonitor.threads_now`` of one monitor per process,
+    never more than the caller's own torch setting. Raising it would be unsafe as well as rude: a
+    forked child (a DataLoader worker, a fuzz child) whose parent ran OpenMP regions hangs in its
+    first region with more threads (measured: ``tests/format/test_fuzz.py``'s forked read hung)."""
     global _decode_monitor
     with _decode_monitor_lock:
         if _decode_monitor is None:
             _decode_monitor = CpuMonitor()
         monitor = _decode_monitor
-    return monitor.threads_now()
+    return min(monitor.threads_now(), caller_threads())
+
+
+def caller_threads() -> int:
+    """The caller's torch CPU thread count (the one ``torch_threads`` blocks will restore)."""
+    import torch
+
+    with _torch_lock:
+        return _torch_saved if _torch_users else torch.get_num_threads()
 
 
 _torch_lock = threading.Lock()

@@ -108,3 +108,23 @@ def test_torch_threads_sets_and_restores_even_when_nested_or_failing() -> None:
     with pytest.raises(RuntimeError), T.torch_threads(other):
         raise RuntimeError("render failed")
     assert torch.get_num_threads() == before
+
+
+def test_decode_threads_never_exceed_the_callers_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process (a DataLoader worker, a forked child) that set one torch thread keeps one: more
+    would hang a forked child whose parent ran OpenMP regions; free cores only ever lower it."""
+    import torch
+
+    monkeypatch.setattr(T.CpuMonitor, "threads_now", lambda self, min_interval=0.5: 2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert T.decode_threads() == 1
+        torch.set_num_threads(2)
+        assert T.decode_threads() == 2
+        with T.torch_threads(1):  # inside a render, the cap is still the caller's own count
+            assert T.caller_threads() == 2 and T.decode_threads() == 2
+        monkeypatch.setattr(T.CpuMonitor, "threads_now", lambda self, min_interval=0.5: 1)
+        assert T.decode_threads() == 1
+    finally:
+        torch.set_num_threads(before)
