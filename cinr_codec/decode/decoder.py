@@ -82,8 +82,8 @@ MAX_READ_IMAGES = 1 << 16
 #: Largest frame (pixels) of a block representation that synthesises whole blocks (ccinr).
 MAX_WHOLE_BLOCK_PIXELS = 1 << 22
 #: Largest working memory of one whole-block synthesis (``LatentConfig.synthesis_planes`` float32
-#: planes): 1.5 GiB. The format's widest networks at 2048^2 would need about 4 GB; the default
-#: network needs 55 MB at 512^2 and 0.9 GB at 2048^2.
+#: planes): 1.5 GiB. The format's widest networks at 2048^2 would need 3.6 GiB; the default
+#: network needs 0.05 GiB at 512^2 and 0.8 GiB at 2048^2.
 MAX_WHOLE_BLOCK_BYTES = 3 << 29
 #: Most source pixels (cells) one read may decode: this many, plus SOURCE_PIXELS_PER_OUTPUT per
 #: output pixel.
@@ -123,7 +123,7 @@ class SlideDecoder:
     1 interpolate level pixels bilinearly. ``device`` runs the models on a GPU ("cuda"; "auto"
     picks it when present); pixels may then differ from a CPU decode by a rounding step.
     ``threads`` fixes the torch CPU threads of each render; by default each render takes the cores
-    other processes leave free (the caller's own torch setting is restored afterwards).
+    other processes leave free, at most the caller's own torch setting (restored afterwards).
 
     A read is computed in ``OUT_TILE`` x ``OUT_TILE`` pieces of its output, block by block, so its
     memory is bounded by the output and the blocks, never by the source region it covers;
@@ -147,7 +147,7 @@ class SlideDecoder:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer or None, not {threads!r}")
         #: Torch CPU threads per render; None: the cores other processes leave free, re-measured
-        #: at most twice a second (``core.threads.decode_threads``).
+        #: at most twice a second, never above the caller's setting (``core.threads.decode_threads``).
         self.threads = threads
         self.device = resolve_device(device)
 
