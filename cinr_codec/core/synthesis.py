@@ -98,16 +98,19 @@ def upsample_learned_window(
 
 
 def _pointwise(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A 1x1 convolution (``nn.Conv2d``) on a channels-last (N, H, W, C) tensor."""
+    """A 1x1 convolution (``nn.Conv2d``) on channels as matrix rows: (C, N) in, (C', N) out."""
     conv = cast(nn.Conv2d, layer)
-    return F.linear(x, conv.weight.view(conv.out_channels, conv.in_channels), conv.bias)
+    assert conv.bias is not None
+    return torch.addmm(conv.bias[:, None], conv.weight.view(conv.out_channels, conv.in_channels), x)
 
 
-def _conv3x3(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A 3x3 convolution (``nn.Conv2d``) with replicate padding, channels-last (N, H, W, C) in and out."""
+def _conv3x3(layer: nn.Module, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A 3x3 convolution (``nn.Conv2d``) with replicate padding on channels as matrix rows:
+    (C, height * width) in, (C', height * width) out; computed channels last."""
     conv = cast(nn.Conv2d, layer)
-    y = F.pad(x.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="replicate")
-    return F.conv2d(y, conv.weight, conv.bias).permute(0, 2, 3, 1)
+    y = F.pad(x.view(1, -1, height, width), (1, 1, 1, 1), mode="replicate")
+    y = F.conv2d(y.contiguous(memory_format=torch.channels_last), conv.weight, conv.bias)
+    return y.contiguous().view(conv.out_channels, height * width)
 
 
 class Synthesis(nn.Module):
@@ -184,24 +187,37 @@ class Synthesis(nn.Module):
         return F.leaky_relu(x, LEAKY_SLOPE) if self.leaky else F.relu(x)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        # Channels last: the 1x1 layers are matrix products over (H, W, C) and the 3x3 ones
-        # channels-last convolutions (a 256^2 training step's synthesis 1.4-1.6x faster on a CPU
-        # than NCHW convolutions; the same values here). Returns (1, 3, H, W), a view.
-        fh = f.permute(0, 2, 3, 1).contiguous()
-        h = fh
+        # Channels as the rows of (C, H*W) matrices: the 1x1 layers are products W @ X, a few
+        # rows times all pixels, a shape BLAS handles well (pixels as rows, (H*W, C) @ (C, C'),
+        # ran its backward 2-5x slower, e.g. the head's 3-row gradient), and the 3x3 layers are
+        # channels-last convolutions. The head reads its inputs' parts through slices of its
+        # weight instead of a concatenation. A 256^2 training step's synthesis, forward and
+        # backward on one thread: 41 ms channels last, 33 ms so (docs/architecture.md).
+        n, c, height, width = f.shape
+        if n != 1:
+            return torch.cat([self(f[i : i + 1]) for i in range(n)])
+        x = f.reshape(c, height * width)
+        parts = []
+        h = x
         for layer in self.mlp:
             h = self.act(_pointwise(layer, h))
+        parts.append(h)
         if len(self.conv):
-            c = fh
+            k = x
             for layer in self.conv:
-                c = self.act(_conv3x3(layer, c))
-            h = torch.cat([h, c], dim=-1)
+                k = self.act(_conv3x3(layer, k, height, width))
+            parts.append(k)
         if self.stabiliser:
-            h = torch.cat([h, fh], dim=-1)
-        x = _pointwise(self.head, h)
+            parts.append(x)
+        head = self.head.weight.view(self.head.out_channels, -1)
+        assert self.head.bias is not None
+        out, at = self.head.bias[:, None], 0
+        for part in parts:
+            out = torch.addmm(out, head[:, at : at + part.shape[0]], part)
+            at += part.shape[0]
         for i, layer in enumerate(self.res):
-            x = x + _conv3x3(layer, x if i == 0 else self.act(x))
-        return x.permute(0, 3, 1, 2)
+            out = out + _conv3x3(layer, out if i == 0 else self.act(out), height, width)
+        return out.view(1, -1, height, width)
 
     def pixels(self, f: torch.Tensor) -> np.ndarray:
         """``forward(f)`` as uint8 pixels (H, W, 3) (clamped to [0, 1], times 255, rounded half to
@@ -347,8 +363,10 @@ def _native_pixels(lib: ctypes.CDLL, net: Synthesis, f: torch.Tensor) -> np.ndar
 
 
 class ContextModel(nn.Module):
-    """Causal neighbours (n, context) -> (mean, log-scale) of each latent; ReLU layers, residual
-    after the first (the same structure as ``coding.entropy.IntContextModel``)."""
+    """Causal neighbours (context, n), one column per latent, -> (mean, log-scale) of each latent;
+    ReLU layers, residual after the first (the same structure as ``coding.entropy.IntContextModel``).
+    Columns, not rows: its matrix products are then a few rows times all latents, the shape
+    BLAS handles well."""
 
     def __init__(self, config: LatentConfig) -> None:
         super().__init__()
@@ -360,20 +378,30 @@ class ContextModel(nn.Module):
 
     def forward(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = ctx
-        for i, layer in enumerate(self.hidden):
-            z = F.relu(layer(h))
+        for i, module in enumerate(self.hidden):
+            layer = cast(nn.Linear, module)
+            z = F.relu(torch.addmm(layer.bias[:, None], layer.weight, h))
             h = h + z if i > 0 else z
-        o = self.out(h)
-        return o[:, 0], o[:, 1].clamp(*LOG_SCALE_RANGE)
+        o = torch.addmm(self.out.bias[:, None], self.out.weight, h)
+        return o[0], o[1].clamp(*LOG_SCALE_RANGE)
+
+    def bits(self, grids: list[torch.Tensor], offsets: list[tuple[int, int]]) -> torch.Tensor:
+        """Total estimated bits of the grids (1, h_k, w_k) under this model: one pass over all
+        their latents (a pass per grid cost 7 passes of small operations)."""
+        ctx = torch.cat([gather_context(g[0], offsets) for g in grids], dim=1)
+        flat = torch.cat([g.reshape(-1) for g in grids])
+        mean, log_scale = self(ctx)
+        return laplace_bits(flat, mean, log_scale).sum()
 
 
 def gather_context(grid: torch.Tensor, offsets: list[tuple[int, int]]) -> torch.Tensor:
-    """(h, w) grid -> (h*w, len(offsets)) causal neighbours, zero outside (as the coder)."""
+    """(h, w) grid -> (len(offsets), h*w) causal neighbours, one column per latent, zero
+    outside (as the coder)."""
     h, w = grid.shape
     p = context_border(offsets)
     padded = F.pad(grid[None, None], (p, p, p, p))[0, 0]
-    cols = [padded[p + di : p + di + h, p + dj : p + dj + w].reshape(-1) for di, dj in offsets]
-    return torch.stack(cols, dim=1)
+    rows = [padded[p + di : p + di + h, p + dj : p + dj + w] for di, dj in offsets]
+    return torch.stack(rows).view(len(offsets), h * w)
 
 
 def laplace_bits(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -436,13 +464,16 @@ class LatentImage(nn.Module):
         self, mode: str = "soft", t: float = 0.3, a: float = 1.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(RGB (1, 3, H, W), total bits of the latents) under the given rounding."""
-        ys = [quantize(g, mode, t, a) for g in self.latents]
-        x = self.synthesis(self.synthesis.features(ys, self.height, self.width))
-        bits = torch.zeros((), device=x.device)
-        for y in ys:
-            mean, log_scale = self.arm(gather_context(y[0], self.offsets))
-            bits = bits + laplace_bits(y[0].reshape(-1), mean, log_scale).sum()
-        return x, bits
+        ys = self.quantized(mode, t, a)
+        return self.render(ys), self.arm.bits(ys, self.offsets)
+
+    def quantized(self, mode: str = "soft", t: float = 0.3, a: float = 1.0) -> list[torch.Tensor]:
+        """The grids under the given rounding (``quantize``)."""
+        return [quantize(g, mode, t, a) for g in self.latents]
+
+    def render(self, grids: list[torch.Tensor]) -> torch.Tensor:
+        """RGB (1, 3, H, W) of the given (rounded) grids."""
+        return self.synthesis(self.synthesis.features(grids, self.height, self.width))
 
 
 def macs_per_pixel(config: LatentConfig) -> dict[str, float]:

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ...core.config import LatentConfig
-from ...core.synthesis import LatentImage, gather_context, laplace_bits
+from ...core.synthesis import LatentImage
+from .rate import latent_bits
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +194,10 @@ def fit_latents(
             if phase == 1:
                 t = float(r["soft_start"]) + (float(r["soft_end"]) - float(r["soft_start"])) * frac
                 a = float(r["noise_start"]) + (float(r["noise_end"]) - float(r["noise_start"])) * frac
-                x, bits = model(soft_mode, t, a)
+                ys = model.quantized(soft_mode, t, a)
             else:
-                x, bits = model("ste", float(r["soft_end"]))
+                ys = model.quantized("ste", float(r["soft_end"]))
+            x, bits = model.render(ys), latent_bits(model.arm, ys, model.offsets)
             mse = F.mse_loss(x, target)
             loss = mse + lam * bits / npx
             for opt in opts:
@@ -326,7 +328,8 @@ def fit_latents_to_psnr(
 @torch.no_grad()
 def hard_psnr_bits(model: LatentImage, target: torch.Tensor) -> tuple[float, float]:
     """(PSNR in dB on 8-bit values, estimated latent bits) with rounded latents."""
-    x, bits = model("hard")
+    ys = model.quantized("hard")
+    x, bits = model.render(ys), latent_bits(model.arm, ys, model.offsets)
     out = (x.clamp(0, 1) * 255).round()
     mse = F.mse_loss(out, (target * 255).round()).item()
     return (10 * math.log10(255.0**2 / mse) if mse > 0 else 99.0), float(bits.item())
@@ -335,7 +338,8 @@ def hard_psnr_bits(model: LatentImage, target: torch.Tensor) -> tuple[float, flo
 @torch.no_grad()
 def hard_loss(model: LatentImage, target: torch.Tensor, lam: float, extra_bits: float) -> float:
     """MSE + lam * (latent bits + extra_bits) / pixels with rounded latents."""
-    x, bits = model("hard")
+    ys = model.quantized("hard")
+    x, bits = model.render(ys), latent_bits(model.arm, ys, model.offsets)
     mse = F.mse_loss(x.clamp(0, 1), target).item()
     return mse + lam * (bits.item() + extra_bits) / (model.height * model.width)
 
@@ -357,8 +361,6 @@ def quantize_networks(fit: LatentFit, image: np.ndarray, weight_bits: Callable[[
     npx = model.height * model.width
     ys = [torch.round(g) for g in model.latents]
     feats = model.synthesis.features(ys, model.height, model.width)
-    ctx = [gather_context(y[0], model.offsets) for y in ys]
-    flat = [y[0].reshape(-1) for y in ys]
     learned_up = model.synthesis.up is not None
 
     def distortion() -> float:
@@ -366,12 +368,8 @@ def quantize_networks(fit: LatentFit, image: np.ndarray, weight_bits: Callable[[
         f = model.synthesis.features(ys, model.height, model.width) if learned_up else feats
         return F.mse_loss(model.synthesis(f).clamp(0, 1), target).item()
 
-    def latent_bits() -> float:
-        total = 0.0
-        for c, y in zip(ctx, flat, strict=True):
-            mean, log_scale = model.arm(c)
-            total += float(laplace_bits(y, mean, log_scale).sum())
-        return total
+    def rate() -> float:
+        return float(latent_bits(model.arm, ys, model.offsets))
 
     params = {n: p for n, p in model.named_parameters() if not n.startswith("latents.")}
     original = {n: p.detach().clone() for n, p in params.items()}
@@ -391,7 +389,7 @@ def quantize_networks(fit: LatentFit, image: np.ndarray, weight_bits: Callable[[
         groups.setdefault(f"{n.split('.')[0]}.{n.rsplit('.', 1)[-1]}", []).append(n)
     # Until a tensor is rounded, it keeps its float value and costs nothing: the first pass
     # compares group steps on the distortion and bits they add.
-    parts = {"mse": distortion(), "bits": latent_bits()}
+    parts = {"mse": distortion(), "bits": rate()}
 
     def loss() -> float:
         return parts["mse"] + fit.lam * (parts["bits"] + sum(nbits.values())) / npx
@@ -400,7 +398,7 @@ def quantize_networks(fit: LatentFit, image: np.ndarray, weight_bits: Callable[[
         if n.startswith("synthesis."):
             parts["mse"] = distortion()
         else:
-            parts["bits"] = latent_bits()
+            parts["bits"] = rate()
 
     def keep(n: str, k: int) -> None:
         """Settle tensor n at a step already tried and found storable."""

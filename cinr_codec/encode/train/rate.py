@@ -1,0 +1,159 @@
+"""The latents' estimated bits during training, and their gradients, through a compiled kernel.
+
+``latent_bits`` computes what ``core.synthesis.ContextModel.bits`` computes (the sum over all
+grids of the bits of each rounded latent under the context model's Laplace) and is
+differentiable the same way. On the CPU it runs ``_rate.c``: one latent at a time, the forward
+and the backward together, so a training step's rate costs one pass instead of torch's
+memory-bound passes over (width, latents) tensors (docs/architecture.md, "Training speed").
+Elsewhere (a GPU, ``CINR_NATIVE=0``, no compiler, a context model beyond the kernel's limits)
+it is ``ContextModel.bits``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...core import native
+from ...core.config import context_border
+from ...core.synthesis import LOG_SCALE_RANGE, ContextModel
+
+#: The kernel's limits (``_rate.c``: MAX_CTX, MAX_W, MAX_LAYERS).
+LIMITS = {"context": 64, "width": 64, "layers": 8}
+
+
+def _lib() -> ctypes.CDLL | None:
+    def setup(lib: ctypes.CDLL) -> None:
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        lib.cinr_rate.restype = ctypes.c_int
+        lib.cinr_rate.argtypes = [
+            ptr, i64, i64, i64, ptr, i64, i64, i64, ptr, ctypes.c_float, ctypes.c_float, ptr, ptr, ptr,
+        ]  # fmt: skip
+
+    return native.compiled(Path(__file__).with_name("_rate.c"), "the training rate", setup)
+
+
+def _takes(arm: ContextModel, grids: list[torch.Tensor], offsets: list[tuple[int, int]]) -> bool:
+    """True when the kernel computes this model on these grids (its limits, the CPU)."""
+    hidden = [cast(nn.Linear, layer) for layer in arm.hidden]
+    if not 1 <= len(hidden) <= LIMITS["layers"]:
+        return False
+    width = hidden[0].out_features
+    return (
+        hidden[0].in_features == len(offsets)
+        and 1 <= len(offsets) <= LIMITS["context"]
+        and 1 <= width <= LIMITS["width"]
+        and all(layer.in_features == layer.out_features == width for layer in hidden[1:])
+        and arm.out.in_features == width
+        and all(g.device.type == "cpu" and g.dim() == 3 and g.shape[0] == 1 for g in grids)
+        and all(p.device.type == "cpu" for p in arm.parameters())
+    )
+
+
+def latent_bits(arm: ContextModel, grids: list[torch.Tensor], offsets: list[tuple[int, int]]) -> torch.Tensor:
+    """Total estimated bits of the grids (1, h_k, w_k) under ``arm`` (a 0-d tensor, differentiable
+    with respect to the grids and the model's parameters)."""
+    lib = _lib() if native.enabled() else None
+    if lib is None or not _takes(arm, grids, offsets):
+        return arm.bits(grids, offsets)
+    layers = [cast(nn.Linear, layer) for layer in (*arm.hidden, arm.out)]
+    flat = torch.cat([t.reshape(-1) for layer in layers for t in (layer.weight, layer.bias)])
+    return _Rate.apply(lib, offsets, len(layers) - 1, layers[0].out_features, flat, *grids)  # type: ignore[no-any-return]
+
+
+def _pad8(n: int) -> int:
+    return -(-n // 8) * 8
+
+
+def _layout(K: int, layers: int, width: int) -> tuple[list[tuple[int, int, int, int, int]], int, int]:
+    """The kernel's packed layout (``_rate.c``): per hidden layer (din, dinp, WT offset, bias
+    offset, W offset); the output weight's offset; the total size."""
+    wp, at, out = _pad8(width), 0, []
+    for layer in range(layers):
+        din = K if layer == 0 else width
+        dinp = _pad8(din)
+        out.append((din, dinp, at, at + din * wp, at + din * wp + wp))
+        at += din * wp + wp + wp * dinp
+    return out, at, at + 2 * wp + 8
+
+
+def _pack(flat: np.ndarray, K: int, layers: int, width: int) -> np.ndarray:
+    """torch's parameter order (``latent_bits``) -> the kernel's padded layout."""
+    spec, wo, size = _layout(K, layers, width)
+    wp = _pad8(width)
+    p = np.zeros(size, dtype=np.float32)
+    at = 0
+    for din, dinp, t_ofs, b_ofs, w_ofs in spec:
+        weight = flat[at : at + width * din].reshape(width, din)
+        bias = flat[at + width * din : at + width * din + width]
+        at += width * din + width
+        p[t_ofs : t_ofs + din * wp].reshape(din, wp)[:, :width] = weight.T
+        p[b_ofs : b_ofs + width] = bias
+        p[w_ofs : w_ofs + wp * dinp].reshape(wp, dinp)[:width, :din] = weight
+    out_w = flat[at : at + 2 * width].reshape(2, width)
+    p[wo : wo + 2 * wp].reshape(2, wp)[:, :width] = out_w
+    p[wo + 2 * wp : wo + 2 * wp + 2] = flat[at + 2 * width : at + 2 * width + 2]
+    return p
+
+
+def _unpack(g: np.ndarray, K: int, layers: int, width: int) -> np.ndarray:
+    """Gradients in the kernel's layout -> torch's parameter order."""
+    spec, wo, _ = _layout(K, layers, width)
+    wp = _pad8(width)
+    parts = []
+    for din, dinp, _t, b_ofs, w_ofs in spec:
+        parts += [
+            g[w_ofs : w_ofs + wp * dinp].reshape(wp, dinp)[:width, :din].ravel(),
+            g[b_ofs : b_ofs + width],
+        ]
+    parts += [g[wo : wo + 2 * wp].reshape(2, wp)[:, :width].ravel(), g[wo + 2 * wp : wo + 2 * wp + 2]]
+    return np.ascontiguousarray(np.concatenate(parts))
+
+
+class _Rate(torch.autograd.Function):
+    """The kernel as an autograd function: the forward computes the gradients too (with respect to
+    the total bits), and the backward scales them by the incoming gradient."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, lib: Any, offsets: Any, layers: int, width: int, flat: torch.Tensor, *grids: torch.Tensor
+    ) -> torch.Tensor:  # type: ignore[override]
+        need = ctx.needs_input_grad
+        K = len(offsets)
+        p = _pack(flat.detach().float().numpy(), K, layers, width)
+        off = np.ascontiguousarray(np.array(offsets, dtype=np.int64).reshape(-1))
+        pad = context_border(offsets)
+        gp = np.zeros_like(p) if need[4] else None
+        grads: list[torch.Tensor | None] = []
+        total = 0.0
+        out = ctypes.c_double()
+        for k, g in enumerate(grids):
+            h, w = g.shape[-2:]
+            y = np.pad(g.detach()[0].float().numpy(), pad)
+            gy = np.zeros_like(y) if need[5 + k] else None
+            rc = lib.cinr_rate(
+                y.ctypes.data, h, w, pad, off.ctypes.data, K, layers, width,
+                p.ctypes.data, LOG_SCALE_RANGE[0], LOG_SCALE_RANGE[1], ctypes.byref(out),
+                None if gy is None else gy.ctypes.data, None if gp is None else gp.ctypes.data,
+            )  # fmt: skip
+            if rc != 0:
+                raise ValueError(f"the rate kernel refused a context model (code {rc})")
+            total += out.value
+            grads.append(
+                None
+                if gy is None
+                else torch.from_numpy(gy[pad : pad + h, pad : pad + w].copy())[None].to(g.dtype)
+            )
+        ctx.grads = grads
+        ctx.gp = None if gp is None else torch.from_numpy(_unpack(gp, K, layers, width)).to(flat.dtype)
+        return torch.tensor(total, dtype=flat.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, go: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        gp = None if ctx.gp is None else ctx.gp * go
+        return (None, None, None, None, gp, *[None if g is None else g * go for g in ctx.grads])
