@@ -1,7 +1,8 @@
 """Optional compiled CPU kernels, built on first use, each with a pure-Python fallback.
 
 ``_native.c`` (the hash grid), ``_synthesis.c`` (the compressive synthesis),
-``coding/_latent.c`` (latent decoding) and ``encode/train/_rate.c`` (the training rate) are plain C (no Python or torch headers), so building one
+``coding/_latent.c`` (latent decoding), ``encode/train/_rate.c`` and ``_synthesis_grad.c`` (the
+training step's rate and synthesis) are plain C (no Python or torch headers), so building one
 takes about a second with the system C compiler
 (``$CC``, else ``cc``). Each shared library is cached per user under ``$CINR_CACHE_DIR`` or
 ``~/.cache/cinr_codec``, named by a hash of its source and the compiler, and written

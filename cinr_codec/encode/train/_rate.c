@@ -12,8 +12,10 @@
  * and, when asked, the gradient of the total bits with respect to every latent (as the coded
  * value and as a neighbour in later contexts) and to every weight, with torch's conventions at
  * the kinks (ReLU's gradient is 0 at 0, a clamp passes it at its bounds, |x|'s is 0 at 0).
- * One latent at a time, everything in registers or L1: torch's version of the same step ran
- * about twenty memory-bound passes over (width, latents) tensors.
+ * Latents run in tiles of up to 64 of one row, 8 per vector: a tile's neighbours at one offset
+ * are 64 consecutive values of the zero-bordered grid, every layer's rows of the tile stay in
+ * L1, and the weights' gradients accumulate in vectors of partial sums. Torch's version of the
+ * same step ran about twenty memory-bound passes over (width, latents) tensors.
  */
 #include <math.h>
 #include <stdint.h>
@@ -34,195 +36,53 @@
 
 /* Unaligned (aligned(4)): numpy buffers are not always 32-byte aligned. */
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
-#define VW 8 /* floats per vector */
-#define MAX_V (MAX_W / VW)
-
 typedef int32_t vi8 __attribute__((vector_size(32), aligned(4)));
+#define VW 8
+#define T 64        /* latents per tile */
+#define TV (T / VW) /* vectors per tile row */
+/* Inlined into the cloned entry point, so that each clone compiles them for its target. */
+#define AI __attribute__((always_inline)) inline
 
 static inline v8 splat(float x) { return (v8){x, x, x, x, x, x, x, x}; }
+static inline float hsum(v8 v) {
+    float s = 0.0f;
+    for (int t = 0; t < VW; t++) s += v[t];
+    return s;
+}
 /* x where a > 0, else 0 (ReLU's value for x = a, its gradient's mask otherwise). */
-static inline v8 where_pos(v8 a, v8 x) { return (v8)((vi8)(a > splat(0.0f)) & (vi8)x); }
+AI static v8 where_pos(v8 a, v8 x) { return (v8)((vi8)(a > splat(0.0f)) & (vi8)x); }
 
-/* Parameters, float32, packed by rate.py with every width padded to a multiple of 8 (zeros),
- * Wp = padded width, Kp = padded context: per hidden layer l, its weight transposed WT (din, Wp)
- * (din = K for the first layer, else width), its bias (Wp), its weight W (Wp, dinp) (dinp = Kp
- * or Wp); then the output layer's weight (2, Wp) and bias (2, padded to 8). Gradients `gp` (may
- * be NULL) have the same layout and are added to (the WT blocks stay zero; W's receive the
- * weight gradients); `gy` (may be NULL) is (h, w), added to.
- */
-/* The kernel's body for nv output vectors and kv context vectors; inlined with constants for the
- * presets' shape, so that its accumulators stay in registers (with runtime trip counts they went
- * through memory, a store-to-load chain per multiply-add: 3x slower). */
-__attribute__((always_inline)) static inline void rate_body(const float *y, int64_t h, int64_t w, int64_t pad, const int64_t *off,
-                                                            int64_t K, int64_t layers, int64_t width, const float *p,
-                                                            float lo, float hi, double *bits_out, float *gy, float *gp,
-                                                            const int64_t nv, const int64_t kv) {
-    const int grad = gy != NULL || gp != NULL;
-    const float LN2 = 0.6931471805599453f;
-    const float FLOOR = 1.0f / 65536.0f;
-    const float LOG_FLOOR = -11.090354888959125f; /* log(2^-16) */
-    const float LOG_HALF = -0.6931471805599453f;
-    const int64_t Wp = nv * VW, Kp = kv * VW;
-    int64_t wt_ofs[MAX_LAYERS], b_ofs[MAX_LAYERS], w_ofs[MAX_LAYERS], din_of[MAX_LAYERS], dinv[MAX_LAYERS];
-    int64_t at = 0;
-    for (int64_t l = 0; l < layers; l++) {
-        din_of[l] = l == 0 ? K : width;
-        dinv[l] = l == 0 ? kv : nv;
-        wt_ofs[l] = at;
-        b_ofs[l] = at + din_of[l] * Wp;
-        w_ofs[l] = b_ofs[l] + Wp;
-        at = w_ofs[l] + Wp * dinv[l] * VW;
+/* One tile's rows: contexts C, pre-activations A and activations Hs of every hidden layer,
+ * and the backward's gradients. */
+typedef struct {
+    v8 C[MAX_CTX][TV], A[MAX_LAYERS][MAX_W][TV], Hs[MAX_LAYERS][MAX_W][TV];
+    v8 dH[MAX_W][TV], dZ[MAX_W][TV], dC[MAX_CTX][TV];
+    float mean[T], ls[T], gmean[T], gls[T];
+} tile;
+
+/* acc += the lane-wise sum over a tile row of a * b. */
+AI static void dot_acc(v8 *acc, const v8 *a, const v8 *b) {
+    v8 s0 = a[0] * b[0], s1 = a[1] * b[1];
+    for (int v = 2; v < TV; v += 2) {
+        s0 += a[v] * b[v];
+        s1 += a[v + 1] * b[v + 1];
     }
-    const int64_t wo = at, bo = at + 2 * Wp;
-    v8 cv[MAX_CTX / VW], a[MAX_LAYERS][MAX_V], hs[MAX_LAYERS][MAX_V], dh[MAX_V], dz[MAX_V], dc[MAX_CTX / VW];
-    float *c = (float *)cv;
-    for (int64_t k = 0; k < Kp; k++) c[k] = 0.0f;
-    double total = 0.0;
-    const int64_t ws = w + 2 * pad; /* the padded grid's stride */
-    int64_t rel[MAX_CTX];
-    for (int64_t k = 0; k < K; k++) rel[k] = off[2 * k] * ws + off[2 * k + 1];
-    for (int64_t i = 0; i < h; i++) {
-        for (int64_t j = 0; j < w; j++) {
-            const int64_t at = (i + pad) * ws + j + pad;
-            for (int64_t k = 0; k < K; k++) {
-                c[k] = y[at + rel[k]];
-            }
-            /* forward: a = b + sum_k in[k] * WT[k] */
-            for (int64_t l = 0; l < layers; l++) {
-                const float *in = l == 0 ? c : (const float *)hs[l - 1];
-                const v8 *wt = (const v8 *)(p + wt_ofs[l]), *b = (const v8 *)(p + b_ofs[l]);
-                v8 *al = a[l];
-                v8 odd[MAX_V];
-                const int64_t din = din_of[l];
-                for (int64_t o = 0; o < nv; o++) {
-                    al[o] = b[o];
-                    odd[o] = splat(0.0f);
-                }
-                int64_t k = 0;
-                for (; k + 1 < din; k += 2) { /* two partial sums: half the dependency chain */
-                    const v8 v0 = splat(in[k]), v1 = splat(in[k + 1]);
-                    for (int64_t o = 0; o < nv; o++) {
-                        al[o] += v0 * wt[k * nv + o];
-                        odd[o] += v1 * wt[(k + 1) * nv + o];
-                    }
-                }
-                for (; k < din; k++) {
-                    const v8 v = splat(in[k]);
-                    for (int64_t o = 0; o < nv; o++) al[o] += v * wt[k * nv + o];
-                }
-                for (int64_t o = 0; o < nv; o++) al[o] += odd[o];
-                for (int64_t o = 0; o < nv; o++) {
-                    const v8 r = where_pos(al[o], al[o]);
-                    hs[l][o] = l == 0 ? r : hs[l - 1][o] + r;
-                }
-            }
-            const v8 *hl = hs[layers - 1];
-            const v8 *wm = (const v8 *)(p + wo), *wl = (const v8 *)(p + wo + Wp);
-            v8 sm = splat(0.0f), sl = splat(0.0f);
-            for (int64_t o = 0; o < nv; o++) {
-                sm += wm[o] * hl[o];
-                sl += wl[o] * hl[o];
-            }
-            float mean = p[bo], ls = p[bo + 1];
-            for (int t = 0; t < VW; t++) {
-                mean += sm[t];
-                ls += sl[t];
-            }
-            const int ls_in = ls >= lo && ls <= hi;
-            const float s = ls < lo ? lo : (ls > hi ? hi : ls);
-            const float x = y[at];
-            const float diff = x - mean;
-            const float d = fabsf(diff);
-            const float u = expf(-s); /* 1 / b */
-            float lp, dlp_dd, dlp_ds;
-            if (d >= 0.5f) {
-                const float m = -expm1f(-u); /* 1 - e^-u, exact for small u */
-                lp = LOG_HALF - (d - 0.5f) * u + logf(m);
-                dlp_dd = -u;
-                dlp_ds = (d - 0.5f) * u - u * (1.0f - m) / m; /* u / (e^u - 1) */
-            } else {
-                const float e1 = expf(-(d + 0.5f) * u), e2 = expf((d - 0.5f) * u);
-                const float qv = 1.0f - 0.5f * e1 - 0.5f * e2;
-                if (qv >= FLOOR) {
-                    lp = logf(qv);
-                    dlp_dd = (0.5f * u * e1 - 0.5f * u * e2) / qv;
-                    dlp_ds = (-0.5f * (d + 0.5f) * u * e1 + 0.5f * (d - 0.5f) * u * e2) / qv;
-                } else {
-                    lp = logf(FLOOR);
-                    dlp_dd = dlp_ds = 0.0f;
-                }
-            }
-            if (lp < LOG_FLOOR) {
-                lp = LOG_FLOOR;
-                dlp_dd = dlp_ds = 0.0f;
-            }
-            total += (double)(-lp / LN2);
-            if (!grad) continue;
-            /* backward: d bits = -d lp / ln 2 */
-            const float sg = diff > 0.0f ? 1.0f : (diff < 0.0f ? -1.0f : 0.0f);
-            const float gd = -dlp_dd / LN2;
-            const float gmean = -gd * sg;
-            const float gls = ls_in ? -dlp_ds / LN2 : 0.0f;
-            if (gy) gy[at] += gd * sg;
-            const v8 gm = splat(gmean), gl = splat(gls);
-            if (gp) {
-                gp[bo] += gmean;
-                gp[bo + 1] += gls;
-                v8 *gwm = (v8 *)(gp + wo), *gwl = (v8 *)(gp + wo + Wp);
-                for (int64_t o = 0; o < nv; o++) {
-                    gwm[o] += gm * hl[o];
-                    gwl[o] += gl * hl[o];
-                }
-            }
-            for (int64_t o = 0; o < nv; o++) dh[o] = gm * wm[o] + gl * wl[o];
-            for (int64_t l = layers - 1; l >= 0; l--) {
-                const int64_t iv = l == 0 ? kv : nv;
-                const v8 *in = l == 0 ? cv : hs[l - 1];
-                const v8 *wrow = (const v8 *)(p + w_ofs[l]);
-                for (int64_t o = 0; o < nv; o++) dz[o] = where_pos(a[l][o], dh[o]);
-                const float *dzf = (const float *)dz;
-                if (gp) {
-                    v8 *gb = (v8 *)(gp + b_ofs[l]);
-                    v8 *gw = (v8 *)(gp + w_ofs[l]);
-                    for (int64_t o = 0; o < nv; o++) gb[o] += dz[o];
-                    for (int64_t o = 0; o < width; o++) {
-                        const v8 v = splat(dzf[o]);
-                        for (int64_t k = 0; k < iv; k++) gw[o * iv + k] += v * in[k];
-                    }
-                }
-                /* input gradient: W^T dz, plus the residual's dh from the second layer on */
-                v8 *dg = l == 0 ? dc : dh;
-                v8 e[MAX_V], f[MAX_V];
-                for (int64_t k = 0; k < iv; k++) {
-                    e[k] = l == 0 ? splat(0.0f) : dg[k];
-                    f[k] = splat(0.0f);
-                }
-                int64_t o = 0;
-                for (; o + 1 < width; o += 2) {
-                    const v8 v0 = splat(dzf[o]), v1 = splat(dzf[o + 1]);
-                    for (int64_t k = 0; k < iv; k++) {
-                        e[k] += v0 * wrow[o * iv + k];
-                        f[k] += v1 * wrow[(o + 1) * iv + k];
-                    }
-                }
-                for (; o < width; o++) {
-                    const v8 v = splat(dzf[o]);
-                    for (int64_t k = 0; k < iv; k++) e[k] += v * wrow[o * iv + k];
-                }
-                for (int64_t k = 0; k < iv; k++) dg[k] = e[k] + f[k];
-            }
-            if (gy) {
-                const float *dcf = (const float *)dc;
-                for (int64_t k = 0; k < K; k++) {
-                    gy[at + rel[k]] += dcf[k];
-                }
-            }
-        }
-    }
-    *bits_out = total;
+    *acc += s0 + s1;
 }
 
-/* Parameters and arguments: see above. Returns 0, or 1 for sizes beyond the limits. */
+AI static void sum_acc(v8 *acc, const v8 *a) {
+    v8 s = a[0];
+    for (int v = 1; v < TV; v++) s += a[v];
+    *acc += s;
+}
+
+/* The parameters in torch's order: each hidden layer's weight (width, din) row-major and bias
+ * (width), din = K for the first and width after; then the output layer's weight (2, width) and
+ * bias (2). `gp` (may be NULL) has the same layout and is added to. The grid `y` is
+ * (h + 2 pad, w + 2 pad + T), the (h, w) latents inside a border of `pad` zeros (pad at least
+ * every offset's reach) and T more zeros at the end of the buffer; `gy` (may be NULL) has its
+ * shape and is added to (its border collects gradients of the zeros, ignored).
+ * Returns 0, 1 for sizes beyond the limits, 3 when out of memory. */
 CLONES int cinr_rate(const float *y, int64_t h, int64_t w, int64_t pad, const int64_t *off, int64_t K, int64_t layers,
                      int64_t width, const float *p, float lo, float hi, double *bits_out, float *gy, float *gp) {
     if (K < 1 || K > MAX_CTX || width < 1 || width > MAX_W || layers < 1 || layers > MAX_LAYERS || h < 0 || w < 0 ||
@@ -230,10 +90,166 @@ CLONES int cinr_rate(const float *y, int64_t h, int64_t w, int64_t pad, const in
         return 1;
     for (int64_t k = 0; k < K; k++)
         if (llabs(off[2 * k]) > pad || llabs(off[2 * k + 1]) > pad) return 1;
-    const int64_t nv = (width + VW - 1) / VW, kv = (K + VW - 1) / VW;
-    if (nv == 2 && kv == 2) /* the presets: 16 neighbours, 16 wide */
-        rate_body(y, h, w, pad, off, K, layers, width, p, lo, hi, bits_out, gy, gp, 2, 2);
-    else
-        rate_body(y, h, w, pad, off, K, layers, width, p, lo, hi, bits_out, gy, gp, nv, kv);
+    const int grad = gy != NULL || gp != NULL;
+    const float LN2 = 0.6931471805599453f;
+    const float FLOOR = 1.0f / 65536.0f;
+    const float LOG_FLOOR = -11.090354888959125f; /* log(2^-16) */
+    const float LOG_HALF = -0.6931471805599453f;
+    int64_t wofs[MAX_LAYERS], bofs[MAX_LAYERS], din_of[MAX_LAYERS];
+    int64_t at = 0;
+    for (int64_t l = 0; l < layers; l++) {
+        din_of[l] = l == 0 ? K : width;
+        wofs[l] = at;
+        bofs[l] = at + width * din_of[l];
+        at = bofs[l] + width;
+    }
+    const int64_t wo = at, bo = at + 2 * width, np = bo + 2;
+    tile *tl = malloc(sizeof(tile));
+    v8 *acc = grad ? malloc((size_t)np * sizeof(v8)) : NULL;
+    if (tl == NULL || (grad && acc == NULL)) {
+        free(tl);
+        free(acc);
+        return 3;
+    }
+    if (acc)
+        for (int64_t a = 0; a < np; a++) acc[a] = splat(0.0f);
+    const int64_t ws = w + 2 * pad; /* the padded grid's stride */
+    int64_t rel[MAX_CTX];
+    for (int64_t k = 0; k < K; k++) rel[k] = off[2 * k] * ws + off[2 * k + 1];
+    double total = 0.0;
+    for (int64_t i = 0; i < h; i++) {
+        for (int64_t j0 = 0; j0 < w; j0 += T) {
+            const int64_t n = w - j0 < T ? w - j0 : T;
+            const int64_t base = (i + pad) * ws + j0 + pad;
+            /* contexts: one contiguous run of the padded grid per offset (the zeros past the
+             * row's end are the border's or the buffer's tail; lanes past n are ignored) */
+            for (int64_t k = 0; k < K; k++) memcpy(tl->C[k], y + base + rel[k], T * sizeof(float));
+            for (int64_t l = 0; l < layers; l++) {
+                const v8(*in)[TV] = l == 0 ? (const v8(*)[TV])tl->C : (const v8(*)[TV])tl->Hs[l - 1];
+                const float *wl = p + wofs[l], *b = p + bofs[l];
+                for (int64_t o = 0; o < width; o++) {
+                    v8 s[TV];
+                    for (int v = 0; v < TV; v++) s[v] = splat(b[o]);
+                    const float *wr = wl + o * din_of[l];
+                    for (int64_t k = 0; k < din_of[l]; k++) {
+                        const v8 wk = splat(wr[k]);
+                        for (int v = 0; v < TV; v++) s[v] += wk * in[k][v];
+                    }
+                    for (int v = 0; v < TV; v++) {
+                        tl->A[l][o][v] = s[v];
+                        const v8 r = where_pos(s[v], s[v]);
+                        tl->Hs[l][o][v] = l == 0 ? r : in[o][v] + r;
+                    }
+                }
+            }
+            const v8(*hl)[TV] = (const v8(*)[TV])tl->Hs[layers - 1];
+            {
+                v8 sm[TV], sl[TV];
+                for (int v = 0; v < TV; v++) {
+                    sm[v] = splat(p[bo]);
+                    sl[v] = splat(p[bo + 1]);
+                }
+                for (int64_t o = 0; o < width; o++) {
+                    const v8 a0 = splat(p[wo + o]), a1 = splat(p[wo + width + o]);
+                    for (int v = 0; v < TV; v++) {
+                        sm[v] += a0 * hl[o][v];
+                        sl[v] += a1 * hl[o][v];
+                    }
+                }
+                memcpy(tl->mean, sm, sizeof sm);
+                memcpy(tl->ls, sl, sizeof sl);
+            }
+            float gxc[T];
+            for (int64_t t = 0; t < T; t++) {
+                tl->gmean[t] = tl->gls[t] = gxc[t] = 0.0f;
+                if (t >= n) continue;
+                const float ls = tl->ls[t];
+                const int ls_in = ls >= lo && ls <= hi;
+                const float s = ls < lo ? lo : (ls > hi ? hi : ls);
+                const float diff = y[base + t] - tl->mean[t];
+                const float d = fabsf(diff);
+                const float u = expf(-s); /* 1 / b */
+                float lp, dlp_dd, dlp_ds;
+                if (d >= 0.5f) {
+                    const float m = -expm1f(-u); /* 1 - e^-u, exact for small u */
+                    lp = LOG_HALF - (d - 0.5f) * u + logf(m);
+                    dlp_dd = -u;
+                    dlp_ds = (d - 0.5f) * u - u * (1.0f - m) / m; /* u / (e^u - 1) */
+                } else {
+                    const float e1 = expf(-(d + 0.5f) * u), e2 = expf((d - 0.5f) * u);
+                    const float qv = 1.0f - 0.5f * e1 - 0.5f * e2;
+                    if (qv >= FLOOR) {
+                        lp = logf(qv);
+                        dlp_dd = (0.5f * u * e1 - 0.5f * u * e2) / qv;
+                        dlp_ds = (-0.5f * (d + 0.5f) * u * e1 + 0.5f * (d - 0.5f) * u * e2) / qv;
+                    } else {
+                        lp = logf(FLOOR);
+                        dlp_dd = dlp_ds = 0.0f;
+                    }
+                }
+                if (lp < LOG_FLOOR) {
+                    lp = LOG_FLOOR;
+                    dlp_dd = dlp_ds = 0.0f;
+                }
+                total += (double)(-lp / LN2);
+                /* d bits = -d lp / ln 2 */
+                const float sg = diff > 0.0f ? 1.0f : (diff < 0.0f ? -1.0f : 0.0f);
+                const float gd = -dlp_dd / LN2;
+                tl->gmean[t] = -gd * sg;
+                tl->gls[t] = ls_in ? -dlp_ds / LN2 : 0.0f;
+                gxc[t] = gd * sg;
+            }
+            if (!grad) continue;
+            const v8 *gm = (const v8 *)tl->gmean, *gl = (const v8 *)tl->gls;
+            if (acc) {
+                sum_acc(&acc[bo], gm);
+                sum_acc(&acc[bo + 1], gl);
+                for (int64_t o = 0; o < width; o++) {
+                    dot_acc(&acc[wo + o], gm, hl[o]);
+                    dot_acc(&acc[wo + width + o], gl, hl[o]);
+                }
+            }
+            for (int64_t o = 0; o < width; o++) {
+                const v8 a0 = splat(p[wo + o]), a1 = splat(p[wo + width + o]);
+                for (int v = 0; v < TV; v++) tl->dH[o][v] = a0 * gm[v] + a1 * gl[v];
+            }
+            for (int64_t l = layers - 1; l >= 0; l--) {
+                const int64_t din = din_of[l];
+                const v8(*in)[TV] = l == 0 ? (const v8(*)[TV])tl->C : (const v8(*)[TV])tl->Hs[l - 1];
+                const float *wl = p + wofs[l];
+                for (int64_t o = 0; o < width; o++) {
+                    for (int v = 0; v < TV; v++) tl->dZ[o][v] = where_pos(tl->A[l][o][v], tl->dH[o][v]);
+                    if (acc) {
+                        sum_acc(&acc[bofs[l] + o], tl->dZ[o]);
+                        for (int64_t k = 0; k < din; k++) dot_acc(&acc[wofs[l] + o * din + k], tl->dZ[o], in[k]);
+                    }
+                }
+                /* the input's gradient: W^T dZ, plus the residual's dH from the second layer on */
+                v8(*dst)[TV] = l == 0 ? tl->dC : tl->dH;
+                for (int64_t k = 0; k < din; k++) {
+                    v8 s[TV];
+                    for (int v = 0; v < TV; v++) s[v] = l == 0 ? splat(0.0f) : dst[k][v];
+                    for (int64_t o = 0; o < width; o++) {
+                        const v8 wk = splat(wl[o * din + k]);
+                        for (int v = 0; v < TV; v++) s[v] += wk * tl->dZ[o][v];
+                    }
+                    for (int v = 0; v < TV; v++) dst[k][v] = s[v];
+                }
+            }
+            if (gy) {
+                for (int64_t t = 0; t < n; t++) gy[base + t] += gxc[t];
+                for (int64_t k = 0; k < K; k++) {
+                    const float *dc = (const float *)tl->dC[k];
+                    float *g = gy + base + rel[k];
+                    for (int64_t t = 0; t < n; t++) g[t] += dc[t];
+                }
+            }
+        }
+    }
+    if (acc && gp)
+        for (int64_t a = 0; a < np; a++) gp[a] += hsum(acc[a]);
+    free(acc);
+    free(tl);
+    *bits_out = total;
     return 0;
 }

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ...core.config import LatentConfig
 from ...core.synthesis import LatentImage
 from .rate import latent_bits
+from .synthesis_grad import synthesize
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def fit_latents(
                 ys = model.quantized(soft_mode, t, a)
             else:
                 ys = model.quantized("ste", float(r["soft_end"]))
-            x, bits = model.render(ys), latent_bits(model.arm, ys, model.offsets)
+            x, bits = _render(model, ys), latent_bits(model.arm, ys, model.offsets)
             mse = F.mse_loss(x, target)
             loss = mse + lam * bits / npx
             for opt in opts:
@@ -256,6 +257,12 @@ def _optimizers(
             max_precondition_dim=256,
         ),
     ]
+
+
+def _render(model: LatentImage, ys: list[torch.Tensor]) -> torch.Tensor:
+    """RGB (1, 3, H, W) of the (rounded) grids, through the compiled training synthesis where it
+    applies (``synthesis_grad.synthesize``; ``model.render`` computes the same)."""
+    return synthesize(model.synthesis, model.synthesis.features(ys, model.height, model.width))
 
 
 def _target(image: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -329,7 +336,7 @@ def fit_latents_to_psnr(
 def hard_psnr_bits(model: LatentImage, target: torch.Tensor) -> tuple[float, float]:
     """(PSNR in dB on 8-bit values, estimated latent bits) with rounded latents."""
     ys = model.quantized("hard")
-    x, bits = model.render(ys), latent_bits(model.arm, ys, model.offsets)
+    x, bits = _render(model, ys), latent_bits(model.arm, ys, model.offsets)
     out = (x.clamp(0, 1) * 255).round()
     mse = F.mse_loss(out, (target * 255).round()).item()
     return (10 * math.log10(255.0**2 / mse) if mse > 0 else 99.0), float(bits.item())
@@ -339,7 +346,7 @@ def hard_psnr_bits(model: LatentImage, target: torch.Tensor) -> tuple[float, flo
 def hard_loss(model: LatentImage, target: torch.Tensor, lam: float, extra_bits: float) -> float:
     """MSE + lam * (latent bits + extra_bits) / pixels with rounded latents."""
     ys = model.quantized("hard")
-    x, bits = model.render(ys), latent_bits(model.arm, ys, model.offsets)
+    x, bits = _render(model, ys), latent_bits(model.arm, ys, model.offsets)
     mse = F.mse_loss(x.clamp(0, 1), target).item()
     return mse + lam * (bits.item() + extra_bits) / (model.height * model.width)
 
@@ -366,7 +373,7 @@ def quantize_networks(fit: LatentFit, image: np.ndarray, weight_bits: Callable[[
     def distortion() -> float:
         # Learned upsampling filters are weights too: their rounding changes the features.
         f = model.synthesis.features(ys, model.height, model.width) if learned_up else feats
-        return F.mse_loss(model.synthesis(f).clamp(0, 1), target).item()
+        return F.mse_loss(synthesize(model.synthesis, f).clamp(0, 1), target).item()
 
     def rate() -> float:
         return float(latent_bits(model.arm, ys, model.offsets))

@@ -25,6 +25,8 @@ from ...core.synthesis import LOG_SCALE_RANGE, ContextModel
 
 #: The kernel's limits (``_rate.c``: MAX_CTX, MAX_W, MAX_LAYERS).
 LIMITS = {"context": 64, "width": 64, "layers": 8}
+#: Latents per tile of the kernel (``_rate.c``: T); the grid's buffer has this many more zeros.
+TILE = 64
 
 
 def _lib() -> ctypes.CDLL | None:
@@ -66,55 +68,6 @@ def latent_bits(arm: ContextModel, grids: list[torch.Tensor], offsets: list[tupl
     return _Rate.apply(lib, offsets, len(layers) - 1, layers[0].out_features, flat, *grids)  # type: ignore[no-any-return]
 
 
-def _pad8(n: int) -> int:
-    return -(-n // 8) * 8
-
-
-def _layout(K: int, layers: int, width: int) -> tuple[list[tuple[int, int, int, int, int]], int, int]:
-    """The kernel's packed layout (``_rate.c``): per hidden layer (din, dinp, WT offset, bias
-    offset, W offset); the output weight's offset; the total size."""
-    wp, at, out = _pad8(width), 0, []
-    for layer in range(layers):
-        din = K if layer == 0 else width
-        dinp = _pad8(din)
-        out.append((din, dinp, at, at + din * wp, at + din * wp + wp))
-        at += din * wp + wp + wp * dinp
-    return out, at, at + 2 * wp + 8
-
-
-def _pack(flat: np.ndarray, K: int, layers: int, width: int) -> np.ndarray:
-    """torch's parameter order (``latent_bits``) -> the kernel's padded layout."""
-    spec, wo, size = _layout(K, layers, width)
-    wp = _pad8(width)
-    p = np.zeros(size, dtype=np.float32)
-    at = 0
-    for din, dinp, t_ofs, b_ofs, w_ofs in spec:
-        weight = flat[at : at + width * din].reshape(width, din)
-        bias = flat[at + width * din : at + width * din + width]
-        at += width * din + width
-        p[t_ofs : t_ofs + din * wp].reshape(din, wp)[:, :width] = weight.T
-        p[b_ofs : b_ofs + width] = bias
-        p[w_ofs : w_ofs + wp * dinp].reshape(wp, dinp)[:width, :din] = weight
-    out_w = flat[at : at + 2 * width].reshape(2, width)
-    p[wo : wo + 2 * wp].reshape(2, wp)[:, :width] = out_w
-    p[wo + 2 * wp : wo + 2 * wp + 2] = flat[at + 2 * width : at + 2 * width + 2]
-    return p
-
-
-def _unpack(g: np.ndarray, K: int, layers: int, width: int) -> np.ndarray:
-    """Gradients in the kernel's layout -> torch's parameter order."""
-    spec, wo, _ = _layout(K, layers, width)
-    wp = _pad8(width)
-    parts = []
-    for din, dinp, _t, b_ofs, w_ofs in spec:
-        parts += [
-            g[w_ofs : w_ofs + wp * dinp].reshape(wp, dinp)[:width, :din].ravel(),
-            g[b_ofs : b_ofs + width],
-        ]
-    parts += [g[wo : wo + 2 * wp].reshape(2, wp)[:, :width].ravel(), g[wo + 2 * wp : wo + 2 * wp + 2]]
-    return np.ascontiguousarray(np.concatenate(parts))
-
-
 class _Rate(torch.autograd.Function):
     """The kernel as an autograd function: the forward computes the gradients too (with respect to
     the total bits), and the backward scales them by the incoming gradient."""
@@ -125,7 +78,7 @@ class _Rate(torch.autograd.Function):
     ) -> torch.Tensor:  # type: ignore[override]
         need = ctx.needs_input_grad
         K = len(offsets)
-        p = _pack(flat.detach().float().numpy(), K, layers, width)
+        p = np.ascontiguousarray(flat.detach().float().numpy())
         off = np.ascontiguousarray(np.array(offsets, dtype=np.int64).reshape(-1))
         pad = context_border(offsets)
         gp = np.zeros_like(p) if need[4] else None
@@ -134,23 +87,27 @@ class _Rate(torch.autograd.Function):
         out = ctypes.c_double()
         for k, g in enumerate(grids):
             h, w = g.shape[-2:]
-            y = np.pad(g.detach()[0].float().numpy(), pad)
+            size = (h + 2 * pad) * (w + 2 * pad)
+            y = np.zeros(size + TILE, dtype=np.float32)  # a tile's reads may pass the last row
+            y[:size].reshape(h + 2 * pad, w + 2 * pad)[pad : pad + h, pad : pad + w] = g.detach()[0].numpy()
             gy = np.zeros_like(y) if need[5 + k] else None
             rc = lib.cinr_rate(
-                y.ctypes.data, h, w, pad, off.ctypes.data, K, layers, width,
-                p.ctypes.data, LOG_SCALE_RANGE[0], LOG_SCALE_RANGE[1], ctypes.byref(out),
+                y.ctypes.data, h, w, pad, off.ctypes.data, K, layers, width, p.ctypes.data,
+                LOG_SCALE_RANGE[0], LOG_SCALE_RANGE[1], ctypes.byref(out),
                 None if gy is None else gy.ctypes.data, None if gp is None else gp.ctypes.data,
             )  # fmt: skip
+            if rc == 3:
+                raise MemoryError("the rate kernel: out of memory")
             if rc != 0:
                 raise ValueError(f"the rate kernel refused a context model (code {rc})")
             total += out.value
-            grads.append(
-                None
-                if gy is None
-                else torch.from_numpy(gy[pad : pad + h, pad : pad + w].copy())[None].to(g.dtype)
-            )
+            if gy is None:
+                grads.append(None)
+            else:
+                inner = gy[:size].reshape(h + 2 * pad, w + 2 * pad)[pad : pad + h, pad : pad + w]
+                grads.append(torch.from_numpy(inner.copy())[None].to(g.dtype))
         ctx.grads = grads
-        ctx.gp = None if gp is None else torch.from_numpy(_unpack(gp, K, layers, width)).to(flat.dtype)
+        ctx.gp = None if gp is None else torch.from_numpy(gp).to(flat.dtype)
         return torch.tensor(total, dtype=flat.dtype)
 
     @staticmethod
