@@ -27,11 +27,11 @@ entropy-coded latents) * 8 / pixels, so the network's bits are counted at the re
 (they weigh more per pixel on small regions). ``--no-ccinr`` skips them.
 
 Time of ``--quick`` (one 256 px region) on 2 CPU cores: ccinr 4 levels x 2400 steps in two
-processes (two levels at a time, the first two beside the hash-grid fits) at 80-100 ms a step on
-a quiet machine, plus ~5 s each to quantize the networks and entropy-code; codec sweeps,
-pyramids, plot: ~0.5 min. In all 7.5-8.5 min on the TCGA slide and 8 min on the prostate image
-(quiet AMD EPYC, 2026-12-02); 14.6 min on the prostate image on a 2-core Intel Xeon whose
-training steps take 170-195 ms (2026-12-03).
+processes (two levels at a time, the first two beside the hash-grid fits) at about 58 ms a step
+(the compiled training kernels, 2026-12-04), plus ~5 s each to quantize the networks and
+entropy-code; codec sweeps, pyramids, plot: ~0.5 min. In all 4 min 24 s on the prostate image and
+4 min 30 s on the TCGA slide (quiet AMD EPYC, 2026-12-04); before the training kernels 8 min on
+that machine and 14.6 min on a 2-core Intel Xeon whose torch training steps took twice as long.
 Measured: see the time in ``rd_quick.md``.
 
 Codecs (imagecodecs): JPEG (libjpeg-turbo, 4:2:0, quality), JPEG 2000 (OpenJPEG, ``level`` =
