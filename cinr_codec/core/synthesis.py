@@ -192,7 +192,9 @@ class Synthesis(nn.Module):
         # ran its backward 2-5x slower, e.g. the head's 3-row gradient), and the 3x3 layers are
         # channels-last convolutions. The head reads its inputs' parts through slices of its
         # weight instead of a concatenation. A 256^2 training step's synthesis, forward and
-        # backward on one thread: 41 ms channels last, 33 ms so (docs/architecture.md).
+        # backward on one thread: 41 ms channels last, 33 ms so (docs/architecture.md). CPU
+        # training runs encode/train/_synthesis_grad.c instead (18 ms); GPUs and machines
+        # without a compiler run this.
         n, c, height, width = f.shape
         if n != 1:
             return torch.cat([self(f[i : i + 1]) for i in range(n)])

@@ -2,9 +2,10 @@
 
 ``latent_bits`` computes what ``core.synthesis.ContextModel.bits`` computes (the sum over all
 grids of the bits of each rounded latent under the context model's Laplace) and is
-differentiable the same way. On the CPU it runs ``_rate.c``: one latent at a time, the forward
-and the backward together, so a training step's rate costs one pass instead of torch's
-memory-bound passes over (width, latents) tensors (docs/architecture.md, "Training speed").
+differentiable the same way. On the CPU it runs ``_rate.c``: tiles of up to 64 latents of a
+row, the forward and the backward together, so a training step's rate costs one pass instead of
+torch's memory-bound passes over (width, latents) tensors (docs/architecture.md, "Training
+speed").
 Elsewhere (a GPU, ``CINR_NATIVE=0``, no compiler, a context model beyond the kernel's limits)
 it is ``ContextModel.bits``.
 """
