@@ -198,7 +198,7 @@ def fit_latents(
                 ys = model.quantized(soft_mode, t, a)
             else:
                 ys = model.quantized("ste", float(r["soft_end"]))
-            x, bits = _render(model, ys), latent_bits(model.arm, ys, model.offsets)
+            x, bits = _forward(model, ys)
             mse = F.mse_loss(x, target)
             loss = mse + lam * bits / npx
             for opt in opts:
@@ -259,10 +259,11 @@ def _optimizers(
     ]
 
 
-def _render(model: LatentImage, ys: list[torch.Tensor]) -> torch.Tensor:
-    """RGB (1, 3, H, W) of the (rounded) grids, through the compiled training synthesis where it
-    applies (``synthesis_grad.synthesize``; ``model.render`` computes the same)."""
-    return synthesize(model.synthesis, model.synthesis.features(ys, model.height, model.width))
+def _forward(model: LatentImage, ys: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RGB (1, 3, H, W), estimated bits) of the (rounded) grids, what ``model``'s own forward
+    computes, through the compiled training kernels where they apply (``synthesis_grad``, ``rate``)."""
+    x = synthesize(model.synthesis, model.synthesis.features(ys, model.height, model.width))
+    return x, latent_bits(model.arm, ys, model.offsets)
 
 
 def _target(image: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -336,7 +337,7 @@ def fit_latents_to_psnr(
 def hard_psnr_bits(model: LatentImage, target: torch.Tensor) -> tuple[float, float]:
     """(PSNR in dB on 8-bit values, estimated latent bits) with rounded latents."""
     ys = model.quantized("hard")
-    x, bits = _render(model, ys), latent_bits(model.arm, ys, model.offsets)
+    x, bits = _forward(model, ys)
     out = (x.clamp(0, 1) * 255).round()
     mse = F.mse_loss(out, (target * 255).round()).item()
     return (10 * math.log10(255.0**2 / mse) if mse > 0 else 99.0), float(bits.item())
@@ -346,7 +347,7 @@ def hard_psnr_bits(model: LatentImage, target: torch.Tensor) -> tuple[float, flo
 def hard_loss(model: LatentImage, target: torch.Tensor, lam: float, extra_bits: float) -> float:
     """MSE + lam * (latent bits + extra_bits) / pixels with rounded latents."""
     ys = model.quantized("hard")
-    x, bits = _render(model, ys), latent_bits(model.arm, ys, model.offsets)
+    x, bits = _forward(model, ys)
     mse = F.mse_loss(x.clamp(0, 1), target).item()
     return mse + lam * (bits.item() + extra_bits) / (model.height * model.width)
 
