@@ -78,20 +78,49 @@ AI static void pad_planes(const float *in, int64_t c, int64_t H, int64_t W, floa
     }
 }
 
-/* out (O, H, W) = b + conv of the padded planes P (C, H + 2, W + 2) with w (O, C, 3, 3). */
+/* out (O, H, W) = b + conv of the padded planes P (C, H + 2, W + 2) with w (O, C, 3, 3): for
+ * blocks of up to 8 outputs, each input vector is loaded once for all of them, the accumulators
+ * in registers (a pass per output, input and row of taps, rewriting the output row each time,
+ * made the presets' whole forward 5.6 ms instead of 5.2 on a 256^2 block; the weights'
+ * broadcasts now bound it). */
 AI static void conv_fwd(const float *P, int64_t C, int64_t H, int64_t W, const float *w, const float *b, int64_t O,
-                     float *out) {
+                        float *out) {
     const int64_t W2 = W + 2;
-    for (int64_t o = 0; o < O; o++) {
+    float wl[8 * MAX_IN * 9];
+    for (int64_t o0 = 0; o0 < O; o0 += 8) {
+        const int64_t ob = O - o0 < 8 ? O - o0 : 8;
+        /* this block's weights, tap-major (c, tap, k), zero for missing outputs */
+        for (int64_t c = 0; c < C; c++)
+            for (int t = 0; t < 9; t++)
+                for (int k = 0; k < 8; k++) wl[(c * 9 + t) * 8 + k] = k < ob ? w[((o0 + k) * C + c) * 9 + t] : 0.0f;
+        float bl[8];
+        for (int k = 0; k < 8; k++) bl[k] = k < ob ? b[o0 + k] : 0.0f;
         for (int64_t y = 0; y < H; y++) {
-            float *row = out + (o * H + y) * W;
-            for (int64_t x = 0; x < W; x++) row[x] = b[o];
-            for (int64_t c = 0; c < C; c++) {
-                for (int64_t dy = 0; dy < 3; dy++) {
-                    const float *in = P + (c * (H + 2) + y + dy) * W2;
-                    const float *k = w + ((o * C + c) * 3 + dy) * 3;
-                    const float k0 = k[0], k1 = k[1], k2 = k[2];
-                    for (int64_t x = 0; x < W; x++) row[x] += k0 * in[x] + k1 * in[x + 1] + k2 * in[x + 2];
+            int64_t x = 0;
+            for (; x + VW <= W; x += VW) {
+                v8 acc[8];
+                for (int k = 0; k < 8; k++) acc[k] = splat(bl[k]);
+                for (int64_t c = 0; c < C; c++) {
+                    for (int dy = 0; dy < 3; dy++) {
+                        const float *row = P + (c * (H + 2) + y + dy) * W2 + x;
+                        for (int dx = 0; dx < 3; dx++) {
+                            v8 v;
+                            memcpy(&v, row + dx, sizeof v);
+                            const float *wk = wl + (c * 9 + dy * 3 + dx) * 8;
+                            for (int k = 0; k < 8; k++) acc[k] += splat(wk[k]) * v;
+                        }
+                    }
+                }
+                for (int64_t k = 0; k < ob; k++) memcpy(out + ((o0 + k) * H + y) * W + x, &acc[k], sizeof(v8));
+            }
+            for (; x < W; x++) {
+                for (int64_t k = 0; k < ob; k++) {
+                    float s = bl[k];
+                    for (int64_t c = 0; c < C; c++)
+                        for (int dy = 0; dy < 3; dy++)
+                            for (int dx = 0; dx < 3; dx++)
+                                s += wl[(c * 9 + dy * 3 + dx) * 8 + k] * P[(c * (H + 2) + y + dy) * W2 + x + dx];
+                    out[((o0 + k) * H + y) * W + x] = s;
                 }
             }
         }
