@@ -229,7 +229,7 @@ class Synthesis(nn.Module):
         from . import native
 
         lib = _synthesis_lib() if f.device.type == "cpu" and native.enabled() else None
-        if lib is not None and _kernel_takes(self, f):
+        if lib is not None and within_limits(self, f, KERNEL_LIMITS):
             return _native_pixels(lib, self, f)
         with torch.inference_mode():
             x = self(f)[0]
@@ -270,21 +270,22 @@ def _synthesis_lib() -> ctypes.CDLL | None:
     return native.compiled(Path(__file__).with_name("_synthesis.c"), "synthesis", setup)
 
 
-def _kernel_takes(net: Synthesis, f: torch.Tensor) -> bool:
-    """True when the compiled synthesis accepts this network and these features."""
-    lim = KERNEL_LIMITS
+def within_limits(net: Synthesis, f: torch.Tensor, limits: dict[str, int]) -> bool:
+    """True when a network and its features (1, L, H, W) fit a compiled kernel's ``limits``
+    (keys ``in``, ``side``, ``mlp``, ``width``, ``conv``, ``conv_width``, ``res``; this module's
+    ``KERNEL_LIMITS``, ``encode.train.synthesis_grad.LIMITS``), every layer with a bias."""
     conv_width = cast(nn.Conv2d, net.conv[0]).out_channels if len(net.conv) else 0
     return (
         f.dim() == 4
         and f.shape[0] == 1
-        and 1 <= f.shape[1] <= lim["in"]
-        and 1 <= f.shape[2] <= lim["side"]
-        and 1 <= f.shape[3] <= lim["side"]
-        and 1 <= len(net.mlp) <= lim["mlp"]
-        and all(cast(nn.Conv2d, m).out_channels <= lim["width"] for m in net.mlp)
-        and len(net.conv) <= lim["conv"]
-        and conv_width <= lim["conv_width"]
-        and len(net.res) <= lim["res"]
+        and 1 <= f.shape[1] <= limits["in"]
+        and 1 <= f.shape[2] <= limits["side"]
+        and 1 <= f.shape[3] <= limits["side"]
+        and 1 <= len(net.mlp) <= limits["mlp"]
+        and all(cast(nn.Conv2d, m).out_channels <= limits["width"] for m in net.mlp)
+        and len(net.conv) <= limits["conv"]
+        and conv_width <= limits["conv_width"]
+        and len(net.res) <= limits["res"]
         and all(cast(nn.Conv2d, m).bias is not None for m in (*net.mlp, *net.conv, net.head, *net.res))
     )
 

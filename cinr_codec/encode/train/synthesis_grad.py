@@ -20,10 +20,10 @@ from torch import nn
 
 from ...core import native
 from ...core.config import LEAKY_SLOPE
-from ...core.synthesis import Synthesis
+from ...core.synthesis import Synthesis, within_limits
 
 #: The kernel's limits (``_synthesis_grad.c``: MAX_IN, MAX_MLP, MAX_WIDTH, MAX_CONV_WIDTH, MAX_RES).
-LIMITS = {"in": 16, "mlp": 4, "width": 64, "conv_layers": 1, "conv_width": 16, "res": 4, "side": 1 << 15}
+LIMITS = {"in": 16, "mlp": 4, "width": 64, "conv": 1, "conv_width": 16, "res": 4, "side": 1 << 15}
 
 
 def _lib() -> ctypes.CDLL | None:
@@ -47,23 +47,11 @@ def _convs(net: Synthesis) -> tuple[list[nn.Conv2d], list[nn.Conv2d], nn.Conv2d,
 
 
 def _takes(net: Synthesis, f: torch.Tensor) -> bool:
-    """True when the kernel computes this network on these features."""
-    mlp, conv, head, res = _convs(net)
-    lim = LIMITS
+    """True when the kernel computes this network on these features (its limits, float32 on the CPU)."""
     return (
-        f.dim() == 4
-        and f.shape[0] == 1
-        and 1 <= f.shape[1] <= lim["in"]
-        and 1 <= f.shape[2] <= lim["side"]
-        and 1 <= f.shape[3] <= lim["side"]
+        within_limits(net, f, LIMITS)
         and f.device.type == "cpu"
         and f.dtype == torch.float32
-        and 1 <= len(mlp) <= lim["mlp"]
-        and all(m.out_channels <= lim["width"] for m in mlp)
-        and len(conv) <= lim["conv_layers"]
-        and all(m.out_channels <= lim["conv_width"] for m in conv)
-        and len(res) <= lim["res"]
-        and all(m.bias is not None for m in (*mlp, *conv, head, *res))
         and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in net.parameters())
     )
 
