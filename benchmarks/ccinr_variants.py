@@ -1,7 +1,8 @@
 """A/B of compressive-CINR recipes at equal steps: BD-rate of each variant against JPEG, JPEG XL, AVIF.
 
     python -m benchmarks.ccinr_variants [--crop tcga|prostate|prostate-grid|sample ...] [--steps 800]
-        [--qualities q3,q5,q7] [--variant base] [--variant 'upsampling="bilinear"'] [--jobs 2] [--json]
+        [--qualities q3,q5,q7] [--variant base] [--variant 'upsampling="bilinear"'] [--seeds 0,1,2]
+        [--jobs 2] [--json]
 
 A variant is ``base`` (the package's recipe) or ``KEY=JSON[+KEY=JSON...]`` overriding entries of
 ``encode.train.latent.PRESET_ARCH`` (architecture) or ``RECIPE`` (training), e.g.
@@ -14,6 +15,11 @@ TCGA slide's and the bundled sample's most saturated window (``benchmarks.rd``'s
 prostate image's at (46, 1272) (``rd --quick``'s region, 2 px off the source JPEG's grid) and at
 (48, 1272) (on it). Anchors: the sweeps of ``benchmarks.jpeg_grid``. BD-rate over 34–40 dB.
 Compare variants of one run only (equal steps, same crops); wall-clock is not compared.
+
+Seeds. One fit's result depends on its random initialisation by about a point of BD-rate (a third
+of the seeds end 2–6 % worse in loss; docs/architecture.md, "Measured and left, ninth session"),
+so ``--seeds 0,1,2`` trains each (variant, crop) once per seed (the same seeds for every variant:
+paired) and reports each seed's BD-rate and their median; compare the medians.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -73,7 +80,9 @@ def apply(variant: str) -> None:
             raise ValueError(f"{key!r} is neither in PRESET_ARCH nor in RECIPE")
 
 
-def run(variant: str, crop_name: str, steps: int, qualities: list[str]) -> list[dict[str, Any]]:
+def run(
+    variant: str, crop_name: str, steps: int, qualities: list[str], seed: int = 0
+) -> list[dict[str, Any]]:
     """Train, store and decode every quality level of one (variant, crop); one row per level."""
     import torch
 
@@ -86,7 +95,7 @@ def run(variant: str, crop_name: str, steps: int, qualities: list[str]) -> list[
     arch, recipe = dict(L.PRESET_ARCH), dict(L.RECIPE)
     try:
         apply(variant)
-        return _levels(variant, crop_name, steps, qualities)
+        return _levels(variant, crop_name, steps, qualities, seed)
     finally:
         L.PRESET_ARCH.clear()
         L.PRESET_ARCH.update(arch)
@@ -94,7 +103,9 @@ def run(variant: str, crop_name: str, steps: int, qualities: list[str]) -> list[
         L.RECIPE.update(recipe)
 
 
-def _levels(variant: str, crop_name: str, steps: int, qualities: list[str]) -> list[dict[str, Any]]:
+def _levels(
+    variant: str, crop_name: str, steps: int, qualities: list[str], seed: int
+) -> list[dict[str, Any]]:
     """``run``'s work, with the variant applied."""
     import time
 
@@ -108,7 +119,7 @@ def _levels(variant: str, crop_name: str, steps: int, qualities: list[str]) -> l
     for q in qualities:
         t0 = time.perf_counter()
         cfg = codec.config_for("ccinr", q, *img.shape[:2])
-        fit = codec.fit(img, cfg, "ccinr", q, FitSettings(steps=steps, measure=False))
+        fit = codec.fit(img, cfg, "ccinr", q, FitSettings(steps=steps, seed=seed, measure=False))
         payload = codec.serialize(fit, "entropy")
         out = codec.load(payload, cfg, "variant").render(img.shape[0], img.shape[1], float(SIDE))
         rows.append(
@@ -117,6 +128,7 @@ def _levels(variant: str, crop_name: str, steps: int, qualities: list[str]) -> l
                 "crop": crop_name,
                 "quality": q,
                 "steps": steps,
+                "seed": seed,
                 "bytes": len(payload),
                 "bpp": len(payload) * 8 / (img.shape[0] * img.shape[1]),
                 "psnr": psnr(out, img),
@@ -148,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variant", action="append", help="default: base")
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--qualities", default="q3,q5,q7")
+    ap.add_argument("--seeds", default="0", help="comma-separated training seeds (paired across variants)")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--out", default="ccinr_variants", help="result name (benchmarks/results/NAME.md/.json)")
     ap.add_argument("--json", action="store_true")
@@ -169,27 +182,45 @@ def main(argv: list[str] | None = None) -> None:
             L.RECIPE.update(recipe)
         for q in qualities:
             L.lambda_of(q)
+        try:
+            seeds = [int(x) for x in args.seeds.split(",")]
+        except ValueError:
+            raise ValueError(f"--seeds wants comma-separated integers, not {args.seeds!r}") from None
         for c in crops:
             if not CROPS[c][0].exists():
                 raise ValueError(f"crop {c!r} needs {CROPS[c][0]}, which is missing")
     except ValueError as exc:
         print(f"benchmarks.ccinr_variants: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    jobs = [(v, c) for c in crops for v in variants]
+    jobs = [(v, c, seed) for c in crops for v in variants for seed in seeds]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(run, v, c, args.steps, qualities) for v, c in jobs]
+        futures = [pool.submit(run, v, c, args.steps, qualities, seed) for v, c, seed in jobs]
         results = [f.result() for f in futures]
     table = []
     data = []
-    for (v, c), rows in zip(jobs, results, strict=True):
-        a = anchors(c)
+    anchor = {c: anchors(c) for c in crops}
+    per_seed: dict[tuple[str, str], list[dict[str, float | None]]] = {}
+    for (v, c, seed), rows in zip(jobs, results, strict=True):
         bds = {
             n: bd_rate(r, p, [x["bpp"] for x in rows], [x["psnr"] for x in rows], WINDOW)
-            for n, (r, p) in a.items()
+            for n, (r, p) in anchor[c].items()
         }
+        per_seed.setdefault((c, v), []).append(bds)
         pts = " ".join(f"{x['quality']} {x['psnr']:.2f} dB @ {x['bpp']:.3f}" for x in rows)
-        table.append((c, v, *(f"{b:+.1f}%" if b is not None else "n/a" for b in bds.values()), pts))
-        data.append({"variant": v, "crop": c, "bd_rate": bds, "rows": rows})
+        name = v if len(seeds) == 1 else f"{v} (seed {seed})"
+        table.append((c, name, *(f"{b:+.1f}%" if b is not None else "n/a" for b in bds.values()), pts))
+        data.append({"variant": v, "crop": c, "seed": seed, "bd_rate": bds, "rows": rows})
+    medians = []
+    if len(seeds) > 1:
+        for (c, v), runs in per_seed.items():
+            med = {}
+            for n in runs[0]:
+                vals = [b[n] for b in runs if b[n] is not None]
+                med[n] = statistics.median(vals) if vals else None
+            medians.append({"variant": v, "crop": c, "seeds": seeds, "median_bd_rate": med})
+            cells = (f"{b:+.1f}%" if b is not None else "n/a" for b in med.values())
+            table.append((c, f"**{v}: median of {len(seeds)} seeds**", *cells, ""))
+    data.extend(medians)
     text = "\n".join(
         [
             header("ccinr recipe variants at equal steps"),

@@ -53,13 +53,16 @@ class _Stop:
 
 def test_one_level_of_the_bundled_sample() -> None:
     (row,) = V.run("base", "sample", 3, ["q5"])
-    assert row["crop"] == "sample" and row["steps"] == 3
+    assert row["crop"] == "sample" and row["steps"] == 3 and row["seed"] == 0
     assert row["bytes"] > 100 and 0 < row["bpp"] == pytest.approx(row["bytes"] * 8 / 256**2)
     assert 10 < row["psnr"] < 60
+    (other,) = V.run("base", "sample", 3, ["q5"], seed=1)
+    assert other["seed"] == 1 and other["psnr"] != row["psnr"]  # the seed reaches the fit
 
 
 @pytest.mark.parametrize(
-    "args", [["--variant", "nonsense=1"], ["--variant", "mlp=[16"], ["--qualities", "q99"]]
+    "args",
+    [["--variant", "nonsense=1"], ["--variant", "mlp=[16"], ["--qualities", "q99"], ["--seeds", "0,x"]],
 )
 def test_bad_arguments_are_one_line(args: list[str]) -> None:
     import subprocess
