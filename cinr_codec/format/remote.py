@@ -7,7 +7,9 @@ ranges at once (concurrent requests: the decoder asks for all the blocks of one 
 so a read costs one round trip, not one per block). Each fetch is bounded in time (``timeout``) and
 retried a bounded number of times on network errors; a server that ignores range requests, a
 short response, a missing file or a timeout is an ``OSError``, which ``CinrReader`` reports as
-``CinrIOError`` naming the URL.
+``CinrIOError`` naming the URL. Over HTTP a response is also bounded in size: a server that
+sends more than the range asked for is refused after at most 64 KiB more, before it is held
+in memory (fsspec itself would read a ranged response whole).
 """
 
 from __future__ import annotations
@@ -53,6 +55,46 @@ def _root(exc: BaseException) -> BaseException:
     return exc
 
 
+def _range_length(value: str | None) -> int | None:
+    """The bytes a ``Range: bytes=A-B`` request header asks for; None for any other request."""
+    m = re.fullmatch(r"bytes=(\d+)-(\d+)", (value or "").strip())
+    return int(m.group(2)) - int(m.group(1)) + 1 if m else None
+
+
+class _OversizedResponseError(ValueError):
+    """A ranged HTTP response longer than the range (not retried: the server means it)."""
+
+
+_bounded_response: type | None = None
+
+
+def _bounded_response_class() -> type:
+    """An aiohttp response class whose ``read`` of a ranged request stops past the range's
+    length, so that a hostile or broken server cannot make a read hold more than it asked for."""
+    global _bounded_response
+    if _bounded_response is None:
+        import aiohttp
+
+        class BoundedResponse(aiohttp.ClientResponse):
+            async def read(self) -> bytes:
+                limit = _range_length(self.request_info.headers.get("Range"))
+                if limit is not None and self._body is None:
+                    parts, n = [], 0
+                    while chunk := await self.content.read(1 << 16):
+                        n += len(chunk)
+                        if n > limit:
+                            self.close()
+                            raise _OversizedResponseError(
+                                f"the server sent more than the {limit} bytes asked for"
+                            )
+                        parts.append(chunk)
+                    self._body = b"".join(parts)
+                return await super().read()
+
+        _bounded_response = BoundedResponse
+    return _bounded_response
+
+
 def _describe(exc: BaseException, timeout: float) -> str:
     """One line for a failed fetch."""
     status = getattr(exc, "status", None)
@@ -63,6 +105,8 @@ def _describe(exc: BaseException, timeout: float) -> str:
     if "Timeout" in type(exc).__name__ or isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g} s"
     text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, _OversizedResponseError):
+        return text
     if "support range requests" in text:
         return "the server ignores range requests (needed to read parts of a file)"
     return text[:200]
@@ -100,10 +144,12 @@ class RemoteFile(io.RawIOBase):
             import aiohttp
 
             t = self._timeout
-            options.setdefault(
-                "client_kwargs",
-                {"timeout": aiohttp.ClientTimeout(total=t, connect=t, sock_connect=t, sock_read=t)},
+            client = dict(options.get("client_kwargs") or {})
+            client.setdefault(
+                "timeout", aiohttp.ClientTimeout(total=t, connect=t, sock_connect=t, sock_read=t)
             )
+            client.setdefault("response_class", _bounded_response_class())
+            options["client_kwargs"] = client
         elif protocol in ("s3", "s3a"):
             # botocore's own timeouts and retries (s3fs passes config_kwargs to it).
             t = self._timeout

@@ -23,10 +23,14 @@ from cinr_codec.format.remote import is_url
 VECTORS = Path(__file__).resolve().parents[2] / "formats" / "vectors"
 
 
+FLOOD = 256 << 20
+
+
 class _Handler(BaseHTTPRequestHandler):
     """Files from ``server.files``; ``server.mode``: ``ok``, ``norange`` (ignores Range),
     ``short`` (sends half of what it announces, then closes), ``hang`` (never answers a GET),
-    ``nosize`` (no Content-Length, no Content-Range)."""
+    ``nosize`` (no Content-Length, no Content-Range), ``flood`` (answers a range with the right
+    Content-Range but 256 MiB of body, counting in ``sent`` what the client accepted)."""
 
     server: _Server
     disable_nagle_algorithm = True
@@ -69,6 +73,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.end_headers()
             self.wfile.write(body)
+            return
+        if mode == "flood" and status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+            self.send_header("Content-Length", str(FLOOD))
+            self.end_headers()
+            chunk = bytes(1 << 20)
+            try:
+                for _ in range(FLOOD >> 20):
+                    self.wfile.write(chunk)
+                    self.server.sent += len(chunk)
+            except OSError:  # the client hung up
+                pass
+            self.close_connection = True
             return
         self.send_header("Content-Length", str(len(body)))
         if status == 206:
@@ -254,6 +271,19 @@ def test_bad_servers_give_one_cinr_io_error_naming_the_url(
     msg = str(info.value)
     assert msg.startswith(url) and "\n" not in msg
     assert expect in msg.lower()
+
+
+def test_a_server_that_sends_more_than_asked_is_refused_early(slide_bytes: bytes) -> None:
+    """A ranged response longer than its range is an error after a bounded read, not after the
+    client has held the whole body (fsspec alone reads a 206 response whole)."""
+    with _serve({"/s.cinr": slide_bytes}, "flood") as server:
+        url = _url(server, "/s.cinr")
+        with pytest.raises(CinrIOError, match="more than the") as info:
+            with open_cinr(url, remote={"timeout": 10, "retries": 1}) as slide:
+                slide.read_region((0, 0), 0, (64, 64))
+        assert "\n" not in str(info.value)
+        # Socket buffers take a few MiB beyond what the client read; a whole body is 256 MiB.
+        assert server.sent < 32 << 20
 
 
 def test_unknown_protocols_are_cinr_errors() -> None:
