@@ -22,61 +22,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS, header, md_table, publish
+from benchmarks.loopback import RangeServer, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "cinr_codec" / "data" / "CMU-1-Small-Region.svs"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        time.sleep(self.server.latency)
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(self.server.data)))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-
-    def do_GET(self) -> None:  # noqa: N802
-        time.sleep(self.server.latency)
-        data = self.server.data
-        rng = self.headers.get("Range")
-        if rng:
-            a, _, b = rng.removeprefix("bytes=").partition("-")
-            start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
-            body = data[start : end + 1]
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-        else:
-            body = data
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        with self.server.lock:  # counted before it is sent: a client that has it sees it counted
-            self.server.sent += len(body)
-            self.server.requests += 1
-        self.wfile.write(body)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    data: bytes
-    sent = 0
-    requests = 0
-    latency = 0.0
-    lock: threading.Lock
 
 
 def touched_bytes(path: Path, x: int, y: int, w: int, h: int, scale: float) -> int:
@@ -115,21 +69,24 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(1)
     from benchmarks.decode_speed import cached_cinr
-    from cinr_codec.api import open_cinr
 
     if args.cinr is None:
         with tempfile.TemporaryDirectory() as tmp:
             path, _ = cached_cinr(SAMPLE, "fast", args.steps, 1024, "cpu", True, Path(tmp), print)
     else:
         path = args.cinr
-    data = path.read_bytes()
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.data, server.lock, server.latency = data, threading.Lock(), args.latency / 1000
+    with serve({f"/{path.name}": path.read_bytes()}, latency=args.latency / 1000) as server:
+        _measure(args, path, server)
+
+
+def _measure(args: argparse.Namespace, path: Path, server: RangeServer) -> None:
+    """``main``'s reads and report, against ``server``."""
+    from cinr_codec.api import open_cinr
     from cinr_codec.format.container.reader import CinrReader
 
     prefetch = CinrReader.prefetch
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
+    url = server.url(f"/{path.name}")
+    size = path.stat().st_size
     with open_cinr(path) as s:
         W, H = s.dimensions
     cx, cy = W // 2, H // 2
@@ -194,7 +151,6 @@ def main(argv: list[str] | None = None) -> None:
             row += [f"{r['remote_one_by_one_s'] * 1000:.0f} ({plain_reqs})"]
         row += [f"{r['local_s'] * 1000:.0f}", f"{r['remote_s'] / r['local_s']:.2f}"]
         rows.append(tuple(row))
-    server.shutdown()
     cols = [
         "read (fresh open each)",
         "bytes fetched",
@@ -213,9 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(
         [
             header("Reading a .cinr over HTTP (loopback)"),
-            f"- file: {path.name}, {len(data):,} bytes, {W} x {H} px",
+            f"- file: {path.name}, {size:,} bytes, {W} x {H} px",
             f"- opening fetches {statistics.median(open_sent):,.0f} bytes (preamble, header, index, footer: "
-            f"{statistics.median(open_sent) / len(data):.1%} of the file)",
+            f"{statistics.median(open_sent) / size:.1%} of the file)",
             f"- server latency: {args.latency:g} ms",
             "",
             *md_table(cols, "l" + "r" * (len(cols) - 1), rows),
@@ -224,9 +180,7 @@ def main(argv: list[str] | None = None) -> None:
             "fetched together (concurrent requests, adjacent blocks merged into one).",
         ]
     )
-    publish(
-        RESULTS / f"{args.out}.md", text, payload, args.json, data={"file_bytes": len(data), "cases": payload}
-    )
+    publish(RESULTS / f"{args.out}.md", text, payload, args.json, data={"file_bytes": size, "cases": payload})
 
 
 if __name__ == "__main__":

@@ -4,17 +4,14 @@ bounded time."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from benchmarks.loopback import serve
 from cinr_codec.api import open_cinr
 from cinr_codec.errors import CinrError, CinrIOError
 from cinr_codec.format.container import CinrReader
@@ -23,113 +20,10 @@ from cinr_codec.format.remote import is_url
 VECTORS = Path(__file__).resolve().parents[2] / "formats" / "vectors"
 
 
-FLOOD = 256 << 20
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Files from ``server.files``; ``server.mode``: ``ok``, ``norange`` (ignores Range),
-    ``short`` (sends half of what it announces, then closes), ``hang`` (never answers a GET),
-    ``nosize`` (no Content-Length, no Content-Range), ``flood`` (answers a range with the right
-    Content-Range but 256 MiB of body, counting in ``sent`` what the client accepted)."""
-
-    server: _Server
-    disable_nagle_algorithm = True
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def _file(self) -> bytes | None:
-        data = self.server.files.get(self.path)
-        if data is None:
-            self.send_error(404, "no such file")
-        return data
-
-    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
-        data = self._file()
-        if data is None:
-            return
-        self.send_response(200)
-        if self.server.mode != "nosize":
-            self.send_header("Content-Length", str(len(data)))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-
-    def do_GET(self) -> None:  # noqa: N802
-        data = self._file()
-        if data is None:
-            return
-        mode = self.server.mode
-        if mode == "hang":
-            self.server.release.wait(30)
-            return
-        rng = self.headers.get("Range")
-        status, body = 200, data
-        if rng and mode != "norange":
-            a, _, b = rng.removeprefix("bytes=").partition("-")
-            start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
-            status, body = 206, data[start : end + 1]
-        self.send_response(status)
-        if mode == "nosize":  # a body delimited by closing the connection, sizes unsaid
-            self.close_connection = True
-            self.end_headers()
-            self.wfile.write(body)
-            return
-        if mode == "flood" and status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-            self.send_header("Content-Length", str(FLOOD))
-            self.end_headers()
-            chunk = bytes(1 << 20)
-            try:
-                for _ in range(FLOOD >> 20):
-                    self.wfile.write(chunk)
-                    self.server.sent += len(chunk)
-            except OSError:  # the client hung up
-                pass
-            self.close_connection = True
-            return
-        self.send_header("Content-Length", str(len(body)))
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-        self.end_headers()
-        if mode == "short":
-            body = body[: len(body) // 2]
-            self.close_connection = True
-        self.server.sent += len(body)  # counted before it is sent: a client that has it sees it counted
-        self.server.requests += 1
-        self.wfile.write(body)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    files: dict[str, bytes]
-    mode = "ok"
-    sent = 0
-    requests = 0
-    release: threading.Event
-
-
-@contextlib.contextmanager
-def _serve(files: dict[str, bytes], mode: str = "ok") -> Iterator[_Server]:
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.files, server.mode, server.release = files, mode, threading.Event()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.release.set()
-        server.shutdown()
-        server.server_close()
-
-
 def _bytes_file(data: bytes) -> Any:
     import io
 
     return io.BytesIO(data)
-
-
-def _url(server: _Server, name: str) -> str:
-    return f"http://127.0.0.1:{server.server_address[1]}{name}"
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +43,7 @@ def test_a_region_over_http_is_the_local_one_and_fetches_only_its_blocks(
 ) -> None:
     local = tmp_path / "s.cinr"
     local.write_bytes(slide_bytes)
-    with _serve({"/s.cinr": slide_bytes}) as server, open_cinr(_url(server, "/s.cinr")) as remote:
+    with serve({"/s.cinr": slide_bytes}) as server, open_cinr(server.url("/s.cinr")) as remote:
         opened = server.sent
         with CinrReader(local) as r:
             stored = [b for b in r.blocks() if b.stored_length]
@@ -191,7 +85,7 @@ def test_a_read_fetches_its_blocks_together_and_nothing_more(
     with CinrReader(local) as r:  # the first mip level's stored blocks
         mips = [b for b in r.blocks() if b.kind == "image"]
         assert CinrReader.prefetch(r, [b.block_id for b in mips]) == 0  # a local file: nothing to do
-    with _serve({"/s.cinr": slide_bytes}) as server, open_cinr(_url(server, "/s.cinr")) as remote:
+    with serve({"/s.cinr": slide_bytes}) as server, open_cinr(server.url("/s.cinr")) as remote:
         opened = server.sent
         got = np.asarray(remote.read_region((0, 0), 1, (w, h)))
         fetched = server.sent - opened
@@ -220,14 +114,14 @@ def test_fetched_ahead_blocks_are_bounded_and_checked(
     victim = stored[-1]
     bad[victim.offset + victim.stored_length // 2] ^= 0xFF  # the index CRC no longer matches
     files = {"/s.cinr": slide_bytes, "/bad.cinr": bytes(bad)}
-    with _serve(files) as server:
+    with serve(files) as server:
         monkeypatch.setattr(reader_mod, "PREFETCH_BYTES", stored[0].stored_length)
-        with CinrReader(_url(server, "/s.cinr")) as r:
+        with CinrReader(server.url("/s.cinr")) as r:
             before = server.sent
             got = r.prefetch([-1, 10**9, *background, *(b.block_id for b in stored)])
             assert 0 < got <= stored[0].stored_length and server.sent - before == got
         monkeypatch.setattr(reader_mod, "PREFETCH_BYTES", 64 << 20)
-        with CinrReader(_url(server, "/bad.cinr")) as r:
+        with CinrReader(server.url("/bad.cinr")) as r:
             assert r.prefetch([victim.block_id]) == victim.stored_length
             with pytest.raises(CinrError, match="checksum"):
                 r.read_image_block(victim.block_id)
@@ -242,8 +136,8 @@ def test_file_urls_and_cli_info(slide_bytes: bytes, tmp_path: Path) -> None:
     local.write_bytes(slide_bytes)
     with open_cinr(local.as_uri()) as slide:
         assert slide.dimensions == open_cinr(local).dimensions
-    with _serve({"/s.cinr": slide_bytes}) as server:
-        res = CliRunner().invoke(main, ["info", "--json", _url(server, "/s.cinr")])
+    with serve({"/s.cinr": slide_bytes}) as server:
+        res = CliRunner().invoke(main, ["info", "--json", server.url("/s.cinr")])
     assert res.exit_code == 0, res.output
     assert f'"bytes": {len(slide_bytes)}' in res.output
 
@@ -261,8 +155,8 @@ def test_file_urls_and_cli_info(slide_bytes: bytes, tmp_path: Path) -> None:
 def test_bad_servers_give_one_cinr_io_error_naming_the_url(
     slide_bytes: bytes, mode: str, name: str, expect: str
 ) -> None:
-    with _serve({"/s.cinr": slide_bytes}, mode) as server:
-        url = _url(server, name)
+    with serve({"/s.cinr": slide_bytes}, mode) as server:
+        url = server.url(name)
         t = time.perf_counter()
         with pytest.raises(CinrIOError) as info:
             with open_cinr(url, remote={"timeout": 2, "retries": 1}) as slide:
@@ -276,8 +170,8 @@ def test_bad_servers_give_one_cinr_io_error_naming_the_url(
 def test_a_server_that_sends_more_than_asked_is_refused_early(slide_bytes: bytes) -> None:
     """A ranged response longer than its range is an error after a bounded read, not after the
     client has held the whole body (fsspec alone reads a 206 response whole)."""
-    with _serve({"/s.cinr": slide_bytes}, "flood") as server:
-        url = _url(server, "/s.cinr")
+    with serve({"/s.cinr": slide_bytes}, "flood") as server:
+        url = server.url("/s.cinr")
         with pytest.raises(CinrIOError, match="more than the") as info:
             with open_cinr(url, remote={"timeout": 10, "retries": 1}) as slide:
                 slide.read_region((0, 0), 0, (64, 64))
@@ -292,7 +186,7 @@ def test_unknown_protocols_are_cinr_errors() -> None:
 
 
 def test_a_refused_connection_is_a_cinr_io_error() -> None:
-    with _serve({}) as server:
-        url = _url(server, "/s.cinr")
+    with serve({}) as server:
+        url = server.url("/s.cinr")
     with pytest.raises(CinrIOError, match="(?i)cannot connect"):
         open_cinr(url, remote={"retries": 0})
