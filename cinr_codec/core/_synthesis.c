@@ -27,38 +27,7 @@
 #define MAX_CONV_WIDTH 64
 #define MAX_RES 4
 
-/* x86-64-v3 (AVX2 and FMA) where GCC knows the level (GCC 11 on), else AVX2 alone. An
- * "arch=<cpu>" clone would be chosen only on that very CPU model. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 11
-#define CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define CLONES
-#endif
-
-static inline float act(float v, float slope) { return v > 0.0f ? v : v * slope; }
-
-/* Planes (c, H, W) -> (c, H + 2, W + 2) with the edges replicated; act applied when asked. */
-static void pad_planes(const float *in, int64_t c, int64_t H, int64_t W, float *out, int activate, float slope) {
-    const int64_t W2 = W + 2;
-    for (int64_t k = 0; k < c; k++) {
-        const float *src = in + k * H * W;
-        float *dst = out + k * (H + 2) * W2;
-        for (int64_t y = 0; y < H + 2; y++) {
-            const int64_t sy = y == 0 ? 0 : (y > H ? H - 1 : y - 1);
-            const float *s = src + sy * W;
-            float *d = dst + y * W2;
-            if (activate) {
-                for (int64_t x = 0; x < W; x++) d[x + 1] = act(s[x], slope);
-            } else {
-                memcpy(d + 1, s, (size_t)W * sizeof(float));
-            }
-            d[0] = d[1];
-            d[W + 1] = d[W];
-        }
-    }
-}
+#include "_kernels.h"
 
 /* Register blocks: JB outputs x XB pixels of accumulators (JB * XB / 8 vector registers with AVX2),
  * so that each input value loaded serves JB outputs and each weight XB pixels. The accumulators

@@ -5,7 +5,8 @@
 training step's rate and synthesis) are plain C (no Python or torch headers), so building one
 takes about a second with the system C compiler
 (``$CC``, else ``cc``). Each shared library is cached per user under ``$CINR_CACHE_DIR`` or
-``~/.cache/cinr_codec``, named by a hash of its source and the compiler, and written
+``~/.cache/cinr_codec``, named by a hash of its source, the package headers it includes
+(``core/_kernels.h``, ``encode/train/_tiles.h``) and the compiler, and written
 atomically, so concurrent processes can share it. Without a compiler, or with
 ``CINR_NATIVE=0``, everything runs on the Python paths, which define the semantics; the
 kernels compute the same values (tests compare both).
@@ -18,6 +19,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,10 +53,30 @@ def _compiler() -> str | None:
     return cc if shutil.which(cc.split()[0]) else None
 
 
+_LOCAL_INCLUDE = re.compile(rb'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
+
+
+def _sources(source: Path) -> list[Path]:
+    """``source`` and the package headers it includes by relative path (``#include "x.h"``),
+    recursively, each once: what a compiled library depends on."""
+    seen: list[Path] = []
+    todo = [source.resolve()]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.append(path)
+        todo += [(path.parent / m.decode()).resolve() for m in _LOCAL_INCLUDE.findall(path.read_bytes())]
+    return seen
+
+
 def _build(cc: str, source: Path) -> Path:
-    """Compile C ``source`` into the cache (atomic rename); returns the library's path."""
-    src = source.read_bytes()
-    key = hashlib.sha256(src + cc.encode() + sys.platform.encode()).hexdigest()[:16]
+    """Compile C ``source`` into the cache (atomic rename); returns the library's path. The
+    cache key covers the source, the headers it includes from the package, and the compiler."""
+    digest = hashlib.sha256(cc.encode() + sys.platform.encode())
+    for path in _sources(source):
+        digest.update(path.read_bytes())
+    key = digest.hexdigest()[:16]
     out_dir = _cache_dir()
     lib_path = out_dir / f"native-{key}.so"
     if lib_path.is_file():

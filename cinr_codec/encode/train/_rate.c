@@ -26,29 +26,7 @@
 #define MAX_W 64
 #define MAX_LAYERS 8
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 11
-#define CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define CLONES
-#endif
-
-/* Unaligned (aligned(4)): numpy buffers are not always 32-byte aligned. */
-typedef float v8 __attribute__((vector_size(32), aligned(4)));
-typedef int32_t vi8 __attribute__((vector_size(32), aligned(4)));
-#define VW 8
-#define T 64        /* latents per tile */
-#define TV (T / VW) /* vectors per tile row */
-/* Inlined into the cloned entry point, so that each clone compiles them for its target. */
-#define AI __attribute__((always_inline)) inline
-
-static inline v8 splat(float x) { return (v8){x, x, x, x, x, x, x, x}; }
-static inline float hsum(v8 v) {
-    float s = 0.0f;
-    for (int t = 0; t < VW; t++) s += v[t];
-    return s;
-}
+#include "_tiles.h"
 /* x where a > 0, else 0 (ReLU's value for x = a, its gradient's mask otherwise). */
 AI static v8 where_pos(v8 a, v8 x) { return (v8)((vi8)(a > splat(0.0f)) & (vi8)x); }
 
@@ -59,22 +37,6 @@ typedef struct {
     v8 dH[MAX_W][TV], dZ[MAX_W][TV], dC[MAX_CTX][TV];
     float mean[T], ls[T], gmean[T], gls[T];
 } tile;
-
-/* acc += the lane-wise sum over a tile row of a * b. */
-AI static void dot_acc(v8 *acc, const v8 *a, const v8 *b) {
-    v8 s0 = a[0] * b[0], s1 = a[1] * b[1];
-    for (int v = 2; v < TV; v += 2) {
-        s0 += a[v] * b[v];
-        s1 += a[v + 1] * b[v + 1];
-    }
-    *acc += s0 + s1;
-}
-
-AI static void sum_acc(v8 *acc, const v8 *a) {
-    v8 s = a[0];
-    for (int v = 1; v < TV; v++) s += a[v];
-    *acc += s;
-}
 
 /* The parameters in torch's order: each hidden layer's weight (width, din) row-major and bias
  * (width), din = K for the first and width after; then the output layer's weight (2, width) and

@@ -30,53 +30,9 @@
 #define MAX_CONV_WIDTH 16
 #define MAX_RES 4
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 11
-#define CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define CLONES
-#endif
+#include "_tiles.h"
 
-/* Unaligned (aligned(4)): numpy buffers are not always 32-byte aligned. */
-typedef float v8 __attribute__((vector_size(32), aligned(4)));
-typedef int32_t vi8 __attribute__((vector_size(32), aligned(4)));
-#define VW 8
-
-/* Inlined into the cloned entry point, so that each clone compiles them for its target. */
-#define AI __attribute__((always_inline)) inline
-#define T 64          /* pixels per tile */
-#define TV (T / VW)   /* vectors per tile row */
-
-static inline v8 splat(float x) { return (v8){x, x, x, x, x, x, x, x}; }
-static inline float act(float v, float slope) { return v > 0.0f ? v : v * slope; }
 static inline float dact(float pre, float slope) { return pre > 0.0f ? 1.0f : slope; }
-static inline float hsum(v8 v) {
-    float s = 0.0f;
-    for (int t = 0; t < VW; t++) s += v[t];
-    return s;
-}
-
-/* Planes (c, H, W) -> (c, H + 2, W + 2), edges replicated; the activation applied when asked. */
-AI static void pad_planes(const float *in, int64_t c, int64_t H, int64_t W, float *out, int activate, float slope) {
-    const int64_t W2 = W + 2;
-    for (int64_t k = 0; k < c; k++) {
-        const float *src = in + k * H * W;
-        float *dst = out + k * (H + 2) * W2;
-        for (int64_t y = 0; y < H + 2; y++) {
-            const int64_t sy = y == 0 ? 0 : (y > H ? H - 1 : y - 1);
-            const float *s = src + sy * W;
-            float *d = dst + y * W2;
-            if (activate) {
-                for (int64_t x = 0; x < W; x++) d[x + 1] = act(s[x], slope);
-            } else {
-                memcpy(d + 1, s, (size_t)W * sizeof(float));
-            }
-            d[0] = d[1];
-            d[W + 1] = d[W];
-        }
-    }
-}
 
 /* out (O, H, W) = b + conv of the padded planes P (C, H + 2, W + 2) with w (O, C, 3, 3): for
  * blocks of up to 8 outputs, each input vector is loaded once for all of them, the accumulators
@@ -381,22 +337,6 @@ AI static void forward_body(const layout *g, const float *f, const float *p, flo
         conv_fwd(scratch, 3, H, W, p + g->res[r], p + g->res[r] + 81, 3, next);
         for (int64_t i = 0; i < 3 * HW; i++) next[i] += xr[i];
     }
-}
-
-/* acc += the lane-wise sum over a tile row of a * b (one vector: 8 partial sums). */
-AI static void dot_acc(v8 *acc, const v8 *a, const v8 *b) {
-    v8 s0 = a[0] * b[0], s1 = a[1] * b[1];
-    for (int v = 2; v < TV; v += 2) {
-        s0 += a[v] * b[v];
-        s1 += a[v + 1] * b[v + 1];
-    }
-    *acc += s0 + s1;
-}
-
-AI static void sum_acc(v8 *acc, const v8 *a) {
-    v8 s = a[0];
-    for (int v = 1; v < TV; v++) s += a[v];
-    *acc += s;
 }
 
 /* The backward: gout (3, H, W) -> gf (L, H, W) (overwritten); gp (torch's order) added to.

@@ -1,0 +1,48 @@
+/* What the compiled float kernels share (core/_synthesis.c, encode/train/_rate.c,
+ * encode/train/_synthesis_grad.c): the target clones, forced inlining, the activation and the
+ * replicate padding of planes. A header of the package, included by relative path; the build
+ * (core/native.py) hashes it into each kernel's cache key. */
+#ifndef CINR_KERNELS_H
+#define CINR_KERNELS_H
+
+#include <stdint.h>
+#include <string.h>
+
+/* x86-64-v3 (AVX2 and FMA) where GCC knows the level (GCC 11 on), else AVX2 alone. An
+ * "arch=<cpu>" clone would be chosen only on that very CPU model. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 11
+#define CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLONES
+#endif
+
+/* Inlined into the cloned entry points, so that each clone compiles them for its target. */
+#define AI __attribute__((always_inline)) inline
+
+/* Leaky ReLU of slope `slope` (0: ReLU). */
+static inline float act(float v, float slope) { return v > 0.0f ? v : v * slope; }
+
+/* Planes (c, H, W) -> (c, H + 2, W + 2), edges replicated; the activation applied when asked. */
+AI static void pad_planes(const float *in, int64_t c, int64_t H, int64_t W, float *out, int activate, float slope) {
+    const int64_t W2 = W + 2;
+    for (int64_t k = 0; k < c; k++) {
+        const float *src = in + k * H * W;
+        float *dst = out + k * (H + 2) * W2;
+        for (int64_t y = 0; y < H + 2; y++) {
+            const int64_t sy = y == 0 ? 0 : (y > H ? H - 1 : y - 1);
+            const float *s = src + sy * W;
+            float *d = dst + y * W2;
+            if (activate) {
+                for (int64_t x = 0; x < W; x++) d[x + 1] = act(s[x], slope);
+            } else {
+                memcpy(d + 1, s, (size_t)W * sizeof(float));
+            }
+            d[0] = d[1];
+            d[W + 1] = d[W];
+        }
+    }
+}
+
+#endif
