@@ -150,13 +150,20 @@ def encode_block(job: BlockJob, fit_pixels: np.ndarray) -> tuple[dict[str, Any],
     block_psnr = psnr_of(sse, owned.size)
     floor = block_psnr if block_psnr is not None and math.isfinite(block_psnr) else LOSSLESS_MIP_PSNR
     qualities = []
+    boxes: dict[int, np.ndarray] = {}  # box means by downsample: the mips' and the yardstick's
+
+    def box(d: int) -> np.ndarray:
+        if d not in boxes:
+            boxes[d] = box_downsample(owned, d)
+        return boxes[d]
+
     for dsm in grid.mip_downsamples:
         # Compressive files' mips are a large share of them (docs/architecture.md): worth a slower AVIF.
         data, _, q = encode_mip(
-            box_downsample(owned, dsm), floor + PSNR_MARGIN, avif=job.mip_avif, refine=codec.name == "latent"
+            box(dsm), floor + PSNR_MARGIN, avif=job.mip_avif, refine=codec.name == "latent"
         )
         parts.append(data)
         qualities.append(q)
     meta["mip_quality"] = qualities
-    meta["jpeg_reference"] = block_reference(owned, error=True)  # the summary's yardstick
+    meta["jpeg_reference"] = block_reference(owned, error=True, box=box)  # the summary's yardstick
     return meta, parts

@@ -12,7 +12,7 @@ counted from the start-of-scan marker on, and the squared error of its level til
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -44,16 +44,19 @@ def _tiles(img: np.ndarray) -> Iterable[np.ndarray]:
             yield np.ascontiguousarray(img[y : y + TILE, x : x + TILE])
 
 
-def block_reference(pixels: np.ndarray, *, error: bool) -> dict[str, list[float]]:
+def block_reference(
+    pixels: np.ndarray, *, error: bool, box: Callable[[int], np.ndarray] | None = None
+) -> dict[str, list[float]]:
     """``{"bytes": [...], "sse": [...]}`` per quality of ``QUALITIES`` for one block's uint8 RGB
     pixels: the tiles of the block and of its lower levels, and (with ``error``; else zeros) the
-    squared error summed over the block's level tiles."""
+    squared error summed over the block's level tiles. ``box(d)`` gives the pixels' box means at
+    downsample ``d`` when the caller has them already (``box_downsample`` otherwise)."""
     import imagecodecs
 
     levels = [pixels]
     d = 2
     while max(pixels.shape[:2]) // d >= MIN_SIDE:
-        levels.append(to_uint8(box_downsample(pixels, d)))
+        levels.append(to_uint8(box(d) if box is not None else box_downsample(pixels, d)))
         d *= 2
     size = [0.0] * len(QUALITIES)
     sse = [0.0] * len(QUALITIES)
