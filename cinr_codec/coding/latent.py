@@ -394,7 +394,14 @@ class LatentCodec(BlockCodec):
         self, pixels: np.ndarray, config: LatentConfig, kind: str, preset: str, settings: FitSettings
     ) -> FittedBlock:
         from ..core.render import resolve_device
-        from ..encode.train.latent import fit_latents, fit_latents_to_psnr, lambda_of, quantize_networks
+        from ..encode.train.latent import (
+            RECIPE,
+            fit_latents,
+            fit_latents_to_psnr,
+            lambda_of,
+            quantize_networks,
+        )
+        from ..encode.train.rdo import refine_latents
 
         device = str(resolve_device(settings.device))
         if settings.target_psnr is not None:
@@ -422,6 +429,14 @@ class LatentCodec(BlockCodec):
             )
         bits = laplace_weight_bits if config.weight_coding == "laplace" else (lambda v: best_order(v)[0])
         quantize_networks(fitted, pixels, bits)
+        if RECIPE["rdo_sweeps"]:
+            refine_latents(
+                fitted.model,
+                pixels,
+                fitted.lam,
+                sweeps=int(RECIPE["rdo_sweeps"]),
+                levels=int(RECIPE["rdo_levels"]),
+            )
         if settings.measure:
             from ..core.metrics import psnr, ssim
             from ..encode.train.latent import render_latents

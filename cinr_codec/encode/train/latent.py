@@ -125,6 +125,11 @@ RECIPE: dict[str, Any] = {
     "soap_betas": (0.95, 0.95),
     "soap_weight_decay": 0.01,
     "soap_precondition_frequency": 10,
+    # After the networks' quantization: a greedy search moving single latents by +-1 while the
+    # exact loss falls (encode/train/rdo.py), over the finest rdo_levels grids, rdo_sweeps passes
+    # at most (0: none).
+    "rdo_sweeps": 2,
+    "rdo_levels": 3,
 }
 #: Candidate exponents k of the weights' steps 2**-k (per group; a tensor may then move from it).
 WEIGHT_EXPONENTS = tuple(range(4, 15))
