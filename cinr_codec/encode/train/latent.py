@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ...core.config import LatentConfig
-from ...core.synthesis import LatentImage
+from ...core.synthesis import LatentImage, Synthesis
 from .rate import latent_bits
 from .synthesis_grad import synthesize
 
@@ -107,10 +107,6 @@ RECIPE: dict[str, Any] = {
     "phase2_lr": 1e-4,
     "phase2_lr_end": 1e-5,  # phase 2's cosine ends here (phase 1's at 0)
     "phase2_latent_lr_mult": 1.0,
-    # Linear learning-rate warm-up over this fraction of phase 1 (0: none), of the networks and
-    # of the latents.
-    "warmup_nets": 0.0,
-    "warmup_latents": 0.0,
     "soft_start": 0.3,  # soft-rounding temperature, annealed to soft_end
     "soft_end": 0.1,
     "noise_start": 2.0,  # Kumaraswamy noise parameter, annealed to 1 (uniform)
@@ -125,6 +121,9 @@ RECIPE: dict[str, Any] = {
     "soap_betas": (0.95, 0.95),
     "soap_weight_decay": 0.01,
     "soap_precondition_frequency": 10,
+    # The synthesis' initial weights from this seed whatever the fit's seed (None: the fit's);
+    # the fit's seed still draws the context model's and the training noise.
+    "synthesis_seed": None,
     # After the networks' quantization: a greedy search moving single latents by +-1 while the
     # exact loss falls (encode/train/rdo.py), over the finest rdo_levels grids, rdo_sweeps passes
     # at most (0: none).
@@ -176,7 +175,12 @@ def fit_latents(
     dev = torch.device(device)
     h, w = image.shape[:2]
     target = _target(image, dev)
-    model = LatentImage(config, h, w).to(dev)
+    model = LatentImage(config, h, w)
+    if r["synthesis_seed"] is not None:
+        with torch.random.fork_rng(devices=[]):  # the fit's own random stream goes on unchanged
+            torch.manual_seed(int(r["synthesis_seed"]))
+            model.synthesis = Synthesis(config)
+    model = model.to(dev)
     npx = h * w
     t0 = time.perf_counter()
     n2 = int(round(n_steps * float(r["phase2_fraction"])))
@@ -196,17 +200,11 @@ def fit_latents(
         if n <= 0:
             continue
         opts = _optimizers(latents, nets, r, lr, mult)
-        warm = {
-            "latents": float(r["warmup_latents"]) * n if phase == 1 else 0.0,
-            "nets": float(r["warmup_nets"]) * n if phase == 1 else 0.0,
-        }
         for i in range(n):
             frac = i / max(1, n - 1)
             for opt in opts:
                 for g in opt.param_groups:
                     g["lr"] = (lr_end + (lr - lr_end) * 0.5 * (1 + math.cos(math.pi * frac))) * g["mult"]
-                    if i < warm[g["part"]]:
-                        g["lr"] *= (i + 1) / warm[g["part"]]
             if phase == 1:
                 t = float(r["soft_start"]) + (float(r["soft_end"]) - float(r["soft_start"])) * frac
                 a = float(r["noise_start"]) + (float(r["noise_end"]) - float(r["noise_start"])) * frac
@@ -256,23 +254,15 @@ def _optimizers(
     """The optimizers of one phase: Adam for everything, or (``optimizer = "soap"``) Adam for
     the latents and SOAP for the networks. Each group's ``mult`` scales the scheduled rate."""
     if r["optimizer"] == "adam":
-        return [
-            torch.optim.Adam(
-                [
-                    {"params": latents, "mult": mult, "part": "latents"},
-                    {"params": nets, "mult": 1.0, "part": "nets"},
-                ],
-                lr=lr,
-            )
-        ]
+        return [torch.optim.Adam([{"params": latents, "mult": mult}, {"params": nets, "mult": 1.0}], lr=lr)]
     if r["optimizer"] != "soap":
         raise ValueError(f"unknown optimizer {r['optimizer']!r}; choose adam or soap")
     from pytorch_optimizer import SOAP
 
     return [
-        torch.optim.Adam([{"params": latents, "mult": mult, "part": "latents"}], lr=lr),
+        torch.optim.Adam([{"params": latents, "mult": mult}], lr=lr),
         SOAP(
-            [{"params": nets, "mult": 1.0, "part": "nets"}],
+            [{"params": nets, "mult": 1.0}],
             lr=lr,
             betas=tuple(r["soap_betas"]),
             weight_decay=float(r["soap_weight_decay"]),
