@@ -1,4 +1,4 @@
-"""Rate-distortion training of compressive CINR blocks: the target-PSNR search."""
+"""Rate-distortion training of compressive CINR blocks: the target-PSNR search, the fixed synthesis start."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import torch
 from cinr_codec.coding.base import FitSettings
 from cinr_codec.coding.latent import CODEC
 from cinr_codec.core.config import LatentConfig
+from cinr_codec.core.synthesis import LatentImage
 from cinr_codec.encode.train.latent import (
     LAMBDA_RANGE,
     PRESET_ARCH,
     QUALITY_LAMBDAS,
+    RECIPE,
+    fit_latents,
     fit_latents_to_psnr,
 )
 
@@ -138,3 +141,25 @@ def test_each_optimizer_trains_latents_and_networks(tissue_crop: np.ndarray, opt
         L._optimizers(list(model.latents.parameters()), nets, {**recipe, "optimizer": "sgd"}, 1e-2, 20.0)
     with pytest.raises(ValueError, match="unknown quantization noise"):
         L.fit_latents(img, _config(32), lam, steps=1, recipe={"noise": "uniform"})
+
+
+def test_a_fixed_synthesis_seed_fixes_only_the_synthesis_start(
+    tissue_crop: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``RECIPE["synthesis_seed"]`` (for seed experiments): the synthesis starts the same whatever
+    the fit's seed, the context model does not."""
+    img = np.ascontiguousarray(tissue_crop[:16, :16])
+    cfg = LatentConfig(side=16, **PRESET_ARCH)
+
+    def start(seed: int) -> LatentImage:
+        return fit_latents(img, cfg, QUALITY_LAMBDAS["q3"], steps=0, seed=seed).model
+
+    a, b = start(0), start(1)
+    assert not torch.equal(a.synthesis.head.weight, b.synthesis.head.weight)
+    monkeypatch.setitem(RECIPE, "synthesis_seed", 5)
+    c, d = start(0), start(1)
+    assert all(
+        torch.equal(x, y) for x, y in zip(c.synthesis.parameters(), d.synthesis.parameters(), strict=True)
+    )
+    assert not torch.equal(c.arm.hidden[0].weight, d.arm.hidden[0].weight)
+    assert torch.equal(c.arm.hidden[0].weight, a.arm.hidden[0].weight)  # the fit's own stream unchanged
