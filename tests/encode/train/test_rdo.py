@@ -91,3 +91,14 @@ def test_no_sweeps_change_nothing(tissue_crop: np.ndarray) -> None:
     out = refine_latents(fit.model, img, fit.lam, sweeps=0)
     assert out["moved"] == 0 and out["loss_after"] == pytest.approx(out["loss_before"])
     assert all(torch.equal(a.detach(), b) for a, b in zip(fit.model.latents, before, strict=True))
+
+
+def test_without_the_compiled_kernels_the_search_runs_on_torch(tissue_crop: np.ndarray) -> None:
+    """GPUs and machines without a compiler render through torch: the search works there too."""
+    from cinr_codec.core import native
+
+    img = np.ascontiguousarray(tissue_crop[:40, :40])
+    fit = _trained(img, steps=20)
+    with native.disabled():
+        out = refine_latents(fit.model, img, fit.lam, sweeps=1, levels=1)
+    assert out["moved"] > 0 and out["loss_after"] < out["loss_before"]
