@@ -38,6 +38,7 @@ class RangeServer(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}{name}"
 
     def count(self, sent: int, requests: int = 0) -> None:
+        """Add to the counters (handler threads run at once)."""
         with self.lock:
             self.sent += sent
             self.requests += requests
