@@ -1,7 +1,7 @@
 """Viewer speed of a compressive (ccinr) slide on the CPU against OpenSlide on its JPEG-tiled source.
 
     python -m benchmarks.viewer_speed [--slide PATH] [--cinr PATH] [--quality q4] [--steps 20]
-        [--block-size 512] [--reads 5] [--threads N] [--no-cache] [--json]
+        [--block-size 512] [--reads 5] [--threads N] [--no-cache] [--out NAME] [--json]
 
 (also ``python -m benchmarks.decode_speed --viewer ...``). The slide (default: the bundled sample,
 an Aperio SVS of JPEG tiles) is encoded once with ``--model ccinr --quality Q`` for ``--steps``
@@ -247,6 +247,9 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="render every block whole on its first read (no windows: the decoder before 2026-12-03)",
     )
+    ap.add_argument(
+        "--out", default=None, help="result name (default viewer_speed or viewer_speed_whole_block)"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if not args.slide.is_file():
@@ -298,7 +301,13 @@ def main(argv: list[str] | None = None) -> None:
     r["file"] = {**info, **{k: v for k, v in made.items() if k != "path"}}
     r["whole_block"] = args.whole_block
     r["render_threads"] = args.threads or "auto"
-    name = "viewer_speed_whole_block.md" if args.whole_block else "viewer_speed.md"
+    name = (
+        f"{args.out}.md"
+        if args.out
+        else "viewer_speed_whole_block.md"
+        if args.whole_block
+        else "viewer_speed.md"
+    )
     publish(RESULTS / name, report(r, info), r, args.json)
 
 
