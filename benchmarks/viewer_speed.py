@@ -301,14 +301,8 @@ def main(argv: list[str] | None = None) -> None:
     r["file"] = {**info, **{k: v for k, v in made.items() if k != "path"}}
     r["whole_block"] = args.whole_block
     r["render_threads"] = args.threads or "auto"
-    name = (
-        f"{args.out}.md"
-        if args.out
-        else "viewer_speed_whole_block.md"
-        if args.whole_block
-        else "viewer_speed.md"
-    )
-    publish(RESULTS / name, report(r, info), r, args.json)
+    out = args.out or ("viewer_speed_whole_block" if args.whole_block else "viewer_speed")
+    publish(RESULTS / f"{out}.md", report(r, info), r, args.json)
 
 
 if __name__ == "__main__":

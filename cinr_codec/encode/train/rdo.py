@@ -29,7 +29,8 @@ from ...core.synthesis import LatentImage, gather_context, laplace_bits
 @dataclass
 class _Level:
     """How level k's candidates are grouped: spacing ``S`` (latents), and each candidate's
-    pixel tile, ``[step * i + start, step * i + start + S * step)`` per axis (``step = 2**k``)."""
+    pixel tile, ``[step * i + start, step * i + start + S * step)`` per axis (``step``: the level's
+    downsample, 2**k for the k-th grid from full resolution)."""
 
     S: int
     step: int
