@@ -71,6 +71,7 @@ def run(
                 s = encode_slide(
                     src,
                     Path(tmp) / f"b{b}m{m}.cinr",
+                    model="cinr",
                     preset=preset,
                     block_size=b,
                     margin=m,

@@ -61,7 +61,7 @@ def encode_cinr(region: np.ndarray, path: Path, preset: str, quant: str, steps: 
     The benchmark itself fits once per preset (``fit_cinr``) and stores every precision
     (``store_cinr``); this is the single-call form, bit-identical for the same seed on a CPU.
     """
-    s = encode_image(region, path, preset=preset, quant=quant, steps=steps, device="auto")
+    s = encode_image(region, path, model="cinr", preset=preset, quant=quant, steps=steps, device="auto")
     return {
         "bytes": int(s["bytes"]),
         "psnr": s["psnr"],

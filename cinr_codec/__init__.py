@@ -29,6 +29,7 @@ from .errors import (
     CinrRequestError,
     CinrTruncatedError,
     CinrVersionError,
+    CinrWorkerError,
 )
 
 #: public name -> module that defines it (imported when the name is first used).
@@ -72,6 +73,7 @@ __all__ = [
     "CinrSlide",
     "CinrTruncatedError",
     "CinrVersionError",
+    "CinrWorkerError",
     "CinrWriter",
     "DEFAULT_QUANT",
     "FitResult",

@@ -34,3 +34,7 @@ class CinrTruncatedError(CinrFormatError):
 
 class CinrIOError(CinrError, OSError):
     """A .cinr file cannot be opened, read or written (missing file, permission, I/O error)."""
+
+
+class CinrWorkerError(CinrError):
+    """A worker process ended without finishing its block (killed, or out of memory)."""

@@ -74,6 +74,8 @@ class BlockCodec(ABC):
     #: Storage settings (``--quant``) and the default one.
     storages: ClassVar[tuple[str, ...]]
     default_storage: ClassVar[str]
+    #: The preset (``--preset``; for ccinr the quality level) encoders use unless told otherwise.
+    default_preset: ClassVar[str]
     #: Lowest container minor version that may hold this representation's blocks.
     format_minor: ClassVar[int] = 0
     #: Whether encoders store this representation's files with compressed header and footer JSON
@@ -124,6 +126,10 @@ class BlockCodec(ABC):
     @abstractmethod
     def recipe(self, kind: str, preset: str) -> dict[str, Any]:
         """The training settings of a preset, as JSON (a resumed encode must train the same way)."""
+
+    def default_steps(self, device: str) -> int | None:
+        """Training steps of a block on ``device`` when the encode names none (None: the preset's)."""
+        return None
 
     @abstractmethod
     def check_storage(self, storage: str) -> None:

@@ -218,6 +218,7 @@ class HashGridCodec(BlockCodec):
     kinds = MODEL_KINDS
     storages = tuple(QUANT_SETTINGS)
     default_storage = DEFAULT_QUANT
+    default_preset = "fast"
 
     def header_fields(self, config: ModelConfig, storage: str) -> dict[str, Any]:
         """``model`` (the configuration) and ``quantization`` (the storage setting, described)."""

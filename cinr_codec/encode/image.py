@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..coding.base import FitSettings, FittedBlock
-from ..coding.registry import get_codec
+from ..coding.registry import DEFAULT_MODEL, get_codec
 from ..core.metrics import psnr, ssim
 from ..errors import CinrIOError
 from ..format.container import MINOR_JSON_ZSTD, CinrWriter
@@ -169,8 +169,8 @@ def encode_image(
     image: np.ndarray,
     dst: str | os.PathLike[str],
     *,
-    model: str = "cinr",
-    preset: str = "fast",
+    model: str = DEFAULT_MODEL,
+    preset: str | None = None,
     steps: int | None = None,
     time_budget: float | None = None,
     quant: str | None = None,
@@ -178,7 +178,8 @@ def encode_image(
     device: str = "cpu",
     source_properties: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Fit one ``model`` block to a whole RGB uint8 image and write it as the ``.cinr`` file ``dst``.
+    """Fit one ``model`` block (default ccinr at its default quality) to a whole RGB uint8 image and
+    write it as the ``.cinr`` file ``dst``.
 
     Returns a summary: ``psnr``/``ssim`` of the decoded file against ``image`` (after
     storage), ``psnr_fit`` (before), ``bytes`` (file size), ``bpp`` (file bits per
@@ -188,6 +189,7 @@ def encode_image(
     img = check_image(image)
     codec = get_codec(model)
     quant = codec.default_storage if quant is None else quant
+    preset = codec.default_preset if preset is None else preset
     codec.check_storage(quant)
     check_destination(dst)
     slide_fields(img.shape[1], img.shape[0], source_properties)  # validate before the (long) fit

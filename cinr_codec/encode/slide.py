@@ -22,8 +22,8 @@ import numpy as np
 from .._version import __version__
 from ..coding.base import BlockCodec
 from ..coding.images import avif_available
-from ..coding.registry import get_codec
-from ..errors import CinrInputError
+from ..coding.registry import DEFAULT_MODEL, get_codec
+from ..errors import CinrInputError, CinrWorkerError
 from ..format.container import MINOR_AVIF, MINOR_JSON_ZSTD, CinrWriter
 from ..format.grid import BlockGrid, default_mip_downsamples
 from ..format.header import (
@@ -109,6 +109,8 @@ def plan_slide(
 ) -> SlidePlan:
     """Cut the level into blocks, find tissue, build the header and one ``BlockJob`` per block."""
     codec = get_codec(model)
+    if steps is None:  # the device's default, recorded so that a resumed encode trains the same
+        steps = codec.default_steps(device)
     width, height = source.width, source.height
     if width < MIN_SLIDE_SIDE or height < MIN_SLIDE_SIDE:
         raise CinrInputError(
@@ -192,8 +194,8 @@ def encode_slide(
     dst: str | os.PathLike[str],
     *,
     level: int = 0,
-    model: str = "cinr",
-    preset: str = "fast",
+    model: str = DEFAULT_MODEL,
+    preset: str | None = None,
     steps: int | None = None,
     time_budget: float | None = None,
     total_time_budget: float | None = None,
@@ -210,14 +212,16 @@ def encode_slide(
     progress: Callable[[ProgressEvent], None] | None = None,
     max_pixels: int | None = None,
     client: Any = None,
+    processes: int | None = None,
 ) -> dict[str, Any]:
     """Encode level ``level`` of a slide or image ``src`` as the ``.cinr`` file ``dst``; return a summary.
 
     The level is cut into ``block_size`` blocks (default: the representation's
     ``BlockCodec.block_size``; ``format.grid``), each fitted with ``margin``
     pixels of context on every side; blocks without tissue are stored as a colour. ``model``
-    names the block representation (``coding.registry``) and ``quant`` its storage setting
-    (default: the representation's). Finished blocks go to a journal beside ``dst``
+    names the block representation (``coding.registry``; default the compressive ``ccinr``),
+    ``preset`` its recipe or quality level and ``quant`` its storage setting (defaults: the
+    representation's). Finished blocks go to a journal beside ``dst``
     (``resume`` continues an interrupted encode); ``dst`` appears, atomically, only when
     complete. ``time_budget`` bounds each block's training, ``total_time_budget`` the whole
     encode's, ``target_psnr`` stops a block early. Bad input raises ``CinrInputError``/``ValueError``
@@ -229,13 +233,17 @@ def encode_slide(
     region, and the blocks finished before it stay in the journal. ``client``: a
     ``distributed.Client`` whose workers fit the blocks, one task per block, each reading its
     own pixels from ``src`` (which they must see at the same path) with one torch thread
-    (``encode.cluster``); this process keeps the journal and writes the file.
+    (``encode.cluster``); this process keeps the journal and writes the file. ``processes``: fit
+    the blocks in this many local worker processes of one torch thread each (``encode.processes``;
+    None or 1: in this process), the same payloads as on a cluster; a ``total_time_budget`` is then
+    shared out once, each block getting ``processes`` times its share of the time left.
     """
     from ..core.render import resolve_device
 
     t_start = time.perf_counter()
     codec = get_codec(model)
     quant = codec.default_storage if quant is None else quant
+    preset = codec.default_preset if preset is None else preset
     codec.check_storage(quant)
     if block_size is None:
         block_size = codec.block_size
@@ -252,6 +260,12 @@ def encode_slide(
         raise ValueError(
             "a total time budget is shared out block by block; on a cluster use a time budget per block"
         )
+    if processes is not None and (
+        isinstance(processes, bool) or not isinstance(processes, int) or processes < 1
+    ):
+        raise ValueError(f"processes must be a positive integer, not {processes!r}")
+    if client is not None and processes not in (None, 1):
+        raise ValueError("give a cluster client or local worker processes, not both")
     side = block_size + 2 * margin  # every block's frame (BlockGrid.side)
     codec.config_for(model, preset, side, side)  # a bad preset fails before the slide is opened
     dev = resolve_device(device)
@@ -316,16 +330,35 @@ def encode_slide(
                     f"in {jpath}"
                 )
 
-            if client is not None:
+            pooled = client is None and processes is not None and processes > 1 and todo_tissue > 1
+            if client is not None or pooled:
                 from .cluster import SourceSpec, run_on_cluster
+                from .processes import run_in_processes
 
                 spec = SourceSpec.of(src_path, level, max_pixels)
                 todo = [job for job in plan.jobs if job.block_id not in done]
                 try:
-                    run_on_cluster(client, spec, todo, journal, block_done, gpu=dev.type == "cuda")
+                    if client is not None:
+                        run_on_cluster(client, spec, todo, journal, block_done, gpu=dev.type == "cuda")
+                    else:
+                        assert processes is not None
+                        if total_time_budget is not None:
+                            share = total_time_budget * processes / todo_tissue
+                            todo = [
+                                replace(
+                                    j, time_budget=share if time_budget is None else min(time_budget, share)
+                                )
+                                for j in todo
+                            ]
+                        run_in_processes(processes, spec, todo, journal, block_done)
                 except CinrInputError as exc:  # the worker's message names the block
                     raise source_failed(exc) from None
-            for job in plan.jobs if client is None else ():
+                except CinrWorkerError as exc:
+                    raise CinrWorkerError(
+                        f"{exc}; the {len(journal.done)} blocks finished are kept in {jpath}: "
+                        "run the same command with --resume"
+                    ) from None
+            for job in () if client is not None or pooled else plan.jobs:
                 if job.block_id in done:
                     continue
                 if total_time_budget is not None:

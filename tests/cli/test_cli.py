@@ -106,9 +106,35 @@ def test_encode_quality_selects_the_ccinr_level(tmp_path: Path, tissue_crop: np.
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
     assert summary["model"] == "ccinr" and summary["preset"] == "q3"
-    res = CliRunner().invoke(main, ["encode", str(src), "-o", str(tmp_path / "h.cinr"), "--quality", "q3"])
+    res = CliRunner().invoke(
+        main, ["encode", str(src), "-o", str(tmp_path / "h.cinr"), "--model", "cinr", "--quality", "q3"]
+    )
     assert res.exit_code == 2 and "--quality is for --model ccinr" in res.output
+    res = CliRunner().invoke(
+        main, ["encode", str(src), "-o", str(tmp_path / "h.cinr"), "--quality", "3", "--preset", "q5"]
+    )
+    assert res.exit_code == 2 and "not both" in res.output
     assert not (tmp_path / "h.cinr").exists()
+
+
+def test_the_default_encode_is_ccinr_at_q4(tmp_path: Path, tissue_crop: np.ndarray) -> None:
+    """Without --model, --preset or --quality: the compressive codec at quality 4 (the hash-grid
+    models' preset names are refused for it)."""
+    from PIL import Image
+
+    src = tmp_path / "crop.png"
+    Image.fromarray(np.ascontiguousarray(tissue_crop[:32, :64])).save(src)
+    out = tmp_path / "d.cinr"
+    res = CliRunner().invoke(main, ["encode", str(src), "-o", str(out), "--steps", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["model"] == "ccinr" and summary["preset"] == "q4"
+    res = CliRunner().invoke(main, ["encode", str(src), "-o", str(tmp_path / "f.cinr"), "--preset", "fast"])
+    assert (
+        res.exit_code == 2
+        and "unknown preset 'fast' for ccinr" in res.output
+        and "--model cinr" in res.output
+    )
 
 
 def test_a_closed_pipe_stops_quietly() -> None:

@@ -57,6 +57,7 @@ class ToyCodec(BlockCodec):
     kinds = ("toy",)
     storages = ("plain",)
     default_storage = "plain"
+    default_preset = "plain"
 
     def header_fields(self, config: Any, storage: str) -> dict[str, Any]:
         return {"model": dict(config)}

@@ -23,7 +23,7 @@ from cinr_codec.format.container import CinrReader
 
 distributed = pytest.importorskip("distributed")
 
-SETTINGS: dict[str, Any] = {"preset": "fast", "steps": 12, "block_size": 64}
+SETTINGS: dict[str, Any] = {"model": "cinr", "preset": "fast", "steps": 12, "block_size": 64}
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_a_cohort_on_one_cluster_goes_on_past_a_bad_slide(image: Path, serial: P
     Image.open(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other)
     out_dir = tmp_path / "out"
     args = ["encode", str(image), str(bad), str(other), "--out-dir", str(out_dir)]
-    args += ["--steps", "12", "--block-size", "64", "--workers", "2", "--json"]
+    args += ["--model", "cinr", "--steps", "12", "--block-size", "64", "--workers", "2", "--json"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2, res.output
     lines = [json.loads(line) for line in res.stdout.splitlines()]
@@ -177,7 +177,7 @@ def test_the_client_killed_then_resumed_on_a_new_cluster(image: Path, serial: Pa
     out = tmp_path / "resumed.cinr"
     jpath = journal_path(out)
     args = [sys.executable, "-m", "cinr_codec", "encode", str(image), "-o", str(out), "--quiet"]
-    args += ["--steps", "12", "--block-size", "64", "--workers", "2"]
+    args += ["--model", "cinr", "--steps", "12", "--block-size", "64", "--workers", "2"]
     proc = subprocess.Popen(args, start_new_session=True, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120

@@ -49,7 +49,7 @@ def encoded(tmp_path_factory: pytest.TempPathFactory, crop: np.ndarray) -> tuple
     """A file written by encode_image with the default storage setting, and its summary."""
     dst = tmp_path_factory.mktemp("enc") / "crop.cinr"
     props = {"openslide.mpp-x": "0.499", "openslide.vendor": "aperio", "aperio.AppMag": "20"}
-    summary = encode_image(crop, dst, preset="fast", steps=30, source_properties=props)
+    summary = encode_image(crop, dst, model="cinr", preset="fast", steps=30, source_properties=props)
     return dst, summary
 
 

@@ -47,7 +47,7 @@ def mixed_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def encoded(mixed_png: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("enc") / "mixed.cinr"
-    summary = encode_slide(mixed_png, out, block_size=128, margin=16, steps=STEPS, device="cpu")
+    summary = encode_slide(mixed_png, out, model="cinr", block_size=128, margin=16, steps=STEPS, device="cpu")
     return out, summary
 
 
@@ -91,7 +91,14 @@ def test_summary_matches_the_decoded_file(mixed_png: Path, encoded: tuple[Path, 
 
 def test_no_tissue_mask_fits_every_block(mixed_png: Path, tmp_path: Path) -> None:
     s = encode_slide(
-        mixed_png, tmp_path / "all.cinr", block_size=256, margin=8, steps=2, tissue_mask=False, mips=False
+        mixed_png,
+        tmp_path / "all.cinr",
+        model="cinr",
+        block_size=256,
+        margin=8,
+        steps=2,
+        tissue_mask=False,
+        mips=False,
     )
     assert s["tissue_blocks"] == s["blocks"] == 2 and s["background_blocks"] == 0
     with CinrReader(tmp_path / "all.cinr") as r:
@@ -112,7 +119,9 @@ def test_blocks_join_without_seams(tmp_path: Path) -> None:
         with SlideSource(sample_slide_path()) as source:
             crop = source.read(736, 2080, 512, 512)  # all tissue (block tissue fractions >= 0.95)
     Image.fromarray(crop).save(tmp_path / "t.png")
-    s = encode_slide(tmp_path / "t.png", tmp_path / "t.cinr", block_size=128, steps=80, mips=False)
+    s = encode_slide(
+        tmp_path / "t.png", tmp_path / "t.cinr", model="cinr", block_size=128, steps=80, mips=False
+    )
     assert s["tissue_blocks"] == 16
     assert abs(s["psnr_border"] - s["psnr_interior"]) < 1.0, s
     assert abs(s["psnr_border"] - s["psnr_adjacent"]) < 1.0, s
@@ -122,7 +131,7 @@ def test_blocks_join_without_seams(tmp_path: Path) -> None:
 def test_metadata_and_associated_images(name: str, tmp_path: Path) -> None:
     src = sample_slide_path()
     out = tmp_path / "s.cinr"
-    s = encode_slide(src, out, block_size=2048, steps=0, mips=False)
+    s = encode_slide(src, out, model="cinr", block_size=2048, steps=0, mips=False)
     assert (s["width"], s["height"]) == (2220, 2967)
     with SlideSource(src) as source:
         props = source.properties
@@ -162,7 +171,7 @@ def test_level_choice_scales_the_resolution(tmp_path: Path) -> None:
         assert source.format == "generic-tiff" and source.level_count >= 2
         mpp0 = float(source.properties["openslide.mpp-x"])
     assert mpp0 == pytest.approx(0.5, rel=1e-3)
-    s = encode_slide(src, tmp_path / "l1.cinr", level=1, block_size=256, steps=0, mips=False)
+    s = encode_slide(src, tmp_path / "l1.cinr", model="cinr", level=1, block_size=256, steps=0, mips=False)
     assert (s["width"], s["height"]) == (512, 384)
     with CinrReader(tmp_path / "l1.cinr") as r:
         slide = r.header["slide"]
@@ -175,7 +184,19 @@ def test_kill_and_resume_gives_the_same_pixels(mixed_png: Path, tmp_path: Path) 
     out = tmp_path / "out.cinr"
     # One thread fixed: by default each block's thread count follows the free cores, and a fit's
     # floats depend on it (this test failed once when the two encodes saw different loads).
-    args = ["encode", str(mixed_png), "--block-size", "64", "--margin", "8", "--steps", "25", "--quiet"]
+    args = [
+        "encode",
+        str(mixed_png),
+        "--model",
+        "cinr",
+        "--block-size",
+        "64",
+        "--margin",
+        "8",
+        "--steps",
+        "25",
+    ]
+    args += ["--quiet"]
     args += ["--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen([sys.executable, "-m", "cinr_codec", *args, "-o", str(out)], env=env)
@@ -314,7 +335,8 @@ def _corrupt_tiled_tiff(tmp_path: Path) -> Path:
 def test_read_error_mid_slide(tmp_path: Path) -> None:
     src = _corrupt_tiled_tiff(tmp_path)
     out = tmp_path / "bad.cinr"
-    r = _cinr("encode", str(src), "-o", str(out), "--steps", "1", "--no-tissue-mask", "--no-mips", "--quiet")
+    args = ["--model", "cinr", "--steps", "1", "--no-tissue-mask", "--no-mips", "--quiet"]
+    r = _cinr("encode", str(src), "-o", str(out), *args)
     _one_line_error(r)
     assert "read error" in r.stderr and "(1024, 0)" in r.stderr
     assert not out.exists()
@@ -341,7 +363,7 @@ def test_full_disk_leaves_nothing(tmp_path: Path, mixed_png: Path, monkeypatch: 
 
     monkeypatch.setattr(writer_mod.CinrWriter, "_write", failing)
     with pytest.raises(CinrError, match="No space left"):
-        encode_slide(mixed_png, out, block_size=256, steps=1)
+        encode_slide(mixed_png, out, model="cinr", block_size=256, steps=1)
     assert out.read_bytes() == b"keep me"
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
 
@@ -378,6 +400,7 @@ def test_auto_threads_are_measured_before_each_fitted_block(
         s = encode_slide(
             mixed_png,
             tmp_path / "t.cinr",
+            model="cinr",
             block_size=256,
             steps=2,
             tissue_mask=False,

@@ -93,8 +93,11 @@ def lambda_of(preset: str) -> float:
     try:
         return QUALITY_LAMBDAS[preset]
     except KeyError:
+        from .presets import PRESETS
+
+        hint = " (a hash-grid preset: give --model cinr with it)" if preset in PRESETS["cinr"] else ""
         raise ValueError(
-            f"unknown preset {preset!r} for ccinr; choose a quality level {', '.join(QUALITY_LAMBDAS)}"
+            f"unknown preset {preset!r} for ccinr; choose a quality level {', '.join(QUALITY_LAMBDAS)}{hint}"
         ) from None
 
 
@@ -130,6 +133,20 @@ RECIPE: dict[str, Any] = {
     "rdo_sweeps": 2,
     "rdo_levels": 3,
 }
+#: Training steps of a block on a CPU when the encode names none (``default_steps``). A 512^2
+#: block's step takes about 160 ms of one core, so the recipe's 2400 steps would take the bundled
+#: sample about two hours on two cores. BD-rate against JPEG at 300 steps, 256^2 crops, median of
+#: seeds 0 and 1: -25 % (prostate), -43 % (TCGA); the greedy search adds 6 points of it
+#: (benchmarks/results/ccinr_variants_300.md; docs/architecture.md, "The default encode on a CPU").
+CPU_STEPS = 300
+
+
+def default_steps(device: str) -> int:
+    """Training steps of a block when the encode names none: the recipe's on a GPU, ``CPU_STEPS``
+    on a CPU."""
+    return int(RECIPE["steps"]) if torch.device(device).type == "cuda" else CPU_STEPS
+
+
 #: Candidate exponents k of the weights' steps 2**-k (per group; a tensor may then move from it).
 WEIGHT_EXPONENTS = tuple(range(4, 15))
 #: Passes of per-tensor step refinement after the per-group choice.

@@ -1,0 +1,106 @@
+"""Fitting a slide's blocks in worker processes of this machine (``encode_slide(processes=N)``).
+
+A ccinr block's training runs on one thread (its compiled kernels are single-threaded), so a
+serial encode leaves every other core idle. ``run_in_processes`` fits up to N blocks at a time in
+N spawned processes of one torch thread each. Each runs ``cluster.block_task``, the Dask workers'
+own function: it reads its block's pixels from the slide itself, so only the small ``BlockJob``
+travels. This process alone writes the journal, as blocks finish, and ``assemble`` then writes
+the file in block order: the payloads are those of ``--workers N`` on Dask, or of a serial encode
+with one torch thread.
+
+A block that fails stops the encode with its own error (the block named, for the slide's own
+faults); a worker that dies (killed, out of memory) stops it with one line. Either way, and on
+Ctrl-C, the other workers are stopped at once and the finished blocks stay in the journal for
+``--resume``. Workers ignore SIGINT: the parent alone decides, so an interrupt stops everything
+without a traceback from each worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CinrWorkerError
+from .block import BlockJob
+from .cluster import SourceSpec, block_task
+
+if TYPE_CHECKING:
+    from .journal import Journal
+
+log = logging.getLogger(__name__)
+
+
+def _init_worker() -> None:
+    """In each worker, before any task: Ctrl-C is the parent's to handle."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Stop ``pool`` now: drop the queued blocks, end the running ones' processes, and wait until
+    they are gone."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14+
+    if callable(terminate):
+        terminate()
+        pool.shutdown(wait=True)
+        return
+    # Before 3.14 the executor has no public way to end a running task: its processes are ended
+    # here (shutdown alone would wait for every running block's fit to finish).
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join(timeout=10)
+    if manager is not None:
+        manager.join(timeout=10)
+
+
+def run_in_processes(
+    processes: int,
+    spec: SourceSpec,
+    jobs: list[BlockJob],
+    journal: Journal,
+    on_done: Callable[[BlockJob, dict[str, Any]], None],
+) -> None:
+    """Encode ``jobs`` in ``processes`` worker processes of one torch thread each, appending each
+    result to ``journal`` as it arrives and calling ``on_done(job, meta)``. The first block that
+    fails stops the encode and its error is raised (``CinrWorkerError`` when a worker died)."""
+    if not jobs:
+        return
+    n = max(1, min(int(processes), len(jobs)))
+    pool = ProcessPoolExecutor(
+        max_workers=n, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
+    )
+    finished = False
+    job: BlockJob | None = None  # the block whose result is awaited when a worker dies
+    try:
+        # At most n blocks are handed out at a time, so a stopped encode leaves none half-queued
+        # and the journal follows the plan's order as closely as the fits' times allow.
+        waiting = list(reversed(jobs))
+        running: dict[Future[tuple[dict[str, Any], list[bytes]]], BlockJob] = {}
+        while waiting or running:
+            while waiting and len(running) < n:
+                job = waiting.pop()
+                running[pool.submit(block_task, spec, job)] = job
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in sorted(done, key=lambda f: running[f].block_id):
+                job = running.pop(fut)
+                meta, parts = fut.result()
+                journal.append(meta, parts)
+                on_done(job, meta)
+        finished = True
+    except BrokenProcessPool:
+        where = f" while fitting block {job.block_id + 1} of {job.grid.n_level_blocks}" if job else ""
+        raise CinrWorkerError(f"a worker process died{where} (killed, or out of memory)") from None
+    finally:
+        if finished:
+            pool.shutdown(wait=True)
+        else:
+            _stop(pool)

@@ -1,0 +1,115 @@
+"""Blocks fitted in local worker processes (``encode.processes``, ``encode_slide(processes=N)``):
+the file's blocks are those of a serial one-thread encode; a worker killed mid-encode stops the
+encode with one line and the finished blocks journaled, and ``resume`` completes the same file;
+a block the source cannot give fails with one line naming it."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cinr_codec.encode import processes as pool_module
+from cinr_codec.encode.journal import journal_path
+from cinr_codec.encode.slide import encode_slide
+from cinr_codec.errors import CinrInputError, CinrWorkerError
+from cinr_codec.format.container import CinrReader
+
+SETTINGS: dict[str, Any] = {"model": "cinr", "preset": "fast", "steps": 12, "block_size": 64}
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory, he_image: np.ndarray) -> Path:
+    path = tmp_path_factory.mktemp("processes") / "tissue.png"
+    Image.fromarray(np.ascontiguousarray(he_image[900:1092, 900:1156])).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def serial(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("serial") / "serial.cinr"
+    encode_slide(image, out, threads=1, **SETTINGS)
+    return out
+
+
+def _blocks(path: Path) -> list[tuple[str, Any]]:
+    """Every block's kind and stored bytes (background: its colour)."""
+    with CinrReader(path) as r:
+        out: list[tuple[str, Any]] = []
+        for b in r.blocks():
+            if b.kind == "model":
+                out.append((b.kind, r.read_stored(b.block_id)))
+            else:
+                out.append((b.kind, b.colour))
+        return out
+
+
+def test_blocks_in_processes_are_the_serial_ones(image: Path, serial: Path, tmp_path: Path) -> None:
+    events: list[dict[str, Any]] = []
+    out = tmp_path / "pool.cinr"
+    s = encode_slide(image, out, processes=2, progress=events.append, **SETTINGS)
+    assert _blocks(out) == _blocks(serial)
+    assert s["tissue_blocks"] >= 2 and s["blocks"] == 12
+    done = [e for e in events if e["stage"] == "block"]
+    assert sorted(e["block_id"] for e in done) == list(range(12))
+    assert not journal_path(out).exists()
+
+
+def test_a_killed_worker_stops_the_encode_and_resume_completes_it(
+    image: Path, serial: Path, tmp_path: Path
+) -> None:
+    """SIGKILL of a worker once a block is done: one line naming the journal, no output file, the
+    finished blocks kept; ``resume`` (serial or in processes) then gives the serial file."""
+    out = tmp_path / "killed.cinr"
+    killed: list[int] = []
+
+    def kill_a_worker(ev: dict[str, Any]) -> None:
+        if ev["stage"] == "block" and not killed:
+            worker = next(p for p in multiprocessing.active_children() if p.is_alive())
+            assert worker.pid is not None
+            os.kill(worker.pid, signal.SIGKILL)
+            killed.append(worker.pid)
+
+    with pytest.raises(CinrWorkerError) as info:
+        encode_slide(image, out, processes=2, progress=kill_a_worker, **SETTINGS)
+    text = str(info.value)
+    assert killed and "\n" not in text and "died" in text and str(journal_path(out)) in text
+    assert not out.exists() and journal_path(out).exists()
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]  # none left running
+    encode_slide(image, out, processes=2, resume=True, **SETTINGS)
+    assert _blocks(out) == _blocks(serial) and not journal_path(out).exists()
+
+
+def test_a_block_the_source_cannot_give_fails_with_one_line(
+    image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slide file goes bad after planning (workers read it themselves): a CinrInputError naming
+    the block and the journal; the output never appears."""
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(image.read_bytes())
+    out = tmp_path / "bad.cinr"
+    original = pool_module.run_in_processes
+
+    def truncate_then_run(*args: Any, **kwargs: Any) -> None:
+        bad.write_bytes(image.read_bytes()[:200])  # what the workers will open: a broken PNG
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(pool_module, "run_in_processes", truncate_then_run)
+    with pytest.raises(CinrInputError) as info:
+        encode_slide(bad, out, processes=2, **SETTINGS)
+    text = str(info.value)
+    assert "\n" not in text and str(journal_path(out)) in text and " (block " in text
+    assert not out.exists() and journal_path(out).exists()
+
+
+def test_bad_process_counts_are_refused(image: Path, tmp_path: Path) -> None:
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="processes"):
+            encode_slide(image, tmp_path / "x.cinr", processes=bad, **SETTINGS)  # type: ignore[arg-type]
+    assert not (tmp_path / "x.cinr").exists()
