@@ -46,7 +46,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="cluster_efficiency")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    settings: dict[str, Any] = {"model": "cinr", "preset": args.preset, "steps": args.steps, "block_size": args.block_size}
+    settings: dict[str, Any] = {
+        "model": "cinr",
+        "preset": args.preset,
+        "steps": args.steps,
+        "block_size": args.block_size,
+    }
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()

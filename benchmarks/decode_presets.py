@@ -80,7 +80,16 @@ def run(image: Path, presets: list[str], steps: int, repeat: int, device: str) -
     with tempfile.TemporaryDirectory() as tmp:
         for preset in presets:
             out = Path(tmp) / f"{preset}.cinr"
-            encode_slide(image, out, model="cinr", preset=preset, steps=steps, device=device, mips=False, tissue_mask=False)
+            encode_slide(
+                image,
+                out,
+                model="cinr",
+                preset=preset,
+                steps=steps,
+                device=device,
+                mips=False,
+                tissue_mask=False,
+            )
             with SlideDecoder(out) as probe:
                 width, height = probe.width, probe.height
             for size in (256, 512):

@@ -15,7 +15,8 @@ Slides. Pyramidal, JPEG-tiled BigTIFFs built from real pixels with libvips and s
   block is still read and measured, but only blocks with tissue are fitted, so the whole pipeline
   of a large slide runs in a fraction of the time of a fully tiled one.
 
-Runs. Each ``cinr encode SLIDE.tif -o out.cinr --steps 1 --quiet --json --block-size B`` runs as
+Runs. Each ``cinr encode SLIDE.tif -o out.cinr --model cinr --steps 1 --quiet --json --block-size B``
+(the hash grid's fast preset; before the default became ccinr, the default) runs as
 its own child process; its peak resident set size is the ``ru_maxrss`` that ``os.wait4`` returns
 for that child alone (Linux: kilobytes), so runs do not mix. While it runs, the child's VmHWM
 (``/proc/PID/status``) and the number of blocks in its journal are sampled, so the table also
@@ -244,6 +245,8 @@ def encode_once(
         str(tiff),
         "-o",
         str(out),
+        "--model",  # the hash grid's fast preset, as every result here (ccinr: its own figures)
+        "cinr",
         "--steps",
         str(steps),
         "--quiet",

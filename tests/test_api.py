@@ -116,7 +116,9 @@ def make_files(root: str) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        summary = encode_slide(png, folder / "slide.cinr", model="cinr", block_size=128, margin=16, steps=30, device="cpu")
+        summary = encode_slide(
+            png, folder / "slide.cinr", model="cinr", block_size=128, margin=16, steps=30, device="cpu"
+        )
     finally:
         torch.set_num_threads(threads)
     label = (np.arange(30 * 40 * 3) % 251).astype(np.uint8).reshape(30, 40, 3)

@@ -69,7 +69,13 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]
     torch.set_num_threads(1)  # tiny fits: one thread is far faster on a loaded machine
     try:
         encode_slide(
-            folder / "crop.png", folder / "crop.cinr", model="cinr", block_size=256, margin=16, steps=20, device="cpu"
+            folder / "crop.png",
+            folder / "crop.cinr",
+            model="cinr",
+            block_size=256,
+            margin=16,
+            steps=20,
+            device="cpu",
         )
         _graft(folder / "crop.cinr", folder / "full.cinr", props, associated)
         no_thumb = {k: v for k, v in associated.items() if k != "thumbnail"}

@@ -214,14 +214,16 @@ def encode_cmd(
             raise ValueError(f"{out_dir}: cannot make the output folder: {exc.strerror or exc}") from None
     show = not quiet and not as_json
     sink = sys.stderr if show else NullSink()
-    state: dict[str, Any] = {"bar": None, "done": 0}
+    state: dict[str, Any] = {"bar": None, "done": 0, "processes": 1}
 
     def progress(ev: dict[str, Any]) -> None:
         stage = ev.get("stage")
         if stage == "start":
+            pool = state["processes"]
             bar = click.progressbar(
                 length=ev["total"],
-                label=f"encoding {ev['total']} blocks ({ev['tissue_blocks']} with tissue)",
+                label=f"encoding {ev['total']} blocks ({ev['tissue_blocks']} with tissue)"
+                + (f", {pool} at a time (one worker process per free core)" if pool > 1 else ""),
                 file=sink,  # type: ignore[arg-type]
                 show_pos=True,
                 show_eta=True,
@@ -260,13 +262,12 @@ def encode_cmd(
             # A ccinr fit runs on one core (its training kernels are single-threaded): one worker
             # process per core that other processes leave free.
             processes = CpuMonitor().threads()
+            state["processes"] = processes
     failed: list[tuple[str, str]] = []
     try:
         if client is not None and show:
             where = scheduler or f"a local cluster of {workers} worker processes"
             click.echo(f"encoding on {where}" + (f" (dashboard: {link})" if link else ""), err=True)
-        elif processes is not None and processes > 1 and show:
-            click.echo(f"fitting blocks in {processes} worker processes (one per free core)", err=True)
         for i, (slide, out) in enumerate(zip(slides, outs, strict=True)):
             if show and len(slides) > 1:
                 click.echo(f"slide {i + 1} of {len(slides)}: {slide}", err=True)

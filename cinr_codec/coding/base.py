@@ -37,9 +37,18 @@ class BlockModel(Protocol):
         ...
 
 
+def check_fit_limits(steps: int | None, time_budget: float | None) -> None:
+    """ValueError for a negative step count or a time budget that is not positive."""
+    if steps is not None and steps < 0:
+        raise ValueError("steps must be >= 0")
+    if time_budget is not None and not time_budget > 0:
+        raise ValueError("time budget must be > 0 seconds")
+
+
 @dataclass(frozen=True)
 class FitSettings:
-    """How long and how to fit one block (the same for every representation)."""
+    """How long and how to fit one block (the same for every representation); the limits are
+    checked on creation (``check_fit_limits``)."""
 
     steps: int | None = None
     time_budget: float | None = None
@@ -51,6 +60,9 @@ class FitSettings:
     progress: FitProgress | None = None
     #: Measure PSNR/SSIM of the fitted (unstored) model at the end.
     measure: bool = True
+
+    def __post_init__(self) -> None:
+        check_fit_limits(self.steps, self.time_budget)
 
 
 class FittedBlock(Protocol):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..coding.base import BlockCodec
+from ..coding.base import BlockCodec, check_fit_limits
 from ..coding.images import avif_available
 from ..coding.registry import DEFAULT_MODEL, get_codec
 from ..errors import CinrInputError, CinrWorkerError
@@ -251,11 +251,9 @@ def encode_slide(
         raise ValueError(f"block size must be a multiple of 16, at least {MIN_BLOCK_SIZE}")
     if not 0 <= margin <= block_size // 2:
         raise ValueError("margin must be in [0, block_size / 2]")
-    if steps is not None and steps < 0:
-        raise ValueError("steps must be >= 0")
-    for name, v in (("time budget", time_budget), ("total time budget", total_time_budget)):
-        if v is not None and not v > 0:
-            raise ValueError(f"{name} must be > 0 seconds")
+    check_fit_limits(steps, time_budget)
+    if total_time_budget is not None and not total_time_budget > 0:
+        raise ValueError("total time budget must be > 0 seconds")
     if client is not None and total_time_budget is not None:
         raise ValueError(
             "a total time budget is shared out block by block; on a cluster use a time budget per block"

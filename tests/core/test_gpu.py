@@ -23,7 +23,9 @@ def test_encode_on_gpu_decodes_on_cpu(tissue_crop: np.ndarray, tmp_path: Path) -
     src = tmp_path / "t.png"
     Image.fromarray(tissue_crop).save(src)
     out = tmp_path / "t.cinr"
-    s = encode_slide(src, out, model="cinr", block_size=64, margin=8, steps=200, device="cuda", tissue_mask=False)
+    s = encode_slide(
+        src, out, model="cinr", block_size=64, margin=8, steps=200, device="cuda", tissue_mask=False
+    )
     assert s["device"].startswith("cuda")
     h, w = tissue_crop.shape[:2]
     with SlideDecoder(out) as cpu:

@@ -16,7 +16,19 @@ import pytest
 from cinr_codec.encode.source import SlideSource, sample_slide_path
 from cinr_codec.errors import CinrInputError
 
-ENCODE = ["--device", "cpu", "--preset", "fast", "--steps", "1", "--threads", "1", "--quiet"]
+ENCODE = [
+    "--device",
+    "cpu",
+    "--model",
+    "cinr",
+    "--preset",
+    "fast",
+    "--steps",
+    "1",
+    "--threads",
+    "1",
+    "--quiet",
+]
 
 
 def _encode(*args: str | Path, timeout: float = 120) -> tuple[subprocess.CompletedProcess[str], float]:

@@ -113,3 +113,47 @@ def test_bad_process_counts_are_refused(image: Path, tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="processes"):
             encode_slide(image, tmp_path / "x.cinr", processes=bad, **SETTINGS)  # type: ignore[arg-type]
     assert not (tmp_path / "x.cinr").exists()
+
+
+def test_ctrl_c_stops_every_worker_and_keeps_the_journal(image: Path, tmp_path: Path) -> None:
+    """SIGINT to ``cinr encode`` (the default: ccinr in worker processes) once a block is
+    journaled: exit 130 with the --resume hint and no traceback, and no worker left running."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "interrupted.cinr"
+    jpath = journal_path(out)
+    args = [sys.executable, "-m", "cinr_codec", "encode", str(image), "-o", str(out), "--quiet"]
+    args += ["--steps", "400", "--block-size", "64", "--no-tissue-mask"]
+    proc = subprocess.Popen(args, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        first = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            size = jpath.stat().st_size if jpath.exists() else None
+            if first is None:
+                first = size
+            elif size is not None and size > first:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    assert jpath.exists() and not out.exists()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # anything left in the encoder's process group?
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("a worker process outlived the interrupted encode")
