@@ -75,6 +75,7 @@ def run_in_processes(
     if not jobs:
         return
     n = max(1, min(int(processes), len(jobs)))
+    log.info("fitting %d blocks in %d worker processes", len(jobs), n)
     pool = ProcessPoolExecutor(
         max_workers=n, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
     )
