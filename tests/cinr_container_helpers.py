@@ -265,3 +265,18 @@ def rewrite(r: CinrReader, dst: Any, header: dict[str, Any], associated: dict[st
         for name, data in associated.items():
             w.add_associated_image(name, data)
         w.commit(r.footer)
+
+
+def stored_blocks(path: Any) -> list[tuple[str, Any]]:
+    """Every block's kind and stored bytes (image blocks: their image; background: its colour),
+    to compare the blocks of two encodes byte for byte."""
+    with CinrReader(path) as r:
+        out: list[tuple[str, Any]] = []
+        for b in r.blocks():
+            if b.kind == "model":
+                out.append((b.kind, r.read_stored(b.block_id)))
+            elif b.kind == "image":
+                out.append((b.kind, r.read_image_block(b.block_id)))
+            else:
+                out.append((b.kind, b.colour))
+        return out

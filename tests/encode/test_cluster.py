@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cinr_container_helpers import stored_blocks
 from PIL import Image
 
 from cinr_codec.encode.journal import journal_path
 from cinr_codec.encode.slide import encode_slide
 from cinr_codec.errors import CinrInputError
-from cinr_codec.format.container import CinrReader
 
 distributed = pytest.importorskip("distributed")
 
@@ -48,27 +48,13 @@ def serial(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _blocks(path: Path) -> list[tuple[str, Any]]:
-    """Every block's kind and stored bytes (background: its colour)."""
-    with CinrReader(path) as r:
-        out: list[tuple[str, Any]] = []
-        for b in r.blocks():
-            if b.kind == "model":
-                out.append((b.kind, r.read_stored(b.block_id)))
-            elif b.kind == "image":
-                out.append((b.kind, r.read_image_block(b.block_id)))
-            else:
-                out.append((b.kind, b.colour))
-        return out
-
-
 def test_blocks_on_a_cluster_are_the_serial_ones(
     image: Path, serial: Path, client: Any, tmp_path: Path
 ) -> None:
     events: list[dict[str, Any]] = []
     out = tmp_path / "dask.cinr"
     s = encode_slide(image, out, client=client, progress=events.append, **SETTINGS)
-    assert _blocks(out) == _blocks(serial)
+    assert stored_blocks(out) == stored_blocks(serial)
     assert s["tissue_blocks"] >= 2 and s["blocks"] == 12
     done = [e for e in events if e["stage"] == "block"]
     assert sorted(e["block_id"] for e in done) == list(range(12))
@@ -102,7 +88,7 @@ def test_a_worker_killed_mid_encode_changes_nothing(
     assert killed, "no worker was busy to kill"
     serial40 = tmp_path / "serial40.cinr"
     encode_slide(image, serial40, threads=1, **{**SETTINGS, "steps": 40}, seed=0)
-    assert _blocks(out) == _blocks(serial40)
+    assert stored_blocks(out) == stored_blocks(serial40)
     client.wait_for_workers(2, timeout=60)
 
 
@@ -158,7 +144,7 @@ def test_a_cohort_on_one_cluster_goes_on_past_a_bad_slide(image: Path, serial: P
     assert [line.get("source") for line in lines] == [str(image), str(bad), str(other)]
     assert "error" in lines[1] and "error" not in lines[0] and "error" not in lines[2]
     assert "1 of 3 slides failed" in res.stderr and f"cinr: error: {bad}:" in res.stderr
-    assert _blocks(out_dir / "tissue.cinr") == _blocks(serial)
+    assert stored_blocks(out_dir / "tissue.cinr") == stored_blocks(serial)
     assert (out_dir / "other.cinr").exists() and not (out_dir / "broken.cinr").exists()
     res = CliRunner().invoke(
         main, ["encode", str(image), "-o", str(out_dir / "x.cinr"), "--workers", "2", "--threads", "1"]
@@ -196,4 +182,4 @@ def test_the_client_killed_then_resumed_on_a_new_cluster(image: Path, serial: Pa
     assert jpath.exists() and not out.exists()
     res = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert _blocks(out) == _blocks(serial) and not jpath.exists()
+    assert stored_blocks(out) == stored_blocks(serial) and not jpath.exists()

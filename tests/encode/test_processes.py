@@ -1,7 +1,8 @@
 """Blocks fitted in local worker processes (``encode.processes``, ``encode_slide(processes=N)``):
-the file's blocks are those of a serial one-thread encode; a worker killed mid-encode stops the
-encode with one line and the finished blocks journaled, and ``resume`` completes the same file;
-a block the source cannot give fails with one line naming it."""
+the file's blocks are those of a serial one-thread encode (hash grid and ccinr); a worker killed
+mid-encode stops the encode with one line and the finished blocks journaled, and ``resume``
+completes the same file; a block the source cannot give fails with one line naming it; Ctrl-C
+of ``cinr encode`` leaves no worker running."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cinr_container_helpers import stored_blocks
 from PIL import Image
 
 from cinr_codec.encode import processes as pool_module
 from cinr_codec.encode.journal import journal_path
 from cinr_codec.encode.slide import encode_slide
 from cinr_codec.errors import CinrInputError, CinrWorkerError
-from cinr_codec.format.container import CinrReader
 
 SETTINGS: dict[str, Any] = {"model": "cinr", "preset": "fast", "steps": 12, "block_size": 64}
 
@@ -38,27 +39,25 @@ def serial(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _blocks(path: Path) -> list[tuple[str, Any]]:
-    """Every block's kind and stored bytes (background: its colour)."""
-    with CinrReader(path) as r:
-        out: list[tuple[str, Any]] = []
-        for b in r.blocks():
-            if b.kind == "model":
-                out.append((b.kind, r.read_stored(b.block_id)))
-            else:
-                out.append((b.kind, b.colour))
-        return out
-
-
 def test_blocks_in_processes_are_the_serial_ones(image: Path, serial: Path, tmp_path: Path) -> None:
     events: list[dict[str, Any]] = []
     out = tmp_path / "pool.cinr"
     s = encode_slide(image, out, processes=2, progress=events.append, **SETTINGS)
-    assert _blocks(out) == _blocks(serial)
+    assert stored_blocks(out) == stored_blocks(serial)
     assert s["tissue_blocks"] >= 2 and s["blocks"] == 12
     done = [e for e in events if e["stage"] == "block"]
     assert sorted(e["block_id"] for e in done) == list(range(12))
     assert not journal_path(out).exists()
+
+
+def test_ccinr_blocks_in_processes_are_the_serial_ones(image: Path, tmp_path: Path) -> None:
+    """The default representation, as ``cinr encode`` runs it on a CPU: the same payloads."""
+    settings: dict[str, Any] = {"model": "ccinr", "preset": "q4", "steps": 3, "block_size": 64}
+    serial, pooled = tmp_path / "serial.cinr", tmp_path / "pooled.cinr"
+    encode_slide(image, serial, threads=1, **settings)
+    encode_slide(image, pooled, processes=2, **settings)
+    blocks = stored_blocks(pooled)
+    assert sum(kind == "model" for kind, _ in blocks) >= 2 and blocks == stored_blocks(serial)
 
 
 def test_a_killed_worker_stops_the_encode_and_resume_completes_it(
@@ -83,7 +82,7 @@ def test_a_killed_worker_stops_the_encode_and_resume_completes_it(
     assert not out.exists() and journal_path(out).exists()
     assert not [p for p in multiprocessing.active_children() if p.is_alive()]  # none left running
     encode_slide(image, out, processes=2, resume=True, **SETTINGS)
-    assert _blocks(out) == _blocks(serial) and not journal_path(out).exists()
+    assert stored_blocks(out) == stored_blocks(serial) and not journal_path(out).exists()
 
 
 def test_a_block_the_source_cannot_give_fails_with_one_line(
