@@ -179,3 +179,21 @@ def test_info_summary_rounds_only_usable_figures() -> None:
     assert _num(31.234, 2) == "31.23" and _num(7, 1) == "7.0"
     for bad in (10**400, float("nan"), float("inf"), True, "31", None):  # hostile footers
         assert _num(bad, 2) == "unknown"
+
+
+def test_the_jpeg_line_compares_a_file_above_every_jpeg_quality_with_the_best() -> None:
+    """A file whose PSNR no JPEG quality reaches (a JPEG-sourced slide) is set against the best one."""
+    from cinr_codec.cli.encode import _jpeg_line
+
+    s = {
+        "jpeg_q80_bytes": 1000,
+        "jpeg_q80_psnr": 31.5,
+        "jpeg_equal_psnr_bytes": None,
+        "jpeg_qualities": [80, 95],
+        "jpeg_psnr": [31.5, 33.3],
+        "jpeg_bytes": [1000, 2000],
+        "psnr": 33.5,
+        "bytes": 1000,
+    }
+    assert "above JPEG q95's (33.30 dB, 2,000 bytes): this file is 0.50x of it" in _jpeg_line(s)
+    assert "outside JPEG q20-q95's" in _jpeg_line({**s, "psnr": 20.0})
