@@ -80,12 +80,11 @@ def run_in_processes(
         max_workers=n, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
     )
     finished = False
-    job: BlockJob | None = None  # the block whose result is awaited when a worker dies
+    # At most n blocks are handed out at a time, so a stopped encode leaves none half-queued and
+    # the journal follows the plan's order as closely as the fits' times allow.
+    waiting = list(reversed(jobs))
+    running: dict[Future[tuple[dict[str, Any], list[bytes]]], BlockJob] = {}
     try:
-        # At most n blocks are handed out at a time, so a stopped encode leaves none half-queued
-        # and the journal follows the plan's order as closely as the fits' times allow.
-        waiting = list(reversed(jobs))
-        running: dict[Future[tuple[dict[str, Any], list[bytes]]], BlockJob] = {}
         while waiting or running:
             while waiting and len(running) < n:
                 job = waiting.pop()
@@ -98,7 +97,12 @@ def run_in_processes(
                 on_done(job, meta)
         finished = True
     except BrokenProcessPool:
-        where = f" while fitting block {job.block_id + 1} of {job.grid.n_level_blocks}" if job else ""
+        ids = sorted(j.block_id + 1 for j in running.values())
+        where = (
+            f" while fitting blocks {', '.join(map(str, ids))} of {jobs[0].grid.n_level_blocks}"
+            if ids
+            else ""
+        )
         raise CinrWorkerError(f"a worker process died{where} (killed, or out of memory)") from None
     finally:
         if finished:
