@@ -91,8 +91,8 @@ def run_in_processes(
                 running[pool.submit(block_task, spec, job)] = job
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in sorted(done, key=lambda f: running[f].block_id):
+                meta, parts = fut.result()  # a dead worker raises here, its block still in running
                 job = running.pop(fut)
-                meta, parts = fut.result()
                 journal.append(meta, parts)
                 on_done(job, meta)
         finished = True
