@@ -280,3 +280,8 @@ def stored_blocks(path: Any) -> list[tuple[str, Any]]:
             else:
                 out.append((b.kind, b.colour))
         return out
+
+
+#: A small hash-grid encode (12 blocks of 64 px, 12 steps): the settings with which the tests of
+#: encodes run elsewhere (a Dask cluster, local worker processes) compare against a serial one.
+SMALL_ENCODE: dict[str, Any] = {"model": "cinr", "preset": "fast", "steps": 12, "block_size": 64}

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+from cinr_container_helpers import SMALL_ENCODE as SETTINGS
 from cinr_container_helpers import stored_blocks
 from PIL import Image
 
@@ -22,15 +22,6 @@ from cinr_codec.encode.slide import encode_slide
 from cinr_codec.errors import CinrInputError
 
 distributed = pytest.importorskip("distributed")
-
-SETTINGS: dict[str, Any] = {"model": "cinr", "preset": "fast", "steps": 12, "block_size": 64}
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory, he_image: np.ndarray) -> Path:
-    path = tmp_path_factory.mktemp("cluster") / "tissue.png"
-    Image.fromarray(np.ascontiguousarray(he_image[900:1092, 900:1156])).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +32,13 @@ def client() -> Iterator[Any]:
         yield c
 
 
-@pytest.fixture(scope="module")
-def serial(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("serial") / "serial.cinr"
-    encode_slide(image, out, threads=1, **SETTINGS)
-    return out
-
-
 def test_blocks_on_a_cluster_are_the_serial_ones(
-    image: Path, serial: Path, client: Any, tmp_path: Path
+    tissue_png: Path, serial_cinr: Path, client: Any, tmp_path: Path
 ) -> None:
     events: list[dict[str, Any]] = []
     out = tmp_path / "dask.cinr"
-    s = encode_slide(image, out, client=client, progress=events.append, **SETTINGS)
-    assert stored_blocks(out) == stored_blocks(serial)
+    s = encode_slide(tissue_png, out, client=client, progress=events.append, **SETTINGS)
+    assert stored_blocks(out) == stored_blocks(serial_cinr)
     assert s["tissue_blocks"] >= 2 and s["blocks"] == 12
     done = [e for e in events if e["stage"] == "block"]
     assert sorted(e["block_id"] for e in done) == list(range(12))
@@ -62,7 +46,7 @@ def test_blocks_on_a_cluster_are_the_serial_ones(
 
 
 def test_a_worker_killed_mid_encode_changes_nothing(
-    image: Path, serial: Path, client: Any, tmp_path: Path
+    tissue_png: Path, serial_cinr: Path, client: Any, tmp_path: Path
 ) -> None:
     """SIGKILL of a worker process while it fits a block: the nanny restarts it, the scheduler
     reruns its task, and the file is the same."""
@@ -83,29 +67,29 @@ def test_a_worker_killed_mid_encode_changes_nothing(
     killer = threading.Thread(target=kill_a_busy_worker, daemon=True)
     killer.start()
     out = tmp_path / "killed.cinr"
-    encode_slide(image, out, client=client, **{**SETTINGS, "steps": 40}, seed=0)
+    encode_slide(tissue_png, out, client=client, **{**SETTINGS, "steps": 40}, seed=0)
     killer.join()
     assert killed, "no worker was busy to kill"
     serial40 = tmp_path / "serial40.cinr"
-    encode_slide(image, serial40, threads=1, **{**SETTINGS, "steps": 40}, seed=0)
+    encode_slide(tissue_png, serial40, threads=1, **{**SETTINGS, "steps": 40}, seed=0)
     assert stored_blocks(out) == stored_blocks(serial40)
     client.wait_for_workers(2, timeout=60)
 
 
 def test_a_block_the_source_cannot_give_fails_with_one_line(
-    image: Path, client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tissue_png: Path, client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The slide file goes bad after planning (workers read it themselves): the encode stops with a
     CinrInputError naming the block and the journal, and the blocks done so far stay journaled."""
     from cinr_codec.encode import cluster
 
     bad = tmp_path / "bad.png"
-    bad.write_bytes(image.read_bytes())
+    bad.write_bytes(tissue_png.read_bytes())
     out = tmp_path / "bad.cinr"
     original = cluster.run_on_cluster
 
     def truncate_then_run(*args: Any, **kwargs: Any) -> None:
-        bad.write_bytes(image.read_bytes()[:200])  # what the workers will open: a broken PNG
+        bad.write_bytes(tissue_png.read_bytes()[:200])  # what the workers will open: a broken PNG
         original(*args, **kwargs)
 
     monkeypatch.setattr(cluster, "run_on_cluster", truncate_then_run)
@@ -116,12 +100,14 @@ def test_a_block_the_source_cannot_give_fails_with_one_line(
     assert not out.exists() and journal_path(out).exists()
 
 
-def test_settings_a_cluster_cannot_honour_are_refused(image: Path, client: Any, tmp_path: Path) -> None:
+def test_settings_a_cluster_cannot_honour_are_refused(tissue_png: Path, client: Any, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="total time budget"):
-        encode_slide(image, tmp_path / "x.cinr", client=client, total_time_budget=10.0, **SETTINGS)
+        encode_slide(tissue_png, tmp_path / "x.cinr", client=client, total_time_budget=10.0, **SETTINGS)
 
 
-def test_a_cohort_on_one_cluster_goes_on_past_a_bad_slide(image: Path, serial: Path, tmp_path: Path) -> None:
+def test_a_cohort_on_one_cluster_goes_on_past_a_bad_slide(
+    tissue_png: Path, serial_cinr: Path, tmp_path: Path
+) -> None:
     """``cinr encode A B C --out-dir DIR --workers 2`` with B unreadable: A and C are encoded (A's
     blocks are the serial encode's), B is one error line, ``--json`` gives a line per slide, and
     the exit status is 2."""
@@ -134,27 +120,29 @@ def test_a_cohort_on_one_cluster_goes_on_past_a_bad_slide(image: Path, serial: P
     bad = tmp_path / "broken.svs"
     bad.write_bytes(b"II*\x00" + bytes(100))
     other = tmp_path / "other.png"
-    Image.open(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other)
+    Image.open(tissue_png).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other)
     out_dir = tmp_path / "out"
-    args = ["encode", str(image), str(bad), str(other), "--out-dir", str(out_dir)]
+    args = ["encode", str(tissue_png), str(bad), str(other), "--out-dir", str(out_dir)]
     args += ["--model", "cinr", "--steps", "12", "--block-size", "64", "--workers", "2", "--json"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2, res.output
     lines = [json.loads(line) for line in res.stdout.splitlines()]
-    assert [line.get("source") for line in lines] == [str(image), str(bad), str(other)]
+    assert [line.get("source") for line in lines] == [str(tissue_png), str(bad), str(other)]
     assert "error" in lines[1] and "error" not in lines[0] and "error" not in lines[2]
     assert "1 of 3 slides failed" in res.stderr and f"cinr: error: {bad}:" in res.stderr
-    assert stored_blocks(out_dir / "tissue.cinr") == stored_blocks(serial)
+    assert stored_blocks(out_dir / "tissue.cinr") == stored_blocks(serial_cinr)
     assert (out_dir / "other.cinr").exists() and not (out_dir / "broken.cinr").exists()
     res = CliRunner().invoke(
-        main, ["encode", str(image), "-o", str(out_dir / "x.cinr"), "--workers", "2", "--threads", "1"]
+        main, ["encode", str(tissue_png), "-o", str(out_dir / "x.cinr"), "--workers", "2", "--threads", "1"]
     )
     assert res.exit_code == 2 and "one thread" in res.stderr
-    res = CliRunner().invoke(main, ["encode", str(image), str(other), "-o", str(out_dir / "x.cinr")])
+    res = CliRunner().invoke(main, ["encode", str(tissue_png), str(other), "-o", str(out_dir / "x.cinr")])
     assert res.exit_code == 2 and "--out-dir" in res.stderr
 
 
-def test_the_client_killed_then_resumed_on_a_new_cluster(image: Path, serial: Path, tmp_path: Path) -> None:
+def test_the_client_killed_then_resumed_on_a_new_cluster(
+    tissue_png: Path, serial_cinr: Path, tmp_path: Path
+) -> None:
     """kill -9 of ``cinr encode --workers 2`` (client, scheduler and workers: its process group)
     once the journal holds a block, then ``--resume`` on a new cluster: the file is the serial one."""
     import subprocess
@@ -162,7 +150,7 @@ def test_the_client_killed_then_resumed_on_a_new_cluster(image: Path, serial: Pa
 
     out = tmp_path / "resumed.cinr"
     jpath = journal_path(out)
-    args = [sys.executable, "-m", "cinr_codec", "encode", str(image), "-o", str(out), "--quiet"]
+    args = [sys.executable, "-m", "cinr_codec", "encode", str(tissue_png), "-o", str(out), "--quiet"]
     args += ["--model", "cinr", "--steps", "12", "--block-size", "64", "--workers", "2"]
     proc = subprocess.Popen(args, start_new_session=True, stderr=subprocess.PIPE)
     try:
@@ -182,4 +170,4 @@ def test_the_client_killed_then_resumed_on_a_new_cluster(image: Path, serial: Pa
     assert jpath.exists() and not out.exists()
     res = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert stored_blocks(out) == stored_blocks(serial) and not jpath.exists()
+    assert stored_blocks(out) == stored_blocks(serial_cinr) and not jpath.exists()

@@ -12,56 +12,39 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+from cinr_container_helpers import SMALL_ENCODE as SETTINGS
 from cinr_container_helpers import stored_blocks
-from PIL import Image
 
 from cinr_codec.encode import processes as pool_module
 from cinr_codec.encode.journal import journal_path
 from cinr_codec.encode.slide import encode_slide
 from cinr_codec.errors import CinrInputError, CinrWorkerError
 
-SETTINGS: dict[str, Any] = {"model": "cinr", "preset": "fast", "steps": 12, "block_size": 64}
 
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory, he_image: np.ndarray) -> Path:
-    path = tmp_path_factory.mktemp("processes") / "tissue.png"
-    Image.fromarray(np.ascontiguousarray(he_image[900:1092, 900:1156])).save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def serial(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("serial") / "serial.cinr"
-    encode_slide(image, out, threads=1, **SETTINGS)
-    return out
-
-
-def test_blocks_in_processes_are_the_serial_ones(image: Path, serial: Path, tmp_path: Path) -> None:
+def test_blocks_in_processes_are_the_serial_ones(tissue_png: Path, serial_cinr: Path, tmp_path: Path) -> None:
     events: list[dict[str, Any]] = []
     out = tmp_path / "pool.cinr"
-    s = encode_slide(image, out, processes=2, progress=events.append, **SETTINGS)
-    assert stored_blocks(out) == stored_blocks(serial)
+    s = encode_slide(tissue_png, out, processes=2, progress=events.append, **SETTINGS)
+    assert stored_blocks(out) == stored_blocks(serial_cinr)
     assert s["tissue_blocks"] >= 2 and s["blocks"] == 12
     done = [e for e in events if e["stage"] == "block"]
     assert sorted(e["block_id"] for e in done) == list(range(12))
     assert not journal_path(out).exists()
 
 
-def test_ccinr_blocks_in_processes_are_the_serial_ones(image: Path, tmp_path: Path) -> None:
+def test_ccinr_blocks_in_processes_are_the_serial_ones(tissue_png: Path, tmp_path: Path) -> None:
     """The default representation, as ``cinr encode`` runs it on a CPU: the same payloads."""
     settings: dict[str, Any] = {"model": "ccinr", "preset": "q4", "steps": 3, "block_size": 64}
     serial, pooled = tmp_path / "serial.cinr", tmp_path / "pooled.cinr"
-    encode_slide(image, serial, threads=1, **settings)
-    encode_slide(image, pooled, processes=2, **settings)
+    encode_slide(tissue_png, serial, threads=1, **settings)
+    encode_slide(tissue_png, pooled, processes=2, **settings)
     blocks = stored_blocks(pooled)
     assert sum(kind == "model" for kind, _ in blocks) >= 2 and blocks == stored_blocks(serial)
 
 
 def test_a_killed_worker_stops_the_encode_and_resume_completes_it(
-    image: Path, serial: Path, tmp_path: Path
+    tissue_png: Path, serial_cinr: Path, tmp_path: Path
 ) -> None:
     """SIGKILL of a worker once a block is done: one line naming the journal, no output file, the
     finished blocks kept; ``resume`` (serial or in processes) then gives the serial file."""
@@ -76,27 +59,27 @@ def test_a_killed_worker_stops_the_encode_and_resume_completes_it(
             killed.append(worker.pid)
 
     with pytest.raises(CinrWorkerError) as info:
-        encode_slide(image, out, processes=2, progress=kill_a_worker, **SETTINGS)
+        encode_slide(tissue_png, out, processes=2, progress=kill_a_worker, **SETTINGS)
     text = str(info.value)
     assert killed and "\n" not in text and "died" in text and str(journal_path(out)) in text
     assert not out.exists() and journal_path(out).exists()
     assert not [p for p in multiprocessing.active_children() if p.is_alive()]  # none left running
-    encode_slide(image, out, processes=2, resume=True, **SETTINGS)
-    assert stored_blocks(out) == stored_blocks(serial) and not journal_path(out).exists()
+    encode_slide(tissue_png, out, processes=2, resume=True, **SETTINGS)
+    assert stored_blocks(out) == stored_blocks(serial_cinr) and not journal_path(out).exists()
 
 
 def test_a_block_the_source_cannot_give_fails_with_one_line(
-    image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The slide file goes bad after planning (workers read it themselves): a CinrInputError naming
     the block and the journal; the output never appears."""
     bad = tmp_path / "bad.png"
-    bad.write_bytes(image.read_bytes())
+    bad.write_bytes(tissue_png.read_bytes())
     out = tmp_path / "bad.cinr"
     original = pool_module.run_in_processes
 
     def truncate_then_run(*args: Any, **kwargs: Any) -> None:
-        bad.write_bytes(image.read_bytes()[:200])  # what the workers will open: a broken PNG
+        bad.write_bytes(tissue_png.read_bytes()[:200])  # what the workers will open: a broken PNG
         original(*args, **kwargs)
 
     monkeypatch.setattr(pool_module, "run_in_processes", truncate_then_run)
@@ -107,14 +90,14 @@ def test_a_block_the_source_cannot_give_fails_with_one_line(
     assert not out.exists() and journal_path(out).exists()
 
 
-def test_bad_process_counts_are_refused(image: Path, tmp_path: Path) -> None:
+def test_bad_process_counts_are_refused(tissue_png: Path, tmp_path: Path) -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="processes"):
-            encode_slide(image, tmp_path / "x.cinr", processes=bad, **SETTINGS)  # type: ignore[arg-type]
+            encode_slide(tissue_png, tmp_path / "x.cinr", processes=bad, **SETTINGS)  # type: ignore[arg-type]
     assert not (tmp_path / "x.cinr").exists()
 
 
-def test_ctrl_c_stops_every_worker_and_keeps_the_journal(image: Path, tmp_path: Path) -> None:
+def test_ctrl_c_stops_every_worker_and_keeps_the_journal(tissue_png: Path, tmp_path: Path) -> None:
     """SIGINT to ``cinr encode`` (the default: ccinr in worker processes) once a block is
     journaled: exit 130 with the --resume hint and no traceback, and no worker left running."""
     import subprocess
@@ -123,7 +106,7 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_journal(image: Path, tmp_path: 
 
     out = tmp_path / "interrupted.cinr"
     jpath = journal_path(out)
-    args = [sys.executable, "-m", "cinr_codec", "encode", str(image), "-o", str(out), "--quiet"]
+    args = [sys.executable, "-m", "cinr_codec", "encode", str(tissue_png), "-o", str(out), "--quiet"]
     args += ["--steps", "400", "--block-size", "64", "--no-tissue-mask"]
     proc = subprocess.Popen(args, start_new_session=True, stderr=subprocess.PIPE, text=True)
     try:
