@@ -445,6 +445,7 @@ class LatentCodec(BlockCodec):
                 fitted.lam,
                 sweeps=int(RECIPE["rdo_sweeps"]),
                 levels=int(RECIPE["rdo_levels"]),
+                sign=str(RECIPE["rdo_sign"]),
             )
         if settings.measure:
             from ..core.metrics import psnr, ssim

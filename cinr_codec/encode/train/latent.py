@@ -25,6 +25,7 @@ from ...core.config import LatentConfig
 from ...core.synthesis import LatentImage, Synthesis
 from .rate import latent_bits
 from .synthesis_grad import synthesize
+from .upsampling_grad import features
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,10 @@ RECIPE: dict[str, Any] = {
     # at most (0: none).
     "rdo_sweeps": 2,
     "rdo_levels": 3,
+    # "both": every group tries -1 then +1; "predicted": one direction per latent, chosen from
+    # the first-order loss change (rdo.refine_latents): half the renders, the same BD-rates at 300
+    # steps (medians of seeds 0,1 on both crops equal to 0.1 point; ccinr_variants_300_sign.md).
+    "rdo_sign": "predicted",
 }
 #: Training steps of a block on a CPU when the encode names none (``default_steps``). A 512^2
 #: block's step takes about 160 ms of one core, so the recipe's 2400 steps would take the bundled
@@ -291,8 +296,9 @@ def _optimizers(
 
 def _forward(model: LatentImage, ys: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(RGB (1, 3, H, W), estimated bits) of the (rounded) grids, what ``model``'s own forward
-    computes, through the compiled training kernels where they apply (``synthesis_grad``, ``rate``)."""
-    x = synthesize(model.synthesis, model.synthesis.features(ys, model.height, model.width))
+    computes, through the compiled training kernels where they apply (``upsampling_grad``,
+    ``synthesis_grad``, ``rate``)."""
+    x = synthesize(model.synthesis, features(model.synthesis, ys, model.height, model.width))
     return x, latent_bits(model.arm, ys, model.offsets)
 
 

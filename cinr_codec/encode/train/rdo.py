@@ -9,8 +9,12 @@ together, one direction at a time. ``S`` is chosen so that their effects are ind
 candidate's pixels (its footprint through the upsampling, which is linear and probed exactly, and
 the 3×3 layers, one pixel each) and each candidate's bits (its own and those of the latents whose
 context holds it) lie in a tile of its own. One render and one rate pass per group thus price every
-candidate of the group, and the accepted moves' gains add up. Sweeps repeat until few moves remain.
-Nothing in the format changes: the decoder reads whatever integers the encoder stored.
+candidate of the group, and the accepted moves' gains add up; the bits are priced at those
+positions only (a quarter of a grid's latents for the presets' 12 neighbours and S = 7). Each group
+tries -1 and then +1, or (``sign="predicted"``) one direction per latent, the one the first-order
+loss change favours: half the renders for about 97 % of the search's gain (a 512^2 H&E block, 300
+steps, q4). Sweeps repeat until few moves remain. Nothing in the format changes: the decoder reads
+whatever integers the encoder stored.
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ import torch
 import torch.nn.functional as F
 
 from ...core.config import context_border
-from ...core.synthesis import LatentImage, gather_context, laplace_bits
+from ...core.synthesis import (
+    ContextModel,
+    LatentImage,
+    gather_context,
+    laplace_bits,
+)
+from .synthesis_grad import synthesize
+from .upsampling_grad import features
 
 
 @dataclass
@@ -77,6 +88,36 @@ def _tile_sums(d: torch.Tensor, starts: tuple[int, int], tile: int, counts: tupl
     return a.reshape(nr, tile, nc, tile).sum(dim=(1, 3))
 
 
+def bits_at(
+    arm: ContextModel, offsets: list[tuple[int, int]], g: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
+    """The context model's bits of grid ``g`` (1, h, w) at positions (``rows``, ``cols``) only:
+    ``laplace_bits`` over ``gather_context``, read at those positions, with one flat gather from
+    the zero-bordered grid instead of every latent's context."""
+    b = context_border(offsets)
+    gw = g.shape[-1]
+    padded = F.pad(g[0][None, None], (b, b, b, b)).reshape(-1)
+    at = (rows + b) * (gw + 2 * b) + (cols + b)
+    shift = torch.tensor([di * (gw + 2 * b) + dj for di, dj in offsets], device=g.device)
+    mean, log_scale = arm(padded[(at[None, :] + shift[:, None]).reshape(-1)].view(len(offsets), -1))
+    return laplace_bits(padded[at], mean, log_scale)
+
+
+def _distortion_gradient(
+    model: LatentImage, ys: list[torch.Tensor], k: int, target: torch.Tensor
+) -> torch.Tensor:
+    """d(squared error of the float render, summed) / d(grid ``k``) at the grids ``ys``: the
+    first-order change of the distortion a move of each latent of grid ``k`` makes."""
+    syn = model.synthesis
+    with torch.enable_grad():
+        g = ys[k].detach().clone().requires_grad_(True)
+        f = features(syn, [*ys[:k], g, *ys[k + 1 :]], model.height, model.width)
+        out = synthesize(syn, f)[0].clamp(0, 1)
+        ((out - target) ** 2).sum().backward()
+    assert g.grad is not None
+    return g.grad
+
+
 @torch.no_grad()
 def refine_latents(
     model: LatentImage,
@@ -85,18 +126,28 @@ def refine_latents(
     *,
     sweeps: int = 2,
     levels: int | None = None,
+    sign: str = "both",
 ) -> dict[str, float]:
     """Move single rounded latents of ``model`` by ±1 while the loss (MSE of the decoded 8-bit
     pixels, in [0, 1] units, plus ``lam`` times the estimated latent bits per pixel) falls; the
     latents are replaced by the chosen integers. ``levels``: how many grids, finest first (default
     all); ``sweeps``: passes over them at most (they stop early when fewer than one latent in a
-    thousand moved). Returns the loss before and after and the number of latents moved."""
+    thousand moved); ``sign``: ``both`` tries -1 then +1 for every group, ``predicted`` tries one
+    direction per latent, the one whose first-order loss change is lower (the distortion's
+    gradient through the float render, the latent's own bits exactly), at half the renders.
+    Returns the loss before and after and the number of latents moved."""
+    if sign not in ("both", "predicted"):
+        raise ValueError(f"unknown search direction {sign!r}; choose both or predicted")
     h, w = model.height, model.width
     npx = h * w
     dev = model.latents[0].device
     target = torch.from_numpy(np.ascontiguousarray(image)).to(dev).permute(2, 0, 1).to(torch.float32) / 255.0
     ys = [torch.round(g.detach().float()) for g in model.latents]
     syn, arm = model.synthesis, model.arm
+    offsets = model.offsets
+    # A candidate's bits and those of the latents whose context holds it: these positions
+    # relative to it (the candidate first).
+    reach = [(0, 0)] + [(-di, -dj) for di, dj in offsets]
 
     def se_map(grids: list[torch.Tensor]) -> torch.Tensor:
         px = torch.from_numpy(syn.pixels(syn.features(grids, h, w))).to(dev)
@@ -104,13 +155,12 @@ def refine_latents(
         return ((px - target) ** 2).sum(dim=0)
 
     def bit_map(g: torch.Tensor) -> torch.Tensor:
-        mean, log_scale = arm(gather_context(g[0], model.offsets))
+        mean, log_scale = arm(gather_context(g[0], offsets))
         return laplace_bits(g.reshape(-1), mean, log_scale).view(g.shape[-2:])
 
     def loss(se: torch.Tensor, bits: list[torch.Tensor]) -> float:
         return float(se.sum()) / (3 * npx) + lam * float(sum(float(b.sum()) for b in bits)) / npx
 
-    b = context_border(model.offsets)
     se = se_map(ys)
     bits = [bit_map(g) for g in ys]
     before = loss(se, bits)
@@ -122,30 +172,60 @@ def refine_latents(
         for k in range(n_levels):
             lv = plan[k]
             gh, gw = ys[k].shape[-2:]
+            if sign == "predicted":
+                # First-order loss change of +1 and -1 per latent: the distortion's gradient
+                # (in loss units) plus the exact change of the latent's own bits.
+                grad = _distortion_gradient(model, ys, k, target)[0] / (3 * npx)
+                mean, log_scale = arm(gather_context(ys[k][0], offsets))
+                flat = ys[k].reshape(-1)
+                own = [
+                    (laplace_bits(flat + d, mean, log_scale) - bits[k].reshape(-1)).view(gh, gw)
+                    for d in (-1.0, 1.0)
+                ]
+                up = grad + lam * own[1] / npx < -grad + lam * own[0] / npx
+                direction = torch.where(up, 1.0, -1.0)[None]
+                trials = [direction]
+            else:
+                trials = [torch.full_like(ys[k], -1.0), torch.full_like(ys[k], 1.0)]
             for orow in range(min(lv.S, gh)):
                 for ocol in range(min(lv.S, gw)):
                     counts = (-(-(gh - orow) // lv.S), -(-(gw - ocol) // lv.S))
-                    for d in (-1.0, 1.0):
+                    # The group's candidates and, for each, the positions whose bits it changes.
+                    ci = torch.arange(counts[0], device=dev) * lv.S + orow
+                    cj = torch.arange(counts[1], device=dev) * lv.S + ocol
+                    rows = (
+                        ci[None, :, None] + torch.tensor([r for r, _ in reach], device=dev)[:, None, None]
+                    ).expand(-1, -1, counts[1])
+                    cols = (
+                        cj[None, None, :] + torch.tensor([c for _, c in reach], device=dev)[:, None, None]
+                    ).expand(-1, counts[0], -1)
+                    inside = (rows >= 0) & (rows < gh) & (cols >= 0) & (cols < gw)
+                    rows_in, cols_in = rows[inside], cols[inside]
+                    old_bits = bits[k][rows_in, cols_in]
+                    for d in trials:
                         trial = ys[k].clone()
-                        trial[0, orow :: lv.S, ocol :: lv.S] += d
+                        trial[0, orow :: lv.S, ocol :: lv.S] += d[0, orow :: lv.S, ocol :: lv.S]
                         grids = [*ys[:k], trial, *ys[k + 1 :]]
-                        se1, b1 = se_map(grids), bit_map(trial)
+                        se1 = se_map(grids)
+                        new_bits = bits_at(arm, offsets, trial, rows_in, cols_in)
+                        delta = torch.zeros(rows.shape, device=dev)
+                        delta[inside] = new_bits - old_bits
                         tile = lv.S * lv.step
                         px0 = (lv.step * orow + lv.start, lv.step * ocol + lv.start)
                         dse = _tile_sums(se1 - se, px0, tile, counts)
-                        dbits = _tile_sums(b1 - bits[k], (orow - b, ocol - b), lv.S, counts)
-                        keep = dse / (3 * npx) + lam * dbits / npx < 0
+                        keep = dse / (3 * npx) + lam * delta.sum(dim=0) / npx < 0
                         n = int(keep.sum())
                         if not n:
                             continue
                         sel = torch.zeros(gh, gw, dtype=torch.bool, device=dev)
                         sel[orow :: lv.S, ocol :: lv.S] = keep
-                        ys[k] = ys[k] + d * sel
+                        ys[k] = torch.where(sel[None], trial, ys[k])
                         # The new state equals the trial inside the kept tiles, the old one elsewhere.
                         px_keep = _expand(keep, px0, tile, (h, w))
                         se = torch.where(px_keep, se1, se)
-                        lat_keep = _expand(keep, (orow - b, ocol - b), lv.S, (gh, gw))
-                        bits[k] = torch.where(lat_keep, b1, bits[k])
+                        kept = keep[None].expand_as(rows)[inside]
+                        bits[k][rows_in[kept], cols_in[kept]] = new_bits[kept]
+                        old_bits = bits[k][rows_in, cols_in]
                         moved_now += n
         moved += moved_now
         if moved_now < 1e-3 * sum(g.numel() for g in ys):

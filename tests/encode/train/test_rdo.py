@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from cinr_codec.core.config import LatentConfig, context_border
 from cinr_codec.core.synthesis import LatentImage, gather_context, laplace_bits
 from cinr_codec.encode.train import latent as L
-from cinr_codec.encode.train.rdo import _footprints, _tile_sums, refine_latents
+from cinr_codec.encode.train.rdo import _footprints, _tile_sums, bits_at, refine_latents
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -65,11 +67,12 @@ def test_candidates_of_a_group_act_independently_inside_their_tiles(tissue_crop:
         assert changed > 0  # the test moved something that shows
 
 
-def test_the_search_lowers_the_loss_and_leaves_integers(tissue_crop: np.ndarray) -> None:
+@pytest.mark.parametrize("sign", ["both", "predicted"])
+def test_the_search_lowers_the_loss_and_leaves_integers(tissue_crop: np.ndarray, sign: str) -> None:
     img = np.ascontiguousarray(tissue_crop[:48, :40])
     fit = _trained(img, steps=30)
     before = [g.detach().round().clone() for g in fit.model.latents]
-    out = refine_latents(fit.model, img, fit.lam, sweeps=2)
+    out = refine_latents(fit.model, img, fit.lam, sweeps=2, sign=sign)
     after = [g.detach() for g in fit.model.latents]
     assert out["moved"] > 0 and out["loss_after"] < out["loss_before"]
     moved = sum(int((a != b).sum()) for a, b in zip(after, before, strict=True))
@@ -99,6 +102,37 @@ def test_without_the_compiled_kernels_the_search_runs_on_torch(tissue_crop: np.n
 
     img = np.ascontiguousarray(tissue_crop[:40, :40])
     fit = _trained(img, steps=20)
-    with native.disabled():
-        out = refine_latents(fit.model, img, fit.lam, sweeps=1, levels=1)
-    assert out["moved"] > 0 and out["loss_after"] < out["loss_before"]
+    for sign in ("both", "predicted"):
+        model = copy.deepcopy(fit.model)
+        with native.disabled():
+            out = refine_latents(model, img, fit.lam, sweeps=1, levels=1, sign=sign)
+        assert out["moved"] > 0 and out["loss_after"] < out["loss_before"]
+
+
+def test_bits_at_some_positions_equal_the_whole_grids_there(tissue_crop: np.ndarray) -> None:
+    """The search prices a group's bits at the positions it changes only; those equal the whole
+    grid's bits there, at the grid's edges (the zero border) too."""
+    img = np.ascontiguousarray(tissue_crop[:45, :61])
+    model = _trained(img, steps=20).model
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for g in model.latents:
+            y = torch.round(g.detach()) + torch.randint(-2, 3, g.shape, generator=gen).float()
+            gh, gw = y.shape[-2:]
+            rows = torch.cat(
+                [torch.tensor([0, 0, gh - 1, gh - 1]), torch.randint(0, gh, (40,), generator=gen)]
+            )
+            cols = torch.cat(
+                [torch.tensor([0, gw - 1, 0, gw - 1]), torch.randint(0, gw, (40,), generator=gen)]
+            )
+            mean, ls = model.arm(gather_context(y[0], model.offsets))
+            whole = laplace_bits(y.reshape(-1), mean, ls).view(gh, gw)
+            some = bits_at(model.arm, model.offsets, y, rows, cols)
+            assert torch.allclose(some, whole[rows, cols], rtol=1e-5, atol=1e-5)
+
+
+def test_an_unknown_search_direction_is_refused(tissue_crop: np.ndarray) -> None:
+    img = np.ascontiguousarray(tissue_crop[:16, :16])
+    fit = _trained(img, steps=2)
+    with pytest.raises(ValueError, match="unknown search direction 'up'"):
+        refine_latents(fit.model, img, fit.lam, sign="up")
