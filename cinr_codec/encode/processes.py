@@ -62,6 +62,13 @@ def _stop(pool: ProcessPoolExecutor) -> None:
         manager.join(timeout=10)
 
 
+def _cost(job: BlockJob) -> tuple[int, int, int]:
+    """Sort key, cheapest first (``waiting.pop()`` takes the last): background before tissue,
+    then the fit region's pixels, then the plan's order reversed."""
+    _, _, w, h = job.grid.fit_region(job.block_id)
+    return (int(not job.maybe_background), w * h, -job.block_id)
+
+
 def run_in_processes(
     processes: int,
     spec: SourceSpec,
@@ -80,9 +87,12 @@ def run_in_processes(
         max_workers=n, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
     )
     finished = False
-    # At most n blocks are handed out at a time, so a stopped encode leaves none half-queued and
-    # the journal follows the plan's order as closely as the fits' times allow.
-    waiting = list(reversed(jobs))
+    # At most n blocks are handed out at a time, so a stopped encode leaves none half-queued.
+    # The costliest first (the most pixels to fit; blocks the thumbnail saw as background, which
+    # are mostly not fitted, last): the last blocks to finish are then short ones, and no core
+    # waits long for another's last fit (on the sample the plan's order ended with a full tissue
+    # block fitting alone).
+    waiting = sorted(jobs, key=_cost)
     running: dict[Future[tuple[dict[str, Any], list[bytes]]], BlockJob] = {}
     try:
         while waiting or running:

@@ -139,8 +139,8 @@ RECIPE: dict[str, Any] = {
     "rdo_sign": "predicted",
 }
 #: Training steps of a block on a CPU when the encode names none (``default_steps``). A 512^2
-#: block's step takes about 160 ms of one core, so the recipe's 2400 steps would take the bundled
-#: sample about two hours on two cores. BD-rate against JPEG at 300 steps, 256^2 crops, median of
+#: block's step takes about 120 ms of one core, so the recipe's 2400 steps would take the bundled
+#: sample about an hour on two cores. BD-rate against JPEG at 300 steps, 256^2 crops, median of
 #: seeds 0 and 1: -25 % (prostate), -43 % (TCGA); the greedy search adds 6 points of it
 #: (benchmarks/results/ccinr_variants_300.md; docs/architecture.md, "The default encode on a CPU").
 CPU_STEPS = 300
