@@ -139,3 +139,20 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_journal(tissue_png: Path, tmp_p
     else:
         os.killpg(proc.pid, signal.SIGKILL)
         raise AssertionError("a worker process outlived the interrupted encode")
+
+
+def test_the_costliest_blocks_are_handed_out_first() -> None:
+    """Tissue blocks before background ones, larger fit regions before smaller (edge blocks), the
+    plan's order among equals: the last fits to finish are short ones."""
+    from types import SimpleNamespace
+
+    from cinr_codec.format.grid import BlockGrid
+
+    grid = BlockGrid(width=300, height=200, block_size=128)  # 3 x 2 blocks; the right column is 44 wide
+    background = {1}
+    jobs = [SimpleNamespace(grid=grid, block_id=i, maybe_background=i in background) for i in range(6)]
+    waiting = sorted(jobs, key=pool_module._cost)  # type: ignore[arg-type]
+    handed = [waiting.pop().block_id for _ in range(len(jobs))]
+    # The full 128x128 tissue block (0), the 128x72 bottom ones (3, 4: the plan's order), the
+    # 44-wide right column (2 before 5, taller), then the background block.
+    assert handed == [0, 3, 4, 2, 5, 1]
