@@ -128,3 +128,30 @@ def test_tissue_mask() -> None:
     assert mask[2:].all() and not mask[:2].any()
     all_tissue = np.tile(np.array([[[220, 150, 190]], [[120, 40, 110]]], np.uint8), (2, 4, 1))
     assert tissue_mask(all_tissue)[0].all()  # Otsu alone would split pale from dark tissue
+
+
+def test_latent_encode_json() -> None:
+    """The per-phase encode cost of one ccinr block: both search directions lower the loss."""
+    p = _run(
+        "benchmarks.latent_encode",
+        "--size",
+        "32",
+        "--steps",
+        "3",
+        "--x",
+        "0",
+        "--y",
+        "0",
+        "--json",
+        "--no-write",
+    )
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["steps"] == 3 and out["payload_bytes"] > 0 and out["psnr"] > 5
+    assert [s["sign"] for s in out["searches"]] == ["both", "predicted"]
+    assert all(s["loss_after"] <= s["loss_before"] for s in out["searches"])
+
+
+def test_latent_encode_bad_input() -> None:
+    p = _run("benchmarks.latent_encode", "--sign", "sideways", "--no-write")
+    assert p.returncode == 2 and "--sign wants both and/or predicted" in p.stderr

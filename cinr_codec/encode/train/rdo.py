@@ -27,12 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ...core.config import context_border
-from ...core.synthesis import (
-    ContextModel,
-    LatentImage,
-    gather_context,
-    laplace_bits,
-)
+from ...core.synthesis import ContextModel, LatentImage, gather_context, laplace_bits
 from .synthesis_grad import synthesize
 from .upsampling_grad import features
 
