@@ -165,6 +165,15 @@ def disabled() -> Iterator[None]:
         _disabled -= 1
 
 
+def raise_for(rc: int, what: str) -> None:
+    """The kernels' return codes as errors: 0 fine, 3 ``MemoryError``, anything else
+    ``ValueError`` (arguments the kernel refused), each naming ``what`` ran."""
+    if rc == 3:
+        raise MemoryError(f"{what}: out of memory")
+    if rc != 0:
+        raise ValueError(f"{what}: the kernel refused its arguments (code {rc})")
+
+
 def _check(rc: int) -> None:
     if rc != 0:
         raise IndexError("hash-grid index out of range of the table")

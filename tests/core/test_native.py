@@ -1,4 +1,4 @@
-"""core.native: what a compiled kernel's cache key covers."""
+"""core.native: what a compiled kernel's cache key covers, and how its return codes become errors."""
 
 from __future__ import annotations
 
@@ -33,3 +33,11 @@ def test_changing_an_included_header_builds_a_new_library(
     (tmp_path / "inc" / "k.h").write_text("#define K 2\n")
     second = native._build(cc, src)
     assert second != first and second.is_file() and first.is_file()
+
+
+def test_kernel_return_codes_become_errors_naming_the_work() -> None:
+    native.raise_for(0, "anything")  # fine: nothing raised
+    with pytest.raises(MemoryError, match="^training upsampling of a 9x7 block: out of memory$"):
+        native.raise_for(3, "training upsampling of a 9x7 block")
+    with pytest.raises(ValueError, match=r"^the training rate: the kernel refused its arguments \(code 2\)$"):
+        native.raise_for(2, "the training rate")

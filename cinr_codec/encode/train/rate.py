@@ -97,10 +97,7 @@ class _Rate(torch.autograd.Function):
                 LOG_SCALE_RANGE[0], LOG_SCALE_RANGE[1], ctypes.byref(out),
                 None if gy is None else gy.ctypes.data, None if gp is None else gp.ctypes.data,
             )  # fmt: skip
-            if rc == 3:
-                raise MemoryError("the rate kernel: out of memory")
-            if rc != 0:
-                raise ValueError(f"the rate kernel refused a context model (code {rc})")
+            native.raise_for(rc, "the training rate")
             total += out.value
             if gy is None:
                 grads.append(None)

@@ -87,13 +87,6 @@ def synthesize(net: Synthesis, f: torch.Tensor) -> torch.Tensor:
     return _Synthesis.apply(lib, net, f, *_params(net))  # type: ignore[no-any-return]
 
 
-def _check(rc: int, h: int, w: int) -> None:
-    if rc == 3:
-        raise MemoryError(f"training synthesis of a {w}x{h} block: out of memory")
-    if rc != 0:
-        raise ValueError(f"the training synthesis kernel refused a {w}x{h} block (code {rc})")
-
-
 class _Synthesis(torch.autograd.Function):
     """The kernel as an autograd function: the forward keeps what the backward needs."""
 
@@ -111,8 +104,9 @@ class _Synthesis(torch.autograd.Function):
         out = np.empty((3, h, w), dtype=np.float32)
         work = np.empty(int(sizes[1]), dtype=np.float32)
         slope = LEAKY_SLOPE if net.leaky else 0.0
-        _check(lib.cinr_synth_grad(feats.ctypes.data, shape.ctypes.data, p.ctypes.data, slope, out.ctypes.data,
-                                   work.ctypes.data, None, None, None, None), h, w)  # fmt: skip
+        rc = lib.cinr_synth_grad(feats.ctypes.data, shape.ctypes.data, p.ctypes.data, slope, out.ctypes.data,
+                                 work.ctypes.data, None, None, None, None)  # fmt: skip
+        native.raise_for(rc, f"training synthesis of a {w}x{h} block")
         ctx.state = (lib, net, shape, sizes, p, feats, work, slope)
         return torch.from_numpy(out)[None]
 
@@ -124,7 +118,8 @@ class _Synthesis(torch.autograd.Function):
         gf = np.empty((n_in, h, w), dtype=np.float32)
         gp = np.zeros(int(sizes[0]), dtype=np.float32)
         gwork = np.empty(int(sizes[2]), dtype=np.float32)
-        _check(lib.cinr_synth_grad(feats.ctypes.data, shape.ctypes.data, p.ctypes.data, slope, None, work.ctypes.data,
-                                   go.ctypes.data, gf.ctypes.data, gp.ctypes.data, gwork.ctypes.data), h, w)  # fmt: skip
+        rc = lib.cinr_synth_grad(feats.ctypes.data, shape.ctypes.data, p.ctypes.data, slope, None, work.ctypes.data,
+                                 go.ctypes.data, gf.ctypes.data, gp.ctypes.data, gwork.ctypes.data)  # fmt: skip
+        native.raise_for(rc, f"training synthesis of a {w}x{h} block")
         ctx.state = None
         return (None, None, torch.from_numpy(gf)[None], *_unpack(net, gp))

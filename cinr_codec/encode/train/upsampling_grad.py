@@ -2,10 +2,10 @@
 
 ``features(net, grids, height, width)`` computes ``net.features(grids, height, width)``
 (``core.synthesis.Synthesis``) and is differentiable the same way, with respect to the grids and
-the upsampling's taps. On the CPU, with learned upsampling and grid 0 at the output's size, the
-forward is the decoder's kernel (``core/_synthesis.c``, ``cinr_upsample_window`` over the whole
-grids) and the backward ``_upsample_grad.c``; elsewhere (a GPU, ``CINR_NATIVE=0``, no compiler,
-bilinear upsampling) it is ``net.features`` in torch (docs/architecture.md, "Training speed").
+the upsampling's taps. On the CPU, with learned upsampling and grid 0 at the output's size, both
+directions run ``_upsample_grad.c`` (the forward keeps the coarser stacks for the backward);
+elsewhere (a GPU, ``CINR_NATIVE=0``, no compiler, bilinear upsampling) it is ``net.features`` in
+torch (docs/architecture.md, "Training speed").
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _lib() -> ctypes.CDLL | None:
 
 def _takes(net: Synthesis, grids: list[torch.Tensor], height: int, width: int) -> bool:
     """True when the kernels compute these features (learned upsampling, one-channel float32
-    CPU grids, grid 0 the output's size, within the decoder kernel's limits)."""
+    CPU grids, grid 0 the output's size, at most 16 grids: the kernel's MAX_GRIDS)."""
     return (
         net.up is not None
         and net.up.device.type == "cpu"
@@ -59,13 +59,6 @@ def features(net: Synthesis, grids: list[torch.Tensor], height: int, width: int)
     return _Upsample.apply(lib, net, net.up, *grids)  # type: ignore[no-any-return]
 
 
-def _check(rc: int, h: int, w: int) -> None:
-    if rc == 3:
-        raise MemoryError(f"training upsampling of a {w}x{h} block: out of memory")
-    if rc != 0:
-        raise ValueError(f"the training upsampling kernel refused a {w}x{h} block (code {rc})")
-
-
 class _Upsample(torch.autograd.Function):
     """The kernels as an autograd function: the forward keeps the coarser stacks for the backward."""
 
@@ -83,8 +76,9 @@ class _Upsample(torch.autograd.Function):
         out = np.empty((n, int(hs[0]), int(ws[0])), dtype=np.float32)
         ptrs = (ctypes.c_void_p * n)(*[p.ctypes.data for p in planes])
         scale = float(net.latent_scale)
-        _check(lib.cinr_upsample_train_fwd(ptrs, hs.ctypes.data, ws.ctypes.data, n, filters.ctypes.data, scale,
-                                           out.ctypes.data, work.ctypes.data), int(hs[0]), int(ws[0]))  # fmt: skip
+        rc = lib.cinr_upsample_train_fwd(ptrs, hs.ctypes.data, ws.ctypes.data, n, filters.ctypes.data, scale,
+                                         out.ctypes.data, work.ctypes.data)  # fmt: skip
+        native.raise_for(rc, f"training upsampling of a {ws[0]}x{hs[0]} block")
         ctx.state = (lib, hs, ws, filters, scale, work)
         return torch.from_numpy(out)[None]
 
@@ -96,8 +90,8 @@ class _Upsample(torch.autograd.Function):
         grads = [np.empty((int(h), int(w)), dtype=np.float32) for h, w in zip(hs, ws, strict=True)]
         gfilters = np.empty_like(filters)
         gptrs = (ctypes.c_void_p * n)(*[g.ctypes.data for g in grads])
-        _check(lib.cinr_upsample_train_bwd(hs.ctypes.data, ws.ctypes.data, n, filters.ctypes.data, scale,
-                                           work.ctypes.data, go.ctypes.data, gptrs, gfilters.ctypes.data),
-               int(hs[0]), int(ws[0]))  # fmt: skip
+        rc = lib.cinr_upsample_train_bwd(hs.ctypes.data, ws.ctypes.data, n, filters.ctypes.data, scale,
+                                         work.ctypes.data, go.ctypes.data, gptrs, gfilters.ctypes.data)  # fmt: skip
+        native.raise_for(rc, f"training upsampling of a {ws[0]}x{hs[0]} block")
         ctx.state = None
         return (None, None, torch.from_numpy(gfilters), *(torch.from_numpy(g)[None] for g in grads))
