@@ -93,8 +93,11 @@ class PyramidTotals:
             self.n += int(meta["n"])
 
     def summary(self, psnr: float | None) -> dict[str, Any] | None:
-        """q80's bytes and PSNR over tissue, and the bytes at ``psnr`` (log-bytes interpolated over
-        the qualities' PSNRs; None outside them); None without tissue or with a block unmeasured."""
+        """q80's bytes and PSNR over tissue, and the bytes at ``psnr``: log-bytes interpolated over
+        the qualities that no other beats in both bytes and PSNR (the cheapest pyramid reaching a
+        PSNR: on a source that is itself a JPEG of one of the qualities, on the same 8x8 grid,
+        that quality re-encodes almost losslessly and higher ones cost more for less), None
+        outside their PSNRs; None without tissue or with a block unmeasured."""
         if not self.complete or self.n == 0:
             return None
         p = np.array([v if (v := psnr_of(float(s), self.n)) is not None else math.inf for s in self.sse])
@@ -102,7 +105,13 @@ class PyramidTotals:
         equal: float | None = None
         if psnr is not None and math.isfinite(psnr) and p.min() <= psnr <= p.max():
             order = np.argsort(p, kind="stable")
-            equal = float(np.exp(np.interp(psnr, p[order], np.log(np.maximum(self.size[order], 1.0)))))
+            # Keep a point when every point of higher PSNR costs more bytes (scan from the top).
+            front: list[int] = []
+            for j in order[::-1]:
+                if not front or self.size[j] < self.size[front[-1]]:
+                    front.append(int(j))
+            front.reverse()
+            equal = float(np.exp(np.interp(psnr, p[front], np.log(np.maximum(self.size[front], 1.0)))))
         return {
             "jpeg_q80_bytes": int(self.size[q80]),
             "jpeg_q80_psnr": float(p[q80]),

@@ -58,3 +58,22 @@ def test_pyramid_interpolates_bytes_at_the_files_psnr(tissue: np.ndarray) -> Non
     assert totals.summary(p[-1] + 1)["jpeg_equal_psnr_bytes"] is None  # past q95: not extrapolated
     totals.add({"kind": "model", "n": 3})  # a block journaled before the reference existed
     assert totals.summary(p[i]) is None
+
+
+def test_bytes_at_a_psnr_come_from_the_cheapest_pyramids_reaching_it() -> None:
+    """A JPEG-sourced level re-encodes almost losslessly at its own quality (the prostate image
+    at q75: 58.8 dB for fewer bytes than q80 … q95): qualities that cost more for less PSNR are
+    left out of the interpolation."""
+    totals = PyramidTotals()
+    n = 1000
+    psnr = [29.6, 32.5, 36.4, 58.8, 43.2, 43.7, 45.7, 48.6]  # q20 … q95 of he-prostate-2500.jpeg
+    size = [703, 1040, 1547, 1840, 2002, 2380, 2784, 3746]
+    totals.size = np.array(size, dtype=np.float64)
+    totals.sse = np.array([n * 255.0**2 / 10 ** (v / 10) for v in psnr])
+    totals.n = n
+    at = totals.summary(37.45)
+    assert at is not None
+    want = np.exp(np.interp(37.45, [36.4, 58.8], np.log([1547, 1840])))  # q60 to q75, not q60 to q80
+    assert at["jpeg_equal_psnr_bytes"] == round(want)
+    assert totals.summary(50.0)["jpeg_equal_psnr_bytes"] < 1840  # below q75's bytes, past q95's PSNR
+    assert totals.summary(psnr[2])["jpeg_equal_psnr_bytes"] == 1547
