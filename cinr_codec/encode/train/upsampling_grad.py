@@ -70,7 +70,8 @@ class _Upsample(torch.autograd.Function):
         ws = np.array([p.shape[1] for p in planes], dtype=np.int64)
         size = int(lib.cinr_upsample_train_size(hs.ctypes.data, ws.ctypes.data, n))
         if size < 0:
-            raise ValueError(f"the training upsampling kernel refused grids of shapes {list(zip(hs, ws))}")
+            shapes = [(int(h), int(w)) for h, w in zip(hs, ws, strict=True)]
+            raise ValueError(f"the training upsampling kernel refused grids of shapes {shapes}")
         filters = np.ascontiguousarray(up.detach().numpy())
         work = np.empty(max(1, size), dtype=np.float32)
         out = np.empty((n, int(hs[0]), int(ws[0])), dtype=np.float32)

@@ -67,3 +67,13 @@ def test_bilinear_upsampling_and_other_sizes_stay_on_torch() -> None:
     learned = Synthesis(LatentConfig(upsampling="learned", levels=3))
     out = UG.features(learned, grids, 16, 16)  # a bilinear resize after the doublings
     torch.testing.assert_close(out, learned.features(grids, 16, 16))
+
+
+@needs_kernel
+def test_grids_the_doublings_cannot_reach_are_refused() -> None:
+    """A grid more than twice the next coarser one (no config makes it) is refused before the
+    kernel writes anything."""
+    net = Synthesis(LatentConfig(upsampling="learned", levels=2))
+    grids = [torch.zeros(1, 10, 10), torch.zeros(1, 2, 2)]
+    with pytest.raises(ValueError, match="refused grids of shapes"):
+        UG.features(net, grids, 10, 10)
