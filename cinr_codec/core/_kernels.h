@@ -1,6 +1,7 @@
 /* What the compiled float kernels share (core/_synthesis.c, encode/train/_rate.c,
- * encode/train/_synthesis_grad.c): the target clones, forced inlining, the activation and the
- * replicate padding of planes. A header of the package, included by relative path; the build
+ * encode/train/_synthesis_grad.c, encode/train/_upsample_grad.c): the target clones, forced
+ * inlining, the activation, the replicate padding of planes and the learned doubling's column
+ * pass. A header of the package, included by relative path; the build
  * (core/native.py) hashes it into each kernel's cache key. */
 #ifndef CINR_KERNELS_H
 #define CINR_KERNELS_H
@@ -42,6 +43,24 @@ AI static void pad_planes(const float *in, int64_t c, int64_t H, int64_t W, floa
             d[0] = d[1];
             d[W + 1] = d[W];
         }
+    }
+}
+
+/* An index clamped to [0, n): the learned doubling's edge replication. */
+static inline int64_t clamp_index(int64_t i, int64_t n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
+
+/* The learned doubling (core/synthesis.py ``double``) along columns, a row of w values at a time:
+ * output rows [lo, lo + h) of 2 hc from T (hc rows of w; lo + h <= 2 hc), into out (h rows of w).
+ * Row 2a + e reads rows a, a - s, a + s, a - 2s (s = 1 for even, -1 for odd; clamped) with the
+ * taps f0..f3. The decoder's windows (core/_synthesis.c) and training (encode/train/_upsample_grad.c)
+ * share it. */
+AI static void double_cols(const float *T, int64_t hc, int64_t w, const float *f, int64_t lo, int64_t h, float *out) {
+    for (int64_t i = lo; i < lo + h; i++) { /* whole rows at a time (vectorized) */
+        const int64_t a = i >> 1, s = (i & 1) ? -1 : 1;
+        const float *x0 = T + a * w, *x1 = T + clamp_index(a - s, hc) * w;
+        const float *x2 = T + clamp_index(a + s, hc) * w, *x3 = T + clamp_index(a - 2 * s, hc) * w;
+        float *o = out + (i - lo) * w;
+        for (int64_t x = 0; x < w; x++) o[x] = f[0] * x0[x] + f[1] * x1[x] + f[2] * x2[x] + f[3] * x3[x];
     }
 }
 

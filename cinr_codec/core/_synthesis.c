@@ -255,8 +255,6 @@ done:
  * outputs [lo, hi) of 2n: out[2a] = f0 x[a] + f1 x[a-1] + f2 x[a+1] + f3 x[a-2] and
  * out[2a+1] = f0 x[a] + f1 x[a+1] + f2 x[a-1] + f3 x[a+2], indices clamped to [0, n). x has
  * stride xs between taps, out stride os between outputs. */
-static inline int64_t clamp_index(int64_t i, int64_t n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
-
 static inline void double_axis(const float *x, int64_t n, int64_t xs, const float *f, int64_t lo, int64_t hi, float *out,
                                int64_t os) {
     for (int64_t i = lo; i < hi; i++) {
@@ -318,15 +316,7 @@ int cinr_upsample_window(const float *const *grids, const int64_t *hs, const int
             for (int64_t ch = 0; ch < n - 1 - k; ch++) {
                 const float *src = cur + ch * hc * wc;
                 for (int64_t y = 0; y < hc; y++) double_axis(src + y * wc, wc, 1, f, clo, clo + w, tmp + y * w, 1);
-                float *o = dst + (ch + 1) * h * w;
-                for (int64_t i = rlo; i < rlo + h; i++) { /* whole rows at a time (vectorized) */
-                    const int64_t a = i >> 1, s = (i & 1) ? -1 : 1;
-                    const int64_t am = clamp_index(a - s, hc), ap = clamp_index(a + s, hc);
-                    const int64_t am2 = clamp_index(a - 2 * s, hc);
-                    const float *x0 = tmp + a * w, *x1 = tmp + am * w, *x2 = tmp + ap * w, *x3 = tmp + am2 * w;
-                    float *orow = o + (i - rlo) * w;
-                    for (int64_t x = 0; x < w; x++) orow[x] = f[0] * x0[x] + f[1] * x1[x] + f[2] * x2[x] + f[3] * x3[x];
-                }
+                double_cols(tmp, hc, w, f, rlo, h, dst + (ch + 1) * h * w);
             }
         }
         if (k > 0) {

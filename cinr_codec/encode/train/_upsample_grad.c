@@ -24,8 +24,6 @@
 #define MAX_GRIDS 16
 #define LANES 8
 
-static inline int64_t clampi(int64_t i, int64_t n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
-
 /* xp (n + 4) = x (n) with two copies of each end value either side. */
 AI static void pad_row(const float *x, int64_t n, float *xp) {
     xp[0] = xp[1] = x[0];
@@ -98,24 +96,14 @@ AI static void bwd_row(const float *xp, int64_t n_in, const float *f, const floa
         for (int l = 0; l < LANES; l++) gf[t] += acc[t][l];
 }
 
-/* The column pass, a row of w values at a time: out row i (of h) from T (hc rows of w). */
-AI static void fwd_cols(const float *T, int64_t hc, int64_t w, const float *f, int64_t h, float *out) {
-    for (int64_t i = 0; i < h; i++) {
-        const int64_t a = i >> 1, s = (i & 1) ? -1 : 1;
-        const float *x0 = T + clampi(a, hc) * w, *x1 = T + clampi(a - s, hc) * w;
-        const float *x2 = T + clampi(a + s, hc) * w, *x3 = T + clampi(a - 2 * s, hc) * w;
-        float *o = out + i * w;
-        for (int64_t x = 0; x < w; x++) o[x] = f[0] * x0[x] + f[1] * x1[x] + f[2] * x2[x] + f[3] * x3[x];
-    }
-}
-
-/* Its transpose: gT (hc rows of w, added to) += what gout (h rows of w) sends back; gf += gout
- * times the rows of T read. */
+/* The column pass's transpose (``double_cols``, core/_kernels.h): gT (hc rows of w, added to)
+ * += what gout (h rows of w) sends back; gf += gout times the rows of T read. */
 AI static void bwd_cols(const float *T, int64_t hc, int64_t w, const float *f, int64_t h, const float *gout, float *gT,
                         float *gf) {
     for (int64_t i = 0; i < h; i++) {
         const int64_t a = i >> 1, s = (i & 1) ? -1 : 1;
-        const int64_t r[4] = {clampi(a, hc), clampi(a - s, hc), clampi(a + s, hc), clampi(a - 2 * s, hc)};
+        const int64_t r[4] = {clamp_index(a, hc), clamp_index(a - s, hc), clamp_index(a + s, hc),
+                              clamp_index(a - 2 * s, hc)};
         const float *go = gout + i * w;
         for (int t = 0; t < 4; t++) {
             const float *x = T + r[t] * w;
@@ -170,7 +158,7 @@ AI static void double_planes(const float *src, int64_t c, int64_t hc, int64_t wc
             pad_row(src + (ch * hc + y) * wc, wc, xp);
             fwd_row(xp, f, w, T + y * w);
         }
-        fwd_cols(T, hc, w, f, h, out + ch * h * w);
+        double_cols(T, hc, w, f, 0, h, out + ch * h * w);
     }
 }
 
