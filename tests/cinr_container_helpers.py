@@ -285,3 +285,20 @@ def stored_blocks(path: Any) -> list[tuple[str, Any]]:
 #: A small hash-grid encode (12 blocks of 64 px, 12 steps): the settings with which the tests of
 #: encodes run elsewhere (a Dask cluster, local worker processes) compare against a serial one.
 SMALL_ENCODE: dict[str, Any] = {"model": "cinr", "preset": "fast", "steps": 12, "block_size": 64}
+
+
+def wait_for_a_journaled_block(proc: Any, journal: Any, timeout: float, poll: float) -> None:
+    """Wait until ``journal`` (a path) grows past the size it had when first looked at (a block
+    appended) while ``proc`` (a ``subprocess.Popen``) runs; fails, with its stderr, if it ended."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    first = None  # the journal's size when first seen; larger once a block is appended
+    while time.monotonic() < deadline and proc.poll() is None:
+        size = journal.stat().st_size if journal.exists() else None
+        if first is None:
+            first = size
+        elif size is not None and size > first:
+            break
+        time.sleep(poll)
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from cinr_container_helpers import SMALL_ENCODE as SETTINGS
-from cinr_container_helpers import stored_blocks
+from cinr_container_helpers import stored_blocks, wait_for_a_journaled_block
 from PIL import Image
 
 from cinr_codec.encode.journal import journal_path
@@ -154,16 +154,7 @@ def test_the_client_killed_then_resumed_on_a_new_cluster(
     args += ["--model", "cinr", "--steps", "12", "--block-size", "64", "--workers", "2"]
     proc = subprocess.Popen(args, start_new_session=True, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        first = None  # the journal's size when first seen; larger once a block is appended
-        while time.monotonic() < deadline and proc.poll() is None:
-            size = jpath.stat().st_size if jpath.exists() else None
-            if first is None:
-                first = size
-            elif size is not None and size > first:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        wait_for_a_journaled_block(proc, jpath, timeout=120, poll=0.02)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

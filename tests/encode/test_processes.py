@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from cinr_container_helpers import SMALL_ENCODE as SETTINGS
-from cinr_container_helpers import stored_blocks
+from cinr_container_helpers import stored_blocks, wait_for_a_journaled_block
 
 from cinr_codec.encode import processes as pool_module
 from cinr_codec.encode.journal import journal_path
@@ -110,16 +110,7 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_journal(tissue_png: Path, tmp_p
     args += ["--steps", "400", "--block-size", "64", "--no-tissue-mask"]
     proc = subprocess.Popen(args, start_new_session=True, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 180
-        first = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            size = jpath.stat().st_size if jpath.exists() else None
-            if first is None:
-                first = size
-            elif size is not None and size > first:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        wait_for_a_journaled_block(proc, jpath, timeout=180, poll=0.05)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
         _, err = proc.communicate(timeout=60)
     finally:
