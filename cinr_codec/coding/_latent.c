@@ -34,11 +34,35 @@
 /* Columns a layer of dout outputs is padded to: SMALL for the output layer, else CHUNKs. */
 static inline int64_t padded(int64_t dout) { return dout <= SMALL ? SMALL : (dout + CHUNK - 1) / CHUNK * CHUNK; }
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define CLONES
-#endif
+/* CLONES: the target clones of the float kernels (x86-64-v3 where GCC knows it; its FMA changes
+ * nothing here, every product and sum being an exact integer). */
+#include "../core/_kernels.h"
+
+/* The grouped context model's vectors: GCC/Clang vectors of 4 doubles (the compiler's own
+ * vectorization of the plain loops chose shuffles, kept no accumulator in a register and left
+ * the layers' rounding scalar). Macros, not functions, so that each target clone inlines them. */
+typedef double v4d __attribute__((vector_size(32)));
+typedef int64_t v4l __attribute__((vector_size(32)));
+#define load4(p)                                                                                                       \
+    __extension__({                                                                                                    \
+        v4d v_;                                                                                                        \
+        memcpy(&v_, (p), sizeof(v_));                                                                                  \
+        v_;                                                                                                            \
+    })
+#define store4(p, v)                                                                                                   \
+    do {                                                                                                               \
+        v4d s_ = (v);                                                                                                  \
+        memcpy((p), &s_, sizeof(s_));                                                                                  \
+    } while (0)
+/* floor of 4 doubles of magnitude below 2**51 (exact): rounding to the nearest integer by adding
+ * and subtracting 1.5 * 2**52, then one less where that went up. */
+#define MAGIC 6755399441055744.0
+#define floor4(y)                                                                                                      \
+    __extension__({                                                                                                    \
+        const v4d y_ = (y);                                                                                            \
+        const v4d r_ = (y_ + MAGIC) - MAGIC;                                                                           \
+        r_ - (v4d)((v4l)(r_ > y_) & (v4l)(v4d){1.0, 1.0, 1.0, 1.0});                                                   \
+    })
 
 /* acc[0..CHUNK) = sum_k x[k] * w[k * stride + j]: independent accumulators the compiler keeps
  * in vector registers (exact: every product and partial sum is an integer below 2**52). */
@@ -61,32 +85,37 @@ CLONES static void dense_small(const double *w, const int64_t *x, int64_t din, d
     for (int j = 0; j < SMALL; j++) acc[j] = a[j];
 }
 
-/* The same products for GROUP latents at once (rows of MAX_WIDTH in x and acc): each weight
- * loaded once serves GROUP latents, and the GROUP x CHUNK accumulators are independent. */
+/* The same products for GROUP latents at once (rows of MAX_WIDTH in x and acc), in register
+ * tiles of 4 latents x 8 outputs (8 vector accumulators): each weight loaded serves 4 latents. */
 CLONES static void dense_group_chunk(const double *w, int64_t stride, const double *x, int64_t din, double *acc) {
-    double a[GROUP][CHUNK] = {{0}};
-    for (int64_t k = 0; k < din; k++) {
-        const double *col = w + k * stride;
-        for (int b = 0; b < GROUP; b++) {
-            const double xb = x[b * MAX_WIDTH + k];
-            for (int j = 0; j < CHUNK; j++) a[b][j] += xb * col[j];
+    for (int b0 = 0; b0 < GROUP; b0 += 4)
+        for (int j0 = 0; j0 < CHUNK; j0 += 8) {
+            v4d a[4][2];
+            memset(a, 0, sizeof(a));
+            for (int64_t k = 0; k < din; k++) {
+                const double *col = w + k * stride + j0;
+                const v4d c0 = load4(col), c1 = load4(col + 4);
+                for (int b = 0; b < 4; b++) {
+                    const double xb = x[(b0 + b) * MAX_WIDTH + k];
+                    a[b][0] += xb * c0;
+                    a[b][1] += xb * c1;
+                }
+            }
+            for (int b = 0; b < 4; b++) {
+                store4(acc + (b0 + b) * MAX_WIDTH + j0, a[b][0]);
+                store4(acc + (b0 + b) * MAX_WIDTH + j0 + 4, a[b][1]);
+            }
         }
-    }
-    for (int b = 0; b < GROUP; b++)
-        for (int j = 0; j < CHUNK; j++) acc[b * MAX_WIDTH + j] = a[b][j];
 }
 
 CLONES static void dense_group_small(const double *w, const double *x, int64_t din, double *acc) {
-    double a[GROUP][SMALL] = {{0}};
+    v4d a[GROUP];
+    memset(a, 0, sizeof(a));
     for (int64_t k = 0; k < din; k++) {
-        const double *col = w + k * SMALL;
-        for (int b = 0; b < GROUP; b++) {
-            const double xb = x[b * MAX_WIDTH + k];
-            for (int j = 0; j < SMALL; j++) a[b][j] += xb * col[j];
-        }
+        const v4d col = load4(w + k * SMALL);
+        for (int b = 0; b < GROUP; b++) a[b] += x[b * MAX_WIDTH + k] * col;
     }
-    for (int b = 0; b < GROUP; b++)
-        for (int j = 0; j < SMALL; j++) acc[b * MAX_WIDTH + j] = a[b][j];
+    for (int b = 0; b < GROUP; b++) store4(acc + b * MAX_WIDTH, a[b]);
 }
 
 typedef struct {
@@ -239,21 +268,35 @@ CLONES static int context_group(const int64_t *grid, const double *gridd, int bi
             }
             break;
         }
-        /* The rounding shift (for s = 0, half = 0 and inv = 1), bias, ReLU, residual after the
-         * first layer; branch-free so that it vectorizes; then the bound on the next inputs. */
-        const double res = l > 0 ? 1.0 : 0.0;
+        /* The rounding shift (for s = 0, half = 0 and inv = 1), bias, ReLU and the residual
+         * after the first layer (layer 0 reads no x: it holds only din values), 4 outputs at a
+         * time; then the bound on the next inputs. */
+        const int resid = l > 0;
+        const int64_t d4 = dout / 4 * 4;
         for (int b = 0; b < GROUP; b++) {
             double *restrict a = acc + b * MAX_WIDTH;
             const double *restrict xb = x + b * MAX_WIDTH;
-            double m = 0.0;
-            for (int64_t j = 0; j < dout; j++) {
-                const double v = floor((a[j] + half) * inv) + bias[j];
-                const double r = (v > 0.0 ? v : 0.0) + res * xb[j];
-                a[j] = r;
-                const double ar = r < 0.0 ? -r : r;
-                m = ar > m ? ar : m;
+            v4l out = {0, 0, 0, 0};
+            for (int64_t j = 0; j < d4; j += 4) {
+                const v4d y = (load4(a + j) + half) * inv, zero = {0};
+                /* floor4 is exact below 2**51: a row with a larger sum takes the int64 path */
+                out |= (v4l)(y >= 0x1p50) | (v4l)(y <= -0x1p50) | (v4l)(y != y);
+                v4d v = floor4(y) + load4(bias + j);
+                v = (v4d)((v4l)v & (v4l)(v > zero));
+                const v4d r = resid ? v + load4(xb + j) : v;
+                store4(a + j, r);
+                /* the bound on the next inputs; a value that is not a number fails it too */
+                out |= ~((v4l)(r < bound) & (v4l)(r > -bound));
             }
-            if (!(m < bound)) bad |= 1 << b; /* also when a value is not a number */
+            int flag = 0;
+            for (int i = 0; i < 4; i++) flag |= out[i] != 0;
+            for (int64_t j = d4; j < dout; j++) {
+                const double v = floor((a[j] + half) * inv) + bias[j];
+                const double r = (v > 0.0 ? v : 0.0) + (resid ? xb[j] : 0.0);
+                a[j] = r;
+                flag |= !(r < bound && r > -bound);
+            }
+            if (flag) bad |= 1 << b;
         }
         double *t = x;
         x = acc;

@@ -20,6 +20,7 @@ latents per coded bit (plus a small floor), and never more than the block frame.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
@@ -146,15 +147,17 @@ def unpack_weights(data: bytes, shapes: list[tuple[int, ...]], where: str) -> li
 # -- the codec ----------------------------------------------------------------------------------
 
 
-def _state_shapes(config: LatentConfig) -> list[tuple[str, tuple[int, ...]]]:
-    """Names and shapes of the stored network tensors, in order (built on the meta device)."""
+@functools.lru_cache(maxsize=16)
+def _state_shapes(config: LatentConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Names and shapes of the stored network tensors, in order (built on the meta device once
+    per configuration: building the module took about 3 ms of a 512^2 block's 33 ms load)."""
     import torch
 
     from ..core.synthesis import LatentImage
 
     with torch.device("meta"):
         m = LatentImage(config, 1, 1)
-    return [(n, tuple(p.shape)) for n, p in m.named_parameters() if not n.startswith("latents.")]
+    return tuple((n, tuple(p.shape)) for n, p in m.named_parameters() if not n.startswith("latents."))
 
 
 def int_context_model(config: LatentConfig, tensors: Mapping[str, tuple[np.ndarray, int]]) -> IntContextModel:

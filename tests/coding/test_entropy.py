@@ -225,6 +225,28 @@ def test_compiled_decoder_falls_back_exactly_on_extreme_models(case: str) -> Non
             assert fast is slow
 
 
+@needs_kernel
+@pytest.mark.parametrize("sign", [-1, 1])
+def test_compiled_decoder_falls_back_exactly_on_sums_past_2_50(sign: int) -> None:
+    """A first layer whose sums pass 2**50 (24 contexts of about 2**31 times weights of 2**15),
+    positive (past the activations' bound) or negative (zero after the ReLU): the grouped path's
+    vector floor (exact below 2**51) hands such latents to the int64 path. Bit for bit as numpy."""
+    big = (1 << 15) - 1
+    n = 24
+    h1 = E.IntLayer(np.full((16, n), sign * big), np.zeros(16, dtype=np.int64), 0, 0)
+    h2 = E.IntLayer(np.zeros((16, 16), dtype=np.int64), np.zeros(16, dtype=np.int64), 0, 0)
+    value = (1 << 15) - 1  # times 2**FRAC_BITS: just inside the inputs' bound of 2**31
+    out = E.IntLayer(np.zeros((2, 16), dtype=np.int64), np.array([value, -2]), 0, 0)
+    model = E.IntContextModel(tuple(E.causal_offsets(n)), (h1, h2), out)
+    rng = np.random.default_rng(3)
+    grids = [value - rng.integers(0, 5, (12, 23)), np.full((5, 40), value, dtype=np.int64)]
+    fast, slow = _both(E.encode_grids(grids, model), [g.shape for g in grids], model)
+    assert isinstance(fast, list) and isinstance(slow, list)
+    assert all(
+        np.array_equal(a, b) and np.array_equal(a, c) for a, b, c in zip(grids, fast, slow, strict=True)
+    )
+
+
 def test_cdf_table_is_constrictions_quantization() -> None:
     # Symbols coded by constriction decode with the table's integer CDF (the compiled decoder's
     # model), so the table is the quantization constriction applies to pmf_table's rows.
