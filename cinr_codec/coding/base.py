@@ -99,6 +99,8 @@ class BlockCodec(ABC):
     first_mip: ClassVar[int] = 2
     #: The block side (pixels) encoders use unless told otherwise.
     block_size: ClassVar[int] = 1024
+    #: Side of the tiles a decoder renders a block in (its unit of work and of the pixel cache).
+    decode_tile: ClassVar[int] = 256
 
     def minor_version(self, header: Mapping[str, Any]) -> int:
         """Lowest container minor version for a file with this header (``format_minor`` unless a

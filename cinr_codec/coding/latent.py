@@ -300,6 +300,11 @@ class LatentCodec(BlockCodec):
     # pattern 1.8-2.2 s against 3.0-3.6; a 1024^2 prostate crop at 600 steps per block 0.711x the
     # JPEG pyramid against 0.714x (docs/architecture.md).
     block_size = 512
+    # 128-px decode tiles: a read at a random position renders about 0.6x the pixels of 256-px
+    # tiles (9 of 128^2 against 4 of 256^2, each with its halo). Sample at q4, 20 steps, A B A B
+    # (`benchmarks.viewer_speed`'s `measure`, 7 reads): cold 256^2 tile 50-51 against 58-66 ms,
+    # DeepZoom pattern 232-235 against 244-249 ms, zoomed-out 1/2 131-136 against 142-147 ms.
+    decode_tile = 128
 
     def minor_version(self, header: Mapping[str, Any]) -> int:
         model = header.get("model")

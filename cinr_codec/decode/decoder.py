@@ -54,7 +54,8 @@ __all__ = [
 
 # -- whole slides: any region at any scale ------------------------------------------------------
 
-#: Side of the decode tiles inside a block (the unit of work and of the pixel cache).
+#: Side of the decode tiles inside a block (the unit of work and of the pixel cache) unless the
+#: block representation names its own (``BlockCodec.decode_tile``).
 TILE = 256
 #: Largest scale a read accepts (bilinear interpolation of level pixels above 1).
 MAX_SCALE = 4.0
@@ -117,7 +118,8 @@ class Source:
 class SlideDecoder:
     """Decode any region of a ``.cinr`` slide at any scale; thread-safe, with an LRU pixel cache.
 
-    Level pixels come from the blocks' models in fixed ``TILE`` x ``TILE`` tiles (so a pixel's
+    Level pixels come from the blocks' models in fixed tiles (``tile``: the representation's
+    ``decode_tile``, ``TILE`` = 256 px for the hash grids, 128 for ccinr; so a pixel's
     value never depends on the region asked for); scales below 1 start from the coarsest stored
     mip at least as fine as the output and average it over each output pixel's box; scales above
     1 interpolate level pixels bilinearly. ``device`` runs the models on a GPU ("cuda"; "auto"
@@ -156,6 +158,7 @@ class SlideDecoder:
             self.layout = parse_layout(self.reader)
             self.grid = self.layout.grid
             self.codec = self.layout.codec
+            self.tile = int(self.codec.decode_tile)
             self.background = self.layout.background
             self._check_whole_blocks()
             self._codes = self.reader.kind_codes()
@@ -273,7 +276,7 @@ class SlideDecoder:
         return self._once(self._models, key, load, lambda _: 1)  # type: ignore[no-any-return]
 
     def _tile(self, block_id: int, cell: int, ti: int, tj: int) -> np.ndarray:
-        """Tile (ti, tj) of a model block's cells: ``TILE`` x ``TILE`` cells of ``cell`` x ``cell``
+        """Tile (ti, tj) of a model block's cells: ``tile`` x ``tile`` cells of ``cell`` x ``cell``
         level pixels on a lattice from the block's origin (``cell = 1``: its decoded pixels)."""
         key = ("t", block_id, cell, ti, tj)
         return self._once(  # type: ignore[no-any-return]
@@ -291,10 +294,13 @@ class SlideDecoder:
 
     def _render_tile(self, block_id: int, cell: int, ti: int, tj: int) -> np.ndarray:
         x, y, w, h = self.grid.owned(block_id)
-        tw = min(TILE, -(-w // cell) - tj * TILE)
-        th = min(TILE, -(-h // cell) - ti * TILE)
+        tw = min(self.tile, -(-w // cell) - tj * self.tile)
+        th = min(self.tile, -(-h // cell) - ti * self.tile)
         ox, oy = self.grid.frame_origin(block_id)
-        fx, fy = x - ox + tj * TILE * cell, y - oy + ti * TILE * cell  # the tile's origin in the frame
+        fx, fy = (
+            x - ox + tj * self.tile * cell,
+            y - oy + ti * self.tile * cell,
+        )  # the tile's origin in the frame
         side = float(self.grid.side)
         model = self._model(block_id)
         if cell == 1:
@@ -331,13 +337,13 @@ class SlideDecoder:
         if src.k >= 0:
             return self._mip(block_id, src.k)[i0:i1, j0:j1]
         out = np.empty((i1 - i0, j1 - j0, 3), dtype=np.uint8)
-        for ti in range(i0 // TILE, -(-i1 // TILE)):
-            for tj in range(j0 // TILE, -(-j1 // TILE)):
+        for ti in range(i0 // self.tile, -(-i1 // self.tile)):
+            for tj in range(j0 // self.tile, -(-j1 // self.tile)):
                 t = self._tile(block_id, src.cell, ti, tj)
-                r0, c0 = max(i0, ti * TILE), max(j0, tj * TILE)
-                r1, c1 = min(i1, ti * TILE + t.shape[0]), min(j1, tj * TILE + t.shape[1])
+                r0, c0 = max(i0, ti * self.tile), max(j0, tj * self.tile)
+                r1, c1 = min(i1, ti * self.tile + t.shape[0]), min(j1, tj * self.tile + t.shape[1])
                 out[r0 - i0 : r1 - i0, c0 - j0 : c1 - j0] = t[
-                    r0 - ti * TILE : r1 - ti * TILE, c0 - tj * TILE : c1 - tj * TILE
+                    r0 - ti * self.tile : r1 - ti * self.tile, c0 - tj * self.tile : c1 - tj * self.tile
                 ]
         return out
 
@@ -485,8 +491,14 @@ class SlideDecoder:
                 continue
             bx, by, bw, bh = self.grid.owned(lid)
             # The block's tiles under the rectangle: any of them not cached needs the model.
-            j0, j1 = int(max(X0 - bx, 0) // d) // TILE, int(math.ceil(min(X1 - bx, bw) / d) - 1) // TILE
-            i0, i1 = int(max(Y0 - by, 0) // d) // TILE, int(math.ceil(min(Y1 - by, bh) / d) - 1) // TILE
+            j0, j1 = (
+                int(max(X0 - bx, 0) // d) // self.tile,
+                int(math.ceil(min(X1 - bx, bw) / d) - 1) // self.tile,
+            )
+            i0, i1 = (
+                int(max(Y0 - by, 0) // d) // self.tile,
+                int(math.ceil(min(Y1 - by, bh) / d) - 1) // self.tile,
+            )
             if any(
                 ("t", lid, d, ti, tj) not in self._pixels
                 for ti in range(i0, i1 + 1)
@@ -533,7 +545,7 @@ class SlideDecoder:
             if src.k >= 0:  # a mip image is decoded whole
                 return np.ceil((ends - starts) / src.cell)
             span = np.minimum(ends, hi) - np.maximum(starts, lo)
-            return np.minimum(np.ceil((ends - starts) / src.cell), np.ceil(span / src.cell) + 2 * TILE)
+            return np.minimum(np.ceil((ends - starts) / src.cell), np.ceil(span / src.cell) + 2 * self.tile)
 
         cx, cy = cells(X0, X1, c0, c1, W), cells(Y0, Y1, r0, r1, H)
         n_stored, pixels = 0, 0.0
