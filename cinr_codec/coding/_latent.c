@@ -270,34 +270,38 @@ CLONES static int context_group(const int64_t *grid, const double *gridd, int bi
         }
         /* The rounding shift (for s = 0, half = 0 and inv = 1), bias, ReLU and the residual
          * after the first layer (layer 0 reads no x: it holds only din values), 4 outputs at a
-         * time; then the bound on the next inputs. */
+         * time. floor4 is exact below 2**51; a larger sum (|sum| < 2**52 here) ends either past
+         * the bound (positive: the row is recomputed) or at 0 after the ReLU (negative, as the
+         * exact floor would), so every value kept is exact. The bound on the next inputs is
+         * checked for the whole group at once; rows are told apart only when one fails. */
         const int resid = l > 0;
         const int64_t d4 = dout / 4 * 4;
+        const v4d zero = {0}, lim4 = {bound, bound, bound, bound};
+        v4l any = {0, 0, 0, 0};
+        int over = 0;
         for (int b = 0; b < GROUP; b++) {
             double *restrict a = acc + b * MAX_WIDTH;
             const double *restrict xb = x + b * MAX_WIDTH;
-            v4l out = {0, 0, 0, 0};
             for (int64_t j = 0; j < d4; j += 4) {
-                const v4d y = (load4(a + j) + half) * inv, zero = {0};
-                /* floor4 is exact below 2**51: a row with a larger sum takes the int64 path */
-                out |= (v4l)(y >= 0x1p50) | (v4l)(y <= -0x1p50) | (v4l)(y != y);
-                v4d v = floor4(y) + load4(bias + j);
+                v4d v = floor4((load4(a + j) + half) * inv) + load4(bias + j);
                 v = (v4d)((v4l)v & (v4l)(v > zero));
-                const v4d r = resid ? v + load4(xb + j) : v;
-                store4(a + j, r);
-                /* the bound on the next inputs; a value that is not a number fails it too */
-                out |= ~((v4l)(r < bound) & (v4l)(r > -bound));
+                if (resid) v += load4(xb + j);
+                store4(a + j, v);
+                any |= (v4l)(v >= lim4) | (v4l)(v <= -lim4);
             }
-            int flag = 0;
-            for (int i = 0; i < 4; i++) flag |= out[i] != 0;
             for (int64_t j = d4; j < dout; j++) {
                 const double v = floor((a[j] + half) * inv) + bias[j];
                 const double r = (v > 0.0 ? v : 0.0) + (resid ? xb[j] : 0.0);
                 a[j] = r;
-                flag |= !(r < bound && r > -bound);
+                over |= !(r < bound && r > -bound);
             }
-            if (flag) bad |= 1 << b;
         }
+        if (over | (any[0] != 0) | (any[1] != 0) | (any[2] != 0) | (any[3] != 0))
+            for (int b = 0; b < GROUP; b++)
+                for (int64_t j = 0; j < dout; j++) {
+                    const double r = acc[b * MAX_WIDTH + j];
+                    if (!(r < bound && r > -bound)) bad |= 1 << b;
+                }
         double *t = x;
         x = acc;
         acc = t;
