@@ -37,6 +37,8 @@ def _lib() -> ctypes.CDLL | None:
         lib.cinr_rate.argtypes = [
             ptr, i64, i64, i64, ptr, i64, i64, i64, ptr, ctypes.c_float, ctypes.c_float, ptr, ptr, ptr,
         ]  # fmt: skip
+        lib.cinr_rate_vmath.restype = None
+        lib.cinr_rate_vmath.argtypes = [ptr, i64, ptr, ptr, ptr]
 
     return native.compiled(Path(__file__).with_name("_rate.c"), "the training rate", setup)
 
