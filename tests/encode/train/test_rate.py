@@ -93,7 +93,11 @@ def test_vector_exp_and_log_are_within_a_few_ulp() -> None:
     lib = rate._lib()
     assert lib is not None
     x = np.concatenate(
-        [np.linspace(-100.0, 90.0, 20000), np.geomspace(2.0**-16, 100.0, 20000), [0.5, 0.49999997, 1.0, 2.0**-16]]
+        [
+            np.linspace(-100.0, 90.0, 20000),
+            np.geomspace(2.0**-16, 100.0, 20000),
+            [0.5, 0.49999997, 1.0, 2.0**-16],
+        ]
     ).astype(np.float32)
     x = np.concatenate([x, np.zeros((-len(x)) % 8, np.float32)])
     e, om, lg = (np.empty_like(x) for _ in range(3))
@@ -102,7 +106,9 @@ def test_vector_exp_and_log_are_within_a_few_ulp() -> None:
     a = np.abs(x64)
 
     def ulps(got: np.ndarray, want: np.ndarray) -> np.ndarray:
-        return np.abs(got.astype(np.float64) - want) / np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+        return np.abs(got.astype(np.float64) - want) / np.spacing(np.abs(want).astype(np.float32)).astype(
+            np.float64
+        )
 
     want_e = np.exp(np.clip(x64, -87.0, 88.0))
     assert ulps(e, want_e).max() <= 4
