@@ -148,7 +148,10 @@ CLONES static void dense_row(const float *in, int64_t din, int64_t n, const floa
  * bias. slope: the activation's negative slope (0 for ReLU). out: (H, W, 3) uint8.
  * Returns 0, 2 for arguments out of range, 3 when out of memory.
  */
-int cinr_synthesis(const float *f, int64_t L, int64_t H, int64_t W, int64_t n_mlp, const int64_t *mlp,
+/* The entry points are cloned too: their own loops (the head over each row, the padding, the
+ * conversion to uint8, the window's doublings) ran as baseline SSE2 without it, and a 512^2
+ * block's greedy search (rendering many windows) took 10.1 s instead of 11.3. */
+CLONES int cinr_synthesis(const float *f, int64_t L, int64_t H, int64_t W, int64_t n_mlp, const int64_t *mlp,
                    const float *mlp_p, int64_t n_conv, int64_t cw, const float *conv_p, int64_t stabiliser,
                    const float *head_p, int64_t n_res, const float *res_p, float slope, uint8_t *out) {
     if (L < 1 || L > MAX_IN || H < 1 || W < 1 || H > (1 << 15) || W > (1 << 15) || n_mlp < 1 || n_mlp > MAX_MLP ||
@@ -272,7 +275,7 @@ static inline void double_axis(const float *x, int64_t n, int64_t xs, const floa
  * windows (each coarser one the finer halved and widened by 2, clamped to its grid).
  * filters: (n - 1) x 4 taps. Returns 0, 2 for arguments out of range, 3 when out of memory.
  */
-int cinr_upsample_window(const float *const *grids, const int64_t *hs, const int64_t *ws, int64_t n,
+CLONES int cinr_upsample_window(const float *const *grids, const int64_t *hs, const int64_t *ws, int64_t n,
                          const float *filters, int64_t r0, int64_t r1, int64_t c0, int64_t c1, float scale,
                          float *out) {
     if (n < 1 || n > MAX_IN || r0 < 0 || c0 < 0 || r1 <= r0 || c1 <= c0 || r1 > hs[0] || c1 > ws[0]) return 2;
