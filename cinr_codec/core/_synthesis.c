@@ -146,11 +146,11 @@ CLONES static void dense_row(const float *in, int64_t din, int64_t n, const floa
  * conv_p: n_conv layers of cw outputs, each weight (cw x in x 3 x 3) then bias. head_p: weight
  * (3 x (d + cw + L * stabiliser)) then bias. res_p: n_res layers, weight (3 x 3 x 3 x 3) then
  * bias. slope: the activation's negative slope (0 for ReLU). out: (H, W, 3) uint8.
- * Returns 0, 2 for arguments out of range, 3 when out of memory.
+ * Returns 0, 2 for arguments out of range, 3 when out of memory. Cloned like its helpers: its own
+ * loops (the head over each row, the padding, the conversion to uint8) ran as baseline SSE2
+ * otherwise, as did cinr_upsample_window's doublings (a 512^2 block's greedy search, rendering
+ * many windows, took 11.3 s instead of 10.1).
  */
-/* The entry points are cloned too: their own loops (the head over each row, the padding, the
- * conversion to uint8, the window's doublings) ran as baseline SSE2 without it, and a 512^2
- * block's greedy search (rendering many windows) took 10.1 s instead of 11.3. */
 CLONES int cinr_synthesis(const float *f, int64_t L, int64_t H, int64_t W, int64_t n_mlp, const int64_t *mlp,
                    const float *mlp_p, int64_t n_conv, int64_t cw, const float *conv_p, int64_t stabiliser,
                    const float *head_p, int64_t n_res, const float *res_p, float slope, uint8_t *out) {

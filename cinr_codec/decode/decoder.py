@@ -294,13 +294,11 @@ class SlideDecoder:
 
     def _render_tile(self, block_id: int, cell: int, ti: int, tj: int) -> np.ndarray:
         x, y, w, h = self.grid.owned(block_id)
-        tw = min(self.tile, -(-w // cell) - tj * self.tile)
-        th = min(self.tile, -(-h // cell) - ti * self.tile)
+        ts = self.tile
+        tw = min(ts, -(-w // cell) - tj * ts)
+        th = min(ts, -(-h // cell) - ti * ts)
         ox, oy = self.grid.frame_origin(block_id)
-        fx, fy = (
-            x - ox + tj * self.tile * cell,
-            y - oy + ti * self.tile * cell,
-        )  # the tile's origin in the frame
+        fx, fy = x - ox + tj * ts * cell, y - oy + ti * ts * cell  # the tile's origin in the frame
         side = float(self.grid.side)
         model = self._model(block_id)
         if cell == 1:
@@ -337,13 +335,14 @@ class SlideDecoder:
         if src.k >= 0:
             return self._mip(block_id, src.k)[i0:i1, j0:j1]
         out = np.empty((i1 - i0, j1 - j0, 3), dtype=np.uint8)
-        for ti in range(i0 // self.tile, -(-i1 // self.tile)):
-            for tj in range(j0 // self.tile, -(-j1 // self.tile)):
+        ts = self.tile
+        for ti in range(i0 // ts, -(-i1 // ts)):
+            for tj in range(j0 // ts, -(-j1 // ts)):
                 t = self._tile(block_id, src.cell, ti, tj)
-                r0, c0 = max(i0, ti * self.tile), max(j0, tj * self.tile)
-                r1, c1 = min(i1, ti * self.tile + t.shape[0]), min(j1, tj * self.tile + t.shape[1])
+                r0, c0 = max(i0, ti * ts), max(j0, tj * ts)
+                r1, c1 = min(i1, ti * ts + t.shape[0]), min(j1, tj * ts + t.shape[1])
                 out[r0 - i0 : r1 - i0, c0 - j0 : c1 - j0] = t[
-                    r0 - ti * self.tile : r1 - ti * self.tile, c0 - tj * self.tile : c1 - tj * self.tile
+                    r0 - ti * ts : r1 - ti * ts, c0 - tj * ts : c1 - tj * ts
                 ]
         return out
 
@@ -491,14 +490,9 @@ class SlideDecoder:
                 continue
             bx, by, bw, bh = self.grid.owned(lid)
             # The block's tiles under the rectangle: any of them not cached needs the model.
-            j0, j1 = (
-                int(max(X0 - bx, 0) // d) // self.tile,
-                int(math.ceil(min(X1 - bx, bw) / d) - 1) // self.tile,
-            )
-            i0, i1 = (
-                int(max(Y0 - by, 0) // d) // self.tile,
-                int(math.ceil(min(Y1 - by, bh) / d) - 1) // self.tile,
-            )
+            ts = self.tile
+            j0, j1 = int(max(X0 - bx, 0) // d) // ts, int(math.ceil(min(X1 - bx, bw) / d) - 1) // ts
+            i0, i1 = int(max(Y0 - by, 0) // d) // ts, int(math.ceil(min(Y1 - by, bh) / d) - 1) // ts
             if any(
                 ("t", lid, d, ti, tj) not in self._pixels
                 for ti in range(i0, i1 + 1)

@@ -131,7 +131,6 @@ CLONES int cinr_rate(const float *y, int64_t h, int64_t w, int64_t pad, const in
     const float FLOOR = 1.0f / 65536.0f;
     const float LOG_FLOOR = -11.090354888959125f; /* log(2^-16) */
     const float LOG_HALF = -0.6931471805599453f;
-    const float LOG_FLOOR_Q = logf(FLOOR); /* a centre bin's floored probability */
     int64_t wofs[MAX_LAYERS], bofs[MAX_LAYERS], din_of[MAX_LAYERS];
     int64_t at = 0;
     for (int64_t l = 0; l < layers; l++) {
@@ -221,7 +220,7 @@ CLONES int cinr_rate(const float *y, int64_t h, int64_t w, int64_t pad, const in
                 const v8 qv = splat(1.0f) - splat(0.5f) * e1 - splat(0.5f) * e2;
                 const vi8 q_ok = (vi8)(qv >= splat(FLOOR));
                 const v8 qs = blend(q_ok, qv, splat(1.0f));
-                const v8 lp_c = blend(q_ok, vlog(qs), splat(LOG_FLOOR_Q));
+                const v8 lp_c = blend(q_ok, vlog(qs), splat(LOG_FLOOR));
                 const v8 dd_c = (v8)(q_ok & (vi8)((splat(0.5f) * u * e1 - splat(0.5f) * u * e2) / qs));
                 const v8 ds_c =
                     (v8)(q_ok & (vi8)((splat(-0.5f) * (d + splat(0.5f)) * u * e1 + splat(0.5f) * dh * u * e2) / qs));
