@@ -227,10 +227,10 @@ def test_compiled_decoder_falls_back_exactly_on_extreme_models(case: str) -> Non
 
 @needs_kernel
 @pytest.mark.parametrize("sign", [-1, 1])
-def test_compiled_decoder_falls_back_exactly_on_sums_past_2_50(sign: int) -> None:
-    """A first layer whose sums pass 2**50 (24 contexts of about 2**31 times weights of 2**15),
-    positive (past the activations' bound) or negative (zero after the ReLU): the grouped path's
-    vector floor (exact below 2**51) hands such latents to the int64 path. Bit for bit as numpy."""
+def test_compiled_decoder_is_exact_on_sums_past_2_50(sign: int) -> None:
+    """A first layer whose sums pass 2**50 (24 contexts of about 2**31 times weights of 2**15;
+    the grouped path's vector floor is exact below 2**51), positive (past the activations' bound:
+    the int64 path) or negative (zero after the ReLU): bit for bit as numpy."""
     big = (1 << 15) - 1
     n = 24
     h1 = E.IntLayer(np.full((16, n), sign * big), np.zeros(16, dtype=np.int64), 0, 0)
