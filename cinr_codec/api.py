@@ -66,7 +66,8 @@ __all__ = ["PYRAMID_TILE", "CinrSlide", "SlideRequestError", "open_cinr", "virtu
 
 #: The virtual pyramid stops at the first level that fits one tile of this side.
 PYRAMID_TILE = 256
-#: Tile size advertised in ``openslide.level[k].tile-width/height`` (the decoder's tile).
+#: Tile size advertised in ``openslide.level[k].tile-width/height``: the decoder's default tile
+#: (the hash grids'; a 256-px read on this lattice is four of a ccinr block's 128-px tiles).
 ADVERTISED_TILE = TILE
 
 # Stored ``openslide.*`` properties that describe the *source* file's pyramid, resolution or
