@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"benchmarks.latent_encode: error: {problem}", file=sys.stderr)
         sys.exit(2)
     r = measure(args.image, args.x, args.y, args.size, args.steps, args.quality, signs)
-    publish(None if args.no_write else RESULTS / args.out, report(r), r, args.json, data=r)
+    publish(None if args.no_write else RESULTS / f"{args.out}.md", report(r), r, args.json, data=r)
 
 
 if __name__ == "__main__":
