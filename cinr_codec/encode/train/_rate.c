@@ -30,9 +30,6 @@
 /* x where a > 0, else 0 (ReLU's value for x = a, its gradient's mask otherwise). */
 AI static v8 where_pos(v8 a, v8 x) { return (v8)((vi8)(a > splat(0.0f)) & (vi8)x); }
 
-/* a where m (a comparison's lanes), else b */
-AI static v8 blend(vi8 m, v8 a, v8 b) { return (v8)((m & (vi8)a) | (~m & (vi8)b)); }
-
 /* e^x on 8 lanes (x clamped to [-87, 88]): x = n ln 2 + r, |r| <= ln 2 / 2, e^r by Cephes'
  * degree-6 polynomial, 2^n into the exponent; within 2 ulp of expf over the range. The scalar
  * libm calls (expf, expm1f, logf per latent) were a third of this kernel's time. */

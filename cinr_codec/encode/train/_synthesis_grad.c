@@ -239,16 +239,10 @@ static int make_layout(const int64_t *shape, layout *g) {
     return 0;
 }
 
-AI static v8 vact(v8 a, float slope) {
-    const vi8 pos = (vi8)(a > splat(0.0f));
-    return (v8)((pos & (vi8)a) | (~pos & (vi8)(a * splat(slope))));
-}
+AI static v8 vact(v8 a, float slope) { return blend((vi8)(a > splat(0.0f)), a, a * splat(slope)); }
 
 /* x times the activation's gradient at pre-activation a (1 above 0, slope at or below). */
-AI static v8 vdact(v8 a, v8 x, float slope) {
-    const vi8 pos = (vi8)(a > splat(0.0f));
-    return (v8)((pos & (vi8)x) | (~pos & (vi8)(x * splat(slope))));
-}
+AI static v8 vdact(v8 a, v8 x, float slope) { return blend((vi8)(a > splat(0.0f)), x, x * splat(slope)); }
 
 AI static void load_tile(v8 *dst, const float *src, int64_t n) {
     float *d = (float *)dst;

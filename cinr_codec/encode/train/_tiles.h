@@ -1,5 +1,6 @@
 /* What the training kernels (_rate.c, _synthesis_grad.c) share: vectors of 8 floats over tiles
- * of 64 latents or pixels, and the lane-wise sums their weight gradients accumulate in. */
+ * of 64 latents or pixels, the lane-wise select, and the lane-wise sums their weight gradients
+ * accumulate in. */
 #ifndef CINR_TILES_H
 #define CINR_TILES_H
 
@@ -18,6 +19,9 @@ static inline float hsum(v8 v) {
     for (int t = 0; t < VW; t++) s += v[t];
     return s;
 }
+
+/* a where m (a comparison's lanes), else b. */
+AI static v8 blend(vi8 m, v8 a, v8 b) { return (v8)((m & (vi8)a) | (~m & (vi8)b)); }
 
 /* acc += the lane-wise sum over a tile row of a * b (one vector: 8 partial sums). */
 AI static void dot_acc(v8 *acc, const v8 *a, const v8 *b) {
