@@ -275,21 +275,29 @@ class SlideDecoder:
 
         return self._once(self._models, key, load, lambda _: 1)  # type: ignore[no-any-return]
 
-    def _tile(self, block_id: int, cell: int, ti: int, tj: int) -> np.ndarray:
+    def _tile(self, block_id: int, cell: int, ti: int, tj: int, threads: int | None = None) -> np.ndarray:
         """Tile (ti, tj) of a model block's cells: ``tile`` x ``tile`` cells of ``cell`` x ``cell``
-        level pixels on a lattice from the block's origin (``cell = 1``: its decoded pixels)."""
+        level pixels on a lattice from the block's origin (``cell = 1``: its decoded pixels),
+        rendered with ``threads`` torch threads when not cached (None: the decoder's choice)."""
         key = ("t", block_id, cell, ti, tj)
         return self._once(  # type: ignore[no-any-return]
-            self._pixels, key, lambda: self._make_tile(block_id, cell, ti, tj), lambda t: int(t.nbytes)
+            self._pixels,
+            key,
+            lambda: self._make_tile(block_id, cell, ti, tj, threads),
+            lambda t: int(t.nbytes),
         )
 
-    def _make_tile(self, block_id: int, cell: int, ti: int, tj: int) -> np.ndarray:
+    def _make_tile(
+        self, block_id: int, cell: int, ti: int, tj: int, threads: int | None = None
+    ) -> np.ndarray:
         from ..core.threads import decode_threads, torch_threads
 
         # On a busy machine, threads on cores others keep busy wait for each other at every
         # parallel region: a cold 256^2 ccinr tile took 378 ms with two, 181 with one, beside one
         # busy process (docs/architecture.md, "CPU threads on a busy machine").
-        with torch_threads(self.threads if self.threads is not None else decode_threads()):
+        if threads is None:
+            threads = self.threads if self.threads is not None else decode_threads()
+        with torch_threads(threads):
             return self._render_tile(block_id, cell, ti, tj)
 
     def _render_tile(self, block_id: int, cell: int, ti: int, tj: int) -> np.ndarray:
@@ -467,45 +475,54 @@ class SlideDecoder:
         r0, r1 = int(Y0 // B), min(self.grid.rows, int(math.ceil(Y1 / B)))
         return X0, X1, Y0, Y1, r0, r1, c0, c1
 
-    def _uncached(self, x: float, y: float, scale: float, ow: int, oh: int, src: Source) -> list[int]:
-        """Container ids of the stored blocks this read will decode and has not cached (for a model
-        block: its model is not loaded and a tile under the read is not cached). Called after
-        ``_check_cost``, so their number is bounded."""
+    def _uncached(
+        self, x: float, y: float, scale: float, ow: int, oh: int, src: Source
+    ) -> tuple[list[int], list[tuple[int, int, int, int]]]:
+        """What this read will decode and has not cached: the container ids of its stored blocks
+        whose model is not loaded (or mip not cached) while a tile under the read is missing, and
+        the missing model tiles themselves as ``(block, cell, ti, tj)``. Called after
+        ``_check_cost``, so both are bounded."""
         rect = self._source_rect(x, y, scale, ow, oh)
         if rect is None:
-            return []
+            return [], []
         X0, X1, Y0, Y1, r0, r1, c0, c1 = rect
         ids = self._records(src.k, r0, r1, c0, c1).ravel()
         ids = ids[self._codes[ids] != KIND_BACKGROUND]
         d = src.cell
         need: list[int] = []
+        tiles: list[tuple[int, int, int, int]] = []
         for bid in ids:
             lid = int(bid) % self.grid.n_level_blocks
             if src.k >= 0:
                 if ("m", lid, src.k) not in self._pixels:
                     need.append(int(bid))
                 continue
-            info = self.reader.block_info(lid)
-            if (info.offset, info.stored_length, info.crc32) in self._models:
-                continue
             bx, by, bw, bh = self.grid.owned(lid)
             # The block's tiles under the rectangle: any of them not cached needs the model.
             ts = self.tile
             j0, j1 = int(max(X0 - bx, 0) // d) // ts, int(math.ceil(min(X1 - bx, bw) / d) - 1) // ts
             i0, i1 = int(max(Y0 - by, 0) // d) // ts, int(math.ceil(min(Y1 - by, bh) / d) - 1) // ts
-            if any(
-                ("t", lid, d, ti, tj) not in self._pixels
+            missing = [
+                (lid, d, ti, tj)
                 for ti in range(i0, i1 + 1)
                 for tj in range(j0, j1 + 1)
-            ):
+                if ("t", lid, d, ti, tj) not in self._pixels
+            ]
+            if not missing:
+                continue
+            tiles += missing
+            info = self.reader.block_info(lid)
+            if (info.offset, info.stored_length, info.crc32) not in self._models:
                 need.append(int(bid))
-        return need
+        return need, tiles
 
     def _prepare(self, x: float, y: float, scale: float, ow: int, oh: int, src: Source) -> None:
         """Before a read decodes: over a URL, fetch together the stored blocks it needs
         (``CinrReader.prefetch``: one round trip, not one per block); on a CPU with free cores,
-        load the block models it needs in parallel (their entropy decoding runs in C without the
-        GIL), as many at once as there are free cores."""
+        render the model tiles it needs in parallel, as many at once as there are free cores
+        (entropy decoding and the compiled synthesis run in C without the GIL; a tile whose block
+        another thread is loading waits for that model), or, when those tiles would not all fit
+        the pixel cache, load its block models in parallel."""
         remote = self.reader.is_remote
         threads = 1
         if src.k < 0 and self.device.type == "cpu":
@@ -514,12 +531,35 @@ class SlideDecoder:
             threads = self.threads if self.threads is not None else decode_threads()
         if not remote and threads < 2:
             return
-        need = self._uncached(x, y, scale, ow, oh, src)
+        need, tiles = self._uncached(x, y, scale, ow, oh, src)
         if remote and len(need) > 1:
             self.reader.prefetch(need)
-        if threads >= 2 and 2 <= len(need) <= MODEL_CACHE:
-            from concurrent.futures import ThreadPoolExecutor
+        if threads < 2:
+            return
+        from concurrent.futures import ThreadPoolExecutor
 
+        tile_bytes = self.tile * self.tile * 3
+        if (
+            len(tiles) >= 2
+            and len(need) <= MODEL_CACHE
+            and len(tiles) * tile_bytes <= self._pixels.capacity // 2
+        ):
+            # Each block's first tile before any block's second, so that blocks load side by side;
+            # the pool's threads are the free cores, so each render takes one torch thread.
+            rank: dict[int, int] = {}
+            order = []
+            for t in tiles:
+                rank[t[0]] = rank.get(t[0], -1) + 1
+                order.append((rank[t[0]], t))
+            order.sort(key=lambda o: o[0])
+
+            def render(o: tuple[int, tuple[int, int, int, int]]) -> None:
+                block_id, cell, ti, tj = o[1]
+                self._tile(block_id, cell, ti, tj, threads=1)
+
+            with ThreadPoolExecutor(min(threads, len(tiles))) as pool:
+                list(pool.map(render, order))
+        elif 2 <= len(need) <= MODEL_CACHE:
             with ThreadPoolExecutor(min(threads, len(need))) as pool:
                 list(pool.map(self._model, need))
 

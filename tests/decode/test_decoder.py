@@ -161,3 +161,34 @@ def test_renders_run_with_the_chosen_threads_and_restore_the_callers(monkeypatch
     for bad in (0, -1, True, 1.5, "2"):
         with pytest.raises(ValueError, match="threads"):
             SlideDecoder(path, threads=bad)  # type: ignore[arg-type]
+
+
+def test_free_cores_render_a_reads_tiles_in_parallel() -> None:
+    """With two threads a read's missing tiles are rendered by a pool before the read assembles
+    them (one torch thread each, every tile once), and the pixels are those of a serial read; when
+    the tiles would not fit half the pixel cache, the read renders them itself."""
+    import torch
+
+    path = VECTORS / "ccinr-q6-64x48-compact.cinr"
+    with SlideDecoder(path, threads=1) as dec:
+        dec.tile = 16  # 4 x 3 tiles in the 64 x 48 block
+        want = dec.read(0, 0, 64, 48)
+    for cache, pooled in ((1 << 20, True), (16 * 16 * 3 * 4, False)):
+        with SlideDecoder(path, threads=2, cache_bytes=cache) as dec:
+            dec.tile = 16
+            seen: list[tuple[bool, int, tuple[int, ...]]] = []
+            render = dec._render_tile
+
+            def spy(*args: int, render: Any = render, seen: list[Any] = seen) -> np.ndarray:
+                main = threading.current_thread() is threading.main_thread()
+                seen.append((main, torch.get_num_threads(), args))
+                return render(*args)  # type: ignore[no-any-return]
+
+            dec._render_tile = spy  # type: ignore[method-assign]
+            got = dec.read(0, 0, 64, 48)
+        assert (got == want).all()
+        assert sorted(s[2][2:] for s in seen) == [(i, j) for i in range(3) for j in range(4)]
+        if pooled:
+            assert all(not main and n == 1 for main, n, _ in seen)
+        else:
+            assert all(main and n == 2 for main, n, _ in seen)
