@@ -193,6 +193,12 @@ LEAKY_SLOPE = 0.01
 WEIGHT_CODINGS = ("expgolomb", "laplace")
 
 
+#: Smallest side of a first-grid tile (``LatentConfig.latent_tile``), and most tiles along a side
+#: (a header cannot ask for more than 64 x 64 streams per block).
+MIN_LATENT_TILE = 16
+MAX_LATENT_TILES = 64
+
+
 @dataclass(frozen=True)
 class LatentConfig:
     """Architecture of a compressive CINR block: integer latent grids, their CINR synthesis and
@@ -209,7 +215,9 @@ class LatentConfig:
     (``WEIGHT_CODINGS``). The synthesis reads each integer latent times ``2**-latent_shift``: a
     finer step in feature units, which the higher quality levels need (format 1.5). With
     ``stabiliser`` the head also reads the upsampled latents: a linear path from them to RGB beside
-    the MLP and conv flows, as Cool-chic 5's synthesis has (format 1.7).
+    the MLP and conv flows, as Cool-chic 5's synthesis has (format 1.7). ``latent_tile`` > 0 codes
+    the first grid in independent tiles of that side, each its own stream (format 1.8: a read
+    decodes only the tiles under it, and tiles decode on several cores at once).
     """
 
     kind: str = "ccinr"
@@ -228,8 +236,16 @@ class LatentConfig:
     weight_coding: str = "expgolomb"
     latent_shift: int = field(default=0, metadata={"range": (0, 4)})
     stabiliser: bool = False
+    latent_tile: int = field(default=0, metadata={"range": (0, 1 << 14)})
 
     def __post_init__(self) -> None:
+        if self.latent_tile and not (
+            MIN_LATENT_TILE <= self.latent_tile and self.tiles_per_side() <= MAX_LATENT_TILES
+        ):
+            raise ValueError(
+                f"latent_tile must be 0 or at least {MIN_LATENT_TILE} with at most {MAX_LATENT_TILES} "
+                f"tiles across the {self.side} px frame, not {self.latent_tile}"
+            )
         if self.weight_coding not in WEIGHT_CODINGS:
             raise ValueError(
                 f"unknown weight coding {self.weight_coding!r}; choose one of {', '.join(WEIGHT_CODINGS)}"
@@ -254,6 +270,22 @@ class LatentConfig:
         conv = self.conv_width if self.conv_layers and self.conv_width else 0
         return 3 * self.levels + 1 + max(self.levels, conv, 3) + 2 * conv + 4
 
+    def tiles_per_side(self) -> int:
+        """Most first-grid tiles along one side of the frame (1 without ``latent_tile``)."""
+        return -(-self.side // self.latent_tile) if self.latent_tile else 1
+
+    def latent_tiles(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
+        """(r0, r1, c0, c1) of the first grid's independently coded tiles for a height x width
+        domain, row by row; empty when it is one stream with the other grids (no ``latent_tile``,
+        or a first grid of one tile)."""
+        t = self.latent_tile
+        if not t:
+            return []
+        h, w = self.grid_shapes(height, width)[0]
+        if h <= t and w <= t:
+            return []
+        return [(r, min(h, r + t), c, min(w, c + t)) for r in range(0, h, t) for c in range(0, w, t)]
+
     def grid_shapes(self, height: int, width: int) -> list[tuple[int, int]]:
         """Shapes of the latent grids of a height x width domain."""
         return [
@@ -275,6 +307,8 @@ class LatentConfig:
             del d["latent_shift"]
         if not self.stabiliser:
             del d["stabiliser"]  # format 1.5's headers, unchanged
+        if not self.latent_tile:
+            del d["latent_tile"]  # format 1.7's headers, unchanged
         return d
 
     @classmethod

@@ -69,7 +69,8 @@ VECTORS: dict[str, dict[str, Any]] = {
     },
     # Compressive CINR, one per format version that added to it: 1.2, 1.3 and 1.4 architectures
     # with plain JSON (``compact_json`` False), 1.5 with the header and footer compressed,
-    # Laplace-coded weights and a latent step of 1/4 (q6's), 1.7 with the synthesis' stabiliser.
+    # Laplace-coded weights and a latent step of 1/4 (q6's), 1.7 with the synthesis' stabiliser,
+    # 1.8 with a tiled first grid.
     "ccinr-q6-64x48-entropy.cinr": {
         **_CCINR,
         "arch": {
@@ -123,6 +124,18 @@ VECTORS: dict[str, dict[str, Any]] = {
             "stabiliser": True,
         },
     },
+    # 1.8: the first grid in 32-px tiles (2 x 2 of its 64 x 48), each its own stream.
+    "ccinr-q6-64x48-tiled.cinr": {
+        **_CCINR,
+        "arch": {
+            "upsampling": "learned",
+            "activation": "leaky_relu",
+            "weight_coding": "laplace",
+            "latent_shift": 2,
+            "stabiliser": True,
+            "latent_tile": 32,
+        },
+    },
 }
 
 
@@ -138,7 +151,7 @@ def latents_digest(path: Path) -> str | None:
             return None
         block = layout.codec.load(r.read_payload(0), layout.config, str(path))
     h = hashlib.sha256()
-    for g in block.grids:  # type: ignore[attr-defined]
+    for g in block.latent_grids():  # type: ignore[attr-defined]
         h.update(np.ascontiguousarray(g, dtype=np.int64).tobytes())
     return h.hexdigest()
 

@@ -251,3 +251,108 @@ def test_compressive_slides_default_to_512_px_blocks(tissue_crop: np.ndarray, tm
     assert s["block_size"] == 512 == CODEC.block_size
     s = encode_slide(src, tmp_path / "h.cinr", model="cinr", preset="fast", steps=2, tissue_mask=False)
     assert s["block_size"] == 1024
+
+
+@pytest.fixture(scope="module")
+def tiled(fitted: tuple[np.ndarray, Any, Any, bytes]) -> tuple[Any, bytes]:
+    """The same fit stored with its first grid in 16-px tiles (3 x 3 over its 48 x 40): format 1.8."""
+    from dataclasses import replace
+
+    _, cfg, fit, _ = fitted
+    tcfg = replace(cfg, latent_tile=16)
+    fit.model.config = tcfg
+    try:
+        return tcfg, CODEC.serialize(fit, "entropy")
+    finally:
+        fit.model.config = cfg
+
+
+def test_a_tiled_first_grid_decodes_to_the_same_latents_and_pixels(
+    fitted: tuple[np.ndarray, Any, Any, bytes], tiled: tuple[Any, bytes]
+) -> None:
+    _, cfg, fit, payload = fitted
+    tcfg, tpayload = tiled
+    assert tcfg.latent_tiles(48, 40)[-1] == (32, 48, 32, 40) and len(tcfg.latent_tiles(48, 40)) == 9
+    assert CODEC.minor_version(CODEC.header_fields(tcfg, "entropy")) == 8
+    assert CODEC.parse_config(CODEC.header_fields(tcfg, "entropy"), "t") == tcfg
+    assert len(tpayload) > len(payload)  # nine streams and their lengths, contexts cut at the tiles
+    want = CODEC.load(payload, cfg, "t").latent_grids()
+    block = CODEC.load(tpayload, tcfg, "t")
+    assert block._tiled is not None and not any(block._tiled.done())  # nothing decoded yet
+    # A window decodes the other grids and only the first grid's tiles under it and the synthesis'
+    # halo (3 px): rows 0-6 and columns 20-29 lie in tile (0, 1) only; its pixels are the untiled block's.
+    part = block.render(4, 6, 64.0, x0=3 + 23, y0=5)
+    assert block._tiled.done() == [False, True] + [False] * 7 + [True]
+    assert np.array_equal(part, CODEC.load(payload, cfg, "t").render(4, 6, 64.0, x0=3 + 23, y0=5))
+    assert all(np.array_equal(a, b) for a, b in zip(block.latent_grids(), want, strict=True))
+    assert np.array_equal(block.render(48, 40, 64.0, x0=3, y0=5), render_latents(fit.model))
+
+
+def test_tiles_decode_once_when_threads_render_at_the_same_time(tiled: tuple[Any, bytes]) -> None:
+    import threading
+
+    tcfg, tpayload = tiled
+    want = CODEC.load(tpayload, tcfg, "t").render(48, 40, 64.0, x0=3, y0=5)
+    block = CODEC.load(tpayload, tcfg, "t")
+    tiled_grids = block._tiled
+    assert tiled_grids is not None
+    decoded: list[int] = []
+    decode = tiled_grids._decode
+
+    def counted(k: int) -> None:
+        if tiled_grids._streams[k] is not None:
+            decoded.append(k)
+        decode(k)
+
+    tiled_grids._decode = counted  # type: ignore[method-assign]
+    out: dict[tuple[int, int], np.ndarray] = {}
+
+    def render(dy: int, dx: int) -> None:
+        out[dy, dx] = block.render(8, 8, 64.0, x0=3 + dx, y0=5 + dy)
+
+    jobs = [
+        threading.Thread(target=render, args=(dy, dx)) for dy in range(0, 48, 8) for dx in range(0, 40, 8)
+    ]
+    for t in jobs:
+        t.start()
+    for t in jobs:
+        t.join()
+    assert len(out) == 30 and all(
+        np.array_equal(v, want[dy : dy + 8, dx : dx + 8]) for (dy, dx), v in out.items()
+    )
+    assert sorted(decoded) == list(range(10))  # every piece, each once
+
+
+def test_hostile_tiled_payloads_raise_cinr_errors(tiled: tuple[Any, bytes]) -> None:
+    tcfg, tpayload = tiled
+    (nw,) = struct.unpack_from("<I", tpayload, 12)
+    section = 16 + nw + 4
+    lengths = list(struct.unpack_from("<9I", tpayload, section))
+    bads = []
+    for k, value in ((0, lengths[0] + 2), (3, 1 << 30), (8, lengths[8] + 4 * 10**6)):
+        bad = bytearray(tpayload)
+        struct.pack_into("<I", bad, section + 4 * k, value)
+        bads.append(bytes(bad))
+    # A section too short for the nine lengths.
+    short = tpayload[: section - 4] + struct.pack("<I", 8) + bytes(8)
+    for bad in (*bads, short):
+        with pytest.raises(CinrFormatError, match="hostile"):
+            CODEC.load(bad, tcfg, "hostile").render(48, 40, 64.0, x0=3, y0=5)
+    # Garbage in one tile's stream: an error when a render reaches that tile, or latents in bounded time.
+    start = section + 36 + sum(lengths[:4])
+    rng = np.random.default_rng(3)
+    for _ in range(6):
+        bad = bytearray(tpayload)
+        for i in rng.integers(start, start + lengths[4], 4):
+            bad[int(i)] ^= int(rng.integers(1, 256))
+        t0 = time.perf_counter()
+        try:
+            CODEC.load(bytes(bad), tcfg, "garbage").render(48, 40, 64.0, x0=3, y0=5)
+        except CinrError as exc:
+            assert "garbage" in str(exc)
+        assert time.perf_counter() - t0 < 30
+    for tile in (8, 1, 10**6):
+        fields = CODEC.header_fields(tcfg, "entropy")
+        fields["model"]["latent_tile"] = tile
+        with pytest.raises(CinrFormatError, match="latent_tile"):
+            CODEC.parse_config(fields, "t")

@@ -36,8 +36,9 @@ FORMAT_MAJOR = 1
 #: 1.2 compressive CINR payloads, header model.kind "ccinr"; 1.3 their learned upsampling,
 #: header model.upsampling "learned"; 1.4 their leaky ReLU, header model.activation "leaky_relu";
 #: 1.5 header and footer JSON compressed with the built-in dictionary, flag ``FLAG_JSON_ZSTD``;
-#: 1.6 AVIF image blocks; 1.7 the compressive synthesis' stabiliser, header model.stabiliser).
-FORMAT_MINOR = 7
+#: 1.6 AVIF image blocks; 1.7 the compressive synthesis' stabiliser, header model.stabiliser; 1.8
+#: independently coded tiles of the first latent grid, header model.latent_tile).
+FORMAT_MINOR = 8
 #: Lowest minor version that knows image blocks.
 MINOR_IMAGE_BLOCKS = 1
 #: Lowest minor version whose image blocks may be AVIF (``AVIF_BRAND``); associated images stay
