@@ -734,7 +734,8 @@ CCB1 = struct.Struct("<4sHHHHI")
 
 def mutate_ccinr(rng: random.Random, payload: bytes) -> tuple[bytes, str]:
     """A compressive payload (§5.4) changed section by section: domain fields, the weight section
-    (exponents, orders, bits), the latent stream, or the section lengths."""
+    (exponents, orders, bits), the latent stream (a tiled first grid's stream lengths among its
+    first words), or the section lengths."""
     if len(payload) < CCB1.size + 4 or payload[:4] != b"CCB1":
         return mutate_bytes(rng, payload)
     magic, w, h, x0, y0, n_w = CCB1.unpack_from(payload, 0)
@@ -767,6 +768,12 @@ def mutate_ccinr(rng: random.Random, payload: bytes) -> tuple[bytes, str]:
             latents, what = latents[: 4 * rng.randrange(0, len(latents) // 4 + 1)], "ccinr latents truncated"
         elif choice < 0.6:
             latents, what = rng.randbytes(4 * rng.randrange(0, 64)), "ccinr random latents"
+        elif choice < 0.8 and len(latents) >= 4:
+            # A tiled first grid's stream lengths lead the section (1.8); else its first words.
+            k = rng.randrange(min(4, len(latents) // 4))
+            v = rng.choice([0, 1, 3, 4, 8, len(latents), len(latents) + 4, 1 << 31, (1 << 32) - 4])
+            latents = latents[: 4 * k] + struct.pack("<I", v) + latents[4 * k + 4 :]
+            what = f"ccinr latent word {k} = {v}"
         else:
             latents, what = _flip(rng, latents), "ccinr latent bytes"
     else:
