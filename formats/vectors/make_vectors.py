@@ -47,6 +47,14 @@ _CCINR: dict[str, Any] = {
     "seed": 0,
     "quant": "entropy",
 }
+#: The 1.7 architecture (the encoder's, with the synthesis' stabiliser).
+_STABILISER_ARCH: dict[str, Any] = {
+    "upsampling": "learned",
+    "activation": "leaky_relu",
+    "weight_coding": "laplace",
+    "latent_shift": 2,
+    "stabiliser": True,
+}
 #: name -> how it is made. ``rows``: keep only the first rows of the centred crop (non-square).
 VECTORS: dict[str, dict[str, Any]] = {
     "cinr-fast-64x64-int8+float16.cinr": {
@@ -114,28 +122,9 @@ VECTORS: dict[str, dict[str, Any]] = {
             "stabiliser": False,
         },
     },
-    "ccinr-q6-64x48-stabiliser.cinr": {
-        **_CCINR,
-        "arch": {
-            "upsampling": "learned",
-            "activation": "leaky_relu",
-            "weight_coding": "laplace",
-            "latent_shift": 2,
-            "stabiliser": True,
-        },
-    },
+    "ccinr-q6-64x48-stabiliser.cinr": {**_CCINR, "arch": _STABILISER_ARCH},
     # 1.8: the first grid in 32-px tiles (2 x 2 of its 64 x 48), each its own stream.
-    "ccinr-q6-64x48-tiled.cinr": {
-        **_CCINR,
-        "arch": {
-            "upsampling": "learned",
-            "activation": "leaky_relu",
-            "weight_coding": "laplace",
-            "latent_shift": 2,
-            "stabiliser": True,
-            "latent_tile": 32,
-        },
-    },
+    "ccinr-q6-64x48-tiled.cinr": {**_CCINR, "arch": {**_STABILISER_ARCH, "latent_tile": 32}},
 }
 
 
