@@ -28,7 +28,10 @@
 
 #include "_tiles.h"
 /* x where a > 0, else 0 (ReLU's value for x = a, its gradient's mask otherwise). */
-AI static v8 where_pos(v8 a, v8 x) { return (v8)((vi8)(a > splat(0.0f)) & (vi8)x); }
+AI static v8 where_pos(v8 a, v8 x) { return keep((vi8)(a > splat(0.0f)), x); }
+
+/* |x| on 8 lanes (the sign bit cleared). */
+AI static v8 vabs(v8 x) { return (v8)((vi8)x & 0x7fffffff); }
 
 /* e^x on 8 lanes (x clamped to [-87, 88]): x = n ln 2 + r, |r| <= ln 2 / 2, e^r by Cephes'
  * degree-6 polynomial, 2^n into the exponent; within 2 ulp of expf over the range. The scalar
@@ -102,7 +105,7 @@ CLONES void cinr_rate_vmath(const float *x, int64_t n, float *exp_out, float *om
     for (int64_t i = 0; i + VW <= n; i += VW) {
         v8 v;
         memcpy(&v, x + i, sizeof v);
-        const v8 a = (v8)((vi8)v & 0x7fffffff), e = vexp(v), om = vone_minus_exp_neg(a), l = vlog(a);
+        const v8 a = vabs(v), e = vexp(v), om = vone_minus_exp_neg(a), l = vlog(a);
         memcpy(exp_out + i, &e, sizeof e);
         memcpy(om_out + i, &om, sizeof om);
         memcpy(log_out + i, &l, sizeof l);
@@ -205,7 +208,7 @@ CLONES int cinr_rate(const float *y, int64_t h, int64_t w, int64_t pad, const in
                 v8 sc = blend((vi8)(ls < splat(lo)), splat(lo), ls);
                 sc = blend((vi8)(sc > splat(hi)), splat(hi), sc);
                 const v8 diff = yv - mean;
-                const v8 d = (v8)((vi8)diff & 0x7fffffff);
+                const v8 d = vabs(diff);
                 const v8 u = vexp(-sc); /* 1 / b */
                 /* beyond half a step from the mean: the tail formula */
                 const v8 m = vone_minus_exp_neg(u);
@@ -218,25 +221,24 @@ CLONES int cinr_rate(const float *y, int64_t h, int64_t w, int64_t pad, const in
                 const vi8 q_ok = (vi8)(qv >= splat(FLOOR));
                 const v8 qs = blend(q_ok, qv, splat(1.0f));
                 const v8 lp_c = blend(q_ok, vlog(qs), splat(LOG_FLOOR));
-                const v8 dd_c = (v8)(q_ok & (vi8)((splat(0.5f) * u * e1 - splat(0.5f) * u * e2) / qs));
+                const v8 dd_c = keep(q_ok, (splat(0.5f) * u * e1 - splat(0.5f) * u * e2) / qs);
                 const v8 ds_c =
-                    (v8)(q_ok & (vi8)((splat(-0.5f) * (d + splat(0.5f)) * u * e1 + splat(0.5f) * dh * u * e2) / qs));
+                    keep(q_ok, (splat(-0.5f) * (d + splat(0.5f)) * u * e1 + splat(0.5f) * dh * u * e2) / qs);
                 const vi8 tail = (vi8)(d >= splat(0.5f));
                 v8 lp = blend(tail, lp_t, lp_c);
                 v8 dd = blend(tail, -u, dd_c);
                 v8 ds = blend(tail, ds_t, ds_c);
                 const vi8 floored = (vi8)(lp < splat(LOG_FLOOR));
                 lp = blend(floored, splat(LOG_FLOOR), lp);
-                dd = (v8)(~floored & (vi8)dd);
-                ds = (v8)(~floored & (vi8)ds);
-                tsum += (v8)(live & (vi8)(-lp / splat(LN2)));
+                dd = keep(~floored, dd);
+                ds = keep(~floored, ds);
+                tsum += keep(live, -lp / splat(LN2));
                 /* d bits = -d lp / ln 2 */
-                const v8 sg = (v8)(((vi8)(diff > splat(0.0f)) & (vi8)splat(1.0f)) |
-                                   ((vi8)(diff < splat(0.0f)) & (vi8)splat(-1.0f)));
+                const v8 sg = keep((vi8)(diff > splat(0.0f)), splat(1.0f)) + keep((vi8)(diff < splat(0.0f)), splat(-1.0f));
                 const v8 gd = -dd / splat(LN2);
-                ((v8 *)tl->gmean)[v] = (v8)(live & (vi8)(-gd * sg));
-                ((v8 *)tl->gls)[v] = (v8)(live & ls_in & (vi8)(-ds / splat(LN2)));
-                const v8 gx = (v8)(live & (vi8)(gd * sg));
+                ((v8 *)tl->gmean)[v] = keep(live, -gd * sg);
+                ((v8 *)tl->gls)[v] = keep(live & ls_in, -ds / splat(LN2));
+                const v8 gx = keep(live, gd * sg);
                 memcpy(gxc + v * VW, &gx, sizeof gx);
             }
             total += (double)hsum(tsum);

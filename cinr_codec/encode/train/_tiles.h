@@ -23,6 +23,9 @@ static inline float hsum(v8 v) {
 /* a where m (a comparison's lanes), else b. */
 AI static v8 blend(vi8 m, v8 a, v8 b) { return (v8)((m & (vi8)a) | (~m & (vi8)b)); }
 
+/* x where m, else 0. */
+AI static v8 keep(vi8 m, v8 x) { return (v8)(m & (vi8)x); }
+
 /* acc += the lane-wise sum over a tile row of a * b (one vector: 8 partial sums). */
 AI static void dot_acc(v8 *acc, const v8 *a, const v8 *b) {
     v8 s0 = a[0] * b[0], s1 = a[1] * b[1];
