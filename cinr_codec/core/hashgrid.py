@@ -190,12 +190,15 @@ class HashGrid(nn.Module):
         out = weighted_gather(self.table, idx, w)
         return out.reshape(*lead, self.out_dim)
 
-    def forward_grid(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    def forward_grid(
+        self, xs: torch.Tensor, ys: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Encode the separable grids ``(xs[b, j], ys[b, i])``: xs (B, W), ys (B, H) -> (B, H, W, L*F).
 
-        Each row of ``xs``/``ys`` must be non-decreasing (pixel rows and columns).
+        Each row of ``xs``/``ys`` must be non-decreasing (pixel rows and columns). Without
+        gradients the features are written into ``out`` when given.
         """
-        return self.encode_grid_with(self.table, xs, ys)
+        return self.encode_grid_with(self.table, xs, ys, out)
 
     def _axis(self, v: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower cell index (int64) and fractional offset along one axis at resolution n."""
@@ -203,69 +206,83 @@ class HashGrid(nn.Module):
         c = p.floor().clamp(max=float(max(n - 1, 0)))
         return c.to(torch.int64), p - c
 
-    def encode_grid_with(self, table: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    def encode_grid_with(
+        self, table: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """:meth:`forward_grid` with an explicit table (for tests and functional use).
 
         Bilinear interpolation is done in two passes per level: along x for just the grid rows the patch touches, then along y by
         copying whole rows. Coarse levels touch few rows, so this does far fewer random
-        gathers than four per pixel.
+        gathers than four per pixel. Without gradients each level is finished before the next
+        starts and written into ``out`` (B, H, W, L*F) when given (a reused buffer: the
+        temporaries stay a level's size, so the allocator keeps reusing the same memory).
         """
         if xs.dim() != 2 or ys.dim() != 2 or xs.shape[0] != ys.shape[0]:
             raise ValueError("forward_grid expects xs (B, W) and ys (B, H)")
         cfg = self.config
         bsz, width = xs.shape
+        levels = zip(cfg.resolutions(), cfg.is_dense(), cfg.table_sizes())
+        offsets = [0]
+        for size in cfg.table_sizes()[:-1]:
+            offsets.append(offsets[-1] + size)
+        if not (torch.is_grad_enabled() and table.requires_grad):
+            # One gather per level, its rows interpolated and stored before the next level.
+            feats = []
+            for (n, dense, _), offset in zip(levels, offsets):
+                idx, wx, n_rows, ly, fy = self._level_plan(n, dense, offset, xs, ys)
+                feats.append(
+                    self._interpolate_rows(weighted_gather(table, idx, wx), n_rows, ly, fy, bsz, width)
+                )
+            return torch.cat(feats, dim=-1, out=out) if out is not None else torch.cat(feats, dim=-1)
+        # With gradients, one gather over all levels so that the backward scatters into a single
+        # table-sized gradient.
+        plans = [self._level_plan(n, dense, offset, xs, ys) for (n, dense, _), offset in zip(levels, offsets)]
+        rows_all = weighted_gather(table, torch.cat([p[0] for p in plans]), torch.cat([p[1] for p in plans]))
+        level_rows = torch.split(rows_all, [p[0].shape[0] for p in plans])
+        feats = [self._interpolate_rows(rows, *p[2:], bsz, width) for p, rows in zip(plans, level_rows)]
+        return torch.cat(feats, dim=-1)
+
+    def _level_plan(
+        self, n: int, dense: bool, offset: int, xs: torch.Tensor, ys: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, torch.Tensor]:
+        """One level's pass-1 gather (corner indices and x weights, (M, 2) each) and its pass-2
+        plan: the band's row count, each output row's first band row, the y fractions."""
+        bsz, width = xs.shape
         height = ys.shape[1]
         dev = xs.device
-        barange = torch.arange(bsz, device=dev)
-        idx_all = []
-        w_all = []
-        plans = []
-        offset = 0
-        for n, dense, size in zip(cfg.resolutions(), cfg.is_dense(), cfg.table_sizes()):
-            ix0, fx = self._axis(xs, n)
-            iy0, fy = self._axis(ys, n)
-            r0 = iy0.min(dim=1).values  # (B,)
-            n_rows = int((iy0.max(dim=1).values - r0).max().item()) + 2
-            if n_rows <= 2 * height:
-                # Contiguous band of grid rows shared by all output rows of the patch.
-                ry = torch.clamp(r0.unsqueeze(1) + torch.arange(n_rows, device=dev), max=n)
-                ly = iy0 - r0.unsqueeze(1)
-            else:
-                # Grid finer than the output rows: interpolate only the two rows each needs.
-                n_rows = 2 * height
-                ry = torch.stack((iy0, iy0 + 1), dim=-1).reshape(bsz, n_rows)
-                ly = 2 * torch.arange(height, device=dev).expand(bsz, height)
-            ixc = torch.stack((ix0, ix0 + 1), dim=-1)  # (B, W, 2)
-            if dense:
-                idx = ixc.unsqueeze(1) + (ry * (n + 1) + offset).unsqueeze(-1).unsqueeze(-1)
-            else:
-                hy = (ry * PRIME_Y) & self._mask
-                idx = ((ixc & self._mask).unsqueeze(1) ^ hy.unsqueeze(-1).unsqueeze(-1)) + offset
-            offset += size
-            wx = torch.stack((1.0 - fx, fx), dim=-1).unsqueeze(1).expand(bsz, n_rows, width, 2)
-            idx_all.append(idx.reshape(-1, 2))
-            w_all.append(wx.reshape(-1, 2))
-            ly = (ly + (barange * n_rows).unsqueeze(1)).reshape(-1)  # rows of this level's band
-            plans.append((n_rows, ly, fy))
-        # Pass 1: x-interpolated grid rows. With gradients, one gather over all levels so that
-        # the backward scatters into a single table-sized gradient; without, one per level
-        # (no concatenation copies).
-        if torch.is_grad_enabled() and table.requires_grad:
-            rows_all = weighted_gather(table, torch.cat(idx_all), torch.cat(w_all))
-            counts = [i.shape[0] for i in idx_all]
-            level_rows = list(torch.split(rows_all, counts))
+        ix0, fx = self._axis(xs, n)
+        iy0, fy = self._axis(ys, n)
+        r0 = iy0.min(dim=1).values  # (B,)
+        n_rows = int((iy0.max(dim=1).values - r0).max().item()) + 2
+        if n_rows <= 2 * height:
+            # Contiguous band of grid rows shared by all output rows of the patch.
+            ry = torch.clamp(r0.unsqueeze(1) + torch.arange(n_rows, device=dev), max=n)
+            ly = iy0 - r0.unsqueeze(1)
         else:
-            level_rows = [weighted_gather(table, i, w) for i, w in zip(idx_all, w_all)]
-        feats = []
-        row_width = width * cfg.n_features
-        for (n_rows, ly, fy), rows in zip(plans, level_rows):
-            rows = rows.reshape(bsz * n_rows, row_width)
-            # Pass 2: y-interpolation by copying whole rows.
-            top = rows.index_select(0, ly)
-            bot = rows.index_select(0, ly + 1)
-            wy = fy.reshape(-1, 1).to(top.dtype)
-            feats.append(torch.lerp(top, bot, wy).reshape(bsz, height, width, cfg.n_features))
-        return torch.cat(feats, dim=-1)
+            # Grid finer than the output rows: interpolate only the two rows each needs.
+            n_rows = 2 * height
+            ry = torch.stack((iy0, iy0 + 1), dim=-1).reshape(bsz, n_rows)
+            ly = 2 * torch.arange(height, device=dev).expand(bsz, height)
+        ixc = torch.stack((ix0, ix0 + 1), dim=-1)  # (B, W, 2)
+        if dense:
+            idx = ixc.unsqueeze(1) + (ry * (n + 1) + offset).unsqueeze(-1).unsqueeze(-1)
+        else:
+            hy = (ry * PRIME_Y) & self._mask
+            idx = ((ixc & self._mask).unsqueeze(1) ^ hy.unsqueeze(-1).unsqueeze(-1)) + offset
+        wx = torch.stack((1.0 - fx, fx), dim=-1).unsqueeze(1).expand(bsz, n_rows, width, 2)
+        ly = (ly + (torch.arange(bsz, device=dev) * n_rows).unsqueeze(1)).reshape(-1)  # rows of this band
+        return idx.reshape(-1, 2), wx.reshape(-1, 2), n_rows, ly, fy
+
+    def _interpolate_rows(
+        self, rows: torch.Tensor, n_rows: int, ly: torch.Tensor, fy: torch.Tensor, bsz: int, width: int
+    ) -> torch.Tensor:
+        """Pass 2: y-interpolation of a level's x-interpolated band rows, (B, H, W, F)."""
+        nf = self.config.n_features
+        rows = rows.reshape(bsz * n_rows, width * nf)
+        top = rows.index_select(0, ly)
+        bot = rows.index_select(0, ly + 1)
+        wy = fy.reshape(-1, 1).to(top.dtype)
+        return torch.lerp(top, bot, wy).reshape(bsz, fy.shape[1], width, nf)
 
 
 def naive_hashgrid(x: torch.Tensor, table: torch.Tensor, config: HashGridConfig) -> torch.Tensor:

@@ -9,12 +9,15 @@ depends on how an image is cut into patches.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
 from .hashgrid import HashGrid, make_hashgrid
+from .workspace import Workspace
 
 
 class _Sine(nn.Module):
@@ -94,6 +97,61 @@ def _linear_cf(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     return y.reshape(b, h, w, -1).permute(0, 3, 1, 2)
 
 
+def _act_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``, in place where the activation allows it (the same values)."""
+    if isinstance(act, nn.ReLU):
+        return x.relu_()
+    if isinstance(act, nn.LeakyReLU):
+        return F.leaky_relu_(x, act.negative_slope)
+    if isinstance(act, nn.SiLU):
+        return F.silu(x, inplace=True)
+    if isinstance(act, _Sine):
+        return x.mul_(act.w0).sin_()
+    return act(x)  # type: ignore[no-any-return]
+
+
+def _linear_cf_into(layers: Iterable[nn.Module], x: torch.Tensor, ws: Workspace, out: str) -> torch.Tensor:
+    """:func:`_linear_cf` with its tensors in the workspace: the result in buffer ``out``; the
+    input's copy (when ``x`` is not already pixels-major) and the hidden layers in ``in``, ``h0``
+    and ``h1``, which the next call may overwrite.
+
+    The same operations as ``nn.Linear`` on a 2-D input (``addmm`` of the bias, the pixels and
+    the transposed weight), so the same values; returns a view of buffer ``out``.
+    """
+    layers = list(layers)
+    last = max(i for i, layer in enumerate(layers) if isinstance(layer, nn.Linear))
+    b, c, h, w = x.shape
+    y = x.permute(0, 2, 3, 1)
+    if not y.is_contiguous():
+        y = ws.get("in", b, h, w, c).copy_(y)
+    y = y.reshape(b * h * w, c)
+    hidden = 0
+    for i, layer in enumerate(layers):
+        if isinstance(layer, nn.Linear):
+            name = out if i == last else f"h{hidden}"
+            hidden ^= 1  # a hidden layer never writes the buffer it reads
+            dst = ws.get(name, b * h * w, layer.out_features)
+            if layer.bias is not None:
+                torch.addmm(layer.bias, y, layer.weight.t(), out=dst)
+            else:
+                torch.mm(y, layer.weight.t(), out=dst)
+            y = dst
+        else:
+            y = _act_(layer, y)
+    return y.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+def _cat_into(parts: tuple[torch.Tensor, ...], ws: Workspace, tag: str) -> torch.Tensor:
+    """``torch.cat(parts, dim=1)`` written into the workspace, with the layout ``cat`` would give."""
+    b, _, h, w = parts[0].shape
+    c = sum(p.shape[1] for p in parts)
+    if all(p.is_contiguous(memory_format=torch.channels_last) for p in parts):
+        out = ws.get(tag, b, h, w, c).permute(0, 3, 1, 2)
+    else:
+        out = ws.get(tag, b, c, h, w)
+    return torch.cat(parts, dim=1, out=out)
+
+
 #: Submodules of the per-pixel network (NGP's MLP; CINR's MLP flow and its RGB head).
 PIXEL_PREFIXES = ("mlp.", "mlp_b.", "head.")
 
@@ -123,6 +181,22 @@ class ImageModel(nn.Module):
     def forward_grid(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         """RGB on the grid without its halo: xs (B, W + 2h), ys (B, H + 2h) -> (B, 3, H, W)."""
         raise NotImplementedError
+
+    def infer_grid(self, xs: torch.Tensor, ys: torch.Tensor, ws: Workspace) -> torch.Tensor:
+        """:meth:`forward_grid` without gradients on the CPU, its large tensors in ``ws``.
+
+        The same values as ``forward_grid``; the result may be a view of a workspace buffer,
+        valid until the workspace's next use.
+        """
+        return self.forward_grid(xs, ys)
+
+    def _encode_into(self, xs: torch.Tensor, ys: torch.Tensor, ws: Workspace) -> torch.Tensor:
+        """:meth:`encode_grid` written into the workspace's buffer ``x`` (float32 tables)."""
+        grid = self.grid
+        if not isinstance(grid, HashGrid) or grid.table.dtype != torch.float32:
+            return self.encode_grid(xs, ys)
+        z = ws.get("x", xs.shape[0], ys.shape[1], xs.shape[1], grid.out_dim)
+        return grid.forward_grid(xs, ys, out=z).permute(0, 3, 1, 2)
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         """RGB at a regular grid of coordinates (B, H, W, 2) (x, y), as (B, 3, H, W).
@@ -189,6 +263,9 @@ class NGP(ImageModel):
     def forward_grid(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         feats = self.encode_grid(xs, ys)
         return _linear_cf(self.mlp, feats)
+
+    def infer_grid(self, xs: torch.Tensor, ys: torch.Tensor, ws: Workspace) -> torch.Tensor:
+        return _linear_cf_into(self.mlp, self._encode_into(xs, ys, ws), ws, "mlp")
 
     def forward_points(self, pts: torch.Tensor) -> torch.Tensor:
         """RGB at scattered points (P, 2) -> (P, 3); only for per-pixel models."""
@@ -260,6 +337,24 @@ class CINR(ImageModel):
         out = self.out(torch.cat((c, d), dim=1))
         if self.head is not None:
             out = out + _linear_cf(self.head, _crop(b, nc + 1))  # type: ignore[arg-type]
+        return out
+
+    def infer_grid(self, xs: torch.Tensor, ys: torch.Tensor, ws: Workspace) -> torch.Tensor:
+        # Buffer "x" holds the features, then cat(a, b), then cat(c, d): each is dead when the
+        # next is written. "b" lives until the head, "d" until cat(c, d).
+        na, nc = self.config.conv_a_depth, self.config.conv_c_depth
+        z = self._encode_into(xs, ys, ws)
+        a = z
+        for conv in self.cnn_a:
+            a = _act_(self.act, conv(a))
+        b = _linear_cf_into(self.mlp_b, _crop(z, na), ws, "b")
+        c = _cat_into((a, b), ws, "x")
+        for conv in self.cnn_c:
+            c = _act_(self.act, conv(c))
+        d = _linear_cf_into(self.mlp_d, _crop(b, nc), ws, "d")
+        out = self.out(_cat_into((c, d), ws, "x"))
+        if self.head is not None:
+            out = out + _linear_cf_into((self.head,), _crop(b, nc + 1), ws, "head")
         return out
 
 

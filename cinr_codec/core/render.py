@@ -6,10 +6,13 @@ S = max(H, W) (or the block's side), so the grid is isotropic; models output RGB
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import torch
 
 from .models import ImageModel
+from .workspace import Workspace, workspace
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -46,20 +49,32 @@ def render(
     """
     side = float(side if side is not None else max(height, width))
     dev = next(model.parameters()).device
-    h = model.halo
     out = np.empty((height, width, 3), dtype=np.uint8)
     was_training = model.training
     model.eval()
+    # On the CPU the tiles' large tensors go into reused buffers (``core.workspace``).
+    ws_ctx = workspace() if dev.type == "cpu" and not torch.is_grad_enabled() else nullcontext(None)
+    with ws_ctx as ws:
+        _render_tiles(model, out, side, tile, x0, y0, ws)
+    model.train(was_training)
+    return out
+
+
+def _render_tiles(
+    model: ImageModel, out: np.ndarray, side: float, tile: int, x0: float, y0: float, ws: Workspace | None
+) -> None:
+    """Fill ``out`` (H, W, 3) tile by tile (see :func:`render`)."""
+    height, width = out.shape[:2]
+    dev = next(model.parameters()).device
+    h = model.halo
     for ty in range(0, height, tile):
         th = min(tile, height - ty)
         ys = axis_coords(y0 + ty - h, th + 2 * h, side, dev).unsqueeze(0)
         for tx in range(0, width, tile):
             tw = min(tile, width - tx)
             xs = axis_coords(x0 + tx - h, tw + 2 * h, side, dev).unsqueeze(0)
-            rgb = model.forward_grid(xs, ys)[0]
+            rgb = (model.infer_grid(xs, ys, ws) if ws is not None else model.forward_grid(xs, ys))[0]
             out[ty : ty + th, tx : tx + tw] = to_uint8(rgb)
-    model.train(was_training)
-    return out
 
 
 def to_uint8(rgb: torch.Tensor) -> np.ndarray:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -787,10 +788,15 @@ class SlideDecoder:
         return len(self._models)
 
     def clear_cache(self, models: bool = True) -> None:
-        """Drop decoded pixels, and the loaded block models unless ``models`` is False."""
+        """Drop decoded pixels, and the loaded block models (with the hash-grid renders' kept
+        buffers, ``core.workspace``) unless ``models`` is False."""
         self._pixels.clear()
         if models:
             self._models.clear()
+            # Loaded (with torch) only once a hash-grid block has rendered: nothing to drop before.
+            workspaces = sys.modules.get(__name__.rsplit(".", 2)[0] + ".core.workspace")
+            if workspaces is not None:
+                workspaces.release()
 
     def close(self) -> None:
         """Close the file and drop the caches."""

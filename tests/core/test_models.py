@@ -112,3 +112,79 @@ def test_rejects_non_grid_coordinates() -> None:
     g[0, 1, 2, 0] += 0.01
     with pytest.raises(ValueError, match="grid"):
         model(g)
+
+
+@pytest.mark.parametrize("kind", ["ngp", "engp", "cinr"])
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "sine", "silu", "gelu"])
+def test_inference_into_a_workspace_gives_the_same_values(kind: str, activation: str) -> None:
+    """``infer_grid`` (tensors in reused buffers) equals ``forward_grid`` bit for bit, on a
+    workspace used before for a larger and a smaller tile."""
+    from cinr_codec.core.render import axis_coords
+    from cinr_codec.core.workspace import Workspace
+
+    torch.manual_seed(0)
+    cfg = get_preset(kind, "fast").model_config(300, 300, arch={"activation": activation})
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)  # every unit active somewhere, every level's features non-zero
+    ws = Workspace()
+    h = model.halo
+    with torch.inference_mode():
+        for w, ht in ((90, 70), (40, 33), (64, 51)):
+            xs = axis_coords(17 - h, w + 2 * h, 300.0).unsqueeze(0)
+            ys = axis_coords(5 - h, ht + 2 * h, 300.0).unsqueeze(0)
+            ref = model.forward_grid(xs, ys)
+            got = model.infer_grid(xs, ys, ws)
+            assert got.shape == ref.shape == (1, 3, ht, w)
+            assert torch.equal(got, ref)
+
+
+def test_renders_reuse_their_workspace_and_release_gives_it_back() -> None:
+    """A second render of a tile takes the kept workspace (the same buffers, nothing new);
+    two renders at once get two; ``release`` drops the kept ones."""
+    import threading
+
+    from cinr_codec.core import workspace as wsmod
+    from cinr_codec.core.render import render
+
+    wsmod.release()
+    model = build_model(get_preset("cinr", "fast").model_config(128, 128, SMALL_HASH)).eval()
+    with torch.inference_mode():
+        first = render(model, 80, 96, 128.0)
+    assert len(wsmod._free) == 1
+    kept = wsmod._free[0]
+    buffers = {k: v.data_ptr() for k, v in kept._buffers.items()}
+    assert buffers and kept.nbytes > 0
+    with torch.inference_mode():  # the decoder renders in inference mode, training under no_grad
+        assert (render(model, 80, 96, 128.0) == first).all()
+    assert (render(model, 80, 96, 128.0) == first).all()
+    assert wsmod._free == [kept] and {k: v.data_ptr() for k, v in kept._buffers.items()} == buffers
+
+    inside = threading.Barrier(2)
+    seen: list[int] = []
+
+    def hold() -> None:
+        with wsmod.workspace() as ws:
+            seen.append(id(ws))
+            inside.wait(timeout=10)
+
+    threads = [threading.Thread(target=hold) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(seen)) == 2 and id(kept) in seen
+    assert wsmod.release() > 0 and wsmod._free == [] and wsmod.release() == 0
+
+
+def test_workspace_buffers_grow_and_keep_their_names_apart() -> None:
+    from cinr_codec.core.workspace import Workspace
+
+    ws = Workspace()
+    a = ws.get("a", 4, 5)
+    b = ws.get("b", 20)
+    assert a.shape == (4, 5) and a.is_contiguous() and a.dtype == torch.float32
+    assert a.data_ptr() != b.data_ptr() and ws.nbytes == 40 * 4
+    assert ws.get("a", 2, 3).data_ptr() == a.data_ptr()  # smaller: the same memory
+    assert ws.get("a", 50).numel() == 50 and ws.nbytes == 70 * 4  # larger: grown

@@ -43,6 +43,21 @@ def test_clear_cache_can_keep_the_models() -> None:
         assert dec.loaded_models == 0 and dec.cache_bytes == 0
 
 
+def test_clearing_the_models_drops_the_kept_render_buffers() -> None:
+    """A hash-grid render keeps its buffers for the next (``core.workspace``); clearing the
+    models gives them back, keeping the models does not."""
+    from cinr_codec.core import workspace
+
+    with SlideDecoder(VECTORS / "cinr-fast-64x64-int8+float16.cinr") as dec:
+        first = dec.read(0, 0, 64, 64)
+        assert workspace._free
+        dec.clear_cache(models=False)
+        assert workspace._free
+        dec.clear_cache()
+        assert workspace._free == []
+        assert (dec.read(0, 0, 64, 64) == first).all()
+
+
 def test_slide_decoder_and_single_block_decoder_agree() -> None:
     expected = json.loads((VECTORS / "expected.json").read_text())
     for entry in expected["vectors"]:
