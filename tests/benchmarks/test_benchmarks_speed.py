@@ -173,3 +173,23 @@ def test_encode_memory_plan_and_layout(tmp_path: Path) -> None:
     assert (img.width, img.height) == (250, 250)
     assert img.crop(0, 0, 90, 90).avg() < 200 and img.crop(110, 0, 80, 80).min() > 240  # tissue / glass
     assert journal_blocks(tmp_path / "missing.journal") == 0
+
+
+def test_decode_allocator_smoke(tmp_path: Path) -> None:
+    p = _run(
+        "benchmarks.decode_allocator",
+        *("--presets", "fast", "--steps", "1", "--rounds", "1", "--reads", "2", "--size", "64"),
+        *("--json", "--results", str(tmp_path)),
+    )
+    assert p.returncode == 0, p.stderr
+    (row,) = json.loads(p.stdout.strip().splitlines()[-1])["rows"]
+    assert row["preset"] == "fast" and row["default_ms"] > 0 and row["tuned_ms"] > 0
+    assert row["ratio"] == round(row["default_ms"] / row["tuned_ms"], 2)
+    assert "| fast |" in (tmp_path / "decode_allocator.md").read_text()
+
+
+def test_decode_allocator_bad_input() -> None:
+    p = _run("benchmarks.decode_allocator", "--image", "/nonexistent.svs")
+    assert p.returncode == 2 and "no such file" in p.stderr
+    p = _run("benchmarks.decode_allocator", "--reads", "0")
+    assert p.returncode == 2 and "--reads" in p.stderr
