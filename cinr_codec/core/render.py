@@ -52,8 +52,10 @@ def render(
     out = np.empty((height, width, 3), dtype=np.uint8)
     was_training = model.training
     model.eval()
-    # On the CPU the tiles' large tensors go into reused buffers (``core.workspace``).
-    ws_ctx = workspace() if dev.type == "cpu" and not torch.is_grad_enabled() else nullcontext(None)
+    # On the CPU the tiles' large tensors go into reused (float32) buffers (``core.workspace``).
+    reuse = dev.type == "cpu" and not torch.is_grad_enabled()
+    reuse = reuse and all(p.dtype == torch.float32 for p in model.parameters())
+    ws_ctx = workspace() if reuse else nullcontext(None)
     with ws_ctx as ws:
         _render_tiles(model, out, side, tile, x0, y0, ws)
     model.train(was_training)

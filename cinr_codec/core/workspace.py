@@ -20,6 +20,9 @@ import torch
 
 #: Workspaces kept between renders (a render running while all are taken makes a new one).
 KEEP = max(1, min(4, os.cpu_count() or 1))
+#: A workspace larger than this is dropped after its render, not kept (the presets' 256-px tiles
+#: need 25-137 MiB; a file with far wider networks should not leave gigabytes resident).
+KEEP_BYTES = 256 << 20
 
 
 class Workspace:
@@ -31,7 +34,8 @@ class Workspace:
     def get(self, name: str, *shape: int) -> torch.Tensor:
         """A contiguous float32 tensor of ``shape`` over buffer ``name`` (contents undefined).
 
-        Two names never share memory; the same name returns the same memory every time.
+        Two names never share memory; a name returns the same memory every time, unless a larger
+        shape than before grows it.
         """
         n = math.prod(shape)
         buf = self._buffers.get(name)
@@ -62,7 +66,7 @@ def workspace() -> Iterator[Workspace]:
         yield ws
     finally:
         with _lock:
-            if len(_free) < KEEP:
+            if len(_free) < KEEP and ws.nbytes <= KEEP_BYTES:
                 _free.append(ws)
 
 

@@ -177,6 +177,10 @@ def test_renders_reuse_their_workspace_and_release_gives_it_back() -> None:
     assert len(set(seen)) == 2 and id(kept) in seen
     assert wsmod.release() > 0 and wsmod._free == [] and wsmod.release() == 0
 
+    with wsmod.workspace() as big:  # larger than KEEP_BYTES: not kept
+        big.get("x", wsmod.KEEP_BYTES // 4 + 1)
+    assert wsmod._free == []
+
 
 def test_workspace_buffers_grow_and_keep_their_names_apart() -> None:
     from cinr_codec.core.workspace import Workspace
