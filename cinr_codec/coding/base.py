@@ -60,6 +60,10 @@ class FitSettings:
     progress: FitProgress | None = None
     #: Measure PSNR/SSIM of the fitted (unstored) model at the end.
     measure: bool = True
+    #: A stored payload of the same representation and configuration whose networks start this
+    #: fit (``encode.slide``: a slide's prior block for its other blocks); representations that
+    #: cannot start from one ignore it (``BlockCodec.warm_starts``).
+    init: bytes | None = None
 
     def __post_init__(self) -> None:
         check_fit_limits(self.steps, self.time_budget)
@@ -144,6 +148,10 @@ class BlockCodec(ABC):
     def default_steps(self, device: str) -> int | None:
         """Training steps of a block on ``device`` when the encode names none (None: the preset's)."""
         return None
+
+    def warm_starts(self, steps: int | None, target_psnr: float | None) -> bool:
+        """Whether fits of this many steps start from a prior block's networks (``FitSettings.init``)."""
+        return False
 
     @abstractmethod
     def check_storage(self, storage: str) -> None:

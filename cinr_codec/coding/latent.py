@@ -170,6 +170,18 @@ def _state_shapes(config: LatentConfig) -> tuple[tuple[str, tuple[int, ...]], ..
     return tuple((n, tuple(p.shape)) for n, p in m.named_parameters() if not n.startswith("latents."))
 
 
+def _network_ints(weights: bytes, config: LatentConfig, where: str) -> dict[str, tuple[np.ndarray, int]]:
+    """The weights section decoded: each network tensor's integers and step exponent k (value =
+    integer * 2**-k), by ``LatentImage`` state-dict name."""
+    names = _state_shapes(config)
+    shapes = [s for _, s in names]
+    if config.weight_coding == "laplace":
+        ints = decode_weights(weights, shapes, where)
+    else:
+        ints = unpack_weights(weights, shapes, where)
+    return {n: t for (n, _), t in zip(names, ints, strict=True)}
+
+
 def int_context_model(config: LatentConfig, tensors: Mapping[str, tuple[np.ndarray, int]]) -> IntContextModel:
     """The fixed-point context model from the stored ``arm.*`` tensors."""
     hidden = []
@@ -485,13 +497,7 @@ class LatentCodec(BlockCodec):
         from ..core.synthesis import Synthesis
 
         w, h, x0, y0, weights, latents = self._parse(payload, config, where)
-        names = _state_shapes(config)
-        shapes = [s for _, s in names]
-        if config.weight_coding == "laplace":
-            ints = decode_weights(weights, shapes, where)
-        else:
-            ints = unpack_weights(weights, shapes, where)
-        tensors = {n: t for (n, _), t in zip(names, ints, strict=True)}
+        tensors = _network_ints(weights, config, where)
         grid_shapes, model = config.grid_shapes(h, w), int_context_model(config, tensors)
         tiles = config.latent_tiles(h, w)
         tiled = None
@@ -545,6 +551,22 @@ class LatentCodec(BlockCodec):
         if storage not in self.storages:
             raise ValueError(f"unknown storage setting {storage!r} for ccinr; choose entropy")
 
+    def warm_starts(self, steps: int | None, target_psnr: float | None) -> bool:
+        from ..encode.train.latent import RECIPE
+
+        short = steps is not None and steps <= int(RECIPE["short_fit_steps"])
+        return bool(RECIPE["warm_start"]) and short and target_psnr is None
+
+    def networks(self, payload: bytes, config: LatentConfig, where: str) -> dict[str, Any]:
+        """The stored networks of a payload (synthesis, context model), dequantized: float32
+        tensors by ``LatentImage`` state-dict name."""
+        import torch
+
+        tensors = _network_ints(self._parse(payload, config, where)[4], config, where)
+        return {
+            n: torch.from_numpy(v.astype(np.float32) * np.float32(2.0**-k)) for n, (v, k) in tensors.items()
+        }
+
     def fit(
         self, pixels: np.ndarray, config: LatentConfig, kind: str, preset: str, settings: FitSettings
     ) -> FittedBlock:
@@ -560,6 +582,9 @@ class LatentCodec(BlockCodec):
 
         device = str(resolve_device(settings.device))
         steps = self.default_steps(device) if settings.steps is None else settings.steps
+        init = None
+        if settings.init is not None and self.warm_starts(steps, settings.target_psnr):
+            init = self.networks(settings.init, config, "the prior block's payload")
         if settings.target_psnr is not None:
             # The quality level's lambda is the first guess; the search moves it per block.
             fitted = fit_latents_to_psnr(
@@ -582,6 +607,7 @@ class LatentCodec(BlockCodec):
                 seed=settings.seed,
                 device=device,
                 progress=settings.progress,
+                init_networks=init,
             )
         bits = laplace_weight_bits if config.weight_coding == "laplace" else (lambda v: best_order(v)[0])
         quantize_networks(fitted, pixels, bits)

@@ -11,7 +11,7 @@ the payload holds.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -94,6 +94,9 @@ class BlockJob:
     maybe_background: bool  # the thumbnail saw (almost) no tissue in this block
     tissue_threshold: float
     mip_avif: bool = False  # mips may be AVIF (format 1.6), else JPEG or PNG
+    #: The payload of the slide's prior block, whose networks start this block's fit
+    #: (``FitSettings.init``; ``encode.slide``), or None.
+    init: bytes | None = field(default=None, repr=False)
 
 
 def encode_block(job: BlockJob, fit_pixels: np.ndarray) -> tuple[dict[str, Any], list[bytes]]:
@@ -130,6 +133,7 @@ def encode_block(job: BlockJob, fit_pixels: np.ndarray) -> tuple[dict[str, Any],
         seed=job.seed,
         frame=(fx0 - ox, fy0 - oy, side),
         measure=False,  # measured below, on the stored payload
+        init=job.init,
     )
     fitted = codec.fit(fit_pixels, job.config, job.model, job.preset, settings)
     payload = codec.serialize(fitted, job.quant)

@@ -86,6 +86,9 @@ class SlidePlan:
     tissue_blocks: frozenset[int]
     tissue_fraction: float
     mip_avif: bool = False  # mips may be AVIF: the file is format 1.6
+    #: The block fitted first, whose stored networks start every other tissue block's fit
+    #: (``BlockJob.init``; ``BlockCodec.warm_starts``), or None.
+    prior: int | None = None
 
 
 def plan_slide(
@@ -148,7 +151,9 @@ def plan_slide(
         },
     )
     mip_avif = bool(grid.mip_downsamples) and avif_available()
+    prior = _prior_block(grid, fractions) if codec.warm_starts(steps, target_psnr) else None
     settings = {
+        "prior": prior,
         "mip_avif": mip_avif,
         "seed": seed,
         "steps": steps,
@@ -186,7 +191,24 @@ def plan_slide(
         tissue_blocks=frozenset(b for b in range(grid.n_level_blocks) if fractions.flat[b] > 0),
         tissue_fraction=float(tmap.tissue_fraction),
         mip_avif=mip_avif,
+        prior=prior,
     )
+
+
+def _prior_block(grid: BlockGrid, fractions: np.ndarray) -> int | None:
+    """The block whose networks start the others' fits: of the blocks surely fitted (tissue seen
+    in the thumbnail), the one with the most tissue, then the nearest the centre, then the first;
+    None when fewer than two blocks are surely fitted."""
+    sure = [b for b in range(grid.n_level_blocks) if fractions.flat[b] >= THUMB_TISSUE_MIN]
+    if len(sure) < 2:
+        return None
+    cy, cx = (grid.rows - 1) / 2, (grid.cols - 1) / 2
+
+    def rank(b: int) -> tuple[float, float, int]:
+        r, c = divmod(b, grid.cols)
+        return (-float(fractions.flat[b]), (r - cy) ** 2 + (c - cx) ** 2, b)
+
+    return min(sure, key=rank)
 
 
 def encode_slide(
@@ -328,20 +350,20 @@ def encode_slide(
                     f"in {jpath}"
                 )
 
-            pooled = client is None and processes is not None and processes > 1 and todo_tissue > 1
-            if client is not None or pooled:
+            def run_elsewhere(todo: list[BlockJob], todo_tissue: int) -> None:
+                """Fit ``todo`` on the cluster or in the local worker processes."""
                 from .cluster import SourceSpec, run_on_cluster
                 from .processes import run_in_processes
 
                 spec = SourceSpec.of(src_path, level, max_pixels)
-                todo = [job for job in plan.jobs if job.block_id not in done]
                 try:
                     if client is not None:
                         run_on_cluster(client, spec, todo, journal, block_done, gpu=dev.type == "cuda")
                     else:
                         assert processes is not None
                         if total_time_budget is not None:
-                            share = total_time_budget * processes / todo_tissue
+                            left = total_time_budget - (time.perf_counter() - t_start)
+                            share = max(1.0, left * processes / max(1, todo_tissue))
                             todo = [
                                 replace(
                                     j, time_budget=share if time_budget is None else min(time_budget, share)
@@ -356,28 +378,49 @@ def encode_slide(
                         f"{exc}; the {len(journal.done)} blocks finished are kept in {jpath}: "
                         "run the same command with --resume"
                     ) from None
-            for job in () if client is not None or pooled else plan.jobs:
-                if job.block_id in done:
+
+            prior_payload: list[bytes | None] = []  # read from the journal once the prior block is in it
+
+            def warm(job: BlockJob) -> BlockJob:
+                """The job, starting from the prior block's networks when it is a later tissue block."""
+                if plan.prior is None or job.block_id == plan.prior or job.block_id not in plan.tissue_blocks:
+                    return job
+                if not prior_payload:
+                    parts = journal.read(plan.prior).parts  # none if it was stored as background
+                    prior_payload.append(parts[0] if parts else None)
+                return replace(job, init=prior_payload[0])
+
+            # The prior block first, alone: the others start from its stored networks.
+            stages = [[j for j in plan.jobs if j.block_id not in done]]
+            if plan.prior is not None and plan.prior not in done:
+                stages = [[j for j in stages[0] if j.block_id == plan.prior]]
+                stages.append([j for j in plan.jobs if j.block_id not in done and j.block_id != plan.prior])
+            pooled = client is None and processes is not None and processes > 1 and todo_tissue > 1
+            for stage in stages:
+                if client is not None or pooled:
+                    run_elsewhere([warm(job) for job in stage], todo_tissue)
+                    todo_tissue -= sum(1 for job in stage if job.block_id in plan.tissue_blocks)
                     continue
-                if total_time_budget is not None:
-                    left = total_time_budget - (time.perf_counter() - t_start)
-                    share = max(1.0, left / max(1, todo_tissue))
-                    budget = share if time_budget is None else min(time_budget, share)
-                    job = replace(job, time_budget=budget)
-                fx0, fy0, fw, fh = grid.fit_region(job.block_id)
-                if job.block_id in plan.tissue_blocks:
-                    set_threads()
-                try:
-                    pixels = source.read(fx0, fy0, fw, fh)
-                except CinrInputError as exc:
-                    raise source_failed(
-                        CinrInputError(f"{exc} (block {job.block_id + 1} of {grid.n_level_blocks})")
-                    ) from None
-                meta, parts = encode_block(job, pixels)
-                if meta["kind"] == "model":
-                    todo_tissue = max(0, todo_tissue - 1)
-                journal.append(meta, parts)
-                block_done(job, meta)
+                for job in stage:
+                    if total_time_budget is not None:
+                        left = total_time_budget - (time.perf_counter() - t_start)
+                        share = max(1.0, left / max(1, todo_tissue))
+                        budget = share if time_budget is None else min(time_budget, share)
+                        job = replace(job, time_budget=budget)
+                    fx0, fy0, fw, fh = grid.fit_region(job.block_id)
+                    if job.block_id in plan.tissue_blocks:
+                        set_threads()
+                    try:
+                        pixels = source.read(fx0, fy0, fw, fh)
+                    except CinrInputError as exc:
+                        raise source_failed(
+                            CinrInputError(f"{exc} (block {job.block_id + 1} of {grid.n_level_blocks})")
+                        ) from None
+                    meta, parts = encode_block(warm(job), pixels)
+                    if meta["kind"] == "model":
+                        todo_tissue = max(0, todo_tissue - 1)
+                    journal.append(meta, parts)
+                    block_done(job, meta)
             # All blocks are in the journal: assemble the file.
             if progress is not None:
                 progress({"stage": "write"})

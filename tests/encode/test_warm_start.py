@@ -1,0 +1,103 @@
+"""Warm starts (``RECIPE["warm_start"]``): a slide's short ccinr fits start from the stored
+networks of one block fitted first (the prior block, ``SlidePlan.prior``); the same payloads
+serially, in processes and after a resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from cinr_container_helpers import stored_blocks
+
+from cinr_codec.coding.latent import LatentCodec
+from cinr_codec.encode.slide import encode_slide
+from cinr_codec.encode.train import latent as L
+from cinr_codec.format.container import CinrReader
+
+SETTINGS: dict[str, Any] = {"model": "ccinr", "preset": "q4", "steps": 3, "block_size": 64, "threads": 1}
+
+
+def _payloads(path: Path) -> list[bytes]:
+    """The model blocks' payloads (as the codec wrote them), in block order."""
+    with CinrReader(path) as r:
+        return [r.read_payload(b.block_id) for b in r.blocks() if b.kind == "model"]
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch) -> list[bytes | None]:
+    """Record each ccinr fit's ``FitSettings.init``, in the order the fits run."""
+    seen: list[bytes | None] = []
+    fit = LatentCodec.fit
+
+    def spy(self: LatentCodec, pixels: np.ndarray, config: Any, kind: str, preset: str, settings: Any) -> Any:
+        seen.append(settings.init)
+        return fit(self, pixels, config, kind, preset, settings)
+
+    monkeypatch.setattr(LatentCodec, "fit", spy)
+    return seen
+
+
+def test_later_blocks_start_from_the_prior_blocks_stored_networks(
+    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = _spy(monkeypatch)
+    warm = tmp_path / "warm.cinr"
+    encode_slide(tissue_png, warm, **SETTINGS)
+    payloads = _payloads(warm)
+    assert len(seen) == len(payloads) >= 3
+    assert seen[0] is None and all(init == seen[1] for init in seen[1:])
+    assert seen[1] in payloads  # the first fitted block's stored payload
+    prior = payloads.index(seen[1])
+
+    seen.clear()
+    monkeypatch.setitem(L.RECIPE, "warm_start", False)
+    cold = tmp_path / "cold.cinr"
+    encode_slide(tissue_png, cold, **SETTINGS)
+    assert seen and all(init is None for init in seen)
+    fresh = _payloads(cold)
+    assert fresh[prior] == payloads[prior]  # the prior block itself is fitted as before
+    assert sum(a != b for a, b in zip(fresh, payloads, strict=True)) == len(payloads) - 1
+
+
+def test_a_resumed_encode_starts_its_blocks_from_the_journaled_prior(
+    tissue_png: Path, tmp_path: Path
+) -> None:
+    """Interrupted after two blocks (the prior among them), then resumed in worker processes: the
+    payloads of an uninterrupted serial encode."""
+    ref = tmp_path / "ref.cinr"
+    encode_slide(tissue_png, ref, **SETTINGS)
+    out = tmp_path / "out.cinr"
+    fitted: list[int] = []
+
+    def stop_after_two(ev: dict[str, Any]) -> None:
+        if ev["stage"] == "block" and ev["kind"] == "model":
+            fitted.append(ev["block_id"])
+            if len(fitted) == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        encode_slide(tissue_png, out, progress=stop_after_two, **SETTINGS)
+    encode_slide(tissue_png, out, resume=True, processes=2, **{**SETTINGS, "threads": None})
+    assert stored_blocks(out) == stored_blocks(ref)
+
+
+def test_networks_of_a_payload_are_the_decoders(tissue_png: Path, tmp_path: Path) -> None:
+    """``LatentCodec.networks``: the stored synthesis as ``load`` rebuilds it, and a context model;
+    ``fit_latents`` refuses tensors that are not this configuration's networks."""
+    out = tmp_path / "one.cinr"
+    encode_slide(tissue_png, out, **SETTINGS)
+    payload = _payloads(out)[0]
+    codec = LatentCodec()
+    config = codec.config_for("ccinr", "q4", 64, 64)
+    nets = codec.networks(payload, config, "test")
+    synthesis = codec.load(payload, config, "test").synthesis  # type: ignore[attr-defined]
+    for name, value in synthesis.state_dict().items():
+        assert torch.equal(nets[f"synthesis.{name}"], value)
+    assert any(n.startswith("arm.") for n in nets) and not any(n.startswith("latents.") for n in nets)
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="not network tensors"):
+        L.fit_latents(image, config, 1e-3, steps=1, init_networks={"latents.0": torch.zeros(1, 64, 64)})
+    fit = L.fit_latents(image, config, 1e-3, steps=1, init_networks=nets)
+    assert fit.steps == 1
