@@ -23,8 +23,7 @@ from pathlib import Path
 from cinr_codec.encode.slide import encode_slide
 
 from .common import RESULTS, header, load_average, md_table, publish
-
-SAMPLE = Path(__file__).resolve().parents[1] / "cinr_codec" / "data" / "CMU-1-Small-Region.svs"
+from .decode_presets import add_preset_arguments
 
 # One fresh process: the allocator setting first (or not), then the reads.
 _CHILD = """
@@ -91,9 +90,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--image", type=Path, default=SAMPLE)
-    ap.add_argument("--presets", default="fast,default,high")
-    ap.add_argument("--steps", type=int, default=5)
+    add_preset_arguments(ap)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reads", type=int, default=6)
     ap.add_argument("--size", type=int, default=512)

@@ -108,11 +108,17 @@ def run(image: Path, presets: list[str], steps: int, repeat: int, device: str) -
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_preset_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--image``, ``--presets`` and ``--steps``: which hash-grid models to time, fitted on what
+    (shared with ``benchmarks.decode_allocator``)."""
     ap.add_argument("--image", type=Path, default=SAMPLE)
     ap.add_argument("--presets", default="fast,default,high")
     ap.add_argument("--steps", type=int, default=5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_preset_arguments(ap)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", action="store_true")
