@@ -87,7 +87,8 @@ def test_encode_speed_of_the_compressive_quality_levels(tmp_path: Path) -> None:
 def test_encode_speed_bad_input() -> None:
     p = _run("benchmarks.encode_speed", "--image", "/nonexistent.png", "--smoke", "--json")
     assert p.returncode == 2 and "no such file" in p.stderr
-    p = _run("benchmarks.encode_speed", "--presets", "q9", "--smoke", "--json")
+    # An image that exists (the bundled sample): the default lies in ../shared, absent on a fresh clone.
+    p = _run("benchmarks.encode_speed", "--image", str(SAMPLE), "--presets", "q9", "--smoke", "--json")
     assert p.returncode == 2 and "unknown preset 'q9'" in p.stderr
 
 
