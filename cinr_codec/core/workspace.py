@@ -2,8 +2,9 @@
 
 A 256-px tile of a hash-grid CINR passes tensors of several megabytes between its layers. With
 glibc's default malloc every such tensor is fresh memory: the heap returns it to the system on
-free and the next tile pays a page fault per 4 kB touched (a 512² read of the fast preset: about
-88,000 faults and 1.3-1.6x the time it takes with ``decode.tune_allocator``). Renders instead
+free and the next tile pays a page fault per 4 kB touched (a 512² read: 67,000-122,000 faults
+across the presets and 1.3-1.5x the time it takes with ``decode.tune_allocator``; after: under
+1,400 faults and 0.98-1.02x, ``benchmarks/results/decode_allocator*.md``). Renders instead
 write those tensors into buffers kept here, so the library's decode speed does not depend on a
 process-wide malloc setting. One workspace per render running at a time; a few are kept for reuse.
 """

@@ -258,7 +258,9 @@ def encode_slide(
     (``encode.cluster``); this process keeps the journal and writes the file. ``processes``: fit
     the blocks in this many local worker processes of one torch thread each (``encode.processes``;
     None or 1: in this process), the same payloads as on a cluster; a ``total_time_budget`` is then
-    shared out once, each block getting ``processes`` times its share of the time left.
+    shared out once, each block getting ``processes`` times its share of the time left. When the
+    representation warm-starts short fits (``BlockCodec.warm_starts``), the plan's prior block is
+    fitted first, alone, and every other tissue block starts from its stored networks.
     """
     from ..core.render import resolve_device
 
