@@ -9,7 +9,6 @@ depends on how an image is cut into patches.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -86,41 +85,25 @@ def _crop(x: torch.Tensor, m: int) -> torch.Tensor:
     return x if m == 0 else x[..., m:-m, m:-m]
 
 
-def _linear_cf(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """Apply a per-pixel MLP to a channels-first map (B, C, H, W).
+def _linear_cf(
+    seq: nn.Module, x: torch.Tensor, ws: Workspace | None = None, out: str = "out"
+) -> torch.Tensor:
+    """Apply a per-pixel MLP (``nn.Sequential`` or one ``nn.Linear``) to a channels-first map
+    (B, C, H, W).
 
     The pixels go through as one (B*H*W, C) matrix: 2-D matrix products are about 3x faster on
-    CPU than the same product on a 4-D view, and the result is the same.
-    """
-    b, c, h, w = x.shape
-    y = seq(x.permute(0, 2, 3, 1).reshape(b * h * w, c))
-    return y.reshape(b, h, w, -1).permute(0, 3, 1, 2)
-
-
-def _act_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``act(x)``, in place where the activation allows it (the same values)."""
-    if isinstance(act, nn.ReLU):
-        return x.relu_()
-    if isinstance(act, nn.LeakyReLU):
-        return F.leaky_relu_(x, act.negative_slope)
-    if isinstance(act, nn.SiLU):
-        return F.silu(x, inplace=True)
-    if isinstance(act, _Sine):
-        return x.mul_(act.w0).sin_()
-    return act(x)  # type: ignore[no-any-return]
-
-
-def _linear_cf_into(layers: Iterable[nn.Module], x: torch.Tensor, ws: Workspace, out: str) -> torch.Tensor:
-    """:func:`_linear_cf` with its tensors in the workspace: the result in buffer ``out``; the
+    CPU than the same product on a 4-D view, and the result is the same. With a workspace (CPU
+    inference only: no gradients) every tensor lives in its buffers: the result in ``out``, the
     input's copy (when ``x`` is not already pixels-major) and the hidden layers in ``in``, ``h0``
-    and ``h1``, which the next call may overwrite.
-
-    The same operations as ``nn.Linear`` on a 2-D input (``addmm`` of the bias, the pixels and
-    the transposed weight), so the same values; returns a view of buffer ``out``.
+    and ``h1``, which the next call may overwrite; through ``addmm(..., out=)``, what ``nn.Linear``
+    calls on a 2-D input, so the same values.
     """
-    layers = list(layers)
-    last = max(i for i, layer in enumerate(layers) if isinstance(layer, nn.Linear))
     b, c, h, w = x.shape
+    if ws is None:
+        y = seq(x.permute(0, 2, 3, 1).reshape(b * h * w, c))
+        return y.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+    layers = list(seq) if isinstance(seq, nn.Sequential) else [seq]
+    last = max(i for i, layer in enumerate(layers) if isinstance(layer, nn.Linear))
     y = x.permute(0, 2, 3, 1)
     if not y.is_contiguous():
         y = ws.get("in", b, h, w, c).copy_(y)
@@ -137,12 +120,30 @@ def _linear_cf_into(layers: Iterable[nn.Module], x: torch.Tensor, ws: Workspace,
                 torch.mm(y, layer.weight.t(), out=dst)
             y = dst
         else:
-            y = _act_(layer, y)
+            y = _activate(layer, y, ws)
     return y.view(b, h, w, -1).permute(0, 3, 1, 2)
 
 
-def _cat_into(parts: tuple[torch.Tensor, ...], ws: Workspace, tag: str) -> torch.Tensor:
-    """``torch.cat(parts, dim=1)`` written into the workspace, with the layout ``cat`` would give."""
+def _activate(act: nn.Module, x: torch.Tensor, ws: Workspace | None) -> torch.Tensor:
+    """``act(x)``; with a workspace (no gradients) in place where the activation allows it (the
+    same values)."""
+    if ws is not None:
+        if isinstance(act, nn.ReLU):
+            return x.relu_()
+        if isinstance(act, nn.LeakyReLU):
+            return F.leaky_relu_(x, act.negative_slope)
+        if isinstance(act, nn.SiLU):
+            return F.silu(x, inplace=True)
+        if isinstance(act, _Sine):
+            return x.mul_(act.w0).sin_()
+    return act(x)  # type: ignore[no-any-return]
+
+
+def _cat(parts: tuple[torch.Tensor, ...], ws: Workspace | None, tag: str) -> torch.Tensor:
+    """``torch.cat(parts, dim=1)``; with a workspace written into its buffer ``tag``, with the
+    layout ``cat`` would give."""
+    if ws is None:
+        return torch.cat(parts, dim=1)
     b, _, h, w = parts[0].shape
     c = sum(p.shape[1] for p in parts)
     if all(p.is_contiguous(memory_format=torch.channels_last) for p in parts):
@@ -166,11 +167,15 @@ class ImageModel(nn.Module):
         self.config = config
         self.grid = make_hashgrid(config.hash, backend=config.backend, device=str(device))
 
-    def encode_grid(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-        """Hash features on the separable grid xs (B, W), ys (B, H): (B, C, H, W)."""
+    def encode_grid(self, xs: torch.Tensor, ys: torch.Tensor, ws: Workspace | None = None) -> torch.Tensor:
+        """Hash features on the separable grid xs (B, W), ys (B, H): (B, C, H, W); with a
+        workspace (no gradients, float32 table) written into its buffer ``x``."""
         grid = self.grid
         if isinstance(grid, HashGrid):
-            feats = grid.forward_grid(xs, ys)
+            z = None
+            if ws is not None and grid.table.dtype == torch.float32:
+                z = ws.get("x", xs.shape[0], ys.shape[1], xs.shape[1], grid.out_dim)
+            feats = grid.forward_grid(xs, ys, out=z)
         else:
             pts = torch.stack(
                 torch.broadcast_tensors(xs.unsqueeze(1), ys.unsqueeze(2)), dim=-1
@@ -178,25 +183,14 @@ class ImageModel(nn.Module):
             feats = grid(pts)
         return feats.permute(0, 3, 1, 2)
 
-    def forward_grid(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-        """RGB on the grid without its halo: xs (B, W + 2h), ys (B, H + 2h) -> (B, 3, H, W)."""
-        raise NotImplementedError
+    def forward_grid(self, xs: torch.Tensor, ys: torch.Tensor, ws: Workspace | None = None) -> torch.Tensor:
+        """RGB on the grid without its halo: xs (B, W + 2h), ys (B, H + 2h) -> (B, 3, H, W).
 
-    def infer_grid(self, xs: torch.Tensor, ys: torch.Tensor, ws: Workspace) -> torch.Tensor:
-        """:meth:`forward_grid` without gradients on the CPU, its large tensors in ``ws``.
-
-        The same values as ``forward_grid``; the result may be a view of a workspace buffer,
-        valid until the workspace's next use.
+        ``ws`` (CPU inference only: no gradients): the large tensors go into its reused buffers
+        (``core.workspace``); the same values, and the result may be a view of a buffer, valid
+        until the workspace's next use.
         """
-        return self.forward_grid(xs, ys)
-
-    def _encode_into(self, xs: torch.Tensor, ys: torch.Tensor, ws: Workspace) -> torch.Tensor:
-        """:meth:`encode_grid` written into the workspace's buffer ``x`` (float32 tables)."""
-        grid = self.grid
-        if not isinstance(grid, HashGrid) or grid.table.dtype != torch.float32:
-            return self.encode_grid(xs, ys)
-        z = ws.get("x", xs.shape[0], ys.shape[1], xs.shape[1], grid.out_dim)
-        return grid.forward_grid(xs, ys, out=z).permute(0, 3, 1, 2)
+        raise NotImplementedError
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         """RGB at a regular grid of coordinates (B, H, W, 2) (x, y), as (B, 3, H, W).
@@ -260,12 +254,8 @@ class NGP(ImageModel):
         super().__init__(config, device)
         self.mlp = _mlp(config, config.hash.out_dim, config.mlp_width, config.mlp_depth, 3, first=True)
 
-    def forward_grid(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-        feats = self.encode_grid(xs, ys)
-        return _linear_cf(self.mlp, feats)
-
-    def infer_grid(self, xs: torch.Tensor, ys: torch.Tensor, ws: Workspace) -> torch.Tensor:
-        return _linear_cf_into(self.mlp, self._encode_into(xs, ys, ws), ws, "mlp")
+    def forward_grid(self, xs: torch.Tensor, ys: torch.Tensor, ws: Workspace | None = None) -> torch.Tensor:
+        return _linear_cf(self.mlp, self.encode_grid(xs, ys, ws), ws, "mlp")
 
     def forward_points(self, pts: torch.Tensor) -> torch.Tensor:
         """RGB at scattered points (P, 2) -> (P, 3); only for per-pixel models."""
@@ -323,38 +313,22 @@ class CINR(ImageModel):
             raise ValueError("forward_points needs a CINR model with residual=True")
         return self.head(self.mlp_b(self.grid(pts)))  # type: ignore[no-any-return]
 
-    def forward_grid(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    def forward_grid(self, xs: torch.Tensor, ys: torch.Tensor, ws: Workspace | None = None) -> torch.Tensor:
+        # With a workspace, buffer "x" holds the features, then cat(a, b), then cat(c, d): each
+        # is dead when the next is written. "b" lives until the head, "d" until cat(c, d).
         na, nc = self.config.conv_a_depth, self.config.conv_c_depth
-        z = self.encode_grid(xs, ys)  # (B, C, H + 2 halo, W + 2 halo)
+        z = self.encode_grid(xs, ys, ws)  # (B, C, H + 2 halo, W + 2 halo)
         a = z
         for conv in self.cnn_a:
-            a = self.act(conv(a))  # each 3x3 conv trims one pixel per side
-        b = _linear_cf(self.mlp_b, _crop(z, na))
-        c = torch.cat((a, b), dim=1)
+            a = _activate(self.act, conv(a), ws)  # each 3x3 conv trims one pixel per side
+        b = _linear_cf(self.mlp_b, _crop(z, na), ws, "b")
+        c = _cat((a, b), ws, "x")
         for conv in self.cnn_c:
-            c = self.act(conv(c))
-        d = _linear_cf(self.mlp_d, _crop(b, nc))
-        out = self.out(torch.cat((c, d), dim=1))
+            c = _activate(self.act, conv(c), ws)
+        d = _linear_cf(self.mlp_d, _crop(b, nc), ws, "d")
+        out = self.out(_cat((c, d), ws, "x"))
         if self.head is not None:
-            out = out + _linear_cf(self.head, _crop(b, nc + 1))  # type: ignore[arg-type]
-        return out
-
-    def infer_grid(self, xs: torch.Tensor, ys: torch.Tensor, ws: Workspace) -> torch.Tensor:
-        # Buffer "x" holds the features, then cat(a, b), then cat(c, d): each is dead when the
-        # next is written. "b" lives until the head, "d" until cat(c, d).
-        na, nc = self.config.conv_a_depth, self.config.conv_c_depth
-        z = self._encode_into(xs, ys, ws)
-        a = z
-        for conv in self.cnn_a:
-            a = _act_(self.act, conv(a))
-        b = _linear_cf_into(self.mlp_b, _crop(z, na), ws, "b")
-        c = _cat_into((a, b), ws, "x")
-        for conv in self.cnn_c:
-            c = _act_(self.act, conv(c))
-        d = _linear_cf_into(self.mlp_d, _crop(b, nc), ws, "d")
-        out = self.out(_cat_into((c, d), ws, "x"))
-        if self.head is not None:
-            out = out + _linear_cf_into((self.head,), _crop(b, nc + 1), ws, "head")
+            out = out + _linear_cf(self.head, _crop(b, nc + 1), ws, "head")
         return out
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .models import ImageModel
-from .workspace import Workspace, workspace
+from .workspace import workspace
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -55,28 +55,18 @@ def render(
     # On the CPU the tiles' large tensors go into reused (float32) buffers (``core.workspace``).
     reuse = dev.type == "cpu" and not torch.is_grad_enabled()
     reuse = reuse and all(p.dtype == torch.float32 for p in model.parameters())
-    ws_ctx = workspace() if reuse else nullcontext(None)
-    with ws_ctx as ws:
-        _render_tiles(model, out, side, tile, x0, y0, ws)
+    h = model.halo
+    with workspace() if reuse else nullcontext(None) as ws:
+        for ty in range(0, height, tile):
+            th = min(tile, height - ty)
+            ys = axis_coords(y0 + ty - h, th + 2 * h, side, dev).unsqueeze(0)
+            for tx in range(0, width, tile):
+                tw = min(tile, width - tx)
+                xs = axis_coords(x0 + tx - h, tw + 2 * h, side, dev).unsqueeze(0)
+                rgb = model.forward_grid(xs, ys, ws)[0]
+                out[ty : ty + th, tx : tx + tw] = to_uint8(rgb)
     model.train(was_training)
     return out
-
-
-def _render_tiles(
-    model: ImageModel, out: np.ndarray, side: float, tile: int, x0: float, y0: float, ws: Workspace | None
-) -> None:
-    """Fill ``out`` (H, W, 3) tile by tile (see :func:`render`)."""
-    height, width = out.shape[:2]
-    dev = next(model.parameters()).device
-    h = model.halo
-    for ty in range(0, height, tile):
-        th = min(tile, height - ty)
-        ys = axis_coords(y0 + ty - h, th + 2 * h, side, dev).unsqueeze(0)
-        for tx in range(0, width, tile):
-            tw = min(tile, width - tx)
-            xs = axis_coords(x0 + tx - h, tw + 2 * h, side, dev).unsqueeze(0)
-            rgb = (model.infer_grid(xs, ys, ws) if ws is not None else model.forward_grid(xs, ys))[0]
-            out[ty : ty + th, tx : tx + tw] = to_uint8(rgb)
 
 
 def to_uint8(rgb: torch.Tensor) -> np.ndarray:

@@ -381,26 +381,26 @@ def encode_slide(
                         "run the same command with --resume"
                     ) from None
 
-            prior_payload: list[bytes | None] = []  # read from the journal once the prior block is in it
-
-            def warm(job: BlockJob) -> BlockJob:
-                """The job, starting from the prior block's networks when it is a later tissue block."""
-                if plan.prior is None or job.block_id == plan.prior or job.block_id not in plan.tissue_blocks:
-                    return job
-                if not prior_payload:
-                    parts = journal.read(plan.prior).parts  # none if it was stored as background
-                    prior_payload.append(parts[0] if parts else None)
-                return replace(job, init=prior_payload[0])
+            def warmed(stage: list[BlockJob]) -> list[BlockJob]:
+                """The stage's later tissue blocks starting from the prior block's stored networks."""
+                later = {
+                    j.block_id for j in stage if j.block_id != plan.prior and j.block_id in plan.tissue_blocks
+                }
+                if plan.prior is None or not later:
+                    return stage
+                parts = journal.read(plan.prior).parts  # none if it was stored as background
+                init = parts[0] if parts else None
+                return [replace(j, init=init) if j.block_id in later else j for j in stage]
 
             # The prior block first, alone: the others start from its stored networks.
-            stages = [[j for j in plan.jobs if j.block_id not in done]]
-            if plan.prior is not None and plan.prior not in done:
-                stages = [[j for j in stages[0] if j.block_id == plan.prior]]
-                stages.append([j for j in plan.jobs if j.block_id not in done and j.block_id != plan.prior])
+            todo = [j for j in plan.jobs if j.block_id not in done]
+            first = [j for j in todo if j.block_id == plan.prior]
+            stages = [first, [j for j in todo if j.block_id != plan.prior]] if first else [todo]
             pooled = client is None and processes is not None and processes > 1 and todo_tissue > 1
             for stage in stages:
+                stage = warmed(stage)
                 if client is not None or pooled:
-                    run_elsewhere([warm(job) for job in stage], todo_tissue)
+                    run_elsewhere(stage, todo_tissue)
                     todo_tissue -= sum(1 for job in stage if job.block_id in plan.tissue_blocks)
                     continue
                 for job in stage:
@@ -418,7 +418,7 @@ def encode_slide(
                         raise source_failed(
                             CinrInputError(f"{exc} (block {job.block_id + 1} of {grid.n_level_blocks})")
                         ) from None
-                    meta, parts = encode_block(warm(job), pixels)
+                    meta, parts = encode_block(job, pixels)
                     if meta["kind"] == "model":
                         todo_tissue = max(0, todo_tissue - 1)
                     journal.append(meta, parts)

@@ -117,7 +117,7 @@ def test_rejects_non_grid_coordinates() -> None:
 @pytest.mark.parametrize("kind", ["ngp", "engp", "cinr"])
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "sine", "silu", "gelu"])
 def test_inference_into_a_workspace_gives_the_same_values(kind: str, activation: str) -> None:
-    """``infer_grid`` (tensors in reused buffers) equals ``forward_grid`` bit for bit, on a
+    """``forward_grid`` with a workspace (tensors in reused buffers) equals it without, bit for bit, on a
     workspace used before for a larger and a smaller tile."""
     from cinr_codec.core.render import axis_coords
     from cinr_codec.core.workspace import Workspace
@@ -135,7 +135,7 @@ def test_inference_into_a_workspace_gives_the_same_values(kind: str, activation:
             xs = axis_coords(17 - h, w + 2 * h, 300.0).unsqueeze(0)
             ys = axis_coords(5 - h, ht + 2 * h, 300.0).unsqueeze(0)
             ref = model.forward_grid(xs, ys)
-            got = model.infer_grid(xs, ys, ws)
+            got = model.forward_grid(xs, ys, ws)
             assert got.shape == ref.shape == (1, 3, ht, w)
             assert torch.equal(got, ref)
 
