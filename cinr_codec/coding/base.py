@@ -101,6 +101,9 @@ class BlockCodec(ABC):
     #: box-filter the decoded level (so they are never worse than it), which costs up to
     #: first_mip^2 decoded pixels per output pixel instead of the mips' bytes.
     first_mip: ClassVar[int] = 2
+    #: The ratio of successive stored mip downsamples (2 or 4): with 4, a read between two mips
+    #: box-filters the finer one (up to 16 of its pixels per output pixel), never worse than it.
+    mip_step: ClassVar[int] = 2
     #: The block side (pixels) encoders use unless told otherwise.
     block_size: ClassVar[int] = 1024
     #: Side of the tiles a decoder renders a block in (its unit of work and of the pixel cache).

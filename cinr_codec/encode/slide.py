@@ -125,7 +125,7 @@ def plan_slide(
         height,
         block_size,
         margin,
-        default_mip_downsamples(block_size, codec.first_mip) if mips else (),
+        default_mip_downsamples(block_size, codec.first_mip, codec.mip_step) if mips else (),
     )
     cfg = codec.config_for(model, preset, grid.side, grid.side)
     # Tissue: Otsu on the saturation of a thumbnail with at least ~4 thumbnail pixels per block.

@@ -29,16 +29,20 @@ MIN_MIP_SIDE = 16
 MAX_MIP_DOWNSAMPLE = 64
 
 
-def default_mip_downsamples(block_size: int, first: int = 2) -> tuple[int, ...]:
-    """Powers of two d >= ``first`` with block_size / d >= MIN_MIP_SIDE and d <= MAX_MIP_DOWNSAMPLE
-    (coarser reads without a mip box-filter the decoded level, or the coarsest mip)."""
+def default_mip_downsamples(block_size: int, first: int = 2, step: int = 2) -> tuple[int, ...]:
+    """Downsamples d = first, first * step, ... with block_size / d >= MIN_MIP_SIDE and
+    d <= MAX_MIP_DOWNSAMPLE (reads between two box-filter the finer one; coarser reads without a
+    mip box-filter the decoded level, or the coarsest mip). ``first`` and ``step`` are powers of two
+    (``first`` >= 2, ``step`` 2 or 4)."""
     if first < 2 or first & (first - 1):
         raise ValueError(f"the first mip downsample must be a power of two >= 2, not {first}")
+    if step not in (2, 4):
+        raise ValueError(f"the mip step must be 2 or 4, not {step}")
     out = []
     d = first
     while block_size // d >= MIN_MIP_SIDE and d <= MAX_MIP_DOWNSAMPLE and block_size % d == 0:
         out.append(d)
-        d *= 2
+        d *= step
     return tuple(out)
 
 

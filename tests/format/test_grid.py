@@ -54,6 +54,11 @@ def test_mip_downsamples_and_validation() -> None:
     assert default_mip_downsamples(64) == (2, 4)
     assert default_mip_downsamples(1024, first=8) == (8, 16, 32, 64)
     assert default_mip_downsamples(64, first=8) == ()
+    assert default_mip_downsamples(1024, first=8, step=4) == (8, 32)
+    assert default_mip_downsamples(512, first=8, step=4) == (8, 32)
+    assert default_mip_downsamples(256, first=8, step=4) == (8,)
+    with pytest.raises(ValueError, match="step"):
+        default_mip_downsamples(1024, step=3)
     for bad in (1, 3, 6):
         with pytest.raises(ValueError, match="power of two"):
             default_mip_downsamples(1024, first=bad)
