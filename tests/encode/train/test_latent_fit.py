@@ -163,3 +163,32 @@ def test_a_fixed_synthesis_seed_fixes_only_the_synthesis_start(
     )
     assert not torch.equal(c.arm.hidden[0].weight, d.arm.hidden[0].weight)
     assert torch.equal(c.arm.hidden[0].weight, a.arm.hidden[0].weight)  # the fit's own stream unchanged
+
+
+def test_short_fits_start_softer_and_harden_for_fewer_steps(
+    tissue_crop: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fits of at most ``short_fit_steps`` steps anneal the soft-rounding temperature from
+    ``soft_start_short`` and harden for ``phase2_fraction_short`` of them; longer ones from
+    ``soft_start`` for ``phase2_fraction``."""
+    img = np.ascontiguousarray(tissue_crop[:16, :16])
+    cfg = LatentConfig(side=16, **PRESET_ARCH)
+    monkeypatch.setitem(RECIPE, "short_fit_steps", 40)
+    seen: list[tuple[str, float]] = []
+    real = LatentImage.quantized
+
+    def spy(self: LatentImage, mode: str = "soft", t: float = 0.3, a: float = 1.0) -> list[torch.Tensor]:
+        seen.append((mode, t))
+        return real(self, mode, t, a)
+
+    monkeypatch.setattr(LatentImage, "quantized", spy)
+    for steps, start, fraction in (
+        (40, RECIPE["soft_start_short"], RECIPE["phase2_fraction_short"]),
+        (80, RECIPE["soft_start"], RECIPE["phase2_fraction"]),
+    ):
+        seen.clear()
+        fit_latents(img, cfg, QUALITY_LAMBDAS["q3"], steps=steps)
+        soft = [t for mode, t in seen if mode == "soft"]
+        assert soft[0] == pytest.approx(start) and soft[-1] == pytest.approx(RECIPE["soft_end"])
+        assert sum(mode == "ste" for mode, _ in seen) == round(steps * fraction)
+    assert RECIPE["soft_start_short"] != RECIPE["soft_start"]
