@@ -152,7 +152,9 @@ def test_compressive_files_read_scales_finer_than_their_first_mip_from_the_level
             assert psnr(got, exact) >= floor, d
 
 
-def test_compressive_files_read_scales_between_their_mips_from_the_finer_mip(he_image: np.ndarray, tmp_path) -> None:
+def test_compressive_files_read_scales_between_their_mips_from_the_finer_mip(
+    he_image: np.ndarray, tmp_path
+) -> None:
     """ccinr files store every fourth downsample (``LatentCodec.mip_step``: 8 and 32 for 512-px
     blocks); a read at 1/16 is the 1/8 mip box-filtered, one at 1/64 the 1/32 mip, and both are at
     least as good as the level against the box-filtered original."""
