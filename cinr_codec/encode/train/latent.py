@@ -163,7 +163,8 @@ RECIPE: dict[str, Any] = {
 #: sample about an hour on two cores. BD-rate against JPEG at 300 steps, 256^2 crops, median of
 #: seeds 0 and 1: -25 % (prostate), -43 % (TCGA); the greedy search adds 6 points of it
 #: (benchmarks/results/ccinr_variants_300.md; docs/architecture.md, "The default encode on a CPU").
-#: With the shorter phase 2 of short fits (above), medians of seeds 4-6: -28.5 % and -43.8 %.
+#: With the shorter phase 2 of short fits (above), medians of seeds 4-6: -28.5 % and -43.8 %;
+#: with their softer start too, medians of seeds 0 and 1: -35.4 % and -49.7 %.
 CPU_STEPS = 300
 
 
