@@ -108,6 +108,9 @@ class BlockCodec(ABC):
     block_size: ClassVar[int] = 1024
     #: Side of the tiles a decoder renders a block in (its unit of work and of the pixel cache).
     decode_tile: ClassVar[int] = 256
+    #: Torch threads of this representation's fits when the encode's threads are "auto" (None:
+    #: the cores other processes leave free, re-measured before each block).
+    fit_threads: ClassVar[int | None] = None
 
     def minor_version(self, header: Mapping[str, Any]) -> int:
         """Lowest container minor version for a file with this header (``format_minor`` unless a

@@ -433,6 +433,10 @@ class LatentCodec(BlockCodec):
     # decoding speed at a scale where a block's mip is 64^2 pixels (docs/architecture.md,
     # "Mips of a compressive file").
     mip_step = 4
+    # One torch thread per fit: the training kernels run on one thread whatever torch's setting,
+    # and a payload depends on the thread count (a 256^2 fit gave different bytes with one and
+    # two), so with "auto" threads an encode's files changed with the machine's load.
+    fit_threads = 1
     # 512^2 blocks: a cold tile entropy-decodes a quarter of the latents. On the sample (q4, 20
     # steps, A/B under equal load) cold tiles 349-388 ms against 606-900 at 1024^2, the DeepZoom
     # pattern 1.8-2.2 s against 3.0-3.6; a 1024^2 prostate crop at 600 steps per block 0.711x the

@@ -249,7 +249,7 @@ def encode_slide(
     encode's, ``target_psnr`` stops a block early. Bad input raises ``CinrInputError``/``ValueError``
     before any fitting. ``threads``: torch's CPU threads for the fits (None: leave torch's setting;
     ``"auto"``: the cores other processes leave free, re-measured before each block,
-    ``encode.threads``). ``max_pixels``: the most pixels the level may have (None: at most
+    ``encode.threads``, or the representation's ``fit_threads`` where it fixes them). ``max_pixels``: the most pixels the level may have (None: at most
     ``source.DEFAULT_MAX_PIXELS``, and a level 0 plausible for the file's bytes; see ``SlideSource``);
     a source whose pixels cannot be decoded (a corrupt tile) raises ``CinrInputError`` naming the
     region, and the blocks finished before it stay in the journal. ``client``: a
@@ -291,7 +291,9 @@ def encode_slide(
     side = block_size + 2 * margin  # every block's frame (BlockGrid.side)
     codec.config_for(model, preset, side, side)  # a bad preset fails before the slide is opened
     dev = resolve_device(device)
-    set_threads = _thread_setter(threads, dev.type == "cpu")
+    on_cpu = dev.type == "cpu"
+    fixed = codec.fit_threads if threads == "auto" and on_cpu else None
+    set_threads = _thread_setter(threads if fixed is None else fixed, on_cpu)
     src_path = Path(src)
     path = check_destination(dst)
     if src_path.exists() and path.exists() and src_path.resolve() == path.resolve():

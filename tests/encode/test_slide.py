@@ -413,3 +413,40 @@ def test_auto_threads_are_measured_before_each_fitted_block(
     assert [n for n in seen if n in (1, 2)][-1] == 2  # the second block ran with the second answer
     with pytest.raises(ValueError, match="threads"):
         encode_slide(mixed_png, tmp_path / "x.cinr", threads=0)
+
+
+def test_compressive_fits_run_on_one_thread_whatever_the_load(
+    mixed_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With "auto" threads a ccinr encode fits every block on ``LatentCodec.fit_threads`` (one)
+    torch thread, never the measured free cores: a payload depends on the thread count, so the
+    file would change with the machine's load."""
+    import torch
+
+    from cinr_codec.coding.latent import LatentCodec
+    from cinr_codec.core.threads import CpuMonitor
+
+    monkeypatch.setattr(CpuMonitor, "threads", lambda self: 2)
+    during: list[int] = []
+    real_fit = LatentCodec.fit
+
+    def fit(self: LatentCodec, *args: Any, **kwargs: Any) -> Any:
+        during.append(torch.get_num_threads())
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(LatentCodec, "fit", fit)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        s = encode_slide(
+            mixed_png,
+            tmp_path / "c.cinr",
+            block_size=256,
+            steps=2,
+            tissue_mask=False,
+            mips=False,
+            threads="auto",
+        )
+    finally:
+        torch.set_num_threads(before)
+    assert s["tissue_blocks"] == 2 and during == [1, 1]
