@@ -377,6 +377,13 @@ def test_bad_arguments_before_fitting(mixed_png: Path, tmp_path: Path) -> None:
         encode_slide(mixed_png, mixed_png)
 
 
+def _two_blocks_auto_threads(src: Path, dst: Path, **kwargs: Any) -> dict[str, Any]:
+    """Encode ``src``'s two 256-px blocks for 2 steps with "auto" threads, no mask and no mips."""
+    return encode_slide(
+        src, dst, block_size=256, steps=2, tissue_mask=False, mips=False, threads="auto", **kwargs
+    )
+
+
 def test_auto_threads_are_measured_before_each_fitted_block(
     mixed_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -397,16 +404,7 @@ def test_auto_threads_are_measured_before_each_fitted_block(
     real_set = torch.set_num_threads
     monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real_set(n)))
     try:
-        s = encode_slide(
-            mixed_png,
-            tmp_path / "t.cinr",
-            model="cinr",
-            block_size=256,
-            steps=2,
-            tissue_mask=False,
-            mips=False,
-            threads="auto",
-        )
+        s = _two_blocks_auto_threads(mixed_png, tmp_path / "t.cinr", model="cinr")
     finally:
         real_set(before)
     assert s["tissue_blocks"] == 2 and calls == [1, 2]
@@ -438,15 +436,7 @@ def test_compressive_fits_run_on_one_thread_whatever_the_load(
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        s = encode_slide(
-            mixed_png,
-            tmp_path / "c.cinr",
-            block_size=256,
-            steps=2,
-            tissue_mask=False,
-            mips=False,
-            threads="auto",
-        )
+        s = _two_blocks_auto_threads(mixed_png, tmp_path / "c.cinr")
     finally:
         torch.set_num_threads(before)
     assert s["tissue_blocks"] == 2 and during == [1, 1]
