@@ -291,9 +291,7 @@ def encode_slide(
     side = block_size + 2 * margin  # every block's frame (BlockGrid.side)
     codec.config_for(model, preset, side, side)  # a bad preset fails before the slide is opened
     dev = resolve_device(device)
-    on_cpu = dev.type == "cpu"
-    fixed = codec.fit_threads if threads == "auto" and on_cpu else None
-    set_threads = _thread_setter(threads if fixed is None else fixed, on_cpu)
+    set_threads = _thread_setter(threads, dev.type == "cpu", codec.fit_threads)
     src_path = Path(src)
     path = check_destination(dst)
     if src_path.exists() and path.exists() and src_path.resolve() == path.resolve():
@@ -461,15 +459,21 @@ def encode_slide(
     return summary
 
 
-def _thread_setter(threads: int | str | None, on_cpu: bool) -> Callable[[], None]:
+def _thread_setter(
+    threads: int | str | None, on_cpu: bool, fit_threads: int | None = None
+) -> Callable[[], None]:
     """What to call before each fitted block: sets torch's thread count per ``threads``
-    (see ``encode_slide``); a fixed count is set once, here."""
+    (see ``encode_slide``); a fixed count is set once, here. On a CPU, "auto" is the
+    representation's ``fit_threads`` where it fixes them."""
     if threads is None:
         return lambda: None
     import torch
 
     if threads == "auto":
         if not on_cpu:
+            return lambda: None
+        if fit_threads is not None:
+            torch.set_num_threads(fit_threads)
             return lambda: None
         from ..core.threads import CpuMonitor
 
