@@ -64,6 +64,8 @@ def _footprints(model: LatentImage) -> list[_Level]:
         reach = syn.features(grids, side, side).abs().sum(dim=(0, 1)) > 0
         rows = torch.nonzero(reach.any(dim=1)).flatten()
         cols = torch.nonzero(reach.any(dim=0)).flatten()
+        if not len(rows):  # the level reaches no pixel (its upsampling weights all rounded to 0)
+            rows = cols = torch.tensor([i * step])
         lo = min(int(rows.min()), int(cols.min())) - i * step - c
         hi = max(int(rows.max()), int(cols.max())) - i * step + c
         out.append(_Level(S=max(2 * b + 1, math.ceil((hi - lo + 1) / step)), step=step, start=lo))

@@ -136,3 +136,30 @@ def test_an_unknown_search_direction_is_refused(tissue_crop: np.ndarray) -> None
     fit = _trained(img, steps=2)
     with pytest.raises(ValueError, match="unknown search direction 'up'"):
         refine_latents(fit.model, img, fit.lam, sign="up")
+
+
+@pytest.mark.parametrize("sign", ["both", "predicted"])
+def test_a_level_that_reaches_no_pixel_is_searched_for_its_bits_alone(
+    tissue_crop: np.ndarray, sign: str
+) -> None:
+    """Rounded to zero, one doubling's upsampling taps cut every coarser level off the pixels (the
+    networks' quantizer may choose that): the search still runs (it failed on the empty reach),
+    and moves on those levels change bits only, never the pixels."""
+    img = np.ascontiguousarray(tissue_crop[:48, :48])
+    fit = _trained(img, steps=20)
+    model = fit.model
+    assert model.synthesis.up is not None
+    with torch.no_grad():
+        model.synthesis.up[2].zero_()  # the doubling into grid 2: grids 3 and up reach nothing
+    syn = model.synthesis
+    cut = [torch.round(g.detach()) for g in model.latents]
+    with torch.no_grad():
+        px_before = syn.pixels(syn.features(cut, model.height, model.width))
+    out = refine_latents(model, img, fit.lam, sweeps=1, sign=sign)
+    assert out["loss_after"] <= out["loss_before"]
+    after = [g.detach() for g in model.latents]
+    assert all(bool((a == a.round()).all()) for a in after)
+    with torch.no_grad():
+        coarse_only = [*cut[:3], *after[3:]]  # only the cut-off levels' moves
+        px_coarse = syn.pixels(syn.features(coarse_only, model.height, model.width))
+    np.testing.assert_array_equal(px_coarse, px_before)
