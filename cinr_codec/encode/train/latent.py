@@ -1,8 +1,9 @@
 """Rate-distortion training of a compressive CINR block (``core.synthesis.LatentImage``).
 
-Loss = MSE + lambda * bits / pixels. Phase 1 trains with soft rounding plus noise (the
-softness annealed), phase 2 with hard rounding forward and soft-round gradients backward,
-at a lower learning rate; both follow a cosine schedule. The latents train with Adam, the
+Loss = MSE + lambda * bits / pixels, the bits those of the latents and (through a gradient
+surrogate, ``RECIPE["weight_rate"]``) of the networks' weights. Phase 1 trains with soft
+rounding plus noise (the softness annealed), phase 2 with hard rounding forward and soft-round
+gradients backward, at a lower learning rate; both follow a cosine schedule. The latents train with Adam, the
 networks with SOAP (``RECIPE["optimizer"]``). Then every network tensor is
 quantized (``quantize_networks``: one power-of-two step per tensor group -- synthesis or context
 model, weights or biases -- chosen for the same loss).
@@ -157,6 +158,14 @@ RECIPE: dict[str, Any] = {
     # pyramid at equal PSNR (docs/architecture.md, "The default encode on a CPU", fifteenth session).
     "warm_start": True,
     "warm_lr_factor": 1 / 3,
+    # The networks' bits in the loss, times this (0: latents only, as before): each network tensor
+    # adds the gradient of its bits under a zero-mean Laplace of scale mean |w| (the quantizer's
+    # model), lambda * sign(w) / (mean |w| ln 2) / pixels, so training trades weight bits against
+    # distortion as it does latent bits. BD-rate against JPEG on 256^2 crops, q2-q5 at 2400 steps
+    # (prostate, seed 0): -41.2 -> -45.2 % (3: -44.5 %); q3-q5 at 300 steps, seeds 0 and 1:
+    # prostate -35.4 -> -36.4 %, TCGA -49.7 -> -50.8 % (0.5: -36.3 and -50.3 %); network bytes
+    # are 10-23 % of a 256^2 file (docs/architecture.md, seventeenth session).
+    "weight_rate": 1.0,
 }
 #: Training steps of a block on a CPU when the encode names none (``default_steps``). A 512^2
 #: block's step takes about 120 ms of one core, so the recipe's 2400 steps would take the bundled
@@ -249,6 +258,7 @@ def fit_latents(
     latents = list(model.latents.parameters())
     nets = list(model.synthesis.parameters()) + list(model.arm.parameters())
     soft_mode = "soft-gauss" if r["noise"] == "gaussian" else "soft"
+    wr = float(r.get("weight_rate", 0.0))
     for phase, n, lr, lr_end, mult in (
         # A latent step of 2**-shift: the latents move 2**shift times faster, so the features
         # they feed learn at the same pace.
@@ -272,6 +282,8 @@ def fit_latents(
             x, bits = _forward(model, ys)
             mse = F.mse_loss(x, target)
             loss = mse + lam * bits / npx
+            if wr:
+                loss = loss + lam * wr * _weight_bits_surrogate(nets) / npx
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -300,6 +312,15 @@ def fit_latents(
         device=str(dev),
         history=history,
     )
+
+
+def _weight_bits_surrogate(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """Sum over tensors of |w| / (mean |w| ln 2): its gradient is that of the tensors' bits under
+    a zero-mean Laplace of scale mean |w| (n log2 of the scale, the step fixed)."""
+    total = torch.zeros(())
+    for p in params:
+        total = total + p.abs().sum() / (p.detach().abs().mean().clamp_min(1e-8) * math.log(2))
+    return total
 
 
 def _optimizers(

@@ -192,3 +192,33 @@ def test_short_fits_start_softer_and_harden_for_fewer_steps(
         assert soft[0] == pytest.approx(start) and soft[-1] == pytest.approx(RECIPE["soft_end"])
         assert sum(mode == "ste" for mode, _ in seen) == round(steps * fraction)
     assert RECIPE["soft_start_short"] != RECIPE["soft_start"]
+
+
+def test_the_networks_bits_in_the_loss_shrink_the_stored_networks(
+    tissue_crop: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``weight_rate`` adds the networks' bits (their Laplace scale's gradient) to the training
+    loss: at equal steps the quantized networks cost fewer bits than without it, and the weights
+    are smaller (the surrogate's gradient pulls each tensor towards zero)."""
+    from cinr_codec.coding.entropy import laplace_weight_bits
+    from cinr_codec.encode.train import latent as L
+
+    img = np.ascontiguousarray(tissue_crop[:32, :32])
+
+    def fitted(weight_rate: float) -> tuple[int, float]:
+        monkeypatch.setitem(RECIPE, "weight_rate", weight_rate)
+        fit = fit_latents(img, _config(32), QUALITY_LAMBDAS["q3"], steps=60)
+        nets = [p for n, p in fit.model.named_parameters() if not n.startswith("latents.")]
+        l1 = float(sum(p.detach().abs().sum() for p in nets))
+        L.quantize_networks(fit, img, laplace_weight_bits)
+        bits = sum(
+            laplace_weight_bits(
+                torch.round(p.detach() * 2.0 ** fit.exponents[n]).numpy().astype(np.int64).ravel()
+            )
+            for n, p in fit.model.named_parameters()
+            if not n.startswith("latents.")
+        )
+        return bits, l1
+
+    off, on = fitted(0.0), fitted(1.0)
+    assert on[0] < off[0] and on[1] < off[1]
