@@ -317,10 +317,8 @@ def fit_latents(
 def _weight_bits_surrogate(params: list[torch.nn.Parameter]) -> torch.Tensor:
     """Sum over tensors of |w| / (mean |w| ln 2): its gradient is that of the tensors' bits under
     a zero-mean Laplace of scale mean |w| (n log2 of the scale, the step fixed)."""
-    total = torch.zeros(())
-    for p in params:
-        total = total + p.abs().sum() / (p.detach().abs().mean().clamp_min(1e-8) * math.log(2))
-    return total
+    terms = [p.abs().sum() / (p.detach().abs().mean().clamp_min(1e-8) * math.log(2)) for p in params]
+    return torch.stack(terms).sum()
 
 
 def _optimizers(
