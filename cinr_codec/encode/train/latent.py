@@ -3,8 +3,8 @@
 Loss = MSE + lambda * bits / pixels, the bits those of the latents and (through a gradient
 surrogate, ``RECIPE["weight_rate"]``) of the networks' weights. Phase 1 trains with soft
 rounding plus noise (the softness annealed), phase 2 with hard rounding forward and soft-round
-gradients backward, at a lower learning rate; both follow a cosine schedule. The latents train with Adam, the
-networks with SOAP (``RECIPE["optimizer"]``). Then every network tensor is
+gradients backward, at a lower learning rate; both follow a cosine schedule. The latents train
+with Adam, the networks with SOAP (``RECIPE["optimizer"]``). Then every network tensor is
 quantized (``quantize_networks``: one power-of-two step per tensor group -- synthesis or context
 model, weights or biases -- chosen for the same loss).
 """
@@ -258,7 +258,7 @@ def fit_latents(
     latents = list(model.latents.parameters())
     nets = list(model.synthesis.parameters()) + list(model.arm.parameters())
     soft_mode = "soft-gauss" if r["noise"] == "gaussian" else "soft"
-    wr = float(r.get("weight_rate", 0.0))
+    wr = float(r["weight_rate"])
     for phase, n, lr, lr_end, mult in (
         # A latent step of 2**-shift: the latents move 2**shift times faster, so the features
         # they feed learn at the same pace.
