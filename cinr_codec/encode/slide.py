@@ -9,10 +9,11 @@ block order, with the header (``format.header``) and footer. Memory is bounded b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -291,13 +292,14 @@ def encode_slide(
     side = block_size + 2 * margin  # every block's frame (BlockGrid.side)
     codec.config_for(model, preset, side, side)  # a bad preset fails before the slide is opened
     dev = resolve_device(device)
-    set_threads = _thread_setter(threads, dev.type == "cpu", codec.fit_threads)
+    _check_threads(threads)
     src_path = Path(src)
     path = check_destination(dst)
     if src_path.exists() and path.exists() and src_path.resolve() == path.resolve():
         raise ValueError(f"{path}: the output would overwrite the source")
 
-    with SlideSource(src_path, level, max_pixels=max_pixels) as source:
+    with _threads_restored(threads), SlideSource(src_path, level, max_pixels=max_pixels) as source:
+        set_threads = _thread_setter(threads, dev.type == "cpu", codec.fit_threads)
         plan = plan_slide(
             source,
             src_path,
@@ -485,10 +487,33 @@ def _thread_setter(
                 torch.set_num_threads(n)
 
         return auto
-    if isinstance(threads, str) or isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"threads must be a positive integer or 'auto', not {threads!r}")
-    torch.set_num_threads(threads)
+    _check_threads(threads)
+    torch.set_num_threads(int(threads))
     return lambda: None
+
+
+def _check_threads(threads: int | str | None) -> None:
+    """ValueError unless ``threads`` is None, "auto" or a positive integer."""
+    if threads is None or threads == "auto":
+        return
+    if isinstance(threads, str) or isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer or 'auto', not {threads!r}")
+
+
+@contextlib.contextmanager
+def _threads_restored(threads: int | str | None) -> Iterator[None]:
+    """Give the caller back torch's thread count after an encode that sets it (``threads`` given)."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 #: Quality of associated images (macro, thumbnail) re-encoded as JPEG; labels stay lossless PNG.

@@ -440,3 +440,32 @@ def test_compressive_fits_run_on_one_thread_whatever_the_load(
     finally:
         torch.set_num_threads(before)
     assert s["tissue_blocks"] == 2 and during == [1, 1]
+
+
+def test_an_encode_gives_the_caller_back_its_torch_thread_count(
+    mixed_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Torch's thread count is process-wide: an encode that sets it (a fixed count, or "auto",
+    which fits ccinr blocks on one thread) restores the caller's afterwards, also when it fails."""
+    import torch
+
+    from cinr_codec.coding.latent import LatentCodec
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        s = encode_slide(mixed_png, tmp_path / "one.cinr", block_size=256, steps=2, mips=False, threads=1)
+        assert s["blocks"] == 2 and torch.get_num_threads() == 2
+        s = _two_blocks_auto_threads(mixed_png, tmp_path / "auto.cinr")
+        assert s["blocks"] == 2 and torch.get_num_threads() == 2
+
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("fit failed")
+
+        monkeypatch.setattr(LatentCodec, "fit", fail)
+        with pytest.raises(RuntimeError, match="fit failed"):
+            encode_slide(mixed_png, tmp_path / "fail.cinr", block_size=256, steps=2, mips=False, threads=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
