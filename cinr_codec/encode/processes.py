@@ -12,15 +12,18 @@ A block that fails stops the encode with its own error (the block named, for the
 faults); a worker that dies (killed, out of memory) stops it with one line. Either way, and on
 Ctrl-C, the other workers are stopped at once and the finished blocks stay in the journal for
 ``--resume``. Workers ignore SIGINT: the parent alone decides, so an interrupt stops everything
-without a traceback from each worker.
+without a traceback from each worker. They are started with SIGINT held (``_sigint_held``), so
+that a Ctrl-C while one starts up, before it can ignore it, does not kill it with a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import signal
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
@@ -38,6 +41,21 @@ log = logging.getLogger(__name__)
 def _init_worker() -> None:
     """In each worker, before any task: Ctrl-C is the parent's to handle."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Hold SIGINT in this thread while tasks are handed out: the workers the pool starts then
+    (and its manager thread) inherit the mask, so a Ctrl-C while a worker starts up cannot kill
+    it before ``_init_worker``; this process gets a held Ctrl-C when it is released."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
@@ -96,9 +114,10 @@ def run_in_processes(
     running: dict[Future[tuple[dict[str, Any], list[bytes]]], BlockJob] = {}
     try:
         while waiting or running:
-            while waiting and len(running) < n:
-                job = waiting.pop()
-                running[pool.submit(block_task, spec, job)] = job
+            with _sigint_held():
+                while waiting and len(running) < n:
+                    job = waiting.pop()
+                    running[pool.submit(block_task, spec, job)] = job
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in sorted(done, key=lambda f: running[f].block_id):
                 meta, parts = fut.result()  # a dead worker raises here, its block still in running
