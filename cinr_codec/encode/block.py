@@ -39,6 +39,11 @@ def block_seed(seed: int, block_id: int) -> int:
     return (seed * 0x9E3779B1 + block_id * 0x85EBCA6B + 1) % (2**31 - 1)
 
 
+def candidate_seed(seed: int, k: int) -> int:
+    """The seed of candidate ``k`` of a block fitted from several seeds (``k = 0``: ``seed`` itself)."""
+    return seed if k == 0 else (seed + k * 0x27D4EB2F) % (2**31 - 1)
+
+
 def strip_sums(
     decoded: np.ndarray, original: np.ndarray, edges: tuple[bool, bool, bool, bool], strip: int
 ) -> dict[str, float]:

@@ -30,7 +30,7 @@ from ..errors import CinrInputError
 from .block import BlockJob, encode_block
 
 if TYPE_CHECKING:
-    from .journal import Journal
+    from .journal import BlockSink
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def run_on_cluster(
     client: Any,
     spec: SourceSpec,
     jobs: list[BlockJob],
-    journal: Journal,
+    journal: BlockSink,
     on_done: Callable[[BlockJob, dict[str, Any]], None],
     *,
     gpu: bool = False,
@@ -130,7 +130,7 @@ def run_on_cluster(
             block_task,
             spec,
             job,
-            key=f"cinr-block-{os.path.basename(spec.path)}-{job.block_id}-{run}",
+            key=f"cinr-block-{os.path.basename(spec.path)}-{job.block_id}-{job.seed}-{run}",
             retries=RETRIES,
             pure=False,
             resources={"GPU": 1} if gpu else None,

@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from ..errors import CinrInputError, CinrIOError
 
@@ -38,6 +38,14 @@ _U32 = struct.Struct("<I")
 _REC = struct.Struct("<QI")
 #: Largest record body accepted when reading a journal back.
 MAX_RECORD = 1 << 31
+
+
+class BlockSink(Protocol):
+    """Where finished blocks go as they arrive: a ``Journal``, or ``encode.slide``'s list of a
+    race's candidates."""
+
+    def append(self, meta: dict[str, Any], parts: list[bytes]) -> None:
+        """Take one finished block: its journal metadata and its stored parts."""
 
 
 @dataclass

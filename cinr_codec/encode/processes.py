@@ -33,7 +33,7 @@ from .block import BlockJob
 from .cluster import SourceSpec, block_task
 
 if TYPE_CHECKING:
-    from .journal import Journal
+    from .journal import BlockSink
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def run_in_processes(
     processes: int,
     spec: SourceSpec,
     jobs: list[BlockJob],
-    journal: Journal,
+    journal: BlockSink,
     on_done: Callable[[BlockJob, dict[str, Any]], None],
 ) -> None:
     """Encode ``jobs`` in ``processes`` worker processes of one torch thread each, appending each

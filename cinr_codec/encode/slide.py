@@ -35,9 +35,9 @@ from ..format.header import (
     slide_fields,
     slide_footer,
 )
-from .block import SEAM_STRIP, BlockJob, block_seed, encode_block
+from .block import SEAM_STRIP, BlockJob, block_seed, candidate_seed, encode_block
 from .image import check_destination
-from .journal import Journal, journal_path
+from .journal import BlockSink, Journal, journal_path
 from .reference import PyramidTotals
 from .source import SlideSource
 from .tissue import block_tissue, detect_tissue
@@ -90,6 +90,11 @@ class SlidePlan:
     #: The block fitted first, whose stored networks start every other tissue block's fit
     #: (``BlockJob.init``; ``BlockCodec.warm_starts``), or None.
     prior: int | None = None
+    #: Fits of the prior block, each from its own seed (``candidate_seed``), of which the one of
+    #: lowest rate-distortion loss is kept (the representation's recipe, ``prior_candidates``).
+    prior_candidates: int = 1
+    #: The lambda of that loss (MSE of values in [0, 1] + lambda * bits per pixel).
+    rate_weight: float = 0.0
 
 
 def plan_slide(
@@ -153,6 +158,11 @@ def plan_slide(
     )
     mip_avif = bool(grid.mip_downsamples) and avif_available()
     prior = _prior_block(grid, fractions) if codec.warm_starts(steps, target_psnr) else None
+    train = codec.recipe(model, preset)
+    # A total time budget is shared out block by block: the prior is then fitted once.
+    candidates = (
+        int(train.get("prior_candidates", 1)) if prior is not None and total_time_budget is None else 1
+    )
     settings = {
         "prior": prior,
         "mip_avif": mip_avif,
@@ -161,7 +171,8 @@ def plan_slide(
         "time_budget": time_budget,
         "total_time_budget": total_time_budget,
         "target_psnr": target_psnr,
-        "train": codec.recipe(model, preset),
+        "train": train,
+        "prior_candidates": candidates,
         "software": __version__,
     }
     jobs = tuple(
@@ -193,6 +204,8 @@ def plan_slide(
         tissue_fraction=float(tmap.tissue_fraction),
         mip_avif=mip_avif,
         prior=prior,
+        prior_candidates=max(1, candidates),
+        rate_weight=float(train.get("lambda", 0.0)),
     )
 
 
@@ -354,15 +367,21 @@ def encode_slide(
                     f"in {jpath}"
                 )
 
-            def run_elsewhere(todo: list[BlockJob], todo_tissue: int) -> None:
-                """Fit ``todo`` on the cluster or in the local worker processes."""
+            def run_elsewhere(
+                todo: list[BlockJob],
+                todo_tissue: int,
+                sink: BlockSink = journal,
+                on_done: Callable[[BlockJob, dict[str, Any]], None] = block_done,
+            ) -> None:
+                """Fit ``todo`` on the cluster or in the local worker processes, each result to
+                ``sink`` (the journal) and ``on_done``."""
                 from .cluster import SourceSpec, run_on_cluster
                 from .processes import run_in_processes
 
                 spec = SourceSpec.of(src_path, level, max_pixels)
                 try:
                     if client is not None:
-                        run_on_cluster(client, spec, todo, journal, block_done, gpu=dev.type == "cuda")
+                        run_on_cluster(client, spec, todo, sink, on_done, gpu=dev.type == "cuda")
                     else:
                         assert processes is not None
                         if total_time_budget is not None:
@@ -374,7 +393,7 @@ def encode_slide(
                                 )
                                 for j in todo
                             ]
-                        run_in_processes(processes, spec, todo, journal, block_done)
+                        run_in_processes(processes, spec, todo, sink, on_done)
                 except CinrInputError as exc:  # the worker's message names the block
                     raise source_failed(exc) from None
                 except CinrWorkerError as exc:
@@ -394,11 +413,43 @@ def encode_slide(
                 init = parts[0] if parts else None
                 return [replace(j, init=init) if j.block_id in later else j for j in stage]
 
-            # The prior block first, alone: the others start from its stored networks.
+            def read_fit_region(job: BlockJob) -> np.ndarray:
+                fx0, fy0, fw, fh = grid.fit_region(job.block_id)
+                try:
+                    return source.read(fx0, fy0, fw, fh)
+                except CinrInputError as exc:
+                    raise source_failed(
+                        CinrInputError(f"{exc} (block {job.block_id + 1} of {grid.n_level_blocks})")
+                    ) from None
+
+            def race(job: BlockJob) -> None:
+                """Fit ``job``'s block from ``plan.prior_candidates`` seeds (at once where workers
+                allow) and journal the fit of lowest rate-distortion loss."""
+                candidates = [
+                    replace(job, seed=candidate_seed(job.seed, k)) for k in range(plan.prior_candidates)
+                ]
+                results = _Results()
+                if client is not None or pooled:
+                    run_elsewhere(candidates, todo_tissue, results, lambda job, meta: None)
+                else:
+                    pixels = read_fit_region(job)
+                    set_threads()
+                    for c in candidates:
+                        results.append(*encode_block(c, pixels))
+                meta, parts = results.best(plan.rate_weight)
+                journal.append(meta, parts)
+                block_done(job, meta)
+
+            # The prior block first, alone (from several seeds where the representation races
+            # them): the others start from its stored networks.
             todo = [j for j in plan.jobs if j.block_id not in done]
             first = [j for j in todo if j.block_id == plan.prior]
-            stages = [first, [j for j in todo if j.block_id != plan.prior]] if first else [todo]
             pooled = client is None and processes is not None and processes > 1 and todo_tissue > 1
+            if first and plan.prior_candidates > 1:
+                race(first[0])
+                todo_tissue = max(0, todo_tissue - 1)
+                todo, first = [j for j in todo if j.block_id != plan.prior], []
+            stages = [first, [j for j in todo if j.block_id != plan.prior]] if first else [todo]
             for stage in stages:
                 stage = warmed(stage)
                 if client is not None or pooled:
@@ -411,16 +462,9 @@ def encode_slide(
                         share = max(1.0, left / max(1, todo_tissue))
                         budget = share if time_budget is None else min(time_budget, share)
                         job = replace(job, time_budget=budget)
-                    fx0, fy0, fw, fh = grid.fit_region(job.block_id)
                     if job.block_id in plan.tissue_blocks:
                         set_threads()
-                    try:
-                        pixels = source.read(fx0, fy0, fw, fh)
-                    except CinrInputError as exc:
-                        raise source_failed(
-                            CinrInputError(f"{exc} (block {job.block_id + 1} of {grid.n_level_blocks})")
-                        ) from None
-                    meta, parts = encode_block(job, pixels)
+                    meta, parts = encode_block(job, read_fit_region(job))
                     if meta["kind"] == "model":
                         todo_tissue = max(0, todo_tissue - 1)
                     journal.append(meta, parts)
@@ -459,6 +503,28 @@ def encode_slide(
         summary["bytes"],
     )
     return summary
+
+
+class _Results:
+    """A race's finished candidates (``BlockSink``), and the best of them."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[dict[str, Any], list[bytes]]] = []
+
+    def append(self, meta: dict[str, Any], parts: list[bytes]) -> None:
+        self.items.append((meta, parts))
+
+    def best(self, lam: float) -> tuple[dict[str, Any], list[bytes]]:
+        """The candidate of lowest MSE + ``lam`` * bits per pixel (MSE of values in [0, 1], over the
+        block's own pixels; bits of its model payload); the first of equals."""
+
+        def loss(item: tuple[dict[str, Any], list[bytes]]) -> float:
+            meta, parts = item
+            n = max(1, int(meta["n"]))
+            bits = 8 * len(parts[0]) if parts else 0
+            return float(meta["sse"]) / (n * 255.0**2) + lam * bits / (n / 3)
+
+        return min(self.items, key=loss)
 
 
 def _thread_setter(

@@ -42,6 +42,7 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> list[bytes | None]:
 def test_later_blocks_start_from_the_prior_blocks_stored_networks(
     tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setitem(L.RECIPE, "prior_candidates", 1)  # one fit of the prior (the race: below)
     seen = _spy(monkeypatch)
     warm = tmp_path / "warm.cinr"
     encode_slide(tissue_png, warm, **SETTINGS)
@@ -101,3 +102,41 @@ def test_networks_of_a_payload_are_the_decoders(tissue_png: Path, tmp_path: Path
         L.fit_latents(image, config, 1e-3, steps=1, init_networks={"latents.0": torch.zeros(1, 64, 64)})
     fit = L.fit_latents(image, config, 1e-3, steps=1, init_networks=nets)
     assert fit.steps == 1
+
+
+def test_the_prior_block_is_the_best_of_its_candidate_fits(
+    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``RECIPE["prior_candidates"]``: the prior block is fitted from that many seeds, the one of
+    lowest MSE + lambda * bits per pixel is stored and starts the others; the same file serially
+    and in worker processes."""
+    from cinr_codec.encode import slide
+    from cinr_codec.encode.block import candidate_seed
+
+    fits: list[tuple[int, int, float, bytes, bytes | None]] = []  # block, seed, loss, payload, init
+    real = slide.encode_block
+
+    def spy(job: Any, pixels: np.ndarray) -> Any:
+        meta, parts = real(job, pixels)
+        lam = L.lambda_of(job.preset)
+        loss = meta["sse"] / (meta["n"] * 255.0**2) + lam * 8 * len(parts[0]) / (meta["n"] / 3)
+        fits.append((job.block_id, job.seed, loss, parts[0], job.init))
+        return meta, parts
+
+    monkeypatch.setattr(slide, "encode_block", spy)
+    monkeypatch.setitem(L.RECIPE, "prior_candidates", 2)
+    raced = tmp_path / "raced.cinr"
+    encode_slide(tissue_png, raced, **SETTINGS)
+    (b0, s0, l0, p0, i0), (b1, s1, l1, p1, i1) = fits[:2]
+    assert b0 == b1 and s1 == candidate_seed(s0, 1) != s0 and i0 is None and i1 is None
+    assert p0 != p1  # two fits from two seeds
+    best = p0 if l0 <= l1 else p1
+    payloads = _payloads(raced)
+    assert best in payloads and (p1 if best == p0 else p0) not in payloads
+    assert len(fits) == len(payloads) + 1 and all(f[4] == best for f in fits[2:])
+
+    # Pooled: the candidates run in the workers; the same file.
+    monkeypatch.setattr(slide, "encode_block", real)
+    pooled = tmp_path / "pooled.cinr"
+    encode_slide(tissue_png, pooled, processes=2, **{**SETTINGS, "threads": None})
+    assert stored_blocks(pooled) == stored_blocks(raced)

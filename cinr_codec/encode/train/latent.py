@@ -158,6 +158,13 @@ RECIPE: dict[str, Any] = {
     # pyramid at equal PSNR (docs/architecture.md, "The default encode on a CPU", fifteenth session).
     "warm_start": True,
     "warm_lr_factor": 1 / 3,
+    # The prior block is fitted from this many seeds (at once where two workers are free: the
+    # others wait for it anyway) and the fit of lowest rate-distortion loss is kept: a prior's
+    # seed moves its neighbours' loss by up to 7 %, and its own loss mostly says which way (300
+    # steps, q4, 256^2 regions of the prostate image and of a JPEG q80 TIFF of the TCGA slide,
+    # prior seeds 0-5: best of 2 by the prior's loss -0.9 and -1.3 % on the neighbours against
+    # one seed, best of 3 -1.3 and -1.7 %; docs/architecture.md, eighteenth session).
+    "prior_candidates": 2,
     # The networks' bits in the loss, times this (0: latents only, as before): each network tensor
     # adds the gradient of its bits under a zero-mean Laplace of scale mean |w| (the quantizer's
     # model), lambda * sign(w) / (mean |w| ln 2) / pixels, so training trades weight bits against
