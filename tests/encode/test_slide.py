@@ -399,16 +399,23 @@ def test_auto_threads_are_measured_before_each_fitted_block(
         return calls[-1]
 
     monkeypatch.setattr(CpuMonitor, "threads", fake)
+    from cinr_codec.encode import slide
+
+    during: list[int] = []  # torch's threads as each block is encoded
+    real_block = slide.encode_block
+
+    def spy(job: Any, pixels: Any) -> Any:
+        during.append(torch.get_num_threads())
+        return real_block(job, pixels)
+
+    monkeypatch.setattr(slide, "encode_block", spy)
     before = torch.get_num_threads()
-    seen: list[int] = []
-    real_set = torch.set_num_threads
-    monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real_set(n)))
     try:
         s = _two_blocks_auto_threads(mixed_png, tmp_path / "t.cinr", model="cinr")
     finally:
-        real_set(before)
+        torch.set_num_threads(before)
     assert s["tissue_blocks"] == 2 and calls == [1, 2]
-    assert [n for n in seen if n in (1, 2)][-1] == 2  # the second block ran with the second answer
+    assert during == [1, 2]  # each block ran with the answer measured just before it
     with pytest.raises(ValueError, match="threads"):
         encode_slide(mixed_png, tmp_path / "x.cinr", threads=0)
 
