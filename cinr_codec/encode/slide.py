@@ -161,7 +161,9 @@ def plan_slide(
     train = codec.recipe(model, preset)
     # A total time budget is shared out block by block: the prior is then fitted once.
     candidates = (
-        int(train.get("prior_candidates", 1)) if prior is not None and total_time_budget is None else 1
+        max(1, int(train.get("prior_candidates", 1)))
+        if prior is not None and total_time_budget is None
+        else 1
     )
     settings = {
         "prior": prior,
@@ -204,7 +206,7 @@ def plan_slide(
         tissue_fraction=float(tmap.tissue_fraction),
         mip_avif=mip_avif,
         prior=prior,
-        prior_candidates=max(1, candidates),
+        prior_candidates=candidates,
         rate_weight=float(train.get("lambda", 0.0)),
     )
 
@@ -553,8 +555,7 @@ def _thread_setter(
                 torch.set_num_threads(n)
 
         return auto
-    _check_threads(threads)
-    torch.set_num_threads(int(threads))
+    torch.set_num_threads(int(threads))  # a positive integer: encode_slide checked it (_check_threads)
     return lambda: None
 
 
