@@ -49,7 +49,8 @@ from .common import NullSink, check_output, fmt, handle_errors, json_safe
     type=click.Choice([f"q{i}" for i in range(1, 9)] + [str(i) for i in range(1, 9)]),
     default=None,
     help="ccinr quality level 1 (smallest files) ... 8 (best); the same as --preset qN "
-    "(with --target-psnr: the first guess of each block's search)  [default: 4, 36-38 dB on H&E crops]",
+    "(with --target-psnr: the first guess of each block's search; with --slide-psnr: the first block's "
+    "level)  [default: aim the slide at --slide-psnr from level 4]",
 )
 @click.option(
     "--steps",
@@ -73,6 +74,14 @@ from .common import NullSink, check_output, fmt, handle_errors, json_safe
     help="Hash-grid models: a block stops once it reaches this PSNR (dB); ccinr: each block searches "
     "the rate weight that reaches it with the fewest bits (up to 3 fits), starting from --quality or, "
     "without it, from the level whose typical PSNR reaches the target  [default: none]",
+)
+@click.option(
+    "--slide-psnr",
+    type=float,
+    default=None,
+    help="ccinr: fit one block first at --quality's level, then every other block at the one rate "
+    "weight predicted to put the slide's PSNR over tissue at this many dB  [default: 37 when neither "
+    "--quality nor --target-psnr is given; a --quality alone keeps its level's weight for every block]",
 )
 @click.option(
     "--device",
@@ -156,6 +165,7 @@ def encode_cmd(
     time_budget: float | None,
     total_time_budget: float | None,
     target_psnr: float | None,
+    slide_psnr: float | None,
     device: str,
     quant: str | None,
     block_size: int | None,
@@ -194,8 +204,9 @@ def encode_cmd(
         from ..encode.train.latent import quality_for_psnr
 
         preset = quality_for_psnr(target_psnr)  # its latent step suits the target
-    if preset is None:
-        preset = codec.default_preset
+    if slide_psnr is not None and not latent:
+        raise ValueError(f"--slide-psnr is for --model ccinr; --model {model} has no rate weight to aim")
+    # No preset: the library's default (for ccinr, the default level aimed at --slide-psnr's default).
     if latent:
         from ..decode.cache import tune_allocator
 
@@ -288,6 +299,7 @@ def encode_cmd(
                     time_budget=time_budget,
                     total_time_budget=total_time_budget,
                     target_psnr=target_psnr,
+                    slide_psnr=slide_psnr,
                     device=device,
                     quant=quant,
                     block_size=block_size,
@@ -368,6 +380,11 @@ def _print_summary(s: dict[str, Any]) -> None:
         ("output", s["path"]),
         ("dimensions", f"{s['width']} x {s['height']} (level {s['level']})"),
         ("model", f"{s['model']} / {s['preset']}, {s['quant']}, device {s['device']}"),
+        *(
+            [("aim", f"{s['slide_psnr']:g} dB over tissue: rate weight {s['rate_weight']:.3g}")]
+            if s.get("slide_psnr") is not None and s.get("rate_weight") is not None
+            else []
+        ),
         (
             "blocks",
             f"{s['blocks']} of {s['block_size']} px: {s['tissue_blocks']} tissue, "

@@ -14,6 +14,7 @@ New representations are registered in ``coding.registry``.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -64,9 +65,14 @@ class FitSettings:
     #: fit (``encode.slide``: a slide's prior block for its other blocks); representations that
     #: cannot start from one ignore it (``BlockCodec.warm_starts``).
     init: bytes | None = None
+    #: The rate weight lambda of the fit, instead of the preset's (``encode.slide``: one weight
+    #: for a whole slide, aimed at a PSNR); representations without a rate term ignore it.
+    lam: float | None = None
 
     def __post_init__(self) -> None:
         check_fit_limits(self.steps, self.time_budget)
+        if self.lam is not None and not (math.isfinite(self.lam) and self.lam > 0):
+            raise ValueError(f"the rate weight must be a positive number, not {self.lam!r}")
 
 
 class FittedBlock(Protocol):

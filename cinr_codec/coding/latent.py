@@ -610,7 +610,7 @@ class LatentCodec(BlockCodec):
             fitted = fit_latents(
                 pixels,
                 config,
-                lambda_of(preset),
+                lambda_of(preset) if settings.lam is None else settings.lam,
                 steps=steps,
                 time_budget=settings.time_budget,
                 seed=settings.seed,

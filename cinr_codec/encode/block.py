@@ -102,6 +102,9 @@ class BlockJob:
     #: The payload of the slide's prior block, whose networks start this block's fit
     #: (``FitSettings.init``; ``encode.slide``), or None.
     init: bytes | None = field(default=None, repr=False)
+    #: The rate weight of the fit instead of the preset's (``FitSettings.lam``; ``encode.slide``
+    #: aims a slide at a PSNR with one), or None.
+    lam: float | None = None
 
 
 def encode_block(job: BlockJob, fit_pixels: np.ndarray) -> tuple[dict[str, Any], list[bytes]]:
@@ -139,6 +142,7 @@ def encode_block(job: BlockJob, fit_pixels: np.ndarray) -> tuple[dict[str, Any],
         frame=(fx0 - ox, fy0 - oy, side),
         measure=False,  # measured below, on the stored payload
         init=job.init,
+        lam=job.lam,
     )
     fitted = codec.fit(fit_pixels, job.config, job.model, job.preset, settings)
     payload = codec.serialize(fitted, job.quant)

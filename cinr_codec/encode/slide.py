@@ -35,12 +35,20 @@ from ..format.header import (
     slide_fields,
     slide_footer,
 )
+from .aim import (
+    DEFAULT_SLIDE_PSNR,
+    SLIDE_PSNR_RANGE,
+    SlideDifficulty,
+    aimed_rate,
+    difficulty,
+    measured_blocks,
+)
 from .block import SEAM_STRIP, BlockJob, block_seed, candidate_seed, encode_block
 from .image import check_destination
 from .journal import BlockSink, Journal, journal_path
 from .reference import PyramidTotals
 from .source import SlideSource
-from .tissue import block_tissue, detect_tissue
+from .tissue import block_tissue, detect_tissue, is_glass
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +101,14 @@ class SlidePlan:
     #: Fits of the prior block, each from its own seed (``candidate_seed``), of which the one of
     #: lowest rate-distortion loss is kept (the representation's recipe, ``prior_candidates``).
     prior_candidates: int = 1
-    #: The lambda of that loss (MSE of values in [0, 1] + lambda * bits per pixel).
+    #: The lambda of that loss (MSE of values in [0, 1] + lambda * bits per pixel): the preset's.
     rate_weight: float = 0.0
+    #: The other tissue blocks start from the prior's networks (else the prior is fitted first
+    #: only to aim the slide's rate weight).
+    warm: bool = False
+    #: The PSNR over tissue (dB) that the other blocks' one rate weight aims at (``encode.aim``),
+    #: from the prior block's fit at ``rate_weight``; None: every block at ``rate_weight``.
+    slide_psnr: float | None = None
 
 
 def plan_slide(
@@ -115,8 +129,10 @@ def plan_slide(
     tissue_mask: bool,
     mips: bool,
     seed: int,
+    slide_psnr: float | None = None,
 ) -> SlidePlan:
-    """Cut the level into blocks, find tissue, build the header and one ``BlockJob`` per block."""
+    """Cut the level into blocks, find tissue, build the header and one ``BlockJob`` per block.
+    ``slide_psnr``: aim the slide's one rate weight at this PSNR over tissue (``encode.aim``)."""
     codec = get_codec(model)
     if steps is None:  # the device's default, recorded so that a resumed encode trains the same
         steps = codec.default_steps(device)
@@ -157,12 +173,15 @@ def plan_slide(
         },
     )
     mip_avif = bool(grid.mip_downsamples) and avif_available()
-    prior = _prior_block(grid, fractions) if codec.warm_starts(steps, target_psnr) else None
+    warm = codec.warm_starts(steps, target_psnr)
     train = codec.recipe(model, preset)
+    if slide_psnr is not None and not train.get("lambda"):  # encode_slide says so before opening
+        raise ValueError(f"{model} blocks have no rate weight to aim at a PSNR")
+    prior = _prior_block(grid, fractions) if warm or slide_psnr is not None else None
     # A total time budget is shared out block by block: the prior is then fitted once.
     candidates = (
         max(1, int(train.get("prior_candidates", 1)))
-        if prior is not None and total_time_budget is None
+        if prior is not None and warm and total_time_budget is None
         else 1
     )
     settings = {
@@ -175,6 +194,7 @@ def plan_slide(
         "target_psnr": target_psnr,
         "train": train,
         "prior_candidates": candidates,
+        "slide_psnr": slide_psnr,
         "software": __version__,
     }
     jobs = tuple(
@@ -208,7 +228,32 @@ def plan_slide(
         prior=prior,
         prior_candidates=candidates,
         rate_weight=float(train.get("lambda", 0.0)),
+        warm=warm and prior is not None,
+        slide_psnr=slide_psnr if prior is not None else None,
     )
+
+
+def _slide_difficulty(source: SlideSource, plan: SlidePlan, prior: int) -> SlideDifficulty:
+    """How hard the slide's tissue blocks are for JPEG (``aim.difficulty``): the prior block's,
+    and those of at most ``aim.MAX_MEASURED_BLOCKS`` others (the glass ``encode_block`` will store
+    as a colour left out), extrapolated to all."""
+    grid = plan.grid
+    jobs = {j.block_id: j for j in plan.jobs}
+
+    def owned(block_id: int) -> np.ndarray:
+        return source.read(*grid.owned(block_id))
+
+    others = [b for b in plan.tissue_blocks if b != prior]
+    measured = measured_blocks(others)
+    values = weighted = 0.0
+    for b in measured:
+        px = owned(b)
+        if jobs[b].maybe_background and is_glass(px, jobs[b].tissue_threshold):
+            continue
+        values += px.size
+        weighted += px.size * difficulty(px)
+    scale = len(others) / max(1, len(measured))
+    return SlideDifficulty(prior=difficulty(owned(prior)), values=values * scale, weighted=weighted * scale)
 
 
 def _prior_block(grid: BlockGrid, fractions: np.ndarray) -> int | None:
@@ -251,6 +296,7 @@ def encode_slide(
     max_pixels: int | None = None,
     client: Any = None,
     processes: int | None = None,
+    slide_psnr: float | None = None,
 ) -> dict[str, Any]:
     """Encode level ``level`` of a slide or image ``src`` as the ``.cinr`` file ``dst``; return a summary.
 
@@ -277,13 +323,31 @@ def encode_slide(
     shared out once, each block getting ``processes`` times its share of the time left. When the
     representation warm-starts short fits (``BlockCodec.warm_starts``), the plan's prior block is
     fitted first, alone, and every other tissue block starts from its stored networks.
+    ``slide_psnr``: fit the prior block at the preset's rate weight, then every other block at the
+    one weight predicted to put the slide's PSNR over tissue at this many dB (``encode.aim``; for
+    representations with a rate weight). By default a compressive encode given neither ``preset``
+    nor ``target_psnr`` aims at ``aim.DEFAULT_SLIDE_PSNR``; with a ``preset`` it keeps its weight.
     """
     from ..core.render import resolve_device
 
     t_start = time.perf_counter()
     codec = get_codec(model)
     quant = codec.default_storage if quant is None else quant
+    if slide_psnr is not None:
+        if isinstance(slide_psnr, bool) or not isinstance(slide_psnr, int | float):
+            raise ValueError(f"the slide's PSNR aim must be a number of dB, not {slide_psnr!r}")
+        if not SLIDE_PSNR_RANGE[0] <= slide_psnr <= SLIDE_PSNR_RANGE[1]:
+            raise ValueError(
+                f"the slide's PSNR aim must lie in [{SLIDE_PSNR_RANGE[0]:g}, {SLIDE_PSNR_RANGE[1]:g}] dB, "
+                f"not {slide_psnr:g}"
+            )
+        if target_psnr is not None:
+            raise ValueError("give a PSNR target per block or an aim for the slide, not both")
+    elif preset is None and target_psnr is None and codec.recipe(model, codec.default_preset).get("lambda"):
+        slide_psnr = DEFAULT_SLIDE_PSNR
     preset = codec.default_preset if preset is None else preset
+    if slide_psnr is not None and not codec.recipe(model, preset).get("lambda"):
+        raise ValueError(f"{model} blocks have no rate weight to aim at a PSNR")
     codec.check_storage(quant)
     if block_size is None:
         block_size = codec.block_size
@@ -332,6 +396,7 @@ def encode_slide(
             tissue_mask=tissue_mask,
             mips=mips,
             seed=seed,
+            slide_psnr=slide_psnr,
         )
         grid = plan.grid
         jpath = journal_path(path)
@@ -404,16 +469,42 @@ def encode_slide(
                         "run the same command with --resume"
                     ) from None
 
+            aimed: list[float] = []  # the other blocks' rate weight, once the prior is fitted
+
             def warmed(stage: list[BlockJob]) -> list[BlockJob]:
-                """The stage's later tissue blocks starting from the prior block's stored networks."""
+                """The stage's later tissue blocks starting from the prior block's stored networks
+                and at the slide's aimed rate weight."""
                 later = {
                     j.block_id for j in stage if j.block_id != plan.prior and j.block_id in plan.tissue_blocks
                 }
                 if plan.prior is None or not later:
                     return stage
-                parts = journal.read(plan.prior).parts  # none if it was stored as background
-                init = parts[0] if parts else None
-                return [replace(j, init=init) if j.block_id in later else j for j in stage]
+                record = journal.read(plan.prior)
+                init = record.parts[0] if record.parts and plan.warm else None  # none: background
+                if plan.slide_psnr is not None and not aimed:
+                    aimed.append(aim_rate(record.meta))
+                lam = aimed[0] if aimed else None
+                return [replace(j, init=init, lam=lam) if j.block_id in later else j for j in stage]
+
+            def aim_rate(prior: dict[str, Any]) -> float:
+                """The other blocks' rate weight for ``plan.slide_psnr`` from the prior's record."""
+                assert plan.slide_psnr is not None and plan.prior is not None
+                if prior["kind"] != "model":
+                    return plan.rate_weight
+                if progress is not None:
+                    progress({"stage": "aim"})
+                slide = _slide_difficulty(source, plan, plan.prior)
+                lam = aimed_rate(
+                    plan.slide_psnr, plan.rate_weight, float(prior["sse"]), int(prior["n"]), slide
+                )
+                log.info(
+                    "aiming at %.1f dB over tissue: rate weight %.3g (the preset's %.3g; the prior block %.2f dB)",
+                    plan.slide_psnr,
+                    lam,
+                    plan.rate_weight,
+                    psnr_of(prior["sse"], prior["n"]) or 0.0,
+                )
+                return lam
 
             def read_fit_region(job: BlockJob) -> np.ndarray:
                 fx0, fy0, fw, fh = grid.fit_region(job.block_id)
@@ -494,6 +585,8 @@ def encode_slide(
             source_bytes=source.source_bytes,
             level=level,
             device=str(dev),
+            slide_psnr=plan.slide_psnr,
+            rate_weight=(aimed[0] if aimed else plan.rate_weight) or None,
         )
     summary["seconds"] = time.perf_counter() - t_start
     summary["compression_ratio"] = summary["source_bytes"] / summary["bytes"] if summary["bytes"] else None

@@ -1,0 +1,85 @@
+"""One rate weight for a whole slide, aimed at a PSNR over tissue (the default compressive encode).
+
+A fixed quality level lands where the tissue puts it: at q4 a JPEG q30 scan of 20x tissue reached
+34.4 dB over tissue, JPEG-tiled TIFFs of other H&E 37.5-38.8 dB. So by default the encoder aims at
+``DEFAULT_SLIDE_PSNR``: the slide's prior block is fitted first at the preset's rate weight, and
+its squared error, with how hard each tissue block is for JPEG (``difficulty``), predicts the
+slide's PSNR over tissue at any rate weight (``aimed_rate``). Every other block is then fitted with
+the one weight that the prediction puts at the aim: one weight for the slide, as rate-distortion
+theory asks of a slide measured by its pooled error.
+
+The prediction assumes that a block's MSE is the prior's times the ratio of their JPEG errors, and
+that it scales with lambda ** ``RATE_EXPONENT`` (``DB_PER_HALVING`` dB per halving of lambda).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .train.latent import DB_PER_HALVING, LAMBDA_RANGE
+
+#: The PSNR over tissue that a default ccinr encode aims at (about a scanner's JPEG q80-q90).
+DEFAULT_SLIDE_PSNR = 37.0
+#: Aims outside this range are refused.
+SLIDE_PSNR_RANGE = (25.0, 55.0)
+#: The JPEG quality whose error measures a block's difficulty.
+DIFFICULTY_QUALITY = 50
+#: At most this many tissue blocks are measured (evenly spaced); the rest are extrapolated.
+MAX_MEASURED_BLOCKS = 256
+#: MSE ~ lambda ** RATE_EXPONENT.
+RATE_EXPONENT = DB_PER_HALVING / (10 * math.log10(2))
+#: The aimed weight stays within this factor of the preset's either way.
+MAX_FACTOR = 16.0
+
+
+def difficulty(pixels: np.ndarray) -> float:
+    """Mean squared error (8-bit units, per value) of uint8 RGB ``pixels`` stored as JPEG at
+    ``DIFFICULTY_QUALITY`` (libjpeg-turbo through imagecodecs: the same on every machine)."""
+    import imagecodecs
+
+    px = np.ascontiguousarray(pixels)
+    d = imagecodecs.jpeg8_decode(imagecodecs.jpeg8_encode(px, level=DIFFICULTY_QUALITY))
+    diff = d.astype(np.float64) - px
+    return float((diff * diff).mean())
+
+
+def measured_blocks(blocks: Sequence[int], limit: int = MAX_MEASURED_BLOCKS) -> list[int]:
+    """Evenly spaced members of ``blocks`` (sorted), at most ``limit`` of them."""
+    ordered = sorted(blocks)
+    if len(ordered) <= limit:
+        return ordered
+    return [ordered[(i * len(ordered)) // limit] for i in range(limit)]
+
+
+@dataclass(frozen=True)
+class SlideDifficulty:
+    """What the other tissue blocks of a slide hold, for ``aimed_rate``: ``values``, their values
+    (pixels x 3), and ``weighted``, the sum of values x JPEG MSE, both extrapolated from the
+    measured blocks to all; ``prior``, the prior block's JPEG MSE."""
+
+    prior: float
+    values: float
+    weighted: float
+
+
+def aimed_rate(aim: float, lam: float, prior_sse: float, prior_values: int, slide: SlideDifficulty) -> float:
+    """The rate weight for the slide's other blocks that puts its PSNR over tissue at ``aim`` dB,
+    given the prior block fitted at ``lam`` with squared error ``prior_sse`` over ``prior_values``
+    values (its weight stays). Within ``MAX_FACTOR`` of ``lam`` and ``LAMBDA_RANGE``."""
+    lo = max(lam / MAX_FACTOR, LAMBDA_RANGE[0])
+    hi = min(lam * MAX_FACTOR, LAMBDA_RANGE[1])
+    budget = 255.0**2 * 10 ** (-aim / 10) * (prior_values + slide.values) - prior_sse
+    if slide.values <= 0:
+        return lam  # nothing else to fit
+    if budget <= 0:
+        return lo  # the prior alone spends the whole error: the others as good as allowed
+    prior_mse = prior_sse / max(1, prior_values)
+    # The others' error at lam: the prior's MSE times each block's JPEG error over the prior's.
+    at_lam = prior_mse * slide.weighted / max(slide.prior, 1e-6)
+    if at_lam <= 0:
+        return hi
+    return min(hi, max(lo, lam * (budget / at_lam) ** (1 / RATE_EXPONENT)))

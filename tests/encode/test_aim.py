@@ -1,0 +1,163 @@
+"""One rate weight per slide aimed at a PSNR over tissue (``encode.aim``; the default ccinr encode)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from cinr_container_helpers import stored_blocks
+from click.testing import CliRunner
+
+from cinr_codec.cli import main
+from cinr_codec.coding.latent import LatentCodec
+from cinr_codec.encode.aim import (
+    DEFAULT_SLIDE_PSNR,
+    MAX_FACTOR,
+    RATE_EXPONENT,
+    SlideDifficulty,
+    aimed_rate,
+    difficulty,
+    measured_blocks,
+)
+from cinr_codec.encode.slide import encode_slide
+from cinr_codec.encode.train import latent as L
+
+SETTINGS: dict[str, Any] = {"model": "ccinr", "steps": 3, "block_size": 64, "threads": 1}
+
+
+def _mse(db: float) -> float:
+    return 255.0**2 * 10 ** (-db / 10)
+
+
+def _predicted_psnr(lam: float, lam0: float, prior_sse: float, prior_n: int, s: SlideDifficulty) -> float:
+    """The slide's PSNR over tissue under aimed_rate's model, the others fitted at ``lam``."""
+    others = prior_sse / prior_n * s.weighted / s.prior * (lam / lam0) ** RATE_EXPONENT
+    return 10 * math.log10(255.0**2 * (prior_n + s.values) / (prior_sse + others))
+
+
+def test_the_aimed_weight_puts_the_predicted_psnr_at_the_aim() -> None:
+    lam0, n = 2.5e-4, 3000
+    for prior_db, hardness, aim in ((34.0, 1.0, 37.0), (40.0, 1.0, 37.0), (36.0, 0.3, 37.0), (38.0, 2.0, 36.0)):
+        sse = _mse(prior_db) * n
+        s = SlideDifficulty(prior=20.0, values=9 * n, weighted=9 * n * 20.0 * hardness)
+        lam = aimed_rate(aim, lam0, sse, n, s)
+        assert lam0 / MAX_FACTOR < lam < lam0 * MAX_FACTOR
+        assert _predicted_psnr(lam, lam0, sse, n, s) == pytest.approx(aim, abs=1e-6)
+    # A prior 3 dB under the aim and others as hard as it: the error halves, lambda falls.
+    sse = _mse(34.0) * n
+    same = SlideDifficulty(prior=20.0, values=9 * n, weighted=9 * n * 20.0)
+    assert aimed_rate(34.0, lam0, sse, n, same) == pytest.approx(lam0)
+    assert aimed_rate(37.0, lam0, sse, n, same) < lam0 < aimed_rate(31.0, lam0, sse, n, same)
+    # Easier others need less: a higher weight than for others as hard as the prior.
+    easy = SlideDifficulty(prior=20.0, values=9 * n, weighted=9 * n * 5.0)
+    assert aimed_rate(37.0, lam0, sse, n, easy) > aimed_rate(37.0, lam0, sse, n, same)
+
+
+def test_the_aimed_weight_stays_in_its_bounds() -> None:
+    lam0, n = 2.5e-4, 3000
+    nothing_else = SlideDifficulty(prior=20.0, values=0.0, weighted=0.0)
+    assert aimed_rate(37.0, lam0, _mse(30.0) * n, n, nothing_else) == lam0
+    # The prior alone spends more than the whole slide's error: the others as good as allowed.
+    s = SlideDifficulty(prior=20.0, values=n, weighted=n * 20.0)
+    assert aimed_rate(45.0, lam0, _mse(30.0) * n, n, s) == pytest.approx(lam0 / MAX_FACTOR)
+    # Others that JPEG stores without error: as cheap as allowed.
+    flat = SlideDifficulty(prior=20.0, values=n, weighted=0.0)
+    assert aimed_rate(37.0, lam0, _mse(36.0) * n, n, flat) == pytest.approx(lam0 * MAX_FACTOR)
+    # Far aims are clamped too.
+    assert aimed_rate(25.0, lam0, _mse(50.0) * n, n, s) == pytest.approx(lam0 * MAX_FACTOR)
+
+
+def test_difficulty_is_jpegs_error_and_grows_with_detail() -> None:
+    rng = np.random.default_rng(0)
+    flat = np.full((64, 64, 3), 200, dtype=np.uint8)
+    smooth = np.repeat(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], 64, axis=0).repeat(3, axis=2)
+    noise = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    d = [difficulty(x) for x in (flat, smooth, noise)]
+    assert d[0] < 1.0 and d[0] <= d[1] < d[2]
+    assert difficulty(noise) == d[2]  # the same bytes, the same figure
+
+
+def test_measured_blocks_are_evenly_spread() -> None:
+    assert measured_blocks([5, 1, 3]) == [1, 3, 5]
+    picked = measured_blocks(list(range(1000)), limit=10)
+    assert picked == list(range(0, 1000, 100))
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float | None]]:
+    """Record each ccinr fit's preset and ``FitSettings.lam``, in the order the fits run."""
+    seen: list[tuple[str, float | None]] = []
+    fit = LatentCodec.fit
+
+    def spy(self: LatentCodec, pixels: np.ndarray, config: Any, kind: str, preset: str, settings: Any) -> Any:
+        seen.append((preset, settings.lam))
+        return fit(self, pixels, config, kind, preset, settings)
+
+    monkeypatch.setattr(LatentCodec, "fit", spy)
+    return seen
+
+
+def test_a_default_encode_aims_one_weight_for_the_slide_from_its_prior(
+    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(L.RECIPE, "prior_candidates", 1)
+    seen = _spy(monkeypatch)
+    summary = encode_slide(tissue_png, tmp_path / "aimed.cinr", **SETTINGS)
+    assert summary["slide_psnr"] == DEFAULT_SLIDE_PSNR and summary["preset"] == "q4"
+    lam = summary["rate_weight"]
+    assert len(seen) >= 3 and seen[0] == ("q4", None)  # the prior: the level's own weight
+    assert all(s == ("q4", lam) for s in seen[1:]) and lam != L.lambda_of("q4")
+
+    # A level given alone keeps its weight for every block.
+    seen.clear()
+    fixed = encode_slide(tissue_png, tmp_path / "fixed.cinr", preset="q4", **SETTINGS)
+    assert fixed["slide_psnr"] is None and fixed["rate_weight"] == L.lambda_of("q4")
+    assert seen and all(s == ("q4", None) for s in seen)
+
+
+def test_an_aimed_encode_resumes_to_the_same_file(tissue_png: Path, tmp_path: Path) -> None:
+    """Interrupted after the prior and one more block, then resumed in worker processes: the aim
+    is found again from the journaled prior, and the payloads are those of an uninterrupted encode."""
+    ref = tmp_path / "ref.cinr"
+    encode_slide(tissue_png, ref, **SETTINGS)
+    out = tmp_path / "out.cinr"
+    fitted: list[int] = []
+
+    def stop_after_two(ev: dict[str, Any]) -> None:
+        if ev["stage"] == "block" and ev["kind"] == "model":
+            fitted.append(ev["block_id"])
+            if len(fitted) == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        encode_slide(tissue_png, out, progress=stop_after_two, **SETTINGS)
+    encode_slide(tissue_png, out, resume=True, processes=2, **{**SETTINGS, "threads": None})
+    assert stored_blocks(out) == stored_blocks(ref)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "cinr", "--slide-psnr", "37"], "--slide-psnr is for --model ccinr"),
+        (["--slide-psnr", "99"], "must lie in [25, 55] dB"),
+        (["--slide-psnr", "37", "--target-psnr", "36"], "not both"),
+    ],
+)
+def test_bad_aims_are_one_line_errors(tissue_png: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    out = tmp_path / "x.cinr"
+    res = CliRunner().invoke(main, ["encode", str(tissue_png), "-o", str(out), "--steps", "1", *args])
+    assert res.exit_code == 2
+    assert message in res.output and "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_a_higher_aim_gives_a_lower_weight_and_a_better_slide(tissue_png: Path, tmp_path: Path) -> None:
+    """At 40 steps (3 leave the prior far under any aim: the weight clamped) aims of 30 and 37 dB
+    land on either side of the level's weight, and the slide's PSNR follows."""
+    settings = {**SETTINGS, "steps": 40}
+    low = encode_slide(tissue_png, tmp_path / "low.cinr", slide_psnr=30.0, **settings)
+    high = encode_slide(tissue_png, tmp_path / "high.cinr", slide_psnr=37.0, **settings)
+    assert high["rate_weight"] < L.lambda_of("q4") < low["rate_weight"]
+    assert low["psnr"] < high["psnr"] and low["bytes"] < high["bytes"]
