@@ -40,7 +40,12 @@ def _predicted_psnr(lam: float, lam0: float, prior_sse: float, prior_n: int, s: 
 
 def test_the_aimed_weight_puts_the_predicted_psnr_at_the_aim() -> None:
     lam0, n = 2.5e-4, 3000
-    for prior_db, hardness, aim in ((34.0, 1.0, 37.0), (40.0, 1.0, 37.0), (36.0, 0.3, 37.0), (38.0, 2.0, 36.0)):
+    for prior_db, hardness, aim in (
+        (34.0, 1.0, 37.0),
+        (40.0, 1.0, 37.0),
+        (36.0, 0.3, 37.0),
+        (38.0, 2.0, 36.0),
+    ):
         sse = _mse(prior_db) * n
         s = SlideDifficulty(prior=20.0, values=9 * n, weighted=9 * n * 20.0 * hardness)
         lam = aimed_rate(aim, lam0, sse, n, s)
@@ -145,7 +150,9 @@ def test_an_aimed_encode_resumes_to_the_same_file(tissue_png: Path, tmp_path: Pa
         (["--slide-psnr", "37", "--target-psnr", "36"], "not both"),
     ],
 )
-def test_bad_aims_are_one_line_errors(tissue_png: Path, tmp_path: Path, args: list[str], message: str) -> None:
+def test_bad_aims_are_one_line_errors(
+    tissue_png: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
     out = tmp_path / "x.cinr"
     res = CliRunner().invoke(main, ["encode", str(tissue_png), "-o", str(out), "--steps", "1", *args])
     assert res.exit_code == 2
