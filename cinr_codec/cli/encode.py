@@ -42,7 +42,7 @@ from .common import NullSink, check_output, fmt, handle_errors, json_safe
     default=None,
     help="For the hash-grid models a recipe: fast (CPU, tests and demos), default (CPU, better), high "
     "(GPU, best), paper (the authors'); for ccinr a quality level q1 ... q8 (as --quality)  "
-    "[default: fast; for ccinr q4]",
+    "[default: fast; for ccinr q4, aimed at --slide-psnr]",
 )
 @click.option(
     "--quality",
@@ -80,8 +80,9 @@ from .common import NullSink, check_output, fmt, handle_errors, json_safe
     type=float,
     default=None,
     help="ccinr: fit one block first at --quality's level, then every other block at the one rate "
-    "weight predicted to put the slide's PSNR over tissue at this many dB  [default: 37 when neither "
-    "--quality nor --target-psnr is given; a --quality alone keeps its level's weight for every block]",
+    "weight predicted to put the slide's PSNR over tissue at this many dB, never a lower weight than "
+    "the level's (never more bits)  [default: 37 when neither --quality nor --target-psnr is given; "
+    "a --quality alone keeps its level's weight for every block]",
 )
 @click.option(
     "--device",
