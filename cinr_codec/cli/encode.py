@@ -375,17 +375,27 @@ def _jpeg_line(s: dict[str, Any]) -> str:
     )
 
 
+def _aim_line(s: dict[str, Any]) -> str:
+    """The summary's PSNR aim and the rate weight it gave the blocks after the first."""
+    from ..encode.train.latent import lambda_of
+
+    level = lambda_of(s["preset"])
+    lam = s["rate_weight"]
+    how = (
+        f"{s['preset']}'s: the slide was predicted under the aim, and the aim never adds bits"
+        if lam <= level
+        else f"{lam / level:.2f}x {s['preset']}'s"
+    )
+    return f"{s['slide_psnr']:g} dB over tissue: rate weight {lam:.3g} ({how})"
+
+
 def _print_summary(s: dict[str, Any]) -> None:
     """The human-readable summary of one encoded slide."""
     rows = [
         ("output", s["path"]),
         ("dimensions", f"{s['width']} x {s['height']} (level {s['level']})"),
         ("model", f"{s['model']} / {s['preset']}, {s['quant']}, device {s['device']}"),
-        *(
-            [("aim", f"{s['slide_psnr']:g} dB over tissue: rate weight {s['rate_weight']:.3g}")]
-            if s.get("slide_psnr") is not None and s.get("rate_weight") is not None
-            else []
-        ),
+        *([("aim", _aim_line(s))] if s.get("slide_psnr") is not None and s.get("rate_weight") else []),
         (
             "blocks",
             f"{s['blocks']} of {s['block_size']} px: {s['tissue_blocks']} tissue, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,13 @@ def test_an_aim_under_the_levels_psnr_gives_a_higher_weight_and_a_smaller_slide(
     high = encode_slide(tissue_png, tmp_path / "high.cinr", slide_psnr=45.0, **settings)
     assert high["rate_weight"] == L.lambda_of("q4") < low["rate_weight"]
     assert low["psnr"] < high["psnr"] and low["bytes"] < high["bytes"]
+
+
+def test_the_cli_summary_shows_the_aim_and_its_weight(tissue_png: Path, tmp_path: Path) -> None:
+    base = ["encode", str(tissue_png), "--steps", "3", "--block-size", "64", "--threads", "1"]
+    res = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "a.cinr")])
+    assert res.exit_code == 0, res.output
+    assert "aim: 37 dB over tissue: rate weight" in res.output
+    res = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "b.cinr"), "--quality", "4", "--json"])
+    summary = json.loads(res.output.strip().splitlines()[-1])
+    assert summary["slide_psnr"] is None and summary["rate_weight"] == pytest.approx(L.lambda_of("q4"))
