@@ -481,10 +481,17 @@ def encode_slide(
                     return stage
                 record = journal.read(plan.prior)
                 init = record.parts[0] if record.parts and plan.warm else None  # none: background
-                if plan.slide_psnr is not None and not aimed:
-                    aimed.append(aim_rate(record.meta))
-                lam = aimed[0] if aimed else None
+                lam = aimed_weight()
                 return [replace(j, init=init, lam=lam) if j.block_id in later else j for j in stage]
+
+            def aimed_weight() -> float | None:
+                """The later blocks' rate weight for ``plan.slide_psnr``, from the journaled prior
+                (found once); None without an aim."""
+                if plan.slide_psnr is None or plan.prior is None:
+                    return None
+                if not aimed:
+                    aimed.append(aim_rate(journal.read(plan.prior).meta))
+                return aimed[0]
 
             def aim_rate(prior: dict[str, Any]) -> float:
                 """The other blocks' rate weight for ``plan.slide_psnr`` from the prior's record."""
@@ -563,6 +570,7 @@ def encode_slide(
                     journal.append(meta, parts)
                     block_done(job, meta)
             # All blocks are in the journal: assemble the file.
+            lam = aimed_weight()  # (found already, unless a resume found every block journaled)
             if progress is not None:
                 progress({"stage": "write"})
             summary = assemble(
@@ -586,7 +594,7 @@ def encode_slide(
             level=level,
             device=str(dev),
             slide_psnr=plan.slide_psnr,
-            rate_weight=(aimed[0] if aimed else plan.rate_weight) or None,
+            rate_weight=(plan.rate_weight if lam is None else lam) or None,
         )
     summary["seconds"] = time.perf_counter() - t_start
     summary["compression_ratio"] = summary["source_bytes"] / summary["bytes"] if summary["bytes"] else None

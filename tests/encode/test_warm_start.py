@@ -62,13 +62,20 @@ def test_later_blocks_start_from_the_prior_blocks_stored_networks(
     assert sum(a != b for a, b in zip(fresh, payloads, strict=True)) == len(payloads) - 1
 
 
+#: The default encode's aim (``encode.aim``) from the journaled prior: at 40 steps q4 reaches
+#: about 36 dB on these blocks, so an aim of 30 dB gives the later blocks a higher weight.
+AIMED: dict[str, Any] = {**SETTINGS, "preset": None, "steps": 40, "slide_psnr": 30.0}
+
+
+@pytest.mark.parametrize("settings", [SETTINGS, AIMED], ids=["level", "aimed"])
 def test_a_resumed_encode_starts_its_blocks_from_the_journaled_prior(
-    tissue_png: Path, tmp_path: Path
+    tissue_png: Path, tmp_path: Path, settings: dict[str, Any]
 ) -> None:
     """Interrupted after two blocks (the prior among them), then resumed in worker processes: the
-    payloads of an uninterrupted serial encode."""
+    payloads of an uninterrupted serial encode (with an aim: the same weight found again)."""
     ref = tmp_path / "ref.cinr"
-    encode_slide(tissue_png, ref, **SETTINGS)
+    summary = encode_slide(tissue_png, ref, **settings)
+    assert (summary["rate_weight"] > L.lambda_of("q4")) == (settings is AIMED)
     out = tmp_path / "out.cinr"
     fitted: list[int] = []
 
@@ -79,9 +86,9 @@ def test_a_resumed_encode_starts_its_blocks_from_the_journaled_prior(
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        encode_slide(tissue_png, out, progress=stop_after_two, **SETTINGS)
-    encode_slide(tissue_png, out, resume=True, processes=2, **{**SETTINGS, "threads": None})
-    assert stored_blocks(out) == stored_blocks(ref)
+        encode_slide(tissue_png, out, progress=stop_after_two, **settings)
+    resumed = encode_slide(tissue_png, out, resume=True, processes=2, **{**settings, "threads": None})
+    assert stored_blocks(out) == stored_blocks(ref) and resumed["rate_weight"] == summary["rate_weight"]
 
 
 def test_networks_of_a_payload_are_the_decoders(tissue_png: Path, tmp_path: Path) -> None:
