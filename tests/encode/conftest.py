@@ -1,15 +1,18 @@
-"""Fixtures of the tests of encodes run elsewhere (``test_cluster.py``, ``test_processes.py``): a
-small real-tissue image and its serial one-thread encode, the reference their blocks must equal."""
+"""Fixtures of the encode tests: a small real-tissue image and its serial one-thread encode (the
+reference the blocks of encodes run elsewhere must equal), and a record of the ccinr fits run."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from cinr_container_helpers import SMALL_ENCODE
 from PIL import Image
 
+from cinr_codec.coding.base import FitSettings
+from cinr_codec.coding.latent import LatentCodec
 from cinr_codec.encode.slide import encode_slide
 
 
@@ -27,3 +30,17 @@ def serial_cinr(tissue_png: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     out = tmp_path_factory.mktemp("serial") / "serial.cinr"
     encode_slide(tissue_png, out, threads=1, **SMALL_ENCODE)
     return out
+
+
+@pytest.fixture
+def fits_seen(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, FitSettings]]:
+    """Each ccinr fit's preset and ``FitSettings``, in the order the fits of this process run."""
+    seen: list[tuple[str, FitSettings]] = []
+    fit = LatentCodec.fit
+
+    def spy(self: LatentCodec, pixels: np.ndarray, config: Any, kind: str, preset: str, settings: Any) -> Any:
+        seen.append((preset, settings))
+        return fit(self, pixels, config, kind, preset, settings)
+
+    monkeypatch.setattr(LatentCodec, "fit", spy)
+    return seen

@@ -12,7 +12,6 @@ import pytest
 from click.testing import CliRunner
 
 from cinr_codec.cli import main
-from cinr_codec.coding.latent import LatentCodec
 from cinr_codec.encode.aim import (
     DEFAULT_SLIDE_PSNR,
     MAX_FACTOR,
@@ -93,35 +92,22 @@ def test_measured_blocks_are_evenly_spread() -> None:
     assert picked == list(range(0, 1000, 100))
 
 
-def _spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float | None]]:
-    """Record each ccinr fit's preset and ``FitSettings.lam``, in the order the fits run."""
-    seen: list[tuple[str, float | None]] = []
-    fit = LatentCodec.fit
-
-    def spy(self: LatentCodec, pixels: np.ndarray, config: Any, kind: str, preset: str, settings: Any) -> Any:
-        seen.append((preset, settings.lam))
-        return fit(self, pixels, config, kind, preset, settings)
-
-    monkeypatch.setattr(LatentCodec, "fit", spy)
-    return seen
-
-
 def test_a_default_encode_aims_one_weight_for_the_slide_from_its_prior(
-    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any]]
 ) -> None:
     monkeypatch.setitem(L.RECIPE, "prior_candidates", 1)
-    seen = _spy(monkeypatch)
     summary = encode_slide(tissue_png, tmp_path / "aimed.cinr", **SETTINGS)
+    seen = [(preset, s.lam) for preset, s in fits_seen]
     assert summary["slide_psnr"] == DEFAULT_SLIDE_PSNR and summary["preset"] == "q4"
     lam = summary["rate_weight"]
     assert len(seen) >= 3 and seen[0] == ("q4", None)  # the prior: the level's own weight
     assert all(s == ("q4", lam) for s in seen[1:]) and lam >= L.lambda_of("q4")
 
     # A level given alone keeps its weight for every block.
-    seen.clear()
+    fits_seen.clear()
     fixed = encode_slide(tissue_png, tmp_path / "fixed.cinr", preset="q4", **SETTINGS)
     assert fixed["slide_psnr"] is None and fixed["rate_weight"] == L.lambda_of("q4")
-    assert seen and all(s == ("q4", None) for s in seen)
+    assert fits_seen and all((preset, s.lam) == ("q4", None) for preset, s in fits_seen)
 
 
 @pytest.mark.parametrize(

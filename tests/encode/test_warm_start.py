@@ -26,37 +26,24 @@ def _payloads(path: Path) -> list[bytes]:
         return [r.read_payload(b.block_id) for b in r.blocks() if b.kind == "model"]
 
 
-def _spy(monkeypatch: pytest.MonkeyPatch) -> list[bytes | None]:
-    """Record each ccinr fit's ``FitSettings.init``, in the order the fits run."""
-    seen: list[bytes | None] = []
-    fit = LatentCodec.fit
-
-    def spy(self: LatentCodec, pixels: np.ndarray, config: Any, kind: str, preset: str, settings: Any) -> Any:
-        seen.append(settings.init)
-        return fit(self, pixels, config, kind, preset, settings)
-
-    monkeypatch.setattr(LatentCodec, "fit", spy)
-    return seen
-
-
 def test_later_blocks_start_from_the_prior_blocks_stored_networks(
-    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any]]
 ) -> None:
     monkeypatch.setitem(L.RECIPE, "prior_candidates", 1)  # one fit of the prior (the race: below)
-    seen = _spy(monkeypatch)
     warm = tmp_path / "warm.cinr"
     encode_slide(tissue_png, warm, **SETTINGS)
+    seen = [s.init for _, s in fits_seen]
     payloads = _payloads(warm)
     assert len(seen) == len(payloads) >= 3
     assert seen[0] is None and all(init == seen[1] for init in seen[1:])
     assert seen[1] in payloads  # the first fitted block's stored payload
     prior = payloads.index(seen[1])
 
-    seen.clear()
+    fits_seen.clear()
     monkeypatch.setitem(L.RECIPE, "warm_start", False)
     cold = tmp_path / "cold.cinr"
     encode_slide(tissue_png, cold, **SETTINGS)
-    assert seen and all(init is None for init in seen)
+    assert fits_seen and all(s.init is None for _, s in fits_seen)
     fresh = _payloads(cold)
     assert fresh[prior] == payloads[prior]  # the prior block itself is fitted as before
     assert sum(a != b for a, b in zip(fresh, payloads, strict=True)) == len(payloads) - 1
