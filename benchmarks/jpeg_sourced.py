@@ -77,6 +77,15 @@ def encode(tif: Path, dst: Path) -> dict[str, Any]:
     return summary
 
 
+def _weight(run: dict[str, Any]) -> str:
+    """The run's aimed rate weight against its quality level's, or "-" without an aim."""
+    from cinr_codec.encode.train.latent import lambda_of
+
+    if run.get("slide_psnr") is None or not run.get("rate_weight"):
+        return "–"
+    return f"{run['rate_weight'] / lambda_of(run['preset']):.2f}"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.jpeg_sourced", description=__doc__.split("\n")[0])
     ap.add_argument("--source", choices=sorted(SOURCES), default="tcga")
@@ -114,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
                     "tissue_blocks": s.get("tissue_blocks"),
                     "wall_seconds": s["wall_seconds"],
                     "preset": s.get("preset"),
+                    "slide_psnr": s.get("slide_psnr"),
+                    "rate_weight": s.get("rate_weight"),
                 }
             )
     rows = [
@@ -129,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
             if r["vs_jpeg_pyramid"] is not None and r["vs_jpeg_pyramid"] <= 0.7 and r["psnr"] >= 35
             else "not met",
             f"{r['wall_seconds'] / 60:.1f}",
+            _weight(r),
         )
         for r in runs
     ]
@@ -139,7 +151,9 @@ def main(argv: list[str] | None = None) -> None:
         "JPEG-tiled pyramidal TIFFs (4:2:0 below Q 90, 4:4:4 from Q 90); each encoded by `cinr encode "
         "SLIDE.tif -o X.cinr --json --quiet` (the defaults) in a child process. PSNR over tissue "
         "against the TIFF's level 0; `vs JPEG pyramid`: the file against a 256-px JPEG-tiled pyramid "
-        f"of the same level at equal PSNR (target <= 0.7x at >= 35 dB). Load average at the end: {load_average()}.\n\n"
+        f"of the same level at equal PSNR (target <= 0.7x at >= 35 dB); `λ / level's`: the rate weight the "
+        "default's PSNR aim gave the blocks after the first, against its quality level's. Load average at "
+        f"the end: {load_average()}.\n\n"
     )
     text += "\n".join(
         md_table(
@@ -153,8 +167,9 @@ def main(argv: list[str] | None = None) -> None:
                 "vs JPEG pyramid",
                 "target",
                 "min",
+                "λ / level's",
             ],
-            "lrrrrrrlr",
+            "lrrrrrrlrr",
             rows,
         )
     )
