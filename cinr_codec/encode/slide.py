@@ -324,8 +324,8 @@ def encode_slide(
     representation warm-starts short fits (``BlockCodec.warm_starts``), the plan's prior block is
     fitted first, alone, and every other tissue block starts from its stored networks.
     ``slide_psnr``: fit the prior block at the preset's rate weight, then every other block at the
-    one weight predicted to put the slide's PSNR over tissue at this many dB (``encode.aim``; for
-    representations with a rate weight). By default a compressive encode given neither ``preset``
+    one weight predicted to put the slide's PSNR over tissue at this many dB, never lower than the
+    preset's (``encode.aim``; for representations with a rate weight). By default a compressive encode given neither ``preset``
     nor ``target_psnr`` aims at ``aim.DEFAULT_SLIDE_PSNR``; with a ``preset`` it keeps its weight.
     """
     from ..core.render import resolve_device
@@ -500,7 +500,10 @@ def encode_slide(
                     return plan.rate_weight
                 if progress is not None:
                     progress({"stage": "aim"})
-                slide = _slide_difficulty(source, plan, plan.prior)
+                try:
+                    slide = _slide_difficulty(source, plan, plan.prior)
+                except CinrInputError as exc:
+                    raise source_failed(exc) from None
                 lam = aimed_rate(
                     plan.slide_psnr, plan.rate_weight, float(prior["sse"]), int(prior["n"]), slide
                 )
