@@ -175,8 +175,6 @@ def plan_slide(
     mip_avif = bool(grid.mip_downsamples) and avif_available()
     warm = codec.warm_starts(steps, target_psnr)
     train = codec.recipe(model, preset)
-    if slide_psnr is not None and not train.get("lambda"):  # encode_slide says so before opening
-        raise ValueError(f"{model} blocks have no rate weight to aim at a PSNR")
     prior = _prior_block(grid, fractions) if warm or slide_psnr is not None else None
     # A total time budget is shared out block by block: the prior is then fitted once.
     candidates = (
@@ -238,7 +236,6 @@ def _slide_difficulty(source: SlideSource, plan: SlidePlan, prior: int) -> Slide
     and those of at most ``aim.MAX_MEASURED_BLOCKS`` others (the glass ``encode_block`` will store
     as a colour left out), extrapolated to all."""
     grid = plan.grid
-    jobs = {j.block_id: j for j in plan.jobs}
 
     def owned(block_id: int) -> np.ndarray:
         return source.read(*grid.owned(block_id))
@@ -248,7 +245,8 @@ def _slide_difficulty(source: SlideSource, plan: SlidePlan, prior: int) -> Slide
     values = weighted = 0.0
     for b in measured:
         px = owned(b)
-        if jobs[b].maybe_background and is_glass(px, jobs[b].tissue_threshold):
+        job = plan.jobs[b]  # one job per block, in block order
+        if job.maybe_background and is_glass(px, job.tissue_threshold):
             continue
         values += px.size
         weighted += px.size * difficulty(px)
@@ -333,6 +331,9 @@ def encode_slide(
     t_start = time.perf_counter()
     codec = get_codec(model)
     quant = codec.default_storage if quant is None else quant
+    level_given = preset is not None
+    preset = codec.default_preset if preset is None else preset
+    rated = bool(codec.recipe(model, preset).get("lambda"))  # a bad preset raises ValueError here
     if slide_psnr is not None:
         if isinstance(slide_psnr, bool) or not isinstance(slide_psnr, int | float):
             raise ValueError(f"the slide's PSNR aim must be a number of dB, not {slide_psnr!r}")
@@ -343,11 +344,10 @@ def encode_slide(
             )
         if target_psnr is not None:
             raise ValueError("give a PSNR target per block or an aim for the slide, not both")
-    elif preset is None and target_psnr is None and codec.recipe(model, codec.default_preset).get("lambda"):
+        if not rated:
+            raise ValueError(f"{model} blocks have no rate weight to aim at a PSNR")
+    elif rated and not level_given and target_psnr is None:
         slide_psnr = DEFAULT_SLIDE_PSNR
-    preset = codec.default_preset if preset is None else preset
-    if slide_psnr is not None and not codec.recipe(model, preset).get("lambda"):
-        raise ValueError(f"{model} blocks have no rate weight to aim at a PSNR")
     codec.check_storage(quant)
     if block_size is None:
         block_size = codec.block_size
@@ -479,8 +479,8 @@ def encode_slide(
                 }
                 if plan.prior is None or not later:
                     return stage
-                record = journal.read(plan.prior)
-                init = record.parts[0] if record.parts and plan.warm else None  # none: background
+                parts = journal.read(plan.prior).parts if plan.warm else []  # none: background
+                init = parts[0] if parts else None
                 lam = aimed_weight()
                 return [replace(j, init=init, lam=lam) if j.block_id in later else j for j in stage]
 
