@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Device checks, run on a lent GPU machine from the repository root (see the issue notes):
-#   CUDA tests, one 1024^2 block of real tissue encoded per preset on the GPU (decoded on the
-#   CPU, as every file is), GPU decode timings, and the hash-grid speed on CUDA.
+#   CUDA tests, one 1024^2 block of real tissue encoded per hash-grid preset on the GPU and once
+#   at the defaults (ccinr; decoded on the CPU, as every file is), GPU decode timings, and the
+#   hash-grid speed on CUDA.
 # Usage: DATA=folder-with-prostate1024.png OUT=results-folder benchmarks/gpu_checks.sh
 set -uo pipefail
 DATA=${DATA:-.devdata}
@@ -16,6 +17,10 @@ for preset in fast default high; do
     > "$OUT/encode_$preset.json" 2> "$OUT/encode_$preset.time"
   cat "$OUT/encode_$preset.json"; echo
 done
+# The default encode (ccinr, aimed at 37 dB, 2400 steps a block on a GPU): four 512^2 blocks.
+/usr/bin/time -v python3 -m cinr_codec encode "$DATA/prostate1024.png" -o /tmp/p_ccinr.cinr --json --quiet \
+  > "$OUT/encode_ccinr_default.json" 2> "$OUT/encode_ccinr_default.time"
+cat "$OUT/encode_ccinr_default.json"; echo
 python3 - <<'PY' 2>&1 | tee "$OUT/decode_gpu.txt"
 import time, statistics, torch
 from cinr_codec.decode import SlideDecoder

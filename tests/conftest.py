@@ -13,6 +13,16 @@ SHARED = ROOT.parent / "shared" / "data"
 SAMPLE = ROOT / "cinr_codec" / "data" / "CMU-1-Small-Region.svs"
 
 
+@pytest.fixture(autouse=True)
+def _cpu_unless_marked_gpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests not marked ``gpu`` run on the CPU on a machine with a GPU too: their ``device="auto"``
+    encodes are then the CPU's, whose bytes are reproducible (CUDA training is not)."""
+    if request.node.get_closest_marker("gpu") is None:
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
 @pytest.fixture(scope="session")
 def he_image() -> np.ndarray:
     """A 2500x2500 real H&E image (shared data), or the bundled sample when absent."""

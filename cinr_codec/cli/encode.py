@@ -386,7 +386,13 @@ def _aim_line(s: dict[str, Any]) -> str:
         if lam <= level
         else f"{lam / level:.2f}x {s['preset']}'s"
     )
-    return f"{s['slide_psnr']:g} dB over tissue: rate weight {lam:.3g} ({how})"
+    line = f"{s['slide_psnr']:g} dB over tissue: rate weight {lam:.3g} ({how})"
+    if s.get("finer_step"):
+        from ..encode.aim import SLIDE_PSNR_FLOOR
+
+        floor = min(float(s["slide_psnr"]), SLIDE_PSNR_FLOOR)
+        line += f"; a finer latent step, as the first block predicted the slide under {floor:g} dB"
+    return line
 
 
 def _print_summary(s: dict[str, Any]) -> None:

@@ -165,6 +165,12 @@ class BlockCodec(ABC):
         """Whether fits of this many steps start from a prior block's networks (``FitSettings.init``)."""
         return False
 
+    def finer_config(self, config: Any) -> Any | None:
+        """The configuration that stores the same representation at a finer quantization step, for
+        slides that a short fit of ``config`` leaves under the PSNR floor (``encode.aim``); None:
+        none finer."""
+        return None
+
     @abstractmethod
     def check_storage(self, storage: str) -> None:
         """Raise ValueError when ``storage`` is not one of ``storages``."""

@@ -24,10 +24,12 @@ latents per coded bit (plus a small floor), and never more than the block frame.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import struct
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -545,6 +547,13 @@ class LatentCodec(BlockCodec):
             kind=kind, side=side, **{"latent_shift": shift, "latent_tile": tile, **PRESET_ARCH}
         )
 
+    def finer_config(self, config: LatentConfig) -> LatentConfig | None:
+        """``config`` with the next finer latent step of the quality ladder (a unit step -> 1/4)."""
+        from ..encode.train.latent import QUALITY_LATENT_SHIFT
+
+        finer = sorted(s for s in set(QUALITY_LATENT_SHIFT.values()) if s > config.latent_shift)
+        return replace(config, latent_shift=finer[0]) if finer else None
+
     def recipe(self, kind: str, preset: str) -> dict[str, Any]:
         from ..encode.train.latent import RECIPE, lambda_of
 
@@ -619,16 +628,17 @@ class LatentCodec(BlockCodec):
                 init_networks=init,
             )
         bits = laplace_weight_bits if config.weight_coding == "laplace" else (lambda v: best_order(v)[0])
-        quantize_networks(fitted, pixels, bits)
-        if RECIPE["rdo_sweeps"]:
-            refine_latents(
-                fitted.model,
-                pixels,
-                fitted.lam,
-                sweeps=int(RECIPE["rdo_sweeps"]),
-                levels=int(RECIPE["rdo_levels"]),
-                sign=str(RECIPE["rdo_sign"]),
-            )
+        with _full_float32():
+            quantize_networks(fitted, pixels, bits)
+            if RECIPE["rdo_sweeps"]:
+                refine_latents(
+                    fitted.model,
+                    pixels,
+                    fitted.lam,
+                    sweeps=int(RECIPE["rdo_sweeps"]),
+                    levels=int(RECIPE["rdo_levels"]),
+                    sign=str(RECIPE["rdo_sign"]),
+                )
         if settings.measure:
             from ..core.metrics import psnr, ssim
             from ..encode.train.latent import render_latents
@@ -671,6 +681,20 @@ class LatentCodec(BlockCodec):
             stream = encode_grids(grids, context)
         head = _HEAD.pack(MAGIC, model.width, model.height, fit.origin[0], fit.origin[1], len(weights))
         return head + weights + struct.pack("<I", len(stream)) + stream
+
+
+@contextlib.contextmanager
+def _full_float32() -> Iterator[None]:
+    """No TF32 in GPU convolutions and matrix products meanwhile: the weights' steps and the
+    latents' search decide on renders, which should be the float32 of the CPU decoder's."""
+    import torch
+
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
 
 
 #: The codec ``coding.registry`` hands out for ``ccinr``.

@@ -45,6 +45,13 @@ RATE_EXPONENT = DB_PER_HALVING / (10 * math.log10(2))
 OPTIMISM_DB = 0.4
 #: The aimed weight is the level's at least and this many times it at most.
 MAX_FACTOR = 16.0
+#: The PSNR over tissue (dB) under which a slide's prediction at the level's weight, from a prior
+#: fitted at the level's latent step, has the prior fitted again at the next finer step
+#: (``BlockCodec.finer_config``) and the whole slide stored at it (issue 13's floor). On tissue
+#: that a short fit leaves under it (the bundled sample, a JPEG q30 scan: 34.39 dB at q4), a
+#: quarter of the weight at a unit step bought 0.55 dB for 30 % more bytes; see the module's
+#: measurements in docs/architecture.md ("Twentieth session").
+SLIDE_PSNR_FLOOR = 35.0
 
 
 def difficulty(pixels: np.ndarray) -> float:
@@ -75,6 +82,18 @@ class SlideDifficulty:
     prior: float
     values: float
     weighted: float
+
+
+def predicted_psnr(prior_sse: float, prior_values: int, slide: SlideDifficulty) -> float:
+    """The slide's PSNR over tissue (dB) predicted with every block at the prior's rate weight,
+    less ``OPTIMISM_DB`` (the prior block fitted with squared error ``prior_sse`` over
+    ``prior_values`` values)."""
+    prior_mse = prior_sse / max(1, prior_values)
+    others = prior_mse * slide.weighted / max(slide.prior, 1e-6)
+    mse = (prior_sse + others) / max(1.0, prior_values + slide.values)
+    if mse <= 0:
+        return math.inf
+    return 10 * math.log10(255.0**2 / mse) - OPTIMISM_DB
 
 
 def aimed_rate(aim: float, lam: float, prior_sse: float, prior_values: int, slide: SlideDifficulty) -> float:

@@ -148,6 +148,17 @@ def run_on_cluster(
         client.cancel([f for f in futures if not f.done()])
 
 
+def check_gpu_workers(client: Any) -> None:
+    """Refuse GPU fits (ValueError) on a cluster whose workers, if any have joined yet, offer no
+    ``GPU`` resource: their tasks would wait for one for ever."""
+    workers = client.scheduler_info().get("workers", {})
+    if workers and not any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers.values()):
+        raise ValueError(
+            "the blocks would fit on a GPU, but no worker of the cluster offers one: start the workers "
+            "with --resources GPU=1 (one per GPU), or encode with --device cpu"
+        )
+
+
 @contextmanager
 def cluster_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Any]:
     """A ``distributed.Client``: connected to ``scheduler`` (an address such as
@@ -169,6 +180,11 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None) -> 
             client.close()
         return
     n = max(1, int(workers or 1))
+    import torch
+
+    # On a machine with a GPU the blocks fit there (``run_on_cluster(gpu=True)`` asks each task
+    # for the resource): every local worker shares it.
+    resources = {"GPU": 1} if torch.cuda.is_available() else None
     # The scheduler of a local cluster runs in this process: its start-up chatter is not the user's.
     chatter = logging.getLogger("distributed")
     level = chatter.level
@@ -182,6 +198,7 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None) -> 
                 host="127.0.0.1",
                 dashboard_address="127.0.0.1:0",  # loopback, a free port
                 silence_logs=logging.WARNING,
+                resources=resources,
             ) as cluster,
             Client(cluster) as client,
         ):

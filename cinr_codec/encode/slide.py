@@ -37,11 +37,13 @@ from ..format.header import (
 )
 from .aim import (
     DEFAULT_SLIDE_PSNR,
+    SLIDE_PSNR_FLOOR,
     SLIDE_PSNR_RANGE,
     SlideDifficulty,
     aimed_rate,
     difficulty,
     measured_blocks,
+    predicted_psnr,
 )
 from .block import SEAM_STRIP, BlockJob, block_seed, candidate_seed, encode_block
 from .image import check_destination
@@ -109,6 +111,10 @@ class SlidePlan:
     #: The PSNR over tissue (dB) that the other blocks' one rate weight aims at (``encode.aim``),
     #: from the prior block's fit at ``rate_weight``; None: every block at ``rate_weight``.
     slide_psnr: float | None = None
+    #: The configuration and header of the same representation at a finer quantization step
+    #: (``BlockCodec.finer_config``), for a slide whose prediction from the prior falls under
+    #: ``aim.SLIDE_PSNR_FLOOR``; None where the aim cannot switch to one.
+    finer: tuple[Any, dict[str, Any]] | None = None
 
 
 def plan_slide(
@@ -160,18 +166,22 @@ def plan_slide(
     slide = slide_fields(width, height, source.properties)
     scale_slide_fields(slide, level, source.downsample)
     slide["background"] = list(tmap.background)
-    header = build_header(
-        slide=slide,
-        grid=grid,
-        representation=codec.header_fields(cfg, quant),
-        preset=preset,
-        tissue={
-            "method": "otsu-saturation",
-            "threshold": round(float(tmap.threshold), 3),
-            "fraction": round(float(tmap.tissue_fraction), 5),
-            "masked": bool(tissue_mask),
-        },
-    )
+
+    def header_of(config: Any) -> dict[str, Any]:
+        return build_header(
+            slide=slide,
+            grid=grid,
+            representation=codec.header_fields(config, quant),
+            preset=preset,
+            tissue={
+                "method": "otsu-saturation",
+                "threshold": round(float(tmap.threshold), 3),
+                "fraction": round(float(tmap.tissue_fraction), 5),
+                "masked": bool(tissue_mask),
+            },
+        )
+
+    header = header_of(cfg)
     mip_avif = bool(grid.mip_downsamples) and avif_available()
     warm = codec.warm_starts(steps, target_psnr)
     train = codec.recipe(model, preset)
@@ -214,6 +224,9 @@ def plan_slide(
         )
         for block_id in range(grid.n_level_blocks)
     )
+    # A slide aimed at a PSNR may switch to a finer step once its prior is fitted (not under a
+    # total time budget, which the prior's second fit would overrun).
+    fine = codec.finer_config(cfg) if slide_psnr is not None and total_time_budget is None else None
     return SlidePlan(
         grid=grid,
         header=header,
@@ -228,6 +241,7 @@ def plan_slide(
         rate_weight=float(train.get("lambda", 0.0)),
         warm=warm and prior is not None,
         slide_psnr=slide_psnr if prior is not None else None,
+        finer=(fine, header_of(fine)) if fine is not None and prior is not None else None,
     )
 
 
@@ -371,6 +385,10 @@ def encode_slide(
     side = block_size + 2 * margin  # every block's frame (BlockGrid.side)
     codec.config_for(model, preset, side, side)  # a bad preset fails before the slide is opened
     dev = resolve_device(device)
+    if client is not None and dev.type == "cuda":
+        from .cluster import check_gpu_workers
+
+        check_gpu_workers(client)  # else the tasks would wait for a GPU for ever
     _check_threads(threads)
     src_path = Path(src)
     path = check_destination(dst)
@@ -472,17 +490,29 @@ def encode_slide(
             aimed: list[float] = []  # the other blocks' rate weight, once the prior is fitted
 
             def warmed(stage: list[BlockJob]) -> list[BlockJob]:
-                """The stage's later tissue blocks starting from the prior block's stored networks
-                and at the slide's aimed rate weight."""
+                """The stage's jobs once the prior block is journaled: at the slide's latent step
+                (``finer``), and its later tissue blocks starting from the prior block's stored
+                networks and at the slide's aimed rate weight."""
+                if plan.prior is None or plan.prior not in journal.done:
+                    return stage  # the prior's own stage
                 later = {
                     j.block_id for j in stage if j.block_id != plan.prior and j.block_id in plan.tissue_blocks
                 }
-                if plan.prior is None or not later:
+                lam = aimed_weight() if later else None  # may fit the prior again at a finer step
+                config = finer_config()
+                if config is not None:
+                    stage = [replace(j, config=config) for j in stage]
+                if not later:
                     return stage
                 parts = journal.read(plan.prior).parts if plan.warm else []  # none: background
                 init = parts[0] if parts else None
-                lam = aimed_weight()
                 return [replace(j, init=init, lam=lam) if j.block_id in later else j for j in stage]
+
+            def finer_config() -> Any:
+                """The finer step's configuration when the journaled prior was fitted at it, else None."""
+                if plan.finer is None or plan.prior is None or plan.prior not in journal.done:
+                    return None
+                return plan.finer[0] if journal.read(plan.prior).meta.get("finer") else None
 
             def aimed_weight() -> float | None:
                 """The later blocks' rate weight for ``plan.slide_psnr``, from the journaled prior
@@ -490,12 +520,15 @@ def encode_slide(
                 if plan.slide_psnr is None or plan.prior is None:
                     return None
                 if not aimed:
-                    aimed.append(aim_rate(journal.read(plan.prior).meta))
+                    aimed.append(aim_rate())
                 return aimed[0]
 
-            def aim_rate(prior: dict[str, Any]) -> float:
-                """The other blocks' rate weight for ``plan.slide_psnr`` from the prior's record."""
+            def aim_rate() -> float:
+                """The other blocks' rate weight for ``plan.slide_psnr`` from the prior's record;
+                first, where the prior predicts the slide under the floor at the level's step, the
+                prior fitted again and journaled at the finer step."""
                 assert plan.slide_psnr is not None and plan.prior is not None
+                prior = journal.read(plan.prior).meta
                 if prior["kind"] != "model":
                     return plan.rate_weight
                 if progress is not None:
@@ -504,6 +537,19 @@ def encode_slide(
                     slide = _slide_difficulty(source, plan, plan.prior)
                 except CinrInputError as exc:
                     raise source_failed(exc) from None
+                floor = min(plan.slide_psnr, SLIDE_PSNR_FLOOR)
+                predicted = predicted_psnr(float(prior["sse"]), int(prior["n"]), slide)
+                if plan.finer is not None and not prior.get("finer") and predicted < floor:
+                    log.info(
+                        "the slide is predicted at %.2f dB over tissue, under %.1f: the prior block "
+                        "is fitted again at a finer latent step",
+                        predicted,
+                        floor,
+                    )
+                    if progress is not None:
+                        progress({"stage": "finer"})
+                    race(replace(plan.jobs[plan.prior], config=plan.finer[0]), finer=True)
+                    prior = journal.read(plan.prior).meta
                 lam = aimed_rate(
                     plan.slide_psnr, plan.rate_weight, float(prior["sse"]), int(prior["n"]), slide
                 )
@@ -525,9 +571,10 @@ def encode_slide(
                         CinrInputError(f"{exc} (block {job.block_id + 1} of {grid.n_level_blocks})")
                     ) from None
 
-            def race(job: BlockJob) -> None:
+            def race(job: BlockJob, finer: bool = False) -> None:
                 """Fit ``job``'s block from ``plan.prior_candidates`` seeds (at once where workers
-                allow) and journal the fit of lowest rate-distortion loss."""
+                allow) and journal the fit of lowest rate-distortion loss (``finer``: the prior's
+                second fit, at the finer step, which replaces its first record)."""
                 candidates = [
                     replace(job, seed=candidate_seed(job.seed, k)) for k in range(plan.prior_candidates)
                 ]
@@ -540,6 +587,9 @@ def encode_slide(
                     for c in candidates:
                         results.append(*encode_block(c, pixels))
                 meta, parts = results.best(plan.rate_weight)
+                if finer:
+                    journal.append({**meta, "finer": True}, parts)
+                    return  # the block was counted at its first fit
                 journal.append(meta, parts)
                 block_done(job, meta)
 
@@ -574,13 +624,14 @@ def encode_slide(
                     block_done(job, meta)
             # All blocks are in the journal: assemble the file.
             lam = aimed_weight()  # (found already, unless a resume found every block journaled)
+            finer = finer_config() is not None
             if progress is not None:
                 progress({"stage": "write"})
             summary = assemble(
                 path,
                 journal,
                 grid,
-                plan.header,
+                plan.finer[1] if finer and plan.finer is not None else plan.header,
                 source.associated_images(),
                 plan.codec,
                 labels={"model": model, "preset": preset, "quant": quant},
@@ -598,6 +649,7 @@ def encode_slide(
             device=str(dev),
             slide_psnr=plan.slide_psnr,
             rate_weight=(plan.rate_weight if lam is None else lam) or None,
+            finer_step=finer,
         )
     summary["seconds"] = time.perf_counter() - t_start
     summary["compression_ratio"] = summary["source_bytes"] / summary["bytes"] if summary["bytes"] else None

@@ -33,13 +33,14 @@ def serial_cinr(tissue_png: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 @pytest.fixture
-def fits_seen(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, FitSettings]]:
-    """Each ccinr fit's preset and ``FitSettings``, in the order the fits of this process run."""
-    seen: list[tuple[str, FitSettings]] = []
+def fits_seen(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, FitSettings, Any]]:
+    """Each ccinr fit's preset, ``FitSettings`` and configuration, in the order the fits of this
+    process run."""
+    seen: list[tuple[str, FitSettings, Any]] = []
     fit = LatentCodec.fit
 
     def spy(self: LatentCodec, pixels: np.ndarray, config: Any, kind: str, preset: str, settings: Any) -> Any:
-        seen.append((preset, settings))
+        seen.append((preset, settings, config))
         return fit(self, pixels, config, kind, preset, settings)
 
     monkeypatch.setattr(LatentCodec, "fit", spy)

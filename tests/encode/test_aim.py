@@ -9,9 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cinr_container_helpers import stored_blocks
 from click.testing import CliRunner
+from PIL import Image
 
 from cinr_codec.cli import main
+from cinr_codec.core.metrics import psnr
+from cinr_codec.decode import SlideDecoder
 from cinr_codec.encode.aim import (
     DEFAULT_SLIDE_PSNR,
     MAX_FACTOR,
@@ -24,6 +28,7 @@ from cinr_codec.encode.aim import (
 )
 from cinr_codec.encode.slide import encode_slide
 from cinr_codec.encode.train import latent as L
+from cinr_codec.format.container import CinrReader
 
 SETTINGS: dict[str, Any] = {"model": "ccinr", "steps": 3, "block_size": 64, "threads": 1}
 
@@ -93,21 +98,73 @@ def test_measured_blocks_are_evenly_spread() -> None:
 
 
 def test_a_default_encode_aims_one_weight_for_the_slide_from_its_prior(
-    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any]]
+    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any, Any]]
 ) -> None:
     monkeypatch.setitem(L.RECIPE, "prior_candidates", 1)
-    summary = encode_slide(tissue_png, tmp_path / "aimed.cinr", **SETTINGS)
-    seen = [(preset, s.lam) for preset, s in fits_seen]
+    summary = encode_slide(tissue_png, tmp_path / "aimed.cinr", **{**SETTINGS, "steps": 40})
+    seen = [(preset, s.lam) for preset, s, _ in fits_seen]
     assert summary["slide_psnr"] == DEFAULT_SLIDE_PSNR and summary["preset"] == "q4"
     lam = summary["rate_weight"]
-    assert len(seen) >= 3 and seen[0] == ("q4", None)  # the prior: the level's own weight
-    assert all(s == ("q4", lam) for s in seen[1:]) and lam >= L.lambda_of("q4")
+    # The prior at the level's own weight (twice where it was fitted again at a finer step, below).
+    k = 2 if summary["finer_step"] else 1
+    assert len(seen) >= k + 2 and seen[:k] == [("q4", None)] * k
+    assert all(s == ("q4", lam) for s in seen[k:]) and lam >= L.lambda_of("q4")
 
     # A level given alone keeps its weight for every block.
     fits_seen.clear()
     fixed = encode_slide(tissue_png, tmp_path / "fixed.cinr", preset="q4", **SETTINGS)
     assert fixed["slide_psnr"] is None and fixed["rate_weight"] == L.lambda_of("q4")
-    assert fits_seen and all((preset, s.lam) == ("q4", None) for preset, s in fits_seen)
+    assert fits_seen and all((preset, s.lam) == ("q4", None) for preset, s, _ in fits_seen)
+
+
+def _latent_shift(path: Path) -> int:
+    with CinrReader(path) as r:
+        return int(r.header["model"].get("latent_shift", 0))
+
+
+def test_a_slide_predicted_under_the_floor_is_stored_at_a_finer_step(
+    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any, Any]]
+) -> None:
+    """At 3 steps the prior predicts the slide far under ``SLIDE_PSNR_FLOOR``: it is fitted again
+    (same seed) at the next finer latent step, and every later block and the header use that step;
+    the file decodes to the PSNR its summary states. A level given alone never switches."""
+    monkeypatch.setitem(L.RECIPE, "prior_candidates", 1)
+    out = tmp_path / "finer.cinr"
+    summary = encode_slide(tissue_png, out, **SETTINGS)
+    assert summary["finer_step"] and summary["rate_weight"] == L.lambda_of("q4")
+    shifts = [c.latent_shift for _, _, c in fits_seen]
+    seeds = [s.seed for _, s, _ in fits_seen]
+    assert len(shifts) >= 4 and shifts[0] == 0 and all(k == L.QUALITY_LATENT_SHIFT["q5"] for k in shifts[1:])
+    assert seeds[0] == seeds[1]  # the prior, fitted twice
+    assert _latent_shift(out) == L.QUALITY_LATENT_SHIFT["q5"]
+    with SlideDecoder(out) as d:
+        decoded = d.read(0, 0, d.width, d.height)
+    source = np.asarray(Image.open(tissue_png).convert("RGB"))
+    assert psnr(decoded, source) == pytest.approx(summary["psnr_all"], abs=1e-6)
+
+    fits_seen.clear()
+    fixed = encode_slide(tissue_png, tmp_path / "fixed.cinr", preset="q4", **SETTINGS)
+    assert not fixed["finer_step"] and _latent_shift(tmp_path / "fixed.cinr") == 0
+    assert all(c.latent_shift == 0 for _, _, c in fits_seen)
+
+
+def test_an_encode_stopped_before_the_finer_fit_resumes_to_the_same_file(
+    tissue_png: Path, tmp_path: Path
+) -> None:
+    """Killed when the prior (journaled at the level's step) has just decided on a finer step: the
+    resume decides again from the same record and writes the blocks of an uninterrupted encode."""
+    ref = tmp_path / "ref.cinr"
+    assert encode_slide(tissue_png, ref, **SETTINGS)["finer_step"]
+
+    def stop_at_finer(ev: dict[str, Any]) -> None:
+        if ev["stage"] == "finer":
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out.cinr"
+    with pytest.raises(KeyboardInterrupt):
+        encode_slide(tissue_png, out, progress=stop_at_finer, **SETTINGS)
+    resumed = encode_slide(tissue_png, out, resume=True, **SETTINGS)
+    assert resumed["finer_step"] and stored_blocks(out) == stored_blocks(ref)
 
 
 @pytest.mark.parametrize(

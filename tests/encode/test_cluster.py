@@ -105,6 +105,28 @@ def test_settings_a_cluster_cannot_honour_are_refused(tissue_png: Path, client: 
         encode_slide(tissue_png, tmp_path / "x.cinr", client=client, total_time_budget=10.0, **SETTINGS)
 
 
+def test_gpu_fits_go_only_to_a_cluster_that_offers_a_gpu(
+    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GPU encode on a cluster whose workers offer no ``GPU`` resource is refused at once (its
+    tasks would wait for one for ever); a local cluster on a machine with a GPU offers it on every
+    worker."""
+    import torch
+
+    from cinr_codec.encode.cluster import check_gpu_workers, cluster_client
+
+    with cluster_client(workers=1) as cpu_only:  # no GPU here (and none in tests: conftest)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        out = tmp_path / "x.cinr"
+        with pytest.raises(ValueError, match="no worker of the cluster offers one"):
+            encode_slide(tissue_png, out, client=cpu_only, device="cuda", **SETTINGS)
+        assert not out.exists() and not journal_path(out).exists()
+    with cluster_client(workers=1) as gpu:
+        workers = gpu.scheduler_info()["workers"].values()
+        assert workers and all(w["resources"] == {"GPU": 1} for w in workers)
+        check_gpu_workers(gpu)
+
+
 def test_a_cohort_on_one_cluster_goes_on_past_a_bad_slide(
     tissue_png: Path, serial_cinr: Path, tmp_path: Path
 ) -> None:

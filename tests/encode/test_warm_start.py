@@ -27,12 +27,12 @@ def _payloads(path: Path) -> list[bytes]:
 
 
 def test_later_blocks_start_from_the_prior_blocks_stored_networks(
-    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any]]
+    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any, Any]]
 ) -> None:
     monkeypatch.setitem(L.RECIPE, "prior_candidates", 1)  # one fit of the prior (the race: below)
     warm = tmp_path / "warm.cinr"
     encode_slide(tissue_png, warm, **SETTINGS)
-    seen = [s.init for _, s in fits_seen]
+    seen = [s.init for _, s, _ in fits_seen]
     payloads = _payloads(warm)
     assert len(seen) == len(payloads) >= 3
     assert seen[0] is None and all(init == seen[1] for init in seen[1:])
@@ -43,7 +43,7 @@ def test_later_blocks_start_from_the_prior_blocks_stored_networks(
     monkeypatch.setitem(L.RECIPE, "warm_start", False)
     cold = tmp_path / "cold.cinr"
     encode_slide(tissue_png, cold, **SETTINGS)
-    assert fits_seen and all(s.init is None for _, s in fits_seen)
+    assert fits_seen and all(s.init is None for _, s, _ in fits_seen)
     fresh = _payloads(cold)
     assert fresh[prior] == payloads[prior]  # the prior block itself is fitted as before
     assert sum(a != b for a, b in zip(fresh, payloads, strict=True)) == len(payloads) - 1
@@ -52,9 +52,12 @@ def test_later_blocks_start_from_the_prior_blocks_stored_networks(
 #: The default encode's aim (``encode.aim``) from the journaled prior: at 40 steps q4 reaches
 #: about 36 dB on these blocks, so an aim of 30 dB gives the later blocks a higher weight.
 AIMED: dict[str, Any] = {**SETTINGS, "preset": None, "steps": 40, "slide_psnr": 30.0}
+#: The default aim at 3 steps: the prior predicts the slide far under the floor, so it is fitted
+#: again at the finer latent step, and every later block at it.
+FINER: dict[str, Any] = {**SETTINGS, "preset": None}
 
 
-@pytest.mark.parametrize("settings", [SETTINGS, AIMED], ids=["level", "aimed"])
+@pytest.mark.parametrize("settings", [SETTINGS, AIMED, FINER], ids=["level", "aimed", "finer"])
 def test_a_resumed_encode_starts_its_blocks_from_the_journaled_prior(
     tissue_png: Path, tmp_path: Path, settings: dict[str, Any]
 ) -> None:
@@ -63,6 +66,7 @@ def test_a_resumed_encode_starts_its_blocks_from_the_journaled_prior(
     ref = tmp_path / "ref.cinr"
     summary = encode_slide(tissue_png, ref, **settings)
     assert (summary["rate_weight"] > L.lambda_of("q4")) == (settings is AIMED)
+    assert summary["finer_step"] == (settings is FINER)
     out = tmp_path / "out.cinr"
     fitted: list[int] = []
 

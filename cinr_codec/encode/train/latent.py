@@ -242,7 +242,13 @@ def fit_latents(
     target = _target(image, dev)
     model = LatentImage(config, h, w)
     if r["synthesis_seed"] is not None:
-        with torch.random.fork_rng(devices=[]):  # the fit's own random stream goes on unchanged
+        # The fit's own random stream goes on unchanged (manual_seed also seeds the GPU's).
+        on_gpu = (
+            [dev.index if dev.index is not None else torch.cuda.current_device()]
+            if dev.type == "cuda"
+            else []
+        )
+        with torch.random.fork_rng(devices=on_gpu):
             torch.manual_seed(int(r["synthesis_seed"]))
             model.synthesis = Synthesis(config)
     net_lr = 1.0
