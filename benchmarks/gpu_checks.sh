@@ -10,7 +10,7 @@ OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 python3 -c "import torch, sys; print(sys.version); print('torch', torch.__version__, torch.cuda.get_device_name(0))" | tee "$OUT/versions.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_hashgrid.py 2>&1 | tail -5 | tee "$OUT/pytest_gpu.txt"
+python3 -m pytest -q -p no:cacheprovider tests/core/test_gpu.py tests/core/test_hashgrid.py 2>&1 | tail -5 | tee "$OUT/pytest_gpu.txt"
 for preset in fast default high; do
   /usr/bin/time -v python3 -m cinr_codec encode "$DATA/prostate1024.png" -o "/tmp/p_$preset.cinr" \
     --preset "$preset" --device cuda --block-size 1024 --json --quiet \

@@ -382,7 +382,7 @@ def _aim_line(s: dict[str, Any]) -> str:
     level = lambda_of(s["preset"])
     lam = s["rate_weight"]
     how = (
-        f"{s['preset']}'s: the slide was predicted under the aim, and the aim never adds bits"
+        f"{s['preset']}'s: the slide was predicted under the aim, and the aim never lowers the weight"
         if lam <= level
         else f"{lam / level:.2f}x {s['preset']}'s"
     )
@@ -391,7 +391,7 @@ def _aim_line(s: dict[str, Any]) -> str:
         from ..encode.aim import SLIDE_PSNR_FLOOR
 
         floor = min(float(s["slide_psnr"]), SLIDE_PSNR_FLOOR)
-        line += f"; a finer latent step, as the first block predicted the slide under {floor:g} dB"
+        line += f"; stored at a finer latent step, as the level's predicted the slide under {floor:g} dB"
     return line
 
 

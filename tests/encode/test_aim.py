@@ -155,16 +155,22 @@ def test_an_encode_stopped_before_the_finer_fit_resumes_to_the_same_file(
     resume decides again from the same record and writes the blocks of an uninterrupted encode."""
     ref = tmp_path / "ref.cinr"
     assert encode_slide(tissue_png, ref, **SETTINGS)["finer_step"]
+    out = tmp_path / "out.cinr"
+    resumed = _stopped_then_resumed(tissue_png, out, "finer", SETTINGS)
+    assert resumed["finer_step"] and stored_blocks(out) == stored_blocks(ref)
 
-    def stop_at_finer(ev: dict[str, Any]) -> None:
-        if ev["stage"] == "finer":
+
+def _stopped_then_resumed(src: Path, out: Path, stage: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Encode ``src``, interrupted at the first progress event of ``stage``, then resumed: the
+    resumed encode's summary."""
+
+    def stop(ev: dict[str, Any]) -> None:
+        if ev["stage"] == stage:
             raise KeyboardInterrupt
 
-    out = tmp_path / "out.cinr"
     with pytest.raises(KeyboardInterrupt):
-        encode_slide(tissue_png, out, progress=stop_at_finer, **SETTINGS)
-    resumed = encode_slide(tissue_png, out, resume=True, **SETTINGS)
-    assert resumed["finer_step"] and stored_blocks(out) == stored_blocks(ref)
+        encode_slide(src, out, progress=stop, **settings)
+    return encode_slide(src, out, resume=True, **settings)
 
 
 @pytest.mark.parametrize(
@@ -202,6 +208,8 @@ def test_the_cli_summary_shows_the_aim_and_its_weight(tissue_png: Path, tmp_path
     res = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "a.cinr")])
     assert res.exit_code == 0, res.output
     assert "aim: 37 dB over tissue: rate weight" in res.output
+    # 3 steps leave the slide far under the floor: stored at a finer step, and the summary says so.
+    assert "stored at a finer latent step, as the level's predicted the slide under 35 dB" in res.output
     res = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "b.cinr"), "--quality", "4", "--json"])
     summary = json.loads(res.output.strip().splitlines()[-1])
     assert summary["slide_psnr"] is None and summary["rate_weight"] == pytest.approx(L.lambda_of("q4"))
@@ -211,14 +219,6 @@ def test_a_resume_with_every_block_journaled_reports_the_aimed_weight(
     tissue_png: Path, tmp_path: Path
 ) -> None:
     settings = {**SETTINGS, "steps": 40, "slide_psnr": 30.0}
-
-    def stop_at_write(ev: dict[str, Any]) -> None:
-        if ev["stage"] == "write":
-            raise KeyboardInterrupt
-
-    out = tmp_path / "out.cinr"
-    with pytest.raises(KeyboardInterrupt):
-        encode_slide(tissue_png, out, progress=stop_at_write, **settings)
-    resumed = encode_slide(tissue_png, out, resume=True, **settings)
+    resumed = _stopped_then_resumed(tissue_png, tmp_path / "out.cinr", "write", settings)
     ref = encode_slide(tissue_png, tmp_path / "ref.cinr", **settings)
     assert resumed["rate_weight"] == ref["rate_weight"] > L.lambda_of("q4")
