@@ -539,7 +539,10 @@ def encode_slide(
                     raise source_failed(exc) from None
                 floor = min(plan.slide_psnr, SLIDE_PSNR_FLOOR)
                 predicted = predicted_psnr(float(prior["sse"]), int(prior["n"]), slide)
-                if plan.finer is not None and not prior.get("finer") and predicted < floor:
+                # Only while the prior is the one block journaled (a journal of an encoder before
+                # the floor may hold later blocks at the level's step: they keep it).
+                alone = journal.done == {plan.prior} and not prior.get("finer")
+                if plan.finer is not None and alone and predicted < floor:
                     log.info(
                         "the slide is predicted at %.2f dB over tissue, under %.1f: the prior block "
                         "is fitted again at a finer latent step",

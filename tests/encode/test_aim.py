@@ -160,6 +160,32 @@ def test_an_encode_stopped_before_the_finer_fit_resumes_to_the_same_file(
     assert resumed["finer_step"] and stored_blocks(out) == stored_blocks(ref)
 
 
+def test_a_journal_from_before_the_floor_resumes_at_the_levels_step(
+    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks journaled after the prior at the level's step (by an encoder without the floor) keep
+    it: the resume does not switch the slide's step under them."""
+    from cinr_codec.encode import slide
+
+    monkeypatch.setattr(slide, "SLIDE_PSNR_FLOOR", 0.0)  # an encoder before the floor
+    ref = tmp_path / "ref.cinr"
+    assert not encode_slide(tissue_png, ref, **SETTINGS)["finer_step"]
+    fitted: list[int] = []
+
+    def stop_after_two(ev: dict[str, Any]) -> None:
+        if ev["stage"] == "block" and ev["kind"] == "model":
+            fitted.append(ev["block_id"])
+            if len(fitted) == 2:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "out.cinr"
+    with pytest.raises(KeyboardInterrupt):
+        encode_slide(tissue_png, out, progress=stop_after_two, **SETTINGS)
+    monkeypatch.undo()
+    resumed = encode_slide(tissue_png, out, resume=True, **SETTINGS)
+    assert not resumed["finer_step"] and stored_blocks(out) == stored_blocks(ref)
+
+
 def _stopped_then_resumed(src: Path, out: Path, stage: str, settings: dict[str, Any]) -> dict[str, Any]:
     """Encode ``src``, interrupted at the first progress event of ``stage``, then resumed: the
     resumed encode's summary."""
