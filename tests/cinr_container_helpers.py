@@ -302,3 +302,17 @@ def wait_for_a_journaled_block(proc: Any, journal: Any, timeout: float, poll: fl
             break
         time.sleep(poll)
     assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+
+
+def stop_after_fitted_blocks(n: int) -> Any:
+    """A progress callback for ``encode_slide`` that interrupts it (KeyboardInterrupt) once ``n``
+    blocks have been fitted (model blocks)."""
+    fitted: list[int] = []
+
+    def stop(ev: dict[str, Any]) -> None:
+        if ev["stage"] == "block" and ev["kind"] == "model":
+            fitted.append(ev["block_id"])
+            if len(fitted) == n:
+                raise KeyboardInterrupt
+
+    return stop

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cinr_container_helpers import stored_blocks
+from cinr_container_helpers import stop_after_fitted_blocks, stored_blocks
 from click.testing import CliRunner
 from PIL import Image
 
@@ -170,17 +170,9 @@ def test_a_journal_from_before_the_floor_resumes_at_the_levels_step(
     monkeypatch.setattr(slide, "SLIDE_PSNR_FLOOR", 0.0)  # an encoder before the floor
     ref = tmp_path / "ref.cinr"
     assert not encode_slide(tissue_png, ref, **SETTINGS)["finer_step"]
-    fitted: list[int] = []
-
-    def stop_after_two(ev: dict[str, Any]) -> None:
-        if ev["stage"] == "block" and ev["kind"] == "model":
-            fitted.append(ev["block_id"])
-            if len(fitted) == 2:
-                raise KeyboardInterrupt
-
     out = tmp_path / "out.cinr"
     with pytest.raises(KeyboardInterrupt):
-        encode_slide(tissue_png, out, progress=stop_after_two, **SETTINGS)
+        encode_slide(tissue_png, out, progress=stop_after_fitted_blocks(2), **SETTINGS)
     monkeypatch.undo()
     resumed = encode_slide(tissue_png, out, resume=True, **SETTINGS)
     assert not resumed["finer_step"] and stored_blocks(out) == stored_blocks(ref)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from cinr_container_helpers import stored_blocks
+from cinr_container_helpers import stop_after_fitted_blocks, stored_blocks
 
 from cinr_codec.coding.latent import LatentCodec
 from cinr_codec.encode.slide import encode_slide
@@ -68,16 +68,8 @@ def test_a_resumed_encode_starts_its_blocks_from_the_journaled_prior(
     assert (summary["rate_weight"] > L.lambda_of("q4")) == (settings is AIMED)
     assert summary["finer_step"] == (settings is FINER)
     out = tmp_path / "out.cinr"
-    fitted: list[int] = []
-
-    def stop_after_two(ev: dict[str, Any]) -> None:
-        if ev["stage"] == "block" and ev["kind"] == "model":
-            fitted.append(ev["block_id"])
-            if len(fitted) == 2:
-                raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        encode_slide(tissue_png, out, progress=stop_after_two, **settings)
+        encode_slide(tissue_png, out, progress=stop_after_fitted_blocks(2), **settings)
     resumed = encode_slide(tissue_png, out, resume=True, processes=2, **{**settings, "threads": None})
     assert stored_blocks(out) == stored_blocks(ref) and resumed["rate_weight"] == summary["rate_weight"]
 
