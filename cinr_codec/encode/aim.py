@@ -9,7 +9,9 @@ level's rate weight, and its squared error, with how hard each tissue block is f
 other block is then fitted with the one weight that the prediction puts at the aim (one weight for
 the slide, as rate-distortion theory asks of a slide measured by its pooled error), but never a
 lower weight than the level's: on tissue that a short fit cannot reach the aim on (a JPEG q30
-scan, 34.4 dB at q4), a quarter of the weight bought 0.55 dB for 30 % more bytes.
+scan, 34.4 dB at q4), a quarter of the weight bought 0.55 dB for 30 % more bytes. There the unit
+latent step is the limit: a slide that ``predicted_psnr`` puts under ``SLIDE_PSNR_FLOOR`` is
+stored at a finer step instead (``encode.slide`` fits its prior again; ``BlockCodec.finer_config``).
 
 The prediction assumes that a block's MSE is the prior's times the ratio of their JPEG errors, less
 ``OPTIMISM_DB``, and that it scales with lambda ** ``RATE_EXPONENT`` (``DB_PER_HALVING`` dB per
