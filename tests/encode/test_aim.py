@@ -21,6 +21,7 @@ from cinr_codec.encode.aim import (
     MAX_FACTOR,
     OPTIMISM_DB,
     RATE_EXPONENT,
+    SLIDE_PSNR_FLOOR,
     SlideDifficulty,
     aimed_rate,
     difficulty,
@@ -173,7 +174,7 @@ def test_a_journal_from_before_the_floor_resumes_at_the_levels_step(
     out = tmp_path / "out.cinr"
     with pytest.raises(KeyboardInterrupt):
         encode_slide(tissue_png, out, progress=stop_after_fitted_blocks(2), **SETTINGS)
-    monkeypatch.undo()
+    monkeypatch.setattr(slide, "SLIDE_PSNR_FLOOR", SLIDE_PSNR_FLOOR)  # this encoder
     resumed = encode_slide(tissue_png, out, resume=True, **SETTINGS)
     assert not resumed["finer_step"] and stored_blocks(out) == stored_blocks(ref)
 
