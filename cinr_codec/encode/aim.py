@@ -86,13 +86,17 @@ class SlideDifficulty:
     weighted: float
 
 
+def _others_sse(prior_sse: float, prior_values: int, slide: SlideDifficulty) -> float:
+    """The other blocks' squared error at the prior's weight: the prior's MSE times each block's
+    JPEG error over the prior's, summed over their values."""
+    return prior_sse / max(1, prior_values) * slide.weighted / max(slide.prior, 1e-6)
+
+
 def predicted_psnr(prior_sse: float, prior_values: int, slide: SlideDifficulty) -> float:
     """The slide's PSNR over tissue (dB) predicted with every block at the prior's rate weight,
     less ``OPTIMISM_DB`` (the prior block fitted with squared error ``prior_sse`` over
     ``prior_values`` values)."""
-    prior_mse = prior_sse / max(1, prior_values)
-    others = prior_mse * slide.weighted / max(slide.prior, 1e-6)
-    mse = (prior_sse + others) / max(1.0, prior_values + slide.values)
+    mse = (prior_sse + _others_sse(prior_sse, prior_values, slide)) / max(1.0, prior_values + slide.values)
     if mse <= 0:
         return math.inf
     return 10 * math.log10(255.0**2 / mse) - OPTIMISM_DB
@@ -110,9 +114,7 @@ def aimed_rate(aim: float, lam: float, prior_sse: float, prior_values: int, slid
         return lam  # nothing else to fit
     if budget <= 0:
         return lo  # the prior alone spends the whole error
-    prior_mse = prior_sse / max(1, prior_values)
-    # The others' error at lam: the prior's MSE times each block's JPEG error over the prior's.
-    at_lam = prior_mse * slide.weighted / max(slide.prior, 1e-6)
+    at_lam = _others_sse(prior_sse, prior_values, slide)
     if at_lam <= 0:
         return hi
     return min(hi, max(lo, lam * (budget / at_lam) ** (1 / RATE_EXPONENT)))
