@@ -487,7 +487,9 @@ def encode_slide(
                         "run the same command with --resume"
                     ) from None
 
-            aimed: list[float] = []  # the other blocks' rate weight, once the prior is fitted
+            # The later blocks' rate weight (None without an aim) and whether the slide is stored
+            # at the finer step, found once the prior is journaled.
+            aimed: list[tuple[float | None, bool]] = []
 
             def warmed(stage: list[BlockJob]) -> list[BlockJob]:
                 """The stage's jobs once the prior block is journaled: at the slide's latent step
@@ -495,42 +497,35 @@ def encode_slide(
                 networks and at the slide's aimed rate weight."""
                 if plan.prior is None or plan.prior not in journal.done:
                     return stage  # the prior's own stage
+                lam, finer = aimed_weight()  # may fit the prior again at a finer step
+                if finer and plan.finer is not None:
+                    stage = [replace(j, config=plan.finer[0]) for j in stage]
                 later = {
                     j.block_id for j in stage if j.block_id != plan.prior and j.block_id in plan.tissue_blocks
                 }
-                lam = aimed_weight() if later else None  # may fit the prior again at a finer step
-                config = finer_config()
-                if config is not None:
-                    stage = [replace(j, config=config) for j in stage]
                 if not later:
                     return stage
                 parts = journal.read(plan.prior).parts if plan.warm else []  # none: background
                 init = parts[0] if parts else None
                 return [replace(j, init=init, lam=lam) if j.block_id in later else j for j in stage]
 
-            def finer_config() -> Any:
-                """The finer step's configuration when the journaled prior was fitted at it, else None."""
-                if plan.finer is None or plan.prior is None or plan.prior not in journal.done:
-                    return None
-                return plan.finer[0] if journal.read(plan.prior).meta.get("finer") else None
-
-            def aimed_weight() -> float | None:
-                """The later blocks' rate weight for ``plan.slide_psnr``, from the journaled prior
-                (found once); None without an aim."""
-                if plan.slide_psnr is None or plan.prior is None:
-                    return None
+            def aimed_weight() -> tuple[float | None, bool]:
+                """The later blocks' rate weight for ``plan.slide_psnr`` (None without an aim) and
+                whether the slide is at the finer step, from the journaled prior (found once)."""
                 if not aimed:
-                    aimed.append(aim_rate())
+                    aimed.append(
+                        (None, False) if plan.slide_psnr is None or plan.prior is None else aim_rate()
+                    )
                 return aimed[0]
 
-            def aim_rate() -> float:
-                """The other blocks' rate weight for ``plan.slide_psnr`` from the prior's record;
-                first, where the prior predicts the slide under the floor at the level's step, the
-                prior fitted again and journaled at the finer step."""
+            def aim_rate() -> tuple[float, bool]:
+                """The other blocks' rate weight for ``plan.slide_psnr`` from the prior's record, and
+                whether that record is at the finer step; first, where the prior predicts the slide
+                under the floor at the level's step, the prior fitted again and journaled at it."""
                 assert plan.slide_psnr is not None and plan.prior is not None
                 prior = journal.read(plan.prior).meta
                 if prior["kind"] != "model":
-                    return plan.rate_weight
+                    return plan.rate_weight, False
                 if progress is not None:
                     progress({"stage": "aim"})
                 try:
@@ -563,7 +558,7 @@ def encode_slide(
                     plan.rate_weight,
                     psnr_of(prior["sse"], prior["n"]) or 0.0,
                 )
-                return lam
+                return lam, bool(prior.get("finer"))
 
             def read_fit_region(job: BlockJob) -> np.ndarray:
                 fx0, fy0, fw, fh = grid.fit_region(job.block_id)
@@ -626,8 +621,8 @@ def encode_slide(
                     journal.append(meta, parts)
                     block_done(job, meta)
             # All blocks are in the journal: assemble the file.
-            lam = aimed_weight()  # (found already, unless a resume found every block journaled)
-            finer = finer_config() is not None
+            # (Found already, unless a resume found every block journaled.)
+            lam, finer = aimed_weight()
             if progress is not None:
                 progress({"stage": "write"})
             summary = assemble(
