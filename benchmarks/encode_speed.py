@@ -3,6 +3,7 @@
 python -m benchmarks.encode_speed [--quick] [--image PATH ...] [--size 1024] [--presets fast,default]
                                   [--steps 250,500,1000,2000] [--whole-slide [PRESETS]]
                                   [--block-size 1024] [--device auto|cpu|cuda] [--threads N]
+                                  [--processes N]
                                   [--json] [--results DIR] [--out NAME] [--quiet]
 
 Images. Each ``--image`` (default ``../shared/data/he-prostate-2500.jpeg``) is cut to its most
@@ -15,7 +16,11 @@ named (default ``fast``) at the preset's own step count (``--quick``: the larges
 
 Presets: ``fast`` and ``default`` (and ``high`` when the device is CUDA) of the hash-grid CINR;
 ``q1`` ... ``q8`` name the compressive model's quality levels (``--model ccinr --quality N``),
-e.g. ``--presets q2,q4,q6 --steps 600,2400 --size 256`` for its megapixels per minute per level.
+e.g. ``--presets q2,q4,q6 --steps 600,2400 --size 256`` for its megapixels per minute per level,
+or ``--presets q2,q4,q6 --steps 300 --block-size 512 --processes 2`` for what ``cinr encode
+--quality qN`` does on a 2-core CPU (its default steps there, one worker process of one thread
+per core; ``--processes``: ``encode_slide``'s local worker processes, default none: the fits run
+serially in the benchmark's process).
 For each preset the same image is encoded at several step counts (full: 250, 500, 1000, 2000
 and the preset's own count; ``high``: 1000, 2500, 5000, 10000; ``--quick``: 50 and 200, on a
 512 px crop). Each point is a separate encode (the learning-rate schedule depends on the step count), so the curve is the PSNR
@@ -103,9 +108,17 @@ def own_steps(preset: str) -> int:
 
 
 def encode_one(
-    src: Path, dst: Path, preset: str, steps: int | None, block_size: int, device: str, seed: int
+    src: Path,
+    dst: Path,
+    preset: str,
+    steps: int | None,
+    block_size: int,
+    device: str,
+    seed: int,
+    processes: int | None = None,
 ) -> dict[str, Any]:
-    """One ``encode_slide`` run: its summary figures plus megapixels per minute."""
+    """One ``encode_slide`` run (in ``processes`` local worker processes, or serially): its summary
+    figures plus megapixels per minute."""
     from cinr_codec.encode.slide import encode_slide
 
     t = time.perf_counter()
@@ -118,6 +131,7 @@ def encode_one(
         block_size=block_size,
         device=device,
         seed=seed,
+        processes=processes,
     )
     wall = time.perf_counter() - t
     pixels = int(s["width"]) * int(s["height"])
@@ -151,9 +165,17 @@ def report(result: dict[str, Any], extra: dict[str, str], png: str | None) -> st
     lines = [
         header("Encoding speed and PSNR against time", extra),
         f"Device {st['device']}, torch threads {st['torch_threads']}, block size {st['block_size']}, "
-        f"seed {st['seed']}. Each row is one `encode_slide` run; seconds are wall-clock seconds of the "
+        f"seed {st['seed']}"
+        + (
+            f", fits in {st['processes']} worker processes of one thread (as `cinr encode` on this many free cores)"
+            if st.get("processes")
+            else ""
+        )
+        + ". Each row is one `encode_slide` run; seconds are wall-clock seconds of the "
         "whole encode (read, tissue detection, fit, quantize, decode and measure every block, mips, "
-        "write); fit seconds are training only. MP/min = level pixels / seconds. PSNR and SSIM are "
+        "write); fit seconds are training only"
+        + (", summed over the processes" if st.get("processes") else "")
+        + ". MP/min = level pixels / seconds. PSNR and SSIM are "
         "over tissue blocks, after quantization; bpp = file bytes x 8 / level pixels.",
         "",
     ]
@@ -181,12 +203,12 @@ def report(result: dict[str, Any], extra: dict[str, str], png: str | None) -> st
         "",
         "## PSNR reached against time (one encode per step count)",
         "",
-        "| image | preset | device | steps | seconds | fit s | PSNR dB | SSIM | bpp | load (1 min) |",
+        "| image | preset | device | steps/block | seconds | fit s | PSNR dB | SSIM | bpp | load (1 min) |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["curve"]:
         lines.append(
-            f"| {r['image']} | {r['preset']} | {r['device']} | {r['steps']} | {r['seconds']:.1f} | "
+            f"| {r['image']} | {r['preset']} | {r['device']} | {r['steps_per_block']} | {r['seconds']:.1f} | "
             f"{r['fit_seconds']:.1f} | {num(r['psnr'], '.2f')} | {num(r['ssim'], '.4f')} | {r['bpp']:.3f} | "
             f"{r['load'].split()[0]} |"
         )
@@ -215,7 +237,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     for key in keys:
         rows = sorted(
             (r for r in result["curve"] if (r["image"], r["preset"], r["device"]) == key),
-            key=lambda r: r["steps"],
+            key=lambda r: r["steps_per_block"],
         )
         xs = [r["seconds"] for r in rows if r["psnr"] is not None]
         ys = [r["psnr"] for r in rows if r["psnr"] is not None]
@@ -223,7 +245,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         for r in rows:
             if r["psnr"] is not None:
                 ax.annotate(
-                    str(r["steps"]),
+                    str(r["steps_per_block"]),
                     (r["seconds"], r["psnr"]),
                     textcoords="offset points",
                     xytext=(4, -10),
@@ -261,6 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--block-size", type=int, default=1024)
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument(
+        "--processes", type=int, default=None, help="fit in N local worker processes (default: serially)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="512 px crop, 50 and 200 steps")
     ap.add_argument("--smoke", action="store_true", help="tiny run for the tests")
@@ -286,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.threads < 1:
                 raise ValueError("--threads must be >= 1")
             torch.set_num_threads(args.threads)
+        if args.processes is not None and args.processes < 1:
+            raise ValueError("--processes must be >= 1")
         images = [Path(p) for p in (args.image or [str(DEFAULT_IMAGE)])]
         for p in images:
             if not p.is_file():
@@ -345,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
             "block_size": block,
             "device": dev,
             "torch_threads": torch.get_num_threads(),
+            "processes": args.processes,
             "seed": args.seed,
         },
         "load_start": load_average(),
@@ -395,7 +423,9 @@ def main(argv: list[str] | None = None) -> None:
                 for preset, steps in plan:
                     bar.label = f"{preset} {steps} steps"
                     log(f"{label}: {preset}, {steps} steps ...")
-                    row = encode_one(png, Path(tmp) / "out.cinr", preset, steps, block, dev, args.seed)
+                    row = encode_one(
+                        png, Path(tmp) / "out.cinr", preset, steps, block, dev, args.seed, args.processes
+                    )
                     row["image"] = label
                     result["curve"].append(row)
                     log(f"  {row['seconds']:.1f} s, {num(row['psnr'], '.2f')} dB")
@@ -411,7 +441,14 @@ def main(argv: list[str] | None = None) -> None:
                 bar.label = f"whole slide, {preset}"
                 log(f"{Path(args.slide).name}: {preset}, {steps or 'preset'} steps ...")
                 row = encode_one(
-                    Path(args.slide), Path(tmp) / "out.cinr", preset, steps, block, dev, args.seed
+                    Path(args.slide),
+                    Path(tmp) / "out.cinr",
+                    preset,
+                    steps,
+                    block,
+                    dev,
+                    args.seed,
+                    args.processes,
                 )
                 row["image"] = f"{Path(args.slide).name} (whole)"
                 row["steps_per_block"] = steps or own_steps(preset)

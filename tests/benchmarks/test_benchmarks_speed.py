@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 SAMPLE = ROOT / "cinr_codec" / "data" / "CMU-1-Small-Region.svs"
@@ -63,7 +65,8 @@ def test_encode_speed_smoke(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "encode_speed_smoke.json").read_text())["curve"] == out["curve"]
 
 
-def test_encode_speed_of_the_compressive_quality_levels(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [None, 2])
+def test_encode_speed_of_the_compressive_quality_levels(tmp_path: Path, processes: int | None) -> None:
     args = ["benchmarks.encode_speed", "--smoke", "--image", str(_he_image()), "--device", "cpu"]
     args += [
         "--threads",
@@ -77,11 +80,17 @@ def test_encode_speed_of_the_compressive_quality_levels(tmp_path: Path) -> None:
         "--results",
         str(tmp_path),
     ]
+    if processes:  # as `cinr encode` on two free cores: four 128^2 blocks, fitted in two processes
+        args += ["--size", "256", "--processes", str(processes)]
     p = _run(*args)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     (row,) = out["curve"]
-    assert row["preset"] == "q4" and row["model"] == "ccinr" and row["steps"] == 3 and row["mp_per_min"] > 0
+    assert row["preset"] == "q4" and row["model"] == "ccinr" and row["mp_per_min"] > 0
+    assert row["steps"] == 3 * row["tissue_blocks"] and row["tissue_blocks"] >= (2 if processes else 1)
+    assert out["settings"]["processes"] == processes
+    md = (tmp_path / "encode_speed_smoke.md").read_text()
+    assert ("fits in 2 worker processes" in md) == bool(processes)
 
 
 def test_encode_speed_bad_input() -> None:
@@ -90,6 +99,8 @@ def test_encode_speed_bad_input() -> None:
     # An image that exists (the bundled sample): the default lies in ../shared, absent on a fresh clone.
     p = _run("benchmarks.encode_speed", "--image", str(SAMPLE), "--presets", "q9", "--smoke", "--json")
     assert p.returncode == 2 and "unknown preset 'q9'" in p.stderr
+    p = _run("benchmarks.encode_speed", "--image", str(SAMPLE), "--processes", "0", "--smoke", "--json")
+    assert p.returncode == 2 and "--processes must be >= 1" in p.stderr
 
 
 def test_decode_speed_smoke(tmp_path: Path) -> None:
