@@ -56,13 +56,25 @@ TARGETS: dict[str, float | None] = {
 }
 
 
+#: The cold tile's parts, in data-flow order (``_timed_parts``).
+LOAD = "block load (weights; all latents of an untiled block)"
+PIECES = "latent tiles and other grids, decoded as renders need them"
+CONTEXT_MODEL = "of the two above: the context model (compiled)"
+RANGE_DECODER = "of the two above: the range decoder (compiled)"
+UPSAMPLING = "upsampling (latents to features, learned 2x filters)"
+SYNTHESIS = "synthesis (features to pixels: MLP and 3x3 flows, head, residual convolutions)"
+PART_ORDER = (LOAD, PIECES, CONTEXT_MODEL, RANGE_DECODER, UPSAMPLING, SYNTHESIS)
+
+
 @contextlib.contextmanager
 def _timed_parts(parts: dict[str, float]) -> Iterator[None]:
     """Add to ``parts`` the seconds spent, summed over the decoder's threads, in
     ``LatentCodec.load`` (the weights, and every latent of an untiled block), in decoding a tiled
-    block's latent pieces as renders need them, and in the synthesis (upsampled features and
-    pixels, of windows or whole blocks)."""
+    block's latent pieces as renders need them, and of both the compiled decoder's context model
+    and range decoder (``entropy.decode_timing``), then in the upsampling (latents to features)
+    and the synthesis (features to pixels), of windows or whole blocks."""
     from cinr_codec.coding import latent
+    from cinr_codec.coding.entropy import decode_timing
     from cinr_codec.core.synthesis import Synthesis
 
     lock = threading.Lock()
@@ -79,20 +91,25 @@ def _timed_parts(parts: dict[str, float]) -> Iterator[None]:
         return wrapper
 
     names = {
-        (latent.LatentCodec, "load"): "block load (weights; all latents of an untiled block)",
-        (latent._TiledGrids, "_decode"): "latent tiles and other grids, decoded as renders need them",
-        (Synthesis, "window_features"): "synthesis (features and pixels)",
-        (Synthesis, "features"): "synthesis (features and pixels)",
-        (Synthesis, "pixels"): "synthesis (features and pixels)",
+        (latent.LatentCodec, "load"): LOAD,
+        (latent._TiledGrids, "_decode"): PIECES,
+        (Synthesis, "window_features"): UPSAMPLING,
+        (Synthesis, "features"): UPSAMPLING,
+        (Synthesis, "pixels"): SYNTHESIS,
     }
     saved = {key: getattr(*key) for key in names}
     for (cls, attr), name in names.items():
         setattr(cls, attr, timed(name, saved[cls, attr]))
     try:
-        yield
+        with decode_timing() as latents:
+            yield
     finally:
         for (cls, attr), fn in saved.items():
             setattr(cls, attr, fn)
+    parts[CONTEXT_MODEL] = parts.get(CONTEXT_MODEL, 0.0) + latents["context_model"]
+    parts[RANGE_DECODER] = parts.get(RANGE_DECODER, 0.0) + latents["range_decoder"]
+    order = [k for k in PART_ORDER if k in parts] + [k for k in parts if k not in PART_ORDER]
+    parts.update({k: parts.pop(k) for k in order})
 
 
 def tissue_positions(cinr: Path, n: int, tile: int, seed: int = 0) -> list[tuple[int, int]]:

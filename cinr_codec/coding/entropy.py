@@ -24,9 +24,11 @@ anti-diagonal wavefronts, all latents of one wavefront at once, so its cost is
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from typing import Any
@@ -367,7 +369,33 @@ def _setup_latent(lib: Any) -> None:
     p, i = ctypes.c_void_p, ctypes.c_int64
     fn = lib.cinr_latent_decode_grid
     fn.restype = ctypes.c_int
-    fn.argtypes = [p, i, p, i, i, p, i, i, i, i, p, p, p, p, p, p]
+    fn.argtypes = [p, i, p, i, i, p, i, i, i, i, p, p, p, p, p, p, p]
+
+
+#: Seconds the compiled decoder spent in the context model and in the range decoder, summed over
+#: threads, while ``decode_timing`` is active (None otherwise: the decoder then reads no clock).
+_timing: list[float] | None = None
+_timing_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def decode_timing() -> Iterator[dict[str, float]]:
+    """While active, the compiled latent decoder adds the seconds of its two parts, summed over
+    the threads that decode, to the yielded dict's ``context_model`` and ``range_decoder``
+    (filled on exit; the numpy path adds nothing). For benchmarks: one active at a time."""
+    global _timing
+    out = {"context_model": 0.0, "range_decoder": 0.0}
+    with _timing_lock:
+        if _timing is not None:
+            raise RuntimeError("decode_timing is already active")
+        _timing = [0.0, 0.0]
+    try:
+        yield out
+    finally:
+        with _timing_lock:
+            assert _timing is not None
+            out["context_model"], out["range_decoder"] = _timing
+            _timing = None
 
 
 #: Limits of the compiled decoder (``_latent.c``: MAX_WIDTH, MAX_LAYERS, MAX_CTX; weights below
@@ -422,14 +450,21 @@ def _decode_grids_native(
     if len(words) == 1:
         point <<= 32
     state = np.array([0, (1 << 64) - 1, point, min(2, len(words))], dtype=np.uint64)
+    timing = np.zeros(2) if _timing is not None else None
     out = []
     for h, w in shapes:
         grid = np.empty((h, w), dtype=np.int64)
         rc = lib.cinr_latent_decode_grid(
             words.ctypes.data, len(words), state.ctypes.data, h, w, offsets.ctypes.data, len(model.offsets),
             a, pad, len(layers), dims.ctypes.data, shifts.ctypes.data, params.ctypes.data, cdf.ctypes.data,
-            consts.ctypes.data, grid.ctypes.data,
+            consts.ctypes.data, grid.ctypes.data, None if timing is None else timing.ctypes.data,
         )  # fmt: skip
+        if timing is not None:
+            with _timing_lock:
+                if _timing is not None:
+                    _timing[0] += float(timing[0])
+                    _timing[1] += float(timing[1])
+            timing[:] = 0.0
         if rc == 1:
             raise CinrFormatError(
                 f"{where}: latent stream is corrupt (Tried to decode invalid compressed data.)"

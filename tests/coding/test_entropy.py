@@ -179,6 +179,29 @@ def test_compiled_decoder_matches_numpy_bit_for_bit(seed: int) -> None:
 
 
 @needs_kernel
+def test_decode_timing_splits_the_compiled_decoders_time() -> None:
+    model, grids = _model(), _grids()
+    grids[0] = np.random.default_rng(5).laplace(0, 3, (200, 180)).round().astype(np.int64)
+    data = E.encode_grids(grids, model)
+    shapes = [g.shape for g in grids]
+    t = time.perf_counter()
+    with E.decode_timing() as parts:
+        out = E.decode_grids(data, shapes, model, "t")
+        assert parts == {"context_model": 0.0, "range_decoder": 0.0}  # filled on exit
+        with pytest.raises(RuntimeError, match="already active"), E.decode_timing():
+            pass
+    wall = time.perf_counter() - t
+    assert all(np.array_equal(a, b) for a, b in zip(grids, out, strict=True))  # the same grids
+    assert parts["context_model"] > 0 and parts["range_decoder"] > 0
+    assert parts["context_model"] + parts["range_decoder"] <= wall
+    with E.decode_timing() as again:  # inactive between: nothing was added meanwhile
+        pass
+    assert again == {"context_model": 0.0, "range_decoder": 0.0}
+    E.decode_grids(data, shapes, model, "t")  # and no clock is read outside one
+    assert E._timing is None
+
+
+@needs_kernel
 @pytest.mark.parametrize("seed", range(8))
 def test_compiled_decoder_reads_garbage_as_numpy_does(seed: int) -> None:
     # The same grids or the same error (a corrupt stream, or data past the last latent).
