@@ -176,7 +176,9 @@ def measure(slide: Path, cinr: Path, reads: int, threads: int | None = None) -> 
             dz = DeepZoomGenerator(s, tile_size=254, overlap=1)
             level = dz.level_count - 1
             cols, rows = dz.level_tiles[level]
-            tiles = [(c, r) for r in range(r0, min(r0 + 4, rows)) for c in range(c0, min(c0 + 4, cols))]
+            # A whole 4 x 4 group: moved in from the slide's edges where it would cross them.
+            c1, r1 = max(0, min(c0, cols - 4)), max(0, min(r0, rows - 4))
+            tiles = [(c, r) for r in range(r1, min(r1 + 4, rows)) for c in range(c1, min(c1 + 4, cols))]
             t = time.perf_counter()
             for c, r in tiles:
                 dz.get_tile(level, (c, r))
