@@ -14,6 +14,9 @@ Ctrl-C, the other workers are stopped at once and the finished blocks stay in th
 ``--resume``. Workers ignore SIGINT: the parent alone decides, so an interrupt stops everything
 without a traceback from each worker. They are started with SIGINT held (``_sigint_held``), so
 that a Ctrl-C while one starts up, before it can ignore it, does not kill it with a traceback.
+An encoder killed with SIGKILL cannot stop its workers: each watches its parent instead
+(``_exit_with_parent``) and ends itself within ``PARENT_POLL`` seconds of the parent's death,
+whatever block it is fitting, rather than living on as an orphan that fits blocks nobody collects.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -38,9 +43,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _init_worker() -> None:
-    """In each worker, before any task: Ctrl-C is the parent's to handle."""
+#: Seconds between a worker's checks that the process that started it is alive.
+PARENT_POLL = 0.5
+
+
+def _init_worker(parent: int) -> None:
+    """In each worker, before any task: Ctrl-C is the parent's to handle, and the worker ends
+    when its parent (pid ``parent``) is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="cinr-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this process at once when it is no longer the child of ``parent`` (the parent died and
+    the process was adopted by another)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL)
+    os._exit(1)
 
 
 @contextlib.contextmanager
@@ -102,7 +121,10 @@ def run_in_processes(
     n = max(1, min(int(processes), len(jobs)))
     log.info("fitting %d blocks in %d worker processes", len(jobs), n)
     pool = ProcessPoolExecutor(
-        max_workers=n, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
+        max_workers=n,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(os.getpid(),),
     )
     finished = False
     # At most n blocks are handed out at a time, so a stopped encode leaves none half-queued.

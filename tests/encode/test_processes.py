@@ -2,10 +2,11 @@
 the file's blocks are those of a serial one-thread encode (hash grid and ccinr); a worker killed
 mid-encode stops the encode with one line and the finished blocks journaled, and ``resume``
 completes the same file; a block the source cannot give fails with one line naming it; Ctrl-C
-of ``cinr encode`` leaves no worker running."""
+of ``cinr encode`` leaves no worker running, nor does SIGKILL of it."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -130,6 +131,67 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_journal(tissue_png: Path, tmp_p
     else:
         os.killpg(proc.pid, signal.SIGKILL)
         raise AssertionError("a worker process outlived the interrupted encode")
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """The live (not zombie) processes whose parent is ``pid`` (Linux's /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from Linux's /proc")
+def test_workers_end_when_the_encoder_is_killed(tissue_png: Path, tmp_path: Path) -> None:
+    """SIGKILL of ``cinr encode`` alone (not its group) while its workers fit blocks: they cannot
+    be told to stop, so each notices its parent is gone and ends within seconds (before, they
+    fitted on as orphans, then waited for ever); the journal is kept and ``--resume`` completes
+    the file."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed.cinr"
+    jpath = journal_path(out)
+    args = [sys.executable, "-m", "cinr_codec", "encode", str(tissue_png), "-o", str(out), "--quiet"]
+    args += ["--steps", "400", "--block-size", "64", "--no-tissue-mask"]
+    proc = subprocess.Popen(args, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        wait_for_a_journaled_block(proc, jpath, timeout=180, poll=0.05)
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            # The next stage's workers (and multiprocessing's resource tracker) once started.
+            workers = _spawned_children(proc.pid)
+            time.sleep(0.05)
+        assert len(workers) >= 2 and proc.poll() is None
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [w for w in workers if _alive(w)]
+        assert not left, f"worker processes {left} outlived the killed encoder"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert jpath.exists() and not out.exists()
+    done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert out.exists() and not jpath.exists()
 
 
 def test_the_costliest_blocks_are_handed_out_first() -> None:
