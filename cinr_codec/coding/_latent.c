@@ -311,6 +311,13 @@ CLONES static int context_group(const int64_t *grid, const double *gridd, int bi
     return bad;
 }
 
+/* Seconds of a monotonic clock, for the decoder's optional timing. */
+static inline double seconds_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 /*
  * Decode one grid of h x w latents into out (h * w int64, raster order).
  *
@@ -325,12 +332,6 @@ CLONES static int context_group(const int64_t *grid, const double *gridd, int bi
  *   decoder (symbols, escapes and latents' values) are added (a clock read per wavefront and part).
  * Returns 0, 1 for a corrupt stream, 2 for arguments out of range, 3 when out of memory.
  */
-static inline double seconds_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 int cinr_latent_decode_grid(const uint32_t *words, int64_t n_words, uint64_t *state, int64_t h, int64_t w,
                             const int64_t *ctx_off, int64_t n_ctx, int64_t a, int64_t pad, int64_t n_layers,
                             const int64_t *dims, const int64_t *shifts, const int64_t *params,
