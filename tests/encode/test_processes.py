@@ -101,17 +101,12 @@ def test_bad_process_counts_are_refused(tissue_png: Path, tmp_path: Path) -> Non
 def test_ctrl_c_stops_every_worker_and_keeps_the_journal(tissue_png: Path, tmp_path: Path) -> None:
     """SIGINT to ``cinr encode`` (the default: ccinr in worker processes) once a block is
     journaled: exit 130 with the --resume hint and no traceback, and no worker left running."""
-    import subprocess
-    import sys
     import time
 
     out = tmp_path / "interrupted.cinr"
     jpath = journal_path(out)
-    args = [sys.executable, "-m", "cinr_codec", "encode", str(tissue_png), "-o", str(out), "--quiet"]
-    args += ["--steps", "400", "--block-size", "64", "--no-tissue-mask"]
-    proc = subprocess.Popen(args, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    _, proc = _encode_until_a_block_is_journaled(tissue_png, out)
     try:
-        wait_for_a_journaled_block(proc, jpath, timeout=180, poll=0.05)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
         _, err = proc.communicate(timeout=60)
     finally:
@@ -133,24 +128,45 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_journal(tissue_png: Path, tmp_p
         raise AssertionError("a worker process outlived the interrupted encode")
 
 
+def _encode_until_a_block_is_journaled(tissue_png: Path, out: Path) -> tuple[list[str], Any]:
+    """``cinr encode`` (the default: ccinr in worker processes) of ``tissue_png`` to ``out`` in a
+    session of its own, once a block is in its journal: its arguments and its ``Popen``."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "cinr_codec", "encode", str(tissue_png), "-o", str(out), "--quiet"]
+    args += ["--steps", "400", "--block-size", "64", "--no-tissue-mask"]
+    proc = subprocess.Popen(args, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_a_journaled_block(proc, journal_path(out), timeout=180, poll=0.05)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return args, proc
+
+
+def _state_and_parent(stat: Path) -> tuple[str, int] | None:
+    """The state letter and parent pid in a ``/proc/PID/stat`` file; None once the process is gone."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
 def _spawned_children(pid: int) -> list[int]:
     """The live (not zombie) processes whose parent is ``pid`` (Linux's /proc)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # ended meanwhile
-        if fields[0] != "Z" and int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
+    return [
+        int(stat.parent.name)
+        for stat in Path("/proc").glob("[0-9]*/stat")
+        if (st := _state_and_parent(stat)) is not None and st[0] != "Z" and st[1] == pid
+    ]
 
 
 def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    st = _state_and_parent(Path(f"/proc/{pid}/stat"))
+    return st is not None and st[0] != "Z"
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from Linux's /proc")
@@ -160,17 +176,13 @@ def test_workers_end_when_the_encoder_is_killed(tissue_png: Path, tmp_path: Path
     fitted on as orphans, then waited for ever); the journal is kept and ``--resume`` completes
     the file."""
     import subprocess
-    import sys
     import time
 
     out = tmp_path / "killed.cinr"
     jpath = journal_path(out)
-    args = [sys.executable, "-m", "cinr_codec", "encode", str(tissue_png), "-o", str(out), "--quiet"]
-    args += ["--steps", "400", "--block-size", "64", "--no-tissue-mask"]
-    proc = subprocess.Popen(args, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    args, proc = _encode_until_a_block_is_journaled(tissue_png, out)
     workers: list[int] = []
     try:
-        wait_for_a_journaled_block(proc, jpath, timeout=180, poll=0.05)
         deadline = time.monotonic() + 60
         while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
             # The next stage's workers (and multiprocessing's resource tracker) once started.
