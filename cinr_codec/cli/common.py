@@ -1,12 +1,15 @@
-"""What every ``cinr`` command shares: error handling (one line, exit status 2 or 1), a silent
-progress sink, number formatting for summaries."""
+"""What every ``cinr`` command shares: error handling (one line, exit status 2 or 1; an interrupt
+is never lost), a silent progress sink, number formatting for summaries."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -24,7 +27,8 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = bool(click.get_current_context().find_root().params.get("debug"))
         try:
-            return fn(*args, **kwargs)
+            with lost_interrupts_redelivered():
+                return fn(*args, **kwargs)
         except (CinrError, ValueError) as exc:
             if debug:
                 raise
@@ -48,6 +52,77 @@ def handle_errors(fn: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+#: How long a dropped interrupt waits before it is sent again: time for the C code that called
+#: back into Python to return.
+REDELIVERY_DELAY_S = 0.01
+
+
+def _signal_of(exc: BaseException | None) -> int | None:
+    """The signal whose handler raised ``exc``: SIGINT for KeyboardInterrupt, ``exc.signum`` for an
+    exception a handler of ours raised (the export's SIGTERM); None for anything else."""
+    if isinstance(exc, KeyboardInterrupt):
+        return int(signal.SIGINT)
+    signum = getattr(exc, "signum", None)
+    if not isinstance(exc, Exception) and isinstance(signum, int):
+        return signum
+    return None
+
+
+@contextlib.contextmanager
+def lost_interrupts_redelivered() -> Iterator[None]:
+    """While a command runs, send again an interrupt that Python had to drop.
+
+    A signal's handler runs in whatever Python code the main thread runs next; when that is a
+    callback from C -- pyvips' log callback runs inside every libvips call that computes pixels --
+    the ``KeyboardInterrupt`` it raises cannot travel through C and is dropped ("Exception ignored
+    from cffi callback"), and the command would run on to the end. Python reports such dropped
+    exceptions to ``sys.unraisablehook``: here, one raised by a signal handler sends its signal to
+    the main thread again a moment later (``REDELIVERY_DELAY_S``), outside the callback, where it
+    unwinds the command as usual (exit 130). Other unraisable exceptions go to the previous hook.
+    """
+    previous = sys.unraisablehook
+    main_thread = threading.main_thread()
+    pending: list[tuple[threading.Timer, int]] = []
+    lock = threading.Lock()
+
+    def send(timer_signum: int) -> None:
+        with lock:
+            pending[:] = [(t, s) for t, s in pending if t is not threading.current_thread()]
+        if main_thread.ident is not None:
+            signal.pthread_kill(main_thread.ident, timer_signum)
+
+    def hook(unraisable: Any) -> None:
+        signum = _signal_of(unraisable.exc_value)
+        if signum is None or threading.current_thread() is not main_thread:
+            previous(unraisable)
+            return
+        timer = threading.Timer(REDELIVERY_DELAY_S, send, (signum,))
+        timer.daemon = True
+        with lock:
+            pending.append((timer, signum))
+        timer.start()
+
+    def stop() -> list[tuple[threading.Timer, int]]:
+        if sys.unraisablehook is hook:
+            sys.unraisablehook = previous
+        with lock:
+            left = list(pending)
+            pending.clear()
+        for timer, _ in left:
+            timer.cancel()
+        return left
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    except BaseException:
+        stop()
+        raise
+    left = stop()
+    if left:  # the command ended before its interrupt came back: deliver it now, here
+        signal.raise_signal(left[0][1])
 
 
 def check_output(path: str, overwrite: bool, suffix: str | None = None) -> None:
