@@ -28,7 +28,14 @@ import numpy as np
 
 from ..coding.base import BlockModel
 from ..coding.images import decode_image_bytes
-from ..core.resample import bilinear_weights, box_downsample, integrate_cells, to_uint8, weighted_sum
+from ..core.resample import (
+    bilinear_weights,
+    box_downsample,
+    box_mean_uint8,
+    integrate_cells,
+    to_uint8,
+    weighted_sum,
+)
 from ..errors import CinrFormatError, CinrRequestError
 from ..format.container import CinrReader
 from ..format.container.binary import KIND_BACKGROUND, KIND_IMAGE, KIND_MODEL, KIND_NAMES
@@ -730,8 +737,7 @@ class SlideDecoder:
                     cells = self.level_region(
                         int(x / d) + p0 * fi, int(y / d) + o0 * fi, (p1 - p0) * fi, (o1 - o0) * fi, src.k, d
                     )
-                    means = cells.reshape(o1 - o0, fi, p1 - p0, fi, 3).astype(np.float32).mean(axis=(1, 3))
-                    dst[..., :3] = np.clip(np.rint(means), 0, 255)
+                    dst[..., :3] = box_mean_uint8(cells, fi)
                     continue
                 if scale > 1.0:
                     mean, cov = self._bilinear(x, y, step, o0, o1, p0, p1)
