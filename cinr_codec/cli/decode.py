@@ -12,6 +12,22 @@ import click
 from .common import check_output, handle_errors
 
 
+class ScaleType(click.ParamType):
+    """A scale as a number (0.25) or a fraction (1/4), as downsample factors are written."""
+
+    name = "scale"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip()
+        try:
+            num, _, den = text.partition("/")
+            return float(num) / float(den) if den else float(num)
+        except (ValueError, ZeroDivisionError):
+            self.fail(f"{text!r} is not a number or a fraction such as 0.25 or 1/4", param, ctx)
+
+
 @click.command("decode")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=str))
 @click.option("-o", "--output", required=True, help="Output image: .png, .jpg, .tif or .webp.")
@@ -19,7 +35,11 @@ from .common import check_output, handle_errors
     "--region", default=None, metavar="X,Y,W,H", help="Region in level-0 pixels [default: the whole slide]."
 )
 @click.option(
-    "--scale", type=float, default=1.0, show_default=True, help="Output pixels per level-0 pixel, in (0, 4]."
+    "--scale",
+    type=ScaleType(),
+    default=1.0,
+    show_default=True,
+    help="Output pixels per level-0 pixel, in (0, 4]: a number or a fraction (0.25 or 1/4).",
 )
 @click.option("-f", "--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option(

@@ -123,6 +123,17 @@ def test_decode_whole_slide_png_at_a_scale(files: dict[str, Any], slide: CinrSli
     assert (got == slide.read(0, 0, W, H, 0.25)).all()
 
 
+def test_decode_takes_a_scale_as_a_fraction(files: dict[str, Any], tmp_path: Path) -> None:
+    as_number, as_fraction = tmp_path / "a.png", tmp_path / "b.png"
+    assert _cli("decode", files["slide"], "--scale", "0.25", "-o", as_number, "--quiet").exit_code == 0
+    assert _cli("decode", files["slide"], "--scale", "1/4", "-o", as_fraction, "--quiet").exit_code == 0
+    assert (_pixels(as_fraction) == _pixels(as_number)).all()
+    for bad in ("1/0", "a/4", "1/4/2"):
+        res = _cli("decode", files["slide"], "--scale", bad, "-o", tmp_path / "c.png")
+        assert res.exit_code == 2 and "not a number or a fraction" in res.output, (bad, res.output)
+    assert not (tmp_path / "c.png").exists()
+
+
 def test_decode_single_block_file(tmp_path: Path) -> None:
     from cinr_codec import decode_image
 
