@@ -2,14 +2,15 @@
 
 python -m benchmarks.decode_speed --viewer [...]: the viewer pattern of a ccinr slide against OpenSlide
     (``benchmarks.viewer_speed``: cold tile, 16 DeepZoom tiles, warm tiles; the slides issue's ratios)
-python -m benchmarks.decode_speed [--quick] [--slide PATH] [--cinr PATH] [--preset fast] [--steps N]
+python -m benchmarks.decode_speed [--quick] [--slide PATH] [--cinr PATH] [--model ccinr] [--preset q4] [--steps N]
                                   [--sizes 256,512,1024] [--scales 1,1/2,1/4,1/8,1/16,1/32]
                                   [--reads N] [--threads 1,4] [--device auto|cpu|cuda]
                                   [--torch-threads N] [--no-cache] [--json] [--results DIR] [--quiet]
 
 The source slide (default ``../shared/data/CMU-1-Small-Region.svs``, 2220 x 2967, one level) is
-encoded once with ``encode_slide`` (preset ``fast``, block size 1024, mips on; ``--quick``: 20
-steps per block, since decoding speed does not depend on training) and the ``.cinr`` is cached in
+encoded once with ``encode_slide`` (the default codec: ``--model ccinr``, preset ``q4``, 512-px
+blocks; the hash grids with ``--model cinr|ngp|engp``, preset ``fast``, 1024-px blocks; mips on;
+``--quick``: 20 steps per block, since decoding speed does not depend on training) and the ``.cinr`` is cached in
 the temporary folder (keyed by the source, the settings and the encoder's code; ``--cinr PATH``
 uses a given file, ``--no-cache`` re-encodes).
 
@@ -541,11 +542,14 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slide", default=str(DEFAULT_SLIDE), help="source slide (baselines read it)")
     ap.add_argument("--cinr", default=None, help="use this .cinr of the slide instead of encoding one")
-    ap.add_argument("--preset", default="fast")
+    ap.add_argument(
+        "--model", default="ccinr", choices=("ccinr", "cinr", "ngp", "engp"), help="the codec (default ccinr)"
+    )
+    ap.add_argument("--preset", default=None, help="default: q4 for ccinr, fast for the hash grids")
     ap.add_argument(
         "--steps", type=int, default=None, help="steps per block (default: the preset's; quick 20)"
     )
-    ap.add_argument("--block-size", type=int, default=1024)
+    ap.add_argument("--block-size", type=int, default=None, help="default: 512 for ccinr, 1024 otherwise")
     ap.add_argument("--sizes", default=None, help="output sizes (default 256,512,1024)")
     ap.add_argument("--scales", default=None, help="scales (default 1,1/2,1/4,1/8,1/16,1/32)")
     ap.add_argument("--reads", type=int, default=None, help="reads per cell (full 12, quick 3)")
@@ -617,10 +621,12 @@ def main(argv: list[str] | None = None) -> None:
     extra = library_versions()  # the code measured: taken at the start (others may edit meanwhile)
     tmpdir = tempfile.TemporaryDirectory(prefix="cinr-decspeed-")
     try:
-        block = args.block_size
+        ccinr = args.model == "ccinr"
+        block = args.block_size or (512 if ccinr else 1024)
+        preset = args.preset or ("q4" if ccinr else "fast")
         if args.smoke:
             slide = _smoke_slide(Path(tmpdir.name), slide)
-            block = 128 if block == 1024 else block
+            block = 128 if args.block_size is None else block
         if args.cinr:
             cpath = Path(args.cinr)
             from cinr_codec.format.container import CinrReader
@@ -647,13 +653,14 @@ def main(argv: list[str] | None = None) -> None:
         else:
             cpath, enc = cached_cinr(
                 slide,
-                args.preset,
+                preset,
                 steps,
                 block,
                 dev,
                 not args.no_cache and not args.smoke,
                 Path(tmpdir.name),
                 log,
+                model=args.model,
             )
         result["cinr"] = enc
 
