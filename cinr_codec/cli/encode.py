@@ -81,7 +81,7 @@ from .common import NullSink, check_output, fmt, handle_errors, json_safe
     default=None,
     help="ccinr: fit one block first at --quality's level, then every other block at the one rate "
     "weight predicted to put the slide's PSNR over tissue at this many dB, never a lower weight than "
-    "the level's (never more bits)  [default: 37 when neither --quality nor --target-psnr is given; "
+    "the level's (never more bits)  [default: 36 when neither --quality nor --target-psnr is given; "
     "a --quality alone keeps its level's weight for every block]",
 )
 @click.option(
