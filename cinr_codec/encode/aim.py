@@ -13,6 +13,12 @@ scan, 34.4 dB at q4), a quarter of the weight bought 0.55 dB for 30 % more bytes
 latent step is the limit: a slide that ``predicted_psnr`` puts under ``SLIDE_PSNR_FLOOR`` is
 stored at a finer step instead (``encode.slide`` fits its prior again; ``BlockCodec.finer_config``).
 
+By default the aim itself is chosen per slide (``chosen_aim``): a JPEG-tiled TIFF's pyramid costs
+little more per dB just under the source's own quality (its 8x8 grid and tables re-encode almost
+losslessly there), so where the slide's JPEG curve, measured on its tissue blocks, rises more
+slowly than a ccinr file's (``LOG_BYTES_PER_DB``) a lower aim in ``AUTO_AIM_RANGE`` makes the file
+smaller against the scanner's format, and where it rises faster a higher one.
+
 The prediction assumes that a block's MSE is the prior's times the ratio of their JPEG errors, less
 ``OPTIMISM_DB``, and that it scales with lambda ** ``RATE_EXPONENT`` (``DB_PER_HALVING`` dB per
 halving of lambda). Both corrections are measured on 300-step fits (docs/architecture.md,
@@ -26,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .train.latent import LAMBDA_RANGE
 
@@ -34,6 +41,17 @@ from .train.latent import LAMBDA_RANGE
 #: aim left the file at 0.73x and 0.81x a JPEG pyramid at equal PSNR (its curve is flat near the
 #: source's own quality), 36 dB at 0.65x and 0.75x (docs/architecture.md, "Twenty-second session").
 DEFAULT_SLIDE_PSNR = 36.0
+#: The range a default encode chooses its aim in (``chosen_aim``): 0.75 dB over the floor, as the
+#: prediction has landed slides 0.47 dB under their aim (docs/architecture.md, "Twenty-third
+#: session"); 38 dB at most.
+AUTO_AIM_RANGE = (35.75, 38.0)
+#: How a ccinr file's bytes grow per dB of PSNR over tissue (natural log): 0.110, 0.108 and 0.110
+#: from 36.4 to 37.7 dB on libvips Q 70/75/80 TIFFs of a TCGA region, 0.111 on the bundled
+#: sample's Q 80 TIFF (35.7 to 37.0 dB), at 300 steps.
+LOG_BYTES_PER_DB = 0.11
+#: ``chosen_aim`` leaves ``DEFAULT_SLIDE_PSNR`` only for a file predicted this much smaller
+#: against the JPEG pyramid (a fraction).
+AIM_GAIN_MIN = 0.01
 #: Aims outside this range are refused.
 SLIDE_PSNR_RANGE = (25.0, 55.0)
 #: The JPEG quality whose error measures a block's difficulty.
@@ -57,6 +75,40 @@ MAX_FACTOR = 16.0
 #: quarter of the weight at a unit step bought 0.55 dB for 30 % more bytes; see the module's
 #: measurements in docs/architecture.md ("Twentieth session").
 SLIDE_PSNR_FLOOR = 35.0
+
+
+def chosen_aim(
+    jpeg_psnr: ArrayLike,
+    jpeg_bytes: ArrayLike,
+    lo: float = AUTO_AIM_RANGE[0],
+    hi: float = AUTO_AIM_RANGE[1],
+) -> float:
+    """The aim in [``lo``, ``hi``] dB at which a ccinr file (bytes ~ exp(``LOG_BYTES_PER_DB`` x
+    PSNR)) is predicted smallest against a JPEG pyramid of the slide at equal PSNR, given the
+    pyramid's PSNR over tissue and bytes per quality (``reference.block_reference`` summed over
+    tissue blocks); ``DEFAULT_SLIDE_PSNR`` (or the nearest end) where that is within
+    ``AIM_GAIN_MIN`` of the best or the curve does not reach the range."""
+    from .reference import equal_psnr_bytes, frontier
+
+    fallback = min(hi, max(lo, DEFAULT_SLIDE_PSNR))
+    p = np.asarray(jpeg_psnr, dtype=np.float64)
+    finite = np.isfinite(p)
+    p, size = p[finite], np.asarray(jpeg_bytes, dtype=np.float64)[finite]
+    if p.size < 2:
+        return fallback
+    # The cost is linear between the frontier's points: its least lies at one of them or an end.
+    points = {lo, hi, fallback} | {float(p[j]) for j in frontier(p, size) if lo < p[j] < hi}
+    cost: dict[float, float] = {}
+    for aim in sorted(points):
+        bytes_ = equal_psnr_bytes(p, size, aim)
+        if bytes_ is not None and bytes_ > 0:
+            cost[aim] = LOG_BYTES_PER_DB * aim - math.log(bytes_)
+    if not cost:
+        return fallback
+    best = min(cost, key=lambda a: (cost[a], -a))  # ties: the higher PSNR
+    if fallback in cost and cost[fallback] - cost[best] <= math.log1p(AIM_GAIN_MIN):
+        return fallback
+    return best
 
 
 def difficulty(pixels: np.ndarray) -> float:

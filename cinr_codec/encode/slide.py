@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -41,6 +42,7 @@ from .aim import (
     SLIDE_PSNR_RANGE,
     SlideDifficulty,
     aimed_rate,
+    chosen_aim,
     difficulty,
     measured_blocks,
     predicted_psnr,
@@ -48,7 +50,7 @@ from .aim import (
 from .block import SEAM_STRIP, BlockJob, block_seed, candidate_seed, encode_block
 from .image import check_destination
 from .journal import BlockSink, Journal, journal_path
-from .reference import PyramidTotals
+from .reference import QUALITIES, PyramidTotals, block_reference
 from .source import SlideSource
 from .tissue import block_tissue, detect_tissue, is_glass
 
@@ -57,6 +59,9 @@ log = logging.getLogger(__name__)
 #: Default fitting margin (the block side is the representation's, ``BlockCodec.block_size``);
 #: see docs/architecture.md for the measurements.
 DEFAULT_MARGIN = 0
+#: At most this many tissue blocks besides the prior (evenly spaced) give the slide's JPEG curve
+#: for a chosen aim: 64 ms a 512^2 block on one core of the 2-core machine.
+CURVE_BLOCKS = 32
 #: Smallest block side accepted (tests use small blocks; real encodes use 512 or 1024).
 MIN_BLOCK_SIZE = 64
 #: Smallest level accepted for a slide encode.
@@ -111,6 +116,9 @@ class SlidePlan:
     #: The PSNR over tissue (dB) that the other blocks' one rate weight aims at (``encode.aim``),
     #: from the prior block's fit at ``rate_weight``; None: every block at ``rate_weight``.
     slide_psnr: float | None = None
+    #: ``slide_psnr`` is only the fallback: the aim is chosen from the slide's JPEG curve, measured
+    #: on its tissue blocks once the prior is fitted (``aim.chosen_aim``).
+    auto_aim: bool = False
     #: The configuration and header of the same representation at a finer quantization step
     #: (``BlockCodec.finer_config``), for a slide whose prediction from the prior falls under
     #: ``aim.SLIDE_PSNR_FLOOR``; None where the aim cannot switch to one.
@@ -136,9 +144,11 @@ def plan_slide(
     mips: bool,
     seed: int,
     slide_psnr: float | None = None,
+    auto_aim: bool = False,
 ) -> SlidePlan:
     """Cut the level into blocks, find tissue, build the header and one ``BlockJob`` per block.
-    ``slide_psnr``: aim the slide's one rate weight at this PSNR over tissue (``encode.aim``)."""
+    ``slide_psnr``: aim the slide's one rate weight at this PSNR over tissue (``encode.aim``);
+    ``auto_aim``: choose that aim from the slide's JPEG curve instead (``aim.chosen_aim``)."""
     codec = get_codec(model)
     if steps is None:  # the device's default, recorded so that a resumed encode trains the same
         steps = codec.default_steps(device)
@@ -203,6 +213,7 @@ def plan_slide(
         "train": train,
         "prior_candidates": candidates,
         "slide_psnr": slide_psnr,
+        "auto_aim": auto_aim and slide_psnr is not None,
         "software": __version__,
     }
     jobs = tuple(
@@ -241,14 +252,19 @@ def plan_slide(
         rate_weight=float(train.get("lambda", 0.0)),
         warm=warm and prior is not None,
         slide_psnr=slide_psnr if prior is not None else None,
+        auto_aim=auto_aim and slide_psnr is not None and prior is not None,
         finer=(fine, header_of(fine)) if fine is not None and prior is not None else None,
     )
 
 
-def _slide_difficulty(source: SlideSource, plan: SlidePlan, prior: int) -> SlideDifficulty:
+def _slide_difficulty(
+    source: SlideSource, plan: SlidePlan, prior: int, curve: bool = False
+) -> tuple[SlideDifficulty, tuple[list[float], list[float]] | None]:
     """How hard the slide's tissue blocks are for JPEG (``aim.difficulty``): the prior block's,
     and those of at most ``aim.MAX_MEASURED_BLOCKS`` others (the glass ``encode_block`` will store
-    as a colour left out), extrapolated to all."""
+    as a colour left out), extrapolated to all; with ``curve``, also the JPEG pyramid's PSNR over
+    tissue and bytes per quality (``reference.block_reference``) of the prior and at most
+    ``CURVE_BLOCKS`` of the others (for ``aim.chosen_aim``), else None."""
     grid = plan.grid
 
     def owned(block_id: int) -> np.ndarray:
@@ -256,6 +272,18 @@ def _slide_difficulty(source: SlideSource, plan: SlidePlan, prior: int) -> Slide
 
     others = [b for b in plan.tissue_blocks if b != prior]
     measured = measured_blocks(others)
+    on_curve = set(measured_blocks(measured, CURVE_BLOCKS)) if curve else set()
+    size = np.zeros(len(QUALITIES))
+    sse = np.zeros(len(QUALITIES))
+    n = 0
+
+    def add(px: np.ndarray) -> None:
+        nonlocal n
+        ref = block_reference(px, error=True)
+        size[:] += ref["bytes"]
+        sse[:] += ref["sse"]
+        n += px.size
+
     values = weighted = 0.0
     for b in measured:
         px = owned(b)
@@ -264,8 +292,16 @@ def _slide_difficulty(source: SlideSource, plan: SlidePlan, prior: int) -> Slide
             continue
         values += px.size
         weighted += px.size * difficulty(px)
+        if b in on_curve:
+            add(px)
     scale = len(others) / max(1, len(measured))
-    return SlideDifficulty(prior=difficulty(owned(prior)), values=values * scale, weighted=weighted * scale)
+    px = owned(prior)
+    slide = SlideDifficulty(prior=difficulty(px), values=values * scale, weighted=weighted * scale)
+    if not curve:
+        return slide, None
+    add(px)
+    psnr = [v if (v := psnr_of(float(e), n)) is not None else math.inf for e in sse]
+    return slide, (psnr, [float(v) for v in size])
 
 
 def _prior_block(grid: BlockGrid, fractions: np.ndarray) -> int | None:
@@ -348,6 +384,7 @@ def encode_slide(
     level_given = preset is not None
     preset = codec.default_preset if preset is None else preset
     rated = bool(codec.recipe(model, preset).get("lambda"))  # a bad preset raises ValueError here
+    auto_aim = False
     if slide_psnr is not None:
         if isinstance(slide_psnr, bool) or not isinstance(slide_psnr, int | float):
             raise ValueError(f"the slide's PSNR aim must be a number of dB, not {slide_psnr!r}")
@@ -361,7 +398,7 @@ def encode_slide(
         if not rated:
             raise ValueError(f"{model} blocks have no rate weight to aim at a PSNR")
     elif rated and not level_given and target_psnr is None:
-        slide_psnr = DEFAULT_SLIDE_PSNR
+        slide_psnr, auto_aim = DEFAULT_SLIDE_PSNR, True
     codec.check_storage(quant)
     if block_size is None:
         block_size = codec.block_size
@@ -415,6 +452,7 @@ def encode_slide(
             mips=mips,
             seed=seed,
             slide_psnr=slide_psnr,
+            auto_aim=auto_aim,
         )
         grid = plan.grid
         jpath = journal_path(path)
@@ -487,9 +525,9 @@ def encode_slide(
                         "run the same command with --resume"
                     ) from None
 
-            # The later blocks' rate weight (None without an aim) and whether the slide is stored
-            # at the finer step, found once the prior is journaled.
-            aimed: list[tuple[float | None, bool]] = []
+            # The later blocks' rate weight (None without an aim), whether the slide is stored
+            # at the finer step and the aim, found once the prior is journaled.
+            aimed: list[tuple[float | None, bool, float | None]] = []
 
             def warmed(stage: list[BlockJob]) -> list[BlockJob]:
                 """The stage's jobs once the prior block is journaled: at the slide's latent step
@@ -497,7 +535,7 @@ def encode_slide(
                 networks and at the slide's aimed rate weight."""
                 if plan.prior is None or plan.prior not in journal.done:
                     return stage  # the prior's own stage
-                lam, finer = aimed_weight()  # may fit the prior again at a finer step
+                lam, finer, _ = aimed_weight()  # may fit the prior again at a finer step
                 if finer and plan.finer is not None:
                     stage = [replace(j, config=plan.finer[0]) for j in stage]
                 later = {
@@ -509,30 +547,37 @@ def encode_slide(
                 init = parts[0] if parts else None
                 return [replace(j, init=init, lam=lam) if j.block_id in later else j for j in stage]
 
-            def aimed_weight() -> tuple[float | None, bool]:
-                """The later blocks' rate weight for ``plan.slide_psnr`` (None without an aim) and
-                whether the slide is at the finer step, from the journaled prior (found once)."""
+            def aimed_weight() -> tuple[float | None, bool, float | None]:
+                """The later blocks' rate weight for the slide's aim (None without an aim), whether
+                the slide is at the finer step, and the aim, from the journaled prior (found once)."""
                 if not aimed:
                     aimed.append(
-                        (None, False) if plan.slide_psnr is None or plan.prior is None else aim_rate()
+                        (None, False, None)
+                        if plan.slide_psnr is None or plan.prior is None
+                        else aim_rate(plan.slide_psnr)
                     )
                 return aimed[0]
 
-            def aim_rate() -> tuple[float, bool]:
-                """The other blocks' rate weight for ``plan.slide_psnr`` from the prior's record, and
-                whether that record is at the finer step; first, where the prior predicts the slide
-                under the floor at the level's step, the prior fitted again and journaled at it."""
-                assert plan.slide_psnr is not None and plan.prior is not None
+            def aim_rate(aim: float) -> tuple[float, bool, float]:
+                """The other blocks' rate weight for the slide's aim (``aim``, or with
+                ``plan.auto_aim`` one chosen from the slide's JPEG curve) from the prior's record,
+                whether that record is at the finer step, and the aim; first, where the prior
+                predicts the slide under the floor at the level's step, the prior fitted again and
+                journaled at it."""
+                assert plan.prior is not None
                 prior = journal.read(plan.prior).meta
                 if prior["kind"] != "model":
-                    return plan.rate_weight, False
+                    return plan.rate_weight, False, aim
                 if progress is not None:
                     progress({"stage": "aim"})
                 try:
-                    slide = _slide_difficulty(source, plan, plan.prior)
+                    slide, curve = _slide_difficulty(source, plan, plan.prior, curve=plan.auto_aim)
                 except CinrInputError as exc:
                     raise source_failed(exc) from None
-                floor = min(plan.slide_psnr, SLIDE_PSNR_FLOOR)
+                if curve is not None:
+                    aim = chosen_aim(*curve)
+                    log.info("the slide's JPEG curve puts the aim at %.2f dB over tissue", aim)
+                floor = min(aim, SLIDE_PSNR_FLOOR)
                 predicted = predicted_psnr(float(prior["sse"]), int(prior["n"]), slide)
                 # Only while the prior is the one block journaled (a journal of an encoder before
                 # the floor may hold later blocks at the level's step: they keep it).
@@ -548,17 +593,15 @@ def encode_slide(
                         progress({"stage": "finer"})
                     race(replace(plan.jobs[plan.prior], config=plan.finer[0]), finer=True)
                     prior = journal.read(plan.prior).meta
-                lam = aimed_rate(
-                    plan.slide_psnr, plan.rate_weight, float(prior["sse"]), int(prior["n"]), slide
-                )
+                lam = aimed_rate(aim, plan.rate_weight, float(prior["sse"]), int(prior["n"]), slide)
                 log.info(
-                    "aiming at %.1f dB over tissue: rate weight %.3g (the preset's %.3g; the prior block %.2f dB)",
-                    plan.slide_psnr,
+                    "aiming at %.2f dB over tissue: rate weight %.3g (the preset's %.3g; the prior block %.2f dB)",
+                    aim,
                     lam,
                     plan.rate_weight,
                     psnr_of(prior["sse"], prior["n"]) or 0.0,
                 )
-                return lam, bool(prior.get("finer"))
+                return lam, bool(prior.get("finer")), aim
 
             def read_fit_region(job: BlockJob) -> np.ndarray:
                 fx0, fy0, fw, fh = grid.fit_region(job.block_id)
@@ -622,7 +665,7 @@ def encode_slide(
                     block_done(job, meta)
             # All blocks are in the journal: assemble the file.
             # (Found already, unless a resume found every block journaled.)
-            lam, finer = aimed_weight()
+            lam, finer, aim = aimed_weight()
             if progress is not None:
                 progress({"stage": "write"})
             summary = assemble(
@@ -645,7 +688,8 @@ def encode_slide(
             source_bytes=source.source_bytes,
             level=level,
             device=str(dev),
-            slide_psnr=plan.slide_psnr,
+            slide_psnr=plan.slide_psnr if aim is None else aim,
+            aim_chosen=plan.auto_aim,
             rate_weight=(plan.rate_weight if lam is None else lam) or None,
             finer_step=finer,
         )

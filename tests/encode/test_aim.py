@@ -17,13 +17,17 @@ from cinr_codec.cli import main
 from cinr_codec.core.metrics import psnr
 from cinr_codec.decode import SlideDecoder
 from cinr_codec.encode.aim import (
+    AIM_GAIN_MIN,
+    AUTO_AIM_RANGE,
     DEFAULT_SLIDE_PSNR,
+    LOG_BYTES_PER_DB,
     MAX_FACTOR,
     OPTIMISM_DB,
     RATE_EXPONENT,
     SLIDE_PSNR_FLOOR,
     SlideDifficulty,
     aimed_rate,
+    chosen_aim,
     difficulty,
     measured_blocks,
 )
@@ -82,6 +86,54 @@ def test_the_aimed_weight_stays_in_its_bounds() -> None:
     assert aimed_rate(25.0, lam0, _mse(50.0) * n, n, s) == pytest.approx(lam0 * MAX_FACTOR)
 
 
+def _curve(slopes: dict[float, float], start: float = 30.0) -> tuple[list[float], list[float]]:
+    """A JPEG curve from ``start`` dB: from each PSNR key on, log-bytes rising by its value a dB;
+    a point every 0.5 dB up to 46."""
+    psnr = list(np.arange(start, 46.01, 0.5))
+    log_bytes, out = math.log(1e5), []
+    for i, p in enumerate(psnr):
+        if i:
+            slope = [v for k, v in sorted(slopes.items()) if k <= psnr[i - 1]][-1]
+            log_bytes += slope * 0.5
+        out.append(math.exp(log_bytes))
+    return [float(p) for p in psnr], out
+
+
+def test_the_chosen_aim_is_where_the_file_is_smallest_against_the_jpeg_curve() -> None:
+    lo, hi = AUTO_AIM_RANGE
+    assert lo < DEFAULT_SLIDE_PSNR < hi
+    # A flat curve (a JPEG-tiled source re-encoded just under its own quality): as low as allowed.
+    assert chosen_aim(*_curve({0: 0.02})) == lo
+    # A steep one (a Q 95 source): as high as allowed.
+    assert chosen_aim(*_curve({0: 0.2})) == hi
+    # Steep up to 37 dB, flat above: there.
+    assert chosen_aim(*_curve({0: 0.25, 37.0: 0.02})) == pytest.approx(37.0)
+    # As steep as ccinr's file, give or take: the default (a gain under AIM_GAIN_MIN).
+    near = LOG_BYTES_PER_DB + 0.5 * AIM_GAIN_MIN / (hi - lo)
+    assert chosen_aim(*_curve({0: near})) == DEFAULT_SLIDE_PSNR
+    assert chosen_aim(*_curve({0: LOG_BYTES_PER_DB + 3 * AIM_GAIN_MIN})) == hi
+    # The range given is kept.
+    assert chosen_aim(*_curve({0: 0.02}), lo=36.5, hi=37.0) == 36.5
+
+
+def test_the_chosen_aim_reads_the_cheapest_pyramid_of_a_jpeg_sourced_curve() -> None:
+    # A libvips Q 70 TIFF of a TCGA region, over tissue (q20 ... q95, as encode.reference
+    # measures): q70 re-encodes at 54 dB, and q75-q95 cost more for less.
+    psnr = [28.59, 30.93, 31.95, 33.61, 35.79, 37.82, 41.17, 53.95, 42.69, 40.40, 46.46, 45.71, 46.56]
+    size = [164, 242, 312, 327, 339, 354, 375, 394, 416, 465, 549, 628, 841]
+    assert chosen_aim(psnr, [1e3 * b for b in size]) == AUTO_AIM_RANGE[0]
+    # The order of the qualities does not matter; an unmeasurable quality (no error) is left out.
+    assert chosen_aim(psnr[::-1] + [math.inf], [1e3 * b for b in size[::-1]] + [1.0]) == AUTO_AIM_RANGE[0]
+
+
+def test_without_a_curve_over_the_range_the_aim_is_the_default() -> None:
+    assert chosen_aim([], []) == DEFAULT_SLIDE_PSNR
+    assert chosen_aim([30.0], [1e5]) == DEFAULT_SLIDE_PSNR
+    assert chosen_aim(*_curve({0: 0.02}, start=39.0)) == DEFAULT_SLIDE_PSNR  # all over the range
+    assert chosen_aim([20.0, 30.0], [1e4, 1e5]) == DEFAULT_SLIDE_PSNR  # all under it
+    assert chosen_aim([20.0, 30.0], [1e4, 1e5], lo=37.0, hi=38.0) == 37.0  # the nearest end
+
+
 def test_difficulty_is_jpegs_error_and_grows_with_detail() -> None:
     rng = np.random.default_rng(0)
     flat = np.full((64, 64, 3), 200, dtype=np.uint8)
@@ -102,9 +154,21 @@ def test_a_default_encode_aims_one_weight_for_the_slide_from_its_prior(
     tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any, Any]]
 ) -> None:
     monkeypatch.setitem(L.RECIPE, "prior_candidates", 1)
+    curves: list[tuple[list[float], list[float], float]] = []
+
+    def chosen(psnr: list[float], size: list[float]) -> float:
+        curves.append((psnr, size, aim := chosen_aim(psnr, size)))
+        return aim
+
+    monkeypatch.setattr("cinr_codec.encode.slide.chosen_aim", chosen)
     summary = encode_slide(tissue_png, tmp_path / "aimed.cinr", **{**SETTINGS, "steps": 40})
     seen = [(preset, s.lam) for preset, s, _ in fits_seen]
-    assert summary["slide_psnr"] == DEFAULT_SLIDE_PSNR and summary["preset"] == "q4"
+    # The aim chosen once from the slide's JPEG curve over tissue: PSNR falling, bytes rising
+    # with the quality, as the summary's yardstick measures them.
+    assert len(curves) == 1 and summary["aim_chosen"] and summary["preset"] == "q4"
+    psnr, size, aim = curves[0]
+    assert summary["slide_psnr"] == aim and AUTO_AIM_RANGE[0] <= aim <= AUTO_AIM_RANGE[1]
+    assert len(psnr) == len(summary["jpeg_psnr"]) and psnr[0] < psnr[-1] and 0 < size[0] < size[-1]
     lam = summary["rate_weight"]
     # The prior at the level's own weight (twice where it was fitted again at a finer step, below).
     k = 2 if summary["finer_step"] else 1
@@ -226,7 +290,7 @@ def test_the_cli_summary_shows_the_aim_and_its_weight(tissue_png: Path, tmp_path
     base = ["encode", str(tissue_png), "--steps", "3", "--block-size", "64", "--threads", "1"]
     res = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "a.cinr")])
     assert res.exit_code == 0, res.output
-    assert f"aim: {DEFAULT_SLIDE_PSNR:g} dB over tissue: rate weight" in res.output
+    assert "dB over tissue (chosen from the slide's JPEG curve): rate weight" in res.output
     # 3 steps leave the slide far under the floor: stored at a finer step, and the summary says so.
     assert "stored at a finer latent step, as the level's predicted the slide under 35 dB" in res.output
     res = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "b.cinr"), "--quality", "4", "--json"])
@@ -241,3 +305,4 @@ def test_a_resume_with_every_block_journaled_reports_the_aimed_weight(
     resumed = _stopped_then_resumed(tissue_png, tmp_path / "out.cinr", "write", settings)
     ref = encode_slide(tissue_png, tmp_path / "ref.cinr", **settings)
     assert resumed["rate_weight"] == ref["rate_weight"] > L.lambda_of("q4")
+    assert resumed["slide_psnr"] == ref["slide_psnr"] == 30.0 and not ref["aim_chosen"]
