@@ -390,6 +390,9 @@ def _aim_line(s: dict[str, Any]) -> str:
     )
     chosen = " (chosen from the slide's JPEG curve)" if s.get("aim_chosen") else ""
     line = f"{s['slide_psnr']:.2f} dB over tissue{chosen}: rate weight {lam:.3g} ({how})"
+    if s.get("corrected_rate_weight"):
+        rest = s["corrected_rate_weight"]
+        line += f", corrected by the calibration blocks' fits to {rest:.3g} ({rest / level:.2f}x) for the rest"
     if s.get("finer_step"):
         from ..encode.aim import SLIDE_PSNR_FLOOR
 

@@ -42,7 +42,9 @@ from .aim import (
     SLIDE_PSNR_RANGE,
     SlideDifficulty,
     aimed_rate,
+    calibration_blocks,
     chosen_aim,
+    corrected_rate,
     difficulty,
     measured_blocks,
     predicted_psnr,
@@ -529,13 +531,14 @@ def encode_slide(
             # at the finer step and the aim, found once the prior is journaled.
             aimed: list[tuple[float | None, bool, float | None]] = []
 
-            def warmed(stage: list[BlockJob]) -> list[BlockJob]:
+            def warmed(stage: list[BlockJob], corrected: float | None = None) -> list[BlockJob]:
                 """The stage's jobs once the prior block is journaled: at the slide's latent step
                 (``finer``), and its later tissue blocks starting from the prior block's stored
-                networks and at the slide's aimed rate weight."""
+                networks and at the slide's aimed rate weight (or ``corrected``)."""
                 if plan.prior is None or plan.prior not in journal.done:
                     return stage  # the prior's own stage
                 lam, finer, _ = aimed_weight()  # may fit the prior again at a finer step
+                lam = lam if corrected is None else corrected
                 if finer and plan.finer is not None:
                     stage = [replace(j, config=plan.finer[0]) for j in stage]
                 later = {
@@ -546,6 +549,64 @@ def encode_slide(
                 parts = journal.read(plan.prior).parts if plan.warm else []  # none: background
                 init = parts[0] if parts else None
                 return [replace(j, init=init, lam=lam) if j.block_id in later else j for j in stage]
+
+            # The weight of the blocks after the calibration blocks, once they are journaled, and
+            # the slide's difficulty that the aim measured.
+            corrections: list[float] = []
+            difficulties: list[SlideDifficulty] = []
+
+            def calibration() -> list[int]:
+                """The calibration blocks (``aim.calibration_blocks``) where the aim raised the
+                later blocks' weight over the level's; else none."""
+                if plan.prior is None or plan.prior not in journal.done:
+                    return []
+                lam, _, _ = aimed_weight()
+                if lam is None or not lam > plan.rate_weight:
+                    return []
+                return calibration_blocks([b for b in plan.tissue_blocks if b != plan.prior])
+
+            def corrected_weight() -> float:
+                """The weight of the blocks after the journaled calibration blocks (found once)."""
+                if not corrections:
+                    lam, _, aim = aimed_weight()
+                    assert lam is not None and aim is not None and plan.prior is not None
+                    prior = journal.read(plan.prior).meta
+                    try:
+                        fitted = [
+                            (float(m["sse"]), int(m["n"]), difficulty(source.read(*grid.owned(b))))
+                            for b in calibration()
+                            if (m := journal.read(b).meta)["kind"] == "model"
+                        ]
+                    except CinrInputError as exc:
+                        raise source_failed(exc) from None
+                    corrections.append(
+                        corrected_rate(
+                            aim,
+                            plan.rate_weight,
+                            lam,
+                            float(prior["sse"]),
+                            int(prior["n"]),
+                            difficulties[0],
+                            fitted,
+                        )
+                    )
+                    log.info(
+                        "%d calibration blocks fitted at rate weight %.3g: the others at %.3g",
+                        len(fitted),
+                        lam,
+                        corrections[0],
+                    )
+                return corrections[0]
+
+            def calibrated(stage: list[BlockJob]) -> Iterator[list[BlockJob]]:
+                """``stage``'s jobs as they run (``warmed``): where there are calibration blocks,
+                those first, then the rest at the weight their fits correct the aim's to."""
+                sample = set(calibration())
+                if not sample:
+                    yield warmed(stage)
+                    return
+                yield warmed([j for j in stage if j.block_id in sample])
+                yield warmed([j for j in stage if j.block_id not in sample], corrected_weight())
 
             def aimed_weight() -> tuple[float | None, bool, float | None]:
                 """The later blocks' rate weight for the slide's aim (None without an aim), whether
@@ -574,6 +635,7 @@ def encode_slide(
                     slide, curve = _slide_difficulty(source, plan, plan.prior, curve=plan.auto_aim)
                 except CinrInputError as exc:
                     raise source_failed(exc) from None
+                difficulties.append(slide)
                 if curve is not None:
                     aim = chosen_aim(*curve)
                     log.info("the slide's JPEG curve puts the aim at %.2f dB over tissue", aim)
@@ -644,13 +706,14 @@ def encode_slide(
                 todo_tissue = max(0, todo_tissue - 1)
                 todo, first = [j for j in todo if j.block_id != plan.prior], []
             stages = [first, [j for j in todo if j.block_id != plan.prior]] if first else [todo]
-            for stage in stages:
-                stage = warmed(stage)
+            for part in (run for stage in stages for run in calibrated(stage)):
+                if not part:
+                    continue  # a resume found the calibration blocks journaled
                 if client is not None or pooled:
-                    run_elsewhere(stage, todo_tissue)
-                    todo_tissue -= sum(1 for job in stage if job.block_id in plan.tissue_blocks)
+                    run_elsewhere(part, todo_tissue)
+                    todo_tissue -= sum(1 for job in part if job.block_id in plan.tissue_blocks)
                     continue
-                for job in stage:
+                for job in part:
                     if total_time_budget is not None:
                         left = total_time_budget - (time.perf_counter() - t_start)
                         share = max(1.0, left / max(1, todo_tissue))
@@ -666,6 +729,7 @@ def encode_slide(
             # All blocks are in the journal: assemble the file.
             # (Found already, unless a resume found every block journaled.)
             lam, finer, aim = aimed_weight()
+            rest = corrected_weight() if calibration() else None
             if progress is not None:
                 progress({"stage": "write"})
             summary = assemble(
@@ -691,6 +755,7 @@ def encode_slide(
             slide_psnr=plan.slide_psnr if aim is None else aim,
             aim_chosen=plan.auto_aim,
             rate_weight=(plan.rate_weight if lam is None else lam) or None,
+            corrected_rate_weight=rest,
             finer_step=finer,
         )
     summary["seconds"] = time.perf_counter() - t_start

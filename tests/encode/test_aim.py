@@ -21,13 +21,16 @@ from cinr_codec.encode.aim import (
     AUTO_AIM_RANGE,
     DEFAULT_SLIDE_PSNR,
     LOG_BYTES_PER_DB,
+    MAX_CALIBRATION_BLOCKS,
     MAX_FACTOR,
     OPTIMISM_DB,
     RATE_EXPONENT,
     SLIDE_PSNR_FLOOR,
     SlideDifficulty,
     aimed_rate,
+    calibration_blocks,
     chosen_aim,
+    corrected_rate,
     difficulty,
     measured_blocks,
 )
@@ -84,6 +87,44 @@ def test_the_aimed_weight_stays_in_its_bounds() -> None:
     flat = SlideDifficulty(prior=20.0, values=n, weighted=0.0)
     assert aimed_rate(37.0, lam0, _mse(36.0) * n, n, flat) == pytest.approx(lam0 * MAX_FACTOR)
     assert aimed_rate(25.0, lam0, _mse(50.0) * n, n, s) == pytest.approx(lam0 * MAX_FACTOR)
+
+
+def test_calibration_blocks_are_a_third_evenly_spread() -> None:
+    assert calibration_blocks([1, 2, 3]) == []  # too few to leave any to correct
+    assert calibration_blocks([9, 3, 5, 7]) == [3, 7]
+    assert calibration_blocks(list(range(12))) == [0, 3, 6, 9]
+    m = MAX_CALIBRATION_BLOCKS
+    assert calibration_blocks(list(range(1000))) == [(i * 1000) // m for i in range(m)]
+
+
+def test_the_corrected_weight_puts_the_slide_at_the_aim_with_what_the_calibration_measured() -> None:
+    lam0, lam1, n = 2.5e-4, 5e-4, 3000
+    prior_sse = _mse(38.0) * n
+    s = SlideDifficulty(prior=20.0, values=9 * n, weighted=9 * n * 20.0)
+    per = prior_sse / n / s.prior * (lam1 / lam0) ** RATE_EXPONENT  # predicted MSE per difficulty at lam1
+
+    def slide_psnr(scale: float, lam2: float) -> float:
+        """Three blocks fitted at lam1 measured ``scale`` x the prediction, six at ``lam2``."""
+        fitted_sse = 3 * scale * per * n * 20.0
+        rest = 6 * scale * per * n * 20.0 * (lam2 / lam1) ** RATE_EXPONENT
+        return 10 * math.log10(255.0**2 * 10 * n / (prior_sse + fitted_sse + rest))
+
+    for scale in (0.8, 1.0, 1.3):
+        fitted = [(scale * per * n * 20.0, n, 20.0)] * 3
+        lam2 = corrected_rate(35.0, lam0, lam1, prior_sse, n, s, fitted)
+        assert lam0 < lam2 < lam0 * MAX_FACTOR
+        assert slide_psnr(scale, lam2) == pytest.approx(35.0, abs=1e-6)
+    # Blocks worse than predicted: a lower weight for the rest.
+    at = [
+        corrected_rate(35.0, lam0, lam1, prior_sse, n, s, [(k * per * n * 20.0, n, 20.0)] * 3)
+        for k in (0.8, 1.5)
+    ]
+    assert at[0] > at[1]
+    # The calibration blocks spent more than the aim's error: the level's weight, never lower.
+    assert corrected_rate(35.0, lam0, lam1, prior_sse, n, s, [(_mse(20.0) * n, n, 20.0)] * 3) == lam0
+    # Nothing measured, or nothing left: the aimed weight stays.
+    assert corrected_rate(35.0, lam0, lam1, prior_sse, n, s, []) == lam1
+    assert corrected_rate(35.0, lam0, lam1, prior_sse, n, s, [(per * n * 20.0, 9 * n, 20.0)]) == lam1
 
 
 def _curve(slopes: dict[float, float], start: float = 30.0) -> tuple[list[float], list[float]]:
@@ -173,7 +214,10 @@ def test_a_default_encode_aims_one_weight_for_the_slide_from_its_prior(
     # The prior at the level's own weight (twice where it was fitted again at a finer step, below).
     k = 2 if summary["finer_step"] else 1
     assert len(seen) >= k + 2 and seen[:k] == [("q4", None)] * k
-    assert all(s == ("q4", lam) for s in seen[k:]) and lam >= L.lambda_of("q4")
+    assert all(preset == "q4" for preset, _ in seen[k:]) and lam >= L.lambda_of("q4")
+
+    # No calibration where the aim kept the level's weight.
+    assert (summary["corrected_rate_weight"] is None) == (lam == L.lambda_of("q4"))
 
     # A level given alone keeps its weight for every block.
     fits_seen.clear()
@@ -275,12 +319,22 @@ def test_bad_aims_are_one_line_errors(
 
 
 def test_an_aim_under_the_levels_psnr_gives_a_higher_weight_and_a_smaller_slide(
-    tissue_png: Path, tmp_path: Path
+    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any, Any]]
 ) -> None:
     """At 40 steps (3 leave the prior far under any aim) q4 reaches about 36 dB on these blocks:
     an aim of 30 dB raises the weight and lowers the PSNR and the bytes; 45 keeps the level's."""
+    monkeypatch.setitem(L.RECIPE, "prior_candidates", 1)
     settings = {**SETTINGS, "steps": 40}
     low = encode_slide(tissue_png, tmp_path / "low.cinr", slide_psnr=30.0, **settings)
+    # The raised weight for the calibration blocks first (a third of the later tissue blocks),
+    # then the weight their fits corrected it to for the rest.
+    lams = [s.lam for _, s, _ in fits_seen]
+    k = 2 if low["finer_step"] else 1
+    calibrating = len(calibration_blocks(list(range(low["tissue_blocks"] - 1))))
+    rest = low["corrected_rate_weight"]
+    assert calibrating == 4 and rest is not None and rest != low["rate_weight"]
+    assert lams[:k] == [None] * k and lams[k : k + calibrating] == [low["rate_weight"]] * calibrating
+    assert lams[k + calibrating :] and set(lams[k + calibrating :]) == {rest}
     high = encode_slide(tissue_png, tmp_path / "high.cinr", slide_psnr=45.0, **settings)
     assert high["rate_weight"] == L.lambda_of("q4") < low["rate_weight"]
     assert low["psnr"] < high["psnr"] and low["bytes"] < high["bytes"]
@@ -306,3 +360,4 @@ def test_a_resume_with_every_block_journaled_reports_the_aimed_weight(
     ref = encode_slide(tissue_png, tmp_path / "ref.cinr", **settings)
     assert resumed["rate_weight"] == ref["rate_weight"] > L.lambda_of("q4")
     assert resumed["slide_psnr"] == ref["slide_psnr"] == 30.0 and not ref["aim_chosen"]
+    assert resumed["corrected_rate_weight"] == ref["corrected_rate_weight"] is not None
