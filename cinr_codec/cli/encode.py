@@ -81,7 +81,8 @@ from .common import NullSink, check_output, fmt, handle_errors, json_safe
     default=None,
     help="ccinr: fit one block first at --quality's level, then every other block at the one rate "
     "weight predicted to put the slide's PSNR over tissue at this many dB, never a lower weight than "
-    "the level's (never more bits)  [default, when neither --quality nor --target-psnr is given: "
+    "the level's (never more bits), corrected for the last two thirds of the blocks by the first "
+    "third's fits  [default, when neither --quality nor --target-psnr is given: "
     "chosen per slide in 35.75-38 dB where the file is predicted smallest against a JPEG pyramid "
     "of the slide (36 where that gains under 1 %); a --quality alone keeps its level's weight for "
     "every block]",
@@ -392,7 +393,9 @@ def _aim_line(s: dict[str, Any]) -> str:
     line = f"{s['slide_psnr']:.2f} dB over tissue{chosen}: rate weight {lam:.3g} ({how})"
     if s.get("corrected_rate_weight"):
         rest = s["corrected_rate_weight"]
-        line += f", corrected by the calibration blocks' fits to {rest:.3g} ({rest / level:.2f}x) for the rest"
+        line += (
+            f", corrected by the calibration blocks' fits to {rest:.3g} ({rest / level:.2f}x) for the rest"
+        )
     if s.get("finer_step"):
         from ..encode.aim import SLIDE_PSNR_FLOOR
 

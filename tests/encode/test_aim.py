@@ -361,3 +361,17 @@ def test_a_resume_with_every_block_journaled_reports_the_aimed_weight(
     assert resumed["rate_weight"] == ref["rate_weight"] > L.lambda_of("q4")
     assert resumed["slide_psnr"] == ref["slide_psnr"] == 30.0 and not ref["aim_chosen"]
     assert resumed["corrected_rate_weight"] == ref["corrected_rate_weight"] is not None
+
+
+def test_the_summarys_aim_line_names_the_corrected_weight() -> None:
+    from cinr_codec.cli.encode import _aim_line
+
+    level = L.lambda_of("q4")
+    s = {"preset": "q4", "rate_weight": 2 * level, "slide_psnr": 35.75, "aim_chosen": True}
+    line = _aim_line({**s, "corrected_rate_weight": 3 * level})
+    assert line.startswith("35.75 dB over tissue (chosen from the slide's JPEG curve): rate weight")
+    assert (
+        "(2.00x q4's), corrected by the calibration blocks' fits to" in line
+        and "(3.00x) for the rest" in line
+    )
+    assert "corrected" not in _aim_line({**s, "aim_chosen": False, "corrected_rate_weight": None})
