@@ -22,7 +22,9 @@ smaller against the scanner's format, and where it rises faster a higher one.
 The prediction assumes that a block's MSE is the prior's times the ratio of their JPEG errors, less
 ``OPTIMISM_DB``, and that it scales with lambda ** ``RATE_EXPONENT`` (``DB_PER_HALVING`` dB per
 halving of lambda). Both corrections are measured on 300-step fits (docs/architecture.md,
-"Nineteenth session").
+"Nineteenth session"). Where the aim raises the weight, a third of the later tissue blocks
+(``calibration_blocks``) are fitted at it first, and what their errors say of the prediction sets
+the rest's weight (``corrected_rate``).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ from .train.latent import LAMBDA_RANGE
 #: source's own quality), 36 dB at 0.65x and 0.75x (docs/architecture.md, "Twenty-second session").
 DEFAULT_SLIDE_PSNR = 36.0
 #: The range a default encode chooses its aim in (``chosen_aim``): 0.75 dB over the floor, as the
-#: prediction has landed slides 0.47 dB under their aim (docs/architecture.md, "Twenty-third
-#: session"); 38 dB at most.
+#: prediction had landed slides up to 0.58 dB under their aim (0.21 since the calibration blocks;
+#: docs/architecture.md, "Twenty-third session"); 38 dB at most.
 AUTO_AIM_RANGE = (35.75, 38.0)
 #: How a ccinr file's bytes grow per dB of PSNR over tissue (natural log): 0.110, 0.108 and 0.110
 #: from 36.4 to 37.7 dB on libvips Q 70/75/80 TIFFs of a TCGA region, 0.111 on the bundled

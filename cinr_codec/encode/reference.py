@@ -21,8 +21,8 @@ from numpy.typing import ArrayLike
 from ..core.resample import box_downsample, to_uint8
 from ..format.header import psnr_of
 
-#: JPEG qualities measured per block (q80 is the scanners' usual setting): about 1.3 s for a
-#: 1024^2 tissue block on one core of the 2-core machine. q65 and q70 lie where encodes land
+#: JPEG qualities measured per block (q80 is the scanners' usual setting): 0.27 s for a 1024^2
+#: tissue block on one core of the 2-core machine (the thirteen, twenty-third session). q65 and q70 lie where encodes land
 #: (36-40 dB); without them, on a JPEG-sourced level whose own quality re-encodes almost
 #: losslessly (the prostate image's q75: 58.8 dB), the bytes at 37-40 dB came from the chord
 #: from q60 to that point, 3.3 % under what q65 measures at its 38.8 dB. q45-q55 likewise: on a
