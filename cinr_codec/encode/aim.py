@@ -148,6 +148,18 @@ class SlideDifficulty:
     weighted: float
 
 
+def _weight_bounds(lam: float) -> tuple[float, float]:
+    """The least and greatest rate weight an aim may give when the level's is ``lam``: ``lam`` and
+    ``MAX_FACTOR`` x ``lam`` (within ``LAMBDA_RANGE``)."""
+    return lam, max(lam, min(lam * MAX_FACTOR, LAMBDA_RANGE[1]))
+
+
+def _slide_error(db: float, prior_values: int, slide: SlideDifficulty) -> float:
+    """The squared error, summed over the prior's and the other blocks' values, of a slide at
+    ``db`` dB."""
+    return 255.0**2 * 10 ** (-db / 10) * (prior_values + slide.values)
+
+
 def _others_sse(prior_sse: float, prior_values: int, slide: SlideDifficulty) -> float:
     """The other blocks' squared error at the prior's weight: the prior's MSE times each block's
     JPEG error over the prior's, summed over their values."""
@@ -176,8 +188,7 @@ def corrected_rate(
     once the ``fitted`` blocks (squared error, values and JPEG MSE of each) were fitted at
     ``lam1``: the prediction of ``aimed_rate`` (the prior fitted at ``lam0``) scaled by what those
     fits measured against it, instead of ``OPTIMISM_DB``; bounded as ``aimed_rate``'s."""
-    lo = lam0
-    hi = max(lam0, min(lam0 * MAX_FACTOR, LAMBDA_RANGE[1]))
+    lo, hi = _weight_bounds(lam0)
     per_difficulty = prior_sse / max(1, prior_values) / max(slide.prior, 1e-6)
     done_sse = sum(e for e, _, _ in fitted)
     done_weighted = sum(n * d for _, n, d in fitted)
@@ -186,7 +197,7 @@ def corrected_rate(
     if predicted <= 0 or done_sse <= 0 or rest <= 0:
         return lam1  # nothing measured against the prediction, or nothing left to correct
     scale = done_sse / predicted
-    budget = 255.0**2 * 10 ** (-aim / 10) * (prior_values + slide.values) - prior_sse - done_sse
+    budget = _slide_error(aim, prior_values, slide) - prior_sse - done_sse
     if budget <= 0:
         return lo
     return min(hi, max(lo, lam0 * (budget / (scale * per_difficulty * rest)) ** (1 / RATE_EXPONENT)))
@@ -207,9 +218,8 @@ def aimed_rate(aim: float, lam: float, prior_sse: float, prior_values: int, slid
     given the prior block fitted at ``lam`` with squared error ``prior_sse`` over ``prior_values``
     values (its weight stays): in [``lam``, ``MAX_FACTOR`` x ``lam``] (and ``LAMBDA_RANGE``), so
     a slide predicted under the aim keeps ``lam``."""
-    lo = lam
-    hi = max(lam, min(lam * MAX_FACTOR, LAMBDA_RANGE[1]))
-    budget = 255.0**2 * 10 ** (-(aim + OPTIMISM_DB) / 10) * (prior_values + slide.values) - prior_sse
+    lo, hi = _weight_bounds(lam)
+    budget = _slide_error(aim + OPTIMISM_DB, prior_values, slide) - prior_sse
     if slide.values <= 0:
         return lam  # nothing else to fit
     if budget <= 0:
