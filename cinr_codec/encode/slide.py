@@ -37,7 +37,9 @@ from ..format.header import (
     slide_footer,
 )
 from .aim import (
+    AUTO_AIM_RANGE,
     DEFAULT_SLIDE_PSNR,
+    FINER_AT_ONCE_MARGIN,
     SLIDE_PSNR_FLOOR,
     SLIDE_PSNR_RANGE,
     SlideDifficulty,
@@ -46,6 +48,7 @@ from .aim import (
     chosen_aim,
     corrected_rate,
     difficulty,
+    finer_at_once,
     measured_blocks,
     predicted_psnr,
 )
@@ -551,9 +554,20 @@ def encode_slide(
                 return [replace(j, init=init, lam=lam) if j.block_id in later else j for j in stage]
 
             # The weight of the blocks after the calibration blocks, once they are journaled, and
-            # the slide's difficulty that the aim measured.
+            # the slide's difficulty (and JPEG curve) that the aim measured.
             corrections: list[float] = []
-            difficulties: list[SlideDifficulty] = []
+            measures: list[tuple[SlideDifficulty, tuple[list[float], list[float]] | None]] = []
+
+            def measured() -> tuple[SlideDifficulty, tuple[list[float], list[float]] | None]:
+                """The slide's difficulty for the aim and, with ``plan.auto_aim``, its JPEG curve
+                (``_slide_difficulty``, measured once: it reads only the source's pixels)."""
+                if not measures:
+                    assert plan.prior is not None
+                    try:
+                        measures.append(_slide_difficulty(source, plan, plan.prior, curve=plan.auto_aim))
+                    except CinrInputError as exc:
+                        raise source_failed(exc) from None
+                return measures[0]
 
             def calibration() -> list[int]:
                 """The calibration blocks (``aim.calibration_blocks``) where the aim raised the
@@ -586,7 +600,7 @@ def encode_slide(
                             lam,
                             float(prior["sse"]),
                             int(prior["n"]),
-                            difficulties[0],
+                            measured()[0],
                             fitted,
                         )
                     )
@@ -631,11 +645,7 @@ def encode_slide(
                     return plan.rate_weight, False, aim
                 if progress is not None:
                     progress({"stage": "aim"})
-                try:
-                    slide, curve = _slide_difficulty(source, plan, plan.prior, curve=plan.auto_aim)
-                except CinrInputError as exc:
-                    raise source_failed(exc) from None
-                difficulties.append(slide)
+                slide, curve = measured()
                 if curve is not None:
                     aim = chosen_aim(*curve)
                     log.info("the slide's JPEG curve puts the aim at %.2f dB over tissue", aim)
@@ -653,7 +663,7 @@ def encode_slide(
                     )
                     if progress is not None:
                         progress({"stage": "finer"})
-                    race(replace(plan.jobs[plan.prior], config=plan.finer[0]), finer=True)
+                    race(replace(plan.jobs[plan.prior], config=plan.finer[0]), finer=True, again=True)
                     prior = journal.read(plan.prior).meta
                 lam = aimed_rate(aim, plan.rate_weight, float(prior["sse"]), int(prior["n"]), slide)
                 log.info(
@@ -674,10 +684,10 @@ def encode_slide(
                         CinrInputError(f"{exc} (block {job.block_id + 1} of {grid.n_level_blocks})")
                     ) from None
 
-            def race(job: BlockJob, finer: bool = False) -> None:
+            def race(job: BlockJob, finer: bool = False, again: bool = False) -> None:
                 """Fit ``job``'s block from ``plan.prior_candidates`` seeds (at once where workers
-                allow) and journal the fit of lowest rate-distortion loss (``finer``: the prior's
-                second fit, at the finer step, which replaces its first record)."""
+                allow) and journal the fit of lowest rate-distortion loss (``finer``: marked as at
+                the finer step; ``again``: the prior's second fit, which replaces its first record)."""
                 candidates = [
                     replace(job, seed=candidate_seed(job.seed, k)) for k in range(plan.prior_candidates)
                 ]
@@ -690,19 +700,32 @@ def encode_slide(
                     for c in candidates:
                         results.append(*encode_block(c, pixels))
                 meta, parts = results.best(plan.rate_weight)
-                if finer:
-                    journal.append({**meta, "finer": True}, parts)
-                    return  # the block was counted at its first fit
-                journal.append(meta, parts)
-                block_done(job, meta)
+                journal.append({**meta, "finer": True} if finer else meta, parts)
+                if not again:  # else the block was counted at its first fit
+                    block_done(job, meta)
 
             # The prior block first, alone (from several seeds where the representation races
             # them): the others start from its stored networks.
             todo = [j for j in plan.jobs if j.block_id not in done]
             first = [j for j in todo if j.block_id == plan.prior]
             pooled = client is None and processes is not None and processes > 1 and todo_tissue > 1
-            if first and plan.prior_candidates > 1:
-                race(first[0])
+            # Where the slide's JPEG curve already puts it under the floor, the prior goes to the
+            # finer step at once (``aim.finer_at_once``) rather than after a fit at the level's.
+            at_once = False
+            if first and plan.finer is not None and plan.auto_aim and (curve := measured()[1]) is not None:
+                floor = min(AUTO_AIM_RANGE[0], SLIDE_PSNR_FLOOR)  # the chosen aim's floor at least
+                at_once = finer_at_once(curve[0], floor)
+                if at_once:
+                    log.info(
+                        "no JPEG quality reaches %.2f dB over the slide's tissue: the prior block is "
+                        "fitted at a finer latent step at once",
+                        floor - FINER_AT_ONCE_MARGIN,
+                    )
+            if first and (plan.prior_candidates > 1 or at_once):
+                job = first[0]
+                if at_once and plan.finer is not None:
+                    job = replace(job, config=plan.finer[0])
+                race(job, finer=at_once)
                 todo_tissue = max(0, todo_tissue - 1)
                 todo, first = [j for j in todo if j.block_id != plan.prior], []
             stages = [first, [j for j in todo if j.block_id != plan.prior]] if first else [todo]

@@ -20,6 +20,7 @@ from cinr_codec.encode.aim import (
     AIM_GAIN_MIN,
     AUTO_AIM_RANGE,
     DEFAULT_SLIDE_PSNR,
+    FINER_AT_ONCE_MARGIN,
     LOG_BYTES_PER_DB,
     MAX_CALIBRATION_BLOCKS,
     MAX_FACTOR,
@@ -32,6 +33,7 @@ from cinr_codec.encode.aim import (
     chosen_aim,
     corrected_rate,
     difficulty,
+    finer_at_once,
     measured_blocks,
 )
 from cinr_codec.encode.slide import encode_slide
@@ -255,6 +257,47 @@ def test_a_slide_predicted_under_the_floor_is_stored_at_a_finer_step(
     fixed = encode_slide(tissue_png, tmp_path / "fixed.cinr", preset="q4", **SETTINGS)
     assert not fixed["finer_step"] and _latent_shift(tmp_path / "fixed.cinr") == 0
     assert all(c.latent_shift == 0 for _, _, c in fits_seen)
+
+
+def test_a_curve_under_the_floor_less_the_margin_goes_finer_at_once() -> None:
+    under = SLIDE_PSNR_FLOOR - FINER_AT_ONCE_MARGIN
+    assert finer_at_once([28.0, 31.0, under - 0.01])
+    assert not finer_at_once([28.0, 31.0, under])  # one quality reaches it
+    assert not finer_at_once([28.0, math.inf])  # a quality without error
+    assert not finer_at_once([])
+    assert not finer_at_once([28.0, math.nan])
+    assert finer_at_once([36.0], floor=40.0) and not finer_at_once([36.0], floor=37.0)
+
+
+def test_a_slide_whose_jpeg_curve_is_under_the_floor_fits_its_prior_at_the_finer_step_at_once(
+    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any, Any]]
+) -> None:
+    """Where no JPEG quality reaches the floor less the margin (here: the margin moved so that
+    none does), the prior is fitted once, at the finer step, and the file holds the blocks of the
+    encode that fitted it first at the level's step and then again at the finer one."""
+    monkeypatch.setitem(L.RECIPE, "prior_candidates", 1)
+    ref = tmp_path / "ref.cinr"
+    assert encode_slide(tissue_png, ref, **SETTINGS)["finer_step"]
+    level_first = len(fits_seen)
+    assert fits_seen[0][2].latent_shift == 0  # that encode's first fit: the level's step
+
+    fits_seen.clear()
+    monkeypatch.setattr("cinr_codec.encode.aim.FINER_AT_ONCE_MARGIN", -100.0)
+    out = tmp_path / "at_once.cinr"
+    summary = encode_slide(tissue_png, out, **SETTINGS)
+    assert summary["finer_step"] and len(fits_seen) == level_first - 1
+    assert all(c.latent_shift == L.QUALITY_LATENT_SHIFT["q5"] for _, _, c in fits_seen)
+    assert stored_blocks(out) == stored_blocks(ref)
+
+    # Stopped once the prior is journaled at the finer step: the resume keeps it.
+    resumed = tmp_path / "resumed.cinr"
+    assert _stopped_then_resumed(tissue_png, resumed, "block", SETTINGS)["finer_step"]
+    assert stored_blocks(resumed) == stored_blocks(ref)
+
+    # An aim given by the user keeps the fit at the level's step first.
+    fits_seen.clear()
+    encode_slide(tissue_png, tmp_path / "given.cinr", slide_psnr=36.0, **SETTINGS)
+    assert fits_seen[0][2].latent_shift == 0
 
 
 def test_an_encode_stopped_before_the_finer_fit_resumes_to_the_same_file(
