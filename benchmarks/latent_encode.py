@@ -61,6 +61,7 @@ def measure(
             lam,
             sweeps=int(L.RECIPE["rdo_sweeps"]),
             levels=int(L.RECIPE["rdo_levels"]),
+            later_levels=int(L.RECIPE["rdo_later_levels"]),
             sign=sign,
         )
         searches.append({"sign": sign, "seconds": time.perf_counter() - s0, **out})

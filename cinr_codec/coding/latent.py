@@ -637,6 +637,7 @@ class LatentCodec(BlockCodec):
                     fitted.lam,
                     sweeps=int(RECIPE["rdo_sweeps"]),
                     levels=int(RECIPE["rdo_levels"]),
+                    later_levels=int(RECIPE["rdo_later_levels"]),
                     sign=str(RECIPE["rdo_sign"]),
                 )
         if settings.measure:

@@ -147,6 +147,12 @@ RECIPE: dict[str, Any] = {
     # at most (0: none).
     "rdo_sweeps": 2,
     "rdo_levels": 3,
+    # The sweeps after the first search the finest grid only: on 512^2 blocks at 300 steps, q4
+    # (the sample, TCGA, prostate), a second sweep over three grids lowered the loss 0.75-1.15 %
+    # in 6 s (0.13-0.19 % a second), over the finest alone 0.74-0.80 % in 2.8 s (0.26-0.29 %);
+    # the last 50 training steps 1.9-2.3 % in 8-9 s (0.20-0.27 %) (docs/architecture.md,
+    # "Twenty-fourth session").
+    "rdo_later_levels": 1,
     # "both": every group tries -1 then +1; "predicted": one direction per latent, chosen from
     # the first-order loss change (rdo.refine_latents): half the renders, the same BD-rates at 300
     # steps (medians of seeds 0,1 on both crops equal to 0.1 point; ccinr_variants_300_sign.md).
@@ -180,8 +186,11 @@ RECIPE: dict[str, Any] = {
 #: seeds 0 and 1: -25 % (prostate), -43 % (TCGA); the greedy search adds 6 points of it
 #: (benchmarks/results/ccinr_variants_300.md; docs/architecture.md, "The default encode on a CPU").
 #: With the shorter phase 2 of short fits (above), medians of seeds 4-6: -28.5 % and -43.8 %;
-#: with their softer start too, medians of seeds 0 and 1: -35.4 % and -49.7 %.
-CPU_STEPS = 300
+#: with their softer start too, medians of seeds 0 and 1: -35.4 % and -49.7 %. 300 until the
+#: twenty-fourth session, when the README's main job took 11 min on a Zen 3 host (an AVX2 one;
+#: under 10 on the Zen 4 hosts before): 270 steps and the lighter later sweeps of the search
+#: bring it under (docs/architecture.md, "Twenty-fourth session").
+CPU_STEPS = 270
 
 
 def default_steps(device: str) -> int:

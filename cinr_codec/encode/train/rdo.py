@@ -123,13 +123,15 @@ def refine_latents(
     *,
     sweeps: int = 2,
     levels: int | None = None,
+    later_levels: int | None = None,
     sign: str = "both",
 ) -> dict[str, float]:
     """Move single rounded latents of ``model`` by ±1 while the loss (MSE of the decoded 8-bit
     pixels, in [0, 1] units, plus ``lam`` times the estimated latent bits per pixel) falls; the
     latents are replaced by the chosen integers. ``levels``: how many grids, finest first (default
     all); ``sweeps``: passes over them at most (they stop early when fewer than one latent in a
-    thousand moved); ``sign``: ``both`` tries -1 then +1 for every group, ``predicted`` tries one
+    thousand moved); ``later_levels``: how many grids the sweeps after the first search (default
+    ``levels``); ``sign``: ``both`` tries -1 then +1 for every group, ``predicted`` tries one
     direction per latent, the one whose first-order loss change is lower (the distortion's
     gradient through the float render, the latent's own bits exactly), at half the renders.
     Returns the loss before and after and the number of latents moved."""
@@ -163,10 +165,11 @@ def refine_latents(
     before = loss(se, bits)
     plan = _footprints(model)
     n_levels = len(ys) if levels is None else min(int(levels), len(ys))
+    n_later = n_levels if later_levels is None else min(int(later_levels), len(ys))
     moved = 0
-    for _ in range(max(0, sweeps)):
+    for sweep in range(max(0, sweeps)):
         moved_now = 0
-        for k in range(n_levels):
+        for k in range(n_levels if sweep == 0 else n_later):
             lv = plan[k]
             gh, gw = ys[k].shape[-2:]
             if sign == "predicted":
