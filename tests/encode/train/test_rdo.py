@@ -87,6 +87,19 @@ def test_the_search_lowers_the_loss_and_leaves_integers(tissue_crop: np.ndarray,
     assert out["loss_after"] == pytest.approx(mse + fit.lam * bits / img[..., 0].size, rel=1e-5)
 
 
+def test_later_sweeps_search_only_the_grids_asked(tissue_crop: np.ndarray) -> None:
+    """``later_levels=1``: the second sweep moves latents of the finest grid only, so the coarser
+    grids end as one sweep left them."""
+    img = np.ascontiguousarray(tissue_crop[:48, :48])
+    fit = _trained(img, steps=30)
+    one, two = copy.deepcopy(fit.model), copy.deepcopy(fit.model)
+    refine_latents(one, img, fit.lam, sweeps=1, levels=3, sign="predicted")
+    out = refine_latents(two, img, fit.lam, sweeps=2, levels=3, later_levels=1, sign="predicted")
+    assert out["loss_after"] <= refine_latents(copy.deepcopy(one), img, fit.lam, sweeps=0)["loss_after"]
+    assert all(torch.equal(a, b) for a, b in zip(one.latents[1:], two.latents[1:], strict=True))
+    assert not torch.equal(one.latents[0], two.latents[0])  # the second sweep moved the finest
+
+
 def test_no_sweeps_change_nothing(tissue_crop: np.ndarray) -> None:
     img = np.ascontiguousarray(tissue_crop[:32, :32])
     fit = _trained(img, steps=10)
