@@ -56,7 +56,7 @@ from .common import NullSink, check_output, fmt, handle_errors, json_safe
     "--steps",
     type=int,
     default=None,
-    help="Optimiser steps per block  [default: the preset's; ccinr 300 on a CPU, 2400 on a GPU]",
+    help="Optimiser steps per block  [default: the preset's; ccinr 270 on a CPU, 2400 on a GPU]",
 )
 @click.option(
     "--time-budget", type=float, default=None, help="Seconds of training per block  [default: none]"
