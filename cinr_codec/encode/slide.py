@@ -663,7 +663,7 @@ def encode_slide(
                     )
                     if progress is not None:
                         progress({"stage": "finer"})
-                    race(replace(plan.jobs[plan.prior], config=plan.finer[0]), finer=True, again=True)
+                    race(replace(plan.jobs[plan.prior], config=plan.finer[0]), finer=True)
                     prior = journal.read(plan.prior).meta
                 lam = aimed_rate(aim, plan.rate_weight, float(prior["sse"]), int(prior["n"]), slide)
                 log.info(
@@ -684,10 +684,11 @@ def encode_slide(
                         CinrInputError(f"{exc} (block {job.block_id + 1} of {grid.n_level_blocks})")
                     ) from None
 
-            def race(job: BlockJob, finer: bool = False, again: bool = False) -> None:
+            def race(job: BlockJob, finer: bool = False) -> None:
                 """Fit ``job``'s block from ``plan.prior_candidates`` seeds (at once where workers
                 allow) and journal the fit of lowest rate-distortion loss (``finer``: marked as at
-                the finer step; ``again``: the prior's second fit, which replaces its first record)."""
+                the finer step); a block journaled already (the prior fitted again at the finer
+                step) has its record replaced, and is not counted again."""
                 candidates = [
                     replace(job, seed=candidate_seed(job.seed, k)) for k in range(plan.prior_candidates)
                 ]
@@ -700,8 +701,9 @@ def encode_slide(
                     for c in candidates:
                         results.append(*encode_block(c, pixels))
                 meta, parts = results.best(plan.rate_weight)
+                counted = job.block_id in journal.done
                 journal.append({**meta, "finer": True} if finer else meta, parts)
-                if not again:  # else the block was counted at its first fit
+                if not counted:
                     block_done(job, meta)
 
             # The prior block first, alone (from several seeds where the representation races
