@@ -129,6 +129,13 @@ from .common import NullSink, check_output, fmt, handle_errors, json_safe
     "threads, re-measured before each block]",
 )
 @click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Fit ccinr blocks on the CPU in this many local worker processes of one thread each  [default: "
+    "one per core other processes leave free, measured at the start]",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=None,
@@ -181,6 +188,7 @@ def encode_cmd(
     scheduler: str | None,
     resume: bool,
     threads: int | None,
+    processes: int | None,
     max_pixels: int | None,
     overwrite: bool,
     as_json: bool,
@@ -235,7 +243,7 @@ def encode_cmd(
             raise ValueError(f"{out_dir}: cannot make the output folder: {exc.strerror or exc}") from None
     show = not quiet and not as_json
     sink = sys.stderr if show else NullSink()
-    state: dict[str, Any] = {"bar": None, "done": 0, "processes": 1}
+    state: dict[str, Any] = {"bar": None, "done": 0, "processes": processes or 1, "why": "worker processes"}
 
     def progress(ev: dict[str, Any]) -> None:
         stage = ev.get("stage")
@@ -244,7 +252,7 @@ def encode_cmd(
             bar = click.progressbar(
                 length=ev["total"],
                 label=f"encoding {ev['total']} blocks ({ev['tissue_blocks']} with tissue)"
-                + (f", {pool} at a time (one worker process per free core)" if pool > 1 else ""),
+                + (f", {pool} at a time ({state['why']})" if pool > 1 else ""),
                 file=sink,  # type: ignore[arg-type]
                 show_pos=True,
                 show_eta=True,
@@ -266,6 +274,21 @@ def encode_cmd(
         raise ValueError("give --workers (a local cluster) or --scheduler (a running one), not both")
     if (workers is not None or scheduler is not None) and threads is not None:
         raise ValueError("on a cluster each block is fitted with one thread; --threads is for a local encode")
+    if processes is not None:
+        from ..core.render import resolve_device
+
+        if workers is not None or scheduler is not None:
+            raise ValueError(
+                "give --processes (local workers) or --workers/--scheduler (a cluster), not both"
+            )
+        if threads is not None:
+            raise ValueError(
+                "give --processes (worker processes of one thread) or --threads (in this process), not both"
+            )
+        if not latent:
+            raise ValueError(f"--processes is for --model ccinr; --model {model} fits with --threads")
+        if resolve_device(device).type != "cpu":
+            raise ValueError("--processes is for fits on the CPU")
     stack = contextlib.ExitStack()
     client = None
     if workers is not None or scheduler is not None:
@@ -273,8 +296,7 @@ def encode_cmd(
 
         client = stack.enter_context(cluster_client(workers, scheduler))
         link = dashboard_link(client)
-    processes = None
-    if client is None and threads is None and latent:
+    if client is None and threads is None and latent and processes is None:
         from ..core.render import resolve_device
 
         if resolve_device(device).type == "cpu":
@@ -283,7 +305,7 @@ def encode_cmd(
             # A ccinr fit runs on one core (its training kernels are single-threaded): one worker
             # process per core that other processes leave free.
             processes = CpuMonitor().threads()
-            state["processes"] = processes
+            state["processes"], state["why"] = processes, "one worker process per free core"
     failed: list[tuple[str, str]] = []
     try:
         if client is not None and show:

@@ -98,6 +98,37 @@ def test_bad_process_counts_are_refused(tissue_png: Path, tmp_path: Path) -> Non
     assert not (tmp_path / "x.cinr").exists()
 
 
+def test_the_cli_fits_in_the_processes_asked(tissue_png: Path, tmp_path: Path) -> None:
+    """``--processes N`` fits in N worker processes whatever the load (the progress bar says so),
+    giving the blocks of an in-process encode; it is refused beside --threads, a cluster, another
+    model or a GPU, with one line and no file."""
+    from click.testing import CliRunner
+
+    from cinr_codec.cli import main
+
+    runner = CliRunner()
+    base = ["encode", str(tissue_png), "--steps", "3", "--block-size", "64"]
+    serial, pooled = tmp_path / "serial.cinr", tmp_path / "pooled.cinr"
+    assert runner.invoke(main, [*base, "-o", str(serial), "--threads", "1", "--quiet"]).exit_code == 0
+    res = runner.invoke(main, [*base, "-o", str(pooled), "--processes", "2"])
+    assert res.exit_code == 0, res.output
+    assert "2 at a time (worker processes)" in res.stderr
+    assert stored_blocks(pooled) == stored_blocks(serial)
+    for extra, said in (
+        (["--processes", "0"], "--processes"),
+        (["--processes", "2", "--threads", "1"], "not both"),
+        (["--processes", "2", "--workers", "2"], "not both"),
+        (["--processes", "2", "--model", "ngp"], "--model ccinr"),
+    ):
+        res = runner.invoke(main, [*base, "-o", str(tmp_path / "x.cinr"), *extra])
+        assert res.exit_code == 2 and said in res.stderr and "Traceback" not in res.stderr, (
+            extra,
+            res.output,
+        )
+        assert extra[1] == "0" or len(res.stderr.strip().splitlines()) == 1, res.stderr  # click's usage text
+        assert not (tmp_path / "x.cinr").exists()
+
+
 def test_ctrl_c_stops_every_worker_and_keeps_the_journal(tissue_png: Path, tmp_path: Path) -> None:
     """SIGINT to ``cinr encode`` (the default: ccinr in worker processes) once a block is
     journaled: exit 130 with the --resume hint and no traceback, and no worker left running."""
@@ -129,13 +160,14 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_journal(tissue_png: Path, tmp_p
 
 
 def _encode_until_a_block_is_journaled(tissue_png: Path, out: Path) -> tuple[list[str], Any]:
-    """``cinr encode`` (the default: ccinr in worker processes) of ``tissue_png`` to ``out`` in a
-    session of its own, once a block is in its journal: its arguments and its ``Popen``."""
+    """``cinr encode`` (the default: ccinr in worker processes; two of them, whatever the machine's
+    load leaves free) of ``tissue_png`` to ``out`` in a session of its own, once a block is in its
+    journal: its arguments and its ``Popen``."""
     import subprocess
     import sys
 
     args = [sys.executable, "-m", "cinr_codec", "encode", str(tissue_png), "-o", str(out), "--quiet"]
-    args += ["--steps", "400", "--block-size", "64", "--no-tissue-mask"]
+    args += ["--steps", "400", "--block-size", "64", "--no-tissue-mask", "--processes", "2"]
     proc = subprocess.Popen(args, start_new_session=True, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_a_journaled_block(proc, journal_path(out), timeout=180, poll=0.05)
