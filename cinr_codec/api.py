@@ -60,7 +60,7 @@ from .coding.images import decode_associated_image
 from .decode.decoder import DEFAULT_CACHE_BYTES, TILE, SlideDecoder, finite_number
 from .errors import CinrRequestError
 from .format.container import MAGIC
-from .format.header import describe, finite, header_mpp
+from .format.header import Description, describe, finite, header_mpp
 
 __all__ = ["PYRAMID_TILE", "CinrSlide", "SlideRequestError", "open_cinr", "virtual_pyramid"]
 
@@ -108,16 +108,24 @@ def virtual_pyramid(width: int, height: int) -> tuple[tuple[tuple[int, int], ...
 
 
 class _AssociatedImages(Mapping[str, Image.Image]):
-    """name -> RGB PIL image, each decoded from its stored PNG/JPEG when asked for."""
+    """name -> RGB PIL image, each decoded from its stored PNG/JPEG when asked for, or, for one the
+    encoder left to be derived (the thumbnail: ``slide.derived_images``), rendered from the slide
+    at its recorded size."""
 
-    def __init__(self, slide: CinrSlide) -> None:
+    def __init__(self, slide: CinrSlide, derived: Mapping[str, tuple[int, int]]) -> None:
         self._slide = slide
-        self._names = tuple(slide._decoder.reader.associated_images)
+        stored = tuple(slide._decoder.reader.associated_images)
+        self._derived = {n: size for n, size in derived.items() if n not in stored}
+        self._names = tuple(sorted((*stored, *self._derived)))
 
     def __getitem__(self, name: str) -> Image.Image:
         self._slide._check_open()
         if name not in self._names:
             raise KeyError(name)
+        if name in self._derived:
+            size = self._derived[name]
+            img = self._slide.get_thumbnail(size).convert("RGB")
+            return img if img.size == size else img.resize(size, Image.Resampling.BOX)
         reader = self._slide._decoder.reader
         data = reader.read_associated_image(name)
         return decode_associated_image(data, f"{reader.name}: associated image {name!r}")
@@ -164,8 +172,9 @@ class CinrSlide(openslide.AbstractSlide):
             dims, ds = virtual_pyramid(self._decoder.width, self._decoder.height)
             self._level_dimensions: tuple[tuple[int, int], ...] = dims
             self._level_downsamples: tuple[float, ...] = ds
-            self._properties = types.MappingProxyType(self._build_properties())
-            self._associated = _AssociatedImages(self)
+            info = describe(self._decoder.reader.header, self._decoder.reader.footer)
+            self._properties = types.MappingProxyType(self._build_properties(info))
+            self._associated = _AssociatedImages(self, info.derived_images)
         except BaseException:
             self._decoder.close()
             raise
@@ -173,10 +182,9 @@ class CinrSlide(openslide.AbstractSlide):
 
     # -- metadata ---------------------------------------------------------------------------------
 
-    def _build_properties(self) -> dict[str, str]:
+    def _build_properties(self, info: Description) -> dict[str, str]:
         dec = self._decoder
         reader = dec.reader
-        info = describe(reader.header, reader.footer)
         stored = info.properties
         props: dict[str, str] = {}
         for key, text in stored.items():
@@ -184,8 +192,8 @@ class CinrSlide(openslide.AbstractSlide):
                 props[f"cinr.source.{key}"] = text
                 continue
             m = re.match(r"^openslide\.associated\.([^.]+)\.", key)
-            if m and m.group(1) not in reader.associated_images:
-                continue  # the image was not stored
+            if m and m.group(1) not in reader.associated_images and m.group(1) not in info.derived_images:
+                continue  # the image was neither stored nor left to be derived
             props[key] = text
 
         level_ds = info.level_downsample

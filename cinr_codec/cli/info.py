@@ -41,6 +41,7 @@ def info_cmd(path: str, as_json: bool, verbose: bool) -> None:
             "blocks": reader.n_blocks,
             "model_blocks": int(np.count_nonzero(codes == KIND_MODEL)),
             "associated_images": sorted(reader.associated_images),
+            "derived_images": {k: list(v) for k, v in sorted(about.derived_images.items())},
             "width": layout.width,
             "height": layout.height,
             "level": about.level,
@@ -134,6 +135,8 @@ def _text(s: dict[str, Any], about: Any) -> list[str]:
     assoc = s["associated_image_bytes"]
     if assoc:
         parts.append(f"associated images {sum(assoc.values()):,} B ({', '.join(assoc)})")
+    for name, (w, h) in s["derived_images"].items():
+        parts.append(f"{name} {w}x{h} rendered from the slide")
     other = s["bytes"] - s["model_bytes"] - mip_bytes - sum(assoc.values())
     parts.append(f"header, index and the rest {other:,} B")
     lines.append(f"{'size':>9}: {s['bpp']:.3f} bits per pixel; " + ", ".join(parts))

@@ -890,6 +890,26 @@ def compact_associated(name: str, png: bytes) -> bytes:
     return jpg if len(jpg) < len(png) else png
 
 
+def derivable(name: str, png: bytes, width: int, height: int) -> tuple[int, int] | None:
+    """(width, height) of an associated image that a reader renders from the slide itself
+    (``format.header.DERIVABLE_IMAGES``: the thumbnail, the whole slide downsampled), so the file
+    need not store it: when it is smaller than the ``width`` x ``height`` slide and of its shape
+    (its width within 2 px and 1 % of the slide's at its height); None otherwise (it is stored)."""
+    import io
+
+    from PIL import Image
+
+    from ..format.header import DERIVABLE_IMAGES, derived_images
+
+    if name not in DERIVABLE_IMAGES:
+        return None
+    with Image.open(io.BytesIO(png)) as im:
+        w, h = im.size
+    if not (w < width and h < height) or abs(w - width * h / height) > 2 + 0.01 * w:
+        return None
+    return derived_images({"derived_images": {name: [w, h]}}).get(name)
+
+
 def assemble(
     path: Path,
     journal: Journal,
@@ -913,6 +933,15 @@ def assemble(
     sizes = [part_sizes[b][0] for b in sorted(part_sizes) if part_sizes[b]]
     max_raw = min(max([2 * sizes[0], *sizes]) if sizes else 8, 1 << 30)
     compact = codec.compact_json
+    # A thumbnail is the slide downsampled: readers render it (7 % of the bundled sample's file
+    # was its JPEG; docs/architecture.md, "Twenty-fifth session").
+    shapes = {n: derivable(n, data, grid.width, grid.height) for n, data in images.items()}
+    derived = {n: wh for n, wh in shapes.items() if wh is not None}
+    if derived:
+        header = {
+            **header,
+            "slide": {**header["slide"], "derived_images": {n: list(v) for n, v in derived.items()}},
+        }
     minor = max(
         1 if grid.mip_downsamples else 0,
         MINOR_AVIF if mip_avif and grid.mip_downsamples else 0,
@@ -952,6 +981,8 @@ def assemble(
             t.fit_seconds += m["seconds"]
         associated_bytes = 0
         for name, data in sorted(images.items()):
+            if name in derived:
+                continue
             data = compact_associated(name, data)
             writer.add_associated_image(name, data)
             associated_bytes += len(data)
@@ -976,6 +1007,7 @@ def assemble(
         "model_bytes": t.model_bytes,
         "mip_bytes": t.mip_bytes,
         "associated_bytes": associated_bytes,
+        "derived_images": sorted(derived),
         "bpp": 8.0 * size / pixels,
         "bpp_tissue": 8.0 * size / tissue_pixels if tissue_pixels else None,
         "steps": t.steps,

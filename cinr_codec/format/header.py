@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .._version import __version__
 from ..errors import CinrFormatError
+from .container.binary import MAX_ASSOCIATED_PIXELS
 from .grid import BlockGrid
 
 if TYPE_CHECKING:
@@ -422,6 +423,8 @@ class Description:
     software: str | None
     tissue_fraction: Any
     quality: dict[str, Any] = field(default_factory=dict)
+    #: Associated images the encoder left to be derived from the slide (``derived_images``).
+    derived_images: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def mpp(self) -> tuple[float | None, float | None]:
@@ -445,6 +448,33 @@ def _level_downsample(v: Any) -> float:
     """``slide.level_downsample``: a number in [1, MAX_LEVEL_DOWNSAMPLE], else 1.0 (absent)."""
     f = finite(v)
     return f if f is not None and 1.0 <= f <= MAX_LEVEL_DOWNSAMPLE else 1.0
+
+
+#: Associated images an encoder may leave out and a reader derives from the slide itself
+#: (``slide.derived_images``): a thumbnail is the whole slide, downsampled.
+DERIVABLE_IMAGES = ("thumbnail",)
+#: The largest side of a derived associated image (pixels).
+MAX_DERIVED_SIDE = 8192
+
+
+def derived_images(slide: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """``slide.derived_images``: name -> (width, height) of each associated image to render from
+    the slide; entries that are not a known derivable name with two integer sides in
+    [1, ``MAX_DERIVED_SIDE``], at most ``MAX_ASSOCIATED_PIXELS`` pixels as a stored one, are
+    ignored (an old or foreign writer's)."""
+    value = slide.get("derived_images")
+    out: dict[str, tuple[int, int]] = {}
+    if isinstance(value, dict):
+        for name, size in value.items():
+            if (
+                name in DERIVABLE_IMAGES
+                and isinstance(size, list)
+                and len(size) == 2
+                and all(is_int(v) and 1 <= v <= MAX_DERIVED_SIDE for v in size)
+                and size[0] * size[1] <= MAX_ASSOCIATED_PIXELS
+            ):
+                out[name] = (int(size[0]), int(size[1]))
+    return out
 
 
 def describe(header: Mapping[str, Any], footer: Mapping[str, Any] | None = None) -> Description:
@@ -478,4 +508,5 @@ def describe(header: Mapping[str, Any], footer: Mapping[str, Any] | None = None)
         software=text(encoder.get("software")),
         tissue_fraction=obj(header, "tissue").get("fraction"),
         quality=obj(footer or {}, "quality"),
+        derived_images=derived_images(slide),
     )

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cinr_codec.api import open_cinr
 from cinr_codec.core.metrics import psnr
 from cinr_codec.decode import SlideDecoder
 from cinr_codec.encode.journal import journal_path
@@ -141,9 +142,36 @@ def test_metadata_and_associated_images(name: str, tmp_path: Path) -> None:
         assert slide["mpp_x"] == pytest.approx(float(props["openslide.mpp-x"]))
         assert slide["objective_power"] == pytest.approx(float(props["openslide.objective-power"]))
         assert slide["vendor"] == "aperio"
-        assert set(r.associated_images) == {"label", "macro", "thumbnail"}
+        # The thumbnail (574 x 768, the slide downsampled) is left to readers to render.
+        assert set(r.associated_images) == {"label", "macro"}
+        assert slide["derived_images"] == {"thumbnail": [574, 768]} and s["derived_images"] == ["thumbnail"]
         label = r.read_associated_image("label")
     assert label.startswith(b"\x89PNG")
+    with open_cinr(out) as opened:
+        assert set(opened.associated_images) == {"label", "macro", "thumbnail"}
+        thumb = opened.associated_images["thumbnail"]
+        p = opened.properties
+        assert thumb.size == (574, 768) and thumb.mode == "RGB"
+        assert (p["openslide.associated.thumbnail.width"], p["openslide.associated.thumbnail.height"]) == (
+            "574",
+            "768",
+        )
+
+
+def test_only_a_thumbnail_of_the_slides_shape_is_left_to_be_derived() -> None:
+    """``derivable``: the thumbnail when smaller than the slide and of its shape; any other
+    associated image, or a thumbnail of another shape or larger than the slide, is stored."""
+    from cinr_codec.coding.images import encode_png
+    from cinr_codec.encode.slide import derivable
+
+    def png(w: int, h: int) -> bytes:
+        return encode_png(np.zeros((h, w, 3), np.uint8))
+
+    assert derivable("thumbnail", png(574, 768), 2220, 2967) == (574, 768)
+    assert derivable("macro", png(574, 768), 2220, 2967) is None
+    assert derivable("label", png(574, 768), 2220, 2967) is None
+    assert derivable("thumbnail", png(768, 768), 2220, 2967) is None  # not the slide's shape
+    assert derivable("thumbnail", png(600, 800), 300, 400) is None  # larger than the slide
 
 
 def test_level_choice_scales_the_resolution(tmp_path: Path) -> None:

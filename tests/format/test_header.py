@@ -119,6 +119,28 @@ def test_lenient_description_never_raises_on_odd_numbers() -> None:
     assert H.describe({}).properties == {} and H.header_mpp({"slide": []}) == (None, None)
 
 
+def test_derived_images_keep_only_sane_entries() -> None:
+    """``slide.derived_images``: a known derivable name with two integer sides within the limits;
+    anything else (another name, a bool, a float, a zero or huge side, too many pixels, not a
+    list) is ignored, never raised on."""
+    ok = {"thumbnail": [574, 768]}
+    assert H.describe({"slide": {"derived_images": ok}}).derived_images == {"thumbnail": (574, 768)}
+    for bad in (
+        {"label": [10, 10]},
+        {"thumbnail": [True, 10]},
+        {"thumbnail": [10.0, 10]},
+        {"thumbnail": [0, 10]},
+        {"thumbnail": [10**400, 10]},
+        {"thumbnail": [8192, 8192]},  # 2^26 pixels: over an associated image's 2^25
+        {"thumbnail": [10, 10, 10]},
+        {"thumbnail": "574x768"},
+        [574, 768],
+        None,
+    ):
+        assert H.describe({"slide": {"derived_images": bad}}).derived_images == {}, bad
+    assert H.describe({}).derived_images == {}
+
+
 def test_psnr_and_totals() -> None:
     assert H.psnr_of(0.0, 3) == float("inf") and H.psnr_of(1.0, 0) is None
     t = H.SlideTotals(sse=3 * 65025.0, n=3, t_sse=0.0, t_n=3)
