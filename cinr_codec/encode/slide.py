@@ -894,7 +894,7 @@ def derivable(name: str, png: bytes, width: int, height: int) -> tuple[int, int]
     """(width, height) of an associated image that a reader renders from the slide itself
     (``format.header.DERIVABLE_IMAGES``: the thumbnail, the whole slide downsampled), so the file
     need not store it: when it is smaller than the ``width`` x ``height`` slide and of its shape
-    (its width within 2 px and 1 % of the slide's at its height); None otherwise (it is stored)."""
+    (its width within 2 px plus 1 % of the slide's width at its height); None otherwise (it is stored)."""
     import io
 
     from PIL import Image

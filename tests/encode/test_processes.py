@@ -100,8 +100,8 @@ def test_bad_process_counts_are_refused(tissue_png: Path, tmp_path: Path) -> Non
 
 def test_the_cli_fits_in_the_processes_asked(tissue_png: Path, tmp_path: Path) -> None:
     """``--processes N`` fits in N worker processes whatever the load (the progress bar says so),
-    giving the blocks of an in-process encode; it is refused beside --threads, a cluster, another
-    model or a GPU, with one line and no file."""
+    giving the blocks of an in-process encode; it is refused beside --threads, a cluster or another
+    model, with one line (click's usage text for a count under 1) and no file."""
     from click.testing import CliRunner
 
     from cinr_codec.cli import main

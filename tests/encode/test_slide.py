@@ -156,6 +156,13 @@ def test_metadata_and_associated_images(name: str, tmp_path: Path) -> None:
             "574",
             "768",
         )
+    from click.testing import CliRunner
+
+    from cinr_codec.cli import main
+
+    res = CliRunner().invoke(main, ["info", str(out), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["derived_images"] == {"thumbnail": [574, 768]}
+    assert "thumbnail 574x768 rendered from the slide" in CliRunner().invoke(main, ["info", str(out)]).stdout
 
 
 def test_only_a_thumbnail_of_the_slides_shape_is_left_to_be_derived() -> None:
