@@ -243,7 +243,8 @@ def encode_cmd(
             raise ValueError(f"{out_dir}: cannot make the output folder: {exc.strerror or exc}") from None
     show = not quiet and not as_json
     sink = sys.stderr if show else NullSink()
-    state: dict[str, Any] = {"bar": None, "done": 0, "processes": processes or 1, "why": "worker processes"}
+    state: dict[str, Any] = {"bar": None, "done": 0, "processes": processes or 1}
+    why = "worker processes" if processes is not None else "one worker process per free core"
 
     def progress(ev: dict[str, Any]) -> None:
         stage = ev.get("stage")
@@ -252,7 +253,7 @@ def encode_cmd(
             bar = click.progressbar(
                 length=ev["total"],
                 label=f"encoding {ev['total']} blocks ({ev['tissue_blocks']} with tissue)"
-                + (f", {pool} at a time ({state['why']})" if pool > 1 else ""),
+                + (f", {pool} at a time ({why})" if pool > 1 else ""),
                 file=sink,  # type: ignore[arg-type]
                 show_pos=True,
                 show_eta=True,
@@ -305,7 +306,7 @@ def encode_cmd(
             # A ccinr fit runs on one core (its training kernels are single-threaded): one worker
             # process per core that other processes leave free.
             processes = CpuMonitor().threads()
-            state["processes"], state["why"] = processes, "one worker process per free core"
+            state["processes"] = processes
     failed: list[tuple[str, str]] = []
     try:
         if client is not None and show:
