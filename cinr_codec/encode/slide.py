@@ -899,7 +899,7 @@ def derivable(name: str, png: bytes, width: int, height: int) -> tuple[int, int]
 
     from PIL import Image
 
-    from ..format.header import DERIVABLE_IMAGES, derived_images
+    from ..format.header import DERIVABLE_IMAGES, derived_size
 
     if name not in DERIVABLE_IMAGES:
         return None
@@ -907,7 +907,7 @@ def derivable(name: str, png: bytes, width: int, height: int) -> tuple[int, int]
         w, h = im.size
     if not (w < width and h < height) or abs(w - width * h / height) > 2 + 0.01 * w:
         return None
-    return derived_images({"derived_images": {name: [w, h]}}).get(name)
+    return derived_size(name, [w, h])
 
 
 def assemble(

@@ -457,23 +457,30 @@ DERIVABLE_IMAGES = ("thumbnail",)
 MAX_DERIVED_SIDE = 8192
 
 
+def derived_size(name: Any, size: Any) -> tuple[int, int] | None:
+    """(width, height) of one ``slide.derived_images`` entry when ``name`` is a known derivable
+    image and ``size`` two integer sides in [1, ``MAX_DERIVED_SIDE``], at most
+    ``MAX_ASSOCIATED_PIXELS`` pixels as a stored one; None otherwise."""
+    if (
+        name in DERIVABLE_IMAGES
+        and isinstance(size, list)
+        and len(size) == 2
+        and all(is_int(v) and 1 <= v <= MAX_DERIVED_SIDE for v in size)
+        and size[0] * size[1] <= MAX_ASSOCIATED_PIXELS
+    ):
+        return int(size[0]), int(size[1])
+    return None
+
+
 def derived_images(slide: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     """``slide.derived_images``: name -> (width, height) of each associated image to render from
-    the slide; entries that are not a known derivable name with two integer sides in
-    [1, ``MAX_DERIVED_SIDE``], at most ``MAX_ASSOCIATED_PIXELS`` pixels as a stored one, are
-    ignored (an old or foreign writer's)."""
+    the slide; entries ``derived_size`` does not take are ignored (an old or foreign writer's)."""
     value = slide.get("derived_images")
     out: dict[str, tuple[int, int]] = {}
     if isinstance(value, dict):
         for name, size in value.items():
-            if (
-                name in DERIVABLE_IMAGES
-                and isinstance(size, list)
-                and len(size) == 2
-                and all(is_int(v) and 1 <= v <= MAX_DERIVED_SIDE for v in size)
-                and size[0] * size[1] <= MAX_ASSOCIATED_PIXELS
-            ):
-                out[name] = (int(size[0]), int(size[1]))
+            if (wh := derived_size(name, size)) is not None:
+                out[name] = wh
     return out
 
 
