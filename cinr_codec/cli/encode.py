@@ -414,6 +414,8 @@ def _aim_line(s: dict[str, Any]) -> str:
     )
     chosen = " (chosen from the slide's JPEG curve)" if s.get("aim_chosen") else ""
     line = f"{s['slide_psnr']:.2f} dB over tissue{chosen}: rate weight {lam:.3g} ({how})"
+    if s.get("requant_credit"):
+        line += f", the blocks' own error aimed {s['requant_credit']:.2f} dB lower (re-quantized to the source's JPEG)"
     if s.get("corrected_rate_weight"):
         rest = s["corrected_rate_weight"]
         line += (

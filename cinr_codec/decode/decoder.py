@@ -28,6 +28,7 @@ import numpy as np
 
 from ..coding.base import BlockModel
 from ..coding.images import decode_image_bytes
+from ..core.requant import SourceJpeg, parse_source_jpeg, requantize
 from ..core.resample import (
     bilinear_weights,
     box_downsample,
@@ -167,6 +168,11 @@ class SlideDecoder:
             self.grid = self.layout.grid
             self.codec = self.layout.codec
             self.tile = int(self.codec.decode_tile)
+            #: The source's JPEG coding, when the encoder recorded it (``slide.source_jpeg``):
+            #: level tiles are then the source's tiles, moved to its lattice (``core.requant``).
+            self.requant = self._source_jpeg()
+            if self.requant is not None:
+                self.tile = self.requant.tile
             self.background = self.layout.background
             self._check_whole_blocks()
             self._codes = self.reader.kind_codes()
@@ -182,6 +188,18 @@ class SlideDecoder:
         self._making: dict[Any, threading.Event] = {}
         self._making_lock = threading.Lock()
         self._closed = False
+
+    def _source_jpeg(self) -> SourceJpeg | None:
+        slide = self.reader.header.get("slide")
+        if not isinstance(slide, dict) or "source_jpeg" not in slide:
+            return None
+        sj = parse_source_jpeg(slide["source_jpeg"], self.reader.name)
+        if self.grid.block_size % sj.tile:
+            raise CinrFormatError(
+                f"{self.reader.name}: slide.source_jpeg: tile {sj.tile} does not divide the block size "
+                f"{self.grid.block_size}"
+            )
+        return sj
 
     def _check_whole_blocks(self) -> None:
         """Refuse a representation that synthesises each block's whole domain for any read (the
@@ -319,6 +337,8 @@ class SlideDecoder:
         model = self._model(block_id)
         if cell == 1:
             t = model.render(th, tw, side, x0=fx, y0=fy)
+            if self.requant is not None:  # the tile is one of the source's (block_size % tile == 0)
+                t = requantize(t, x + tj * ts, y + ti * ts, self.requant)
         elif hasattr(model, "render_coarse"):
             t = model.render_coarse(th, tw, side, x0=fx, y0=fy, stride=cell)
         else:  # no coarse lattice: box means of decoded pixels, a band of cells at a time

@@ -31,8 +31,9 @@ the rest's weight (``corrected_rate``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -57,6 +58,13 @@ LOG_BYTES_PER_DB = 0.11
 AIM_GAIN_MIN = 0.01
 #: Aims outside this range are refused.
 SLIDE_PSNR_RANGE = (25.0, 55.0)
+#: Of the PSNR a JPEG-tiled source's re-quantization (``core.requant``) adds to the prior block, the
+#: share the slide's aim credits (it aims the blocks' own error that much lower), and the most it
+#: credits (dB). The gain grows with the rate and differs from block to block (0 to 3 dB on the
+#: blocks of a TCGA region at Q 60; 1.35 dB pooled at 35.8 dB, 0.7 at 34.8): see
+#: docs/architecture.md, "Twenty-sixth session".
+REQUANT_CREDIT_SHARE = 0.75
+REQUANT_CREDIT_MAX = 1.0
 #: The JPEG quality whose error measures a block's difficulty.
 DIFFICULTY_QUALITY = 50
 #: At most this many tissue blocks are measured (evenly spaced); the rest are extrapolated.
@@ -217,6 +225,22 @@ def corrected_rate(
     if budget <= 0:
         return lo
     return min(hi, max(lo, lam0 * (budget / (scale * per_difficulty * rest)) ** (1 / RATE_EXPONENT)))
+
+
+def model_sse(meta: Mapping[str, Any]) -> float:
+    """A fitted block's own squared error (``raw_sse``: before the decoder's re-quantization to a
+    JPEG source's lattice, where there is one), what the aim's predictions are of."""
+    return float(meta.get("raw_sse", meta["sse"]))
+
+
+def requant_credit(meta: Mapping[str, Any]) -> float:
+    """dB by which the slide's aim for its blocks' own error is lowered, from what re-quantization
+    added to the prior block (``meta``: its journal record): ``REQUANT_CREDIT_SHARE`` of it, at most
+    ``REQUANT_CREDIT_MAX``; 0 without re-quantization."""
+    if "raw_sse" not in meta or not meta["sse"] > 0 or not meta["raw_sse"] > 0:
+        return 0.0
+    gain = 10 * math.log10(float(meta["raw_sse"]) / float(meta["sse"]))
+    return min(REQUANT_CREDIT_MAX, max(0.0, REQUANT_CREDIT_SHARE * gain))
 
 
 def predicted_psnr(prior_sse: float, prior_values: int, slide: SlideDifficulty) -> float:

@@ -19,6 +19,7 @@ import numpy as np
 from ..coding.base import FitSettings
 from ..coding.registry import get_codec
 from ..core.metrics import ssim
+from ..core.requant import SourceJpeg, requantize
 from ..core.resample import box_downsample
 from ..format.grid import BlockGrid
 from ..format.header import psnr_of
@@ -105,6 +106,9 @@ class BlockJob:
     #: The rate weight of the fit instead of the preset's (``FitSettings.lam``; ``encode.slide``
     #: aims a slide at a PSNR with one), or None.
     lam: float | None = None
+    #: The source's JPEG coding (``slide.source_jpeg``): the decoded block is measured after the
+    #: decoder's re-quantization to it (``core.requant``), or None.
+    requant: SourceJpeg | None = None
 
 
 def encode_block(job: BlockJob, fit_pixels: np.ndarray) -> tuple[dict[str, Any], list[bytes]]:
@@ -147,6 +151,10 @@ def encode_block(job: BlockJob, fit_pixels: np.ndarray) -> tuple[dict[str, Any],
     fitted = codec.fit(fit_pixels, job.config, job.model, job.preset, settings)
     payload = codec.serialize(fitted, job.quant)
     decoded = codec.load(payload, job.config, f"block {bid}").render(h, w, side, x0=x - ox, y0=y - oy)
+    if job.requant is not None:  # what readers get: the block's source tiles on the source's lattice
+        d = decoded.astype(np.float64) - owned.astype(np.float64)
+        meta["raw_sse"] = float((d * d).sum())  # the model's own error, which the slide's aim predicts
+        decoded = requantize(decoded, x, y, job.requant)
     d = decoded.astype(np.float64) - owned.astype(np.float64)
     sse = float((d * d).sum())
     meta.update(

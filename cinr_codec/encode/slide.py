@@ -26,7 +26,7 @@ from ..coding.base import BlockCodec, check_fit_limits
 from ..coding.images import avif_available
 from ..coding.registry import DEFAULT_MODEL, get_codec
 from ..errors import CinrInputError, CinrWorkerError
-from ..format.container import MINOR_AVIF, MINOR_JSON_ZSTD, CinrWriter
+from ..format.container import MINOR_AVIF, MINOR_JSON_ZSTD, MINOR_SOURCE_JPEG, CinrWriter
 from ..format.grid import BlockGrid, default_mip_downsamples
 from ..format.header import (
     SlideTotals,
@@ -50,11 +50,14 @@ from .aim import (
     difficulty,
     finer_at_once,
     measured_blocks,
+    model_sse,
     predicted_psnr,
+    requant_credit,
 )
 from .block import SEAM_STRIP, BlockJob, block_seed, candidate_seed, encode_block
 from .image import check_destination
 from .journal import BlockSink, Journal, journal_path
+from .jpeg_coding import jpeg_coding
 from .reference import QUALITIES, PyramidTotals, block_reference
 from .source import SlideSource
 from .tissue import block_tissue, detect_tissue, is_glass
@@ -153,7 +156,9 @@ def plan_slide(
 ) -> SlidePlan:
     """Cut the level into blocks, find tissue, build the header and one ``BlockJob`` per block.
     ``slide_psnr``: aim the slide's one rate weight at this PSNR over tissue (``encode.aim``);
-    ``auto_aim``: choose that aim from the slide's JPEG curve instead (``aim.chosen_aim``)."""
+    ``auto_aim``: choose that aim from the slide's JPEG curve instead (``aim.chosen_aim``). A
+    JPEG-tiled source's coding is recorded (``slide.source_jpeg``) where its tiles lie inside
+    blocks: readers move decoded pixels to its lattice (``core.requant``)."""
     codec = get_codec(model)
     if steps is None:  # the device's default, recorded so that a resumed encode trains the same
         steps = codec.default_steps(device)
@@ -181,6 +186,19 @@ def plan_slide(
     slide = slide_fields(width, height, source.properties)
     scale_slide_fields(slide, level, source.downsample)
     slide["background"] = list(tmap.background)
+    # A JPEG-tiled source: readers move decoded tiles to its lattice (``core.requant``); its tiles
+    # must lie inside blocks.
+    requant = jpeg_coding(src_path, level, width, height)
+    if requant is not None and block_size % requant.tile:
+        log.info(
+            "%s: source tiles of %d px do not divide %d-px blocks: no re-quantization",
+            src_path,
+            requant.tile,
+            block_size,
+        )
+        requant = None
+    if requant is not None:
+        slide["source_jpeg"] = requant.to_header()
 
     def header_of(config: Any) -> dict[str, Any]:
         return build_header(
@@ -237,6 +255,7 @@ def plan_slide(
             maybe_background=bool(fractions.flat[block_id] < THUMB_TISSUE_MIN),
             tissue_threshold=float(tmap.threshold),
             mip_avif=mip_avif,
+            requant=requant,
         )
         for block_id in range(grid.n_level_blocks)
     )
@@ -540,7 +559,7 @@ def encode_slide(
                 networks and at the slide's aimed rate weight (or ``corrected``)."""
                 if plan.prior is None or plan.prior not in journal.done:
                     return stage  # the prior's own stage
-                lam, finer, _ = aimed_weight()  # may fit the prior again at a finer step
+                lam, finer, _, _ = aimed_weight()  # may fit the prior again at a finer step
                 lam = lam if corrected is None else corrected
                 if finer and plan.finer is not None:
                     stage = [replace(j, config=plan.finer[0]) for j in stage]
@@ -574,7 +593,7 @@ def encode_slide(
                 later blocks' weight over the level's; else none."""
                 if plan.prior is None or plan.prior not in journal.done:
                     return []
-                lam, _, _ = aimed_weight()
+                lam, _, _, _ = aimed_weight()
                 if lam is None or not lam > plan.rate_weight:
                     return []
                 return calibration_blocks([b for b in plan.tissue_blocks if b != plan.prior])
@@ -582,12 +601,12 @@ def encode_slide(
             def corrected_weight() -> float:
                 """The weight of the blocks after the journaled calibration blocks (found once)."""
                 if not corrections:
-                    lam, _, aim = aimed_weight()
+                    lam, _, aim, credit = aimed_weight()
                     assert lam is not None and aim is not None and plan.prior is not None
                     prior = journal.read(plan.prior).meta
                     try:
                         fitted = [
-                            (float(m["sse"]), int(m["n"]), difficulty(source.read(*grid.owned(b))))
+                            (model_sse(m), int(m["n"]), difficulty(source.read(*grid.owned(b))))
                             for b in calibration()
                             if (m := journal.read(b).meta)["kind"] == "model"
                         ]
@@ -595,10 +614,10 @@ def encode_slide(
                         raise source_failed(exc) from None
                     corrections.append(
                         corrected_rate(
-                            aim,
+                            aim - credit,
                             plan.rate_weight,
                             lam,
-                            float(prior["sse"]),
+                            model_sse(prior),
                             int(prior["n"]),
                             measured()[0],
                             fitted,
@@ -622,27 +641,29 @@ def encode_slide(
                 yield warmed([j for j in stage if j.block_id in sample])
                 yield warmed([j for j in stage if j.block_id not in sample], corrected_weight())
 
-            def aimed_weight() -> tuple[float | None, bool, float | None]:
+            def aimed_weight() -> tuple[float | None, bool, float | None, float]:
                 """The later blocks' rate weight for the slide's aim (None without an aim), whether
-                the slide is at the finer step, and the aim, from the journaled prior (found once)."""
+                the slide is at the finer step, the aim, and by how much the blocks' own error is
+                aimed lower (``aim.requant_credit``), from the journaled prior (found once)."""
                 if not aimed:
                     aimed.append(
-                        (None, False, None)
+                        (None, False, None, 0.0)
                         if plan.slide_psnr is None or plan.prior is None
                         else aim_rate(plan.slide_psnr)
                     )
                 return aimed[0]
 
-            def aim_rate(aim: float) -> tuple[float, bool, float]:
+            def aim_rate(aim: float) -> tuple[float, bool, float, float]:
                 """The other blocks' rate weight for the slide's aim (``aim``, or with
                 ``plan.auto_aim`` one chosen from the slide's JPEG curve) from the prior's record,
-                whether that record is at the finer step, and the aim; first, where the prior
+                whether that record is at the finer step, the aim and its credit for re-quantization
+                (``aim.requant_credit``); first, where the prior
                 predicts the slide under the floor at the level's step, the prior fitted again and
                 journaled at it."""
                 assert plan.prior is not None
                 prior = journal.read(plan.prior).meta
                 if prior["kind"] != "model":
-                    return plan.rate_weight, False, aim
+                    return plan.rate_weight, False, aim, 0.0
                 if progress is not None:
                     progress({"stage": "aim"})
                 slide, curve = measured()
@@ -650,7 +671,16 @@ def encode_slide(
                     aim = chosen_aim(*curve)
                     log.info("the slide's JPEG curve puts the aim at %.2f dB over tissue", aim)
                 floor = min(aim, SLIDE_PSNR_FLOOR)
-                predicted = predicted_psnr(float(prior["sse"]), int(prior["n"]), slide)
+                # Re-quantization to a JPEG source's lattice adds to what the blocks' own error
+                # gives: that error is aimed ``credit`` dB under the aim, and predicted that much
+                # over its own PSNR against the floor.
+                credit = requant_credit(prior)
+                if credit:
+                    log.info(
+                        "re-quantization to the source's JPEG lattice: the blocks' own error aimed %.2f dB lower",
+                        credit,
+                    )
+                predicted = predicted_psnr(model_sse(prior), int(prior["n"]), slide) + credit
                 # Only while the prior is the one block journaled (a journal of an encoder before
                 # the floor may hold later blocks at the level's step: they keep it).
                 alone = journal.done == {plan.prior} and not prior.get("finer")
@@ -665,7 +695,7 @@ def encode_slide(
                         progress({"stage": "finer"})
                     race(replace(plan.jobs[plan.prior], config=plan.finer[0]), finer=True)
                     prior = journal.read(plan.prior).meta
-                lam = aimed_rate(aim, plan.rate_weight, float(prior["sse"]), int(prior["n"]), slide)
+                lam = aimed_rate(aim - credit, plan.rate_weight, model_sse(prior), int(prior["n"]), slide)
                 log.info(
                     "aiming at %.2f dB over tissue: rate weight %.3g (the preset's %.3g; the prior block %.2f dB)",
                     aim,
@@ -673,7 +703,7 @@ def encode_slide(
                     plan.rate_weight,
                     psnr_of(prior["sse"], prior["n"]) or 0.0,
                 )
-                return lam, bool(prior.get("finer")), aim
+                return lam, bool(prior.get("finer")), aim, credit
 
             def read_fit_region(job: BlockJob) -> np.ndarray:
                 fx0, fy0, fw, fh = grid.fit_region(job.block_id)
@@ -753,7 +783,7 @@ def encode_slide(
                     block_done(job, meta)
             # All blocks are in the journal: assemble the file.
             # (Found already, unless a resume found every block journaled.)
-            lam, finer, aim = aimed_weight()
+            lam, finer, aim, credit = aimed_weight()
             rest = corrected_weight() if calibration() else None
             if progress is not None:
                 progress({"stage": "write"})
@@ -781,6 +811,7 @@ def encode_slide(
             aim_chosen=plan.auto_aim,
             rate_weight=(plan.rate_weight if lam is None else lam) or None,
             corrected_rate_weight=rest,
+            requant_credit=credit,
             finer_step=finer,
         )
     summary["seconds"] = time.perf_counter() - t_start
@@ -947,6 +978,7 @@ def assemble(
         MINOR_AVIF if mip_avif and grid.mip_downsamples else 0,
         codec.minor_version(header),
         MINOR_JSON_ZSTD if compact else 0,
+        MINOR_SOURCE_JPEG if "source_jpeg" in header["slide"] else 0,
     )
     with CinrWriter(
         path, header, grid.n_blocks, max_block_bytes=max_raw, minor_version=minor, compress_json=compact

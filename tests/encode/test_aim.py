@@ -26,6 +26,8 @@ from cinr_codec.encode.aim import (
     MAX_FACTOR,
     OPTIMISM_DB,
     RATE_EXPONENT,
+    REQUANT_CREDIT_MAX,
+    REQUANT_CREDIT_SHARE,
     SLIDE_PSNR_FLOOR,
     SlideDifficulty,
     aimed_rate,
@@ -35,6 +37,8 @@ from cinr_codec.encode.aim import (
     difficulty,
     finer_at_once,
     measured_blocks,
+    model_sse,
+    requant_credit,
 )
 from cinr_codec.encode.slide import encode_slide
 from cinr_codec.encode.train import latent as L
@@ -418,3 +422,21 @@ def test_the_summarys_aim_line_names_the_corrected_weight() -> None:
         and "(3.00x) for the rest" in line
     )
     assert "corrected" not in _aim_line({**s, "aim_chosen": False, "corrected_rate_weight": None})
+    assert "aimed 0.80 dB lower (re-quantized to the source's JPEG)" in _aim_line(
+        {**s, "requant_credit": 0.8}
+    )
+    assert "re-quantized" not in _aim_line({**s, "requant_credit": 0.0})
+
+
+def test_re_quantization_credits_a_share_of_the_prior_s_gain() -> None:
+    """The aim predicts the blocks' own error (``raw_sse`` where the decoder re-quantizes) and
+    credits ``REQUANT_CREDIT_SHARE`` of what re-quantization added to the prior, at most
+    ``REQUANT_CREDIT_MAX`` dB."""
+    assert model_sse({"sse": 10.0}) == 10.0 and model_sse({"sse": 10.0, "raw_sse": 20.0}) == 20.0
+    assert requant_credit({"sse": 10.0}) == 0.0
+    assert requant_credit({"sse": 10.0, "raw_sse": 10.0 * 10**0.08}) == pytest.approx(
+        REQUANT_CREDIT_SHARE * 0.8
+    )
+    assert requant_credit({"sse": 10.0, "raw_sse": 1000.0}) == REQUANT_CREDIT_MAX
+    assert requant_credit({"sse": 20.0, "raw_sse": 10.0}) == 0.0  # it made the prior worse
+    assert requant_credit({"sse": 0.0, "raw_sse": 10.0}) == 0.0

@@ -512,3 +512,46 @@ def test_an_encode_gives_the_caller_back_its_torch_thread_count(
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_jpeg_tiled_source_is_decoded_on_its_lattice(he_image: np.ndarray, tmp_path: Path) -> None:
+    """A JPEG-tiled TIFF's coding goes in the header (``slide.source_jpeg``, format 1.9); readers
+    move each decoded source tile to its lattice, the summary measures that, regions stay seamless,
+    and a header whose tiles do not lie inside blocks is refused."""
+    import pyvips
+    from cinr_container_helpers import rewrite
+
+    from cinr_codec.core.requant import requantize
+    from cinr_codec.encode.jpeg_coding import jpeg_coding
+    from cinr_codec.errors import CinrFormatError
+
+    crop = np.ascontiguousarray(he_image[900:1092, 900:1156])
+    src = tmp_path / "q50.tif"
+    img = pyvips.Image.new_from_memory(crop.tobytes(), 256, 192, 3, "uchar")
+    img.tiffsave(str(src), tile=True, tile_width=64, tile_height=64, pyramid=True, compression="jpeg", Q=50)
+    out = tmp_path / "q50.cinr"
+    s = encode_slide(src, out, model="cinr", preset="fast", steps=12, block_size=128, margin=8, mips=False)
+    sj = jpeg_coding(src, 0, 256, 192)
+    assert sj is not None and sj.tile == 64
+    with SlideSource(src) as source:
+        original = source.read(0, 0, 256, 192)
+    with CinrReader(out) as r:
+        assert r.header["slide"]["source_jpeg"] == sj.to_header() and r.version == (1, 9)
+        header = r.header
+    with SlideDecoder(out) as d:
+        assert d.requant == sj and d.tile == 64
+        decoded = d.read(0, 0, 256, 192)
+        assert np.array_equal(d.read(37, 21, 150, 101), decoded[21:122, 37:187])
+        assert psnr(decoded, original) == pytest.approx(s["psnr_all"], abs=1e-6)
+        d.requant, d.tile = None, int(d.codec.decode_tile)  # the same models, not re-quantized
+        d.clear_cache(models=False)
+        raw = d.read(0, 0, 256, 192)
+    assert not np.array_equal(raw, decoded)
+    assert np.array_equal(requantize(raw, 0, 0, sj), decoded)
+    # A reader of the file: tiles of 96 px do not divide its 128-px blocks.
+    bad = tmp_path / "bad.cinr"
+    with CinrReader(out) as r:
+        slide = {**header["slide"], "source_jpeg": {**sj.to_header(), "tile": 96}}
+        rewrite(r, bad, {**header, "slide": slide}, {})
+    with pytest.raises(CinrFormatError, match="does not divide the block size"):
+        SlideDecoder(bad)

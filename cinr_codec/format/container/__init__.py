@@ -18,6 +18,7 @@ from .binary import (
     MAX_BLOCKS,
     MINOR_AVIF,
     MINOR_JSON_ZSTD,
+    MINOR_SOURCE_JPEG,
 )
 from .reader import AssociatedImage, BlockInfo, CinrReader
 from .writer import CinrWriter
@@ -31,6 +32,7 @@ __all__ = [
     "MAX_BLOCKS",
     "MINOR_AVIF",
     "MINOR_JSON_ZSTD",
+    "MINOR_SOURCE_JPEG",
     "AssociatedImage",
     "BlockInfo",
     "CinrReader",

@@ -37,13 +37,17 @@ FORMAT_MAJOR = 1
 #: header model.upsampling "learned"; 1.4 their leaky ReLU, header model.activation "leaky_relu";
 #: 1.5 header and footer JSON compressed with the built-in dictionary, flag ``FLAG_JSON_ZSTD``;
 #: 1.6 AVIF image blocks; 1.7 the compressive synthesis' stabiliser, header model.stabiliser; 1.8
-#: independently coded tiles of the first latent grid, header model.latent_tile).
-FORMAT_MINOR = 8
+#: independently coded tiles of the first latent grid, header model.latent_tile; 1.9 the source's
+#: JPEG coding, header slide.source_jpeg, which moves decoded level pixels to its lattice).
+FORMAT_MINOR = 9
 #: Lowest minor version that knows image blocks.
 MINOR_IMAGE_BLOCKS = 1
 #: Lowest minor version whose image blocks may be AVIF (``AVIF_BRAND``); associated images stay
 #: PNG or JPEG.
 MINOR_AVIF = 6
+#: Lowest minor version whose header may carry ``slide.source_jpeg`` (older readers ignore it and
+#: decode the level without the re-quantization).
+MINOR_SOURCE_JPEG = 9
 
 PREAMBLE = struct.Struct("<8sHHIIII")  # magic, major, minor, flags, header_len, header_crc, reserved
 PREAMBLE_SIZE = PREAMBLE.size + 4  # + preamble_crc32

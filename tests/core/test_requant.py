@@ -1,0 +1,143 @@
+"""Re-quantization to a JPEG source's lattice (``core.requant``) and reading a TIFF's JPEG coding
+(``encode.jpeg_coding``)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cinr_codec.core.requant import SourceJpeg, parse_source_jpeg, requantize
+from cinr_codec.encode.jpeg_coding import jpeg_coding, parse_jpeg_coding
+from cinr_codec.errors import CinrFormatError
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    e = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+    return 10 * np.log10(255.0**2 / e)
+
+
+def _jpeg_tiff(pixels: np.ndarray, path: Path, q: int, tile: int = 64) -> tuple[np.ndarray, SourceJpeg]:
+    """``pixels`` saved as a JPEG-tiled TIFF by libvips at ``q``: its decoded level 0 and coding."""
+    import pyvips
+
+    h, w = pixels.shape[:2]
+    img = pyvips.Image.new_from_memory(np.ascontiguousarray(pixels).tobytes(), w, h, 3, "uchar")
+    img.tiffsave(str(path), tile=True, tile_width=tile, tile_height=tile, compression="jpeg", Q=q)
+    back = pyvips.Image.new_from_file(str(path))
+    decoded = np.ndarray(buffer=back.write_to_memory(), dtype=np.uint8, shape=(h, w, back.bands))[..., :3]
+    sj = jpeg_coding(path, 0, w, h)
+    assert sj is not None
+    return decoded.copy(), sj
+
+
+@pytest.fixture(scope="module")
+def q60(he_image: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, SourceJpeg]:
+    """256x192 of real H&E as a Q 60 JPEG-tiled TIFF (64-px tiles, 4:2:0): decoded pixels, coding."""
+    return _jpeg_tiff(he_image[900:1092, 900:1156], tmp_path_factory.mktemp("rq") / "q60.tif", 60)
+
+
+def test_a_libvips_tiff_s_coding_is_read(
+    q60: tuple[np.ndarray, SourceJpeg], he_image: np.ndarray, tmp_path: Path
+) -> None:
+    _, sj = q60
+    assert (sj.tile, sj.transform, sj.sampling) == (64, "ycbcr", ((2, 2), (1, 1), (1, 1)))
+    assert sj.mcu == (16, 16)
+    # libjpeg's luminance table scaled to Q 60 (x 0.8): 16 -> 13 at DC, 11 -> 9 next along the row.
+    assert sj.tables[0][:2] == (13, 9) and sj.tables[1] == sj.tables[2]
+    # libvips keeps 4:4:4 from Q 90.
+    _, s90 = _jpeg_tiff(he_image[:64, :64], tmp_path / "q90.tif", 90, tile=32)
+    assert s90.sampling == ((1, 1), (1, 1), (1, 1)) and s90.tile == 32 and s90.mcu == (8, 8)
+
+
+def test_the_sample_slide_is_rgb_jpeg() -> None:
+    """Aperio's tiles are RGB JPEG (no colour transform), 240 px, one table for all three."""
+    from cinr_codec.encode.source import sample_slide_path
+
+    sj = jpeg_coding(sample_slide_path(), 0, 2220, 2967)
+    assert sj is not None and (sj.tile, sj.transform) == (240, "rgb")
+    assert sj.sampling == ((1, 1), (1, 1), (1, 1)) and sj.tables[0] == sj.tables[1] == sj.tables[2]
+    assert jpeg_coding(sample_slide_path(), 0, 2220, 2966) is None  # not the level asked for
+
+
+def test_other_files_have_no_coding(tmp_path: Path, he_image: np.ndarray) -> None:
+    import pyvips
+
+    img = pyvips.Image.new_from_array(np.ascontiguousarray(he_image[:64, :64]))
+    img.tiffsave(str(tmp_path / "lzw.tif"), tile=True, tile_width=32, tile_height=32, compression="lzw")
+    assert jpeg_coding(tmp_path / "lzw.tif", 0, 64, 64) is None
+    img.pngsave(str(tmp_path / "a.png"))
+    assert jpeg_coding(tmp_path / "a.png", 0, 64, 64) is None
+    (tmp_path / "junk.tif").write_bytes(b"II*\x00" + b"\xff" * 100)
+    assert jpeg_coding(tmp_path / "junk.tif", 0, 64, 64) is None
+    # A frame header that is progressive, or tables that are missing, is not taken.
+    assert (
+        parse_jpeg_coding(
+            b"", b"\xff\xd8\xff\xc2\x00\x11\x08\x00\x40\x00\x40\x03" + b"\x01\x22\x00" * 3, 6, 64
+        )
+        is None
+    )
+    assert (
+        parse_jpeg_coding(
+            b"", b"\xff\xd8\xff\xc0\x00\x11\x08\x00\x40\x00\x40\x03" + b"\x01\x22\x00" * 3, 6, 64
+        )
+        is None
+    )
+    assert parse_jpeg_coding(b"", b"", 6, 64) is None
+
+
+def test_the_source_s_own_pixels_come_back(q60: tuple[np.ndarray, SourceJpeg]) -> None:
+    """The transform mimics the source's decoder: its own pixels change by about a rounding step."""
+    src, sj = q60
+    assert _psnr(requantize(src, 0, 0, sj), src) > 45.0
+
+
+def test_pixels_near_the_source_move_to_it(q60: tuple[np.ndarray, SourceJpeg]) -> None:
+    src, sj = q60
+    rng = np.random.default_rng(0)
+    noisy = np.clip(src + rng.normal(0, 4.0, src.shape), 0, 255).astype(np.uint8)
+    before, after = _psnr(noisy, src), _psnr(requantize(noisy, 0, 0, sj), src)
+    assert after > before + 3.0, (before, after)
+
+
+def test_only_whole_mcus_of_whole_tiles_change(q60: tuple[np.ndarray, SourceJpeg]) -> None:
+    src, sj = q60
+    cut = src[:100, :150]  # the level's edge cuts the tiles: MCUs past row 96 / column 144 stay
+    rng = np.random.default_rng(1)
+    noisy = np.clip(cut + rng.normal(0, 4.0, cut.shape), 0, 255).astype(np.uint8)
+    out = requantize(noisy, 0, 0, sj)
+    assert np.array_equal(out[96:], noisy[96:]) and np.array_equal(out[:, 144:], noisy[:, 144:])
+    assert not np.array_equal(out[:96, :144], noisy[:96, :144])
+    # Tile by tile: a region of the second tile column alone gives the same pixels.
+    assert np.array_equal(requantize(noisy[:, 64:], 64, 0, sj)[:96, :80], out[:96, 64:144])
+    with pytest.raises(ValueError, match="tile grid"):
+        requantize(noisy, 8, 0, sj)
+
+
+def test_the_header_object_round_trips_and_bad_ones_are_refused(q60: tuple[np.ndarray, SourceJpeg]) -> None:
+    _, sj = q60
+    obj = sj.to_header()
+    assert parse_source_jpeg(obj, "f") == sj
+    rgb = replace(sj, transform="rgb", sampling=((1, 1),) * 3, tile=8)
+    assert parse_source_jpeg(rgb.to_header(), "f") == rgb
+    bad = [
+        [],
+        {**obj, "transform": "cmyk"},
+        {**obj, "sampling": [[2, 2], [1, 1]]},
+        {**obj, "sampling": [[3, 1], [1, 1], [1, 1]]},
+        {**obj, "sampling": [[True, 1], [1, 1], [1, 1]]},
+        {**obj, "tables": [obj["tables"][0]] * 2},
+        {**obj, "tables": [[0] * 64] * 3},
+        {**obj, "tables": [[1.5] * 64] * 3},
+        {**obj, "spread": 0},
+        {**obj, "spread": float("nan")},
+        {**obj, "spread": "6"},
+        {**obj, "tile": 24},  # not a multiple of the 16-px MCU
+        {**obj, "tile": 1 << 20},
+        {**obj, "tile": True},
+    ]
+    for value in bad:
+        with pytest.raises(CinrFormatError, match="slide.source_jpeg"):
+            parse_source_jpeg(value, "f")
