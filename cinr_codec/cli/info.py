@@ -42,6 +42,7 @@ def info_cmd(path: str, as_json: bool, verbose: bool) -> None:
             "model_blocks": int(np.count_nonzero(codes == KIND_MODEL)),
             "associated_images": sorted(reader.associated_images),
             "derived_images": {k: list(v) for k, v in sorted(about.derived_images.items())},
+            "source_jpeg": _source_jpeg(reader.header, path),
             "width": layout.width,
             "height": layout.height,
             "level": about.level,
@@ -121,6 +122,12 @@ def _text(s: dict[str, Any], about: Any) -> list[str]:
             f"all pixels {_num(q.get('psnr_all_db'), 2)} dB"
         )
     lines.append(f"{'quality':>9}: {quality} (against the source, after storage)")
+    if s["source_jpeg"] is not None:
+        sj = s["source_jpeg"]
+        lines.append(
+            f"{'decoding':>9}: on the source's JPEG lattice ({sj['tile']}-px tiles, {sj['transform']} "
+            f"{_subsampling(sj['sampling'])}, spread {sj['spread']:g})"
+        )
     if "psnr_border_db" in q:
         lines.append(
             f"{'':>9}  block borders {_num(q.get('psnr_border_db'), 2)} dB, next to them "
@@ -141,3 +148,27 @@ def _text(s: dict[str, Any], about: Any) -> list[str]:
     parts.append(f"header, index and the rest {other:,} B")
     lines.append(f"{'size':>9}: {s['bpp']:.3f} bits per pixel; " + ", ".join(parts))
     return lines
+
+
+def _source_jpeg(header: dict[str, Any], where: str) -> dict[str, Any] | None:
+    """The header's ``slide.source_jpeg`` (tile, transform, sampling, spread), checked as readers
+    check it (``CinrFormatError``), or None."""
+    from ..core.requant import parse_source_jpeg
+
+    slide = header.get("slide")
+    if not isinstance(slide, dict) or "source_jpeg" not in slide:
+        return None
+    sj = parse_source_jpeg(slide["source_jpeg"], where)
+    return {
+        "tile": sj.tile,
+        "transform": sj.transform,
+        "sampling": [list(v) for v in sj.sampling],
+        "spread": sj.spread,
+    }
+
+
+def _subsampling(sampling: list[list[int]]) -> str:
+    """JPEG sampling factors as the usual J:a:b name (4:4:4, 4:2:2, 4:2:0), else the factors."""
+    names = {"1x1 1x1 1x1": "4:4:4", "2x1 1x1 1x1": "4:2:2", "2x2 1x1 1x1": "4:2:0"}
+    factors = " ".join(f"{h}x{v}" for h, v in sampling)
+    return names.get(factors, factors)

@@ -153,12 +153,14 @@ def plan_slide(
     seed: int,
     slide_psnr: float | None = None,
     auto_aim: bool = False,
+    adapt_block_size: bool = False,
 ) -> SlidePlan:
     """Cut the level into blocks, find tissue, build the header and one ``BlockJob`` per block.
     ``slide_psnr``: aim the slide's one rate weight at this PSNR over tissue (``encode.aim``);
     ``auto_aim``: choose that aim from the slide's JPEG curve instead (``aim.chosen_aim``). A
     JPEG-tiled source's coding is recorded (``slide.source_jpeg``) where its tiles lie inside
-    blocks: readers move decoded pixels to its lattice (``core.requant``)."""
+    blocks: readers move decoded pixels to its lattice (``core.requant``); ``adapt_block_size``:
+    where they do not, take the block size ``tiled_block_size`` gives instead."""
     codec = get_codec(model)
     if steps is None:  # the device's default, recorded so that a resumed encode trains the same
         steps = codec.default_steps(device)
@@ -168,6 +170,20 @@ def plan_slide(
             f"{src_path}: level {level} is {width}x{height} pixels; at least "
             f"{MIN_SLIDE_SIDE}x{MIN_SLIDE_SIDE} is needed"
         )
+    # A JPEG-tiled source: readers move decoded tiles to its lattice (``core.requant``); its tiles
+    # must lie inside blocks, so a default block size becomes a multiple of them (Aperio's 240-px
+    # tiles: 480-px blocks).
+    requant = jpeg_coding(src_path, level, width, height)
+    if requant is not None and block_size % requant.tile and adapt_block_size:
+        block_size = tiled_block_size(block_size, requant.tile) or block_size
+    if requant is not None and block_size % requant.tile:
+        log.info(
+            "%s: source tiles of %d px do not divide %d-px blocks: no re-quantization",
+            src_path,
+            requant.tile,
+            block_size,
+        )
+        requant = None
     grid = BlockGrid(
         width,
         height,
@@ -186,17 +202,6 @@ def plan_slide(
     slide = slide_fields(width, height, source.properties)
     scale_slide_fields(slide, level, source.downsample)
     slide["background"] = list(tmap.background)
-    # A JPEG-tiled source: readers move decoded tiles to its lattice (``core.requant``); its tiles
-    # must lie inside blocks.
-    requant = jpeg_coding(src_path, level, width, height)
-    if requant is not None and block_size % requant.tile:
-        log.info(
-            "%s: source tiles of %d px do not divide %d-px blocks: no re-quantization",
-            src_path,
-            requant.tile,
-            block_size,
-        )
-        requant = None
     if requant is not None:
         slide["source_jpeg"] = requant.to_header()
 
@@ -279,6 +284,16 @@ def plan_slide(
         auto_aim=auto_aim and slide_psnr is not None and prior is not None,
         finer=(fine, header_of(fine)) if fine is not None and prior is not None else None,
     )
+
+
+def tiled_block_size(block_size: int, tile: int) -> int | None:
+    """The multiple of ``tile`` and of 16 nearest ``block_size`` (the smaller on a tie), within a
+    factor of two of it; None where there is none."""
+    step = tile * 16 // math.gcd(tile, 16)
+    sizes = [
+        k * step for k in range(1, 2 * block_size // step + 1) if block_size / 2 <= k * step <= 2 * block_size
+    ]
+    return min(sizes, key=lambda b: (abs(b - block_size), b)) if sizes else None
 
 
 def _slide_difficulty(
@@ -424,6 +439,7 @@ def encode_slide(
     elif rated and not level_given and target_psnr is None:
         slide_psnr, auto_aim = DEFAULT_SLIDE_PSNR, True
     codec.check_storage(quant)
+    block_given = block_size
     if block_size is None:
         block_size = codec.block_size
     if not isinstance(block_size, int) or block_size < MIN_BLOCK_SIZE or block_size % 16:
@@ -477,6 +493,7 @@ def encode_slide(
             seed=seed,
             slide_psnr=slide_psnr,
             auto_aim=auto_aim,
+            adapt_block_size=block_given is None,
         )
         grid = plan.grid
         jpath = journal_path(path)
@@ -551,7 +568,7 @@ def encode_slide(
 
             # The later blocks' rate weight (None without an aim), whether the slide is stored
             # at the finer step and the aim, found once the prior is journaled.
-            aimed: list[tuple[float | None, bool, float | None]] = []
+            aimed: list[tuple[float | None, bool, float | None, float]] = []
 
             def warmed(stage: list[BlockJob], corrected: float | None = None) -> list[BlockJob]:
                 """The stage's jobs once the prior block is journaled: at the slide's latent step
