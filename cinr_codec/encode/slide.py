@@ -567,7 +567,8 @@ def encode_slide(
                     ) from None
 
             # The later blocks' rate weight (None without an aim), whether the slide is stored
-            # at the finer step and the aim, found once the prior is journaled.
+            # at the finer step, the aim and its re-quantization credit, found once the prior is
+            # journaled.
             aimed: list[tuple[float | None, bool, float | None, float]] = []
 
             def warmed(stage: list[BlockJob], corrected: float | None = None) -> list[BlockJob]:
