@@ -58,13 +58,18 @@ LOG_BYTES_PER_DB = 0.11
 AIM_GAIN_MIN = 0.01
 #: Aims outside this range are refused.
 SLIDE_PSNR_RANGE = (25.0, 55.0)
-#: Of the PSNR a JPEG-tiled source's re-quantization (``core.requant``) adds to the prior block, the
-#: share the slide's aim credits (it aims the blocks' own error that much lower), and the most it
-#: credits (dB). The gain grows with the rate and differs from block to block (0 to 3 dB on the
-#: blocks of a TCGA region at Q 60; 1.35 dB pooled at 35.8 dB, 0.7 at 34.8): see
-#: docs/architecture.md, "Twenty-sixth session".
-REQUANT_CREDIT_SHARE = 0.75
-REQUANT_CREDIT_MAX = 1.0
+#: What the slide's aim credits for a JPEG-tiled source's re-quantization (``core.requant``): it
+#: aims the blocks' own error that many dB under the aim. The gain differs from block to block (0
+#: to 3 dB on the blocks of a TCGA region at Q 60) and falls with the source's quality (pooled, at
+#: 34.6-34.8 dB of the blocks' own error: Q 60 0.83, Q 65 0.69, Q 70 0.54, Q 75 0.36, Q 80 0.23
+#: dB), while the prior block alone had gained 1.33 dB or more on each: so the prior's gain is
+#: credited at ``REQUANT_PRIOR_SHARE`` (at most ``REQUANT_PRIOR_MAX``), and once calibration
+#: blocks are fitted, the gain pooled over them and the prior at ``REQUANT_POOLED_SHARE`` (at most
+#: ``REQUANT_POOLED_MAX``). docs/architecture.md, "Twenty-sixth session".
+REQUANT_PRIOR_SHARE = 0.25
+REQUANT_PRIOR_MAX = 0.5
+REQUANT_POOLED_SHARE = 0.9
+REQUANT_POOLED_MAX = 1.5
 #: The JPEG quality whose error measures a block's difficulty.
 DIFFICULTY_QUALITY = 50
 #: At most this many tissue blocks are measured (evenly spaced); the rest are extrapolated.
@@ -233,14 +238,16 @@ def model_sse(meta: Mapping[str, Any]) -> float:
     return float(meta.get("raw_sse", meta["sse"]))
 
 
-def requant_credit(meta: Mapping[str, Any]) -> float:
-    """dB by which the slide's aim for its blocks' own error is lowered, from what re-quantization
-    added to the prior block (``meta``: its journal record): ``REQUANT_CREDIT_SHARE`` of it, at most
-    ``REQUANT_CREDIT_MAX``; 0 without re-quantization."""
-    if "raw_sse" not in meta or not meta["sse"] > 0 or not meta["raw_sse"] > 0:
+def requant_credit(records: Sequence[Mapping[str, Any]], share: float, most: float) -> float:
+    """dB by which the slide's aim for its blocks' own error is lowered: ``share`` of what
+    re-quantization added to the fitted blocks' pooled PSNR (``records``: their journal records),
+    at most ``most``; 0 without re-quantization."""
+    fitted = [m for m in records if "raw_sse" in m]
+    sse = sum(float(m["sse"]) for m in fitted)
+    raw = sum(float(m["raw_sse"]) for m in fitted)
+    if not sse > 0 or not raw > 0:
         return 0.0
-    gain = 10 * math.log10(float(meta["raw_sse"]) / float(meta["sse"]))
-    return min(REQUANT_CREDIT_MAX, max(0.0, REQUANT_CREDIT_SHARE * gain))
+    return min(most, max(0.0, share * 10 * math.log10(raw / sse)))
 
 
 def predicted_psnr(prior_sse: float, prior_values: int, slide: SlideDifficulty) -> float:

@@ -40,6 +40,10 @@ from .aim import (
     AUTO_AIM_RANGE,
     DEFAULT_SLIDE_PSNR,
     FINER_AT_ONCE_MARGIN,
+    REQUANT_POOLED_MAX,
+    REQUANT_POOLED_SHARE,
+    REQUANT_PRIOR_MAX,
+    REQUANT_PRIOR_SHARE,
     SLIDE_PSNR_FLOOR,
     SLIDE_PSNR_RANGE,
     SlideDifficulty,
@@ -590,9 +594,10 @@ def encode_slide(
                 init = parts[0] if parts else None
                 return [replace(j, init=init, lam=lam) if j.block_id in later else j for j in stage]
 
-            # The weight of the blocks after the calibration blocks, once they are journaled, and
-            # the slide's difficulty (and JPEG curve) that the aim measured.
-            corrections: list[float] = []
+            # The weight of the blocks after the calibration blocks, once they are journaled, with
+            # its re-quantization credit, and the slide's difficulty (and JPEG curve) that the aim
+            # measured.
+            corrections: list[tuple[float, float]] = []
             measures: list[tuple[SlideDifficulty, tuple[list[float], list[float]] | None]] = []
 
             def measured() -> tuple[SlideDifficulty, tuple[list[float], list[float]] | None]:
@@ -616,36 +621,39 @@ def encode_slide(
                     return []
                 return calibration_blocks([b for b in plan.tissue_blocks if b != plan.prior])
 
-            def corrected_weight() -> float:
-                """The weight of the blocks after the journaled calibration blocks (found once)."""
+            def corrected_weight() -> tuple[float, float]:
+                """The weight of the blocks after the journaled calibration blocks, and by how
+                much their own error is aimed under the aim (``aim.requant_credit`` of the prior
+                and those blocks, pooled), found once."""
                 if not corrections:
-                    lam, _, aim, credit = aimed_weight()
+                    lam, _, aim, _ = aimed_weight()
                     assert lam is not None and aim is not None and plan.prior is not None
                     prior = journal.read(plan.prior).meta
+                    done = [(b, m) for b in calibration() if (m := journal.read(b).meta)["kind"] == "model"]
                     try:
                         fitted = [
                             (model_sse(m), int(m["n"]), difficulty(source.read(*grid.owned(b))))
-                            for b in calibration()
-                            if (m := journal.read(b).meta)["kind"] == "model"
+                            for b, m in done
                         ]
                     except CinrInputError as exc:
                         raise source_failed(exc) from None
-                    corrections.append(
-                        corrected_rate(
-                            aim - credit,
-                            plan.rate_weight,
-                            lam,
-                            model_sse(prior),
-                            int(prior["n"]),
-                            measured()[0],
-                            fitted,
-                        )
+                    records = [prior, *(m for _, m in done)]
+                    credit = requant_credit(records, REQUANT_POOLED_SHARE, REQUANT_POOLED_MAX)
+                    rest = corrected_rate(
+                        aim - credit,
+                        plan.rate_weight,
+                        lam,
+                        model_sse(prior),
+                        int(prior["n"]),
+                        measured()[0],
+                        fitted,
                     )
+                    corrections.append((rest, credit))
                     log.info(
                         "%d calibration blocks fitted at rate weight %.3g: the others at %.3g",
                         len(fitted),
                         lam,
-                        corrections[0],
+                        rest,
                     )
                 return corrections[0]
 
@@ -657,7 +665,7 @@ def encode_slide(
                     yield warmed(stage)
                     return
                 yield warmed([j for j in stage if j.block_id in sample])
-                yield warmed([j for j in stage if j.block_id not in sample], corrected_weight())
+                yield warmed([j for j in stage if j.block_id not in sample], corrected_weight()[0])
 
             def aimed_weight() -> tuple[float | None, bool, float | None, float]:
                 """The later blocks' rate weight for the slide's aim (None without an aim), whether
@@ -692,7 +700,7 @@ def encode_slide(
                 # Re-quantization to a JPEG source's lattice adds to what the blocks' own error
                 # gives: that error is aimed ``credit`` dB under the aim, and predicted that much
                 # over its own PSNR against the floor.
-                credit = requant_credit(prior)
+                credit = requant_credit([prior], REQUANT_PRIOR_SHARE, REQUANT_PRIOR_MAX)
                 if credit:
                     log.info(
                         "re-quantization to the source's JPEG lattice: the blocks' own error aimed %.2f dB lower",
@@ -802,7 +810,7 @@ def encode_slide(
             # All blocks are in the journal: assemble the file.
             # (Found already, unless a resume found every block journaled.)
             lam, finer, aim, credit = aimed_weight()
-            rest = corrected_weight() if calibration() else None
+            rest, credit = corrected_weight() if calibration() else (None, credit)
             if progress is not None:
                 progress({"stage": "write"})
             summary = assemble(

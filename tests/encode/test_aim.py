@@ -26,8 +26,10 @@ from cinr_codec.encode.aim import (
     MAX_FACTOR,
     OPTIMISM_DB,
     RATE_EXPONENT,
-    REQUANT_CREDIT_MAX,
-    REQUANT_CREDIT_SHARE,
+    REQUANT_POOLED_MAX,
+    REQUANT_POOLED_SHARE,
+    REQUANT_PRIOR_MAX,
+    REQUANT_PRIOR_SHARE,
     SLIDE_PSNR_FLOOR,
     SlideDifficulty,
     aimed_rate,
@@ -428,15 +430,48 @@ def test_the_summarys_aim_line_names_the_corrected_weight() -> None:
     assert "re-quantized" not in _aim_line({**s, "requant_credit": 0.0})
 
 
-def test_re_quantization_credits_a_share_of_the_prior_s_gain() -> None:
+def test_re_quantization_credits_a_share_of_the_pooled_gain() -> None:
     """The aim predicts the blocks' own error (``raw_sse`` where the decoder re-quantizes) and
-    credits ``REQUANT_CREDIT_SHARE`` of what re-quantization added to the prior, at most
-    ``REQUANT_CREDIT_MAX`` dB."""
+    credits a share of what re-quantization added to the fitted blocks, pooled, up to a bound."""
     assert model_sse({"sse": 10.0}) == 10.0 and model_sse({"sse": 10.0, "raw_sse": 20.0}) == 20.0
-    assert requant_credit({"sse": 10.0}) == 0.0
-    assert requant_credit({"sse": 10.0, "raw_sse": 10.0 * 10**0.08}) == pytest.approx(
-        REQUANT_CREDIT_SHARE * 0.8
+    assert requant_credit([{"sse": 10.0}], 0.5, 1.0) == 0.0
+    gained = {"sse": 10.0, "raw_sse": 10.0 * 10**0.08}  # 0.8 dB
+    assert requant_credit([gained], 0.5, 1.0) == pytest.approx(0.4)
+    assert requant_credit([gained], 0.5, 0.3) == 0.3
+    # Pooled: 0.8 dB on one block, nothing on another of the same error: 10 log10(18.0 / 16.3...).
+    pooled = requant_credit([gained, {"sse": 10.0, "raw_sse": 10.0}], 1.0, 5.0)
+    assert pooled == pytest.approx(10 * math.log10((10 * 10**0.08 + 10) / 20))
+    assert requant_credit([{"sse": 20.0, "raw_sse": 10.0}], 1.0, 5.0) == 0.0  # it made them worse
+    assert requant_credit([{"sse": 0.0, "raw_sse": 10.0}], 1.0, 5.0) == 0.0
+    assert REQUANT_PRIOR_SHARE * REQUANT_PRIOR_MAX > 0 and REQUANT_POOLED_SHARE <= 1.0
+
+
+def test_a_jpeg_tiled_slide_is_aimed_with_its_re_quantization_credit(
+    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a JPEG-tiled TIFF the blocks record their own error beside what readers get, and the
+    aim credits re-quantization: at most the prior's bound, or the pooled bound once calibration
+    blocks are fitted; the summary's PSNR is the decoded file's."""
+    import pyvips
+
+    from cinr_codec.encode.source import SlideSource
+
+    monkeypatch.setitem(L.RECIPE, "prior_candidates", 1)
+    px = np.asarray(Image.open(tissue_png).convert("RGB"))
+    src = tmp_path / "q60.tif"
+    img = pyvips.Image.new_from_memory(
+        np.ascontiguousarray(px).tobytes(), px.shape[1], px.shape[0], 3, "uchar"
     )
-    assert requant_credit({"sse": 10.0, "raw_sse": 1000.0}) == REQUANT_CREDIT_MAX
-    assert requant_credit({"sse": 20.0, "raw_sse": 10.0}) == 0.0  # it made the prior worse
-    assert requant_credit({"sse": 0.0, "raw_sse": 10.0}) == 0.0
+    img.tiffsave(str(src), tile=True, tile_width=64, tile_height=64, compression="jpeg", Q=60)
+    out = tmp_path / "q60.cinr"
+    summary = encode_slide(src, out, **{**SETTINGS, "steps": 20})
+    credit = summary["requant_credit"]
+    bound = REQUANT_PRIOR_MAX if summary["corrected_rate_weight"] is None else REQUANT_POOLED_MAX
+    assert 0.0 <= credit <= bound
+    with SlideSource(src) as source:
+        original = source.read(0, 0, px.shape[1], px.shape[0])
+    with SlideDecoder(out) as d:
+        assert d.requant is not None
+        assert psnr(d.read(0, 0, px.shape[1], px.shape[0]), original) == pytest.approx(
+            summary["psnr_all"], abs=1e-6
+        )
