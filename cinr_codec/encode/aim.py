@@ -58,18 +58,18 @@ LOG_BYTES_PER_DB = 0.11
 AIM_GAIN_MIN = 0.01
 #: Aims outside this range are refused.
 SLIDE_PSNR_RANGE = (25.0, 55.0)
-#: What the slide's aim credits for a JPEG-tiled source's re-quantization (``core.requant``): it
-#: aims the blocks' own error that many dB under the aim. The gain differs from block to block (0
-#: to 3 dB on the blocks of a TCGA region at Q 60) and falls with the source's quality (pooled, at
-#: 34.6-34.8 dB of the blocks' own error: Q 60 0.83, Q 65 0.69, Q 70 0.54, Q 75 0.36, Q 80 0.23
-#: dB), while the prior block alone had gained 1.33 dB or more on each: so the prior's gain is
-#: credited at ``REQUANT_PRIOR_SHARE`` (at most ``REQUANT_PRIOR_MAX``), and once calibration
-#: blocks are fitted, the gain pooled over them and the prior at ``REQUANT_POOLED_SHARE`` (at most
-#: ``REQUANT_POOLED_MAX``). docs/architecture.md, "Twenty-sixth session".
-REQUANT_PRIOR_SHARE = 0.25
-REQUANT_PRIOR_MAX = 0.5
-REQUANT_POOLED_SHARE = 0.9
-REQUANT_POOLED_MAX = 1.5
+#: What the slide's aim credits for a JPEG-tiled source's re-quantization (``core.requant``), in
+#: dB of the blocks' own error under what the file is to reach. The gain differs from block to
+#: block (0 to 3 dB on the blocks of a TCGA region at Q 60) and falls with the source's quality
+#: (pooled, at 34.6-34.8 dB of the blocks' own error: Q 60 0.83, Q 65 0.69, Q 70 0.54, Q 75 0.36,
+#: Q 80 0.23 dB), while the prior block alone had gained 1.33 dB or more on each, and the prior
+#: with the calibration blocks 1.7 at Q 60 against 0.57 for the slide. So the aim credits
+#: ``REQUANT_SHARE`` of the prior's gain, and then of the prior's and calibration blocks' pooled
+#: gain for the rest, at most ``REQUANT_MAX`` each time; once the calibration blocks are fitted
+#: the rest's budget counts the error they and the prior leave in the file. docs/architecture.md,
+#: "Twenty-sixth session".
+REQUANT_SHARE = 0.5
+REQUANT_MAX = 0.75
 #: The JPEG quality whose error measures a block's difficulty.
 DIFFICULTY_QUALITY = 50
 #: At most this many tissue blocks are measured (evenly spaced); the rest are extrapolated.
@@ -212,11 +212,16 @@ def corrected_rate(
     prior_values: int,
     slide: SlideDifficulty,
     fitted: Sequence[tuple[float, int, float]],
+    spent: float | None = None,
+    credit: float = 0.0,
 ) -> float:
     """The rate weight for the slide's last blocks that puts its PSNR over tissue at ``aim`` dB,
     once the ``fitted`` blocks (squared error, values and JPEG MSE of each) were fitted at
     ``lam1``: the prediction of ``aimed_rate`` (the prior fitted at ``lam0``) scaled by what those
-    fits measured against it, instead of ``OPTIMISM_DB``; bounded as ``aimed_rate``'s."""
+    fits measured against it, instead of ``OPTIMISM_DB``; bounded as ``aimed_rate``'s. ``spent``:
+    the squared error the prior and the fitted blocks leave in the file, where it differs from
+    their own (re-quantization), and ``credit``: dB the last blocks' file error is expected under
+    their own."""
     lo, hi = _weight_bounds(lam0)
     per_difficulty = prior_sse / max(1, prior_values) / max(slide.prior, 1e-6)
     done_sse = sum(e for e, _, _ in fitted)
@@ -226,7 +231,8 @@ def corrected_rate(
     if predicted <= 0 or done_sse <= 0 or rest <= 0:
         return lam1  # nothing measured against the prediction, or nothing left to correct
     scale = done_sse / predicted
-    budget = _slide_error(aim, prior_values, slide) - prior_sse - done_sse
+    left = _slide_error(aim, prior_values, slide) - (prior_sse + done_sse if spent is None else spent)
+    budget = left * 10 ** (credit / 10)
     if budget <= 0:
         return lo
     return min(hi, max(lo, lam0 * (budget / (scale * per_difficulty * rest)) ** (1 / RATE_EXPONENT)))

@@ -40,10 +40,8 @@ from .aim import (
     AUTO_AIM_RANGE,
     DEFAULT_SLIDE_PSNR,
     FINER_AT_ONCE_MARGIN,
-    REQUANT_POOLED_MAX,
-    REQUANT_POOLED_SHARE,
-    REQUANT_PRIOR_MAX,
-    REQUANT_PRIOR_SHARE,
+    REQUANT_MAX,
+    REQUANT_SHARE,
     SLIDE_PSNR_FLOOR,
     SLIDE_PSNR_RANGE,
     SlideDifficulty,
@@ -638,15 +636,17 @@ def encode_slide(
                     except CinrInputError as exc:
                         raise source_failed(exc) from None
                     records = [prior, *(m for _, m in done)]
-                    credit = requant_credit(records, REQUANT_POOLED_SHARE, REQUANT_POOLED_MAX)
+                    credit = requant_credit(records, REQUANT_SHARE, REQUANT_MAX)
                     rest = corrected_rate(
-                        aim - credit,
+                        aim,
                         plan.rate_weight,
                         lam,
                         model_sse(prior),
                         int(prior["n"]),
                         measured()[0],
                         fitted,
+                        spent=sum(float(m["sse"]) for m in records),
+                        credit=credit,
                     )
                     corrections.append((rest, credit))
                     log.info(
@@ -700,7 +700,7 @@ def encode_slide(
                 # Re-quantization to a JPEG source's lattice adds to what the blocks' own error
                 # gives: that error is aimed ``credit`` dB under the aim, and predicted that much
                 # over its own PSNR against the floor.
-                credit = requant_credit([prior], REQUANT_PRIOR_SHARE, REQUANT_PRIOR_MAX)
+                credit = requant_credit([prior], REQUANT_SHARE, REQUANT_MAX)
                 if credit:
                     log.info(
                         "re-quantization to the source's JPEG lattice: the blocks' own error aimed %.2f dB lower",

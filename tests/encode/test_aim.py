@@ -26,10 +26,8 @@ from cinr_codec.encode.aim import (
     MAX_FACTOR,
     OPTIMISM_DB,
     RATE_EXPONENT,
-    REQUANT_POOLED_MAX,
-    REQUANT_POOLED_SHARE,
-    REQUANT_PRIOR_MAX,
-    REQUANT_PRIOR_SHARE,
+    REQUANT_MAX,
+    REQUANT_SHARE,
     SLIDE_PSNR_FLOOR,
     SlideDifficulty,
     aimed_rate,
@@ -133,6 +131,18 @@ def test_the_corrected_weight_puts_the_slide_at_the_aim_with_what_the_calibratio
     # Nothing measured, or nothing left: the aimed weight stays.
     assert corrected_rate(35.0, lam0, lam1, prior_sse, n, s, []) == lam1
     assert corrected_rate(35.0, lam0, lam1, prior_sse, n, s, [(per * n * 20.0, 9 * n, 20.0)]) == lam1
+    # Re-quantization: the file's error of the fitted blocks (``spent``) is what the budget counts,
+    # and the rest's own error may exceed its share by ``credit`` dB.
+    fitted = [(per * n * 20.0, n, 20.0)] * 3
+    base = corrected_rate(35.0, lam0, lam1, prior_sse, n, s, fitted)
+    own = prior_sse + 3 * per * n * 20.0
+    assert corrected_rate(35.0, lam0, lam1, prior_sse, n, s, fitted, spent=own) == pytest.approx(base)
+    lighter = corrected_rate(35.0, lam0, lam1, prior_sse, n, s, fitted, spent=0.8 * own)
+    credited = corrected_rate(35.0, lam0, lam1, prior_sse, n, s, fitted, credit=0.5)
+    assert lighter > base and credited > base
+    rest = 6 * per * n * 20.0 * (credited / lam1) ** RATE_EXPONENT  # the rest's own error
+    in_file = own + rest * 10 ** (-0.5 / 10)  # the rest 0.5 dB better once re-quantized
+    assert 10 * math.log10(255.0**2 * 10 * n / in_file) == pytest.approx(35.0, abs=1e-6)
 
 
 def _curve(slopes: dict[float, float], start: float = 30.0) -> tuple[list[float], list[float]]:
@@ -443,7 +453,7 @@ def test_re_quantization_credits_a_share_of_the_pooled_gain() -> None:
     assert pooled == pytest.approx(10 * math.log10((10 * 10**0.08 + 10) / 20))
     assert requant_credit([{"sse": 20.0, "raw_sse": 10.0}], 1.0, 5.0) == 0.0  # it made them worse
     assert requant_credit([{"sse": 0.0, "raw_sse": 10.0}], 1.0, 5.0) == 0.0
-    assert REQUANT_PRIOR_SHARE * REQUANT_PRIOR_MAX > 0 and REQUANT_POOLED_SHARE <= 1.0
+    assert 0 < REQUANT_SHARE <= 1.0 and 0 < REQUANT_MAX
 
 
 def test_a_jpeg_tiled_slide_is_aimed_with_its_re_quantization_credit(
@@ -466,8 +476,7 @@ def test_a_jpeg_tiled_slide_is_aimed_with_its_re_quantization_credit(
     out = tmp_path / "q60.cinr"
     summary = encode_slide(src, out, **{**SETTINGS, "steps": 20})
     credit = summary["requant_credit"]
-    bound = REQUANT_PRIOR_MAX if summary["corrected_rate_weight"] is None else REQUANT_POOLED_MAX
-    assert 0.0 <= credit <= bound
+    assert 0.0 <= credit <= REQUANT_MAX
     with SlideSource(src) as source:
         original = source.read(0, 0, px.shape[1], px.shape[0])
     with SlideDecoder(out) as d:
