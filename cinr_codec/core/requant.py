@@ -33,8 +33,8 @@ ZIGZAG = (
 #: Colour transforms: the JFIF YCbCr of a TIFF of photometric YCbCr, or none (components R, G, B).
 TRANSFORMS = ("ycbcr", "rgb")
 #: The Gaussian spread (DCT units) of the reference encoder's estimate: 4, 6, 8 and 11 gave 36.91,
-#: 37.11, 37.05 and 36.87 dB on the Q 60 region above (35.76 without); on a Q 80 one 35.97, 36.05,
-#: 36.02 and 35.78 (35.56 without).
+#: 37.11, 37.05 and 36.87 dB on the Q 60 region above (35.76 without); on its Q 80 TIFF 4.5, 6, 8
+#: and 11 gave 35.97, 36.05, 36.02 and 35.78 (35.56 without).
 DEFAULT_SPREAD = 6.0
 #: Largest source tile side taken.
 MAX_TILE = 4096
