@@ -110,7 +110,7 @@ def cached_cinr(
     src: Path,
     preset: str,
     steps: int | None,
-    block: int,
+    block: int | None,
     device: str,
     use_cache: bool,
     scratch: Path,

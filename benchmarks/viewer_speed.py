@@ -1,7 +1,7 @@
 """Viewer speed of a compressive (ccinr) slide on the CPU against OpenSlide on its JPEG-tiled source.
 
     python -m benchmarks.viewer_speed [--slide PATH] [--cinr PATH] [--quality q4] [--steps 20]
-        [--block-size 512] [--reads 5] [--threads N] [--no-cache] [--out NAME] [--json]
+        [--block-size B] [--reads 5] [--threads N] [--no-cache] [--out NAME] [--json]
 
 (also ``python -m benchmarks.decode_speed --viewer ...``). The slide (default: the bundled sample,
 an Aperio SVS of JPEG tiles) is encoded once with ``--model ccinr --quality Q`` for ``--steps``
@@ -276,7 +276,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cinr", type=Path, default=None, help="an encoded ccinr file of --slide (else made)")
     ap.add_argument("--quality", default="q4")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--block-size", type=int, default=512, help="the ccinr default (LatentCodec.block_size)")
+    ap.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="default: the encoder's (512, or the multiple of a JPEG source's tiles nearest it: 480 for the sample)",
+    )
     ap.add_argument("--reads", type=int, default=5)
     ap.add_argument(
         "--threads",
@@ -335,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
                 "source": args.slide.name,
                 "blocks": len(kinds),
                 "tissue_blocks": kinds.count("model"),
-                "block_size": dec.grid.side,
+                "block_size": dec.grid.block_size,
                 "quality": args.quality,
                 "steps": args.steps,
                 "bytes": cinr.stat().st_size,
