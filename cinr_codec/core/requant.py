@@ -47,7 +47,7 @@ def _dct_matrix() -> np.ndarray:
     return d
 
 
-_D = _dct_matrix()
+_D = _dct_matrix().astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -150,10 +150,10 @@ def _expected(c: np.ndarray, q: np.ndarray, spread: float) -> np.ndarray:
     n = np.round(c / q)
     r = c - n * q
     s2 = 2.0 * spread * spread
-    base = np.exp(-(q * q) / s2)
-    up = np.exp(2.0 * r * q / s2) * base
-    down = np.exp(-2.0 * r * q / s2) * base
-    far = base * base
+    qq = q * q
+    up = np.exp((2.0 * r * q - qq) / s2)  # |r| <= q / 2: at most 1
+    down = np.exp((-2.0 * r * q - qq) / s2)
+    far = np.exp(-2.0 * qq / s2)
     up2, down2 = up * up * far, down * down * far
     shift = (up - down + 2.0 * (up2 - down2)) / (1.0 + up + down + up2 + down2)
     return (n + shift) * q  # type: ignore[no-any-return]
@@ -163,7 +163,7 @@ def _component(plane: np.ndarray, table: tuple[int, ...], spread: float) -> np.n
     """One component plane (whole 8x8 blocks) carried to the expected lattice, rounded as a
     decoder's samples."""
     h, w = plane.shape
-    q = np.tile(np.asarray(table, dtype=np.float64).reshape(8, 8), (h // 8, w // 8))
+    q = np.tile(np.asarray(table, dtype=np.float32).reshape(8, 8), (h // 8, w // 8))
     c = _expected(_dct(plane - 128.0, _D), q, spread)
     return np.clip(np.round(_dct(c, _D.T) + 128.0), 0, 255)  # type: ignore[no-any-return]
 
@@ -178,7 +178,7 @@ def _upsample(plane: np.ndarray, fx: int, fy: int) -> np.ndarray:
         p = np.moveaxis(out, axis, 0)
         e = np.concatenate([p[:1], p, p[-1:]])
         near = 3 * e[1:-1]
-        up = np.empty((2 * p.shape[0], *p.shape[1:]))
+        up = np.empty((2 * p.shape[0], *p.shape[1:]), dtype=p.dtype)
         up[0::2] = near + e[:-2]
         up[1::2] = near + e[2:]
         out = np.moveaxis(up / 4.0, 0, axis)
@@ -186,7 +186,7 @@ def _upsample(plane: np.ndarray, fx: int, fy: int) -> np.ndarray:
 
 
 def _tile(pixels: np.ndarray, sj: SourceJpeg) -> np.ndarray:
-    x = pixels.astype(np.float64)
+    x = pixels.astype(np.float32)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     if sj.transform == "ycbcr":
         planes = [
