@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         "--block-size",
         type=int,
         default=None,
-        help="default: the encoder's (512, or the multiple of a JPEG source's tiles nearest it: 480 for the sample)",
+        help="default: the encoder's (LatentCodec.block_size, 512)",
     )
     ap.add_argument("--reads", type=int, default=5)
     ap.add_argument(

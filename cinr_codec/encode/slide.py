@@ -155,14 +155,12 @@ def plan_slide(
     seed: int,
     slide_psnr: float | None = None,
     auto_aim: bool = False,
-    adapt_block_size: bool = False,
 ) -> SlidePlan:
     """Cut the level into blocks, find tissue, build the header and one ``BlockJob`` per block.
     ``slide_psnr``: aim the slide's one rate weight at this PSNR over tissue (``encode.aim``);
     ``auto_aim``: choose that aim from the slide's JPEG curve instead (``aim.chosen_aim``). A
     JPEG-tiled source's coding is recorded (``slide.source_jpeg``) where its tiles lie inside
-    blocks: readers move decoded pixels to its lattice (``core.requant``); ``adapt_block_size``:
-    where they do not, take the block size ``tiled_block_size`` gives instead."""
+    blocks: readers move decoded pixels to its lattice (``core.requant``)."""
     codec = get_codec(model)
     if steps is None:  # the device's default, recorded so that a resumed encode trains the same
         steps = codec.default_steps(device)
@@ -173,11 +171,9 @@ def plan_slide(
             f"{MIN_SLIDE_SIDE}x{MIN_SLIDE_SIDE} is needed"
         )
     # A JPEG-tiled source: readers move decoded tiles to its lattice (``core.requant``); its tiles
-    # must lie inside blocks, so a default block size becomes a multiple of them (Aperio's 240-px
-    # tiles: 480-px blocks).
+    # must lie inside blocks. (Aperio's 240-px tiles in 480-px blocks left the bundled sample's
+    # blocks 1 dB worse at the same weight: docs/architecture.md, "Twenty-sixth session".)
     requant = jpeg_coding(src_path, level, width, height)
-    if requant is not None and block_size % requant.tile and adapt_block_size:
-        block_size = tiled_block_size(block_size, requant.tile) or block_size
     if requant is not None and block_size % requant.tile:
         log.info(
             "%s: source tiles of %d px do not divide %d-px blocks: no re-quantization",
@@ -286,16 +282,6 @@ def plan_slide(
         auto_aim=auto_aim and slide_psnr is not None and prior is not None,
         finer=(fine, header_of(fine)) if fine is not None and prior is not None else None,
     )
-
-
-def tiled_block_size(block_size: int, tile: int) -> int | None:
-    """The multiple of ``tile`` and of 16 nearest ``block_size`` (the smaller on a tie), within a
-    factor of two of it; None where there is none."""
-    step = tile * 16 // math.gcd(tile, 16)
-    sizes = [
-        k * step for k in range(1, 2 * block_size // step + 1) if block_size / 2 <= k * step <= 2 * block_size
-    ]
-    return min(sizes, key=lambda b: (abs(b - block_size), b)) if sizes else None
 
 
 def _slide_difficulty(
@@ -441,7 +427,6 @@ def encode_slide(
     elif rated and not level_given and target_psnr is None:
         slide_psnr, auto_aim = DEFAULT_SLIDE_PSNR, True
     codec.check_storage(quant)
-    block_given = block_size
     if block_size is None:
         block_size = codec.block_size
     if not isinstance(block_size, int) or block_size < MIN_BLOCK_SIZE or block_size % 16:
@@ -495,7 +480,6 @@ def encode_slide(
             seed=seed,
             slide_psnr=slide_psnr,
             auto_aim=auto_aim,
-            adapt_block_size=block_given is None,
         )
         grid = plan.grid
         jpath = journal_path(path)
