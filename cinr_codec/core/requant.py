@@ -38,6 +38,8 @@ TRANSFORMS = ("ycbcr", "rgb")
 DEFAULT_SPREAD = 6.0
 #: Largest source tile side taken.
 MAX_TILE = 4096
+#: Smallest spread taken (a smaller one would divide by zero in float32).
+MIN_SPREAD = 0.01
 
 
 def _dct_matrix() -> np.ndarray:
@@ -112,17 +114,10 @@ def parse_source_jpeg(value: Any, where: str) -> SourceJpeg:
     ):
         raise bad("tables must be three lists of 64 integers in [1, 65535]")
     spread = value.get("spread")
-    if not isinstance(spread, (int, float)) or isinstance(spread, bool) or not 0 < spread <= 1000:
-        raise bad("spread must be a number in (0, 1000]")
-    sj = SourceJpeg(
-        tile=0,
-        transform=str(transform),
-        sampling=tuple((int(h), int(v)) for h, v in sampling),
-        tables=tuple(tuple(int(v) for v in t) for t in tables),
-        spread=float(spread),
-    )
+    if not isinstance(spread, (int, float)) or isinstance(spread, bool) or not MIN_SPREAD <= spread <= 1000:
+        raise bad(f"spread must be a number in [{MIN_SPREAD}, 1000]")
     tile = value.get("tile")
-    mw, mh = sj.mcu
+    mw, mh = 8 * max(h for h, _ in sampling), 8 * max(v for _, v in sampling)
     if (
         not isinstance(tile, int)
         or isinstance(tile, bool)
@@ -131,7 +126,13 @@ def parse_source_jpeg(value: Any, where: str) -> SourceJpeg:
         or tile % mh
     ):
         raise bad(f"tile must be an integer in [1, {MAX_TILE}], a multiple of the {mw}x{mh} MCU")
-    return SourceJpeg(tile, sj.transform, sj.sampling, sj.tables, sj.spread)
+    return SourceJpeg(
+        tile=tile,
+        transform=str(transform),
+        sampling=tuple((int(h), int(v)) for h, v in sampling),
+        tables=tuple(tuple(int(v) for v in t) for t in tables),
+        spread=float(spread),
+    )
 
 
 def _dct(plane: np.ndarray, d: np.ndarray) -> np.ndarray:

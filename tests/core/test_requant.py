@@ -122,6 +122,9 @@ def test_the_header_object_round_trips_and_bad_ones_are_refused(q60: tuple[np.nd
     assert parse_source_jpeg(obj, "f") == sj
     rgb = replace(sj, transform="rgb", sampling=((1, 1),) * 3, tile=8)
     assert parse_source_jpeg(rgb.to_header(), "f") == rgb
+    tiny = replace(sj, spread=0.01)  # the smallest spread: finite pixels, the nearest lattice value
+    assert parse_source_jpeg(tiny.to_header(), "f") == tiny
+    assert requantize(q60[0], 0, 0, tiny).dtype == np.uint8
     bad = [
         [],
         {**obj, "transform": "cmyk"},
@@ -132,6 +135,7 @@ def test_the_header_object_round_trips_and_bad_ones_are_refused(q60: tuple[np.nd
         {**obj, "tables": [[0] * 64] * 3},
         {**obj, "tables": [[1.5] * 64] * 3},
         {**obj, "spread": 0},
+        {**obj, "spread": 1e-300},
         {**obj, "spread": float("nan")},
         {**obj, "spread": "6"},
         {**obj, "tile": 24},  # not a multiple of the 16-px MCU
