@@ -190,6 +190,7 @@ class SlideDecoder:
         self._closed = False
 
     def _source_jpeg(self) -> SourceJpeg | None:
+        """The header's ``slide.source_jpeg``, checked (``CinrFormatError``), or None."""
         slide = self.reader.header.get("slide")
         if not isinstance(slide, dict) or "source_jpeg" not in slide:
             return None

@@ -71,7 +71,7 @@ def parse_jpeg_coding(tables: bytes, tile_head: bytes, photometric: int, tile: i
             frame = payload
         elif 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             return None  # progressive, lossless, arithmetic: not taken
-    if frame is None or len(frame) < 6 or frame[0] != 8 or frame[5] != 3 or len(frame) < 6 + 9:
+    if frame is None or len(frame) < 6 + 3 * 3 or frame[0] != 8 or frame[5] != 3:  # 8-bit, 3 components
         return None
     sampling, tabs = [], []
     for k in range(3):
