@@ -153,12 +153,11 @@ def _text(s: dict[str, Any], about: Any) -> list[str]:
 def _source_jpeg(header: dict[str, Any], where: str) -> dict[str, Any] | None:
     """The header's ``slide.source_jpeg`` (tile, transform, sampling, spread), checked as readers
     check it (``CinrFormatError``), or None."""
-    from ..core.requant import parse_source_jpeg
+    from ..core.requant import source_jpeg_of
 
-    slide = header.get("slide")
-    if not isinstance(slide, dict) or "source_jpeg" not in slide:
+    sj = source_jpeg_of(header, where)
+    if sj is None:
         return None
-    sj = parse_source_jpeg(slide["source_jpeg"], where)
     return {
         "tile": sj.tile,
         "transform": sj.transform,

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CinrFormatError
+from ..format.header import is_int
 
 #: JPEG's zigzag scan: position k of a DQT table is natural (row-major) index ``ZIGZAG[k]``.
 ZIGZAG = (
@@ -80,14 +81,19 @@ class SourceJpeg:
         }
 
 
+def source_jpeg_of(header: Mapping[str, Any], where: str) -> SourceJpeg | None:
+    """A header's ``slide.source_jpeg``, checked (``parse_source_jpeg``), or None without one."""
+    slide = header.get("slide")
+    if not isinstance(slide, dict) or "source_jpeg" not in slide:
+        return None
+    return parse_source_jpeg(slide["source_jpeg"], where)
+
+
 def parse_source_jpeg(value: Any, where: str) -> SourceJpeg:
     """``slide.source_jpeg`` checked (``CinrFormatError`` naming what is wrong)."""
 
     def bad(what: str) -> CinrFormatError:
         return CinrFormatError(f"{where}: slide.source_jpeg: {what}")
-
-    def whole(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
 
     if not isinstance(value, Mapping):
         raise bad("not an object")
@@ -99,7 +105,8 @@ def parse_source_jpeg(value: Any, where: str) -> SourceJpeg:
         not isinstance(sampling, list)
         or len(sampling) != 3
         or not all(
-            isinstance(s, list) and len(s) == 2 and all(whole(v) and v in (1, 2) for v in s) for s in sampling
+            isinstance(s, list) and len(s) == 2 and all(is_int(v) and v in (1, 2) for v in s)
+            for s in sampling
         )
     ):
         raise bad("sampling must be three [h, v] pairs of 1 or 2")
@@ -108,7 +115,7 @@ def parse_source_jpeg(value: Any, where: str) -> SourceJpeg:
         not isinstance(tables, list)
         or len(tables) != 3
         or not all(
-            isinstance(t, list) and len(t) == 64 and all(whole(v) and 1 <= v <= 65535 for v in t)
+            isinstance(t, list) and len(t) == 64 and all(is_int(v) and 1 <= v <= 65535 for v in t)
             for t in tables
         )
     ):
@@ -118,13 +125,7 @@ def parse_source_jpeg(value: Any, where: str) -> SourceJpeg:
         raise bad(f"spread must be a number in [{MIN_SPREAD}, 1000]")
     tile = value.get("tile")
     mw, mh = 8 * max(h for h, _ in sampling), 8 * max(v for _, v in sampling)
-    if (
-        not isinstance(tile, int)
-        or isinstance(tile, bool)
-        or not 1 <= tile <= MAX_TILE
-        or tile % mw
-        or tile % mh
-    ):
+    if not is_int(tile) or not 1 <= tile <= MAX_TILE or tile % mw or tile % mh:
         raise bad(f"tile must be an integer in [1, {MAX_TILE}], a multiple of the {mw}x{mh} MCU")
     return SourceJpeg(
         tile=tile,

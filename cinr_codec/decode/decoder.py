@@ -28,7 +28,7 @@ import numpy as np
 
 from ..coding.base import BlockModel
 from ..coding.images import decode_image_bytes
-from ..core.requant import SourceJpeg, parse_source_jpeg, requantize
+from ..core.requant import SourceJpeg, requantize, source_jpeg_of
 from ..core.resample import (
     bilinear_weights,
     box_downsample,
@@ -191,11 +191,8 @@ class SlideDecoder:
 
     def _source_jpeg(self) -> SourceJpeg | None:
         """The header's ``slide.source_jpeg``, checked (``CinrFormatError``), or None."""
-        slide = self.reader.header.get("slide")
-        if not isinstance(slide, dict) or "source_jpeg" not in slide:
-            return None
-        sj = parse_source_jpeg(slide["source_jpeg"], self.reader.name)
-        if self.grid.block_size % sj.tile:
+        sj = source_jpeg_of(self.reader.header, self.reader.name)
+        if sj is not None and self.grid.block_size % sj.tile:
             raise CinrFormatError(
                 f"{self.reader.name}: slide.source_jpeg: tile {sj.tile} does not divide the block size "
                 f"{self.grid.block_size}"

@@ -111,6 +111,12 @@ class BlockJob:
     requant: SourceJpeg | None = None
 
 
+def _sse(a: np.ndarray, b: np.ndarray) -> float:
+    """Summed squared difference of two pixel arrays (``b`` may broadcast), in float64."""
+    d = a.astype(np.float64) - b.astype(np.float64)
+    return float((d * d).sum())
+
+
 def encode_block(job: BlockJob, fit_pixels: np.ndarray) -> tuple[dict[str, Any], list[bytes]]:
     """Encode one block from its fit-region pixels: a background colour, or a fitted model.
 
@@ -128,8 +134,7 @@ def encode_block(job: BlockJob, fit_pixels: np.ndarray) -> tuple[dict[str, Any],
     meta: dict[str, Any] = {"block_id": bid}
     if job.maybe_background and is_glass(owned, job.tissue_threshold):
         colour = tuple(int(v) for v in np.median(owned.reshape(-1, 3), axis=0))
-        d = owned.astype(np.float64) - np.asarray(colour, dtype=np.float64)
-        sse = float((d * d).sum())
+        sse = _sse(owned, np.asarray(colour))
         flat_psnr = psnr_of(sse, owned.size)
         if flat_psnr is not None and flat_psnr >= BACKGROUND_MIN_PSNR:
             meta.update(kind="background", colour=list(colour), sse=sse, n=int(owned.size))
@@ -152,11 +157,9 @@ def encode_block(job: BlockJob, fit_pixels: np.ndarray) -> tuple[dict[str, Any],
     payload = codec.serialize(fitted, job.quant)
     decoded = codec.load(payload, job.config, f"block {bid}").render(h, w, side, x0=x - ox, y0=y - oy)
     if job.requant is not None:  # what readers get: the block's source tiles on the source's lattice
-        d = decoded.astype(np.float64) - owned.astype(np.float64)
-        meta["raw_sse"] = float((d * d).sum())  # the model's own error, which the slide's aim predicts
+        meta["raw_sse"] = _sse(decoded, owned)  # the model's own error, which the slide's aim predicts
         decoded = requantize(decoded, x, y, job.requant)
-    d = decoded.astype(np.float64) - owned.astype(np.float64)
-    sse = float((d * d).sum())
+    sse = _sse(decoded, owned)
     meta.update(
         kind="model",
         sse=sse,
