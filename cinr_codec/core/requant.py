@@ -8,9 +8,9 @@ means, 8x8 DCT), each coefficient is replaced by its expected lattice value unde
 of ``spread`` around the decoded one, and the source's decoder is mimicked back (IDCT, rounding,
 libjpeg's triangle "fancy" chroma upsampling, colour transform). On a TCGA region saved at libvips
 Q 60 this brought a default ccinr file from 35.76 to 37.11 dB against its source, at the same
-bytes (docs/architecture.md, "Twenty-sixth session"). The transform is per source tile: a region handed
-to ``requantize`` starts on the tile grid and holds whole tiles (clipped only at the level's edge);
-only whole MCUs are changed.
+bytes (docs/architecture.md, "Twenty-sixth session"). The transform is per cell, a source tile's
+part of a block (the whole tile when blocks hold whole tiles): a region handed to ``requantize``
+starts on the MCU grid, and is cut at the source's tile lines; only whole MCUs are changed.
 """
 
 from __future__ import annotations
@@ -217,19 +217,31 @@ def _tile(pixels: np.ndarray, sj: SourceJpeg) -> np.ndarray:
 
 
 def requantize(pixels: np.ndarray, x0: int, y0: int, sj: SourceJpeg) -> np.ndarray:
-    """``pixels`` (uint8 (h, w, 3)) of the level region at (``x0``, ``y0``), a tile-grid point,
-    holding whole source tiles or tiles cut by the level's edge: each tile's whole MCUs moved to
-    the source's lattice (a new array; the rest unchanged)."""
+    """``pixels`` (uint8 (h, w, 3)) of the level region at (``x0``, ``y0``), a point of the source's
+    MCU grid: the region's part of each source tile (its cell; the whole tile when the region
+    holds it) has its whole MCUs moved to the source's lattice (a new array; the rest unchanged).
+    A block's cells are its parts of the source tiles (formats/cinr-v1.md §4.2)."""
     t = sj.tile
-    if x0 % t or y0 % t:
-        raise ValueError(f"({x0}, {y0}) is not on the source's {t}-px tile grid")
-    h, w = pixels.shape[:2]
     mw, mh = sj.mcu
+    if x0 % mw or y0 % mh:
+        raise ValueError(f"({x0}, {y0}) is not on the source's {mw}x{mh} MCU grid")
+    h, w = pixels.shape[:2]
     out = pixels.copy()
-    for ty in range(0, h, t):
-        for tx in range(0, w, t):
-            th = min(t, h - ty) // mh * mh
-            tw = min(t, w - tx) // mw * mw
+    for ra, rb in _cuts(y0, h, t):
+        for ca, cb in _cuts(x0, w, t):
+            th = (rb - ra) // mh * mh
+            tw = (cb - ca) // mw * mw
             if th and tw:
-                out[ty : ty + th, tx : tx + tw] = _tile(pixels[ty : ty + th, tx : tx + tw], sj)
+                out[ra : ra + th, ca : ca + tw] = _tile(pixels[ra : ra + th, ca : ca + tw], sj)
     return out
+
+
+def _cuts(start: int, length: int, t: int) -> list[tuple[int, int]]:
+    """[a, b) spans, relative to ``start``, of [start, start + length) cut at multiples of ``t``."""
+    spans = []
+    a = 0
+    while a < length:
+        b = min(length, (start + a) // t * t + t - start)
+        spans.append((a, b))
+        a = b
+    return spans

@@ -192,12 +192,21 @@ class SlideDecoder:
     def _source_jpeg(self) -> SourceJpeg | None:
         """The header's ``slide.source_jpeg``, checked (``CinrFormatError``), or None."""
         sj = source_jpeg_of(self.reader.header, self.reader.name)
-        if sj is not None and self.grid.block_size % sj.tile:
+        if sj is not None and (self.grid.block_size % sj.mcu[0] or self.grid.block_size % sj.mcu[1]):
             raise CinrFormatError(
-                f"{self.reader.name}: slide.source_jpeg: tile {sj.tile} does not divide the block size "
-                f"{self.grid.block_size}"
+                f"{self.reader.name}: slide.source_jpeg: the block size {self.grid.block_size} is not a "
+                f"multiple of the {sj.mcu[0]}x{sj.mcu[1]} MCU"
             )
         return sj
+
+    def _phase(self, block_id: int, cell: int) -> tuple[int, int]:
+        """Where a block's tile lattice starts, in cells before its origin: the block's offset in
+        the source's tile grid for re-quantized pixels (its tiles are then its parts of the
+        source's tiles; 0 where the tiles divide the block size), else (0, 0)."""
+        if cell != 1 or self.requant is None:
+            return 0, 0
+        x, y, _, _ = self.grid.owned(block_id)
+        return x % self.tile, y % self.tile
 
     def _check_whole_blocks(self) -> None:
         """Refuse a representation that synthesises each block's whole domain for any read (the
@@ -301,7 +310,8 @@ class SlideDecoder:
 
     def _tile(self, block_id: int, cell: int, ti: int, tj: int, threads: int | None = None) -> np.ndarray:
         """Tile (ti, tj) of a model block's cells: ``tile`` x ``tile`` cells of ``cell`` x ``cell``
-        level pixels on a lattice from the block's origin (``cell = 1``: its decoded pixels),
+        level pixels on a lattice from the block's origin (``cell = 1``: its decoded pixels; a
+        re-quantized block's lattice is the source's tiles, cut by the block: ``_phase``),
         rendered with ``threads`` torch threads when not cached (None: the decoder's choice)."""
         key = ("t", block_id, cell, ti, tj)
         return self._once(  # type: ignore[no-any-return]
@@ -327,16 +337,18 @@ class SlideDecoder:
     def _render_tile(self, block_id: int, cell: int, ti: int, tj: int) -> np.ndarray:
         x, y, w, h = self.grid.owned(block_id)
         ts = self.tile
-        tw = min(ts, -(-w // cell) - tj * ts)
-        th = min(ts, -(-h // cell) - ti * ts)
+        px, py = self._phase(block_id, cell)
+        c0, r0 = max(0, tj * ts - px), max(0, ti * ts - py)  # the tile's first column and row
+        tw = min((tj + 1) * ts - px, -(-w // cell)) - c0
+        th = min((ti + 1) * ts - py, -(-h // cell)) - r0
         ox, oy = self.grid.frame_origin(block_id)
-        fx, fy = x - ox + tj * ts * cell, y - oy + ti * ts * cell  # the tile's origin in the frame
+        fx, fy = x - ox + c0 * cell, y - oy + r0 * cell  # the tile's origin in the frame
         side = float(self.grid.side)
         model = self._model(block_id)
         if cell == 1:
             t = model.render(th, tw, side, x0=fx, y0=fy)
-            if self.requant is not None:  # the tile is one of the source's (block_size % tile == 0)
-                t = requantize(t, x + tj * ts, y + ti * ts, self.requant)
+            if self.requant is not None:  # the tile is the block's part of one source tile
+                t = requantize(t, x + c0, y + r0, self.requant)
         elif hasattr(model, "render_coarse"):
             t = model.render_coarse(th, tw, side, x0=fx, y0=fy, stride=cell)
         else:  # no coarse lattice: box means of decoded pixels, a band of cells at a time
@@ -370,14 +382,14 @@ class SlideDecoder:
             return self._mip(block_id, src.k)[i0:i1, j0:j1]
         out = np.empty((i1 - i0, j1 - j0, 3), dtype=np.uint8)
         ts = self.tile
-        for ti in range(i0 // ts, -(-i1 // ts)):
-            for tj in range(j0 // ts, -(-j1 // ts)):
+        px, py = self._phase(block_id, src.cell)
+        for ti in range((i0 + py) // ts, -(-(i1 + py) // ts)):
+            for tj in range((j0 + px) // ts, -(-(j1 + px) // ts)):
                 t = self._tile(block_id, src.cell, ti, tj)
-                r0, c0 = max(i0, ti * ts), max(j0, tj * ts)
-                r1, c1 = min(i1, ti * ts + t.shape[0]), min(j1, tj * ts + t.shape[1])
-                out[r0 - i0 : r1 - i0, c0 - j0 : c1 - j0] = t[
-                    r0 - ti * ts : r1 - ti * ts, c0 - tj * ts : c1 - tj * ts
-                ]
+                ta, tb = max(0, ti * ts - py), max(0, tj * ts - px)  # the tile's first row and column
+                r0, c0 = max(i0, ta), max(j0, tb)
+                r1, c1 = min(i1, ta + t.shape[0]), min(j1, tb + t.shape[1])
+                out[r0 - i0 : r1 - i0, c0 - j0 : c1 - j0] = t[r0 - ta : r1 - ta, c0 - tb : c1 - tb]
         return out
 
     def _records(self, k: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
@@ -526,8 +538,11 @@ class SlideDecoder:
             bx, by, bw, bh = self.grid.owned(lid)
             # The block's tiles under the rectangle: any of them not cached needs the model.
             ts = self.tile
-            j0, j1 = int(max(X0 - bx, 0) // d) // ts, int(math.ceil(min(X1 - bx, bw) / d) - 1) // ts
-            i0, i1 = int(max(Y0 - by, 0) // d) // ts, int(math.ceil(min(Y1 - by, bh) / d) - 1) // ts
+            px, py = self._phase(lid, d)
+            j0 = (int(max(X0 - bx, 0) // d) + px) // ts
+            j1 = (int(math.ceil(min(X1 - bx, bw) / d) - 1) + px) // ts
+            i0 = (int(max(Y0 - by, 0) // d) + py) // ts
+            i1 = (int(math.ceil(min(Y1 - by, bh) / d) - 1) + py) // ts
             missing = [
                 (lid, d, ti, tj)
                 for ti in range(i0, i1 + 1)

@@ -26,7 +26,13 @@ from ..coding.base import BlockCodec, check_fit_limits
 from ..coding.images import avif_available
 from ..coding.registry import DEFAULT_MODEL, get_codec
 from ..errors import CinrInputError, CinrWorkerError
-from ..format.container import MINOR_AVIF, MINOR_JSON_ZSTD, MINOR_SOURCE_JPEG, CinrWriter
+from ..format.container import (
+    MINOR_AVIF,
+    MINOR_JSON_ZSTD,
+    MINOR_SOURCE_JPEG,
+    MINOR_SOURCE_JPEG_CUT,
+    CinrWriter,
+)
 from ..format.grid import BlockGrid, default_mip_downsamples
 from ..format.header import (
     SlideTotals,
@@ -159,8 +165,8 @@ def plan_slide(
     """Cut the level into blocks, find tissue, build the header and one ``BlockJob`` per block.
     ``slide_psnr``: aim the slide's one rate weight at this PSNR over tissue (``encode.aim``);
     ``auto_aim``: choose that aim from the slide's JPEG curve instead (``aim.chosen_aim``). A
-    JPEG-tiled source's coding is recorded (``slide.source_jpeg``) where its tiles lie inside
-    blocks: readers move decoded pixels to its lattice (``core.requant``)."""
+    JPEG-tiled source's coding is recorded (``slide.source_jpeg``): readers move decoded pixels to
+    its lattice (``core.requant``)."""
     codec = get_codec(model)
     if steps is None:  # the device's default, recorded so that a resumed encode trains the same
         steps = codec.default_steps(device)
@@ -170,18 +176,9 @@ def plan_slide(
             f"{src_path}: level {level} is {width}x{height} pixels; at least "
             f"{MIN_SLIDE_SIDE}x{MIN_SLIDE_SIDE} is needed"
         )
-    # A JPEG-tiled source: readers move decoded tiles to its lattice (``core.requant``); its tiles
-    # must lie inside blocks. (Aperio's 240-px tiles in 480-px blocks left the bundled sample's
-    # blocks 1 dB worse at the same weight: docs/architecture.md, "Twenty-sixth session".)
+    # A JPEG-tiled source: readers move decoded pixels to its lattice (``core.requant``), in each
+    # block's parts of the source tiles (blocks, multiples of 16 px, lie on any MCU grid).
     requant = jpeg_coding(src_path, level, width, height)
-    if requant is not None and block_size % requant.tile:
-        log.info(
-            "%s: source tiles of %d px do not divide %d-px blocks: no re-quantization",
-            src_path,
-            requant.tile,
-            block_size,
-        )
-        requant = None
     grid = BlockGrid(
         width,
         height,
@@ -951,6 +948,14 @@ def derivable(name: str, png: bytes, width: int, height: int) -> tuple[int, int]
     return derived_size(name, [w, h])
 
 
+def _source_jpeg_minor(source_jpeg: Mapping[str, Any] | None, block_size: int) -> int:
+    """The format minor ``slide.source_jpeg`` needs: 1.9, or 1.10 when its tiles do not divide the
+    block size (0 without it)."""
+    if source_jpeg is None:
+        return 0
+    return MINOR_SOURCE_JPEG_CUT if block_size % int(source_jpeg["tile"]) else MINOR_SOURCE_JPEG
+
+
 def assemble(
     path: Path,
     journal: Journal,
@@ -988,7 +993,7 @@ def assemble(
         MINOR_AVIF if mip_avif and grid.mip_downsamples else 0,
         codec.minor_version(header),
         MINOR_JSON_ZSTD if compact else 0,
-        MINOR_SOURCE_JPEG if "source_jpeg" in header["slide"] else 0,
+        _source_jpeg_minor(header["slide"].get("source_jpeg"), grid.block_size),
     )
     with CinrWriter(
         path, header, grid.n_blocks, max_block_bytes=max_raw, minor_version=minor, compress_json=compact

@@ -112,8 +112,27 @@ def test_only_whole_mcus_of_whole_tiles_change(q60: tuple[np.ndarray, SourceJpeg
     assert not np.array_equal(out[:96, :144], noisy[:96, :144])
     # Tile by tile: a region of the second tile column alone gives the same pixels.
     assert np.array_equal(requantize(noisy[:, 64:], 64, 0, sj)[:96, :80], out[:96, 64:144])
-    with pytest.raises(ValueError, match="tile grid"):
+    with pytest.raises(ValueError, match="MCU grid"):
         requantize(noisy, 8, 0, sj)
+
+
+def test_a_region_off_the_tile_grid_is_cut_at_the_tile_lines(q60: tuple[np.ndarray, SourceJpeg]) -> None:
+    """A block that does not hold whole source tiles (Aperio's 240-px tiles in 512-px blocks) is
+    re-quantized in its parts of the tiles: a region starting on the MCU grid inside a tile gives,
+    per cell, what that cell alone gives."""
+    src, sj = q60
+    rng = np.random.default_rng(2)
+    noisy = np.clip(src + rng.normal(0, 4.0, src.shape), 0, 255).astype(np.uint8)
+    # The region (32, 16)-(224, 192) meets tile columns [32, 64), [64, 128), [128, 192), [192, 224).
+    region = noisy[16:, 32:224]
+    out = requantize(region, 32, 16, sj)
+    for ya, yb in ((16, 64), (64, 128), (128, 192)):
+        for xa, xb in ((32, 64), (64, 128), (128, 192), (192, 224)):
+            cell = requantize(noisy[ya:yb, xa:xb], xa, ya, sj)
+            assert np.array_equal(out[ya - 16 : yb - 16, xa - 32 : xb - 32], cell), (xa, ya)
+    # Whole tiles inside the region are re-quantized as in a whole-tile read.
+    assert np.array_equal(out[48:112, 32:96], requantize(noisy, 0, 0, sj)[64:128, 64:128])
+    assert _psnr(out, src[16:, 32:224]) > _psnr(region, src[16:, 32:224]) + 2.0
 
 
 def test_the_header_object_round_trips_and_bad_ones_are_refused(q60: tuple[np.ndarray, SourceJpeg]) -> None:

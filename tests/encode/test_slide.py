@@ -517,7 +517,7 @@ def test_an_encode_gives_the_caller_back_its_torch_thread_count(
 def test_a_jpeg_tiled_source_is_decoded_on_its_lattice(he_image: np.ndarray, tmp_path: Path) -> None:
     """A JPEG-tiled TIFF's coding goes in the header (``slide.source_jpeg``, format 1.9); readers
     move each decoded source tile to its lattice, the summary measures that, regions stay seamless,
-    and a header whose tiles do not lie inside blocks is refused."""
+    and a header whose blocks are not on the source's MCU grid is refused."""
     import pyvips
     from cinr_container_helpers import rewrite
 
@@ -558,28 +558,50 @@ def test_a_jpeg_tiled_source_is_decoded_on_its_lattice(he_image: np.ndarray, tmp
     assert (
         "on the source's JPEG lattice (64-px tiles, ycbcr 4:2:0, spread 6)" in _cinr("info", str(out)).stdout
     )
-    # A reader of the file: tiles of 96 px do not divide its 128-px blocks.
+    # A grid of 136-px blocks (the same 2 x 2 blocks) is not on the 16-px MCU grid of 4:2:0.
     bad = tmp_path / "bad.cinr"
     with CinrReader(out) as r:
-        slide = {**header["slide"], "source_jpeg": {**sj.to_header(), "tile": 96}}
-        rewrite(r, bad, {**header, "slide": slide}, {})
-    with pytest.raises(CinrFormatError, match="does not divide the block size"):
+        rewrite(r, bad, {**header, "grid": {**header["grid"], "block_size": 136}}, {})
+    with pytest.raises(CinrFormatError, match="not a multiple of the 16x16 MCU"):
         SlideDecoder(bad)
 
 
-def test_source_tiles_that_do_not_divide_the_blocks_are_not_re_quantized(
+def test_source_tiles_that_do_not_divide_the_blocks_are_re_quantized_in_their_parts(
     he_image: np.ndarray, tmp_path: Path
 ) -> None:
-    """Re-quantization needs whole source tiles in every block: 48-px tiles in 128-px blocks are
-    not recorded (the file stays 1.8 or older), in 96-px blocks they are."""
+    """48-px source tiles in 128-px blocks (as Aperio's 240 px in 512): each block's parts of the
+    source tiles are re-quantized (format 1.10), by the encoder's measure and by readers alike,
+    and regions stay seamless; in 96-px blocks, which hold whole tiles, the file stays 1.9."""
     import pyvips
+
+    from cinr_codec.core.requant import requantize
 
     crop = np.ascontiguousarray(he_image[900:1092, 900:1156])
     src = tmp_path / "t48.tif"
     img = pyvips.Image.new_from_memory(crop.tobytes(), 256, 192, 3, "uchar")
     img.tiffsave(str(src), tile=True, tile_width=48, tile_height=48, compression="jpeg", Q=70)
     encode_slide(src, tmp_path / "a.cinr", model="cinr", preset="fast", steps=2, mips=False, block_size=96)
-    encode_slide(src, tmp_path / "b.cinr", model="cinr", preset="fast", steps=2, mips=False, block_size=128)
-    with CinrReader(tmp_path / "a.cinr") as a, CinrReader(tmp_path / "b.cinr") as b:
+    out = tmp_path / "b.cinr"
+    s = encode_slide(src, out, model="cinr", preset="fast", steps=8, mips=False, block_size=128)
+    with CinrReader(tmp_path / "a.cinr") as a, CinrReader(out) as b:
         assert a.header["slide"]["source_jpeg"]["tile"] == 48 and a.version[1] == 9
-        assert "source_jpeg" not in b.header["slide"] and b.version[1] < 9
+        assert b.header["slide"]["source_jpeg"]["tile"] == 48 and b.version[1] == 10
+    with SlideSource(src) as source:
+        original = source.read(0, 0, 256, 192)
+    with SlideDecoder(out) as d:
+        sj = d.requant
+        assert sj is not None and d.tile == 48
+        decoded = d.read(0, 0, 256, 192)
+        assert np.array_equal(d.read(37, 21, 150, 101), decoded[21:122, 37:187])
+        assert np.array_equal(d.read(120, 90, 20, 50), decoded[90:140, 120:140])  # across block lines
+        assert psnr(decoded, original) == pytest.approx(s["psnr_all"], abs=1e-6)
+        d.requant, d.tile = None, int(d.codec.decode_tile)
+        d.clear_cache(models=False)
+        raw = d.read(0, 0, 256, 192)
+    expected = raw.copy()
+    for by in (0, 128):
+        for bx in (0, 128):
+            expected[by : by + 128, bx : bx + 128] = requantize(raw[by : by + 128, bx : bx + 128], bx, by, sj)
+    assert np.array_equal(decoded, expected) and not np.array_equal(decoded, raw)
+    # The block line at 128 cuts the tile [96, 144): its two parts are re-quantized apart.
+    assert not np.array_equal(expected, requantize(raw, 0, 0, sj))

@@ -19,6 +19,7 @@ from .binary import (
     MINOR_AVIF,
     MINOR_JSON_ZSTD,
     MINOR_SOURCE_JPEG,
+    MINOR_SOURCE_JPEG_CUT,
 )
 from .reader import AssociatedImage, BlockInfo, CinrReader
 from .writer import CinrWriter
@@ -33,6 +34,7 @@ __all__ = [
     "MINOR_AVIF",
     "MINOR_JSON_ZSTD",
     "MINOR_SOURCE_JPEG",
+    "MINOR_SOURCE_JPEG_CUT",
     "AssociatedImage",
     "BlockInfo",
     "CinrReader",
