@@ -1,4 +1,4 @@
-/* What the compiled float kernels share (core/_synthesis.c, encode/train/_rate.c,
+/* What the compiled float kernels share (core/_synthesis.c, core/_requant.c, encode/train/_rate.c,
  * encode/train/_synthesis_grad.c, encode/train/_upsample_grad.c): the target clones, forced
  * inlining, the activation, the replicate padding of planes and the learned doubling's column
  * pass. A header of the package, included by relative path; the build

@@ -1,7 +1,7 @@
 """Optional compiled CPU kernels, built on first use, each with a pure-Python fallback.
 
-``_native.c`` (the hash grid), ``_synthesis.c`` (the compressive synthesis),
-``coding/_latent.c`` (latent decoding), ``encode/train/_rate.c`` and ``_synthesis_grad.c`` (the
+``_native.c`` (the hash grid), ``_synthesis.c`` (the compressive synthesis), ``_requant.c``
+(re-quantization to a JPEG source's lattice), ``coding/_latent.c`` (latent decoding), ``encode/train/_rate.c`` and ``_synthesis_grad.c`` (the
 training step's rate and synthesis) are plain C (no Python or torch headers), so building one
 takes about a second with the system C compiler
 (``$CC``, else ``cc``). Each shared library is cached per user under ``$CINR_CACHE_DIR`` or

@@ -15,9 +15,11 @@ starts on the MCU grid, and is cut at the source's tile lines; only whole MCUs a
 
 from __future__ import annotations
 
+import ctypes
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -187,7 +189,44 @@ def _upsample(plane: np.ndarray, fx: int, fy: int) -> np.ndarray:
     return out
 
 
+def _requant_lib() -> ctypes.CDLL | None:
+    """The compiled re-quantization (``_requant.c``), or None (no compiler, ``CINR_NATIVE=0``, or
+    the build failed)."""
+    from . import native
+
+    def setup(lib: ctypes.CDLL) -> None:
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        lib.cinr_requant.restype = ctypes.c_int
+        lib.cinr_requant.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ctypes.c_double]
+
+    return native.compiled(Path(__file__).with_name("_requant.c"), "re-quantization", setup)
+
+
 def _tile(pixels: np.ndarray, sj: SourceJpeg) -> np.ndarray:
+    """One cell (uint8 (h, w, 3), whole MCUs) on the source's lattice: through the compiled kernel
+    when there is one (the same formulas in float32; a pixel may differ by a rounding step where
+    a sum's order differs), else numpy (``_tile_numpy``, which defines the result)."""
+    from . import native
+
+    lib = _requant_lib() if native.enabled() else None
+    if lib is None:
+        return _tile_numpy(pixels, sj)
+    src = np.ascontiguousarray(pixels)
+    out = np.empty_like(src)
+    h, w = src.shape[:2]
+    sampling = np.asarray(sj.sampling, dtype=np.int64)
+    tables = np.asarray(sj.tables, dtype=np.float32)
+    native.raise_for(
+        lib.cinr_requant(
+            src.ctypes.data, h, w, w * 3, out.ctypes.data, w * 3, int(sj.transform == "ycbcr"),
+            sampling.ctypes.data, tables.ctypes.data, _D.ctypes.data, sj.spread,
+        ),
+        "re-quantization",
+    )  # fmt: skip
+    return out
+
+
+def _tile_numpy(pixels: np.ndarray, sj: SourceJpeg) -> np.ndarray:
     x = pixels.astype(np.float32)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     if sj.transform == "ycbcr":
