@@ -72,6 +72,19 @@ class SourceJpeg:
         """(width, height) of a minimum coded unit, level pixels."""
         return 8 * max(h for h, _ in self.sampling), 8 * max(v for _, v in self.sampling)
 
+    @property
+    def margin(self) -> tuple[int, int]:
+        """(x, y) margin a region re-quantized in parts needs around each part: one MCU along an
+        axis on which some component is upsampled (libjpeg's upsampling reads one sample beyond
+        an MCU's own), else 0. Any part of a cell on the MCU grid, re-quantized with this margin
+        (clipped to the cell) and cropped, equals the same pixels of the cell re-quantized whole."""
+        mw, mh = self.mcu
+        hmax, vmax = max(h for h, _ in self.sampling), max(v for _, v in self.sampling)
+        return (
+            mw if any(h < hmax for h, _ in self.sampling) else 0,
+            mh if any(v < vmax for _, v in self.sampling) else 0,
+        )
+
     def to_header(self) -> dict[str, Any]:
         """The ``slide.source_jpeg`` object (formats/cinr-v1.md §4.2)."""
         return {

@@ -169,10 +169,8 @@ class SlideDecoder:
             self.codec = self.layout.codec
             self.tile = int(self.codec.decode_tile)
             #: The source's JPEG coding, when the encoder recorded it (``slide.source_jpeg``):
-            #: level tiles are then the source's tiles, moved to its lattice (``core.requant``).
+            #: level tiles are then moved to its lattice (``core.requant``).
             self.requant = self._source_jpeg()
-            if self.requant is not None:
-                self.tile = self.requant.tile
             self.background = self.layout.background
             self._check_whole_blocks()
             self._codes = self.reader.kind_codes()
@@ -198,15 +196,6 @@ class SlideDecoder:
                 f"multiple of the {sj.mcu[0]}x{sj.mcu[1]} MCU"
             )
         return sj
-
-    def _phase(self, block_id: int, cell: int) -> tuple[int, int]:
-        """Where a block's tile lattice starts, in cells before its origin: the block's offset in
-        the source's tile grid for re-quantized pixels (its tiles are then its parts of the
-        source's tiles; 0 where the tiles divide the block size), else (0, 0)."""
-        if cell != 1 or self.requant is None:
-            return 0, 0
-        x, y, _, _ = self.grid.owned(block_id)
-        return x % self.tile, y % self.tile
 
     def _check_whole_blocks(self) -> None:
         """Refuse a representation that synthesises each block's whole domain for any read (the
@@ -310,8 +299,7 @@ class SlideDecoder:
 
     def _tile(self, block_id: int, cell: int, ti: int, tj: int, threads: int | None = None) -> np.ndarray:
         """Tile (ti, tj) of a model block's cells: ``tile`` x ``tile`` cells of ``cell`` x ``cell``
-        level pixels on a lattice from the block's origin (``cell = 1``: its decoded pixels; a
-        re-quantized block's lattice is the source's tiles, cut by the block: ``_phase``),
+        level pixels on a lattice from the block's origin (``cell = 1``: its decoded pixels),
         rendered with ``threads`` torch threads when not cached (None: the decoder's choice)."""
         key = ("t", block_id, cell, ti, tj)
         return self._once(  # type: ignore[no-any-return]
@@ -337,18 +325,16 @@ class SlideDecoder:
     def _render_tile(self, block_id: int, cell: int, ti: int, tj: int) -> np.ndarray:
         x, y, w, h = self.grid.owned(block_id)
         ts = self.tile
-        px, py = self._phase(block_id, cell)
-        c0, r0 = max(0, tj * ts - px), max(0, ti * ts - py)  # the tile's first column and row
-        tw = min((tj + 1) * ts - px, -(-w // cell)) - c0
-        th = min((ti + 1) * ts - py, -(-h // cell)) - r0
+        tw = min(ts, -(-w // cell) - tj * ts)
+        th = min(ts, -(-h // cell) - ti * ts)
         ox, oy = self.grid.frame_origin(block_id)
-        fx, fy = x - ox + c0 * cell, y - oy + r0 * cell  # the tile's origin in the frame
+        fx, fy = x - ox + tj * ts * cell, y - oy + ti * ts * cell  # the tile's origin in the frame
         side = float(self.grid.side)
         model = self._model(block_id)
-        if cell == 1:
+        if cell == 1 and self.requant is not None:
+            t = self._requantized(model, block_id, tj * ts, ti * ts, tw, th)
+        elif cell == 1:
             t = model.render(th, tw, side, x0=fx, y0=fy)
-            if self.requant is not None:  # the tile is the block's part of one source tile
-                t = requantize(t, x + c0, y + r0, self.requant)
         elif hasattr(model, "render_coarse"):
             t = model.render_coarse(th, tw, side, x0=fx, y0=fy, stride=cell)
         else:  # no coarse lattice: box means of decoded pixels, a band of cells at a time
@@ -360,6 +346,24 @@ class SlideDecoder:
                 pixels = model.render(rows, pw, side, x0=fx, y0=fy + i * cell)
                 t[i : i + -(-rows // cell)] = to_uint8(box_downsample(pixels, cell))
         return t
+
+    def _requantized(
+        self, model: BlockModel, block_id: int, c0: int, r0: int, tw: int, th: int
+    ) -> np.ndarray:
+        """Level pixels [c0, c0 + tw) x [r0, r0 + th) of a block (relative to its origin, on the
+        source's MCU grid) moved to the source's lattice in the block's cells (``core.requant``):
+        rendered with a margin of one MCU inside the block along each axis whose chroma is
+        upsampled (libjpeg's upsampling reads one chroma sample beyond), re-quantized, cropped.
+        The same pixels as re-quantizing the whole block, rendering no more than the tile."""
+        assert self.requant is not None
+        x, y, w, h = self.grid.owned(block_id)
+        ox, oy = self.grid.frame_origin(block_id)
+        mx, my = self.requant.margin
+        ex0, ey0 = max(0, c0 - mx), max(0, r0 - my)
+        ex1, ey1 = min(w, c0 + tw + mx), min(h, r0 + th + my)
+        pixels = model.render(ey1 - ey0, ex1 - ex0, float(self.grid.side), x0=x - ox + ex0, y0=y - oy + ey0)
+        out = requantize(pixels, x + ex0, y + ey0, self.requant)
+        return out[r0 - ey0 : r0 - ey0 + th, c0 - ex0 : c0 - ex0 + tw]
 
     def _mip(self, block_id: int, k: int) -> np.ndarray:
         return self._once(  # type: ignore[no-any-return]
@@ -382,14 +386,14 @@ class SlideDecoder:
             return self._mip(block_id, src.k)[i0:i1, j0:j1]
         out = np.empty((i1 - i0, j1 - j0, 3), dtype=np.uint8)
         ts = self.tile
-        px, py = self._phase(block_id, src.cell)
-        for ti in range((i0 + py) // ts, -(-(i1 + py) // ts)):
-            for tj in range((j0 + px) // ts, -(-(j1 + px) // ts)):
+        for ti in range(i0 // ts, -(-i1 // ts)):
+            for tj in range(j0 // ts, -(-j1 // ts)):
                 t = self._tile(block_id, src.cell, ti, tj)
-                ta, tb = max(0, ti * ts - py), max(0, tj * ts - px)  # the tile's first row and column
-                r0, c0 = max(i0, ta), max(j0, tb)
-                r1, c1 = min(i1, ta + t.shape[0]), min(j1, tb + t.shape[1])
-                out[r0 - i0 : r1 - i0, c0 - j0 : c1 - j0] = t[r0 - ta : r1 - ta, c0 - tb : c1 - tb]
+                r0, c0 = max(i0, ti * ts), max(j0, tj * ts)
+                r1, c1 = min(i1, ti * ts + t.shape[0]), min(j1, tj * ts + t.shape[1])
+                out[r0 - i0 : r1 - i0, c0 - j0 : c1 - j0] = t[
+                    r0 - ti * ts : r1 - ti * ts, c0 - tj * ts : c1 - tj * ts
+                ]
         return out
 
     def _records(self, k: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
@@ -538,11 +542,8 @@ class SlideDecoder:
             bx, by, bw, bh = self.grid.owned(lid)
             # The block's tiles under the rectangle: any of them not cached needs the model.
             ts = self.tile
-            px, py = self._phase(lid, d)
-            j0 = (int(max(X0 - bx, 0) // d) + px) // ts
-            j1 = (int(math.ceil(min(X1 - bx, bw) / d) - 1) + px) // ts
-            i0 = (int(max(Y0 - by, 0) // d) + py) // ts
-            i1 = (int(math.ceil(min(Y1 - by, bh) / d) - 1) + py) // ts
+            j0, j1 = int(max(X0 - bx, 0) // d) // ts, int(math.ceil(min(X1 - bx, bw) / d) - 1) // ts
+            i0, i1 = int(max(Y0 - by, 0) // d) // ts, int(math.ceil(min(Y1 - by, bh) / d) - 1) // ts
             missing = [
                 (lid, d, ti, tj)
                 for ti in range(i0, i1 + 1)

@@ -197,3 +197,28 @@ def test_the_compiled_kernel_gives_numpy_s_pixels(
     diff = np.abs(compiled.astype(np.int16) - reference.astype(np.int16))
     assert diff.max() <= 1 and np.count_nonzero(diff) <= 4e-4 * diff.size
     assert not np.array_equal(compiled, region)
+
+
+@pytest.mark.parametrize(
+    "sampling", [((2, 2), (1, 1), (1, 1)), ((2, 1), (1, 1), (1, 1)), ((1, 1), (1, 1), (1, 1))]
+)
+def test_a_part_of_a_cell_with_the_margin_gives_the_cell_s_pixels(
+    q60: tuple[np.ndarray, SourceJpeg], sampling: tuple[tuple[int, int], ...]
+) -> None:
+    """A decoder renders a 128-px tile, not the whole cell: re-quantized with ``margin`` around
+    it and cropped, its pixels are those of the cell re-quantized whole (without the margin the
+    upsampled chroma at its edges would differ)."""
+    src, sj = q60
+    sj = replace(sj, sampling=sampling, tile=192)  # one cell: [0, 192) x [0, 192)
+    rng = np.random.default_rng(4)
+    noisy = np.clip(src + rng.normal(0, 5.0, src.shape), 0, 255).astype(np.uint8)[:, :192]
+    whole = requantize(noisy, 0, 0, sj)
+    mx, my = sj.margin
+    assert (mx, my) == (16 if sampling[0][0] == 2 else 0, 16 if sampling[0][1] == 2 else 0)
+    x0, y0, x1, y1 = 64, 48, 128, 112  # a part on the MCU grid, inside the cell
+    ex0, ey0, ex1, ey1 = x0 - mx, y0 - my, x1 + mx, y1 + my
+    part = requantize(noisy[ey0:ey1, ex0:ex1], ex0, ey0, sj)[y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0]
+    assert np.array_equal(part, whole[y0:y1, x0:x1])
+    if mx or my:
+        bare = requantize(noisy[y0:y1, x0:x1], x0, y0, sj)
+        assert not np.array_equal(bare, whole[y0:y1, x0:x1])

@@ -539,11 +539,11 @@ def test_a_jpeg_tiled_source_is_decoded_on_its_lattice(he_image: np.ndarray, tmp
         assert r.header["slide"]["source_jpeg"] == sj.to_header() and r.version == (1, 9)
         header = r.header
     with SlideDecoder(out) as d:
-        assert d.requant == sj and d.tile == 64
+        assert d.requant == sj and d.tile == d.codec.decode_tile
         decoded = d.read(0, 0, 256, 192)
         assert np.array_equal(d.read(37, 21, 150, 101), decoded[21:122, 37:187])
         assert psnr(decoded, original) == pytest.approx(s["psnr_all"], abs=1e-6)
-        d.requant, d.tile = None, int(d.codec.decode_tile)  # the same models, not re-quantized
+        d.requant = None  # the same models, not re-quantized
         d.clear_cache(models=False)
         raw = d.read(0, 0, 256, 192)
     assert not np.array_equal(raw, decoded)
@@ -590,12 +590,12 @@ def test_source_tiles_that_do_not_divide_the_blocks_are_re_quantized_in_their_pa
         original = source.read(0, 0, 256, 192)
     with SlideDecoder(out) as d:
         sj = d.requant
-        assert sj is not None and d.tile == 48
+        assert sj is not None
         decoded = d.read(0, 0, 256, 192)
         assert np.array_equal(d.read(37, 21, 150, 101), decoded[21:122, 37:187])
         assert np.array_equal(d.read(120, 90, 20, 50), decoded[90:140, 120:140])  # across block lines
         assert psnr(decoded, original) == pytest.approx(s["psnr_all"], abs=1e-6)
-        d.requant, d.tile = None, int(d.codec.decode_tile)
+        d.requant = None
         d.clear_cache(models=False)
         raw = d.read(0, 0, 256, 192)
     expected = raw.copy()
@@ -605,3 +605,33 @@ def test_source_tiles_that_do_not_divide_the_blocks_are_re_quantized_in_their_pa
     assert np.array_equal(decoded, expected) and not np.array_equal(decoded, raw)
     # The block line at 128 cuts the tile [96, 144): its two parts are re-quantized apart.
     assert not np.array_equal(expected, requantize(raw, 0, 0, sj))
+
+
+def test_re_quantized_decode_tiles_inside_a_block_equal_the_block_re_quantized_whole(
+    he_image: np.ndarray, tmp_path: Path
+) -> None:
+    """A ccinr reader renders 128-px tiles of a 256-px block, each with one MCU of margin where
+    chroma is upsampled: its pixels are the block's, re-quantized whole in its cells (48-px 4:2:0
+    source tiles, cut by the block and by the tiles)."""
+    import pyvips
+
+    from cinr_codec.core.requant import requantize
+
+    crop = np.ascontiguousarray(he_image[900:1156, 900:1156])
+    src = tmp_path / "t48.tif"
+    img = pyvips.Image.new_from_memory(crop.tobytes(), 256, 256, 3, "uchar")
+    img.tiffsave(str(src), tile=True, tile_width=48, tile_height=48, compression="jpeg", Q=60)
+    out = tmp_path / "c.cinr"
+    s = encode_slide(src, out, model="ccinr", steps=4, mips=False, block_size=256)
+    with SlideSource(src) as source:
+        original = source.read(0, 0, 256, 256)
+    with SlideDecoder(out) as d:
+        sj = d.requant
+        assert sj is not None and sj.margin == (16, 16) and d.tile == 128 < d.grid.block_size
+        decoded = d.read(0, 0, 256, 256)
+        assert np.array_equal(d.read(100, 120, 60, 30), decoded[120:150, 100:160])
+        assert psnr(decoded, original) == pytest.approx(s["psnr_all"], abs=1e-6)
+        d.requant = None
+        d.clear_cache(models=False)
+        raw = d.read(0, 0, 256, 256)
+    assert np.array_equal(decoded, requantize(raw, 0, 0, sj))
