@@ -126,7 +126,7 @@ def _text(s: dict[str, Any], about: Any) -> list[str]:
         sj = s["source_jpeg"]
         lines.append(
             f"{'decoding':>9}: on the source's JPEG lattice ({sj['tile']}-px tiles, {sj['transform']} "
-            f"{_subsampling(sj['sampling'])}, spread {sj['spread']:g})"
+            f"{_subsampling(sj['sampling'])}, spread {_spread(sj['spread'])})"
         )
     if "psnr_border_db" in q:
         lines.append(
@@ -162,8 +162,16 @@ def _source_jpeg(header: dict[str, Any], where: str) -> dict[str, Any] | None:
         "tile": sj.tile,
         "transform": sj.transform,
         "sampling": [list(v) for v in sj.sampling],
-        "spread": sj.spread,
+        "spread": sj.to_header()["spread"],
     }
+
+
+def _spread(spread: float | list[list[float]]) -> str:
+    """A spread for people: the number, or the range of a per-coefficient one."""
+    if isinstance(spread, list):
+        values = [v for t in spread for v in t]
+        return f"{min(values):g}-{max(values):g} by coefficient"
+    return f"{spread:g}"
 
 
 def _subsampling(sampling: list[list[int]]) -> str:

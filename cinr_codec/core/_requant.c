@@ -51,17 +51,18 @@ AI static v8 exp_small(v8 x) {
  * the weights of n + k relative to n's, w_1 = exp((2 r q - q^2) / s2), w_-1 likewise with -r, and
  * w_+-2 = w_+-1^2 far. A weight below e^-40 is taken as 0 (the float32 sum 1 + w cannot hold it).
  * Eight lanes at a time. */
-AI static void expected(float *c, const float *q, const float *q2, const float *far, float s2) {
+AI static void expected(float *c, const float *q, const float *q2, const float *far, const float *s2) {
     const v8 zero = {0};
     for (int k = 0; k < 64; k += 8) {
-        v8 cv, qv, q2v, fv;
+        v8 cv, qv, q2v, fv, s2v;
+        memcpy(&s2v, s2 + k, sizeof(s2v));
         memcpy(&cv, c + k, sizeof(cv));
         memcpy(&qv, q + k, sizeof(qv));
         memcpy(&q2v, q2 + k, sizeof(q2v));
         memcpy(&fv, far + k, sizeof(fv));
         const v8 n = round_even(cv / qv);
         const v8 r = cv - n * qv;
-        const v8 a = (2.0f * r * qv - q2v) / s2, b = (-2.0f * r * qv - q2v) / s2;
+        const v8 a = (2.0f * r * qv - q2v) / s2v, b = (-2.0f * r * qv - q2v) / s2v;
         const v8i ua = a > -40.0f, ub = b > -40.0f;
         const v8 up = select8(ua, exp_small(select8(ua, a, zero - 40.0f)), zero);
         const v8 down = select8(ub, exp_small(select8(ub, b, zero - 40.0f)), zero);
@@ -85,13 +86,15 @@ AI static void mul8(const float *a, const float *b, float *out) {
 }
 
 /* One component plane (h x w, multiples of 8, row-major) carried to its lattice in place, as a
- * decoder's samples (rounded, clipped); d and dt: the DCT matrix and its transpose. */
+ * decoder's samples (rounded, clipped); d and dt: the DCT matrix and its transpose; spread: the
+ * coefficients' spreads. */
 AI static void component(float *p, int64_t h, int64_t w, const float *d, const float *dt, const float *table,
-                         float s2) {
-    float far[64], q2[64];
+                         const float *spread) {
+    float far[64], q2[64], s2[64];
     for (int k = 0; k < 64; k++) {
         q2[k] = table[k] * table[k];
-        far[k] = expf(-2.0f * q2[k] / s2);
+        s2[k] = 2.0f * spread[k] * spread[k];
+        far[k] = expf(-2.0f * q2[k] / s2[k]);
     }
     float b[64], t[64], c[64];
     for (int64_t by = 0; by < h; by += 8) {
@@ -141,10 +144,11 @@ AI static void upsample(const float *s, int64_t h, int64_t w, int fx, int fy, fl
 
 /* Cell src (h x w x 3 uint8, row stride sstride bytes; h, w multiples of the MCU) re-quantized
  * into dst (row stride dstride bytes). ycbcr: 1 for the JFIF transform, 0 for none; sampling:
- * (h, v) of each component, each 1 or 2; tables: 3 x 64 steps, row-major; d: the 8x8 DCT matrix.
+ * (h, v) of each component, each 1 or 2; tables and spreads: 3 x 64 steps and spreads, row-major;
+ * d: the 8x8 DCT matrix.
  * Returns 0, 2 for arguments out of range, 3 when out of memory. */
 CLONES int cinr_requant(const uint8_t *src, int64_t h, int64_t w, int64_t sstride, uint8_t *dst, int64_t dstride,
-                 int64_t ycbcr, const int64_t *sampling, const float *tables, const float *d, double spread) {
+                 int64_t ycbcr, const int64_t *sampling, const float *tables, const float *d, const float *spreads) {
     int hmax = 1, vmax = 1;
     for (int c = 0; c < 3; c++) {
         if (sampling[2 * c] < 1 || sampling[2 * c] > 2 || sampling[2 * c + 1] < 1 || sampling[2 * c + 1] > 2)
@@ -152,11 +156,12 @@ CLONES int cinr_requant(const uint8_t *src, int64_t h, int64_t w, int64_t sstrid
         if (sampling[2 * c] > hmax) hmax = (int)sampling[2 * c];
         if (sampling[2 * c + 1] > vmax) vmax = (int)sampling[2 * c + 1];
     }
-    if (h <= 0 || w <= 0 || h % (8 * vmax) || w % (8 * hmax) || !(spread > 0.0f)) return 2;
+    if (h <= 0 || w <= 0 || h % (8 * vmax) || w % (8 * hmax)) return 2;
+    for (int k = 0; k < 192; k++)
+        if (!(spreads[k] > 0.0f)) return 2;
     float dt[64];
     for (int i = 0; i < 8; i++)
         for (int j = 0; j < 8; j++) dt[i * 8 + j] = d[j * 8 + i];
-    const float s2 = (float)(2.0 * spread * spread); /* as numpy: the product in double, then float32 */
     const int64_t n = h * w;
     float *buf = malloc(sizeof(float) * (size_t)n * 6);
     if (!buf) return 3;
@@ -181,7 +186,7 @@ CLONES int cinr_requant(const uint8_t *src, int64_t h, int64_t w, int64_t sstrid
         const int fx = hmax / (int)sampling[2 * c], fy = vmax / (int)sampling[2 * c + 1];
         float *p = plane[c];
         if (fx == 1 && fy == 1) {
-            component(p, h, w, d, dt, tables + 64 * c, s2);
+            component(p, h, w, d, dt, tables + 64 * c, spreads + 64 * c);
             continue;
         }
         const int64_t sh = h / fy, sw = w / fx;
@@ -193,7 +198,7 @@ CLONES int cinr_requant(const uint8_t *src, int64_t h, int64_t w, int64_t sstrid
                     for (int j = 0; j < fx; j++) s += p[(y * fy + i) * w + x * fx + j];
                 sub[y * sw + x] = s / area;
             }
-        component(sub, sh, sw, d, dt, tables + 64 * c, s2);
+        component(sub, sh, sw, d, dt, tables + 64 * c, spreads + 64 * c);
         upsample(sub, sh, sw, fx, fy, tmp, up);
         memcpy(p, up, sizeof(float) * (size_t)n);
     }

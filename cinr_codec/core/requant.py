@@ -35,10 +35,17 @@ ZIGZAG = (
 )  # fmt: skip
 #: Colour transforms: the JFIF YCbCr of a TIFF of photometric YCbCr, or none (components R, G, B).
 TRANSFORMS = ("ycbcr", "rgb")
-#: The Gaussian spread (DCT units) of the reference encoder's estimate: 4, 6, 8 and 11 gave 36.91,
-#: 37.11, 37.05 and 36.87 dB on the Q 60 region above (35.76 without); on its Q 80 TIFF 4.5, 6, 8
-#: and 11 gave 35.97, 36.05, 36.02 and 35.78 (35.56 without).
+#: The Gaussian spread (DCT units) of a 1.9 writer's estimate, one for every coefficient: 4, 6, 8
+#: and 11 gave 36.91, 37.11, 37.05 and 36.87 dB on the Q 60 region above (35.76 without); on its
+#: Q 80 TIFF 4.5, 6, 8 and 11 gave 35.97, 36.05, 36.02 and 35.78 (35.56 without).
 DEFAULT_SPREAD = 6.0
+#: The encoder's spread per coefficient (format 1.10): max(SPREAD_FLOOR, SPREAD_RATIO * step).
+#: A coarse step leaves the model's error a larger share of it: on stop 49's default files of the
+#: Q 60 and Q 80 TIFFs of the 1537-px TCGA region and the bundled sample, against 6 for all,
+#: +0.12, +0.13 and +0.47 dB (max(4, 0.25 q): +0.10, +0.08, +0.38; max(3, 0.35 q): +0.08, +0.09,
+#: +0.33; max(4, 0.4 q): -0.12, -0.03, -0.11; docs/architecture.md, "Twenty-seventh session").
+SPREAD_FLOOR = 4.0
+SPREAD_RATIO = 0.3
 #: Largest source tile side taken.
 MAX_TILE = 4096
 #: Smallest spread taken (a smaller one would divide by zero in float32).
@@ -59,13 +66,24 @@ _D = _dct_matrix().astype(np.float32)
 class SourceJpeg:
     """How a JPEG-tiled source level was coded: ``tile`` (square tiles from the level's origin),
     the colour ``transform``, each component's ``sampling`` (h, v) and quantization ``tables``
-    (64 steps, row-major), and the ``spread`` of the decoder's estimate."""
+    (64 steps, row-major), and the ``spread`` of the decoder's estimate: one for all coefficients,
+    or each component's 64 (row-major; format 1.10)."""
 
     tile: int
     transform: str
     sampling: tuple[tuple[int, int], ...]
     tables: tuple[tuple[int, ...], ...]
-    spread: float = DEFAULT_SPREAD
+    spread: float | tuple[tuple[float, ...], ...] = DEFAULT_SPREAD
+
+    @property
+    def spreads(self) -> np.ndarray:
+        """The spread of every coefficient, float32 (3, 64)."""
+        return np.broadcast_to(np.asarray(self.spread, dtype=np.float32), (3, 64))
+
+    @property
+    def spread_per_coefficient(self) -> bool:
+        """True when the spread differs by coefficient (a list; format 1.10)."""
+        return not isinstance(self.spread, float)
 
     @property
     def mcu(self) -> tuple[int, int]:
@@ -92,8 +110,14 @@ class SourceJpeg:
             "transform": self.transform,
             "sampling": [list(s) for s in self.sampling],
             "tables": [list(t) for t in self.tables],
-            "spread": self.spread,
+            "spread": self.spread if isinstance(self.spread, float) else [list(r) for r in self.spread],
         }
+
+
+def default_spread(tables: tuple[tuple[int, ...], ...]) -> tuple[tuple[float, ...], ...]:
+    """The encoder's spread of each coefficient, max(``SPREAD_FLOOR``, ``SPREAD_RATIO`` x its step),
+    to 0.01."""
+    return tuple(tuple(round(max(SPREAD_FLOOR, SPREAD_RATIO * q), 2) for q in t) for t in tables)
 
 
 def source_jpeg_of(header: Mapping[str, Any], where: str) -> SourceJpeg | None:
@@ -135,9 +159,20 @@ def parse_source_jpeg(value: Any, where: str) -> SourceJpeg:
         )
     ):
         raise bad("tables must be three lists of 64 integers in [1, 65535]")
-    spread = value.get("spread")
-    if not isinstance(spread, (int, float)) or isinstance(spread, bool) or not MIN_SPREAD <= spread <= 1000:
-        raise bad(f"spread must be a number in [{MIN_SPREAD}, 1000]")
+
+    def spread_ok(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and MIN_SPREAD <= v <= 1000
+
+    raw = value.get("spread")
+    spread: float | tuple[tuple[float, ...], ...]
+    if isinstance(raw, list) and len(raw) == 3:
+        if not all(isinstance(t, list) and len(t) == 64 and all(map(spread_ok, t)) for t in raw):
+            raise bad(f"spread must be a number in [{MIN_SPREAD}, 1000] or three lists of 64 of them")
+        spread = tuple(tuple(float(v) for v in t) for t in raw)
+    elif spread_ok(raw):
+        spread = float(raw)
+    else:
+        raise bad(f"spread must be a number in [{MIN_SPREAD}, 1000] or three lists of 64 of them")
     tile = value.get("tile")
     mw, mh = 8 * max(h for h, _ in sampling), 8 * max(v for _, v in sampling)
     if not is_int(tile) or not 1 <= tile <= MAX_TILE or tile % mw or tile % mh:
@@ -147,7 +182,7 @@ def parse_source_jpeg(value: Any, where: str) -> SourceJpeg:
         transform=str(transform),
         sampling=tuple((int(h), int(v)) for h, v in sampling),
         tables=tuple(tuple(int(v) for v in t) for t in tables),
-        spread=float(spread),
+        spread=spread,
     )
 
 
@@ -159,7 +194,7 @@ def _dct(plane: np.ndarray, d: np.ndarray) -> np.ndarray:
     return np.matmul(rows, d.T).reshape(h, w)  # type: ignore[no-any-return]
 
 
-def _expected(c: np.ndarray, q: np.ndarray, spread: float) -> np.ndarray:
+def _expected(c: np.ndarray, q: np.ndarray, spread: np.ndarray) -> np.ndarray:
     """The mean of the lattice values (n + k) * q, k in [-2, 2], n * q the nearest to ``c``, each
     weighted by a Gaussian of ``spread`` around ``c`` (relative to n * q's weight: for k = +-1,
     w = exp((+-2 r q - q^2) / (2 spread^2)) with r = c - n q, at most 1; for k = +-2, w^2 exp(-q^2 /
@@ -176,12 +211,12 @@ def _expected(c: np.ndarray, q: np.ndarray, spread: float) -> np.ndarray:
     return (n + shift) * q  # type: ignore[no-any-return]
 
 
-def _component(plane: np.ndarray, table: tuple[int, ...], spread: float) -> np.ndarray:
-    """One component plane (whole 8x8 blocks) carried to the expected lattice, rounded as a
-    decoder's samples."""
+def _component(plane: np.ndarray, table: tuple[int, ...], spread: np.ndarray) -> np.ndarray:
+    """One component plane (whole 8x8 blocks) carried to the expected lattice (``spread``: float32
+    (64,), row-major), rounded as a decoder's samples."""
     h, w = plane.shape
     q = np.tile(np.asarray(table, dtype=np.float32).reshape(8, 8), (h // 8, w // 8))
-    c = _expected(_dct(plane - 128.0, _D), q, spread)
+    c = _expected(_dct(plane - 128.0, _D), q, np.tile(spread.reshape(8, 8), (h // 8, w // 8)))
     return np.clip(np.round(_dct(c, _D.T) + 128.0), 0, 255)  # type: ignore[no-any-return]
 
 
@@ -210,7 +245,7 @@ def _requant_lib() -> ctypes.CDLL | None:
     def setup(lib: ctypes.CDLL) -> None:
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
         lib.cinr_requant.restype = ctypes.c_int
-        lib.cinr_requant.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ctypes.c_double]
+        lib.cinr_requant.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr]
 
     return native.compiled(Path(__file__).with_name("_requant.c"), "re-quantization", setup)
 
@@ -229,10 +264,11 @@ def _tile(pixels: np.ndarray, sj: SourceJpeg) -> np.ndarray:
     h, w = src.shape[:2]
     sampling = np.asarray(sj.sampling, dtype=np.int64)
     tables = np.asarray(sj.tables, dtype=np.float32)
+    spreads = np.ascontiguousarray(sj.spreads)
     native.raise_for(
         lib.cinr_requant(
             src.ctypes.data, h, w, w * 3, out.ctypes.data, w * 3, int(sj.transform == "ycbcr"),
-            sampling.ctypes.data, tables.ctypes.data, _D.ctypes.data, sj.spread,
+            sampling.ctypes.data, tables.ctypes.data, _D.ctypes.data, spreads.ctypes.data,
         ),
         "re-quantization",
     )  # fmt: skip
@@ -253,12 +289,12 @@ def _tile_numpy(pixels: np.ndarray, sj: SourceJpeg) -> np.ndarray:
     hmax = max(h for h, _ in sj.sampling)
     vmax = max(v for _, v in sj.sampling)
     out = []
-    for plane, (h, v), table in zip(planes, sj.sampling, sj.tables):
+    for plane, (h, v), table, spread in zip(planes, sj.sampling, sj.tables, sj.spreads):
         fx, fy = hmax // h, vmax // v
         if fx > 1 or fy > 1:
             ph, pw = plane.shape
             plane = plane.reshape(ph // fy, fy, pw // fx, fx).mean(axis=(1, 3))
-        plane = _component(plane, table, sj.spread)
+        plane = _component(plane, table, spread)
         if fx > 1 or fy > 1:
             plane = np.round(_upsample(plane, fx, fy))
         out.append(plane)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..core.requant import ZIGZAG, SourceJpeg
+from ..core.requant import ZIGZAG, SourceJpeg, default_spread
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,13 @@ def parse_jpeg_coding(tables: bytes, tile_head: bytes, photometric: int, tile: i
         tabs.append(found[tq])
     if any(min(t) < 1 for t in tabs):
         return None
-    sj = SourceJpeg(tile=tile, transform=transform, sampling=tuple(sampling), tables=tuple(tabs))
+    sj = SourceJpeg(
+        tile=tile,
+        transform=transform,
+        sampling=tuple(sampling),
+        tables=tuple(tabs),
+        spread=default_spread(tuple(tabs)),
+    )
     mw, mh = sj.mcu
     if tile % mw or tile % mh:
         return None

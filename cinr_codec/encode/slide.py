@@ -30,7 +30,7 @@ from ..format.container import (
     MINOR_AVIF,
     MINOR_JSON_ZSTD,
     MINOR_SOURCE_JPEG,
-    MINOR_SOURCE_JPEG_CUT,
+    MINOR_SOURCE_JPEG_1_10,
     CinrWriter,
 )
 from ..format.grid import BlockGrid, default_mip_downsamples
@@ -950,10 +950,12 @@ def derivable(name: str, png: bytes, width: int, height: int) -> tuple[int, int]
 
 def _source_jpeg_minor(source_jpeg: Mapping[str, Any] | None, block_size: int) -> int:
     """The format minor ``slide.source_jpeg`` needs: 1.9, or 1.10 when its tiles do not divide the
-    block size (0 without it)."""
+    block size or its spread is per coefficient (0 without it)."""
     if source_jpeg is None:
         return 0
-    return MINOR_SOURCE_JPEG_CUT if block_size % int(source_jpeg["tile"]) else MINOR_SOURCE_JPEG
+    if block_size % int(source_jpeg["tile"]) or isinstance(source_jpeg["spread"], list):
+        return MINOR_SOURCE_JPEG_1_10
+    return MINOR_SOURCE_JPEG
 
 
 def assemble(

@@ -141,6 +141,12 @@ def test_the_header_object_round_trips_and_bad_ones_are_refused(q60: tuple[np.nd
     assert parse_source_jpeg(obj, "f") == sj
     rgb = replace(sj, transform="rgb", sampling=((1, 1),) * 3, tile=8)
     assert parse_source_jpeg(rgb.to_header(), "f") == rgb
+    # The encoder's spread is per coefficient (format 1.10), max(4, 0.3 x the step).
+    assert sj.spread_per_coefficient and sj.spreads.shape == (3, 64)
+    assert sj.spreads[0, 0] == max(4.0, 0.3 * sj.tables[0][0]) and float(sj.spreads.max()) > 10.0
+    one = replace(sj, spread=6.0)
+    assert parse_source_jpeg(one.to_header(), "f") == one and not one.spread_per_coefficient
+    assert float(one.spreads.min()) == float(one.spreads.max()) == 6.0
     tiny = replace(sj, spread=0.01)  # the smallest spread: finite pixels, the nearest lattice value
     assert parse_source_jpeg(tiny.to_header(), "f") == tiny
     assert requantize(q60[0], 0, 0, tiny).dtype == np.uint8
@@ -157,6 +163,10 @@ def test_the_header_object_round_trips_and_bad_ones_are_refused(q60: tuple[np.nd
         {**obj, "spread": 1e-300},
         {**obj, "spread": float("nan")},
         {**obj, "spread": "6"},
+        {**obj, "spread": [[6.0] * 64] * 2},
+        {**obj, "spread": [[6.0] * 64, [6.0] * 64, [6.0] * 63]},
+        {**obj, "spread": [[6.0] * 64, [6.0] * 64, [0.0] + [6.0] * 63]},
+        {**obj, "spread": [[6.0] * 64, [6.0] * 64, [True] + [6.0] * 63]},
         {**obj, "tile": 24},  # not a multiple of the 16-px MCU
         {**obj, "tile": 1 << 20},
         {**obj, "tile": True},

@@ -515,7 +515,8 @@ def test_an_encode_gives_the_caller_back_its_torch_thread_count(
 
 
 def test_a_jpeg_tiled_source_is_decoded_on_its_lattice(he_image: np.ndarray, tmp_path: Path) -> None:
-    """A JPEG-tiled TIFF's coding goes in the header (``slide.source_jpeg``, format 1.9); readers
+    """A JPEG-tiled TIFF's coding goes in the header (``slide.source_jpeg``, format 1.10: the spread
+    per coefficient); readers
     move each decoded source tile to its lattice, the summary measures that, regions stay seamless,
     and a header whose blocks are not on the source's MCU grid is refused."""
     import pyvips
@@ -536,7 +537,7 @@ def test_a_jpeg_tiled_source_is_decoded_on_its_lattice(he_image: np.ndarray, tmp
     with SlideSource(src) as source:
         original = source.read(0, 0, 256, 192)
     with CinrReader(out) as r:
-        assert r.header["slide"]["source_jpeg"] == sj.to_header() and r.version == (1, 9)
+        assert r.header["slide"]["source_jpeg"] == sj.to_header() and r.version == (1, 10)
         header = r.header
     with SlideDecoder(out) as d:
         assert d.requant == sj and d.tile == d.codec.decode_tile
@@ -553,10 +554,13 @@ def test_a_jpeg_tiled_source_is_decoded_on_its_lattice(he_image: np.ndarray, tmp
         "tile": 64,
         "transform": "ycbcr",
         "sampling": [[2, 2], [1, 1], [1, 1]],
-        "spread": 6.0,
+        "spread": [[round(max(4.0, 0.3 * q), 2) for q in t] for t in sj.tables],
     }
+    lo, hi = min(min(t) for t in sj.spread), max(max(t) for t in sj.spread)  # type: ignore[arg-type]
+    assert lo == 4.0 and hi > 10.0
     assert (
-        "on the source's JPEG lattice (64-px tiles, ycbcr 4:2:0, spread 6)" in _cinr("info", str(out)).stdout
+        f"on the source's JPEG lattice (64-px tiles, ycbcr 4:2:0, spread {lo:g}-{hi:g} by coefficient)"
+        in _cinr("info", str(out)).stdout
     )
     # A grid of 136-px blocks (the same 2 x 2 blocks) is not on the 16-px MCU grid of 4:2:0.
     bad = tmp_path / "bad.cinr"
@@ -571,10 +575,11 @@ def test_source_tiles_that_do_not_divide_the_blocks_are_re_quantized_in_their_pa
 ) -> None:
     """48-px source tiles in 128-px blocks (as Aperio's 240 px in 512): each block's parts of the
     source tiles are re-quantized (format 1.10), by the encoder's measure and by readers alike,
-    and regions stay seamless; in 96-px blocks, which hold whole tiles, the file stays 1.9."""
+    and regions stay seamless; 96-px blocks hold whole tiles."""
     import pyvips
 
     from cinr_codec.core.requant import requantize
+    from cinr_codec.encode.slide import _source_jpeg_minor
 
     crop = np.ascontiguousarray(he_image[900:1092, 900:1156])
     src = tmp_path / "t48.tif"
@@ -584,8 +589,13 @@ def test_source_tiles_that_do_not_divide_the_blocks_are_re_quantized_in_their_pa
     out = tmp_path / "b.cinr"
     s = encode_slide(src, out, model="cinr", preset="fast", steps=8, mips=False, block_size=128)
     with CinrReader(tmp_path / "a.cinr") as a, CinrReader(out) as b:
-        assert a.header["slide"]["source_jpeg"]["tile"] == 48 and a.version[1] == 9
+        assert a.header["slide"]["source_jpeg"]["tile"] == 48 and a.version[1] == 10
         assert b.header["slide"]["source_jpeg"]["tile"] == 48 and b.version[1] == 10
+    # 1.9 knew whole tiles in blocks and one spread for all coefficients; 1.10 either of the others.
+    assert _source_jpeg_minor({"tile": 48, "spread": 6.0}, 96) == 9
+    assert _source_jpeg_minor({"tile": 48, "spread": 6.0}, 128) == 10
+    assert _source_jpeg_minor({"tile": 48, "spread": [[6.0] * 64] * 3}, 96) == 10
+    assert _source_jpeg_minor(None, 96) == 0
     with SlideSource(src) as source:
         original = source.read(0, 0, 256, 192)
     with SlideDecoder(out) as d:

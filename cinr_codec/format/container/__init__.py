@@ -19,7 +19,7 @@ from .binary import (
     MINOR_AVIF,
     MINOR_JSON_ZSTD,
     MINOR_SOURCE_JPEG,
-    MINOR_SOURCE_JPEG_CUT,
+    MINOR_SOURCE_JPEG_1_10,
 )
 from .reader import AssociatedImage, BlockInfo, CinrReader
 from .writer import CinrWriter
@@ -34,7 +34,7 @@ __all__ = [
     "MINOR_AVIF",
     "MINOR_JSON_ZSTD",
     "MINOR_SOURCE_JPEG",
-    "MINOR_SOURCE_JPEG_CUT",
+    "MINOR_SOURCE_JPEG_1_10",
     "AssociatedImage",
     "BlockInfo",
     "CinrReader",

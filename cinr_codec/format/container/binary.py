@@ -39,7 +39,8 @@ FORMAT_MAJOR = 1
 #: 1.6 AVIF image blocks; 1.7 the compressive synthesis' stabiliser, header model.stabiliser; 1.8
 #: independently coded tiles of the first latent grid, header model.latent_tile; 1.9 the source's
 #: JPEG coding, header slide.source_jpeg, which moves decoded level pixels to its lattice; 1.10
-#: source tiles that do not divide the block size, re-quantized in each block's parts of them).
+#: source tiles that do not divide the block size, re-quantized in each block's parts of them, and
+#: a spread per coefficient).
 FORMAT_MINOR = 10
 #: Lowest minor version that knows image blocks.
 MINOR_IMAGE_BLOCKS = 1
@@ -49,9 +50,9 @@ MINOR_AVIF = 6
 #: Lowest minor version whose header may carry ``slide.source_jpeg`` (older readers ignore it and
 #: decode the level without the re-quantization).
 MINOR_SOURCE_JPEG = 9
-#: Lowest minor version whose ``slide.source_jpeg`` tile may not divide the block size (a 1.9
-#: reader refuses such a file with a format error).
-MINOR_SOURCE_JPEG_CUT = 10
+#: Lowest minor version whose ``slide.source_jpeg`` tile may not divide the block size, and whose
+#: spread may be per coefficient (a 1.9 reader refuses either with a format error).
+MINOR_SOURCE_JPEG_1_10 = 10
 
 PREAMBLE = struct.Struct("<8sHHIIII")  # magic, major, minor, flags, header_len, header_crc, reserved
 PREAMBLE_SIZE = PREAMBLE.size + 4  # + preamble_crc32
