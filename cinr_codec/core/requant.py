@@ -163,7 +163,7 @@ def parse_source_jpeg(value: Any, where: str) -> SourceJpeg:
     def spread_ok(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and MIN_SPREAD <= v <= 1000
 
-    raw = value.get("spread")
+    raw: Any = value.get("spread")
     spread: float | tuple[tuple[float, ...], ...]
     if isinstance(raw, list) and len(raw) == 3:
         if not all(isinstance(t, list) and len(t) == 64 and all(map(spread_ok, t)) for t in raw):
