@@ -354,7 +354,7 @@ class SlideDecoder:
         source's MCU grid) moved to the source's lattice in the block's cells (``core.requant``):
         rendered with a margin of one MCU inside the block along each axis whose chroma is
         upsampled (libjpeg's upsampling reads one chroma sample beyond), re-quantized, cropped.
-        The same pixels as re-quantizing the whole block, rendering no more than the tile."""
+        The same pixels as re-quantizing the whole block, rendering only the tile and its margin."""
         assert self.requant is not None
         x, y, w, h = self.grid.owned(block_id)
         ox, oy = self.grid.frame_origin(block_id)

@@ -25,6 +25,7 @@ from .._version import __version__
 from ..coding.base import BlockCodec, check_fit_limits
 from ..coding.images import avif_available
 from ..coding.registry import DEFAULT_MODEL, get_codec
+from ..core.requant import SourceJpeg, source_jpeg_of
 from ..errors import CinrInputError, CinrWorkerError
 from ..format.container import (
     MINOR_AVIF,
@@ -948,12 +949,12 @@ def derivable(name: str, png: bytes, width: int, height: int) -> tuple[int, int]
     return derived_size(name, [w, h])
 
 
-def _source_jpeg_minor(source_jpeg: Mapping[str, Any] | None, block_size: int) -> int:
-    """The format minor ``slide.source_jpeg`` needs: 1.9, or 1.10 when its tiles do not divide the
-    block size or its spread is per coefficient (0 without it)."""
-    if source_jpeg is None:
+def _source_jpeg_minor(sj: SourceJpeg | None, block_size: int) -> int:
+    """The format minor a header's ``slide.source_jpeg`` needs: 1.9, or 1.10 when its tiles do not
+    divide the block size or its spread is per coefficient (0 without it)."""
+    if sj is None:
         return 0
-    if block_size % int(source_jpeg["tile"]) or isinstance(source_jpeg["spread"], list):
+    if block_size % sj.tile or sj.spread_per_coefficient:
         return MINOR_SOURCE_JPEG_1_10
     return MINOR_SOURCE_JPEG
 
@@ -995,7 +996,7 @@ def assemble(
         MINOR_AVIF if mip_avif and grid.mip_downsamples else 0,
         codec.minor_version(header),
         MINOR_JSON_ZSTD if compact else 0,
-        _source_jpeg_minor(header["slide"].get("source_jpeg"), grid.block_size),
+        _source_jpeg_minor(source_jpeg_of(header, str(path)), grid.block_size),
     )
     with CinrWriter(
         path, header, grid.n_blocks, max_block_bytes=max_raw, minor_version=minor, compress_json=compact

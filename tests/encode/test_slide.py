@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -592,15 +593,15 @@ def test_source_tiles_that_do_not_divide_the_blocks_are_re_quantized_in_their_pa
         assert a.header["slide"]["source_jpeg"]["tile"] == 48 and a.version[1] == 10
         assert b.header["slide"]["source_jpeg"]["tile"] == 48 and b.version[1] == 10
     # 1.9 knew whole tiles in blocks and one spread for all coefficients; 1.10 either of the others.
-    assert _source_jpeg_minor({"tile": 48, "spread": 6.0}, 96) == 9
-    assert _source_jpeg_minor({"tile": 48, "spread": 6.0}, 128) == 10
-    assert _source_jpeg_minor({"tile": 48, "spread": [[6.0] * 64] * 3}, 96) == 10
-    assert _source_jpeg_minor(None, 96) == 0
     with SlideSource(src) as source:
         original = source.read(0, 0, 256, 192)
     with SlideDecoder(out) as d:
         sj = d.requant
         assert sj is not None
+    one = replace(sj, spread=6.0)
+    assert _source_jpeg_minor(one, 96) == 9 and _source_jpeg_minor(one, 128) == 10
+    assert _source_jpeg_minor(sj, 96) == 10 and _source_jpeg_minor(None, 96) == 0
+    with SlideDecoder(out) as d:
         decoded = d.read(0, 0, 256, 192)
         assert np.array_equal(d.read(37, 21, 150, 101), decoded[21:122, 37:187])
         assert np.array_equal(d.read(120, 90, 20, 50), decoded[90:140, 120:140])  # across block lines
