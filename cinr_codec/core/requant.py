@@ -82,8 +82,8 @@ class SourceJpeg:
 
     @property
     def spread_per_coefficient(self) -> bool:
-        """True when the spread differs by coefficient (a list; format 1.10)."""
-        return not isinstance(self.spread, float)
+        """True when the spread is given per coefficient (three rows of 64; format 1.10)."""
+        return isinstance(self.spread, tuple)
 
     @property
     def mcu(self) -> tuple[int, int]:
@@ -110,7 +110,7 @@ class SourceJpeg:
             "transform": self.transform,
             "sampling": [list(s) for s in self.sampling],
             "tables": [list(t) for t in self.tables],
-            "spread": self.spread if isinstance(self.spread, float) else [list(r) for r in self.spread],
+            "spread": [list(r) for r in self.spread] if isinstance(self.spread, tuple) else self.spread,
         }
 
 
@@ -276,6 +276,7 @@ def _tile(pixels: np.ndarray, sj: SourceJpeg) -> np.ndarray:
 
 
 def _tile_numpy(pixels: np.ndarray, sj: SourceJpeg) -> np.ndarray:
+    """One cell on the source's lattice in numpy, float32: the reference ``_requant.c`` follows."""
     x = pixels.astype(np.float32)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     if sj.transform == "ycbcr":
