@@ -516,10 +516,10 @@ def test_an_encode_gives_the_caller_back_its_torch_thread_count(
 
 
 def test_a_jpeg_tiled_source_is_decoded_on_its_lattice(he_image: np.ndarray, tmp_path: Path) -> None:
-    """A JPEG-tiled TIFF's coding goes in the header (``slide.source_jpeg``, format 1.10: the spread
-    per coefficient); readers
-    move each decoded source tile to its lattice, the summary measures that, regions stay seamless,
-    and a header whose blocks are not on the source's MCU grid is refused."""
+    """A JPEG-tiled TIFF's coding goes in the header (``slide.source_jpeg``; format 1.10 for its
+    spread per coefficient); readers move each decoded source tile to its lattice, the summary
+    measures that, regions stay seamless, and a header whose blocks are not on the source's MCU
+    grid is refused."""
     import pyvips
     from cinr_container_helpers import rewrite
 
@@ -557,7 +557,7 @@ def test_a_jpeg_tiled_source_is_decoded_on_its_lattice(he_image: np.ndarray, tmp
         "sampling": [[2, 2], [1, 1], [1, 1]],
         "spread": [[round(max(4.0, 0.3 * q), 2) for q in t] for t in sj.tables],
     }
-    lo, hi = min(min(t) for t in sj.spread), max(max(t) for t in sj.spread)  # type: ignore[arg-type]
+    lo, hi = float(sj.spreads.min()), float(sj.spreads.max())
     assert lo == 4.0 and hi > 10.0
     assert (
         f"on the source's JPEG lattice (64-px tiles, ycbcr 4:2:0, spread {lo:g}-{hi:g} by coefficient)"
@@ -592,16 +592,11 @@ def test_source_tiles_that_do_not_divide_the_blocks_are_re_quantized_in_their_pa
     with CinrReader(tmp_path / "a.cinr") as a, CinrReader(out) as b:
         assert a.header["slide"]["source_jpeg"]["tile"] == 48 and a.version[1] == 10
         assert b.header["slide"]["source_jpeg"]["tile"] == 48 and b.version[1] == 10
-    # 1.9 knew whole tiles in blocks and one spread for all coefficients; 1.10 either of the others.
     with SlideSource(src) as source:
         original = source.read(0, 0, 256, 192)
     with SlideDecoder(out) as d:
         sj = d.requant
         assert sj is not None
-    one = replace(sj, spread=6.0)
-    assert _source_jpeg_minor(one, 96) == 9 and _source_jpeg_minor(one, 128) == 10
-    assert _source_jpeg_minor(sj, 96) == 10 and _source_jpeg_minor(None, 96) == 0
-    with SlideDecoder(out) as d:
         decoded = d.read(0, 0, 256, 192)
         assert np.array_equal(d.read(37, 21, 150, 101), decoded[21:122, 37:187])
         assert np.array_equal(d.read(120, 90, 20, 50), decoded[90:140, 120:140])  # across block lines
@@ -616,6 +611,10 @@ def test_source_tiles_that_do_not_divide_the_blocks_are_re_quantized_in_their_pa
     assert np.array_equal(decoded, expected) and not np.array_equal(decoded, raw)
     # The block line at 128 cuts the tile [96, 144): its two parts are re-quantized apart.
     assert not np.array_equal(expected, requantize(raw, 0, 0, sj))
+    # 1.9 knew whole tiles in blocks and one spread for all coefficients; 1.10 either of the others.
+    one = replace(sj, spread=6.0)
+    assert _source_jpeg_minor(one, 96) == 9 and _source_jpeg_minor(one, 128) == 10
+    assert _source_jpeg_minor(sj, 96) == 10 and _source_jpeg_minor(None, 96) == 0
 
 
 def test_re_quantized_decode_tiles_inside_a_block_equal_the_block_re_quantized_whole(
