@@ -158,12 +158,9 @@ def _source_jpeg(header: dict[str, Any], where: str) -> dict[str, Any] | None:
     sj = source_jpeg_of(header, where)
     if sj is None:
         return None
-    return {
-        "tile": sj.tile,
-        "transform": sj.transform,
-        "sampling": [list(v) for v in sj.sampling],
-        "spread": sj.to_header()["spread"],
-    }
+    shown = sj.to_header()
+    del shown["tables"]
+    return shown
 
 
 def _spread(spread: float | list[list[float]]) -> str:

@@ -156,7 +156,7 @@ def encode_block(job: BlockJob, fit_pixels: np.ndarray) -> tuple[dict[str, Any],
     fitted = codec.fit(fit_pixels, job.config, job.model, job.preset, settings)
     payload = codec.serialize(fitted, job.quant)
     decoded = codec.load(payload, job.config, f"block {bid}").render(h, w, side, x0=x - ox, y0=y - oy)
-    if job.requant is not None:  # what readers get: the block's source tiles on the source's lattice
+    if job.requant is not None:  # what readers get: the block's parts of the source tiles on its lattice
         meta["raw_sse"] = _sse(decoded, owned)  # the model's own error, which the slide's aim predicts
         decoded = requantize(decoded, x, y, job.requant)
     sse = _sse(decoded, owned)
