@@ -13,7 +13,8 @@ faults); a worker that dies (killed, out of memory) stops it with one line. Eith
 Ctrl-C, the other workers are stopped at once and the finished blocks stay in the journal for
 ``--resume``. Workers ignore SIGINT: the parent alone decides, so an interrupt stops everything
 without a traceback from each worker. They are started with SIGINT held (``_sigint_held``), so
-that a Ctrl-C while one starts up, before it can ignore it, does not kill it with a traceback.
+that a Ctrl-C while one starts up, before it can ignore it, does not kill it with a traceback, and
+the parent acts on such a Ctrl-C only once the worker has its start-up data.
 An encoder killed with SIGKILL cannot stop its workers: each watches its parent instead
 (``_exit_with_parent``) and ends itself within ``PARENT_POLL`` seconds of the parent's death,
 whatever block it is fitting, rather than living on as an orphan that fits blocks nobody collects.
@@ -64,17 +65,27 @@ def _exit_with_parent(parent: int) -> None:
 
 @contextlib.contextmanager
 def _sigint_held() -> Iterator[None]:
-    """Hold SIGINT in this thread while tasks are handed out: the workers the pool starts then
-    (and its manager thread) inherit the mask, so a Ctrl-C while a worker starts up cannot kill
-    it before ``_init_worker``; this process gets a held Ctrl-C when it is released."""
+    """Hold Ctrl-C while tasks are handed out, and act on it after. The workers the pool starts then
+    (and its manager thread) inherit SIGINT blocked, so a Ctrl-C while a worker starts up cannot
+    kill it before ``_init_worker``; and this process only notes a Ctrl-C that another of its
+    threads took, so that it cannot stop halfway through writing a new worker's start-up data (the
+    worker would die of the cut pipe with a traceback)."""
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         yield
         return
+    caught: list[int] = []
+    handler = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a held Ctrl-C arrives here, and is noted
+        signal.signal(signal.SIGINT, handler)
+    if caught:
+        if callable(handler):
+            handler(signal.SIGINT, None)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:

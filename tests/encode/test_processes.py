@@ -202,6 +202,32 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from Linux's /proc")
+def test_a_ctrl_c_while_workers_start_is_acted_on_after() -> None:
+    """A Ctrl-C that another thread of the encoder takes while workers are being started (CI saw one
+    cut a new worker's start-up data, which died with a traceback) is noted, not raised, inside
+    ``_sigint_held``, and raised as KeyboardInterrupt when the section ends."""
+    import threading
+    import time
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, args=(30,))  # a thread with SIGINT not blocked
+    other.start()
+    finished = False
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with pool_module._sigint_held():
+                os.kill(os.getpid(), signal.SIGINT)  # the kernel gives it to the other thread
+                for _ in range(5):  # the GIL given up and taken again, as writing to a pipe does:
+                    time.sleep(0.02)  # a Python handler that raised would act here
+                finished = True
+        assert finished
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    finally:
+        stop.set()
+        other.join()
+
+
 def test_workers_end_when_the_encoder_is_killed(tissue_png: Path, tmp_path: Path) -> None:
     """SIGKILL of ``cinr encode`` alone (not its group) while its workers fit blocks: they cannot
     be told to stop, so each notices its parent is gone and ends within seconds (before, they
