@@ -213,6 +213,8 @@ def test_a_ctrl_c_while_workers_start_is_acted_on_after() -> None:
     other = threading.Thread(target=stop.wait, args=(30,))  # a thread with SIGINT not blocked
     other.start()
     finished = False
+    # Python's own handler, as in a terminal (a suite started with ``&`` inherits SIGINT ignored)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
             with pool_module._sigint_held():
@@ -224,6 +226,7 @@ def test_a_ctrl_c_while_workers_start_is_acted_on_after() -> None:
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
     finally:
+        signal.signal(signal.SIGINT, before)
         stop.set()
         other.join()
 
