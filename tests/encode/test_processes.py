@@ -201,7 +201,7 @@ def _alive(pid: int) -> bool:
     return st is not None and st[0] != "Z"
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from Linux's /proc")
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
 def test_a_ctrl_c_while_workers_start_is_acted_on_after() -> None:
     """A Ctrl-C that another thread of the encoder takes while workers are being started (CI saw one
     cut a new worker's start-up data, which died with a traceback) is noted, not raised, inside
@@ -231,6 +231,7 @@ def test_a_ctrl_c_while_workers_start_is_acted_on_after() -> None:
         other.join()
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from Linux's /proc")
 def test_workers_end_when_the_encoder_is_killed(tissue_png: Path, tmp_path: Path) -> None:
     """SIGKILL of ``cinr encode`` alone (not its group) while its workers fit blocks: they cannot
     be told to stop, so each notices its parent is gone and ends within seconds (before, they
