@@ -910,22 +910,36 @@ def _threads_restored(threads: int | str | None) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-#: Quality of associated images (macro, thumbnail) re-encoded as JPEG; labels stay lossless PNG.
+#: Quality of associated images (macro, thumbnail) re-encoded as JPEG.
 ASSOCIATED_JPEG_QUALITY = 90
+#: A label is re-encoded as JPEG of this quality without chroma subsampling (text edges keep their
+#: colour) where that takes at most ``LABEL_JPEG_SHARE`` of its lossless PNG's bytes: a photograph
+#: of the label, whose PNG stores mostly the camera's noise (the bundled sample's: 102,071 against
+#: 280,153 bytes, 39.8 dB; docs/architecture.md, "Twenty-eighth session"). Labels drawn in a few
+#: colours (printed text, barcodes) compress far better as PNG and stay exact.
+LABEL_JPEG_QUALITY = 95
+LABEL_JPEG_SHARE = 0.5
 
 
 def compact_associated(name: str, png: bytes) -> bytes:
-    """The associated image as JPEG (quality 90) when smaller, except the label (barcodes, text: PNG)."""
+    """The associated image as JPEG (quality 90) when smaller; a label as JPEG (quality 95, 4:4:4)
+    only when that is at most half its PNG (a photograph), else the PNG."""
     import io
 
     from PIL import Image
 
-    if name == "label":
-        return png
+    label = name == "label"
     with Image.open(io.BytesIO(png)) as im:
         buf = io.BytesIO()
-        im.convert("RGB").save(buf, format="JPEG", quality=ASSOCIATED_JPEG_QUALITY, optimize=True)
+        options = (
+            {"quality": LABEL_JPEG_QUALITY, "subsampling": 0}
+            if label
+            else {"quality": ASSOCIATED_JPEG_QUALITY}
+        )
+        im.convert("RGB").save(buf, format="JPEG", optimize=True, **options)
     jpg = buf.getvalue()
+    if label:
+        return jpg if len(jpg) <= LABEL_JPEG_SHARE * len(png) else png
     return jpg if len(jpg) < len(png) else png
 
 

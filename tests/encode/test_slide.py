@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -129,6 +130,34 @@ def test_blocks_join_without_seams(tmp_path: Path) -> None:
     assert abs(s["psnr_border"] - s["psnr_adjacent"]) < 1.0, s
 
 
+def test_labels_stay_png_unless_they_are_photographs() -> None:
+    """A label drawn in a few colours (a barcode, printed text) keeps its exact PNG; one whose
+    JPEG (q95, 4:4:4) takes at most half the PNG's bytes (a photograph: camera noise) is stored
+    so; other associated images as JPEG q90 whenever that is smaller."""
+    from PIL import ImageDraw
+
+    from cinr_codec.encode.slide import LABEL_JPEG_SHARE, compact_associated
+
+    def png(im: Image.Image) -> bytes:
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        return buf.getvalue()
+
+    printed = Image.new("RGB", (400, 300), "white")
+    draw = ImageDraw.Draw(printed)
+    for x in range(20, 380, 7):
+        draw.rectangle([x, 20, x + x % 3 + 1, 120], fill="black")
+    draw.text((20, 150), "S-26-012345 H&E block A3", fill=(200, 0, 0))
+    assert compact_associated("label", png(printed)) == png(printed)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(np.asarray(printed, dtype=np.float64) * 0.8 + rng.normal(20, 12, (300, 400, 3)), 0, 255)
+    photo = png(Image.fromarray(noisy.astype(np.uint8)))
+    stored = compact_associated("label", photo)
+    assert stored.startswith(b"\xff\xd8\xff") and len(stored) <= LABEL_JPEG_SHARE * len(photo)
+    assert compact_associated("macro", png(printed)) == png(printed)  # the JPEG would be larger
+    assert compact_associated("macro", photo).startswith(b"\xff\xd8\xff")
+
+
 @pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs"])
 def test_metadata_and_associated_images(name: str, tmp_path: Path) -> None:
     src = sample_slide_path()
@@ -137,6 +166,7 @@ def test_metadata_and_associated_images(name: str, tmp_path: Path) -> None:
     assert (s["width"], s["height"]) == (2220, 2967)
     with SlideSource(src) as source:
         props = source.properties
+        source_label = source.associated_images()["label"]
     with CinrReader(out) as r:
         slide = r.header["slide"]
         assert slide["properties"] == props
@@ -147,7 +177,13 @@ def test_metadata_and_associated_images(name: str, tmp_path: Path) -> None:
         assert set(r.associated_images) == {"label", "macro"}
         assert slide["derived_images"] == {"thumbnail": [574, 768]} and s["derived_images"] == ["thumbnail"]
         label = r.read_associated_image("label")
-    assert label.startswith(b"\x89PNG")
+    # The sample's label is a photograph: JPEG at q95 without chroma subsampling, under half its PNG.
+    assert label.startswith(b"\xff\xd8\xff") and len(label) <= 0.5 * len(source_label)
+    with Image.open(io.BytesIO(label)) as im:
+        assert im.layer[1][1:3] == im.layer[0][1:3]  # chroma sampled as luma: 4:4:4
+        stored = np.asarray(im.convert("RGB"))
+    with Image.open(io.BytesIO(source_label)) as im:
+        assert psnr(np.asarray(im.convert("RGB")), stored) > 38.0
     with open_cinr(out) as opened:
         assert set(opened.associated_images) == {"label", "macro", "thumbnail"}
         thumb = opened.associated_images["thumbnail"]
