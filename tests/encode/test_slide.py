@@ -21,7 +21,7 @@ from cinr_codec.api import open_cinr
 from cinr_codec.core.metrics import psnr
 from cinr_codec.decode import SlideDecoder
 from cinr_codec.encode.journal import journal_path
-from cinr_codec.encode.slide import encode_slide
+from cinr_codec.encode.slide import LABEL_JPEG_SHARE, encode_slide
 from cinr_codec.encode.source import SlideSource, sample_slide_path
 from cinr_codec.errors import CinrError, CinrInputError, CinrIOError
 from cinr_codec.format.container import CinrReader
@@ -136,7 +136,7 @@ def test_labels_stay_png_unless_they_are_photographs() -> None:
     so; other associated images as JPEG q90 whenever that is smaller."""
     from PIL import ImageDraw
 
-    from cinr_codec.encode.slide import LABEL_JPEG_SHARE, compact_associated
+    from cinr_codec.encode.slide import compact_associated
 
     def png(im: Image.Image) -> bytes:
         buf = io.BytesIO()
@@ -178,7 +178,7 @@ def test_metadata_and_associated_images(name: str, tmp_path: Path) -> None:
         assert slide["derived_images"] == {"thumbnail": [574, 768]} and s["derived_images"] == ["thumbnail"]
         label = r.read_associated_image("label")
     # The sample's label is a photograph: JPEG at q95 without chroma subsampling, under half its PNG.
-    assert label.startswith(b"\xff\xd8\xff") and len(label) <= 0.5 * len(source_label)
+    assert label.startswith(b"\xff\xd8\xff") and len(label) <= LABEL_JPEG_SHARE * len(source_label)
     with Image.open(io.BytesIO(label)) as im:
         assert im.layer[1][1:3] == im.layer[0][1:3]  # chroma sampled as luma: 4:4:4
         stored = np.asarray(im.convert("RGB"))
