@@ -241,8 +241,15 @@ def report(r: dict[str, Any], info: dict[str, Any]) -> str:
             header("Viewer speed of a ccinr slide on the CPU, against OpenSlide"),
             "",
             f"Slide: {info['source']} ({info['blocks']} blocks of {info['block_size']}², {info['tissue_blocks']} "
-            f"with tissue), encoded `--model ccinr --quality {info['quality']} --steps {info['steps']}` "
-            f"({info['bytes']:,} bytes; a fit for timing, not a rate-distortion point). OpenSlide reads the "
+            f"with tissue), "
+            + (
+                f"the file given (`--cinr {info['given']}`: {info['bytes']:,} bytes, quality {info['quality']}, "
+                f"{info['steps']} training steps in all). "
+                if info.get("given")
+                else f"encoded `--model ccinr --quality {info['quality']} --steps {info['steps']}` "
+                f"({info['bytes']:,} bytes; a fit for timing, not a rate-distortion point). "
+            )
+            + "OpenSlide reads the "
             "source slide (JPEG tiles) itself. cinr and OpenSlide alternate read by read; medians of "
             f"{r['reads']} cold tiles and of {max(1, r['reads'] // 2)} viewer patterns ({r['tiles_in_pattern']} "
             f"DeepZoom tiles of 254 px, overlap 1); torch threads per render: "
@@ -336,13 +343,16 @@ def main(argv: list[str] | None = None) -> None:
 
         with contextlib.closing(SlideDecoder(cinr)) as dec:
             kinds = [dec.reader.block_info(b).kind for b in range(dec.grid.n_level_blocks)]
+            encoder = dec.reader.header.get("encoder") or {}
             info = {
                 "source": args.slide.name,
                 "blocks": len(kinds),
                 "tissue_blocks": kinds.count("model"),
                 "block_size": dec.grid.block_size,
-                "quality": args.quality,
-                "steps": args.steps,
+                # A given file is described by what it says of itself, not by this command's defaults.
+                "quality": encoder.get("preset") if args.cinr else args.quality,
+                "steps": (dec.reader.footer.get("fit") or {}).get("steps") if args.cinr else args.steps,
+                "given": args.cinr.name if args.cinr else None,
                 "bytes": cinr.stat().st_size,
             }
         r = measure(args.slide, cinr, args.reads, args.threads)
