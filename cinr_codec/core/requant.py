@@ -97,10 +97,9 @@ class SourceJpeg:
         an MCU's own), else 0. Any part of a cell on the MCU grid, re-quantized with this margin
         (clipped to the cell) and cropped, equals the same pixels of the cell re-quantized whole."""
         mw, mh = self.mcu
-        hmax, vmax = max(h for h, _ in self.sampling), max(v for _, v in self.sampling)
         return (
-            mw if any(h < hmax for h, _ in self.sampling) else 0,
-            mh if any(v < vmax for _, v in self.sampling) else 0,
+            mw if any(8 * h < mw for h, _ in self.sampling) else 0,
+            mh if any(8 * v < mh for _, v in self.sampling) else 0,
         )
 
     def to_header(self) -> dict[str, Any]:
