@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ...core.config import context_border
-from ...core.synthesis import ContextModel, LatentImage, gather_context, laplace_bits
+from ...core.synthesis import ContextModel, LatentImage, Synthesis, gather_context, laplace_bits
 from .synthesis_grad import synthesize
 from .upsampling_grad import features
 
@@ -148,10 +148,16 @@ def refine_latents(
     # relative to it (the candidate first).
     reach = [(0, 0)] + [(-di, -dj) for di, dj in offsets]
 
-    def se_map(grids: list[torch.Tensor]) -> torch.Tensor:
-        px = torch.from_numpy(syn.pixels(syn.features(grids, h, w))).to(dev)
+    def se_of(f: torch.Tensor) -> torch.Tensor:
+        px = torch.from_numpy(syn.pixels(f)).to(dev)
         px = px.permute(2, 0, 1).to(torch.float32) / 255.0
         return ((px - target) ** 2).sum(dim=0)
+
+    def se_map(grids: list[torch.Tensor]) -> torch.Tensor:
+        return se_of(syn.features(grids, h, w))
+
+    # The features of ``ys``: a move at level k changes only channel k (``level_features``).
+    feats = syn.features(ys, h, w)
 
     def bit_map(g: torch.Tensor) -> torch.Tensor:
         mean, log_scale = arm(gather_context(g[0], offsets))
@@ -205,8 +211,9 @@ def refine_latents(
                     for d in trials:
                         trial = ys[k].clone()
                         trial[0, orow :: lv.S, ocol :: lv.S] += d[0, orow :: lv.S, ocol :: lv.S]
-                        grids = [*ys[:k], trial, *ys[k + 1 :]]
-                        se1 = se_map(grids)
+                        f1 = feats.clone()
+                        f1[:, k] = level_features(syn, [*ys[:k], trial], h, w)
+                        se1 = se_of(f1)
                         new_bits = bits_at(arm, offsets, trial, rows_in, cols_in)
                         delta = torch.zeros(rows.shape, device=dev)
                         delta[inside] = new_bits - old_bits
@@ -220,6 +227,7 @@ def refine_latents(
                         sel = torch.zeros(gh, gw, dtype=torch.bool, device=dev)
                         sel[orow :: lv.S, ocol :: lv.S] = keep
                         ys[k] = torch.where(sel[None], trial, ys[k])
+                        feats[:, k] = level_features(syn, ys[: k + 1], h, w)
                         # The new state equals the trial inside the kept tiles, the old one elsewhere.
                         px_keep = _expand(keep, px0, tile, (h, w))
                         se = torch.where(px_keep, se1, se)
@@ -234,6 +242,16 @@ def refine_latents(
         p.data.copy_(y.to(p.dtype))
     after = loss(se_map(ys), [bit_map(g) for g in ys])
     return {"loss_before": before, "loss_after": after, "moved": float(moved)}
+
+
+def level_features(syn: Synthesis, grids: list[torch.Tensor], height: int, width: int) -> torch.Tensor:
+    """Channel ``len(grids) - 1`` of ``syn.features`` of a full list of grids that begins with
+    ``grids`` (1, height, width): each level's channel depends only on its own grid and the
+    grids' shapes (learned or bilinear upsampling alike), so the finer grids are given as zeros
+    and the coarser ones left out, which their doublings then do not cost."""
+    k = len(grids) - 1
+    shaped = [torch.zeros_like(g) for g in grids[:k]] + [grids[k]]
+    return syn.features(shaped, height, width)[:, k]
 
 
 def _expand(keep: torch.Tensor, starts: tuple[int, int], tile: int, shape: tuple[int, int]) -> torch.Tensor:
