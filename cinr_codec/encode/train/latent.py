@@ -465,6 +465,36 @@ def hard_loss(model: LatentImage, target: torch.Tensor, lam: float, extra_bits: 
     return mse + lam * (bits.item() + extra_bits) / (model.height * model.width)
 
 
+#: The networks' quantization measures the distortion on strips of ``QUANT_STRIP`` rows, one
+#: every ``QUANT_STRIP_PERIOD`` rows (a quarter of a block's pixels, spread over all of it).
+QUANT_STRIP = 16
+QUANT_STRIP_PERIOD = 64
+
+
+def sampled_rows(
+    height: int, halo: int, strip: int = QUANT_STRIP, period: int = QUANT_STRIP_PERIOD
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of an image of ``height`` rows for a synthesis whose 3x3 layers reach ``halo`` rows:
+    ``windows``, the image rows to stack (each strip of ``strip`` rows, one centred in every
+    ``period``, with ``halo`` rows either side), ``interiors``, the positions in that stack of the
+    strips' own rows, and ``rows``, those rows in the image. The stack's render at ``interiors``
+    equals the whole image's render at ``rows``: the rows a strip borrows from its neighbour in the
+    stack reach no further than its halo. All rows where strips would not save work."""
+    if height < 2 * period:
+        every = torch.arange(height)
+        return every, every, every
+    windows: list[int] = []
+    interiors: list[int] = []
+    rows: list[int] = []
+    for s in range((period - strip) // 2, height, period):
+        e = min(height, s + strip)
+        lo, hi = max(0, s - halo), min(height, e + halo)
+        interiors += range(len(windows) + s - lo, len(windows) + e - lo)
+        windows += range(lo, hi)
+        rows += range(s, e)
+    return torch.tensor(windows), torch.tensor(interiors), torch.tensor(rows)
+
+
 @torch.no_grad()
 def quantize_networks(fit: LatentFit, image: np.ndarray, weight_bits: Callable[[np.ndarray], int]) -> None:
     """Round every synthesis and context-model tensor to a step 2**-k of its own, chosen for the
@@ -481,13 +511,18 @@ def quantize_networks(fit: LatentFit, image: np.ndarray, weight_bits: Callable[[
     target = _target(image, next(model.parameters()).device)
     npx = model.height * model.width
     ys = [torch.round(g) for g in model.latents]
-    feats = model.synthesis.features(ys, model.height, model.width)
-    learned_up = model.synthesis.up is not None
+    # The distortion is measured on sampled rows (``sampled_rows``), rendered exactly as in the
+    # whole block; the features are made again only when a learned upsampling filter (a weight
+    # too) is rounded.
+    windows, interiors, rows = sampled_rows(model.height, model.synthesis.halo)
+    target = target[:, :, rows]
+    feats: list[torch.Tensor] = []
 
     def distortion() -> float:
-        # Learned upsampling filters are weights too: their rounding changes the features.
-        f = model.synthesis.features(ys, model.height, model.width) if learned_up else feats
-        return F.mse_loss(synthesize(model.synthesis, f).clamp(0, 1), target).item()
+        if not feats:
+            feats.append(model.synthesis.features(ys, model.height, model.width)[:, :, windows])
+        out = synthesize(model.synthesis, feats[0])[:, :, interiors]
+        return F.mse_loss(out.clamp(0, 1), target).item()
 
     def rate() -> float:
         return float(latent_bits(model.arm, ys, model.offsets))
@@ -503,6 +538,8 @@ def quantize_networks(fit: LatentFit, image: np.ndarray, weight_bits: Callable[[
         if float(q.abs().max()) >= 2**15:
             return None
         params[n].copy_(q / 2.0**k)
+        if n.startswith("synthesis.up"):
+            feats.clear()
         return weight_bits(q.cpu().numpy().astype(np.int64).ravel())
 
     groups: dict[str, list[str]] = {}
@@ -561,8 +598,8 @@ def quantize_networks(fit: LatentFit, image: np.ndarray, weight_bits: Callable[[
 
 
 def render_latents(model: LatentImage) -> np.ndarray:
-    """RGB uint8 of a model with rounded latents (what a decoder of its stored form computes)."""
+    """RGB uint8 of a model with rounded latents: what a decoder of its stored form computes,
+    through the same ``Synthesis.pixels`` (the torch modules may differ by a rounding step)."""
     with torch.no_grad():
         ys = [torch.round(g) for g in model.latents]
-        x = model.synthesis(model.synthesis.features(ys, model.height, model.width))[0]
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return model.synthesis.pixels(model.synthesis.features(ys, model.height, model.width))
