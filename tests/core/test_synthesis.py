@@ -150,3 +150,48 @@ def test_compiled_learned_upsampling_matches_torch(height: int, width: int) -> N
     params = [g.clone().requires_grad_() for g in grids]
     net.features(params, height, width).sum().backward()  # torch's path: gradients reach the grids
     assert all(p.grad is not None for p in params)
+
+
+@pytest.mark.parametrize("t", [0.05, 0.3, 1.0])
+def test_soft_round_and_its_written_out_derivative_match_the_formula(t: float) -> None:
+    """``soft_round`` (an autograd function with its derivative by hand) against the composed
+    formula autograd differentiates: the same values and gradients to float rounding."""
+    import math
+
+    from cinr_codec.core.synthesis import soft_round
+
+    torch.manual_seed(0)
+    x = (torch.randn(5000) * 3).requires_grad_(True)
+    g = torch.randn(5000)
+
+    def formula(v: torch.Tensor) -> torch.Tensor:
+        fv = torch.floor(v)
+        return fv + 0.5 * torch.tanh((v - fv - 0.5) / t) / math.tanh(1 / (2 * t)) + 0.5
+
+    want = formula(formula(x) + 0.25)
+    (want_grad,) = torch.autograd.grad(want, x, g)
+    got = soft_round(soft_round(x, t) + 0.25, t)
+    (got_grad,) = torch.autograd.grad(got, x, g)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.allclose(got_grad, want_grad, atol=1e-4, rtol=1e-4)
+    assert not torch.equal(got_grad, torch.zeros_like(got_grad))
+    assert torch.equal(soft_round(torch.tensor([-1.5, 0.0, 2.0]), 1e-3), torch.tensor([-1.5, 0.0, 2.0]))
+
+
+def test_kumaraswamy_noise_lies_in_half_a_step_and_narrows_with_a() -> None:
+    """The noise stays in [-1/2, 1/2], is uniform at a = 1, peaks at 0 and gathers there as a
+    grows, and carries no gradient."""
+    from cinr_codec.core.synthesis import kumaraswamy_noise
+
+    torch.manual_seed(0)
+    like = torch.zeros(200_000, requires_grad=True)
+    spread = {}
+    for a in (1.0, 2.0, 4.0):
+        n = kumaraswamy_noise(like, a)
+        assert not n.requires_grad
+        assert float(n.min()) >= -0.5 and float(n.max()) <= 0.5
+        spread[a] = float(n.abs().mean())
+        if a > 1:  # its mode is 0 (the law's mode 1/2, shifted)
+            assert int(torch.histc(n, bins=20, min=-0.5, max=0.5).argmax()) in (9, 10)
+    assert abs(spread[1.0] - 0.25) < 0.005  # uniform on [-1/2, 1/2]
+    assert spread[4.0] < spread[2.0] < spread[1.0]

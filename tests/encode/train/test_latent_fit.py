@@ -226,3 +226,30 @@ def test_the_networks_bits_in_the_loss_shrink_the_stored_networks(
     on = [fitted(1.0, seed) for seed in (0, 1)]
     assert sum(b for b, _ in on) < sum(b for b, _ in off)
     assert all(a[1] < b[1] for a, b in zip(on, off, strict=True))
+
+
+def test_the_quantizations_sampled_rows_render_as_in_the_whole_image(tissue_crop: np.ndarray) -> None:
+    """``sampled_rows``: strips of ``strip`` rows, one centred in every ``period``, stacked with
+    ``halo`` rows either side; the stack's render at the strips' own rows equals the whole image's
+    render at those rows (the networks' quantization measures its distortion there). An image
+    under two periods keeps all its rows."""
+    from cinr_codec.core import native
+    from cinr_codec.encode.train.latent import sampled_rows
+    from cinr_codec.encode.train.synthesis_grad import synthesize
+
+    img = np.ascontiguousarray(tissue_crop)  # 80 x 96
+    fit = fit_latents(img, _config(96), QUALITY_LAMBDAS["q3"], steps=5)
+    syn = fit.model.synthesis
+    windows, interiors, rows = sampled_rows(80, syn.halo, strip=8, period=32)
+    assert rows.tolist() == [*range(12, 20), *range(44, 52), *range(76, 80)]
+    assert windows.tolist() == [*range(9, 23), *range(41, 55), *range(73, 80)]
+    with torch.no_grad():
+        ys = [torch.round(g) for g in fit.model.latents]
+        f = syn.features(ys, 80, 96)
+        whole = synthesize(syn, f)[:, :, rows]
+        part = synthesize(syn, f[:, :, windows])[:, :, interiors]
+    if native.available():  # the compiled kernel computes a pixel the same way in any image
+        assert torch.equal(part, whole)
+    assert torch.allclose(part, whole, atol=1e-6)
+    every = torch.arange(80)
+    assert all(torch.equal(t, every) for t in sampled_rows(80, syn.halo))  # 80 < 2 x 64: all rows

@@ -176,3 +176,22 @@ def test_a_level_that_reaches_no_pixel_is_searched_for_its_bits_alone(
         coarse_only = [*cut[:3], *after[3:]]  # only the cut-off levels' moves
         px_coarse = syn.pixels(syn.features(coarse_only, model.height, model.width))
     np.testing.assert_array_equal(px_coarse, px_before)
+
+
+@pytest.mark.parametrize("upsampling", ["learned", "bilinear"])
+def test_one_levels_feature_channel_alone_equals_it_among_all(upsampling: str) -> None:
+    """``level_features`` (grid k, the finer grids as zeros, the coarser left out) gives channel k
+    of the whole features bit for bit: what lets a search trial make only that channel."""
+    from cinr_codec.encode.train.rdo import level_features
+
+    torch.manual_seed(2)
+    cfg = LatentConfig(side=96, **{**L.PRESET_ARCH, "upsampling": upsampling})
+    model = LatentImage(cfg, 80, 96)
+    syn = model.synthesis
+    with torch.no_grad():
+        if syn.up is not None:
+            syn.up.copy_(torch.randn_like(syn.up) * 0.5)
+        ys = [torch.randint(-9, 9, g.shape).float() for g in model.latents]
+        full = syn.features(ys, 80, 96)
+        for k in range(len(ys)):
+            assert torch.equal(level_features(syn, ys[: k + 1], 80, 96), full[:, k])
