@@ -504,9 +504,11 @@ def quantize_networks(fit: LatentFit, image: np.ndarray, weight_bits: Callable[[
     First one k per group (synthesis or context model, weights or biases) over
     ``WEIGHT_EXPONENTS``, then ``WEIGHT_SWEEPS`` passes over the tensors, each trying k - 4 ... k + 1
     for one tensor with the others fixed. A synthesis tensor changes only the distortion and a
-    context-model tensor only the latent bits, so each trial computes only that part. (Per-tensor
-    steps, measured on a 256^2 H&E crop at lambda 2.5e-4: weight bits -28 %, file -3.8 %,
-    PSNR -0.05 dB.)"""
+    context-model tensor only the latent bits, so each trial computes only that part, the MSE on
+    the rows ``sampled_rows`` picks (a quarter of a block's from 128 rows on, rendered exactly as
+    in the whole block: the trials 2x faster, the stored loss unchanged to 0.05 % on twelve of the
+    sample's blocks). (Per-tensor steps, measured on a 256^2 H&E crop at lambda 2.5e-4: weight bits
+    -28 %, file -3.8 %, PSNR -0.05 dB.)"""
     model = fit.model
     target = _target(image, next(model.parameters()).device)
     npx = model.height * model.width

@@ -245,10 +245,10 @@ def refine_latents(
 
 
 def level_features(syn: Synthesis, grids: list[torch.Tensor], height: int, width: int) -> torch.Tensor:
-    """Channel ``len(grids) - 1`` of ``syn.features`` of a full list of grids that begins with
-    ``grids`` (1, height, width): each level's channel depends only on its own grid and the
-    grids' shapes (learned or bilinear upsampling alike), so the finer grids are given as zeros
-    and the coarser ones left out, which their doublings then do not cost."""
+    """Channel k = ``len(grids) - 1`` of ``syn.features`` (1, height, width) of a block's grids,
+    given its finest k + 1 grids (finest first): each level's channel depends only on its own
+    grid and the grids' shapes (learned or bilinear upsampling alike), so the finer grids are
+    given as zeros and the coarser ones left out, which their doublings then do not cost."""
     k = len(grids) - 1
     shaped = [torch.zeros_like(g) for g in grids[:k]] + [grids[k]]
     return syn.features(shaped, height, width)[:, k]
