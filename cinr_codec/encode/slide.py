@@ -922,8 +922,9 @@ LABEL_JPEG_SHARE = 0.5
 
 
 def compact_associated(name: str, png: bytes) -> bytes:
-    """The associated image as JPEG (quality 90) when smaller; a label as JPEG (quality 95, 4:4:4)
-    only when that is at most half its PNG (a photograph), else the PNG."""
+    """The associated image as JPEG (``ASSOCIATED_JPEG_QUALITY``) when smaller; a label as JPEG
+    (``LABEL_JPEG_QUALITY``, 4:4:4) only when that is at most ``LABEL_JPEG_SHARE`` of its PNG (a
+    photograph), else the PNG."""
     import io
 
     from PIL import Image
