@@ -4,10 +4,11 @@ At scale s a slide pixel is the mean of the level pixels it covers. Reading that
 model would cost 1/s^2 model evaluations per output pixel, so the encoder stores, per block, the
 box-filtered picture at downsamples 2, 4, 8, ... and a read at scale s starts from the coarsest
 mip that is at least as fine as the output. Each mip is the smallest of AVIF (format 1.6, when
-Pillow has it) and JPEG at the lowest quality whose PSNR against the exact box-filtered pixels
-reaches the block's own level PSNR plus a margin, so a coarse read is never worse than a
-full-resolution one (PNG when neither reaches it). On H&E mips AVIF needs about 28 % fewer
-bytes than JPEG for the same PSNR (docs/architecture.md).
+Pillow has it; stored without its boxes from 1.11, ``format.container.short_avif``) and JPEG at
+the lowest quality whose PSNR against the exact box-filtered pixels reaches the block's own level
+PSNR plus a margin, so a coarse read is never worse than a full-resolution one (PNG when neither
+reaches it). On H&E mips AVIF needs about 28 % fewer bytes than JPEG for the same PSNR
+(docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from PIL import Image
 from ..coding.images import avif_available, encode_avif, encode_jpeg, encode_png
 from ..core.metrics import psnr
 from ..core.resample import to_uint8
+from ..format.container import short_avif
+from ..format.container.binary import AVIF_BRAND
 
 #: JPEG qualities tried, lowest first, each with 4:2:0 and 4:4:4 chroma.
 JPEG_LADDER = (50, 60, 70, 75, 80, 85, 88, 90, 92, 94, 96, 98, 100)
@@ -113,4 +116,14 @@ def encode_mip(
     if not found:
         data = encode_png(target)
         return data, psnr(target, ref), 0
-    return min(found, key=lambda r: len(r[0]))
+    return min(found, key=lambda r: stored_length(r[0]))
+
+
+def stored_length(data: bytes) -> int:
+    """The bytes an image takes in a file that may store AVIF (format 1.11 and later): an AVIF
+    without its boxes when they are the canonical ones (``short_avif``), else as it is."""
+    if data[4:12] == AVIF_BRAND:
+        short = short_avif.shorten(data)
+        if short is not None:
+            return len(short)
+    return len(data)

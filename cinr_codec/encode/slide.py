@@ -28,8 +28,8 @@ from ..coding.registry import DEFAULT_MODEL, get_codec
 from ..core.requant import SourceJpeg, source_jpeg_of
 from ..errors import CinrInputError, CinrWorkerError
 from ..format.container import (
-    MINOR_AVIF,
     MINOR_JSON_ZSTD,
+    MINOR_SHORT_AVIF,
     MINOR_SOURCE_JPEG,
     MINOR_SOURCE_JPEG_1_10,
     CinrWriter,
@@ -1008,7 +1008,7 @@ def assemble(
         }
     minor = max(
         1 if grid.mip_downsamples else 0,
-        MINOR_AVIF if mip_avif and grid.mip_downsamples else 0,
+        MINOR_SHORT_AVIF if mip_avif and grid.mip_downsamples else 0,  # AVIF mips, stored short
         codec.minor_version(header),
         MINOR_JSON_ZSTD if compact else 0,
         _source_jpeg_minor(source_jpeg_of(header, str(path)), grid.block_size),

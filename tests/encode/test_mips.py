@@ -8,7 +8,7 @@ import pytest
 from cinr_codec.coding.images import avif_available, decode_image_bytes
 from cinr_codec.core.metrics import psnr
 from cinr_codec.core.resample import box_downsample
-from cinr_codec.encode.mips import encode_mip
+from cinr_codec.encode.mips import _smallest_avif, _smallest_jpeg, encode_mip, stored_length
 from cinr_codec.errors import CinrFormatError
 
 
@@ -119,6 +119,20 @@ def test_refined_avif_mips_keep_the_target_in_fewer_or_equal_bytes(tissue_crop: 
     refined = encode_mip(exact, 36.0, avif=True, refine=True)
     assert refined[1] >= 36.0 and len(refined[0]) <= len(fast[0])
     assert psnr(decode_image_bytes(refined[0], "t"), exact) == pytest.approx(refined[1])
+
+
+@needs_avif
+def test_mips_are_chosen_by_the_bytes_a_file_stores() -> None:
+    """An 8x8 noisy mip: JPEG 4:4:4 and whole AVIF take about as many bytes (mostly headers), but
+    the file stores the AVIF short (format 1.11), so the AVIF is chosen."""
+    exact = np.random.default_rng(0).uniform(100, 200, (8, 8, 3))
+    target = np.rint(exact).astype(np.uint8)
+    jpeg = _smallest_jpeg(target, exact, 30.0, 0)
+    avif = _smallest_avif(target, exact, 30.0, 0)
+    assert jpeg is not None and avif is not None
+    assert stored_length(jpeg[0]) == len(jpeg[0]) and stored_length(avif[0]) < len(avif[0]) - 250
+    assert stored_length(avif[0]) < len(jpeg[0]) <= len(avif[0]) + 50
+    assert encode_mip(exact, 30.0, avif=True)[0] == avif[0]
 
 
 def test_compressive_files_read_scales_finer_than_their_first_mip_from_the_level(

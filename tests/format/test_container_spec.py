@@ -29,8 +29,9 @@ def test_constants_match_the_spec() -> None:
     assert "`43 49 4E 52 0D 0A 1A 0A`" in text and fmt.MAGIC == bytes.fromhex("43494E520D0A1A0A")
     assert "`43 49 4E 52 2D 45 4E 44`" in text and fmt.TRAILER_MAGIC == bytes.fromhex("43494E522D454E44")
     assert (fmt.PREAMBLE_SIZE, fmt.TRAILER_SIZE, fmt.RECORD_SIZE) == (32, 64, 24)
-    assert (fmt.FORMAT_MAJOR, fmt.FORMAT_MINOR) == (1, 10) and "version 1.10" in text
+    assert (fmt.FORMAT_MAJOR, fmt.FORMAT_MINOR) == (1, 11) and "version 1.11" in text
     assert fmt.AVIF_BRAND == bytes.fromhex("6674797061766966") and "66 74 79 70 61 76 69 66" in text
+    assert fmt.SHORT_AVIF_MAGIC == bytes.fromhex("63415631") and "`63 41 56 31`" in text
     assert fmt.MAX_JSON_BYTES == 16 * 2**20 and fmt.MAX_JSON_DEPTH == 64 and fmt.MAX_BLOCKS == 2**22
     assert fmt.HARD_MAX_BLOCK_BYTES == 2**30 and fmt.MAX_IMAGES == 64 and fmt.MAX_IMAGE_BYTES == 256 * 2**20
     assert zlib.crc32(b"123456789") == 0xCBF43926 and "0xCBF43926" in text

@@ -2,7 +2,8 @@
 thread-safe reader.
 
 It does not know the models: the header and footer are the caller's JSON, model blocks are
-opaque payloads that the block representation checks (``coding``), image blocks PNG/JPEG.
+opaque payloads that the block representation checks (``coding``), image blocks PNG, JPEG or
+AVIF (stored short from format 1.11, ``short_avif``).
 Format v1's tensor payloads (``add_tensors``/``read_tensors``) are coded by ``coding.quant``,
 imported when those are called. No torch import here.
 """
@@ -18,6 +19,7 @@ from .binary import (
     MAX_BLOCKS,
     MINOR_AVIF,
     MINOR_JSON_ZSTD,
+    MINOR_SHORT_AVIF,
     MINOR_SOURCE_JPEG,
     MINOR_SOURCE_JPEG_1_10,
 )
@@ -33,6 +35,7 @@ __all__ = [
     "MAX_BLOCKS",
     "MINOR_AVIF",
     "MINOR_JSON_ZSTD",
+    "MINOR_SHORT_AVIF",
     "MINOR_SOURCE_JPEG",
     "MINOR_SOURCE_JPEG_1_10",
     "AssociatedImage",

@@ -25,6 +25,7 @@ from typing import Any, TypeGuard
 import zstandard
 
 from ...errors import CinrFormatError
+from .short_avif import SHORT_AVIF_MAGIC
 
 #: First 8 bytes of every file: "CINR", CR LF (catches newline conversion), ^Z, LF.
 MAGIC = b"CINR\r\n\x1a\n"
@@ -40,8 +41,8 @@ FORMAT_MAJOR = 1
 #: independently coded tiles of the first latent grid, header model.latent_tile; 1.9 the source's
 #: JPEG coding, header slide.source_jpeg, which moves decoded level pixels to its lattice; 1.10
 #: source tiles that do not divide the block size, re-quantized in each block's parts of them, and
-#: a spread per coefficient).
-FORMAT_MINOR = 10
+#: a spread per coefficient; 1.11 AVIF image blocks stored short, without their boxes).
+FORMAT_MINOR = 11
 #: Lowest minor version that knows image blocks.
 MINOR_IMAGE_BLOCKS = 1
 #: Lowest minor version whose image blocks may be AVIF (``AVIF_BRAND``); associated images stay
@@ -53,6 +54,9 @@ MINOR_SOURCE_JPEG = 9
 #: Lowest minor version whose ``slide.source_jpeg`` tile may not divide the block size, and whose
 #: spread may be per coefficient (a 1.9 reader refuses either with a format error).
 MINOR_SOURCE_JPEG_1_10 = 10
+#: Lowest minor version whose image blocks may be short AVIF (``short_avif``: the AV1 data without
+#: the ISO BMFF boxes, which the reader rebuilds).
+MINOR_SHORT_AVIF = 11
 
 PREAMBLE = struct.Struct("<8sHHIIII")  # magic, major, minor, flags, header_len, header_crc, reserved
 PREAMBLE_SIZE = PREAMBLE.size + 4  # + preamble_crc32
@@ -114,13 +118,20 @@ IMAGE_SIGNATURES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\
 AVIF_BRAND = b"ftypavif"
 
 
-def image_media_type(data: bytes, avif: bool = False) -> str | None:
-    """``image/png``, ``image/jpeg`` (or, when ``avif``, ``image/avif``) from the leading bytes, else None."""
+#: The media type ``image_media_type`` gives a short AVIF image block (format 1.11).
+SHORT_AVIF_MEDIA = "image/x-cinr-short-avif"
+
+
+def image_media_type(data: bytes, avif: bool = False, short: bool = False) -> str | None:
+    """``image/png``, ``image/jpeg`` (or, when ``avif``, ``image/avif``; when ``short``,
+    ``SHORT_AVIF_MEDIA``) from the leading bytes, else None."""
     for media, sig in IMAGE_SIGNATURES.items():
         if data.startswith(sig):
             return media
     if avif and data[4:12] == AVIF_BRAND:
         return "image/avif"
+    if short and data[:4] == SHORT_AVIF_MAGIC:
+        return SHORT_AVIF_MEDIA
     return None
 
 

@@ -32,6 +32,7 @@ from ...errors import (
     CinrVersionError,
 )
 from ..remote import RemoteFile, is_url
+from . import short_avif
 from .binary import (
     CONTAINER_KEY,
     FLAG_JSON_ZSTD,
@@ -53,9 +54,11 @@ from .binary import (
     MAX_RECORD_SIZE,
     MINOR_AVIF,
     MINOR_IMAGE_BLOCKS,
+    MINOR_SHORT_AVIF,
     PREAMBLE_SIZE,
     RECORD_SIZE,
     REQUIRED_FLAGS_MASK,
+    SHORT_AVIF_MEDIA,
     TRAILER_MAGIC,
     TRAILER_SIZE,
     crc32,
@@ -629,14 +632,21 @@ class CinrReader:
         return self._read_verified(info.offset, info.stored_length, info.crc32, f"block {block_id}")
 
     def read_image_block(self, block_id: int) -> bytes:
-        """The PNG, JPEG or (format 1.6) AVIF bytes of image block ``block_id``, checksum and
-        signature verified."""
+        """The PNG, JPEG or (format 1.6) AVIF file of image block ``block_id``, checksum and
+        signature verified (a short AVIF block of format 1.11 comes back as the AVIF file it
+        stands for, ``short_avif.expand``)."""
         info = self._model_info(block_id, "image")
         data = self._read_verified(info.offset, info.stored_length, info.crc32, f"block {block_id}")
         avif = self.version[1] >= MINOR_AVIF
-        if image_media_type(data, avif=avif) is None:
+        media = image_media_type(data, avif=avif, short=self.version[1] >= MINOR_SHORT_AVIF)
+        if media is None:
             kinds = "PNG, JPEG or AVIF" if avif else "PNG or JPEG"
             raise self._err(f"block {block_id} is not {kinds} data", info.offset)
+        if media == SHORT_AVIF_MEDIA:
+            try:
+                return short_avif.expand(data)
+            except ValueError as exc:
+                raise self._err(f"block {block_id}: {exc}", info.offset) from None
         return data
 
     def _model_info(self, block_id: int, want: str = "model") -> BlockInfo:

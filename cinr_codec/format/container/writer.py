@@ -22,6 +22,7 @@ from typing import IO, TYPE_CHECKING, Any
 import zstandard
 
 from ...errors import CinrError, CinrIOError
+from . import short_avif
 from .binary import (
     CONTAINER_KEY,
     DEFAULT_MAX_BLOCK_BYTES,
@@ -41,6 +42,7 @@ from .binary import (
     MINOR_AVIF,
     MINOR_IMAGE_BLOCKS,
     MINOR_JSON_ZSTD,
+    MINOR_SHORT_AVIF,
     PREAMBLE_SIZE,
     RECORD_SIZE,
     TRAILER_SIZE,
@@ -309,7 +311,8 @@ class CinrWriter:
 
     def add_image_block(self, block_id: int, data: bytes) -> int:
         """Append block ``block_id`` as a complete PNG or JPEG file (kind 3, format 1.1), or AVIF
-        (format 1.6); returns its length."""
+        (format 1.6; from 1.11 stored short, without its boxes, when ``short_avif.shorten`` can);
+        returns the length stored."""
         self._check_open()
         self._check_id(block_id)
         if self.minor_version < MINOR_IMAGE_BLOCKS:
@@ -323,6 +326,8 @@ class CinrWriter:
                 f"block {block_id}: image data is not a PNG, JPEG or AVIF file of at most "
                 f"{MAX_IMAGE_BYTES} bytes"
             )
+        if media == "image/avif" and self.minor_version >= MINOR_SHORT_AVIF:
+            data = short_avif.shorten(data) or data
         crc = crc32(data)
         with self._lock:
             self._check_open()
