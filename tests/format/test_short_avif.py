@@ -93,7 +93,9 @@ def test_malformed_short_blocks_are_format_errors(
             r.read_image_block(0)
 
 
-def test_short_blocks_are_decoded_with_the_size_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_short_blocks_are_decoded_with_the_size_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     short = short_avif.shorten(encode_avif(_image(16, 16), 70))
     assert short is not None
     wide = struct.pack("<4sHH", short_avif.SHORT_AVIF_MAGIC, 32, 16) + short[8:]  # says 32x16
