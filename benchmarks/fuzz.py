@@ -92,12 +92,12 @@ def _box(img: np.ndarray, d: int) -> np.ndarray:
 
 def grid_seed(vector: Path) -> bytes:
     """A slide assembled from a vector's block: 5 x 1 or 5 x 2 blocks of 64 px (two of them the
-    vector's model, sharing nothing), mips at 2 (PNG) and 4 (AVIF when Pillow has it, else PNG;
-    decoded from the vector), background blocks, a label (PNG) and a macro (JPEG), slide
+    vector's model, sharing nothing), mips at 2 (PNG) and 4 (AVIF stored short, format 1.11, when
+    Pillow has it, else PNG; decoded from the vector), background blocks, a label (PNG) and a macro (JPEG), slide
     properties with bounds and resolution, a footer."""
     from cinr_codec.coding.images import avif_available, encode_avif
     from cinr_codec.decode.image import decode_image
-    from cinr_codec.format.container import MINOR_AVIF
+    from cinr_codec.format.container import MINOR_SHORT_AVIF, short_avif
 
     f = parse(vector.read_bytes())
     model = f.blocks[0]
@@ -106,7 +106,7 @@ def grid_seed(vector: Path) -> bytes:
     ccinr = f.header.get("model", {}).get("kind") == "ccinr"
     avif = avif_available()
     if avif:
-        f.minor = max(f.minor, MINOR_AVIF)
+        f.minor = max(f.minor, MINOR_SHORT_AVIF)
     cols, rows = 5, 1 if ccinr else 2
     W, H = 64 * (cols - 1) + 44, h if ccinr else 64 + h
     n = cols * rows
@@ -124,8 +124,12 @@ def grid_seed(vector: Path) -> bytes:
                 # The vector's pixels stand for the block (its frame renders them at the top left).
                 tile = np.full((bh, bw, 3), 200, dtype=np.uint8)
                 tile[: min(bh, h), : min(bw, w)] = pixels[:bh, :bw]
-                # The coarser mips are AVIF (format 1.6) where Pillow has it, as the encoder's are.
-                data = encode_avif(_box(tile, d), 80) if d == 4 and avif else _png(_box(tile, d))
+                # The coarser mips are AVIF where Pillow has it, stored short as the encoder's are.
+                if d == 4 and avif:
+                    whole = encode_avif(_box(tile, d), 80)
+                    data = short_avif.shorten(whole) or whole
+                else:
+                    data = _png(_box(tile, d))
                 mips.append(Block(KIND_IMAGE, payload=data))
             else:
                 mips.append(Block(KIND_BACKGROUND, (246, 244, 247)))
