@@ -125,11 +125,11 @@ def grid_seed(vector: Path) -> bytes:
                 tile = np.full((bh, bw, 3), 200, dtype=np.uint8)
                 tile[: min(bh, h), : min(bw, w)] = pixels[:bh, :bw]
                 # The coarser mips are AVIF where Pillow has it, stored short as the encoder's are.
-                if d == 4 and avif:
-                    whole = encode_avif(_box(tile, d), 80)
-                    data = short_avif.shorten(whole) or whole
-                else:
-                    data = _png(_box(tile, d))
+                data = (
+                    short_avif.stored_form(encode_avif(_box(tile, d), 80))
+                    if d == 4 and avif
+                    else _png(_box(tile, d))
+                )
                 mips.append(Block(KIND_IMAGE, payload=data))
             else:
                 mips.append(Block(KIND_BACKGROUND, (246, 244, 247)))

@@ -23,7 +23,6 @@ from ..coding.images import avif_available, encode_avif, encode_jpeg, encode_png
 from ..core.metrics import psnr
 from ..core.resample import to_uint8
 from ..format.container import short_avif
-from ..format.container.binary import AVIF_BRAND
 
 #: JPEG qualities tried, lowest first, each with 4:2:0 and 4:4:4 chroma.
 JPEG_LADDER = (50, 60, 70, 75, 80, 85, 88, 90, 92, 94, 96, 98, 100)
@@ -116,14 +115,5 @@ def encode_mip(
     if not found:
         data = encode_png(target)
         return data, psnr(target, ref), 0
-    return min(found, key=lambda r: stored_length(r[0]))
-
-
-def stored_length(data: bytes) -> int:
-    """The bytes an image takes in a file that may store AVIF (format 1.11 and later): an AVIF
-    without its boxes when they are the canonical ones (``short_avif``), else as it is."""
-    if data[4:12] == AVIF_BRAND:
-        short = short_avif.shorten(data)
-        if short is not None:
-            return len(short)
-    return len(data)
+    # The bytes the file stores: files that may hold AVIF mips are format 1.11, where it is short.
+    return min(found, key=lambda r: len(short_avif.stored_form(r[0])))

@@ -8,8 +8,9 @@ import pytest
 from cinr_codec.coding.images import avif_available, decode_image_bytes
 from cinr_codec.core.metrics import psnr
 from cinr_codec.core.resample import box_downsample
-from cinr_codec.encode.mips import _smallest_avif, _smallest_jpeg, encode_mip, stored_length
+from cinr_codec.encode.mips import _smallest_avif, _smallest_jpeg, encode_mip
 from cinr_codec.errors import CinrFormatError
+from cinr_codec.format.container.short_avif import stored_form
 
 
 def test_box_downsample_means_what_each_box_covers() -> None:
@@ -130,8 +131,8 @@ def test_mips_are_chosen_by_the_bytes_a_file_stores() -> None:
     jpeg = _smallest_jpeg(target, exact, 30.0, 0)
     avif = _smallest_avif(target, exact, 30.0, 0)
     assert jpeg is not None and avif is not None
-    assert stored_length(jpeg[0]) == len(jpeg[0]) and stored_length(avif[0]) < len(avif[0]) - 250
-    assert stored_length(avif[0]) < len(jpeg[0]) <= len(avif[0]) + 50
+    assert stored_form(jpeg[0]) == jpeg[0] and len(stored_form(avif[0])) < len(avif[0]) - 250
+    assert len(stored_form(avif[0])) < len(jpeg[0]) <= len(avif[0]) + 50
     assert encode_mip(exact, 30.0, avif=True)[0] == avif[0]
 
 

@@ -25,7 +25,6 @@ from typing import Any, TypeGuard
 import zstandard
 
 from ...errors import CinrFormatError
-from .short_avif import SHORT_AVIF_MAGIC
 
 #: First 8 bytes of every file: "CINR", CR LF (catches newline conversion), ^Z, LF.
 MAGIC = b"CINR\r\n\x1a\n"
@@ -116,6 +115,9 @@ IMAGE_SIGNATURES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\
 #: An AVIF file (ISO/IEC 23000-22) starts with an ISO BMFF ``ftyp`` box of major brand ``avif``:
 #: these bytes at offset 4 (after the box's 32-bit size).
 AVIF_BRAND = b"ftypavif"
+#: First 4 bytes of a short AVIF image block (format 1.11, ``short_avif``): "cAV1", not a PNG or
+#: JPEG signature; its byte 8, the ``av1C`` marker 0x81, can never make bytes 4-11 "ftypavif".
+SHORT_AVIF_MAGIC = b"cAV1"
 
 
 #: The media type ``image_media_type`` gives a short AVIF image block (format 1.11).

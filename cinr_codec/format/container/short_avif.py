@@ -15,9 +15,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
-#: First 4 bytes of a short AVIF image block ("cAV1"; not a PNG or JPEG signature, and byte 8, the
-#: ``av1C`` marker 0x81, can never make bytes 4-11 read "ftypavif").
-SHORT_AVIF_MAGIC = b"cAV1"
+from .binary import AVIF_BRAND, SHORT_AVIF_MAGIC
+
 #: Magic, width, height, ``av1C``: the fixed part of a short AVIF block.
 SHORT_HEAD = struct.Struct("<4sHH4s")
 #: The colour box every rebuilt file carries: ``nclx``, BT.709 primaries (1), sRGB transfer (13),
@@ -106,6 +105,14 @@ def shorten(data: bytes) -> bytes | None:
     if rebuild(width, height, av1c, obus) != data:
         return None
     return SHORT_HEAD.pack(SHORT_AVIF_MAGIC, width, height, av1c) + obus
+
+
+def stored_form(data: bytes) -> bytes:
+    """What a writer of format 1.11 stores for an image file: an AVIF short where ``shorten`` can,
+    anything else as it is."""
+    if data[4:12] == AVIF_BRAND:
+        return shorten(data) or data
+    return data
 
 
 def is_short(data: bytes) -> bool:

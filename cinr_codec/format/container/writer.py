@@ -311,7 +311,7 @@ class CinrWriter:
 
     def add_image_block(self, block_id: int, data: bytes) -> int:
         """Append block ``block_id`` as a complete PNG or JPEG file (kind 3, format 1.1), or AVIF
-        (format 1.6; from 1.11 stored short, without its boxes, when ``short_avif.shorten`` can);
+        (format 1.6; from 1.11 stored short, without its boxes, where ``short_avif.shorten`` can);
         returns the length stored."""
         self._check_open()
         self._check_id(block_id)
@@ -326,8 +326,8 @@ class CinrWriter:
                 f"block {block_id}: image data is not a PNG, JPEG or AVIF file of at most "
                 f"{MAX_IMAGE_BYTES} bytes"
             )
-        if media == "image/avif" and self.minor_version >= MINOR_SHORT_AVIF:
-            data = short_avif.shorten(data) or data
+        if self.minor_version >= MINOR_SHORT_AVIF:
+            data = short_avif.stored_form(data)
         crc = crc32(data)
         with self._lock:
             self._check_open()
