@@ -262,6 +262,18 @@ def encode_cmd(
             if ev["done"]:
                 bar.update(ev["done"])
             state["bar"] = bar
+        elif stage == "floor":  # the slide landed under its floor: its later blocks fitted again
+            if state["bar"] is not None:
+                state["bar"].__exit__(None, None, None)
+            bar = click.progressbar(
+                length=ev["total"],
+                label=f"the slide is under its floor: fitting {ev['total']} blocks again",
+                file=sink,  # type: ignore[arg-type]
+                show_pos=True,
+                show_eta=True,
+            )
+            bar.__enter__()
+            state["bar"] = bar
         elif stage == "block" and state["bar"] is not None:
             p = ev.get("psnr")
             what = "background" if ev["kind"] == "background" else f"{fmt(p, ' dB')}"
@@ -421,6 +433,9 @@ def _aim_line(s: dict[str, Any]) -> str:
         line += (
             f", corrected by the calibration blocks' fits to {rest:.3g} ({rest / level:.2f}x) for the rest"
         )
+    if s.get("floor_rate_weight"):
+        again = s["floor_rate_weight"]
+        line += f"; landed under the floor, so those blocks were fitted again at {again:.3g} ({again / level:.2f}x)"
     if s.get("finer_step"):
         from ..encode.aim import SLIDE_PSNR_FLOOR
 

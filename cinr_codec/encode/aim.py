@@ -238,6 +238,29 @@ def corrected_rate(
     return min(hi, max(lo, lam0 * (budget / (scale * per_difficulty * rest)) ** (1 / RATE_EXPONENT)))
 
 
+#: A slide that lands under its floor (min(aim, ``SLIDE_PSNR_FLOOR``)) over tissue once every block
+#: is fitted has its later blocks fitted again at the one weight ``floor_rate`` predicts for the
+#: floor plus this much (dB): the aim's prediction is open-loop and landed 0.5 and 1.0 dB under
+#: its aim on a TCGA region it was not calibrated on (docs/architecture.md, "Thirtieth session"),
+#: while this one starts from every block's measured error.
+FLOOR_MARGIN_DB = 0.3
+#: The journal key that marks a block fitted again for the floor, with the weight it was fitted at.
+FLOOR_KEY = "floor_weight"
+
+
+def floor_rate(target: float, kept_sse: float, values: int, fitted: Sequence[tuple[float, float]]) -> float:
+    """The one rate weight at which the ``fitted`` blocks ((squared error, rate weight) each),
+    fitted again, put the slide at ``target`` dB over its ``values`` tissue values, beside
+    ``kept_sse`` of blocks that stay: each block's error scales as its weight ** ``RATE_EXPONENT``;
+    within ``LAMBDA_RANGE``."""
+    budget = 255.0**2 * 10 ** (-target / 10) * values - kept_sse
+    scale = sum(sse * lam ** (-RATE_EXPONENT) for sse, lam in fitted if sse > 0 and lam > 0)
+    if budget <= 0 or scale <= 0:
+        return LAMBDA_RANGE[0]
+    lam = (budget / scale) ** (1 / RATE_EXPONENT)
+    return float(min(LAMBDA_RANGE[1], max(LAMBDA_RANGE[0], lam)))
+
+
 def model_sse(meta: Mapping[str, Any]) -> float:
     """A fitted block's own squared error (``raw_sse``: before the decoder's re-quantization to a
     JPEG source's lattice, where there is one), what the aim's predictions are of."""

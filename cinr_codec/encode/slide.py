@@ -47,6 +47,8 @@ from .aim import (
     AUTO_AIM_RANGE,
     DEFAULT_SLIDE_PSNR,
     FINER_AT_ONCE_MARGIN,
+    FLOOR_KEY,
+    FLOOR_MARGIN_DB,
     REQUANT_MAX,
     REQUANT_SHARE,
     SLIDE_PSNR_FLOOR,
@@ -58,6 +60,7 @@ from .aim import (
     corrected_rate,
     difficulty,
     finer_at_once,
+    floor_rate,
     measured_blocks,
     model_sse,
     predicted_psnr,
@@ -744,6 +747,53 @@ def encode_slide(
                 if not counted:
                     block_done(job, meta)
 
+            def floor_pass(lam: float | None, aim: float | None, rest: float | None) -> float | None:
+                """Where the aimed slide landed under its floor (min(aim, ``SLIDE_PSNR_FLOOR``)) over
+                tissue, its later tissue blocks fitted again at the one weight ``aim.floor_rate``
+                finds from their measured errors (the floor plus ``FLOOR_MARGIN_DB``), each journaled
+                with that weight (``FLOOR_KEY``: a resume finishes the pass at it); returns that
+                weight, or None. Not for encodes with a total time budget."""
+                if lam is None or aim is None or plan.prior is None or total_time_budget is not None:
+                    return None
+                metas = {b: journal.read(b).meta for b in plan.tissue_blocks}
+                models = {b: m for b, m in metas.items() if m["kind"] == "model"}
+                later = [b for b in models if b != plan.prior]
+                tagged = [float(models[b][FLOOR_KEY]) for b in later if FLOOR_KEY in models[b]]
+                if tagged:
+                    again = tagged[0]
+                else:
+                    floor = min(aim, SLIDE_PSNR_FLOOR)
+                    values = sum(int(m["n"]) for m in models.values())
+                    landed = psnr_of(sum(float(m["sse"]) for m in models.values()), values)
+                    if landed is None or landed >= floor or not later:
+                        return None
+                    sample = set(calibration())
+                    weights = {b: lam if rest is None or b in sample else rest for b in later}
+                    kept = float(models[plan.prior]["sse"]) if plan.prior in models else 0.0
+                    fitted = [(float(models[b]["sse"]), weights[b]) for b in later]
+                    again = floor_rate(floor + FLOOR_MARGIN_DB, kept, values, fitted)
+                    log.info(
+                        "the slide landed at %.2f dB over tissue, under %.2f: its %d later blocks are "
+                        "fitted again at rate weight %.3g",
+                        landed,
+                        floor,
+                        len(later),
+                        again,
+                    )
+                jobs = warmed([plan.jobs[b] for b in later if FLOOR_KEY not in models[b]], corrected=again)
+                if progress is not None:
+                    progress({"stage": "floor", "total": len(jobs)})
+                sink = _Tagged(journal, {FLOOR_KEY: again})
+                if client is not None or pooled:
+                    run_elsewhere(jobs, len(jobs), sink=sink)
+                else:
+                    for job in jobs:
+                        set_threads()
+                        meta, parts = encode_block(job, read_fit_region(job))
+                        sink.append(meta, parts)
+                        block_done(job, meta)
+                return again
+
             # The prior block first, alone (from several seeds where the representation races
             # them): the others start from its stored networks.
             todo = [j for j in plan.jobs if j.block_id not in done]
@@ -789,10 +839,11 @@ def encode_slide(
                         todo_tissue = max(0, todo_tissue - 1)
                     journal.append(meta, parts)
                     block_done(job, meta)
-            # All blocks are in the journal: assemble the file.
+            # All blocks are in the journal: the floor checked, then the file assembled.
             # (Found already, unless a resume found every block journaled.)
             lam, finer, aim, credit = aimed_weight()
             rest, credit = corrected_weight() if calibration() else (None, credit)
+            again = floor_pass(lam, aim, rest)
             if progress is not None:
                 progress({"stage": "write"})
             summary = assemble(
@@ -820,6 +871,7 @@ def encode_slide(
             rate_weight=(plan.rate_weight if lam is None else lam) or None,
             corrected_rate_weight=rest,
             requant_credit=credit,
+            floor_rate_weight=again,
             finer_step=finer,
         )
     summary["seconds"] = time.perf_counter() - t_start
@@ -854,6 +906,16 @@ class _Results:
             return float(meta["sse"]) / (n * 255.0**2) + lam * bits / (n / 3)
 
         return min(self.items, key=loss)
+
+
+class _Tagged:
+    """A journal whose appended records carry ``tags`` beside their own metadata."""
+
+    def __init__(self, journal: Journal, tags: dict[str, Any]) -> None:
+        self.journal, self.tags = journal, tags
+
+    def append(self, meta: dict[str, Any], parts: list[bytes]) -> None:
+        self.journal.append({**meta, **self.tags}, parts)
 
 
 def _thread_setter(

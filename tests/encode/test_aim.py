@@ -21,6 +21,7 @@ from cinr_codec.encode.aim import (
     AUTO_AIM_RANGE,
     DEFAULT_SLIDE_PSNR,
     FINER_AT_ONCE_MARGIN,
+    FLOOR_MARGIN_DB,
     LOG_BYTES_PER_DB,
     MAX_CALIBRATION_BLOCKS,
     MAX_FACTOR,
@@ -36,6 +37,7 @@ from cinr_codec.encode.aim import (
     corrected_rate,
     difficulty,
     finer_at_once,
+    floor_rate,
     measured_blocks,
     model_sse,
     requant_credit,
@@ -484,3 +486,81 @@ def test_a_jpeg_tiled_slide_is_aimed_with_its_re_quantization_credit(
         assert psnr(d.read(0, 0, px.shape[1], px.shape[0]), original) == pytest.approx(
             summary["psnr_all"], abs=1e-6
         )
+
+
+def test_floor_rate_scales_each_blocks_error_with_its_weight() -> None:
+    """Blocks at the weights they were fitted at, their errors ~ weight ** RATE_EXPONENT: one
+    weight that keeps the slide where it is lies between theirs, and given back as theirs it is
+    found again; a slide that asks 2 ** -RATE_EXPONENT of the fitted blocks' error halves it; out of reach,
+    the range's ends."""
+    n = 3 * 64 * 64
+    fitted = [(_mse(33.0) * n, 4e-4), (_mse(35.0) * n, 8e-4)]
+    kept = _mse(36.0) * n
+    now = 10 * math.log10(255.0**2 / ((kept + sum(e for e, _ in fitted)) / (3 * n)))
+    # One weight for both (here each at its own): where one weight gives the same total error.
+    same = floor_rate(now, kept, 3 * n, fitted)
+    assert 4e-4 < same < 8e-4
+    assert floor_rate(now, kept, 3 * n, [(e, same) for e, _ in fitted]) == pytest.approx(same)
+    # Half the weight: the fitted blocks' error times 2 ** -RATE_EXPONENT, the kept block's as it was.
+    target_sse = sum(e for e, _ in fitted) * 2**-RATE_EXPONENT
+    target = 10 * math.log10(255.0**2 / ((kept + target_sse) / (3 * n)))
+    assert floor_rate(target, kept, 3 * n, [(e, same) for e, _ in fitted]) == pytest.approx(same / 2)
+    assert floor_rate(60.0, kept, 3 * n, fitted) == L.LAMBDA_RANGE[0]  # the kept block alone is over it
+    assert floor_rate(5.0, kept, 3 * n, fitted) == L.LAMBDA_RANGE[1]
+
+
+def test_a_slide_landed_under_its_floor_has_its_later_blocks_fitted_again(
+    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any, Any]]
+) -> None:
+    """40 steps leave these blocks near 36 dB; with the floor moved to 40 (an aim of 45) the slide
+    lands under it, so every tissue block but the prior is fitted again at the one lower weight
+    ``floor_rate`` finds for 40 dB + ``FLOOR_MARGIN_DB`` from their errors, and the slide's PSNR
+    rises. Stopped after one block of that pass, a resume finishes it at the journaled weight and
+    writes the uninterrupted encode's blocks."""
+    from cinr_codec.encode import slide
+
+    monkeypatch.setitem(L.RECIPE, "prior_candidates", 1)
+    monkeypatch.setattr(slide, "SLIDE_PSNR_FLOOR", 40.0)
+    settings = {**SETTINGS, "steps": 40, "slide_psnr": 45.0}
+    first: dict[int, float] = {}
+    stages: list[str] = []
+    targets: list[float] = []
+    real = slide.floor_rate
+
+    def spy(target: float, *args: Any) -> float:
+        targets.append(target)
+        return real(target, *args)
+
+    monkeypatch.setattr(slide, "floor_rate", spy)
+
+    def seen(ev: dict[str, Any]) -> None:
+        stages.append(ev["stage"])
+        if ev["stage"] == "block" and "floor" not in stages and ev["kind"] == "model":
+            first[ev["block_id"]] = ev["psnr"]
+
+    out = tmp_path / "floor.cinr"
+    s = encode_slide(tissue_png, out, progress=seen, **settings)
+    again = s["floor_rate_weight"]
+    later = s["tissue_blocks"] - 1
+    assert targets == [40.0 + FLOOR_MARGIN_DB] and again is not None and again < s["rate_weight"]
+    assert stages.count("floor") == 1 and stages[stages.index("floor") :].count("block") == later
+    assert [st.lam for _, st, _ in fits_seen[-later:]] == [again] * later
+    with SlideDecoder(out) as d:
+        n = {b: 3 * d.grid.owned(b)[2] * d.grid.owned(b)[3] for b in first}
+    before = 10 * math.log10(sum(n.values()) / sum(n[b] * 10 ** (-p / 10) for b, p in first.items()))
+    assert before < 40.0 and s["psnr"] > before + 0.5
+
+    resumed = tmp_path / "resumed.cinr"
+    in_pass: list[str] = []
+
+    def stop(ev: dict[str, Any]) -> None:
+        in_pass.append(ev["stage"])
+        if ev["stage"] == "block" and "floor" in in_pass:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        encode_slide(tissue_png, resumed, progress=stop, **settings)
+    targets.clear()
+    r = encode_slide(tissue_png, resumed, resume=True, **settings)
+    assert targets == [] and r["floor_rate_weight"] == again  # the weight from the journal
+    assert stored_blocks(resumed) == stored_blocks(out)
