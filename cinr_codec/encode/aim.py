@@ -246,6 +246,9 @@ def corrected_rate(
 FLOOR_MARGIN_DB = 0.3
 #: The journal key that marks a block fitted again for the floor, with the weight it was fitted at.
 FLOOR_KEY = "floor_weight"
+#: The journal key of such a block's record that keeps the calibration's corrected weight and
+#: credit from the first fits (``corrected_rate``, ``requant_credit``), which its record replaced.
+FIRST_PASS_KEY = "first_pass"
 
 
 def floor_rate(target: float, kept_sse: float, values: int, fitted: Sequence[tuple[float, float]]) -> float:

@@ -47,6 +47,7 @@ from .aim import (
     AUTO_AIM_RANGE,
     DEFAULT_SLIDE_PSNR,
     FINER_AT_ONCE_MARGIN,
+    FIRST_PASS_KEY,
     FLOOR_KEY,
     FLOOR_MARGIN_DB,
     REQUANT_MAX,
@@ -613,6 +614,10 @@ def encode_slide(
                     assert lam is not None and aim is not None and plan.prior is not None
                     prior = journal.read(plan.prior).meta
                     done = [(b, m) for b in calibration() if (m := journal.read(b).meta)["kind"] == "model"]
+                    again = [m[FIRST_PASS_KEY] for _, m in done if FIRST_PASS_KEY in m]
+                    if again:  # fitted again for the floor (``floor_pass``): what their first fits gave
+                        corrections.append((float(again[0][0]), float(again[0][1])))
+                        return corrections[0]
                     try:
                         fitted = [
                             (model_sse(m), int(m["n"]), difficulty(source.read(*grid.owned(b))))
@@ -747,12 +752,16 @@ def encode_slide(
                 if not counted:
                     block_done(job, meta)
 
-            def floor_pass(lam: float | None, aim: float | None, rest: float | None) -> float | None:
+            def floor_pass(
+                lam: float | None, aim: float | None, rest: float | None, credit: float
+            ) -> float | None:
                 """Where the aimed slide landed under its floor (min(aim, ``SLIDE_PSNR_FLOOR``)) over
                 tissue, its later tissue blocks fitted again at the one weight ``aim.floor_rate``
                 finds from their measured errors (the floor plus ``FLOOR_MARGIN_DB``), each journaled
-                with that weight (``FLOOR_KEY``: a resume finishes the pass at it); returns that
-                weight, or None. Not for encodes with a total time budget."""
+                with that weight (``FLOOR_KEY``: a resume finishes the pass at it) and the
+                calibration's weight and credit (``FIRST_PASS_KEY``, which ``corrected_weight``
+                reads back); returns that weight, or None. Not for encodes with a total time
+                budget."""
                 if lam is None or aim is None or plan.prior is None or total_time_budget is not None:
                     return None
                 metas = {b: journal.read(b).meta for b in plan.tissue_blocks}
@@ -783,7 +792,7 @@ def encode_slide(
                 jobs = warmed([plan.jobs[b] for b in later if FLOOR_KEY not in models[b]], corrected=again)
                 if progress is not None:
                     progress({"stage": "floor", "total": len(jobs)})
-                sink = _Tagged(journal, {FLOOR_KEY: again})
+                sink = _Tagged(journal, {FLOOR_KEY: again, FIRST_PASS_KEY: [rest, credit]})
                 if client is not None or pooled:
                     run_elsewhere(jobs, len(jobs), sink=sink)
                 else:
@@ -843,7 +852,7 @@ def encode_slide(
             # (Found already, unless a resume found every block journaled.)
             lam, finer, aim, credit = aimed_weight()
             rest, credit = corrected_weight() if calibration() else (None, credit)
-            again = floor_pass(lam, aim, rest)
+            again = floor_pass(lam, aim, rest, credit)
             if progress is not None:
                 progress({"stage": "write"})
             summary = assemble(

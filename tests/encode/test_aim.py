@@ -334,7 +334,9 @@ def test_a_journal_from_before_the_floor_resumes_at_the_levels_step(
     tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Blocks journaled after the prior at the level's step (by an encoder without the floor) keep
-    it: the resume does not switch the slide's step under them."""
+    it: the resume does not switch the slide's step under them. (This encoder then finds the slide
+    under its floor, as 3 steps leave it, and fits the later blocks again, at the level's step: only
+    the prior's stored block is the encode-before-the-floor's.)"""
     from cinr_codec.encode import slide
 
     monkeypatch.setattr(slide, "SLIDE_PSNR_FLOOR", 0.0)  # an encoder before the floor
@@ -345,7 +347,13 @@ def test_a_journal_from_before_the_floor_resumes_at_the_levels_step(
         encode_slide(tissue_png, out, progress=stop_after_fitted_blocks(2), **SETTINGS)
     monkeypatch.setattr(slide, "SLIDE_PSNR_FLOOR", SLIDE_PSNR_FLOOR)  # this encoder
     resumed = encode_slide(tissue_png, out, resume=True, **SETTINGS)
-    assert not resumed["finer_step"] and stored_blocks(out) == stored_blocks(ref)
+    assert not resumed["finer_step"] and resumed["floor_rate_weight"] is not None
+    with CinrReader(out) as a, CinrReader(ref) as b:
+        assert a.header["model"] == b.header["model"]  # the level's step
+    same = [
+        x for x, y in zip(stored_blocks(out), stored_blocks(ref), strict=True) if x == y and x[0] == "model"
+    ]
+    assert len(same) == 1  # the prior
 
 
 def _stopped_then_resumed(src: Path, out: Path, stage: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -395,7 +403,11 @@ def test_an_aim_under_the_levels_psnr_gives_a_higher_weight_and_a_smaller_slide(
     rest = low["corrected_rate_weight"]
     assert calibrating == 4 and rest is not None and rest != low["rate_weight"]
     assert lams[:k] == [None] * k and lams[k : k + calibrating] == [low["rate_weight"]] * calibrating
-    assert lams[k + calibrating :] and set(lams[k + calibrating :]) == {rest}
+    later = low["tissue_blocks"] - 1
+    assert lams[k + calibrating : k + later] and set(lams[k + calibrating : k + later]) == {rest}
+    # Where the slide landed under its floor (the aim: 30 dB), those blocks fitted again (floor_pass).
+    again = low["floor_rate_weight"]
+    assert lams[k + later :] == ([] if again is None else [again] * later)
     high = encode_slide(tissue_png, tmp_path / "high.cinr", slide_psnr=45.0, **settings)
     assert high["rate_weight"] == L.lambda_of("q4") < low["rate_weight"]
     assert low["psnr"] < high["psnr"] and low["bytes"] < high["bytes"]
@@ -408,6 +420,7 @@ def test_the_cli_summary_shows_the_aim_and_its_weight(tissue_png: Path, tmp_path
     assert "dB over tissue (chosen from the slide's JPEG curve): rate weight" in res.output
     # 3 steps leave the slide far under the floor: stored at a finer step, and the summary says so.
     assert "stored at a finer latent step, as the level's predicted the slide under 35 dB" in res.output
+    assert "landed under the floor, so those blocks were fitted again at" in res.output  # floor_pass
     res = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "b.cinr"), "--quality", "4", "--json"])
     summary = json.loads(res.output.strip().splitlines()[-1])
     assert summary["slide_psnr"] is None and summary["rate_weight"] == pytest.approx(L.lambda_of("q4"))
