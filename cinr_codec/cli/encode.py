@@ -82,7 +82,9 @@ from .common import NullSink, check_output, fmt, handle_errors, json_safe
     help="ccinr: fit one block first at --quality's level, then every other block at the one rate "
     "weight predicted to put the slide's PSNR over tissue at this many dB, never a lower weight than "
     "the level's (never more bits), corrected for the last two thirds of the blocks by the first "
-    "third's fits  [default, when neither --quality nor --target-psnr is given: "
+    "third's fits; a slide that then lands under this or 35 dB, the lower, has those blocks fitted "
+    "again at the weight their errors put 0.3 dB over it  [default, when neither --quality nor "
+    "--target-psnr is given: "
     "chosen per slide in 35.75-38 dB where the file is predicted smallest against a JPEG pyramid "
     "of the slide (36 where that gains under 1 %); a --quality alone keeps its level's weight for "
     "every block]",

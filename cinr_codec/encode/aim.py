@@ -26,6 +26,11 @@ halving of lambda). Both corrections are measured on 300-step fits (docs/archite
 "Nineteenth session"). Where the aim raises the weight, a third of the later tissue blocks
 (``calibration_blocks``) are fitted at it first, and what their errors say of the prediction sets
 the rest's weight (``corrected_rate``).
+
+The prediction is open loop: on a TCGA region it was not calibrated on, slides landed 0.5 and 1.0
+dB under their aims, one of them under the floor. So once every block is fitted, a slide under
+min(aim, ``SLIDE_PSNR_FLOOR``) over tissue has its later blocks fitted again at the one weight their
+measured errors put at the floor plus ``FLOOR_MARGIN_DB`` (``floor_rate``; ``encode.slide``).
 """
 
 from __future__ import annotations
