@@ -437,7 +437,10 @@ def _aim_line(s: dict[str, Any]) -> str:
         )
     if s.get("floor_rate_weight"):
         again = s["floor_rate_weight"]
-        line += f"; landed under the floor, so those blocks were fitted again at {again:.3g} ({again / level:.2f}x)"
+        line += (
+            f"; landed under the floor, so those blocks were fitted again at {again:.3g} "
+            f"({again / level:.2f}x {s['preset']}'s)"
+        )
     if s.get("finer_step"):
         from ..encode.aim import SLIDE_PSNR_FLOOR
 

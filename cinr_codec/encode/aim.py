@@ -256,17 +256,19 @@ FLOOR_KEY = "floor_weight"
 FIRST_PASS_KEY = "first_pass"
 
 
-def floor_rate(target: float, kept_sse: float, values: int, fitted: Sequence[tuple[float, float]]) -> float:
+def floor_rate(
+    target: float, kept_sse: float, values: int, fitted: Sequence[tuple[float, float]]
+) -> float | None:
     """The one rate weight at which the ``fitted`` blocks ((squared error, rate weight) each),
     fitted again, put the slide at ``target`` dB over its ``values`` tissue values, beside
     ``kept_sse`` of blocks that stay: each block's error scales as its weight ** ``RATE_EXPONENT``;
-    within ``LAMBDA_RANGE``."""
+    at most ``LAMBDA_RANGE``'s greatest, and None where even its least is predicted under ``target``."""
     budget = 255.0**2 * 10 ** (-target / 10) * values - kept_sse
     scale = sum(sse * lam ** (-RATE_EXPONENT) for sse, lam in fitted if sse > 0 and lam > 0)
     if budget <= 0 or scale <= 0:
-        return LAMBDA_RANGE[0]
+        return None
     lam = (budget / scale) ** (1 / RATE_EXPONENT)
-    return float(min(LAMBDA_RANGE[1], max(LAMBDA_RANGE[0], lam)))
+    return None if lam < LAMBDA_RANGE[0] else float(min(LAMBDA_RANGE[1], lam))
 
 
 def model_sse(meta: Mapping[str, Any]) -> float:

@@ -757,7 +757,9 @@ def encode_slide(
             ) -> float | None:
                 """Where the aimed slide landed under its floor (min(aim, ``SLIDE_PSNR_FLOOR``)) over
                 tissue, its later tissue blocks fitted again at the one weight ``aim.floor_rate``
-                finds from their measured errors (the floor plus ``FLOOR_MARGIN_DB``), each journaled
+                finds from their measured errors (the floor plus ``FLOOR_MARGIN_DB``; not where no
+                weight is predicted to reach it, as after a few steps: the pass would double the
+                time for nothing), each journaled
                 with that weight (``FLOOR_KEY``: a resume finishes the pass at it) and the
                 calibration's weight and credit (``FIRST_PASS_KEY``, which ``corrected_weight``
                 reads back); returns that weight, or None. Not for encodes with a total time
@@ -768,6 +770,7 @@ def encode_slide(
                 models = {b: m for b, m in metas.items() if m["kind"] == "model"}
                 later = [b for b in models if b != plan.prior]
                 tagged = [float(models[b][FLOOR_KEY]) for b in later if FLOOR_KEY in models[b]]
+                again: float | None
                 if tagged:
                     again = tagged[0]
                 else:
@@ -781,6 +784,14 @@ def encode_slide(
                     kept = float(models[plan.prior]["sse"]) if plan.prior in models else 0.0
                     fitted = [(float(models[b]["sse"]), weights[b]) for b in later]
                     again = floor_rate(floor + FLOOR_MARGIN_DB, kept, values, fitted)
+                    if again is None:  # even the least weight is predicted under it
+                        log.info(
+                            "the slide landed at %.2f dB over tissue, under %.2f, where no rate weight "
+                            "is predicted to reach it: not fitted again",
+                            landed,
+                            floor,
+                        )
+                        return None
                     log.info(
                         "the slide landed at %.2f dB over tissue, under %.2f: its %d later blocks are "
                         "fitted again at rate weight %.3g",
