@@ -759,11 +759,10 @@ def encode_slide(
                 tissue, its later tissue blocks fitted again at the one weight ``aim.floor_rate``
                 finds from their measured errors (the floor plus ``FLOOR_MARGIN_DB``; not where no
                 weight is predicted to reach it, as after a few steps: the pass would double the
-                time for nothing), each journaled
-                with that weight (``FLOOR_KEY``: a resume finishes the pass at it) and the
-                calibration's weight and credit (``FIRST_PASS_KEY``, which ``corrected_weight``
-                reads back); returns that weight, or None. Not for encodes with a total time
-                budget."""
+                time for nothing), each journaled with that weight (``FLOOR_KEY``: a resume
+                finishes the pass at it) and the calibration's weight and credit
+                (``FIRST_PASS_KEY``, which ``corrected_weight`` reads back); returns that weight,
+                or None. Not for encodes with a total time budget."""
                 if lam is None or aim is None or plan.prior is None or total_time_budget is not None:
                     return None
                 metas = {b: journal.read(b).meta for b in plan.tissue_blocks}
