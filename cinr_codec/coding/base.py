@@ -157,8 +157,9 @@ class BlockCodec(ABC):
     def recipe(self, kind: str, preset: str) -> dict[str, Any]:
         """The training settings of a preset, as JSON (a resumed encode must train the same way)."""
 
-    def default_steps(self, device: str) -> int | None:
-        """Training steps of a block on ``device`` when the encode names none (None: the preset's)."""
+    def default_steps(self, device: str, tissue_pixels: int | None = None) -> int | None:
+        """Training steps of a block on ``device`` when the encode names none (None: the preset's),
+        for a slide whose tissue blocks hold ``tissue_pixels`` pixels (None: one block)."""
         return None
 
     def warm_starts(self, steps: int | None, target_psnr: float | None) -> bool:

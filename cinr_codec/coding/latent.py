@@ -559,11 +559,11 @@ class LatentCodec(BlockCodec):
 
         return {**RECIPE, "lambda": lambda_of(preset)}
 
-    def default_steps(self, device: str) -> int | None:
+    def default_steps(self, device: str, tissue_pixels: int | None = None) -> int | None:
         from ..core.render import resolve_device
         from ..encode.train.latent import default_steps
 
-        return default_steps(str(resolve_device(device)))
+        return default_steps(str(resolve_device(device)), tissue_pixels)
 
     def check_storage(self, storage: str) -> None:
         if storage not in self.storages:

@@ -173,8 +173,6 @@ def plan_slide(
     JPEG-tiled source's coding is recorded (``slide.source_jpeg``): readers move decoded pixels to
     its lattice (``core.requant``)."""
     codec = get_codec(model)
-    if steps is None:  # the device's default, recorded so that a resumed encode trains the same
-        steps = codec.default_steps(device)
     width, height = source.width, source.height
     if width < MIN_SLIDE_SIDE or height < MIN_SLIDE_SIDE:
         raise CinrInputError(
@@ -199,6 +197,9 @@ def plan_slide(
         fractions = block_tissue(tmap, block_size, grid.cols, grid.rows, margin_px=margin)
     else:
         fractions = np.ones((grid.rows, grid.cols))
+    tissue_blocks = frozenset(b for b in range(grid.n_level_blocks) if fractions.flat[b] > 0)
+    if steps is None:  # the device's default, recorded so that a resumed encode trains the same
+        steps = codec.default_steps(device, sum(math.prod(grid.owned(b)[2:]) for b in tissue_blocks))
     slide = slide_fields(width, height, source.properties)
     scale_slide_fields(slide, level, source.downsample)
     slide["background"] = list(tmap.background)
@@ -273,7 +274,7 @@ def plan_slide(
         fingerprint=fingerprint_of(src_path, header, settings),
         codec=codec,
         jobs=jobs,
-        tissue_blocks=frozenset(b for b in range(grid.n_level_blocks) if fractions.flat[b] > 0),
+        tissue_blocks=tissue_blocks,
         tissue_fraction=float(tmap.tissue_fraction),
         mip_avif=mip_avif,
         prior=prior,
@@ -892,6 +893,7 @@ def encode_slide(
             requant_credit=credit,
             floor_rate_weight=again,
             finer_step=finer,
+            block_steps=plan.jobs[0].steps if plan.jobs else None,
         )
     summary["seconds"] = time.perf_counter() - t_start
     summary["compression_ratio"] = summary["source_bytes"] / summary["bytes"] if summary["bytes"] else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -413,9 +414,11 @@ def test_the_cli_summary_shows_the_aim_and_its_weight(tissue_png: Path, tmp_path
     assert "dB over tissue (chosen from the slide's JPEG curve): rate weight" in res.output
     # 3 steps leave the slide far under the floor: stored at a finer step, and the summary says so.
     assert "stored at a finer latent step, as the level's predicted the slide under 35 dB" in res.output
+    assert re.search(r"time: [0-9.]+ s \(3 steps a block, [0-9]+ in all\)", res.output), res.output
     res = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "b.cinr"), "--quality", "4", "--json"])
     summary = json.loads(res.output.strip().splitlines()[-1])
     assert summary["slide_psnr"] is None and summary["rate_weight"] == pytest.approx(L.lambda_of("q4"))
+    assert summary["block_steps"] == 3
 
 
 def test_a_resume_with_every_block_journaled_reports_the_aimed_weight(

@@ -681,3 +681,48 @@ def test_re_quantized_decode_tiles_inside_a_block_equal_the_block_re_quantized_w
         d.clear_cache(models=False)
         raw = d.read(0, 0, 256, 256)
     assert np.array_equal(decoded, requantize(raw, 0, 0, sj))
+
+
+def test_a_cpu_encode_trains_a_slide_with_little_tissue_longer(
+    mixed_png: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default steps follow the tissue the plan found (``train.latent.default_steps``); the
+    jobs and the journal's fingerprint record them, so a resume trains the same."""
+    import cinr_codec.encode.train.latent as latent
+    from cinr_codec.encode.slide import plan_slide
+
+    # The work of the whole 448x256 image at CPU_STEPS: the image without its glass gets more.
+    monkeypatch.setattr(latent, "CPU_WORK_PIXELS", 448 * 256)
+
+    def planned(tissue_mask: bool) -> Any:
+        with SlideSource(mixed_png) as src:
+            return plan_slide(
+                src,
+                mixed_png,
+                level=0,
+                model="ccinr",
+                preset="q4",
+                quant="entropy",
+                steps=None,
+                time_budget=None,
+                total_time_budget=None,
+                target_psnr=None,
+                device="cpu",
+                block_size=128,
+                margin=0,
+                tissue_mask=tissue_mask,
+                mips=False,
+                seed=0,
+            )
+
+    masked, whole = planned(True), planned(False)
+    assert len(whole.tissue_blocks) == whole.grid.n_level_blocks
+    assert {j.steps for j in whole.jobs} == {latent.CPU_STEPS}
+    tissue = sum(128 * 128 for _ in masked.tissue_blocks)
+    assert 0 < len(masked.tissue_blocks) < masked.grid.n_level_blocks
+    assert {j.steps for j in masked.jobs} == {latent.default_steps("cpu", tissue)}
+    assert masked.jobs[0].steps > latent.CPU_STEPS
+    monkeypatch.setattr(latent, "CPU_WORK_PIXELS", 2 * 448 * 256)  # more steps, another fingerprint
+    longer = planned(True)
+    assert longer.jobs[0].steps > masked.jobs[0].steps
+    assert longer.fingerprint != masked.fingerprint

@@ -253,3 +253,27 @@ def test_the_quantizations_sampled_rows_render_as_in_the_whole_image(tissue_crop
     assert torch.allclose(part, whole, atol=1e-6)
     every = torch.arange(80)
     assert all(torch.equal(t, every) for t in sampled_rows(80, syn.halo))  # 80 < 2 x 64: all rows
+
+
+def test_a_cpu_encode_gives_a_slide_with_less_tissue_than_the_samples_longer_fits() -> None:
+    from cinr_codec.encode.train.latent import (
+        CPU_STEPS,
+        CPU_STEPS_MAX,
+        CPU_WORK_PIXELS,
+        RECIPE,
+        default_steps,
+    )
+
+    block = 512 * 512
+    assert default_steps("cpu") == CPU_STEPS  # one block (encode_image), as before
+    assert default_steps("cpu", 0) == CPU_STEPS
+    assert default_steps("cpu", CPU_WORK_PIXELS) == CPU_STEPS  # the bundled sample's tissue
+    assert default_steps("cpu", 4 * CPU_WORK_PIXELS) == CPU_STEPS  # more tissue: never fewer
+    assert default_steps("cpu", CPU_WORK_PIXELS // 2) == 2 * CPU_STEPS  # half the tissue
+    assert default_steps("cpu", 12 * block) == 510  # a multiple of 10, the work not exceeded
+    assert 12 * block * 510 <= CPU_WORK_PIXELS * CPU_STEPS < 12 * block * 520
+    assert default_steps("cpu", 6 * block) == CPU_STEPS_MAX == RECIPE["short_fit_steps"]
+    assert default_steps("cpu", 1) == CPU_STEPS_MAX
+    # Fits of that many steps still start from the slide's prior.
+    assert CODEC.warm_starts(CPU_STEPS_MAX, None)
+    assert default_steps("cuda", 6 * block) == RECIPE["steps"]
