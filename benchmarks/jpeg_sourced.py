@@ -77,13 +77,14 @@ def encode(tif: Path, dst: Path) -> dict[str, Any]:
     return summary
 
 
-def _weight(run: dict[str, Any]) -> str:
-    """The run's aimed rate weight against its quality level's, or "-" without an aim."""
+def _weight(run: dict[str, Any], key: str = "rate_weight") -> str:
+    """The run's aimed rate weight (or the floor pass's, ``key``) against its quality level's, or
+    "-" without one."""
     from cinr_codec.encode.train.latent import lambda_of
 
-    if run.get("slide_psnr") is None or not run.get("rate_weight"):
+    if run.get("slide_psnr") is None or not run.get(key):
         return "–"
-    return f"{run['rate_weight'] / lambda_of(run['preset']):.2f}"
+    return f"{run[key] / lambda_of(run['preset']):.2f}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
                     "preset": s.get("preset"),
                     "slide_psnr": s.get("slide_psnr"),
                     "rate_weight": s.get("rate_weight"),
+                    "floor_rate_weight": s.get("floor_rate_weight"),
+                    "block_steps": s.get("block_steps"),
                 }
             )
     rows = [
@@ -141,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
             else "not met",
             f"{r['wall_seconds'] / 60:.1f}",
             _weight(r),
+            _weight(r, "floor_rate_weight"),
+            str(r["block_steps"] or "–"),
         )
         for r in runs
     ]
@@ -152,7 +157,9 @@ def main(argv: list[str] | None = None) -> None:
         "SLIDE.tif -o X.cinr --json --quiet` (the defaults) in a child process. PSNR over tissue "
         "against the TIFF's level 0; `vs JPEG pyramid`: the file against a 256-px JPEG-tiled pyramid "
         f"of the same level at equal PSNR (target <= 0.7x at >= 35 dB); `λ / level's`: the rate weight the "
-        "default's PSNR aim gave the blocks after the first, against its quality level's. Load average at "
+        "default's PSNR aim gave the blocks after the first, against its quality level's (`floor pass`: the "
+        "weight of their second fit where the slide landed under the floor); `steps a block`: the "
+        "default's training steps. Load average at "
         f"the end: {load_average()}.\n\n"
     )
     text += "\n".join(
@@ -168,8 +175,10 @@ def main(argv: list[str] | None = None) -> None:
                 "target",
                 "min",
                 "λ / level's",
+                "floor pass λ / level's",
+                "steps a block",
             ],
-            "lrrrrrrlrr",
+            "lrrrrrrlrrrr",
             rows,
         )
     )
