@@ -718,7 +718,7 @@ def test_a_cpu_encode_trains_a_slide_with_little_tissue_longer(
     masked, whole = planned(True), planned(False)
     assert len(whole.tissue_blocks) == whole.grid.n_level_blocks
     assert {j.steps for j in whole.jobs} == {latent.CPU_STEPS}
-    tissue = sum(128 * 128 for _ in masked.tissue_blocks)
+    tissue = sum(masked.grid.owned(b)[2] * masked.grid.owned(b)[3] for b in masked.tissue_blocks)
     assert 0 < len(masked.tissue_blocks) < masked.grid.n_level_blocks
     assert {j.steps for j in masked.jobs} == {latent.default_steps("cpu", tissue)}
     assert masked.jobs[0].steps > latent.CPU_STEPS
