@@ -265,12 +265,16 @@ def encode_cmd(
             if ev["done"]:
                 bar.update(ev["done"])
             state["bar"] = bar
-        elif stage == "floor":  # the slide landed under its floor: its later blocks fitted again
+        elif stage in ("floor", "trim"):  # a second pass over the slide's blocks
             if state["bar"] is not None:
                 state["bar"].__exit__(None, None, None)
+            n = ev["total"]
             bar = click.progressbar(
-                length=ev["total"],
-                label=f"the slide is under its floor: fitting {ev['total']} blocks again",
+                length=n,
+                # floor: landed under its floor, fitted again; trim: over its aim, latents searched again
+                label=f"the slide is under its floor: fitting {n} blocks again"
+                if stage == "floor"
+                else f"the slide is over its aim: searching {n} blocks' latents again",
                 file=sink,  # type: ignore[arg-type]
                 show_pos=True,
                 show_eta=True,
@@ -441,6 +445,11 @@ def _aim_line(s: dict[str, Any]) -> str:
         line += (
             f"; landed under the floor, so those blocks were fitted again at {again:.3g} "
             f"({again / level:.2f}x {s['preset']}'s)"
+        )
+    if s.get("trim_factor"):
+        line += (
+            f"; landed over the aim, so the blocks' latents were searched again at "
+            f"{s['trim_factor']:.2f}x their weights"
         )
     if s.get("finer_step"):
         from ..encode.aim import SLIDE_PSNR_FLOOR

@@ -68,6 +68,11 @@ class FitSettings:
     #: The rate weight lambda of the fit, instead of the preset's (``encode.slide``: one weight
     #: for a whole slide, aimed at a PSNR); representations without a rate term ignore it.
     lam: float | None = None
+    #: A stored payload of this block (same representation, configuration and pixels) to
+    #: continue instead of fitting anew: its latents are searched again at ``lam``, nothing is
+    #: trained (``encode.slide``'s trim of a slide that landed over its aim); representations
+    #: that cannot refuse it (``BlockCodec.fit``).
+    start: bytes | None = None
 
     def __post_init__(self) -> None:
         check_fit_limits(self.steps, self.time_budget)
@@ -180,7 +185,8 @@ class BlockCodec(ABC):
     def fit(
         self, pixels: np.ndarray, config: Any, kind: str, preset: str, settings: FitSettings
     ) -> FittedBlock:
-        """Fit one block's representation to RGB uint8 ``pixels``."""
+        """Fit one block's representation to RGB uint8 ``pixels`` (or continue
+        ``settings.start``: a ValueError where the representation cannot)."""
 
     @abstractmethod
     def serialize(self, fitted: FittedBlock, storage: str) -> bytes:

@@ -267,6 +267,8 @@ class HashGridCodec(BlockCodec):
     ) -> FittedBlock:
         from ..encode.train.fit import fit_image
 
+        if settings.start is not None:
+            raise ValueError("hash-grid blocks are fitted anew: they cannot continue a stored payload")
         result = fit_image(
             pixels,
             model=kind,

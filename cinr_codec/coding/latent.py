@@ -28,6 +28,7 @@ import contextlib
 import functools
 import struct
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
@@ -585,6 +586,44 @@ class LatentCodec(BlockCodec):
             n: torch.from_numpy(v.astype(np.float32) * np.float32(2.0**-k)) for n, (v, k) in tensors.items()
         }
 
+    def stored_fit(
+        self, payload: bytes, pixels: np.ndarray, config: LatentConfig, lam: float, device: str = "cpu"
+    ) -> LatentFit:
+        """A stored payload as a fit at rate weight ``lam`` (networks at their stored steps,
+        latents the stored integers), for ``fit`` to continue; the payload's domain must be the
+        size of ``pixels``."""
+        import torch
+
+        from ..core.synthesis import LatentImage
+        from ..encode.train.latent import LatentFit
+
+        where = "the block's stored payload"
+        w, h, x0, y0, weights, _ = self._parse(payload, config, where)
+        if (h, w) != tuple(pixels.shape[:2]):
+            raise ValueError(f"{where}: a {w}x{h} domain for {pixels.shape[1]}x{pixels.shape[0]} pixels")
+        t0 = time.perf_counter()
+        tensors = _network_ints(weights, config, where)
+        grids = cast("LatentBlock", self.load(payload, config, where)).latent_grids()
+        state = {
+            n: torch.from_numpy(v.astype(np.float32) * np.float32(2.0**-k)) for n, (v, k) in tensors.items()
+        }
+        state.update(
+            {f"latents.{i}": torch.from_numpy(g.astype(np.float32))[None] for i, g in enumerate(grids)}
+        )
+        model = LatentImage(config, h, w)
+        model.load_state_dict(state, strict=True)
+        dev = torch.device(device)
+        return LatentFit(
+            model=model.to(dev),
+            config=config,
+            lam=lam,
+            steps=0,
+            seconds=time.perf_counter() - t0,
+            device=str(dev),
+            exponents={n: k for n, (_, k) in tensors.items()},
+            origin=(x0, y0),
+        )
+
     def fit(
         self, pixels: np.ndarray, config: LatentConfig, kind: str, preset: str, settings: FitSettings
     ) -> FittedBlock:
@@ -603,7 +642,12 @@ class LatentCodec(BlockCodec):
         init = None
         if settings.init is not None and self.warm_starts(steps, settings.target_psnr):
             init = self.networks(settings.init, config, "the prior block's payload")
-        if settings.target_psnr is not None:
+        if settings.start is not None:
+            # A stored fit continued: its latents searched again at the new weight (below).
+            if settings.lam is None or settings.target_psnr is not None:
+                raise ValueError("a stored payload is continued at a given rate weight, not a target PSNR")
+            fitted = self.stored_fit(settings.start, pixels, config, settings.lam, device)
+        elif settings.target_psnr is not None:
             # The quality level's lambda is the first guess; the search moves it per block.
             fitted = fit_latents_to_psnr(
                 pixels,
@@ -629,7 +673,8 @@ class LatentCodec(BlockCodec):
             )
         bits = laplace_weight_bits if config.weight_coding == "laplace" else (lambda v: best_order(v)[0])
         with _full_float32():
-            quantize_networks(fitted, pixels, bits)
+            if settings.start is None:  # a continued fit keeps its stored networks
+                quantize_networks(fitted, pixels, bits)
             if RECIPE["rdo_sweeps"]:
                 refine_latents(
                     fitted.model,

@@ -30,7 +30,9 @@ the rest's weight (``corrected_rate``).
 The prediction is open loop: on a TCGA region it was not calibrated on, slides landed 0.5 and 1.0
 dB under their aims, one of them under the floor. So once every block is fitted, a slide under
 min(aim, ``SLIDE_PSNR_FLOOR``) over tissue has its later blocks fitted again at the one weight their
-measured errors put at the floor plus ``FLOOR_MARGIN_DB`` (``floor_rate``; ``encode.slide``).
+measured errors put at the floor plus ``FLOOR_MARGIN_DB`` (``floor_rate``; ``encode.slide``), and one
+that lands more than ``TRIM_MIN_DB`` over its aim has its blocks' stored latents searched again at a
+higher weight (``trim_factor``), which costs a fraction of a fit and saves as many bytes per dB.
 """
 
 from __future__ import annotations
@@ -269,6 +271,39 @@ def floor_rate(
         return None
     lam = (budget / scale) ** (1 / RATE_EXPONENT)
     return None if lam < LAMBDA_RANGE[0] else float(min(LAMBDA_RANGE[1], lam))
+
+
+#: A slide that lands more than this over its aim (dB over tissue) once every block is fitted has
+#: its tissue blocks' latents searched again at a higher rate weight (``trim_factor``;
+#: ``encode.slide``'s trim): the aim's prediction is open loop, and a 1.5 MP TCGA region at 600
+#: steps a block landed 0.42 dB over its aim (docs/architecture.md, "Thirty-second session").
+TRIM_MIN_DB = 0.1
+#: How far a block's PSNR falls when its stored latents are searched again (``rdo.refine_latents``
+#: with the recipe's sweeps) at ``g`` times the weight it was fitted at: about ``TRIM_DB`` x
+#: (ln g)^2 dB. Measured on 512^2 blocks of JPEG Q 60 TCGA tissue: 1.15, 1.24 and 1.20 at g = 1.25,
+#: 1.5 and 2 after 600 steps, 1.8 at g = 1.5 after 270; each point as cheap in bytes per dB as
+#: fitting the block again at that weight (9.7-12.3 % a dB). The trim takes the larger figures'
+#: mean, so that it stops short of the aim rather than under it.
+TRIM_DB = 1.5
+#: The trim's weight is at most this many times the fitted one.
+TRIM_MAX_FACTOR = 2.0
+#: The least training steps a block of a trimmed slide has: the trim costs about 11 s of a core
+#: a 512^2 block, a twelfth of a 600-step fit and a fifth of a 270-step one; slides at the CPU's
+#: 270 steps (the bundled sample's work, within the README's 10 minutes) are not trimmed.
+TRIM_MIN_STEPS = 300
+#: The journal key that marks a block whose stored fit was searched again for the trim, with the
+#: factor of its weight.
+TRIM_KEY = "trim_factor"
+
+
+def trim_factor(landed: float, aim: float) -> float | None:
+    """By how much the trim raises the blocks' weights for a slide that landed at ``landed`` dB
+    over tissue: the factor g that ``TRIM_DB`` x (ln g)^2 puts at ``aim``, at most
+    ``TRIM_MAX_FACTOR``; None where the slide is within ``TRIM_MIN_DB`` of its aim or under it."""
+    excess = landed - aim
+    if not math.isfinite(excess) or excess < TRIM_MIN_DB:
+        return None
+    return float(min(TRIM_MAX_FACTOR, math.exp(math.sqrt(excess / TRIM_DB))))
 
 
 def model_sse(meta: Mapping[str, Any]) -> float:

@@ -109,6 +109,9 @@ class BlockJob:
     #: The source's JPEG coding (``slide.source_jpeg``): the decoded block is measured after the
     #: decoder's re-quantization to it (``core.requant``), or None.
     requant: SourceJpeg | None = None
+    #: The block's own stored payload, continued at ``lam`` instead of fitted anew
+    #: (``FitSettings.start``; ``encode.slide``'s trim), or None.
+    start: bytes | None = field(default=None, repr=False)
 
 
 def _sse(a: np.ndarray, b: np.ndarray) -> float:
@@ -152,6 +155,7 @@ def encode_block(job: BlockJob, fit_pixels: np.ndarray) -> tuple[dict[str, Any],
         measure=False,  # measured below, on the stored payload
         init=job.init,
         lam=job.lam,
+        start=job.start,
     )
     fitted = codec.fit(fit_pixels, job.config, job.model, job.preset, settings)
     payload = codec.serialize(fitted, job.quant)

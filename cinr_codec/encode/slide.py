@@ -54,6 +54,8 @@ from .aim import (
     REQUANT_SHARE,
     SLIDE_PSNR_FLOOR,
     SLIDE_PSNR_RANGE,
+    TRIM_KEY,
+    TRIM_MIN_STEPS,
     SlideDifficulty,
     aimed_rate,
     calibration_blocks,
@@ -66,6 +68,7 @@ from .aim import (
     model_sse,
     predicted_psnr,
     requant_credit,
+    trim_factor,
 )
 from .block import SEAM_STRIP, BlockJob, block_seed, candidate_seed, encode_block
 from .image import check_destination
@@ -768,6 +771,8 @@ def encode_slide(
                     return None
                 metas = {b: journal.read(b).meta for b in plan.tissue_blocks}
                 models = {b: m for b, m in metas.items() if m["kind"] == "model"}
+                if any(TRIM_KEY in m for m in models.values()):
+                    return None  # a resume: the trim follows a floor found met
                 later = [b for b in models if b != plan.prior]
                 tagged = [float(models[b][FLOOR_KEY]) for b in later if FLOOR_KEY in models[b]]
                 again: float | None
@@ -813,6 +818,68 @@ def encode_slide(
                         sink.append(meta, parts)
                         block_done(job, meta)
                 return again
+
+            def trim_pass(
+                lam: float | None, aim: float | None, rest: float | None, finer: bool
+            ) -> float | None:
+                """Where the aimed slide landed over its aim by more than ``aim.TRIM_MIN_DB`` over
+                tissue (and met its floor), each tissue block's stored fit continued at the
+                factor ``aim.trim_factor`` gives times its weight (its latents searched again,
+                nothing trained: ``FitSettings.start``), each journaled with that factor
+                (``TRIM_KEY``: a resume finishes the trim at it); returns the factor, or None.
+                Not for blocks trained fewer than ``aim.TRIM_MIN_STEPS`` steps (the CPU's least:
+                the trim would cost a fifth of their fit), nor with a total time budget."""
+                steps = plan.jobs[0].steps if plan.jobs else None
+                if lam is None or aim is None or plan.prior is None or total_time_budget is not None:
+                    return None
+                if steps is None or steps < TRIM_MIN_STEPS:
+                    return None
+                metas = {b: journal.read(b).meta for b in plan.tissue_blocks}
+                models = {b: m for b, m in metas.items() if m["kind"] == "model"}
+                if any(FLOOR_KEY in m for m in models.values()):
+                    return None  # fitted again for the floor: at the floor's margin already
+                tagged = [float(m[TRIM_KEY]) for m in models.values() if TRIM_KEY in m]
+                factor: float | None
+                if tagged:
+                    factor = tagged[0]
+                else:
+                    values = sum(int(m["n"]) for m in models.values())
+                    landed = psnr_of(sum(float(m["sse"]) for m in models.values()), values)
+                    factor = None if landed is None else trim_factor(landed, aim)
+                    if factor is None:
+                        return None
+                    log.info(
+                        "the slide landed at %.2f dB over tissue, over its aim of %.2f: its %d tissue "
+                        "blocks' latents are searched again at %.2fx their rate weights",
+                        landed,
+                        aim,
+                        len(models),
+                        factor,
+                    )
+                sample = set(calibration())
+                config = plan.finer[0] if finer and plan.finer is not None else None
+
+                def trimmed(b: int) -> BlockJob:
+                    weight = (
+                        plan.rate_weight if b == plan.prior else lam if rest is None or b in sample else rest
+                    )
+                    job = plan.jobs[b] if config is None else replace(plan.jobs[b], config=config)
+                    assert factor is not None
+                    return replace(job, init=None, start=journal.read(b).parts[0], lam=weight * factor)
+
+                jobs = [trimmed(b) for b in sorted(models) if TRIM_KEY not in models[b]]
+                if progress is not None:
+                    progress({"stage": "trim", "total": len(jobs)})
+                sink = _Continued(journal, {TRIM_KEY: factor})
+                if client is not None or pooled:
+                    run_elsewhere(jobs, len(jobs), sink=sink)
+                else:
+                    for job in jobs:
+                        set_threads()
+                        meta, parts = encode_block(job, read_fit_region(job))
+                        sink.append(meta, parts)
+                        block_done(job, meta)
+                return factor
 
             # The prior block first, alone (from several seeds where the representation races
             # them): the others start from its stored networks.
@@ -864,6 +931,7 @@ def encode_slide(
             lam, finer, aim, credit = aimed_weight()
             rest, credit = corrected_weight() if calibration() else (None, credit)
             again = floor_pass(lam, aim, rest, credit)
+            trim = trim_pass(lam, aim, rest, finer)
             if progress is not None:
                 progress({"stage": "write"})
             summary = assemble(
@@ -892,6 +960,7 @@ def encode_slide(
             corrected_rate_weight=rest,
             requant_credit=credit,
             floor_rate_weight=again,
+            trim_factor=trim,
             finer_step=finer,
             block_steps=plan.jobs[0].steps if plan.jobs else None,
         )
@@ -937,6 +1006,16 @@ class _Tagged:
 
     def append(self, meta: dict[str, Any], parts: list[bytes]) -> None:
         self.journal.append({**meta, **self.tags}, parts)
+
+
+class _Continued(_Tagged):
+    """The trim's sink: records tagged as ``_Tagged``'s, each keeping the training steps and
+    seconds of the fit it continued (the summary's timings count them)."""
+
+    def append(self, meta: dict[str, Any], parts: list[bytes]) -> None:
+        first = self.journal.read(int(meta["block_id"])).meta
+        spent = {"steps": first["steps"], "seconds": float(first["seconds"]) + float(meta["seconds"])}
+        super().append({**meta, **spent}, parts)
 
 
 def _thread_setter(

@@ -31,6 +31,9 @@ from cinr_codec.encode.aim import (
     REQUANT_MAX,
     REQUANT_SHARE,
     SLIDE_PSNR_FLOOR,
+    TRIM_DB,
+    TRIM_MAX_FACTOR,
+    TRIM_MIN_DB,
     SlideDifficulty,
     aimed_rate,
     calibration_blocks,
@@ -42,6 +45,7 @@ from cinr_codec.encode.aim import (
     measured_blocks,
     model_sse,
     requant_credit,
+    trim_factor,
 )
 from cinr_codec.encode.slide import encode_slide
 from cinr_codec.encode.train import latent as L
@@ -575,6 +579,70 @@ def test_a_slide_landed_under_its_floor_has_its_later_blocks_fitted_again(
     assert stored_blocks(resumed) == stored_blocks(out)
 
 
+def test_the_trim_factor_puts_the_slide_at_its_aim_by_the_measured_fall() -> None:
+    # TRIM_DB x (ln g)^2 dB is what the factor is expected to take off.
+    for landed, aim in ((36.17, 35.75), (36.0, 35.8), (36.8, 36.2)):
+        g = trim_factor(landed, aim)
+        assert g is not None and 1.0 < g < TRIM_MAX_FACTOR
+        assert TRIM_DB * math.log(g) ** 2 == pytest.approx(landed - aim)
+    assert trim_factor(35.75 + TRIM_MIN_DB - 0.01, 35.75) is None  # close enough: no pass
+    assert trim_factor(35.5, 35.75) is None  # under the aim
+    assert trim_factor(45.0, 35.75) == TRIM_MAX_FACTOR
+    assert trim_factor(float("nan"), 35.75) is None
+
+
+def test_a_slide_landed_over_its_aim_has_its_blocks_latents_searched_again(
+    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any, Any]]
+) -> None:
+    """Aimed at 25 dB, 40-step fits land far over it. Under ``TRIM_MIN_STEPS`` nothing follows; with
+    trims allowed, every tissue block's stored fit is continued (nothing trained) at
+    ``TRIM_MAX_FACTOR`` times the weight it was fitted at, and the file is smaller than the same
+    first pass's without the trim. Stopped after one continued block, a resume finishes the trim
+    at the journaled factor and writes the uninterrupted encode's blocks."""
+    from cinr_codec.encode import slide
+
+    monkeypatch.setitem(L.RECIPE, "prior_candidates", 1)
+    settings = {**SETTINGS, "steps": 40, "slide_psnr": 25.0}
+    plain = encode_slide(tissue_png, tmp_path / "plain.cinr", **settings)
+    assert plain["trim_factor"] is None and plain["psnr"] > 25.0 + TRIM_MIN_DB
+    first = [st for _, st, _ in fits_seen]
+    assert all(st.start is None for st in first)
+
+    monkeypatch.setattr(slide, "TRIM_MIN_STEPS", 40)
+    fits_seen.clear()
+    stages: list[str] = []
+    out = tmp_path / "trim.cinr"
+    s = encode_slide(tissue_png, out, progress=lambda ev: stages.append(ev["stage"]), **settings)
+    tissue = s["tissue_blocks"]
+    assert s["trim_factor"] == TRIM_MAX_FACTOR
+    assert stages.count("trim") == 1 and stages[stages.index("trim") :].count("block") == tissue
+    trained = [st for _, st, _ in fits_seen if st.start is None]
+    continued = [st for _, st, _ in fits_seen if st.start is not None]
+    assert [st.lam for st in trained] == [st.lam for st in first]  # the same first pass
+    assert len(continued) == tissue and all(st.steps == 40 and st.init is None for st in continued)
+    level = L.lambda_of(s["preset"])  # the prior's weight
+    weights = {level if st.lam is None else st.lam for st in trained}
+    assert {st.lam / TRIM_MAX_FACTOR for st in continued} <= weights  # each at twice its own weight
+    assert sum(st.lam == level * TRIM_MAX_FACTOR for st in continued) == 1  # the prior
+    assert s["bytes"] < plain["bytes"]
+
+    resumed = tmp_path / "resumed.cinr"
+    in_trim: list[str] = []
+
+    def stop(ev: dict[str, Any]) -> None:
+        in_trim.append(ev["stage"])
+        if ev["stage"] == "block" and "trim" in in_trim:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        encode_slide(tissue_png, resumed, progress=stop, **settings)
+    fits_seen.clear()
+    r = encode_slide(tissue_png, resumed, resume=True, **settings)
+    assert r["trim_factor"] == TRIM_MAX_FACTOR
+    assert len(fits_seen) == tissue - 1 and all(st.start is not None for _, st, _ in fits_seen)
+    assert stored_blocks(resumed) == stored_blocks(out)
+
+
 def test_the_cli_aim_line_names_the_floor_pass() -> None:
     from cinr_codec.cli.encode import _aim_line
 
@@ -589,3 +657,6 @@ def test_the_cli_aim_line_names_the_floor_pass() -> None:
         s
     )
     assert "landed under" not in _aim_line({**s, "floor_rate_weight": None})
+    line = _aim_line({**s, "floor_rate_weight": None, "trim_factor": 1.7})
+    assert line.endswith("; landed over the aim, so the blocks' latents were searched again at 1.70x their weights")
+    assert "landed over" not in _aim_line(s)
