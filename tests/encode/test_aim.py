@@ -658,5 +658,7 @@ def test_the_cli_aim_line_names_the_floor_pass() -> None:
     )
     assert "landed under" not in _aim_line({**s, "floor_rate_weight": None})
     line = _aim_line({**s, "floor_rate_weight": None, "trim_factor": 1.7})
-    assert line.endswith("; landed over the aim, so the blocks' latents were searched again at 1.70x their weights")
+    assert line.endswith(
+        "; landed over the aim, so the blocks' latents were searched again at 1.70x their weights"
+    )
     assert "landed over" not in _aim_line(s)
