@@ -356,3 +356,33 @@ def test_hostile_tiled_payloads_raise_cinr_errors(tiled: tuple[Any, bytes]) -> N
         fields["model"]["latent_tile"] = tile
         with pytest.raises(CinrFormatError, match="latent_tile"):
             CODEC.parse_config(fields, "t")
+
+
+def test_a_stored_fit_continues_at_a_higher_weight(
+    fitted: tuple[np.ndarray, Any, Any, bytes], tiled: tuple[Any, bytes]
+) -> None:
+    """``stored_fit`` gives back the stored block exactly (tiled or not); a fit that continues it
+    (``FitSettings.start``) trains nothing, keeps its networks and searches its latents at the new
+    weight: at 4x the level's, fewer bytes."""
+    from cinr_codec.encode.train.latent import lambda_of
+
+    img, cfg, fit, payload = fitted
+    for c, p in ((cfg, payload), tiled):
+        again = CODEC.stored_fit(p, img, c, 1e-3)
+        assert CODEC.serialize(again, "entropy") == p and again.origin == (3, 5) and again.steps == 0
+        assert np.array_equal(render_latents(again.model), render_latents(fit.model))
+    lam = 4 * lambda_of("q8")
+    more = CODEC.fit(img, cfg, "ccinr", "q8", FitSettings(start=payload, lam=lam, frame=(3, 5, 64.0)))
+    assert more.steps == 0 and more.lam == lam and more.exponents == fit.exponents
+    assert len(CODEC.serialize(more, "entropy")) < len(payload)
+    kept = dict(CODEC.stored_fit(payload, img, cfg, lam).model.named_parameters())
+    moved = [n for n, p in more.model.named_parameters() if not bool((p == kept[n]).all())]
+    assert moved and all(n.startswith("latents.") for n in moved)
+    with pytest.raises(ValueError, match="a stored payload is continued at a given rate weight"):
+        CODEC.fit(img, cfg, "ccinr", "q8", FitSettings(start=payload))
+    with pytest.raises(ValueError, match=r"a 40x48 domain for 40x47 pixels"):
+        CODEC.stored_fit(payload, img[:47], cfg, 1e-3)
+    from cinr_codec.coding.registry import get_codec
+
+    with pytest.raises(ValueError, match="cannot continue a stored payload"):
+        get_codec("cinr").fit(img, None, "cinr", "fast", FitSettings(start=payload, lam=lam))
