@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
                     "slide_psnr": s.get("slide_psnr"),
                     "rate_weight": s.get("rate_weight"),
                     "floor_rate_weight": s.get("floor_rate_weight"),
+                    "trim_factor": s.get("trim_factor"),
                     "block_steps": s.get("block_steps"),
                 }
             )
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
             f"Q{r['tiff_quality']}",
             f"{r['tiff_bytes']:,}",
             num(r["psnr"], ".2f"),
+            num(r.get("slide_psnr"), ".2f"),
             f"{r['bytes']:,}",
             f"{r['mip_bytes']:,}",
             f"{r['jpeg_equal_psnr_bytes']:,}" if r["jpeg_equal_psnr_bytes"] else "–",
@@ -145,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['wall_seconds'] / 60:.1f}",
             _weight(r),
             _weight(r, "floor_rate_weight"),
+            num(r.get("trim_factor"), ".2f"),
             str(r["block_steps"] or "–"),
         )
         for r in runs
@@ -158,7 +161,9 @@ def main(argv: list[str] | None = None) -> None:
         "against the TIFF's level 0; `vs JPEG pyramid`: the file against a 256-px JPEG-tiled pyramid "
         f"of the same level at equal PSNR (target <= 0.7x at >= 35 dB); `λ / level's`: the rate weight the "
         "default's PSNR aim gave the blocks after the first, against its quality level's (`floor pass`: the "
-        "weight of their second fit where the slide landed under the floor); `steps a block`: the "
+        "weight of their second fit where the slide landed under the floor; `trim`: the factor of the "
+        "blocks' weights at which their latents were searched again where it landed over its aim); "
+        "`aim dB`: the PSNR over tissue the encode aimed at; `steps a block`: the "
         "default's training steps. Load average at "
         f"the end: {load_average()}.\n\n"
     )
@@ -168,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
                 "TIFF",
                 "TIFF bytes",
                 "PSNR dB",
+                "aim dB",
                 "cinr bytes",
                 "mips bytes",
                 "JPEG pyramid bytes",
@@ -176,9 +182,10 @@ def main(argv: list[str] | None = None) -> None:
                 "min",
                 "λ / level's",
                 "floor pass λ / level's",
+                "trim",
                 "steps a block",
             ],
-            "lrrrrrrlrrrr",
+            "lrrrrrrrlrrrrr",
             rows,
         )
     )

@@ -845,7 +845,7 @@ def encode_slide(
                 else:
                     values = sum(int(m["n"]) for m in models.values())
                     landed = psnr_of(sum(float(m["sse"]) for m in models.values()), values)
-                    factor = None if landed is None else trim_factor(landed, aim)
+                    factor = None if landed is None else trim_factor(landed, aim, SLIDE_PSNR_FLOOR)
                     if factor is None:
                         return None
                     log.info(

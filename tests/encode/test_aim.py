@@ -32,6 +32,7 @@ from cinr_codec.encode.aim import (
     REQUANT_SHARE,
     SLIDE_PSNR_FLOOR,
     TRIM_DB,
+    TRIM_FLOOR_MARGIN_DB,
     TRIM_MAX_FACTOR,
     TRIM_MIN_DB,
     SlideDifficulty,
@@ -588,6 +589,13 @@ def test_the_trim_factor_puts_the_slide_at_its_aim_by_the_measured_fall() -> Non
     assert trim_factor(35.75 + TRIM_MIN_DB - 0.01, 35.75) is None  # close enough: no pass
     assert trim_factor(35.5, 35.75) is None  # under the aim
     assert trim_factor(45.0, 35.75) == TRIM_MAX_FACTOR
+    # Near the floor: twice the expected fall would leave the slide TRIM_FLOOR_MARGIN_DB over it.
+    for landed, aim in ((35.5, 35.0), (35.5, 35.2), (35.3, 34.0)):
+        g = trim_factor(landed, aim)
+        assert g is not None
+        assert 2 * TRIM_DB * math.log(g) ** 2 == pytest.approx(landed - min(aim, 35.0) - TRIM_FLOOR_MARGIN_DB)
+    assert trim_factor(35.6, 35.5, floor=35.5) is None  # no room over the floor's margin
+    assert trim_factor(35.15, 34.9) is None  # 0.25 over its aim, 0.075 to take off by the floor's margin
     assert trim_factor(float("nan"), 35.75) is None
 
 
