@@ -278,16 +278,18 @@ def floor_rate(
 #: ``encode.slide``'s trim): the aim's prediction is open loop, and a 1.5 MP TCGA region at 600
 #: steps a block landed 0.42 dB over its aim (docs/architecture.md, "Thirty-second session").
 TRIM_MIN_DB = 0.1
-#: How far a slide's PSNR over tissue falls when its blocks' stored latents are searched again
-#: (``rdo.refine_latents`` with the recipe's sweeps) at ``g`` times the weights they were fitted
-#: at: about ``TRIM_DB`` x (ln g)^2 dB. On 512^2 blocks of JPEG Q 60 TCGA tissue, their own PSNR:
-#: 1.15, 1.24 and 1.20 at g = 1.25, 1.5 and 2 after 600 steps, 1.8 at g = 1.5 after 270, each
-#: point as cheap in bytes per dB as fitting the block again at that weight (9.7-12.3 % a dB);
-#: but a whole 1537 x 1023 Q 60 TIFF's file PSNR (re-quantized to the source's lattice, whose gain
-#: falls as the model moves from the source) fell 0.91 dB at g = 1.69: 3.3. The trim takes a little
-#: more, so that it stops short of the aim rather than under it (docs/architecture.md,
-#: "Thirty-second session").
-TRIM_DB = 3.5
+#: How far a block's own PSNR falls when its stored latents are searched again
+#: (``rdo.refine_latents`` with the recipe's sweeps) at ``g`` times the weight it was fitted at:
+#: about ``TRIM_DB`` x (ln g)^2 dB. On 512^2 blocks of JPEG Q 60 TCGA tissue: 1.15, 1.24 and 1.20
+#: at g = 1.25, 1.5 and 2 after 600 steps, 1.8 at g = 1.5 after 270, each point as cheap in bytes
+#: per dB as fitting the block again at that weight (9.7-12.3 % a dB).
+TRIM_DB = 1.5
+#: Where the slide's blocks are re-quantized to a JPEG source's lattice, its PSNR over tissue falls
+#: faster, about ``TRIM_DB_REQUANT`` x ln g dB (the lattice's gain goes first): on the 1537 x 1023
+#: TCGA region's Q 60 TIFF, 1.73 at g = 1.69, 1.60 at 1.41 and, at seed 1, 1.53 at 1.36
+#: (docs/architecture.md, "Thirty-second session"). The trims take the larger figures, so that
+#: they stop short of the aim rather than under it.
+TRIM_DB_REQUANT = 1.75
 #: The trim's factor also keeps a slide over the floor (min(aim, ``SLIDE_PSNR_FLOOR``)) plus this
 #: much were its fall twice ``TRIM_DB``'s.
 TRIM_FLOOR_MARGIN_DB = 0.1
@@ -302,19 +304,23 @@ TRIM_MIN_STEPS = 300
 TRIM_KEY = "trim_factor"
 
 
-def trim_factor(landed: float, aim: float, floor: float = SLIDE_PSNR_FLOOR) -> float | None:
+def trim_factor(
+    landed: float, aim: float, floor: float = SLIDE_PSNR_FLOOR, requantized: bool = False
+) -> float | None:
     """By how much the trim raises the blocks' weights for a slide that landed at ``landed`` dB
-    over tissue: the factor g that ``TRIM_DB`` x (ln g)^2 puts at ``aim``, at most
-    ``TRIM_MAX_FACTOR``, and at most the one that twice that fall would put at min(aim, ``floor``)
-    plus ``TRIM_FLOOR_MARGIN_DB``; None where that takes off less than ``TRIM_MIN_DB`` (a slide
-    near its aim, under it, or near the floor)."""
+    over tissue: the factor g whose expected fall (``TRIM_DB`` x (ln g)^2, or with
+    ``requantized`` blocks ``TRIM_DB_REQUANT`` x ln g) puts it at ``aim``, at most
+    ``TRIM_MAX_FACTOR``, and at most the one whose twice that fall would put it at min(aim,
+    ``floor``) plus ``TRIM_FLOOR_MARGIN_DB``; None where that takes off less than ``TRIM_MIN_DB``
+    (a slide near its aim, under it, or near the floor)."""
     excess = landed - aim
     if not math.isfinite(excess) or excess < TRIM_MIN_DB:
         return None
     fall = min(excess, (landed - min(aim, floor) - TRIM_FLOOR_MARGIN_DB) / 2)
     if fall < TRIM_MIN_DB:
         return None
-    return float(min(TRIM_MAX_FACTOR, math.exp(math.sqrt(fall / TRIM_DB))))
+    log_g = fall / TRIM_DB_REQUANT if requantized else math.sqrt(fall / TRIM_DB)
+    return float(min(TRIM_MAX_FACTOR, math.exp(log_g)))
 
 
 def model_sse(meta: Mapping[str, Any]) -> float:

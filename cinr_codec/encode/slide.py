@@ -845,7 +845,10 @@ def encode_slide(
                 else:
                     values = sum(int(m["n"]) for m in models.values())
                     landed = psnr_of(sum(float(m["sse"]) for m in models.values()), values)
-                    factor = None if landed is None else trim_factor(landed, aim, SLIDE_PSNR_FLOOR)
+                    requantized = any("raw_sse" in m for m in models.values())
+                    factor = (
+                        None if landed is None else trim_factor(landed, aim, SLIDE_PSNR_FLOOR, requantized)
+                    )
                     if factor is None:
                         return None
                     log.info(

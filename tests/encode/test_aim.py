@@ -32,6 +32,7 @@ from cinr_codec.encode.aim import (
     REQUANT_SHARE,
     SLIDE_PSNR_FLOOR,
     TRIM_DB,
+    TRIM_DB_REQUANT,
     TRIM_FLOOR_MARGIN_DB,
     TRIM_MAX_FACTOR,
     TRIM_MIN_DB,
@@ -597,6 +598,13 @@ def test_the_trim_factor_puts_the_slide_at_its_aim_by_the_measured_fall() -> Non
     assert trim_factor(35.6, 35.5, floor=35.5) is None  # no room over the floor's margin
     assert trim_factor(35.15, 34.9) is None  # 0.25 over its aim, 0.075 to take off by the floor's margin
     assert trim_factor(float("nan"), 35.75) is None
+    # Re-quantized blocks: TRIM_DB_REQUANT x ln g, and the same bounds.
+    g = trim_factor(36.17, 35.75, requantized=True)
+    assert g is not None and TRIM_DB_REQUANT * math.log(g) == pytest.approx(0.42)
+    g = trim_factor(35.5, 35.0, requantized=True)
+    assert g is not None and 2 * TRIM_DB_REQUANT * math.log(g) == pytest.approx(0.5 - TRIM_FLOOR_MARGIN_DB)
+    assert trim_factor(45.0, 35.75, requantized=True) == TRIM_MAX_FACTOR
+    assert trim_factor(35.8, 35.75, requantized=True) is None
 
 
 def test_a_slide_landed_over_its_aim_has_its_blocks_latents_searched_again(
