@@ -756,6 +756,28 @@ def encode_slide(
                 if not counted:
                     block_done(job, meta)
 
+            def tissue_models() -> tuple[dict[int, dict[str, Any]], int, float | None]:
+                """The journaled tissue blocks' records that hold models, their values and the
+                slide's PSNR over them (what the floor and the trim check)."""
+                metas = {b: journal.read(b).meta for b in plan.tissue_blocks}
+                models = {b: m for b, m in metas.items() if m["kind"] == "model"}
+                values = sum(int(m["n"]) for m in models.values())
+                return models, values, psnr_of(sum(float(m["sse"]) for m in models.values()), values)
+
+            def second_pass(stage: str, jobs: list[BlockJob], sink: BlockSink) -> None:
+                """Run a pass's ``jobs`` (``stage``: its progress event) as the first pass runs
+                them, each result to ``sink``."""
+                if progress is not None:
+                    progress({"stage": stage, "total": len(jobs)})
+                if client is not None or pooled:
+                    run_elsewhere(jobs, len(jobs), sink=sink)
+                    return
+                for job in jobs:
+                    set_threads()
+                    meta, parts = encode_block(job, read_fit_region(job))
+                    sink.append(meta, parts)
+                    block_done(job, meta)
+
             def floor_pass(
                 lam: float | None, aim: float | None, rest: float | None, credit: float
             ) -> float | None:
@@ -769,8 +791,7 @@ def encode_slide(
                 or None. Not for encodes with a total time budget."""
                 if lam is None or aim is None or plan.prior is None or total_time_budget is not None:
                     return None
-                metas = {b: journal.read(b).meta for b in plan.tissue_blocks}
-                models = {b: m for b, m in metas.items() if m["kind"] == "model"}
+                models, values, landed = tissue_models()
                 if any(TRIM_KEY in m for m in models.values()):
                     return None  # a resume: the trim follows a floor found met
                 later = [b for b in models if b != plan.prior]
@@ -780,8 +801,6 @@ def encode_slide(
                     again = tagged[0]
                 else:
                     floor = min(aim, SLIDE_PSNR_FLOOR)
-                    values = sum(int(m["n"]) for m in models.values())
-                    landed = psnr_of(sum(float(m["sse"]) for m in models.values()), values)
                     if landed is None or landed >= floor or not later:
                         return None
                     sample = set(calibration())
@@ -806,82 +825,65 @@ def encode_slide(
                         again,
                     )
                 jobs = warmed([plan.jobs[b] for b in later if FLOOR_KEY not in models[b]], corrected=again)
-                if progress is not None:
-                    progress({"stage": "floor", "total": len(jobs)})
-                sink = _Tagged(journal, {FLOOR_KEY: again, FIRST_PASS_KEY: [rest, credit]})
-                if client is not None or pooled:
-                    run_elsewhere(jobs, len(jobs), sink=sink)
-                else:
-                    for job in jobs:
-                        set_threads()
-                        meta, parts = encode_block(job, read_fit_region(job))
-                        sink.append(meta, parts)
-                        block_done(job, meta)
+                second_pass(
+                    "floor", jobs, _Tagged(journal, {FLOOR_KEY: again, FIRST_PASS_KEY: [rest, credit]})
+                )
                 return again
 
             def trim_pass(
-                lam: float | None, aim: float | None, rest: float | None, finer: bool
+                lam: float | None, aim: float | None, rest: float | None, credit: float, finer: bool
             ) -> float | None:
                 """Where the aimed slide landed over its aim by more than ``aim.TRIM_MIN_DB`` over
-                tissue (and met its floor), each tissue block's stored fit continued at the
-                factor ``aim.trim_factor`` gives times its weight (its latents searched again,
-                nothing trained: ``FitSettings.start``), each journaled with that factor
-                (``TRIM_KEY``: a resume finishes the trim at it); returns the factor, or None.
-                Not for blocks trained fewer than ``aim.TRIM_MIN_STEPS`` steps (the CPU's least:
-                the trim would cost a fifth of their fit), nor with a total time budget."""
+                tissue (and met its floor), its later tissue blocks' stored fits continued at the
+                factor ``aim.trim_factor`` gives times their weights (their latents searched
+                again, nothing trained: ``FitSettings.start``), each journaled with that factor
+                (``TRIM_KEY``: a resume finishes the trim at it) and the calibration's weight and
+                credit (``FIRST_PASS_KEY``, as ``floor_pass``'s); the prior stays, as the aim reads
+                its record. Returns the factor, or None. Not for blocks trained fewer than
+                ``aim.TRIM_MIN_STEPS`` steps (the CPU's least: the trim would cost a fifth of
+                their fit), nor with a total time budget."""
                 steps = plan.jobs[0].steps if plan.jobs else None
                 if lam is None or aim is None or plan.prior is None or total_time_budget is not None:
                     return None
                 if steps is None or steps < TRIM_MIN_STEPS:
                     return None
-                metas = {b: journal.read(b).meta for b in plan.tissue_blocks}
-                models = {b: m for b, m in metas.items() if m["kind"] == "model"}
+                models, _, landed = tissue_models()
                 if any(FLOOR_KEY in m for m in models.values()):
                     return None  # fitted again for the floor: at the floor's margin already
-                tagged = [float(m[TRIM_KEY]) for m in models.values() if TRIM_KEY in m]
-                factor: float | None
+                later = [b for b in sorted(models) if b != plan.prior]
+                tagged = [float(models[b][TRIM_KEY]) for b in later if TRIM_KEY in models[b]]
                 if tagged:
                     factor = tagged[0]
                 else:
-                    values = sum(int(m["n"]) for m in models.values())
-                    landed = psnr_of(sum(float(m["sse"]) for m in models.values()), values)
                     requantized = any("raw_sse" in m for m in models.values())
-                    factor = (
-                        None if landed is None else trim_factor(landed, aim, SLIDE_PSNR_FLOOR, requantized)
+                    found = (
+                        None
+                        if landed is None or not later
+                        else trim_factor(landed, aim, SLIDE_PSNR_FLOOR, requantized)
                     )
-                    if factor is None:
+                    if found is None:
                         return None
+                    factor = found
                     log.info(
-                        "the slide landed at %.2f dB over tissue, over its aim of %.2f: its %d tissue "
+                        "the slide landed at %.2f dB over tissue, over its aim of %.2f: its %d later "
                         "blocks' latents are searched again at %.2fx their rate weights",
                         landed,
                         aim,
-                        len(models),
+                        len(later),
                         factor,
                     )
                 sample = set(calibration())
                 config = plan.finer[0] if finer and plan.finer is not None else None
-
-                def trimmed(b: int) -> BlockJob:
-                    weight = (
-                        plan.rate_weight if b == plan.prior else lam if rest is None or b in sample else rest
-                    )
+                jobs = []
+                for b in later:
+                    if TRIM_KEY in models[b]:
+                        continue  # a resume: trimmed already
                     job = plan.jobs[b] if config is None else replace(plan.jobs[b], config=config)
-                    assert factor is not None
-                    return replace(job, init=None, start=journal.read(b).parts[0], lam=weight * factor)
-
-                jobs = [trimmed(b) for b in sorted(models) if TRIM_KEY not in models[b]]
-                if progress is not None:
-                    progress({"stage": "trim", "total": len(jobs)})
-                sink = _Continued(journal, {TRIM_KEY: factor})
-                if client is not None or pooled:
-                    run_elsewhere(jobs, len(jobs), sink=sink)
-                else:
-                    for job in jobs:
-                        set_threads()
-                        meta, parts = encode_block(job, read_fit_region(job))
-                        sink.append(meta, parts)
-                        block_done(job, meta)
+                    weight = lam if rest is None or b in sample else rest
+                    jobs.append(replace(job, init=None, start=journal.read(b).parts[0], lam=weight * factor))
+                second_pass(
+                    "trim", jobs, _Continued(journal, {TRIM_KEY: factor, FIRST_PASS_KEY: [rest, credit]})
+                )
                 return factor
 
             # The prior block first, alone (from several seeds where the representation races
@@ -934,7 +936,7 @@ def encode_slide(
             lam, finer, aim, credit = aimed_weight()
             rest, credit = corrected_weight() if calibration() else (None, credit)
             again = floor_pass(lam, aim, rest, credit)
-            trim = trim_pass(lam, aim, rest, finer)
+            trim = trim_pass(lam, aim, rest, credit, finer)
             if progress is not None:
                 progress({"stage": "write"})
             summary = assemble(

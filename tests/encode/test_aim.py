@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from cinr_codec.encode.aim import (
     AUTO_AIM_RANGE,
     DEFAULT_SLIDE_PSNR,
     FINER_AT_ONCE_MARGIN,
+    FIRST_PASS_KEY,
     FLOOR_MARGIN_DB,
     LOG_BYTES_PER_DB,
     MAX_CALIBRATION_BLOCKS,
@@ -34,6 +36,7 @@ from cinr_codec.encode.aim import (
     TRIM_DB,
     TRIM_DB_REQUANT,
     TRIM_FLOOR_MARGIN_DB,
+    TRIM_KEY,
     TRIM_MAX_FACTOR,
     TRIM_MIN_DB,
     SlideDifficulty,
@@ -49,6 +52,8 @@ from cinr_codec.encode.aim import (
     requant_credit,
     trim_factor,
 )
+from cinr_codec.encode.journal import MAGIC as JOURNAL_MAGIC
+from cinr_codec.encode.journal import Journal, journal_path
 from cinr_codec.encode.slide import encode_slide
 from cinr_codec.encode.train import latent as L
 from cinr_codec.format.container import CinrReader
@@ -611,8 +616,8 @@ def test_a_slide_landed_over_its_aim_has_its_blocks_latents_searched_again(
     tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any, Any]]
 ) -> None:
     """Aimed at 25 dB, 40-step fits land far over it. Under ``TRIM_MIN_STEPS`` nothing follows; with
-    trims allowed, every tissue block's stored fit is continued (nothing trained) at
-    ``TRIM_MAX_FACTOR`` times the weight it was fitted at, and the file is smaller than the same
+    trims allowed, every tissue block's stored fit but the prior's is continued (nothing trained)
+    at ``TRIM_MAX_FACTOR`` times the weight it was fitted at, and the file is smaller than the same
     first pass's without the trim. Stopped after one continued block, a resume finishes the trim
     at the journaled factor and writes the uninterrupted encode's blocks."""
     from cinr_codec.encode import slide
@@ -631,15 +636,14 @@ def test_a_slide_landed_over_its_aim_has_its_blocks_latents_searched_again(
     s = encode_slide(tissue_png, out, progress=lambda ev: stages.append(ev["stage"]), **settings)
     tissue = s["tissue_blocks"]
     assert s["trim_factor"] == TRIM_MAX_FACTOR
-    assert stages.count("trim") == 1 and stages[stages.index("trim") :].count("block") == tissue
+    later = tissue - 1
+    assert stages.count("trim") == 1 and stages[stages.index("trim") :].count("block") == later
     trained = [st for _, st, _ in fits_seen if st.start is None]
     continued = [st for _, st, _ in fits_seen if st.start is not None]
     assert [st.lam for st in trained] == [st.lam for st in first]  # the same first pass
-    assert len(continued) == tissue and all(st.steps == 40 and st.init is None for st in continued)
-    level = L.lambda_of(s["preset"])  # the prior's weight
-    weights = {level if st.lam is None else st.lam for st in trained}
+    assert len(continued) == later and all(st.steps == 40 and st.init is None for st in continued)
+    weights = {st.lam for st in trained if st.lam is not None}  # the later blocks' (the prior's: None)
     assert {st.lam / TRIM_MAX_FACTOR for st in continued} <= weights  # each at twice its own weight
-    assert sum(st.lam == level * TRIM_MAX_FACTOR for st in continued) == 1  # the prior
     assert s["bytes"] < plain["bytes"]
 
     resumed = tmp_path / "resumed.cinr"
@@ -652,10 +656,22 @@ def test_a_slide_landed_over_its_aim_has_its_blocks_latents_searched_again(
 
     with pytest.raises(KeyboardInterrupt):
         encode_slide(tissue_png, resumed, progress=stop, **settings)
+    # The trimmed record keeps the calibration's weight and credit for the resume (as the floor's).
+    jpath = journal_path(resumed)
+    head = jpath.read_bytes()[: len(JOURNAL_MAGIC) + 4]
+    (n,) = struct.unpack("<I", head[len(JOURNAL_MAGIC) :])
+    fingerprint = json.loads(jpath.read_bytes()[len(head) : len(head) + n])
+    journal = Journal.resume(jpath, fingerprint)
+    try:
+        tagged = [rec.meta for rec in journal.records() if TRIM_KEY in rec.meta]
+    finally:
+        journal.close()
+    assert len(tagged) == 1 and tagged[0][TRIM_KEY] == TRIM_MAX_FACTOR
+    assert tagged[0][FIRST_PASS_KEY] == [s["corrected_rate_weight"], s["requant_credit"]]
     fits_seen.clear()
     r = encode_slide(tissue_png, resumed, resume=True, **settings)
     assert r["trim_factor"] == TRIM_MAX_FACTOR
-    assert len(fits_seen) == tissue - 1 and all(st.start is not None for _, st, _ in fits_seen)
+    assert len(fits_seen) == later - 1 and all(st.start is not None for _, st, _ in fits_seen)
     assert stored_blocks(resumed) == stored_blocks(out)
 
 
