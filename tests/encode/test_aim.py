@@ -615,7 +615,7 @@ def test_the_trim_factor_puts_the_slide_at_its_aim_by_the_measured_fall() -> Non
 def test_a_slide_landed_over_its_aim_has_its_blocks_latents_searched_again(
     tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any, Any]]
 ) -> None:
-    """Aimed at 25 dB, 40-step fits land far over it. Under ``TRIM_MIN_STEPS`` nothing follows; with
+    """Aimed at 25 dB, 20-step fits land far over it. Under ``TRIM_MIN_STEPS`` nothing follows; with
     trims allowed, every tissue block's stored fit but the prior's is continued (nothing trained)
     at ``TRIM_MAX_FACTOR`` times the weight it was fitted at, and the file is smaller than the same
     first pass's without the trim. Stopped after one continued block, a resume finishes the trim
@@ -623,13 +623,13 @@ def test_a_slide_landed_over_its_aim_has_its_blocks_latents_searched_again(
     from cinr_codec.encode import slide
 
     monkeypatch.setitem(L.RECIPE, "prior_candidates", 1)
-    settings = {**SETTINGS, "steps": 40, "slide_psnr": 25.0}
+    settings = {**SETTINGS, "steps": 20, "slide_psnr": 25.0}
     plain = encode_slide(tissue_png, tmp_path / "plain.cinr", **settings)
     assert plain["trim_factor"] is None and plain["psnr"] > 25.0 + TRIM_MIN_DB
     first = [st for _, st, _ in fits_seen]
     assert all(st.start is None for st in first)
 
-    monkeypatch.setattr(slide, "TRIM_MIN_STEPS", 40)
+    monkeypatch.setattr(slide, "TRIM_MIN_STEPS", 20)
     fits_seen.clear()
     stages: list[str] = []
     out = tmp_path / "trim.cinr"
@@ -641,7 +641,7 @@ def test_a_slide_landed_over_its_aim_has_its_blocks_latents_searched_again(
     trained = [st for _, st, _ in fits_seen if st.start is None]
     continued = [st for _, st, _ in fits_seen if st.start is not None]
     assert [st.lam for st in trained] == [st.lam for st in first]  # the same first pass
-    assert len(continued) == later and all(st.steps == 40 and st.init is None for st in continued)
+    assert len(continued) == later and all(st.steps == 20 and st.init is None for st in continued)
     weights = {st.lam for st in trained if st.lam is not None}  # the later blocks' (the prior's: None)
     assert {st.lam / TRIM_MAX_FACTOR for st in continued} <= weights  # each at twice its own weight
     assert s["bytes"] < plain["bytes"]
