@@ -448,7 +448,7 @@ def _aim_line(s: dict[str, Any]) -> str:
         )
     if s.get("trim_factor"):
         line += (
-            f"; landed over the aim, so the blocks' latents were searched again at "
+            f"; landed over the aim, so the later blocks' latents were searched again at "
             f"{s['trim_factor']:.2f}x their weights"
         )
     if s.get("finer_step"):

@@ -529,6 +529,20 @@ def test_floor_rate_scales_each_blocks_error_with_its_weight() -> None:
     assert floor_rate(5.0, kept, 3 * n, fitted) == L.LAMBDA_RANGE[1]
 
 
+def _stop_in_pass(src: Path, out: Path, stage: str, settings: dict[str, Any]) -> None:
+    """Encode ``src`` to ``out`` and stop it (KeyboardInterrupt) once the first block of the pass
+    whose progress event is ``stage`` is journaled."""
+    seen: list[str] = []
+
+    def stop(ev: dict[str, Any]) -> None:
+        seen.append(ev["stage"])
+        if ev["stage"] == "block" and stage in seen:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        encode_slide(src, out, progress=stop, **settings)
+
+
 def test_a_slide_landed_under_its_floor_has_its_later_blocks_fitted_again(
     tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any, Any]]
 ) -> None:
@@ -571,15 +585,7 @@ def test_a_slide_landed_under_its_floor_has_its_later_blocks_fitted_again(
     assert before < 40.0 and s["psnr"] > before + 0.5
 
     resumed = tmp_path / "resumed.cinr"
-    in_pass: list[str] = []
-
-    def stop(ev: dict[str, Any]) -> None:
-        in_pass.append(ev["stage"])
-        if ev["stage"] == "block" and "floor" in in_pass:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        encode_slide(tissue_png, resumed, progress=stop, **settings)
+    _stop_in_pass(tissue_png, resumed, "floor", settings)
     targets.clear()
     r = encode_slide(tissue_png, resumed, resume=True, **settings)
     assert targets == [] and r["floor_rate_weight"] == again  # the weight from the journal
@@ -647,15 +653,7 @@ def test_a_slide_landed_over_its_aim_has_its_blocks_latents_searched_again(
     assert s["bytes"] < plain["bytes"]
 
     resumed = tmp_path / "resumed.cinr"
-    in_trim: list[str] = []
-
-    def stop(ev: dict[str, Any]) -> None:
-        in_trim.append(ev["stage"])
-        if ev["stage"] == "block" and "trim" in in_trim:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        encode_slide(tissue_png, resumed, progress=stop, **settings)
+    _stop_in_pass(tissue_png, resumed, "trim", settings)
     # The trimmed record keeps the calibration's weight and credit for the resume (as the floor's).
     jpath = journal_path(resumed)
     head = jpath.read_bytes()[: len(JOURNAL_MAGIC) + 4]
@@ -691,6 +689,6 @@ def test_the_cli_aim_line_names_the_floor_pass() -> None:
     assert "landed under" not in _aim_line({**s, "floor_rate_weight": None})
     line = _aim_line({**s, "floor_rate_weight": None, "trim_factor": 1.7})
     assert line.endswith(
-        "; landed over the aim, so the blocks' latents were searched again at 1.70x their weights"
+        "; landed over the aim, so the later blocks' latents were searched again at 1.70x their weights"
     )
     assert "landed over" not in _aim_line(s)
