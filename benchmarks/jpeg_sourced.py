@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         "against the TIFF's level 0; `vs JPEG pyramid`: the file against a 256-px JPEG-tiled pyramid "
         f"of the same level at equal PSNR (target <= 0.7x at >= 35 dB); `λ / level's`: the rate weight the "
         "default's PSNR aim gave the blocks after the first, against its quality level's (`floor pass`: the "
-        "weight of their second fit where the slide landed under the floor; `trim`: the factor of the "
+        "weight of their second fit where the slide landed under the floor; `trim`: the factor of the later "
         "blocks' weights at which their latents were searched again where it landed over its aim); "
         "`aim dB`: the PSNR over tissue the encode aimed at; `steps a block`: the "
         "default's training steps. Load average at "
