@@ -764,11 +764,15 @@ def encode_slide(
                 values = sum(int(m["n"]) for m in models.values())
                 return models, values, psnr_of(sum(float(m["sse"]) for m in models.values()), values)
 
-            def second_pass(stage: str, jobs: list[BlockJob], sink: BlockSink) -> None:
-                """Run a pass's ``jobs`` (``stage``: its progress event) as the first pass runs
-                them, each result to ``sink``."""
-                if progress is not None:
-                    progress({"stage": stage, "total": len(jobs)})
+            def second_pass(
+                stage: str, jobs: list[BlockJob], sink: BlockSink, total: int | None = None
+            ) -> None:
+                """Run a pass's ``jobs`` as the first pass runs them, each result to ``sink``;
+                with ``stage``, first its progress event (of ``total`` blocks, or the jobs')."""
+                if progress is not None and stage:
+                    progress({"stage": stage, "total": len(jobs) if total is None else total})
+                if not jobs:
+                    return
                 if client is not None or pooled:
                     run_elsewhere(jobs, len(jobs), sink=sink)
                     return
@@ -874,16 +878,19 @@ def encode_slide(
                     )
                 sample = set(calibration())
                 config = plan.finer[0] if finer and plan.finer is not None else None
-                jobs = []
-                for b in later:
-                    if TRIM_KEY in models[b]:
-                        continue  # a resume: trimmed already
+
+                def continued(b: int) -> BlockJob:
                     job = plan.jobs[b] if config is None else replace(plan.jobs[b], config=config)
                     weight = lam if rest is None or b in sample else rest
-                    jobs.append(replace(job, init=None, start=journal.read(b).parts[0], lam=weight * factor))
-                second_pass(
-                    "trim", jobs, _Continued(journal, {TRIM_KEY: factor, FIRST_PASS_KEY: [rest, credit]})
-                )
+                    return replace(job, init=None, start=journal.read(b).parts[0], lam=weight * factor)
+
+                todo = [b for b in later if TRIM_KEY not in models[b]]  # a resume: some are trimmed
+                sink = _Continued(journal, {TRIM_KEY: factor, FIRST_PASS_KEY: [rest, credit]})
+                # Each job carries its block's payload: a batch at a time, so that memory stays
+                # bounded by the batch, not the slide.
+                for i in range(0, max(1, len(todo)), TRIM_BATCH):
+                    jobs = [continued(b) for b in todo[i : i + TRIM_BATCH]]
+                    second_pass("" if i else "trim", jobs, sink, total=len(todo))
                 return factor
 
             # The prior block first, alone (from several seeds where the representation races
@@ -1001,6 +1008,10 @@ class _Results:
             return float(meta["sse"]) / (n * 255.0**2) + lam * bits / (n / 3)
 
         return min(self.items, key=loss)
+
+
+#: The trim hands its jobs, each with its block's stored payload, to the workers this many at a time.
+TRIM_BATCH = 64
 
 
 class _Tagged:

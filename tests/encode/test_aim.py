@@ -625,7 +625,8 @@ def test_a_slide_landed_over_its_aim_has_its_blocks_latents_searched_again(
     trims allowed, every tissue block's stored fit but the prior's is continued (nothing trained)
     at ``TRIM_MAX_FACTOR`` times the weight it was fitted at, and the file is smaller than the same
     first pass's without the trim. Stopped after one continued block, a resume finishes the trim
-    at the journaled factor and writes the uninterrupted encode's blocks."""
+    at the journaled factor and writes the uninterrupted encode's blocks; worker processes write
+    them too."""
     from cinr_codec.encode import slide
 
     monkeypatch.setitem(L.RECIPE, "prior_candidates", 1)
@@ -636,6 +637,7 @@ def test_a_slide_landed_over_its_aim_has_its_blocks_latents_searched_again(
     assert all(st.start is None for st in first)
 
     monkeypatch.setattr(slide, "TRIM_MIN_STEPS", 20)
+    monkeypatch.setattr(slide, "TRIM_BATCH", 3)  # the jobs handed over a few at a time
     fits_seen.clear()
     stages: list[str] = []
     out = tmp_path / "trim.cinr"
@@ -671,6 +673,10 @@ def test_a_slide_landed_over_its_aim_has_its_blocks_latents_searched_again(
     assert r["trim_factor"] == TRIM_MAX_FACTOR
     assert len(fits_seen) == later - 1 and all(st.start is not None for _, st, _ in fits_seen)
     assert stored_blocks(resumed) == stored_blocks(out)
+    # In worker processes (the CLI's default on two free cores): the same trim, the same blocks.
+    pooled = tmp_path / "pooled.cinr"
+    assert encode_slide(tissue_png, pooled, processes=2, **settings)["trim_factor"] == TRIM_MAX_FACTOR
+    assert stored_blocks(pooled) == stored_blocks(out)
 
 
 def test_the_cli_aim_line_names_the_floor_pass() -> None:
