@@ -185,6 +185,18 @@ def _network_ints(weights: bytes, config: LatentConfig, where: str) -> dict[str,
     return {n: t for (n, _), t in zip(names, ints, strict=True)}
 
 
+def _dequantized(tensors: Mapping[str, tuple[np.ndarray, int]], prefix: str = "") -> dict[str, Any]:
+    """The stored network tensors (integers, step exponent k) whose names start with ``prefix``,
+    as float32 torch tensors by name less the prefix."""
+    import torch
+
+    return {
+        n[len(prefix) :]: torch.from_numpy(v.astype(np.float32) * np.float32(2.0**-k))
+        for n, (v, k) in tensors.items()
+        if n.startswith(prefix)
+    }
+
+
 def int_context_model(config: LatentConfig, tensors: Mapping[str, tuple[np.ndarray, int]]) -> IntContextModel:
     """The fixed-point context model from the stored ``arm.*`` tensors."""
     hidden = []
@@ -503,7 +515,6 @@ class LatentCodec(BlockCodec):
         return w, h, x0, y0, weights, latents
 
     def load(self, payload: bytes, config: LatentConfig, where: str, device: str = "cpu") -> BlockModel:
-        import torch
 
         from ..core.render import resolve_device
         from ..core.synthesis import Synthesis
@@ -524,11 +535,7 @@ class LatentCodec(BlockCodec):
         else:
             grids = decode_grids(latents, grid_shapes, model, where)
         synthesis = Synthesis(config)
-        state = {
-            n[len("synthesis.") :]: torch.from_numpy(v.astype(np.float32) * np.float32(2.0**-k))
-            for n, (v, k) in tensors.items()
-            if n.startswith("synthesis.")
-        }
+        state = _dequantized(tensors, "synthesis.")
         synthesis.load_state_dict(state, strict=True)
         synthesis.eval()
         return LatentBlock(synthesis.to(resolve_device(device)), grids, w, h, x0, y0, where, tiled)
@@ -579,12 +586,8 @@ class LatentCodec(BlockCodec):
     def networks(self, payload: bytes, config: LatentConfig, where: str) -> dict[str, Any]:
         """The stored networks of a payload (synthesis, context model), dequantized: float32
         tensors by ``LatentImage`` state-dict name."""
-        import torch
 
-        tensors = _network_ints(self._parse(payload, config, where)[4], config, where)
-        return {
-            n: torch.from_numpy(v.astype(np.float32) * np.float32(2.0**-k)) for n, (v, k) in tensors.items()
-        }
+        return _dequantized(_network_ints(self._parse(payload, config, where)[4], config, where))
 
     def stored_fit(
         self, payload: bytes, pixels: np.ndarray, config: LatentConfig, lam: float, device: str = "cpu"
@@ -604,9 +607,7 @@ class LatentCodec(BlockCodec):
         t0 = time.perf_counter()
         tensors = _network_ints(weights, config, where)
         grids = cast("LatentBlock", self.load(payload, config, where)).latent_grids()
-        state = {
-            n: torch.from_numpy(v.astype(np.float32) * np.float32(2.0**-k)) for n, (v, k) in tensors.items()
-        }
+        state = _dequantized(tensors)
         state.update(
             {f"latents.{i}": torch.from_numpy(g.astype(np.float32))[None] for i, g in enumerate(grids)}
         )
