@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -147,6 +147,11 @@ class SlidePlan:
     #: (``BlockCodec.finer_config``), for a slide whose prediction from the prior falls under
     #: ``aim.SLIDE_PSNR_FLOOR``; None where the aim cannot switch to one.
     finer: tuple[Any, dict[str, Any]] | None = None
+
+    @property
+    def block_steps(self) -> int | None:
+        """The training steps of a block (every job has the plan's), or None without jobs."""
+        return self.jobs[0].steps if self.jobs else None
 
 
 def plan_slide(
@@ -765,22 +770,27 @@ def encode_slide(
                 return models, values, psnr_of(sum(float(m["sse"]) for m in models.values()), values)
 
             def second_pass(
-                stage: str, jobs: list[BlockJob], sink: BlockSink, total: int | None = None
+                stage: str, batches: Iterable[list[BlockJob]], total: int, sink: BlockSink
             ) -> None:
-                """Run a pass's ``jobs`` as the first pass runs them, each result to ``sink``;
-                with ``stage``, first its progress event (of ``total`` blocks, or the jobs')."""
-                if progress is not None and stage:
-                    progress({"stage": stage, "total": len(jobs) if total is None else total})
-                if not jobs:
-                    return
-                if client is not None or pooled:
-                    run_elsewhere(jobs, len(jobs), sink=sink)
-                    return
-                for job in jobs:
-                    set_threads()
-                    meta, parts = encode_block(job, read_fit_region(job))
-                    sink.append(meta, parts)
-                    block_done(job, meta)
+                """A pass over ``total`` blocks (``stage``: its progress event), its jobs run batch by
+                batch as the first pass runs them, each result to ``sink``."""
+                if progress is not None:
+                    progress({"stage": stage, "total": total})
+                for jobs in batches:
+                    if client is not None or pooled:
+                        run_elsewhere(jobs, len(jobs), sink=sink)
+                        continue
+                    for job in jobs:
+                        set_threads()
+                        meta, parts = encode_block(job, read_fit_region(job))
+                        sink.append(meta, parts)
+                        block_done(job, meta)
+
+            def first_weights(later: list[int], lam: float, rest: float | None) -> dict[int, float]:
+                """The rate weights the ``later`` tissue blocks' first fits had: the aimed one, or the
+                calibration's corrected one (``rest``) past the calibration blocks."""
+                sample = set(calibration())
+                return {b: lam if rest is None or b in sample else rest for b in later}
 
             def floor_pass(
                 lam: float | None, aim: float | None, rest: float | None, credit: float
@@ -807,9 +817,8 @@ def encode_slide(
                     floor = min(aim, SLIDE_PSNR_FLOOR)
                     if landed is None or landed >= floor or not later:
                         return None
-                    sample = set(calibration())
-                    weights = {b: lam if rest is None or b in sample else rest for b in later}
                     kept = float(models[plan.prior]["sse"]) if plan.prior in models else 0.0
+                    weights = first_weights(later, lam, rest)
                     fitted = [(float(models[b]["sse"]), weights[b]) for b in later]
                     again = floor_rate(floor + FLOOR_MARGIN_DB, kept, values, fitted)
                     if again is None:  # even the least weight is predicted under it
@@ -829,9 +838,8 @@ def encode_slide(
                         again,
                     )
                 jobs = warmed([plan.jobs[b] for b in later if FLOOR_KEY not in models[b]], corrected=again)
-                second_pass(
-                    "floor", jobs, _Tagged(journal, {FLOOR_KEY: again, FIRST_PASS_KEY: [rest, credit]})
-                )
+                tags = {FLOOR_KEY: again, FIRST_PASS_KEY: [rest, credit]}
+                second_pass("floor", [jobs] if jobs else [], len(jobs), _Tagged(journal, tags))
                 return again
 
             def trim_pass(
@@ -846,7 +854,7 @@ def encode_slide(
                 its record. Returns the factor, or None. Not for blocks trained fewer than
                 ``aim.TRIM_MIN_STEPS`` steps (the CPU's least: the trim would cost a fifth of
                 their fit), nor with a total time budget."""
-                steps = plan.jobs[0].steps if plan.jobs else None
+                steps = plan.block_steps
                 if lam is None or aim is None or plan.prior is None or total_time_budget is not None:
                     return None
                 if steps is None or steps < TRIM_MIN_STEPS:
@@ -876,21 +884,22 @@ def encode_slide(
                         len(later),
                         factor,
                     )
-                sample = set(calibration())
                 config = plan.finer[0] if finer and plan.finer is not None else None
+
+                todo = [b for b in later if TRIM_KEY not in models[b]]  # a resume: some are trimmed
+                weights = first_weights(todo, lam, rest)
 
                 def continued(b: int) -> BlockJob:
                     job = plan.jobs[b] if config is None else replace(plan.jobs[b], config=config)
-                    weight = lam if rest is None or b in sample else rest
-                    return replace(job, init=None, start=journal.read(b).parts[0], lam=weight * factor)
+                    return replace(job, init=None, start=journal.read(b).parts[0], lam=weights[b] * factor)
 
-                todo = [b for b in later if TRIM_KEY not in models[b]]  # a resume: some are trimmed
-                sink = _Continued(journal, {TRIM_KEY: factor, FIRST_PASS_KEY: [rest, credit]})
+                sink = _Continued(journal, {TRIM_KEY: factor, FIRST_PASS_KEY: [rest, credit]}, models)
                 # Each job carries its block's payload: a batch at a time, so that memory stays
                 # bounded by the batch, not the slide.
-                for i in range(0, max(1, len(todo)), TRIM_BATCH):
-                    jobs = [continued(b) for b in todo[i : i + TRIM_BATCH]]
-                    second_pass("" if i else "trim", jobs, sink, total=len(todo))
+                batches = (
+                    [continued(b) for b in todo[i : i + TRIM_BATCH]] for i in range(0, len(todo), TRIM_BATCH)
+                )
+                second_pass("trim", batches, len(todo), sink)
                 return factor
 
             # The prior block first, alone (from several seeds where the representation races
@@ -974,7 +983,7 @@ def encode_slide(
             floor_rate_weight=again,
             trim_factor=trim,
             finer_step=finer,
-            block_steps=plan.jobs[0].steps if plan.jobs else None,
+            block_steps=plan.block_steps,
         )
     summary["seconds"] = time.perf_counter() - t_start
     summary["compression_ratio"] = summary["source_bytes"] / summary["bytes"] if summary["bytes"] else None
@@ -1026,10 +1035,15 @@ class _Tagged:
 
 class _Continued(_Tagged):
     """The trim's sink: records tagged as ``_Tagged``'s, each keeping the training steps and
-    seconds of the fit it continued (the summary's timings count them)."""
+    seconds of the fit it continued (``first``: those fits' records by block; the summary's
+    timings count them)."""
+
+    def __init__(self, journal: Journal, tags: dict[str, Any], first: Mapping[int, dict[str, Any]]) -> None:
+        super().__init__(journal, tags)
+        self.first = first
 
     def append(self, meta: dict[str, Any], parts: list[bytes]) -> None:
-        first = self.journal.read(int(meta["block_id"])).meta
+        first = self.first[int(meta["block_id"])]
         spent = {"steps": first["steps"], "seconds": float(first["seconds"]) + float(meta["seconds"])}
         super().append({**meta, **spent}, parts)
 
