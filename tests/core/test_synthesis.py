@@ -90,6 +90,7 @@ needs_kernel = pytest.mark.skipif(_synthesis_lib() is None, reason="needs a C co
         {"conv_layers": 2, "residual_convs": 3, "mlp": (16, 24, 13)},
         {"conv_width": 0, "residual_convs": 0},
         {"conv_width": 5, "mlp": (7,), "levels": 3, "residual_convs": 1},
+        {"mlp": (8, 20), "conv_width": 3, "stabiliser": True},  # the MLP's blocks of 6 then 2
     ],
 )
 def test_compiled_synthesis_matches_torch(arch: dict[str, object]) -> None:
