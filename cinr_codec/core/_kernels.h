@@ -25,6 +25,24 @@
 /* Leaky ReLU of slope `slope` (0: ReLU). */
 static inline float act(float v, float slope) { return v > 0.0f ? v : v * slope; }
 
+/* act() on 8 lanes, through memory (any alignment): GCC does not vectorize the scalar one's
+ * branch, and padding a 512^2 block's three RGB planes with the activation took 3.3 ms that way
+ * instead of 0.3. */
+typedef float kv8_ __attribute__((vector_size(32)));
+typedef int32_t kvi8_ __attribute__((vector_size(32)));
+AI static void act_row(const float *s, int64_t n, float slope, float *d) {
+    int64_t x = 0;
+    for (; x + 8 <= n; x += 8) {
+        kv8_ v;
+        memcpy(&v, s + x, sizeof v);
+        const kv8_ m = v * slope;
+        const kvi8_ pos = v > (kv8_){0};
+        v = (kv8_)(((kvi8_)v & pos) | ((kvi8_)m & ~pos));
+        memcpy(d + x, &v, sizeof v);
+    }
+    for (; x < n; x++) d[x] = act(s[x], slope);
+}
+
 /* Planes (c, H, W) -> (c, H + 2, W + 2), edges replicated; the activation applied when asked. */
 AI static void pad_planes(const float *in, int64_t c, int64_t H, int64_t W, float *out, int activate, float slope) {
     const int64_t W2 = W + 2;
@@ -36,7 +54,7 @@ AI static void pad_planes(const float *in, int64_t c, int64_t H, int64_t W, floa
             const float *s = src + sy * W;
             float *d = dst + y * W2;
             if (activate) {
-                for (int64_t x = 0; x < W; x++) d[x + 1] = act(s[x], slope);
+                act_row(s, W, slope, d + 1);
             } else {
                 memcpy(d + 1, s, (size_t)W * sizeof(float));
             }

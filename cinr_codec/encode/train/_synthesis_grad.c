@@ -351,7 +351,16 @@ AI static void backward_body(const layout *g, const float *f, const float *p, fl
         conv_wgrad(gx, scratch, 3, H, W, 3, gp + g->res[r], gp + g->res[r] + 81);
         conv_dgrad(gx, p + g->res[r], 3, H, W, 3, scratch, gtmp);
         if (r > 0) {
-            for (int64_t i = 0; i < 3 * HW; i++) gx[i] += gtmp[i] * dact(xr[i], slope);
+            int64_t i = 0;
+            for (; i + VW <= 3 * HW; i += VW) { /* in vectors: the scalar loop's branch was not vectorized */
+                v8 a, t, x;
+                memcpy(&a, xr + i, sizeof a);
+                memcpy(&t, gtmp + i, sizeof t);
+                memcpy(&x, gx + i, sizeof x);
+                x += t * blend((vi8)(a > splat(0.0f)), splat(1.0f), splat(slope)); /* as dact */
+                memcpy(gx + i, &x, sizeof x);
+            }
+            for (; i < 3 * HW; i++) gx[i] += gtmp[i] * dact(xr[i], slope);
         } else {
             for (int64_t i = 0; i < 3 * HW; i++) gx[i] += gtmp[i];
         }
