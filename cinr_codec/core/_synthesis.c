@@ -27,6 +27,8 @@
 #define MAX_CONV_WIDTH 64
 #define MAX_RES 4
 #define HEAD_MAX_IN (MAX_WIDTH + MAX_CONV_WIDTH + MAX_IN)
+#define MAX_CONV_IN (MAX_CONV_WIDTH > MAX_IN ? MAX_CONV_WIDTH : MAX_IN)
+#define TAIL 24 /* a tail row: up to XB - 1 pixels and the 2 of the 3x3 reach, read 8 at a time */
 
 #include "_kernels.h"
 
@@ -91,9 +93,47 @@ AI static void conv3x3_blocks(const float *P, int64_t din, int64_t H, int64_t W,
                     }
                 }
             }
-        /* The edges: outputs past the last full block of nb, pixels past the last full XB. */
-        for (int64_t j = 0; j < dout; j++) {
-            const int64_t xs = j < jfull ? xfull : 0;
+        /* The pixels past the last full XB, for the outputs of full blocks: the edge's own order
+         * of operations (below) on a zero-padded copy of their inputs, in vectors (one value at a
+         * time, the 6 pixels past 128 of a decoder's 134-px window took longer than the 128). */
+        if (xfull < W && jfull > 0) {
+            const int64_t m = W - xfull;
+            float tail[MAX_CONV_IN * 3 * TAIL];
+            memset(tail, 0, (size_t)(din * 3 * TAIL) * sizeof(float));
+            for (int64_t k = 0; k < din; k++)
+                for (int64_t dy = 0; dy < 3; dy++)
+                    memcpy(tail + (k * 3 + dy) * TAIL, P + (k * (H + 2) + y + dy) * W2 + xfull,
+                           (size_t)(m + 2) * sizeof(float));
+            for (int64_t j0 = 0; j0 < jfull; j0 += nb) {
+                v8 acc[JB][2];
+                for (int jb = 0; jb < nb; jb++) acc[jb][0] = acc[jb][1] = (v8){0};
+                for (int64_t k = 0; k < din; k++)
+                    for (int64_t dy = 0; dy < 3; dy++) {
+                        const float *row = tail + (k * 3 + dy) * TAIL;
+                        const v8 a0 = load8(row), a1 = load8(row + 8), b0 = load8(row + 1), b1 = load8(row + 9);
+                        const v8 c0 = load8(row + 2), c1 = load8(row + 10);
+                        for (int jb = 0; jb < nb; jb++) {
+                            const float *wk = w + ((j0 + jb) * din + k) * 9 + dy * 3;
+                            const float w0 = wk[0], w1 = wk[1], w2 = wk[2];
+                            acc[jb][0] += w0 * a0 + w1 * b0 + w2 * c0;
+                            acc[jb][1] += w0 * a1 + w1 * b1 + w2 * c1;
+                        }
+                    }
+                for (int jb = 0; jb < nb; jb++) {
+                    float *o = out + ((j0 + jb) * H + y) * W + xfull;
+                    float lanes[XB] = {0};
+                    if (add) memcpy(lanes, o, (size_t)m * sizeof(float));
+                    for (int h = 0; h < 2; h++) {
+                        v8 t = acc[jb][h] + ((v8){0} + b[j0 + jb] + load8(lanes + 8 * h));
+                        store8(lanes + 8 * h, activate ? act8(t, slope) : t);
+                    }
+                    memcpy(o, lanes, (size_t)m * sizeof(float));
+                }
+            }
+        }
+        /* The edges: outputs past the last full block of nb (every pixel). */
+        for (int64_t j = jfull; j < dout; j++) {
+            const int64_t xs = 0;
             for (int64_t x = xs; x < W; x++) {
                 float v = 0.0f;
                 for (int64_t k = 0; k < din; k++)
@@ -162,8 +202,29 @@ CLONES static void dense_row(const float *in, int64_t din, int64_t n, const floa
         else if (jfull - j6 == 2)
             dense_block(in, din, n, w, b, j6, 2, x0, out, activate, slope);
     }
-    for (int64_t j = 0; j < dout; j++)
-        for (int64_t x = j < jfull ? xfull : 0; x < n; x++) {
+    /* The pixels past the last full XB, for the outputs below jfull: the edge's own order of
+     * operations (the bias first) on a zero-padded copy of their inputs, in vectors. */
+    if (xfull < n && jfull > 0) {
+        const int64_t m = n - xfull;
+        float tail[MAX_WIDTH * XB];
+        memset(tail, 0, (size_t)(din * XB) * sizeof(float));
+        for (int64_t k = 0; k < din; k++) memcpy(tail + k * XB, in + k * n + xfull, (size_t)m * sizeof(float));
+        for (int64_t j = 0; j < jfull; j++) {
+            v8 a0 = (v8){0} + b[j], a1 = a0;
+            for (int64_t k = 0; k < din; k++) {
+                const float wk = w[j * din + k];
+                a0 += wk * load8(tail + k * XB);
+                a1 += wk * load8(tail + k * XB + 8);
+            }
+            float lanes[XB];
+            store8(lanes, activate ? act8(a0, slope) : a0);
+            store8(lanes + 8, activate ? act8(a1, slope) : a1);
+            memcpy(out + j * n + xfull, lanes, (size_t)m * sizeof(float));
+        }
+    }
+    /* The outputs past jfull, one value at a time. */
+    for (int64_t j = jfull; j < dout; j++)
+        for (int64_t x = 0; x < n; x++) {
             float v = b[j];
             for (int64_t k = 0; k < din; k++) v += w[j * din + k] * in[k * n + x];
             out[j * n + x] = activate ? act(v, slope) : v;
