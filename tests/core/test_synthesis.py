@@ -119,6 +119,23 @@ def test_compiled_synthesis_matches_torch(arch: dict[str, object]) -> None:
 
 
 @needs_kernel
+def test_compiled_synthesis_rounds_half_to_even_and_clamps() -> None:
+    """The output's conversion to uint8 (8 pixels at a time, then one at a time): a head whose only
+    non-zero weights are its biases gives each pixel clamp(bias) * 255 rounded half to even."""
+    net = Synthesis(LatentConfig(residual_convs=1)).eval()
+    biases = [0.5, 1.5 / 255, -3.0, 7.0, 2.5 / 255, 254.5 / 255]  # 127.5 -> 128, 1.5 -> 2, 0, 255, ...
+    for first in (0, 3):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.zero_()
+            net.head.bias.copy_(torch.tensor(biases[first : first + 3]))
+        f = torch.randn(1, net.mlp[0].in_channels, 3, 37)  # 37 columns: four blocks of 8, then 5 alone
+        got = net.pixels(f)
+        want = np.round(np.clip(np.float32(biases[first : first + 3]) * np.float32(255), 0, 255))  # half to even
+        assert (got == want.astype(np.uint8)).all(), (got[0, 0], want)
+
+
+@needs_kernel
 @pytest.mark.parametrize(("height", "width"), [(512, 512), (37, 53), (1, 1), (5, 300)])
 def test_compiled_learned_upsampling_matches_torch(height: int, width: int) -> None:
     """The kernel's learned upsampling (whole domains and windows: inside, at the far corner)
