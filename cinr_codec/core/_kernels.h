@@ -25,9 +25,9 @@
 /* Leaky ReLU of slope `slope` (0: ReLU). */
 static inline float act(float v, float slope) { return v > 0.0f ? v : v * slope; }
 
-/* act() on 8 lanes, through memory (any alignment): GCC does not vectorize the scalar one's
- * branch, and padding a 512^2 block's three RGB planes with the activation took 3.3 ms that way
- * instead of 0.3. */
+/* act() on a row, 8 lanes at a time through memory (any alignment): GCC does not vectorize the
+ * scalar one's branch (its other side multiplies), and padding a 512^2 block's three RGB planes
+ * with the activation took 3.3 ms that way, against 0.24 ms for the same padding without it. */
 typedef float kv8_ __attribute__((vector_size(32)));
 typedef int32_t kvi8_ __attribute__((vector_size(32)));
 AI static void act_row(const float *s, int64_t n, float slope, float *d) {

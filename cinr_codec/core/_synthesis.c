@@ -60,6 +60,13 @@ typedef int32_t v8i __attribute__((vector_size(32)));
         (v8)(((v8i)a_ & m_) | ((v8i)(a_ * (slope)) & ~m_));                                                            \
     })
 
+/* x in all 8 lanes (not 0 + x, which turns -0 into +0). */
+#define splat8(x)                                                                                                      \
+    __extension__({                                                                                                    \
+        const float s_ = (x);                                                                                          \
+        (v8){s_, s_, s_, s_, s_, s_, s_, s_};                                                                          \
+    })
+
 /* out[j] (+)= b[j] + sum_k sum_{dy,dx} w[((j * din + k) * 3 + dy) * 3 + dx] * P[k][y + dy][x + dx]
  * for padded planes P (din, H + 2, W + 2); with add, out keeps its values and gets the sum added;
  * with activate, the activation follows. Full nb x XB blocks in registers (nb a constant where
@@ -124,7 +131,7 @@ AI static void conv3x3_blocks(const float *P, int64_t din, int64_t H, int64_t W,
                     float lanes[XB] = {0};
                     if (add) memcpy(lanes, o, (size_t)m * sizeof(float));
                     for (int h = 0; h < 2; h++) {
-                        v8 t = acc[jb][h] + ((v8){0} + b[j0 + jb] + load8(lanes + 8 * h));
+                        v8 t = acc[jb][h] + (splat8(b[j0 + jb]) + load8(lanes + 8 * h));
                         store8(lanes + 8 * h, activate ? act8(t, slope) : t);
                     }
                     memcpy(o, lanes, (size_t)m * sizeof(float));
@@ -133,8 +140,7 @@ AI static void conv3x3_blocks(const float *P, int64_t din, int64_t H, int64_t W,
         }
         /* The edges: outputs past the last full block of nb (every pixel). */
         for (int64_t j = jfull; j < dout; j++) {
-            const int64_t xs = 0;
-            for (int64_t x = xs; x < W; x++) {
+            for (int64_t x = 0; x < W; x++) {
                 float v = 0.0f;
                 for (int64_t k = 0; k < din; k++)
                     for (int64_t dy = 0; dy < 3; dy++) {
@@ -190,8 +196,8 @@ AI static void dense_block(const float *in, int64_t din, int64_t n, const float 
 /* out[j][x] = act?(b[j] + sum_k w[j * din + k] * in[k][x]) for x < n (rows of stride n). The
  * outputs below the last multiple of 4 and the pixels below the last multiple of XB in register
  * blocks of 6 outputs (then one of 4 or 2) x XB pixels: each input vector loaded serves 6
- * outputs (blocks of 4 took 1.2 ms more of a 512^2 synthesis' 20); then the edges, one value
- * at a time. Each output's sum runs over k in order in both, as with blocks of 4. */
+ * outputs (blocks of 4 took 1.2 ms more of a 512^2 synthesis' 20); then the edges. Each output's
+ * sum runs over k in order everywhere, as with blocks of 4. */
 CLONES static void dense_row(const float *in, int64_t din, int64_t n, const float *w, const float *b, int64_t dout,
                              float *out, int activate, float slope) {
     const int64_t jfull = dout / 4 * 4, j6 = jfull / 6 * 6, xfull = n / XB * XB;
@@ -210,7 +216,7 @@ CLONES static void dense_row(const float *in, int64_t din, int64_t n, const floa
         memset(tail, 0, (size_t)(din * XB) * sizeof(float));
         for (int64_t k = 0; k < din; k++) memcpy(tail + k * XB, in + k * n + xfull, (size_t)m * sizeof(float));
         for (int64_t j = 0; j < jfull; j++) {
-            v8 a0 = (v8){0} + b[j], a1 = a0;
+            v8 a0 = splat8(b[j]), a1 = a0;
             for (int64_t k = 0; k < din; k++) {
                 const float wk = w[j * din + k];
                 a0 += wk * load8(tail + k * XB);
@@ -235,7 +241,7 @@ CLONES static void dense_row(const float *in, int64_t din, int64_t n, const floa
  * = hb[c] + the sum over k, in order, of weight times input. */
 AI static void head_block(const float *const *rows, int64_t n_in, int64_t x0, const float *hw, const float *hb,
                           int64_t head_in, v8 acc[3][2]) {
-    for (int c = 0; c < 3; c++) acc[c][0] = acc[c][1] = (v8){0} + hb[c];
+    for (int c = 0; c < 3; c++) acc[c][0] = acc[c][1] = splat8(hb[c]);
     for (int64_t k = 0; k < n_in; k++) {
         const v8 r0 = load8(rows[k] + x0), r1 = load8(rows[k] + x0 + 8);
         for (int c = 0; c < 3; c++) {
@@ -265,7 +271,7 @@ AI static void head_row(const float *const *rows, int64_t n_in, int64_t W, const
     if (xfull == W) return;
     float tail[HEAD_MAX_IN * XB];
     const float *tails[HEAD_MAX_IN];
-    memset(tail, 0, sizeof(tail));
+    memset(tail, 0, (size_t)(n_in * XB) * sizeof(float));
     for (int64_t k = 0; k < n_in; k++) {
         memcpy(tail + k * XB, rows[k] + xfull, (size_t)(W - xfull) * sizeof(float));
         tails[k] = tail + k * XB;
@@ -421,7 +427,7 @@ AI static void double_row(const float *x, int64_t n, const float *f, int64_t lo,
         int64_t first = lo + (lo & 1); /* an even output */
         if (first < 4) first = 4;       /* a0 >= 2 */
         for (; i < first && i < hi; i++) double_axis(x, n, 1, f, i, i + 1, out + (i - lo), 1);
-        const v8 f0 = (v8){0} + f[0], f1 = (v8){0} + f[1], f2 = (v8){0} + f[2], f3 = (v8){0} + f[3];
+        const v8 f0 = splat8(f[0]), f1 = splat8(f[1]), f2 = splat8(f[2]), f3 = splat8(f[3]);
         for (; i + 8 <= hi && i < vend; i += 8) {
             const v8 v = load8(x + i / 2 - 2);
             const v8 xa = __builtin_shufflevector(v, v, 2, 2, 3, 3, 4, 4, 5, 5);

@@ -418,11 +418,7 @@ AI static void backward_body(const layout *g, const float *f, const float *p, fl
             for (int64_t o = 0; o < w; o++) {
                 for (int v = 0; v < TV; v++) dZ[o][v] = vdact(tl->A[l][o][v], dH[o][v], slope);
                 sum_acc(&acc[g->ab[l] + o], dZ[o]);
-                /* dZ[o] in registers: through memory, each accumulator's store made the
-                 * compiler load it again for every input */
-                v8 dz[TV];
-                for (int v = 0; v < TV; v++) dz[v] = dZ[o][v];
-                for (int64_t k = 0; k < din; k++) dot_acc(&acc[g->aw[l] + o * din + k], dz, in[k]);
+                for (int64_t k = 0; k < din; k++) dot_acc(&acc[g->aw[l] + o * din + k], dZ[o], in[k]);
             }
             const float *wl = p + g->mw[l];
             for (int64_t k = 0; k < din; k++) {
