@@ -131,7 +131,9 @@ def test_compiled_synthesis_rounds_half_to_even_and_clamps() -> None:
             net.head.bias.copy_(torch.tensor(biases[first : first + 3]))
         f = torch.randn(1, net.mlp[0].in_channels, 3, 37)  # 37 columns: four blocks of 8, then 5 alone
         got = net.pixels(f)
-        want = np.round(np.clip(np.float32(biases[first : first + 3]) * np.float32(255), 0, 255))  # half to even
+        want = np.round(
+            np.clip(np.float32(biases[first : first + 3]) * np.float32(255), 0, 255)
+        )  # half to even
         assert (got == want.astype(np.uint8)).all(), (got[0, 0], want)
 
 
