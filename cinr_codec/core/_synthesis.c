@@ -67,6 +67,26 @@ typedef int32_t v8i __attribute__((vector_size(32)));
         (v8){s_, s_, s_, s_, s_, s_, s_, s_};                                                                          \
     })
 
+/* The sums of outputs [j0, j0 + nb) of a 3x3 layer over XB pixels: acc[jb] = the sum over inputs
+ * k and tap rows dy, in that order, of the row at rows + k * ks + dy * rs (its pixels and the 2
+ * after them) times the taps (nb a constant where it is inlined). */
+AI static void conv_block(const float *rows, int64_t ks, int64_t rs, const float *w, int64_t din, int64_t j0,
+                          const int nb, v8 acc[JB][2]) {
+    for (int jb = 0; jb < nb; jb++) acc[jb][0] = acc[jb][1] = (v8){0};
+    for (int64_t k = 0; k < din; k++)
+        for (int64_t dy = 0; dy < 3; dy++) {
+            const float *row = rows + k * ks + dy * rs;
+            const v8 a0 = load8(row), a1 = load8(row + 8), b0 = load8(row + 1), b1 = load8(row + 9);
+            const v8 c0 = load8(row + 2), c1 = load8(row + 10);
+            for (int jb = 0; jb < nb; jb++) {
+                const float *wk = w + ((j0 + jb) * din + k) * 9 + dy * 3;
+                const float w0 = wk[0], w1 = wk[1], w2 = wk[2];
+                acc[jb][0] += w0 * a0 + w1 * b0 + w2 * c0;
+                acc[jb][1] += w0 * a1 + w1 * b1 + w2 * c1;
+            }
+        }
+}
+
 /* out[j] (+)= b[j] + sum_k sum_{dy,dx} w[((j * din + k) * 3 + dy) * 3 + dx] * P[k][y + dy][x + dx]
  * for padded planes P (din, H + 2, W + 2); with add, out keeps its values and gets the sum added;
  * with activate, the activation follows. Full nb x XB blocks in registers (nb a constant where
@@ -78,19 +98,7 @@ AI static void conv3x3_blocks(const float *P, int64_t din, int64_t H, int64_t W,
         for (int64_t j0 = 0; j0 < jfull; j0 += nb)
             for (int64_t x0 = 0; x0 < xfull; x0 += XB) {
                 v8 acc[JB][2];
-                for (int jb = 0; jb < nb; jb++) acc[jb][0] = acc[jb][1] = (v8){0};
-                for (int64_t k = 0; k < din; k++)
-                    for (int64_t dy = 0; dy < 3; dy++) {
-                        const float *row = P + (k * (H + 2) + y + dy) * W2 + x0;
-                        const v8 a0 = load8(row), a1 = load8(row + 8), b0 = load8(row + 1), b1 = load8(row + 9);
-                        const v8 c0 = load8(row + 2), c1 = load8(row + 10);
-                        for (int jb = 0; jb < nb; jb++) {
-                            const float *wk = w + ((j0 + jb) * din + k) * 9 + dy * 3;
-                            const float w0 = wk[0], w1 = wk[1], w2 = wk[2];
-                            acc[jb][0] += w0 * a0 + w1 * b0 + w2 * c0;
-                            acc[jb][1] += w0 * a1 + w1 * b1 + w2 * c1;
-                        }
-                    }
+                conv_block(P + y * W2 + x0, (H + 2) * W2, W2, w, din, j0, nb, acc);
                 for (int jb = 0; jb < nb; jb++) {
                     float *o = out + ((j0 + jb) * H + y) * W + x0;
                     for (int h = 0; h < 2; h++) {
@@ -113,19 +121,7 @@ AI static void conv3x3_blocks(const float *P, int64_t din, int64_t H, int64_t W,
                            (size_t)(m + 2) * sizeof(float));
             for (int64_t j0 = 0; j0 < jfull; j0 += nb) {
                 v8 acc[JB][2];
-                for (int jb = 0; jb < nb; jb++) acc[jb][0] = acc[jb][1] = (v8){0};
-                for (int64_t k = 0; k < din; k++)
-                    for (int64_t dy = 0; dy < 3; dy++) {
-                        const float *row = tail + (k * 3 + dy) * TAIL;
-                        const v8 a0 = load8(row), a1 = load8(row + 8), b0 = load8(row + 1), b1 = load8(row + 9);
-                        const v8 c0 = load8(row + 2), c1 = load8(row + 10);
-                        for (int jb = 0; jb < nb; jb++) {
-                            const float *wk = w + ((j0 + jb) * din + k) * 9 + dy * 3;
-                            const float w0 = wk[0], w1 = wk[1], w2 = wk[2];
-                            acc[jb][0] += w0 * a0 + w1 * b0 + w2 * c0;
-                            acc[jb][1] += w0 * a1 + w1 * b1 + w2 * c1;
-                        }
-                    }
+                conv_block(tail, 3 * TAIL, TAIL, w, din, j0, nb, acc);
                 for (int jb = 0; jb < nb; jb++) {
                     float *o = out + ((j0 + jb) * H + y) * W + xfull;
                     float lanes[XB] = {0};
