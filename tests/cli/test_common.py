@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
 import time
 
 import pytest
@@ -20,7 +21,13 @@ class _CtrlCInsideTheCallback(logging.Handler):
         self.fired = False
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not self.fired and record.getMessage().startswith("VIPS:"):  # from the C callback
+        # From the C callback, on the main thread: a record another thread's libvips work logs
+        # (an earlier test's leftover) would raise the signal outside any callback of this test.
+        if (
+            not self.fired
+            and record.getMessage().startswith("VIPS:")
+            and threading.current_thread() is threading.main_thread()
+        ):
             self.fired = True
             signal.raise_signal(signal.SIGINT)
 
