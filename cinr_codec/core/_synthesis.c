@@ -422,7 +422,9 @@ AI static void double_row(const float *x, int64_t n, const float *f, int64_t lo,
     if (hi - lo >= 16 && n >= 8) {
         int64_t first = lo + (lo & 1); /* an even output */
         if (first < 4) first = 4;       /* a0 >= 2 */
-        for (; i < first && i < hi; i++) double_axis(x, n, 1, f, i, i + 1, out + (i - lo), 1);
+        const int64_t head = first < hi ? first : hi; /* the clamped outputs before the blocks */
+        double_axis(x, n, 1, f, i, head, out, 1);
+        i = head;
         const v8 f0 = splat8(f[0]), f1 = splat8(f[1]), f2 = splat8(f[2]), f3 = splat8(f[3]);
         for (; i + 8 <= hi && i < vend; i += 8) {
             const v8 v = load8(x + i / 2 - 2);
