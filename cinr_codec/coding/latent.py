@@ -515,7 +515,6 @@ class LatentCodec(BlockCodec):
         return w, h, x0, y0, weights, latents
 
     def load(self, payload: bytes, config: LatentConfig, where: str, device: str = "cpu") -> BlockModel:
-
         from ..core.render import resolve_device
         from ..core.synthesis import Synthesis
 
@@ -586,7 +585,6 @@ class LatentCodec(BlockCodec):
     def networks(self, payload: bytes, config: LatentConfig, where: str) -> dict[str, Any]:
         """The stored networks of a payload (synthesis, context model), dequantized: float32
         tensors by ``LatentImage`` state-dict name."""
-
         return _dequantized(_network_ints(self._parse(payload, config, where)[4], config, where))
 
     def stored_fit(
