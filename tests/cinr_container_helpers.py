@@ -4,10 +4,13 @@ valid checksums), and a canonical full decode."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import signal
 import struct
 import zlib
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -285,6 +288,19 @@ def stored_blocks(path: Any) -> list[tuple[str, Any]]:
 #: A small hash-grid encode (12 blocks of 64 px, 12 steps): the settings with which the tests of
 #: encodes run elsewhere (a Dask cluster, local worker processes) compare against a serial one.
 SMALL_ENCODE: dict[str, Any] = {"model": "cinr", "preset": "fast", "steps": 12, "block_size": 64}
+
+
+@contextlib.contextmanager
+def ctrl_c_as_in_a_terminal() -> Iterator[None]:
+    """While it lasts, SIGINT raises KeyboardInterrupt in this process, and a child started meanwhile
+    gets SIGINT's default disposition (Python's KeyboardInterrupt), as under a terminal. A suite
+    started in the background (``cmd &`` from a script) has SIGINT ignored, which children inherit
+    through exec; a caught signal is reset to the default there (a thread-safe ``preexec_fn``)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def wait_for_a_journaled_block(proc: Any, journal: Any, timeout: float, poll: float) -> None:

@@ -7,8 +7,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
+from cinr_container_helpers import ctrl_c_as_in_a_terminal
 
 from cinr_codec.cli.common import lost_interrupts_redelivered
 
@@ -33,12 +35,15 @@ class _CtrlCInsideTheCallback(logging.Handler):
 
 
 @pytest.fixture
-def ctrl_c_in_a_vips_callback() -> _CtrlCInsideTheCallback:
+def ctrl_c_in_a_vips_callback() -> Iterator[_CtrlCInsideTheCallback]:
     logger = logging.getLogger("pyvips")
     handler, level = _CtrlCInsideTheCallback(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
-    yield handler
+    # Python's KeyboardInterrupt handler, as under a terminal: a suite started in the background
+    # (``cmd &``) has SIGINT ignored, and the raised signal would do nothing.
+    with ctrl_c_as_in_a_terminal():
+        yield handler
     logger.removeHandler(handler)
     logger.setLevel(level)
 

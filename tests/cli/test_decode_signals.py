@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cinr_container_helpers import ctrl_c_as_in_a_terminal
 
 from cinr_codec.format.container import CinrReader, CinrWriter
 
@@ -40,25 +41,23 @@ def test_a_killed_export_leaves_nothing(tmp_path: Path, sig: signal.Signals) -> 
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cinr_codec",
-            "decode",
-            str(src),
-            "-o",
-            str(out_dir / "x.png"),
-            "--scale",
-            "0.25",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        # A suite started in the background (``cmd &``) inherits SIGINT ignored, and Python then
-        # installs no KeyboardInterrupt handler: give the child the default disposition.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    with ctrl_c_as_in_a_terminal():  # the child takes SIGINT even when this suite runs in the background
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cinr_codec",
+                "decode",
+                str(src),
+                "-o",
+                str(out_dir / "x.png"),
+                "--scale",
+                "0.25",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
     try:
         deadline = time.monotonic() + 120
         while not any(n.endswith(".raw") for n in _temporaries(out_dir)):  # decoding into the raw file

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from cinr_container_helpers import SMALL_ENCODE as SETTINGS
-from cinr_container_helpers import stored_blocks, wait_for_a_journaled_block
+from cinr_container_helpers import ctrl_c_as_in_a_terminal, stored_blocks, wait_for_a_journaled_block
 
 from cinr_codec.encode import processes as pool_module
 from cinr_codec.encode.journal import journal_path
@@ -168,7 +168,8 @@ def _encode_until_a_block_is_journaled(tissue_png: Path, out: Path) -> tuple[lis
 
     args = [sys.executable, "-m", "cinr_codec", "encode", str(tissue_png), "-o", str(out), "--quiet"]
     args += ["--steps", "400", "--block-size", "64", "--no-tissue-mask", "--processes", "2"]
-    proc = subprocess.Popen(args, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    with ctrl_c_as_in_a_terminal():  # it takes Ctrl-C even when this suite runs in the background
+        proc = subprocess.Popen(args, start_new_session=True, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_a_journaled_block(proc, journal_path(out), timeout=180, poll=0.05)
     except BaseException:
@@ -213,20 +214,18 @@ def test_a_ctrl_c_while_workers_start_is_acted_on_after() -> None:
     other = threading.Thread(target=stop.wait, args=(30,))  # a thread with SIGINT not blocked
     other.start()
     finished = False
-    # Python's own handler, as in a terminal (a suite started with ``&`` inherits SIGINT ignored)
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with pytest.raises(KeyboardInterrupt):
-            with pool_module._sigint_held():
-                os.kill(os.getpid(), signal.SIGINT)  # the kernel gives it to the other thread
-                for _ in range(5):  # the GIL given up and taken again, as writing to a pipe does:
-                    time.sleep(0.02)  # a Python handler that raised would act here
-                finished = True
-        assert finished
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+        with ctrl_c_as_in_a_terminal():  # Python's own handler, even in a suite run in the background
+            with pytest.raises(KeyboardInterrupt):
+                with pool_module._sigint_held():
+                    os.kill(os.getpid(), signal.SIGINT)  # the kernel gives it to the other thread
+                    for _ in range(5):  # the GIL given up and taken again, as writing to a pipe does:
+                        time.sleep(0.02)  # a Python handler that raised would act here
+                    finished = True
+            assert finished
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
     finally:
-        signal.signal(signal.SIGINT, before)
         stop.set()
         other.join()
 
