@@ -55,15 +55,9 @@ typedef int64_t v4l __attribute__((vector_size(32)));
         v4d s_ = (v);                                                                                                  \
         memcpy((p), &s_, sizeof(s_));                                                                                  \
     } while (0)
-/* floor of 4 doubles of magnitude below 2**51 (exact): rounding to the nearest integer by adding
- * and subtracting 1.5 * 2**52, then one less where that went up. */
+/* 1.5 * 2**52: a double of magnitude below 2**51 plus MAGIC, minus MAGIC, is rounded to the
+ * nearest integer (ties to even), exactly. */
 #define MAGIC 6755399441055744.0
-#define floor4(y)                                                                                                      \
-    __extension__({                                                                                                    \
-        const v4d y_ = (y);                                                                                            \
-        const v4d r_ = (y_ + MAGIC) - MAGIC;                                                                           \
-        r_ - (v4d)((v4l)(r_ > y_) & (v4l)(v4d){1.0, 1.0, 1.0, 1.0});                                                   \
-    })
 
 /* acc[0..CHUNK) = sum_k x[k] * w[k * stride + j]: independent accumulators the compiler keeps
  * in vector registers (exact: every product and partial sum is an integer below 2**52). */
@@ -271,24 +265,33 @@ CLONES static int context_group(const int64_t *grid, const double *gridd, int bi
         }
         /* The rounding shift (for s = 0, half = 0 and inv = 1), bias, ReLU and the residual
          * after the first layer (layer 0 reads no x: it holds only din values), 4 outputs at a
-         * time. floor4 is exact below 2**51; a larger sum (|sum| < 2**52 here) ends either past
-         * the bound (positive: the row is recomputed) or at 0 after the ReLU (negative, as the
-         * exact floor would), so every value kept is exact. The bound on the next inputs is
-         * checked for the whole group at once; rows are told apart only when one fails. */
+         * time. floor((a + 2**(s-1)) * 2**-s) is a * 2**-s + 2**-(s+1) rounded to the nearest
+         * integer: an exact double (53 significant bits for |a| < 2**52) whose distance to the
+         * nearest integer is below 1/2 (no ties), rounded by adding and subtracting 1.5 * 2**52,
+         * exact below 2**51; the bias goes in with the subtraction (M - bias: exact, bias below
+         * 2**40). A larger sum (|a| < 2**52 here) ends either past the bound (positive: the row
+         * is recomputed) or at 0 after the ReLU (negative, as the exact floor would), so every
+         * value kept is exact. Every output is at least 0 (a ReLU, plus inputs that are the layer
+         * before's outputs), so only the upper bound on the next inputs is checked, for the whole
+         * group at once; rows are told apart only when one fails. */
         const int resid = l > 0;
         const int64_t d4 = dout / 4 * 4;
-        const v4d zero = {0}, lim4 = {bound, bound, bound, bound};
+        const double eps = half > 0.0 ? 0.5 * inv : 0.0;
+        const v4d zero = {0}, lim4 = {bound, bound, bound, bound}, inv4 = {inv, inv, inv, inv},
+                  eps4 = {eps, eps, eps, eps}, magic4 = {MAGIC, MAGIC, MAGIC, MAGIC};
+        double mb[MAX_WIDTH];
+        for (int64_t j = 0; j < d4; j++) mb[j] = MAGIC - bias[j];
         v4l any = {0, 0, 0, 0};
         int over = 0;
         for (int b = 0; b < GROUP; b++) {
             double *restrict a = acc + b * MAX_WIDTH;
             const double *restrict xb = x + b * MAX_WIDTH;
             for (int64_t j = 0; j < d4; j += 4) {
-                v4d v = floor4((load4(a + j) + half) * inv) + load4(bias + j);
+                v4d v = (load4(a + j) * inv4 + eps4 + magic4) - load4(mb + j);
                 v = (v4d)((v4l)v & (v4l)(v > zero));
                 if (resid) v += load4(xb + j);
                 store4(a + j, v);
-                any |= (v4l)(v >= lim4) | (v4l)(v <= -lim4);
+                any |= (v4l)(v >= lim4);
             }
             for (int64_t j = d4; j < dout; j++) {
                 const double v = floor((a[j] + half) * inv) + bias[j];
