@@ -103,6 +103,36 @@ CLONES static void dense_group_chunk(const double *w, int64_t stride, const doub
         }
 }
 
+/* dense_group_chunk's products for the first layer, read straight from the scaled grid: latent b's
+ * k-th input is xp[b][rel[k]] (no copy of the contexts first). */
+CLONES static void dense_group_ctx(const double *w, int64_t stride, const double *const *xp, const int64_t *rel,
+                                   int64_t din, double *acc) {
+    for (int b0 = 0; b0 < GROUP; b0 += 4)
+        for (int j0 = 0; j0 < CHUNK; j0 += 8) {
+            const double *p0 = xp[b0], *p1 = xp[b0 + 1], *p2 = xp[b0 + 2], *p3 = xp[b0 + 3];
+            v4d a[4][2];
+            memset(a, 0, sizeof(a));
+            for (int64_t k = 0; k < din; k++) {
+                const double *col = w + k * stride + j0;
+                const v4d c0 = load4(col), c1 = load4(col + 4);
+                const int64_t r = rel[k];
+                const double x0 = p0[r], x1 = p1[r], x2 = p2[r], x3 = p3[r];
+                a[0][0] += x0 * c0;
+                a[0][1] += x0 * c1;
+                a[1][0] += x1 * c0;
+                a[1][1] += x1 * c1;
+                a[2][0] += x2 * c0;
+                a[2][1] += x2 * c1;
+                a[3][0] += x3 * c0;
+                a[3][1] += x3 * c1;
+            }
+            for (int b = 0; b < 4; b++) {
+                store4(acc + (b0 + b) * MAX_WIDTH + j0, a[b][0]);
+                store4(acc + (b0 + b) * MAX_WIDTH + j0 + 4, a[b][1]);
+            }
+        }
+}
+
 CLONES static void dense_group_small(const double *w, const double *x, int64_t din, double *acc) {
     v4d a[GROUP];
     memset(a, 0, sizeof(a));
@@ -225,15 +255,20 @@ CLONES static int context_group(const int64_t *grid, const double *gridd, int bi
     const int64_t lim = ((int64_t)1 << 31) >> frac;
     const double bound = (double)((int64_t)1 << 31);
     int bad = 0;
+    /* While every value decoded so far is in bound (!big), gridd holds them scaled, and a first
+     * layer of CHUNK-padded outputs reads them there (an unused row reads the first row's). */
+    const int direct = !big && padded(dims[1]) != SMALL;
+    const double *xp[GROUP];
     for (int b = 0; b < GROUP; b++) {
         double *xb = x + b * MAX_WIDTH;
+        xp[b] = gridd + (idx[b] >= 0 ? idx[b] : idx[0]);
+        if (direct) continue;
         if (idx[b] < 0) {
             for (int64_t k = 0; k < n_ctx; k++) xb[k] = 0.0;
             continue;
         }
-        if (!big) { /* every value decoded so far is in bound: gridd holds them scaled */
-            const double *gd = gridd + idx[b];
-            for (int64_t k = 0; k < n_ctx; k++) xb[k] = gd[rel[k]];
+        if (!big) {
+            for (int64_t k = 0; k < n_ctx; k++) xb[k] = xp[b][rel[k]];
             continue;
         }
         const int64_t *g = grid + idx[b];
@@ -251,6 +286,8 @@ CLONES static int context_group(const int64_t *grid, const double *gridd, int bi
         const double half = halves[l], inv = invs[l], *bias = bd[l];
         if (dpad == SMALL)
             dense_group_small(wd[l], x, din, acc);
+        else if (l == 0 && direct)
+            for (int64_t j0 = 0; j0 < dpad; j0 += CHUNK) dense_group_ctx(wd[l] + j0, dpad, xp, rel, din, acc + j0);
         else
             for (int64_t j0 = 0; j0 < dpad; j0 += CHUNK) dense_group_chunk(wd[l] + j0, dpad, x, din, acc + j0);
         if (l == n_layers - 1) {
