@@ -299,6 +299,23 @@ class _TiledGrids:
             with self._locks[k]:
                 self._decode(k)
 
+    def pending(self, r0: int, r1: int, c0: int, c1: int) -> list[tuple[int, int]]:
+        """The pieces ``ensure`` of the same rows and columns would decode and that are not decoded
+        yet, each as (piece, latents in it)."""
+        n = len(self.tiles)
+        need = [n] + [
+            k for k, (a, b, c, d) in enumerate(self.tiles) if a < r1 and r0 < b and c < c1 and c0 < d
+        ]
+        other = sum(h * w for h, w in self._shapes[1:])
+        sizes = [(b - a) * (d - c) for a, b, c, d in self.tiles] + [other]
+        return [(k, sizes[k]) for k in need if self._streams[k] is not None]
+
+    def decode_piece(self, k: int) -> None:
+        """Decode piece ``k`` (a first-grid tile, or ``len(tiles)``: the other grids) unless it is
+        decoded; a thread decoding it meanwhile is waited for."""
+        with self._locks[k]:
+            self._decode(k)
+
     def done(self) -> list[bool]:
         """Per piece (the first grid's tiles, then the other grids): decoded yet?"""
         return [s is None for s in self._streams]
@@ -412,6 +429,26 @@ class LatentBlock:
                 return None
             pixels = self.synthesis.pixels(f)
         return pixels[dy - r0 : dy - r0 + height, dx - c0 : dx - c0 + width]
+
+    def pieces(self, height: int, width: int, *, x0: int = 0, y0: int = 0) -> list[tuple[int, int]]:
+        """What ``render`` of this frame rectangle would entropy-decode and is not decoded yet: the
+        pieces of a tiled block's latents (``decode_piece``), each with its number of latents;
+        empty for an untiled block (its latents are decoded on load) or a rendered one."""
+        if self._tiled is None or self._pixels is not None:
+            return []
+        dx, dy = x0 - self.x0, y0 - self.y0
+        if height * width > self.WINDOW_FRACTION * self.height * self.width:
+            return self._tiled.pending(0, self.height, 0, self.width)
+        halo = self.synthesis.halo
+        r0, r1 = max(0, dy - halo), min(self.height, dy + height + halo)
+        c0, c1 = max(0, dx - halo), min(self.width, dx + width + halo)
+        return self._tiled.pending(r0, r1, c0, c1)
+
+    def decode_piece(self, k: int) -> None:
+        """Entropy-decode piece ``k`` of ``pieces`` now (a read's threads share its pieces out
+        before they render; a render decodes whatever is still missing itself)."""
+        if self._tiled is not None:
+            self._tiled.decode_piece(k)
 
     def render(self, height: int, width: int, side: float, *, x0: int = 0, y0: int = 0) -> np.ndarray:
         """Pixels of the frame rectangle; it must lie inside the fitted domain."""

@@ -15,6 +15,7 @@ This module imports no training code, and torch only through the representations
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -22,7 +23,7 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +43,9 @@ from ..format.container import CinrReader
 from ..format.container.binary import KIND_BACKGROUND, KIND_IMAGE, KIND_MODEL, KIND_NAMES
 from ..format.header import MAX_READ_PIXELS, parse_layout
 from .cache import LRUCache
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
 
 log = logging.getLogger(__name__)
 
@@ -331,39 +335,41 @@ class SlideDecoder:
         fx, fy = x - ox + tj * ts * cell, y - oy + ti * ts * cell  # the tile's origin in the frame
         side = float(self.grid.side)
         model = self._model(block_id)
-        if cell == 1 and self.requant is not None:
-            t = self._requantized(model, block_id, tj * ts, ti * ts, tw, th)
-        elif cell == 1:
-            t = model.render(th, tw, side, x0=fx, y0=fy)
-        elif hasattr(model, "render_coarse"):
-            t = model.render_coarse(th, tw, side, x0=fx, y0=fy, stride=cell)
-        else:  # no coarse lattice: box means of decoded pixels, a band of cells at a time
-            pw, ph = min(tw * cell, x + w - (ox + fx)), min(th * cell, y + h - (oy + fy))
-            t = np.empty((th, tw, 3), dtype=np.uint8)
-            band = max(1, (1 << 22) // max(1, pw * cell))
-            for i in range(0, th, band):
-                rows = min(band * cell, ph - i * cell)
-                pixels = model.render(rows, pw, side, x0=fx, y0=fy + i * cell)
-                t[i : i + -(-rows // cell)] = to_uint8(box_downsample(pixels, cell))
+        if cell == 1:
+            rx, ry, rw, rh = self._level_rect(block_id, ti, tj)
+            pixels = model.render(rh, rw, side, x0=rx, y0=ry)
+            if self.requant is None:
+                return pixels
+            # Re-quantized on the source's lattice, then the tile cropped from its margin.
+            out = requantize(pixels, rx + ox, ry + oy, self.requant)
+            return out[fy - ry : fy - ry + th, fx - rx : fx - rx + tw]
+        if hasattr(model, "render_coarse"):
+            return model.render_coarse(th, tw, side, x0=fx, y0=fy, stride=cell)  # type: ignore[no-any-return]
+        # No coarse lattice: box means of decoded pixels, a band of cells at a time.
+        pw, ph = min(tw * cell, x + w - (ox + fx)), min(th * cell, y + h - (oy + fy))
+        t = np.empty((th, tw, 3), dtype=np.uint8)
+        band = max(1, (1 << 22) // max(1, pw * cell))
+        for i in range(0, th, band):
+            rows = min(band * cell, ph - i * cell)
+            pixels = model.render(rows, pw, side, x0=fx, y0=fy + i * cell)
+            t[i : i + -(-rows // cell)] = to_uint8(box_downsample(pixels, cell))
         return t
 
-    def _requantized(
-        self, model: BlockModel, block_id: int, c0: int, r0: int, tw: int, th: int
-    ) -> np.ndarray:
-        """Level pixels [c0, c0 + tw) x [r0, r0 + th) of a block (relative to its origin, on the
-        source's MCU grid) moved to the source's lattice in the block's cells (``core.requant``):
-        rendered with a margin of one MCU inside the block along each axis whose chroma is
-        upsampled (libjpeg's upsampling reads one chroma sample beyond), re-quantized, cropped.
-        The same pixels as re-quantizing the whole block, rendering only the tile and its margin."""
-        assert self.requant is not None
+    def _level_rect(self, block_id: int, ti: int, tj: int) -> tuple[int, int, int, int]:
+        """The frame rectangle (x0, y0, width, height) that level tile (ti, tj) of a block asks
+        its model for: the tile itself, or with ``requant`` the tile with a margin of one MCU
+        inside the block along each axis whose chroma is upsampled (libjpeg's upsampling reads
+        one chroma sample beyond; ``core.requant``): re-quantizing that rectangle gives the tile
+        the same pixels as re-quantizing the whole block."""
         x, y, w, h = self.grid.owned(block_id)
         ox, oy = self.grid.frame_origin(block_id)
-        mx, my = self.requant.margin
+        ts = self.tile
+        c0, r0 = tj * ts, ti * ts
+        tw, th = min(ts, w - c0), min(ts, h - r0)
+        mx, my = self.requant.margin if self.requant is not None else (0, 0)
         ex0, ey0 = max(0, c0 - mx), max(0, r0 - my)
         ex1, ey1 = min(w, c0 + tw + mx), min(h, r0 + th + my)
-        pixels = model.render(ey1 - ey0, ex1 - ex0, float(self.grid.side), x0=x - ox + ex0, y0=y - oy + ey0)
-        out = requantize(pixels, x + ex0, y + ey0, self.requant)
-        return out[r0 - ey0 : r0 - ey0 + th, c0 - ex0 : c0 - ex0 + tw]
+        return x - ox + ex0, y - oy + ey0, ex1 - ex0, ey1 - ey0
 
     def _mip(self, block_id: int, k: int) -> np.ndarray:
         return self._once(  # type: ignore[no-any-return]
@@ -600,10 +606,50 @@ class SlideDecoder:
                 self._tile(block_id, cell, ti, tj, threads=1)
 
             with ThreadPoolExecutor(min(threads, len(tiles))) as pool:
-                list(pool.map(render, order))
+                # The latents' pieces first, the largest first, then the tiles: a tile that meets
+                # a piece still being decoded waits for it, instead of the pieces being decoded
+                # in the order the tiles ask for them (docs/architecture.md, "Thirty-fourth
+                # session").
+                work: list[Callable[[], None]] = [
+                    functools.partial(self._decode_piece, block_id, k)
+                    for block_id, k in self._pieces(pool, tiles)
+                ]
+                work += [functools.partial(render, o) for o in order]
+                list(pool.map(lambda job: job(), work))
         elif 2 <= len(need) <= MODEL_CACHE:
             with ThreadPoolExecutor(min(threads, len(need))) as pool:
                 list(pool.map(self._model, need))
+
+    def _pieces(self, pool: Executor, tiles: list[tuple[int, int, int, int]]) -> list[tuple[int, int]]:
+        """The entropy-coded pieces (``LatentBlock.pieces``) that rendering these level tiles will
+        decode, as (block, piece), the most latents first; their blocks' models are loaded on
+        ``pool`` meanwhile, side by side. Empty for models without pieces, and when the blocks
+        would not all stay in the model cache (their tiles then decode what they need)."""
+        by_block: dict[int, list[tuple[int, int]]] = {}
+        for block_id, cell, ti, tj in tiles:
+            if cell == 1:
+                by_block.setdefault(block_id, []).append((ti, tj))
+        if len(by_block) > MODEL_CACHE:
+            return []
+
+        def plan(block_id: int) -> list[tuple[int, int, int]]:
+            model = self._model(block_id)
+            pieces = getattr(model, "pieces", None)
+            if pieces is None:
+                return []
+            sizes: dict[int, int] = {}
+            for ti, tj in by_block[block_id]:
+                rx, ry, rw, rh = self._level_rect(block_id, ti, tj)
+                sizes.update(pieces(rh, rw, x0=rx, y0=ry))
+            return [(-n, block_id, k) for k, n in sizes.items()]
+
+        found = sorted(p for ps in pool.map(plan, by_block) for p in ps)
+        return [(block_id, k) for _, block_id, k in found]
+
+    def _decode_piece(self, block_id: int, k: int) -> None:
+        """Entropy-decode piece ``k`` of a block's latents (``LatentBlock.decode_piece``)."""
+        model = self._model(block_id)
+        model.decode_piece(k)  # type: ignore[attr-defined]
 
     def _check_cost(self, x: float, y: float, scale: float, ow: int, oh: int, src: Source) -> None:
         """Refuse (CinrRequestError) a read that would decode more stored blocks or source pixels

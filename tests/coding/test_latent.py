@@ -288,6 +288,35 @@ def test_a_tiled_first_grid_decodes_to_the_same_latents_and_pixels(
     assert np.array_equal(block.render(48, 40, 64.0, x0=3, y0=5), render_latents(fit.model))
 
 
+def test_pieces_name_what_a_render_would_decode(
+    fitted: tuple[np.ndarray, Any, Any, bytes], tiled: tuple[Any, bytes]
+) -> None:
+    """``pieces`` of a rectangle: the pieces its render would decode and that are not decoded yet,
+    with their latents; ``decode_piece`` decodes one, and the render then decodes nothing more."""
+    _, cfg, fit, payload = fitted
+    tcfg, tpayload = tiled
+    block = CODEC.load(tpayload, tcfg, "t")
+    assert block._tiled is not None
+    other = sum(h * w for h, w in tcfg.grid_shapes(48, 40)[1:])
+    # Rows 0-6 and columns 20-29 (with the synthesis' halo) lie in first-grid tile (0, 1) only.
+    assert block.pieces(4, 6, x0=3 + 23, y0=5) == [(9, other), (1, 16 * 16)]
+    assert sorted(k for k, _ in block.pieces(48, 40, x0=3, y0=5)) == list(range(10))  # the whole block
+    block.decode_piece(1)
+    block.decode_piece(9)
+    assert block._tiled.done() == [False, True] + [False] * 7 + [True]
+    assert block.pieces(4, 6, x0=3 + 23, y0=5) == []
+    decoded: list[int] = []
+    decode = block._tiled._decode
+    block._tiled._decode = lambda k: (decoded.append(k), decode(k))[1]  # type: ignore[method-assign]
+    part = block.render(4, 6, 64.0, x0=3 + 23, y0=5)
+    assert decoded == [] and np.array_equal(
+        part, CODEC.load(payload, cfg, "t").render(4, 6, 64.0, x0=26, y0=5)
+    )
+    assert CODEC.load(payload, cfg, "t").pieces(48, 40, x0=3, y0=5) == []  # untiled: decoded on load
+    block.render(48, 40, 64.0, x0=3, y0=5)
+    assert block.pieces(48, 40, x0=3, y0=5) == []
+
+
 def test_tiles_decode_once_when_threads_render_at_the_same_time(tiled: tuple[Any, bytes]) -> None:
     import threading
 

@@ -178,6 +178,39 @@ def test_renders_run_with_the_chosen_threads_and_restore_the_callers(monkeypatch
             SlideDecoder(path, threads=bad)  # type: ignore[arg-type]
 
 
+def test_a_reads_pool_decodes_the_latent_pieces_first_the_largest_first() -> None:
+    """With two threads, a read of a tiled ccinr block (format 1.8) first hands its pool the pieces
+    of latents its tiles will decode, the most latents first, then the tiles: every piece is
+    decoded once, by the pool, and the pixels are those of a serial read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = VECTORS / "ccinr-q6-64x48-tiled.cinr"  # 2 x 2 first-grid tiles of 32 px: pieces 0-4
+    with SlideDecoder(path, threads=1) as dec:
+        dec.tile = 16
+        want = dec.read(0, 0, 64, 48)
+    with SlideDecoder(path, threads=2) as dec:
+        dec.tile = 16  # 4 x 3 tiles in the 64 x 48 block
+        tiles = [(0, 1, ti, tj) for ti in range(3) for tj in range(4)]
+        with ThreadPoolExecutor(2) as pool:
+            plan = dec._pieces(pool, tiles)
+        model = dec._model(0)
+        sizes = dict(model.pieces(model.height, model.width, x0=model.x0, y0=model.y0))
+        assert sorted(plan) == [(0, k) for k in range(5)]
+        assert [sizes[k] for _, k in plan] == sorted(sizes.values(), reverse=True)
+        decoded: list[tuple[int, bool]] = []
+        decode = model._tiled._decode
+
+        def spy(k: int) -> None:
+            if model._tiled._streams[k] is not None:
+                decoded.append((k, threading.current_thread() is threading.main_thread()))
+            decode(k)
+
+        model._tiled._decode = spy
+        got = dec.read(0, 0, 64, 48)
+    assert (got == want).all()
+    assert sorted(decoded) == [(k, False) for k in range(5)]
+
+
 def test_free_cores_render_a_reads_tiles_in_parallel() -> None:
     """With two threads a read's missing tiles are rendered by a pool before the read assembles
     them (one torch thread each, every tile once), and the pixels are those of a serial read; when
