@@ -223,6 +223,7 @@ def test_measured_blocks_are_evenly_spread() -> None:
     assert picked == list(range(0, 1000, 100))
 
 
+@pytest.mark.usefixtures("needs_prostate")
 def test_a_default_encode_aims_one_weight_for_the_slide_from_its_prior(
     tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any, Any]]
 ) -> None:
@@ -263,6 +264,7 @@ def _latent_shift(path: Path) -> int:
         return int(r.header["model"].get("latent_shift", 0))
 
 
+@pytest.mark.usefixtures("needs_prostate")
 def test_a_slide_predicted_under_the_floor_is_stored_at_a_finer_step(
     tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any, Any]]
 ) -> None:
@@ -299,6 +301,7 @@ def test_a_curve_under_the_floor_less_the_margin_goes_finer_at_once() -> None:
     assert finer_at_once([36.0], floor=40.0) and not finer_at_once([36.0], floor=37.0)
 
 
+@pytest.mark.usefixtures("needs_prostate")
 def test_a_slide_whose_jpeg_curve_is_under_the_floor_fits_its_prior_at_the_finer_step_at_once(
     tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any, Any]]
 ) -> None:
@@ -330,6 +333,7 @@ def test_a_slide_whose_jpeg_curve_is_under_the_floor_fits_its_prior_at_the_finer
     assert fits_seen[0][2].latent_shift == 0
 
 
+@pytest.mark.usefixtures("needs_prostate")
 def test_an_encode_stopped_before_the_finer_fit_resumes_to_the_same_file(
     tissue_png: Path, tmp_path: Path
 ) -> None:
@@ -392,6 +396,7 @@ def test_bad_aims_are_one_line_errors(
     assert not out.exists()
 
 
+@pytest.mark.usefixtures("needs_prostate")
 def test_an_aim_under_the_levels_psnr_gives_a_higher_weight_and_a_smaller_slide(
     tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any, Any]]
 ) -> None:
@@ -432,6 +437,7 @@ def test_the_cli_summary_shows_the_aim_and_its_weight(tissue_png: Path, tmp_path
     assert summary["block_steps"] == 3
 
 
+@pytest.mark.usefixtures("needs_prostate")
 def test_a_resume_with_every_block_journaled_reports_the_aimed_weight(
     tissue_png: Path, tmp_path: Path
 ) -> None:
@@ -543,6 +549,7 @@ def _stop_in_pass(src: Path, out: Path, stage: str, settings: dict[str, Any]) ->
         encode_slide(src, out, progress=stop, **settings)
 
 
+@pytest.mark.usefixtures("needs_prostate")
 def test_a_slide_landed_under_its_floor_has_its_later_blocks_fitted_again(
     tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any, Any]]
 ) -> None:

@@ -59,10 +59,12 @@ FINER: dict[str, Any] = {**SETTINGS, "preset": None}
 
 @pytest.mark.parametrize("settings", [SETTINGS, AIMED, FINER], ids=["level", "aimed", "finer"])
 def test_a_resumed_encode_starts_its_blocks_from_the_journaled_prior(
-    tissue_png: Path, tmp_path: Path, settings: dict[str, Any]
+    tissue_png: Path, tmp_path: Path, settings: dict[str, Any], request: pytest.FixtureRequest
 ) -> None:
     """Interrupted after two blocks (the prior among them), then resumed in worker processes: the
     payloads of an uninterrupted serial encode (with an aim: the same weight found again)."""
+    if settings is AIMED:
+        request.getfixturevalue("needs_prostate")  # its weight above the level's is this image's
     ref = tmp_path / "ref.cinr"
     summary = encode_slide(tissue_png, ref, **settings)
     assert (summary["rate_weight"] > L.lambda_of("q4")) == (settings is AIMED)
