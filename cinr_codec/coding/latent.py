@@ -276,16 +276,19 @@ class _TiledGrids:
         self._shapes, self._model, self._where = shapes, model, where
         self._locks = [threading.Lock() for _ in streams]
 
+    def _needed(self, r0: int, r1: int, c0: int, c1: int) -> list[int]:
+        """The pieces that rows [r0, r1) and columns [c0, c1) read: the other grids, then the
+        first grid's tiles that meet them."""
+        return [len(self.tiles)] + [
+            k for k, (a, b, c, d) in enumerate(self.tiles) if a < r1 and r0 < b and c < c1 and c0 < d
+        ]
+
     def ensure(self, r0: int, r1: int, c0: int, c1: int) -> None:
         """Decode the other grids and the first grid's tiles that meet rows [r0, r1) and columns
         [c0, c1) (CinrFormatError on a corrupt stream). Pieces another thread is decoding are
         waited for last, after those no one has taken."""
-        n = len(self.tiles)
-        need = [n] + [
-            k for k, (a, b, c, d) in enumerate(self.tiles) if a < r1 and r0 < b and c < c1 and c0 < d
-        ]
         busy = []
-        for k in need:
+        for k in self._needed(r0, r1, c0, c1):
             if self._streams[k] is None:
                 continue
             if self._locks[k].acquire(blocking=False):
@@ -296,19 +299,14 @@ class _TiledGrids:
             else:
                 busy.append(k)
         for k in busy:
-            with self._locks[k]:
-                self._decode(k)
+            self.decode_piece(k)
 
     def pending(self, r0: int, r1: int, c0: int, c1: int) -> list[tuple[int, int]]:
         """The pieces ``ensure`` of the same rows and columns would decode and that are not decoded
         yet, each as (piece, latents in it)."""
-        n = len(self.tiles)
-        need = [n] + [
-            k for k, (a, b, c, d) in enumerate(self.tiles) if a < r1 and r0 < b and c < c1 and c0 < d
-        ]
         other = sum(h * w for h, w in self._shapes[1:])
         sizes = [(b - a) * (d - c) for a, b, c, d in self.tiles] + [other]
-        return [(k, sizes[k]) for k in need if self._streams[k] is not None]
+        return [(k, sizes[k]) for k in self._needed(r0, r1, c0, c1) if self._streams[k] is not None]
 
     def decode_piece(self, k: int) -> None:
         """Decode piece ``k`` (a first-grid tile, or ``len(tiles)``: the other grids) unless it is
@@ -416,9 +414,7 @@ class LatentBlock:
         when the configuration has no windowed upsampling)."""
         import torch
 
-        halo = self.synthesis.halo
-        r0, r1 = max(0, dy - halo), min(self.height, dy + height + halo)
-        c0, c1 = max(0, dx - halo), min(self.width, dx + width + halo)
+        r0, r1, c0, c1 = self._window(dy, dx, height, width)
         grids = self._grid_tensors()
         if grids[0].shape[-2:] != (self.height, self.width):
             return None
@@ -430,19 +426,27 @@ class LatentBlock:
             pixels = self.synthesis.pixels(f)
         return pixels[dy - r0 : dy - r0 + height, dx - c0 : dx - c0 + width]
 
+    def _window(self, dy: int, dx: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """Rows [r0, r1) and columns [c0, c1) of the domain that rendering rows dy:dy+height,
+        columns dx:dx+width from windows reads: the rectangle and the synthesis' halo."""
+        halo = self.synthesis.halo
+        r0, r1 = max(0, dy - halo), min(self.height, dy + height + halo)
+        c0, c1 = max(0, dx - halo), min(self.width, dx + width + halo)
+        return r0, r1, c0, c1
+
+    def _windowed(self, height: int, width: int) -> bool:
+        """Whether ``render`` of a rectangle this size renders it alone, from windows of the grids."""
+        return self._pixels is None and height * width <= self.WINDOW_FRACTION * self.height * self.width
+
     def pieces(self, height: int, width: int, *, x0: int = 0, y0: int = 0) -> list[tuple[int, int]]:
         """What ``render`` of this frame rectangle would entropy-decode and is not decoded yet: the
         pieces of a tiled block's latents (``decode_piece``), each with its number of latents;
         empty for an untiled block (its latents are decoded on load) or a rendered one."""
         if self._tiled is None or self._pixels is not None:
             return []
-        dx, dy = x0 - self.x0, y0 - self.y0
-        if height * width > self.WINDOW_FRACTION * self.height * self.width:
+        if not self._windowed(height, width):
             return self._tiled.pending(0, self.height, 0, self.width)
-        halo = self.synthesis.halo
-        r0, r1 = max(0, dy - halo), min(self.height, dy + height + halo)
-        c0, c1 = max(0, dx - halo), min(self.width, dx + width + halo)
-        return self._tiled.pending(r0, r1, c0, c1)
+        return self._tiled.pending(*self._window(y0 - self.y0, x0 - self.x0, height, width))
 
     def decode_piece(self, k: int) -> None:
         """Entropy-decode piece ``k`` of ``pieces`` now (a read's threads share its pieces out
@@ -458,7 +462,7 @@ class LatentBlock:
                 f"{self.where}: rectangle ({x0}, {y0}, {width}, {height}) lies outside the block's "
                 f"fitted {self.width}x{self.height} pixels at ({self.x0}, {self.y0})"
             )
-        if self._pixels is None and height * width <= self.WINDOW_FRACTION * self.height * self.width:
+        if self._windowed(height, width):
             out = self._render_window(dy, dx, height, width)
             if out is not None:
                 return out
