@@ -244,12 +244,13 @@ static void context_mlp(const int64_t *grid, int64_t idx, const int64_t *rel, in
  * |v| < 2**52). idx[b] < 0 marks an unused row. z receives the last layer's two outputs per
  * latent. Returns a mask of the latents whose inputs left the bound: the caller recomputes them
  * with context_mlp (the int64 path). gridd mirrors grid, each value times 2**frac, while big is 0
- * (no value decoded so far is out of the bound); then the contexts are read from it unchecked. bd holds each layer's biases already shifted, as doubles;
- * halves and invs each layer's 2**(s-1) (0 for s = 0) and 2**-s. */
+ * (no value decoded so far is out of the bound); then the contexts are read from it unchecked.
+ * bd holds each layer's biases already shifted, as doubles, mbd 1.5 * 2**52 minus them (made once
+ * per grid); halves and invs each layer's 2**(s-1) (0 for s = 0) and 2**-s. */
 CLONES static int context_group(const int64_t *grid, const double *gridd, int big, const int64_t *idx,
                                 const int64_t *rel, int64_t n_ctx, int64_t n_layers, const int64_t *dims,
-                                const double *const *wd, const double *const *bd, const double *halves,
-                                const double *invs, int frac, int64_t z[GROUP][2]) {
+                                const double *const *wd, const double *const *bd, const double *const *mbd,
+                                const double *halves, const double *invs, int frac, int64_t z[GROUP][2]) {
     double buf0[GROUP * MAX_WIDTH], buf1[GROUP * MAX_WIDTH];
     double *x = buf0, *acc = buf1;
     const int64_t lim = ((int64_t)1 << 31) >> frac;
@@ -283,7 +284,7 @@ CLONES static int context_group(const int64_t *grid, const double *gridd, int bi
     int64_t din = n_ctx;
     for (int64_t l = 0; l < n_layers; l++) {
         const int64_t dout = dims[2 * l + 1], dpad = padded(dout);
-        const double half = halves[l], inv = invs[l], *bias = bd[l];
+        const double half = halves[l], inv = invs[l], *bias = bd[l], *mb = mbd[l];
         if (dpad == SMALL)
             dense_group_small(wd[l], x, din, acc);
         else if (l == 0 && direct)
@@ -316,8 +317,6 @@ CLONES static int context_group(const int64_t *grid, const double *gridd, int bi
         const double eps = half > 0.0 ? 0.5 * inv : 0.0;
         const v4d zero = {0}, lim4 = {bound, bound, bound, bound}, inv4 = {inv, inv, inv, inv},
                   eps4 = {eps, eps, eps, eps}, magic4 = {MAGIC, MAGIC, MAGIC, MAGIC};
-        double mb[MAX_WIDTH];
-        for (int64_t j = 0; j < d4; j++) mb[j] = MAGIC - bias[j];
         v4l any = {0, 0, 0, 0};
         int over = 0;
         for (int b = 0; b < GROUP; b++) {
@@ -420,8 +419,8 @@ int cinr_latent_decode_grid(const uint32_t *words, int64_t n_words, uint64_t *st
     }
     /* The grouped path's biases, shifted to the layer's fixed point, as doubles; it is used only
      * while each is below 2**40 (sums with them then stay exact; hand-made models may not). */
-    double bbuf[MAX_LAYERS * MAX_WIDTH], halves[MAX_LAYERS], invs[MAX_LAYERS];
-    const double *bd[MAX_LAYERS];
+    double bbuf[MAX_LAYERS * MAX_WIDTH], mbuf[MAX_LAYERS * MAX_WIDTH], halves[MAX_LAYERS], invs[MAX_LAYERS];
+    const double *bd[MAX_LAYERS], *mbd[MAX_LAYERS];
     int grouped = 1;
     for (int64_t l = 0; l < n_layers; l++) {
         const int64_t dout = dims[2 * l + 1];
@@ -432,8 +431,10 @@ int cinr_latent_decode_grid(const uint32_t *words, int64_t n_words, uint64_t *st
             const int64_t v = wshl(bp[l][j], frac - bs);
             if (v >= ((int64_t)1 << 40) || v <= -((int64_t)1 << 40)) grouped = 0;
             bbuf[l * MAX_WIDTH + j] = (double)v;
+            mbuf[l * MAX_WIDTH + j] = MAGIC - (double)v; /* exact while |v| < 2**40 */
         }
         bd[l] = bbuf + l * MAX_WIDTH;
+        mbd[l] = mbuf + l * MAX_WIDTH;
     }
     const int64_t w2 = w + 2 * pad;
     int64_t *grid = calloc((size_t)((h + pad) * w2), sizeof(int64_t));
@@ -474,8 +475,7 @@ int cinr_latent_decode_grid(const uint32_t *words, int64_t n_words, uint64_t *st
             int64_t zg[GROUP][2];
             for (int64_t i = n; i < i0 + GROUP; i++) wf_idx[i] = -1;
             int bad = grouped ? context_group(grid, gridd, big, wf_idx + i0, rel, n_ctx, n_layers, dims, wd, bd,
-                                              halves, invs,
-                                                  frac, zg)
+                                              mbd, halves, invs, frac, zg)
                               : (1 << GROUP) - 1;
             for (int b = 0; b < GROUP && i0 + b < n; b++) {
                 if ((bad >> b) & 1) {
