@@ -34,7 +34,10 @@ class BlockModel(Protocol):
 
     def render(self, height: int, width: int, side: float, *, x0: int = 0, y0: int = 0) -> np.ndarray:
         """Pixels ``[x0, x0+width) x [y0, y0+height)`` of the block's frame (of side ``side``),
-        as uint8 (height, width, 3); a pixel's value never depends on the rectangle asked for."""
+        as uint8 (height, width, 3). The same rectangle always gives the same pixels; another one
+        may give a pixel that differs by a rounding step (the compiled ccinr synthesis computes a
+        window's columns past its last multiple of 16 in another order), so decoders render fixed
+        tiles (``SlideDecoder``)."""
         ...
 
 
