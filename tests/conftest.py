@@ -7,10 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-SAMPLE = ROOT / "cinr_codec" / "data" / "CMU-1-Small-Region.svs"
+from data_paths import SAMPLE, SHARED
 
 
 @pytest.fixture(autouse=True)

@@ -23,6 +23,7 @@ import openslide
 import pytest
 import torch
 from cinr_container_helpers import rewrite
+from data_paths import ROOT, SAMPLE, SHARED
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openslide.deepzoom import DeepZoomGenerator
@@ -35,10 +36,7 @@ from cinr_codec.core.resample import box_downsample, to_uint8
 from cinr_codec.decode import SlideDecoder, decode_image
 from cinr_codec.format.container import CinrReader
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 VECTORS = ROOT / "formats" / "vectors"
-SAMPLE = ROOT / "cinr_codec" / "data" / "CMU-1-Small-Region.svs"
 #: Crop of he-prostate-2500.jpeg: (top, left, height, width). Its top-left 128-px block is glass.
 CROP = (16, 1040, 200, 280)
 #: The same-size crop of the bundled sample, used without ../shared/data: glass at the top left

@@ -12,10 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared" / "data"
-SAMPLE = ROOT / "cinr_codec" / "data" / "CMU-1-Small-Region.svs"
+from data_paths import ROOT, SAMPLE, SHARED
 
 
 def _run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:

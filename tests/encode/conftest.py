@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 from cinr_container_helpers import SMALL_ENCODE
+from data_paths import shared
 from PIL import Image
 
 from cinr_codec.coding.base import FitSettings
@@ -21,11 +22,7 @@ def needs_prostate() -> None:
     """Skip (saying why) without the shared prostate image: ``tissue_png`` is then cut from the
     bundled sample, on which the aim's figures these tests rely on (a prior predicted under the
     floor, a weight above the level's at an aim of 30 dB) do not hold."""
-    path = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "he-prostate-2500.jpeg"
-    if not path.exists():
-        pytest.skip(
-            f"needs ../shared/data/{path.name} (the aim's figures are measured on a crop of it); see README"
-        )
+    shared("he-prostate-2500.jpeg", "the aim's figures are measured on a crop of it")
 
 
 @pytest.fixture(scope="session")

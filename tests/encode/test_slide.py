@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from data_paths import SHARED
 from PIL import Image
 
 from cinr_codec.api import open_cinr
@@ -25,9 +26,6 @@ from cinr_codec.encode.slide import LABEL_JPEG_SHARE, encode_slide
 from cinr_codec.encode.source import SlideSource, sample_slide_path
 from cinr_codec.errors import CinrError, CinrInputError, CinrIOError
 from cinr_codec.format.container import CinrReader
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
 
 STEPS = 40
 

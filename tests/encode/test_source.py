@@ -9,24 +9,15 @@ import numpy as np
 import openslide
 import pytest
 import pyvips
+from data_paths import SAMPLE, SHARED, shared
 from PIL import Image
 
 from cinr_codec.encode.source import SlideSource, read_crop, sample_slide_path
 from cinr_codec.errors import CinrInputError
 
-ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared" / "data"
-SAMPLE = ROOT / "cinr_codec" / "data" / "CMU-1-Small-Region.svs"
 CMU = SHARED / "CMU-1-Small-Region.svs"
 TCGA = SHARED / "TCGA-CR-7395-01A-01-TS1.svs"
 PROSTATE = SHARED / "he-prostate-2500.jpeg"
-
-
-def shared(path: Path, why: str) -> Path:
-    """The shared data file, or skip the test (saying why it needs that file) when it is absent."""
-    if not path.exists():
-        pytest.skip(f"needs ../shared/data/{path.name} ({why}); see README")
-    return path
 
 
 def on_white(rgba: Image.Image) -> np.ndarray:
@@ -76,7 +67,7 @@ def test_bundled_sample() -> None:
 
 def test_tcga_levels() -> None:
     why = "a two-level Aperio JPEG 2000 slide whose level 1 is downsampled by 2.0005"
-    with SlideSource(shared(TCGA, why)) as s:
+    with SlideSource(shared(TCGA.name, why)) as s:
         assert (s.width, s.height, s.level_count, s.downsample) == (4443, 3567, 2, 1.0)
         assert s.properties["openslide.level[1].width"] == "2221"
         assert s.source_bytes == TCGA.stat().st_size
@@ -108,7 +99,7 @@ def test_read_equals_openslide_composited_on_white() -> None:
 
 
 def test_read_level1_of_tcga() -> None:
-    slide = openslide.OpenSlide(str(shared(TCGA, "level 1 of a real multi-level JPEG 2000 slide")))
+    slide = openslide.OpenSlide(str(shared(TCGA.name, "level 1 of a real multi-level JPEG 2000 slide")))
     with SlideSource(TCGA, level=1) as s:
         got = s.read(700, 600, 200, 150)
         x0, y0 = round(700 * s.downsample), round(600 * s.downsample)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_paths import SAMPLE, SHARED, shared
 
 from cinr_codec.encode.source import SlideSource
 from cinr_codec.encode.tissue import (
@@ -19,19 +20,8 @@ from cinr_codec.encode.tissue import (
     otsu_threshold,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared" / "data"
-SAMPLE = ROOT / "cinr_codec" / "data" / "CMU-1-Small-Region.svs"
 PINK = (200, 120, 170)  # H&E eosin-like
 GLASS = (244, 241, 242)
-
-
-def shared(name: str, why: str) -> Path:
-    """The shared data file, or skip the test (saying why it needs that file) when it is absent."""
-    path = SHARED / name
-    if not path.exists():
-        pytest.skip(f"needs ../shared/data/{name} ({why}); see README")
-    return path
 
 
 def solid(h: int, w: int, rgb: tuple[int, int, int]) -> np.ndarray:
