@@ -33,6 +33,8 @@ min(aim, ``SLIDE_PSNR_FLOOR``) over tissue has its later blocks fitted again at 
 measured errors put at the floor plus ``FLOOR_MARGIN_DB`` (``floor_rate``; ``encode.slide``), and one
 that lands more than ``TRIM_MIN_DB`` over its aim has its blocks' stored latents searched again at a
 higher weight (``trim_factor``), which costs a fraction of a fit and saves as many bytes per dB.
+The trim's own fall per factor differs from slide to slide, so a trim that stopped short of the aim
+is followed by one more, at the factor its measured fall puts at the aim (``retrim_factor``).
 """
 
 from __future__ import annotations
@@ -321,6 +323,42 @@ def trim_factor(
         return None
     log_g = fall / TRIM_DB_REQUANT if requantized else math.sqrt(fall / TRIM_DB)
     return float(min(TRIM_MAX_FACTOR, math.exp(log_g)))
+
+
+#: The journal key of a trimmed record's round (1, or 2 for ``retrim_factor``'s; absent: 1), and
+#: the one of the slide's PSNR over tissue before its trim (what ``retrim_factor`` measures from).
+TRIM_ROUND_KEY = "trim_round"
+TRIM_LANDED_KEY = "trim_landed"
+#: A second trim is run only where it raises the first's factor by more than this fraction.
+RETRIM_MIN_GROWTH = 0.02
+
+
+def retrim_factor(
+    before: float,
+    after: float,
+    aim: float,
+    factor: float,
+    floor: float = SLIDE_PSNR_FLOOR,
+    requantized: bool = False,
+) -> float | None:
+    """The factor (times the first fits' weights) of a second trim for a slide that landed at
+    ``before`` dB over tissue and, trimmed at ``factor``, at ``after``: the fall that trim measured,
+    per ln g (``requantized``, as ``TRIM_DB_REQUANT`` models it) or per (ln g)^2 (``TRIM_DB``'s),
+    carried to the aim (to min(aim, ``floor``) plus ``TRIM_FLOOR_MARGIN_DB`` at the least), at most
+    ``TRIM_MAX_FACTOR``. None where ``after`` is within ``TRIM_MIN_DB`` of the aim, where the trim
+    made no fall, or where the factor would grow by ``RETRIM_MIN_GROWTH`` or less. On a 1056^2 TCGA
+    region's Q 60 TIFF the first trim fell 1.15 dB per ln g where ``TRIM_DB_REQUANT`` says 1.75
+    (docs/architecture.md, "Thirty-fifth session")."""
+    if not (math.isfinite(before) and math.isfinite(after)) or after - aim < TRIM_MIN_DB or factor <= 1.0:
+        return None
+    fell = before - after
+    if fell <= 0:
+        return None
+    want = before - max(aim, min(aim, floor) + TRIM_FLOOR_MARGIN_DB)
+    log_f = math.log(factor)
+    log_g = want / fell * log_f if requantized else math.sqrt(want / fell) * log_f
+    g = min(TRIM_MAX_FACTOR, math.exp(log_g))
+    return float(g) if g > factor * (1.0 + RETRIM_MIN_GROWTH) else None
 
 
 def model_sse(meta: Mapping[str, Any]) -> float:

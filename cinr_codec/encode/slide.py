@@ -55,7 +55,9 @@ from .aim import (
     SLIDE_PSNR_FLOOR,
     SLIDE_PSNR_RANGE,
     TRIM_KEY,
+    TRIM_LANDED_KEY,
     TRIM_MIN_STEPS,
+    TRIM_ROUND_KEY,
     SlideDifficulty,
     aimed_rate,
     calibration_blocks,
@@ -68,6 +70,7 @@ from .aim import (
     model_sse,
     predicted_psnr,
     requant_credit,
+    retrim_factor,
     trim_factor,
 )
 from .block import SEAM_STRIP, BlockJob, block_seed, candidate_seed, encode_block
@@ -848,12 +851,15 @@ def encode_slide(
                 """Where the aimed slide landed over its aim by more than ``aim.TRIM_MIN_DB`` over
                 tissue (and met its floor), its later tissue blocks' stored fits continued at the
                 factor ``aim.trim_factor`` gives times their weights (their latents searched
-                again, nothing trained: ``FitSettings.start``), each journaled with that factor
-                (``TRIM_KEY``: a resume finishes the trim at it) and the calibration's weight and
-                credit (``FIRST_PASS_KEY``, as ``floor_pass``'s); the prior stays, as the aim reads
-                its record. Returns the factor, or None. Not for blocks trained fewer than
-                ``aim.TRIM_MIN_STEPS`` steps (the CPU's least: the trim would cost a fifth of
-                their fit), nor with a total time budget."""
+                again, nothing trained: ``FitSettings.start``); where that stopped short of the aim
+                by more than ``aim.TRIM_MIN_DB``, continued once more at the factor its measured
+                fall puts at the aim (``aim.retrim_factor``). Each record is journaled with its
+                round's factor (``TRIM_KEY``; ``TRIM_ROUND_KEY``, and ``TRIM_LANDED_KEY``: the
+                slide's PSNR before the trim; a resume finishes the round at them) and the
+                calibration's weight and credit (``FIRST_PASS_KEY``, as ``floor_pass``'s); the
+                prior stays, as the aim reads its record. Returns the last round's factor, or None.
+                Not for blocks trained fewer than ``aim.TRIM_MIN_STEPS`` steps (the CPU's least:
+                the trim would cost a fifth of their fit), nor with a total time budget."""
                 steps = plan.block_steps
                 if lam is None or aim is None or plan.prior is None or total_time_budget is not None:
                     return None
@@ -863,11 +869,15 @@ def encode_slide(
                 if any(FLOOR_KEY in m for m in models.values()):
                     return None  # fitted again for the floor: at the floor's margin already
                 later = [b for b in sorted(models) if b != plan.prior]
-                tagged = [float(models[b][TRIM_KEY]) for b in later if TRIM_KEY in models[b]]
-                if tagged:
-                    factor = tagged[0]
+                requantized = any("raw_sse" in m for m in models.values())
+                # A resume: the rounds journaled so far (a record without a round is of the first).
+                rounds = {
+                    int(models[b].get(TRIM_ROUND_KEY, 1)): models[b] for b in later if TRIM_KEY in models[b]
+                }
+                if rounds:
+                    last = max(rounds)
+                    factor, before = float(rounds[last][TRIM_KEY]), rounds[last].get(TRIM_LANDED_KEY)
                 else:
-                    requantized = any("raw_sse" in m for m in models.values())
                     found = (
                         None
                         if landed is None or not later
@@ -875,7 +885,7 @@ def encode_slide(
                     )
                     if found is None:
                         return None
-                    factor = found
+                    last, factor, before = 1, found, landed
                     log.info(
                         "the slide landed at %.2f dB over tissue, over its aim of %.2f: its %d later "
                         "blocks' latents are searched again at %.2fx their rate weights",
@@ -885,21 +895,57 @@ def encode_slide(
                         factor,
                     )
                 config = plan.finer[0] if finer and plan.finer is not None else None
+                weights = first_weights(later, lam, rest)
 
-                todo = [b for b in later if TRIM_KEY not in models[b]]  # a resume: some are trimmed
-                weights = first_weights(todo, lam, rest)
+                def trim_round(n: int, factor: float) -> None:
+                    """Round ``n`` over the later blocks not yet at it: each continued from its
+                    journaled fit at ``factor`` times its first fit's weight."""
+                    models = tissue_models()[0]
+                    todo = [
+                        b
+                        for b in later
+                        if int(models[b].get(TRIM_ROUND_KEY, 1 if TRIM_KEY in models[b] else 0)) < n
+                    ]
 
-                def continued(b: int) -> BlockJob:
-                    job = plan.jobs[b] if config is None else replace(plan.jobs[b], config=config)
-                    return replace(job, init=None, start=journal.read(b).parts[0], lam=weights[b] * factor)
+                    def continued(b: int) -> BlockJob:
+                        job = plan.jobs[b] if config is None else replace(plan.jobs[b], config=config)
+                        start = journal.read(b).parts[0]
+                        return replace(job, init=None, start=start, lam=weights[b] * factor)
 
-                sink = _Continued(journal, {TRIM_KEY: factor, FIRST_PASS_KEY: [rest, credit]}, models)
-                # Each job carries its block's payload: a batch at a time, so that memory stays
-                # bounded by the batch, not the slide.
-                batches = (
-                    [continued(b) for b in todo[i : i + TRIM_BATCH]] for i in range(0, len(todo), TRIM_BATCH)
-                )
-                second_pass("trim", batches, len(todo), sink)
+                    tags = {
+                        TRIM_KEY: factor,
+                        TRIM_ROUND_KEY: n,
+                        TRIM_LANDED_KEY: before,
+                        FIRST_PASS_KEY: [rest, credit],
+                    }
+                    sink = _Continued(journal, tags, models)
+                    # Each job carries its block's payload: a batch at a time, so that memory stays
+                    # bounded by the batch, not the slide.
+                    batches = (
+                        [continued(b) for b in todo[i : i + TRIM_BATCH]]
+                        for i in range(0, len(todo), TRIM_BATCH)
+                    )
+                    second_pass("trim", batches, len(todo), sink)
+
+                trim_round(last, factor)
+                if last == 1 and before is not None:
+                    after = tissue_models()[2]
+                    again = (
+                        None
+                        if after is None
+                        else retrim_factor(before, after, aim, factor, SLIDE_PSNR_FLOOR, requantized)
+                    )
+                    if again is not None:
+                        log.info(
+                            "trimmed at %.2fx, the slide fell from %.2f to %.2f dB over tissue: its later "
+                            "blocks' latents are searched again at %.2fx their first weights",
+                            factor,
+                            before,
+                            after,
+                            again,
+                        )
+                        trim_round(2, again)
+                        factor = again
                 return factor
 
             # The prior block first, alone (from several seeds where the representation races

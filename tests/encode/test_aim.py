@@ -39,6 +39,7 @@ from cinr_codec.encode.aim import (
     TRIM_KEY,
     TRIM_MAX_FACTOR,
     TRIM_MIN_DB,
+    TRIM_ROUND_KEY,
     SlideDifficulty,
     aimed_rate,
     calibration_blocks,
@@ -50,6 +51,7 @@ from cinr_codec.encode.aim import (
     measured_blocks,
     model_sse,
     requant_credit,
+    retrim_factor,
     trim_factor,
 )
 from cinr_codec.encode.journal import MAGIC as JOURNAL_MAGIC
@@ -684,6 +686,86 @@ def test_a_slide_landed_over_its_aim_has_its_blocks_latents_searched_again(
     pooled = tmp_path / "pooled.cinr"
     assert encode_slide(tissue_png, pooled, processes=2, **settings)["trim_factor"] == TRIM_MAX_FACTOR
     assert stored_blocks(pooled) == stored_blocks(out)
+
+
+def test_a_second_trim_carries_the_first_ones_measured_fall_to_the_aim() -> None:
+    # Re-quantized: the fall per ln g measured (0.44 dB at 1.467x) carried to the aim.
+    g = retrim_factor(36.42, 35.98, 35.75, 1.467, requantized=True)
+    assert g is not None and (36.42 - 35.75) / (0.44 / math.log(1.467)) == pytest.approx(math.log(g))
+    # Otherwise per (ln g)^2, as TRIM_DB models it.
+    g = retrim_factor(36.6, 36.3, 36.0, 1.3)
+    assert g is not None and 0.6 / (0.3 / math.log(1.3) ** 2) == pytest.approx(math.log(g) ** 2)
+    assert retrim_factor(40.0, 39.0, 35.75, 1.5, requantized=True) == TRIM_MAX_FACTOR  # capped
+    assert retrim_factor(36.42, 35.75 + TRIM_MIN_DB - 0.01, 35.75, 1.4) is None  # landed near enough
+    assert retrim_factor(36.42, 36.42, 35.75, 1.4) is None  # the first trim made no fall
+    assert retrim_factor(36.42, 36.0, 35.75, TRIM_MAX_FACTOR) is None  # no room to grow
+    assert retrim_factor(float("nan"), 36.0, 35.75, 1.4) is None
+    # An aim at the floor: it stops TRIM_FLOOR_MARGIN_DB over it.
+    g = retrim_factor(35.6, 35.4, 35.0, 1.2, requantized=True)
+    assert g is not None and (35.6 - 35.0 - TRIM_FLOOR_MARGIN_DB) / (0.2 / math.log(1.2)) == pytest.approx(
+        math.log(g)
+    )
+
+
+def test_a_trim_that_stopped_short_of_the_aim_is_followed_by_a_second(
+    tissue_png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits_seen: list[tuple[str, Any, Any]]
+) -> None:
+    """A first trim held to 1.2x (``trim_factor`` replaced) leaves the slide far over its 25 dB aim:
+    a second round continues every later block's trimmed fit at the factor the first's measured
+    fall puts at the aim (``TRIM_MAX_FACTOR`` here), and the file is smaller than the first round
+    leaves it. Stopped after one block of the second round, a resume finishes it at the journaled
+    factor and writes the uninterrupted encode's blocks."""
+    from cinr_codec.encode import slide
+
+    monkeypatch.setitem(L.RECIPE, "prior_candidates", 1)
+    monkeypatch.setattr(slide, "TRIM_MIN_STEPS", 20)
+    monkeypatch.setattr(slide, "trim_factor", lambda *args, **kwargs: 1.2)
+    settings = {**SETTINGS, "steps": 20, "slide_psnr": 25.0}
+    retrim = slide.retrim_factor
+    monkeypatch.setattr(slide, "retrim_factor", lambda *args, **kwargs: None)
+    once = encode_slide(tissue_png, tmp_path / "once.cinr", **settings)
+    assert once["trim_factor"] == 1.2 and once["psnr"] > 25.0 + TRIM_MIN_DB
+    monkeypatch.setattr(slide, "retrim_factor", retrim)
+
+    fits_seen.clear()
+    stages: list[str] = []
+    out = tmp_path / "twice.cinr"
+    s = encode_slide(tissue_png, out, progress=lambda ev: stages.append(ev["stage"]), **settings)
+    later = s["tissue_blocks"] - 1
+    assert s["trim_factor"] == TRIM_MAX_FACTOR and stages.count("trim") == 2
+    continued = [st for _, st, _ in fits_seen if st.start is not None]
+    assert len(continued) == 2 * later and all(st.steps == 20 and st.init is None for st in continued)
+    first_round, second_round = continued[:later], continued[later:]  # the same blocks, in order
+    assert [b.lam / a.lam for a, b in zip(first_round, second_round)] == pytest.approx(
+        [TRIM_MAX_FACTOR / 1.2] * later
+    )
+    assert all(b.start != a.start for a, b in zip(first_round, second_round))  # from the first's fits
+    assert s["bytes"] < once["bytes"] and s["psnr"] < once["psnr"]
+
+    resumed = tmp_path / "resumed.cinr"
+    seen: list[str] = []
+
+    def stop(ev: dict[str, Any]) -> None:
+        seen.append(ev["stage"])
+        if ev["stage"] == "block" and seen.count("trim") == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        encode_slide(tissue_png, resumed, progress=stop, **settings)
+    jpath = journal_path(resumed)
+    head = jpath.read_bytes()[: len(JOURNAL_MAGIC) + 4]
+    (n,) = struct.unpack("<I", head[len(JOURNAL_MAGIC) :])
+    journal = Journal.resume(jpath, json.loads(jpath.read_bytes()[len(head) : len(head) + n]))
+    try:
+        rounds = sorted(int(rec.meta[TRIM_ROUND_KEY]) for rec in journal.records() if TRIM_KEY in rec.meta)
+    finally:
+        journal.close()
+    assert rounds == [1] * (later - 1) + [2]  # one block at the second round, the others at the first
+    fits_seen.clear()
+    r = encode_slide(tissue_png, resumed, resume=True, **settings)
+    assert r["trim_factor"] == TRIM_MAX_FACTOR
+    assert len(fits_seen) == later - 1 and all(st.start is not None for _, st, _ in fits_seen)
+    assert stored_blocks(resumed) == stored_blocks(out)
 
 
 def test_the_cli_aim_line_names_the_floor_pass() -> None:
