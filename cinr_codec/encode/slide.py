@@ -897,28 +897,28 @@ def encode_slide(
                 config = plan.finer[0] if finer and plan.finer is not None else None
                 weights = first_weights(later, lam, rest)
 
-                def trim_round(n: int, factor: float) -> None:
+                def trim_round(n: int, g: float) -> None:
                     """Round ``n`` over the later blocks not yet at it: each continued from its
-                    journaled fit at ``factor`` times its first fit's weight."""
-                    models = tissue_models()[0]
+                    journaled fit at ``g`` times its first fit's weight."""
+                    current = tissue_models()[0]
                     todo = [
                         b
                         for b in later
-                        if int(models[b].get(TRIM_ROUND_KEY, 1 if TRIM_KEY in models[b] else 0)) < n
+                        if int(current[b].get(TRIM_ROUND_KEY, 1 if TRIM_KEY in current[b] else 0)) < n
                     ]
 
                     def continued(b: int) -> BlockJob:
                         job = plan.jobs[b] if config is None else replace(plan.jobs[b], config=config)
                         start = journal.read(b).parts[0]
-                        return replace(job, init=None, start=start, lam=weights[b] * factor)
+                        return replace(job, init=None, start=start, lam=weights[b] * g)
 
                     tags = {
-                        TRIM_KEY: factor,
+                        TRIM_KEY: g,
                         TRIM_ROUND_KEY: n,
                         TRIM_LANDED_KEY: before,
                         FIRST_PASS_KEY: [rest, credit],
                     }
-                    sink = _Continued(journal, tags, models)
+                    sink = _Continued(journal, tags, current)
                     # Each job carries its block's payload: a batch at a time, so that memory stays
                     # bounded by the batch, not the slide.
                     batches = (
