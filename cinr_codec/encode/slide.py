@@ -897,10 +897,10 @@ def encode_slide(
                 config = plan.finer[0] if finer and plan.finer is not None else None
                 weights = first_weights(later, lam, rest)
 
-                def trim_round(n: int, g: float) -> None:
-                    """Round ``n`` over the later blocks not yet at it: each continued from its
-                    journaled fit at ``g`` times its first fit's weight."""
-                    current = tissue_models()[0]
+                def trim_round(n: int, g: float, current: dict[int, dict[str, Any]]) -> None:
+                    """Round ``n`` over the later blocks not yet at it (``current``: their journaled
+                    records): each continued from its journaled fit at ``g`` times its first fit's
+                    weight."""
                     todo = [
                         b
                         for b in later
@@ -927,9 +927,9 @@ def encode_slide(
                     )
                     second_pass("trim", batches, len(todo), sink)
 
-                trim_round(last, factor)
+                trim_round(last, factor, models)
                 if last == 1 and before is not None:
-                    after = tissue_models()[2]
+                    current, _, after = tissue_models()
                     again = (
                         None
                         if after is None
@@ -944,7 +944,7 @@ def encode_slide(
                             after,
                             again,
                         )
-                        trim_round(2, again)
+                        trim_round(2, again, current)
                         factor = again
                 return factor
 
