@@ -52,6 +52,29 @@ def test_a_libvips_tiff_s_coding_is_read(
     assert s90.sampling == ((1, 1), (1, 1), (1, 1)) and s90.tile == 32 and s90.mcu == (8, 8)
 
 
+def test_tifffile_written_tiffs_are_read_too(he_image: np.ndarray, tmp_path: Path) -> None:
+    """tifffile (imagecodecs' libjpeg) stores RGB pixels as YCbCr 4:2:0 JPEG tiles; a pyramid whose
+    lower levels are SubIFDs (an OME-TIFF, as QuPath and bfconvert write) has its level 0 read too."""
+    import tifffile
+
+    px = np.ascontiguousarray(he_image[900:1028, 900:1028])
+    kw = {"tile": (64, 64), "compression": "jpeg", "compressionargs": {"level": 60}, "photometric": "rgb"}
+    plain, ome = tmp_path / "plain.tif", tmp_path / "pyramid.ome.tif"
+    tifffile.imwrite(plain, px, **kw)
+    with tifffile.TiffWriter(ome, ome=True) as tw:
+        tw.write(px, subifds=1, **kw)
+        tw.write(np.ascontiguousarray(px[::2, ::2]), subfiletype=1, **kw)
+    for path in (plain, ome):
+        sj = jpeg_coding(path, 0, 128, 128)
+        assert sj is not None, path.name
+        assert (sj.tile, sj.transform, sj.sampling) == (64, "ycbcr", ((2, 2), (1, 1), (1, 1)))
+        decoded = tifffile.imread(path)
+        assert decoded.shape == (128, 128, 3)
+        assert _psnr(requantize(decoded, 0, 0, sj), decoded) > 45.0
+        # The plain file has no level 1; the OME-TIFF's (a SubIFD) is coded the same way.
+        assert (jpeg_coding(path, 1, 64, 64) is None) == (path == plain)
+
+
 def test_the_sample_slide_is_rgb_jpeg() -> None:
     """Aperio's tiles are RGB JPEG (no colour transform), 240 px, one table for all three."""
     from cinr_codec.encode.source import sample_slide_path
