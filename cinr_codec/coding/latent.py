@@ -628,6 +628,18 @@ class LatentCodec(BlockCodec):
         tensors by ``LatentImage`` state-dict name."""
         return _dequantized(_network_ints(self._parse(payload, config, where)[4], config, where))
 
+    @functools.lru_cache(maxsize=2)  # noqa: B019 - the codec is a module singleton; a slide's blocks share one prior
+    def latent_map(self, payload: bytes, config: LatentConfig) -> tuple[np.ndarray | None, ...]:
+        """The map from pixels to latents (``encode.train.latent_start``) fitted on a stored
+        block (a slide's prior): its decoded pixels and its stored latent grids."""
+        from ..encode.train.latent_start import latent_map
+
+        where = "the prior block's payload"
+        w, h, x0, y0, _, _ = self._parse(payload, config, where)
+        block = cast("LatentBlock", self.load(payload, config, where))
+        decoded = block.render(h, w, float(max(h, w)), x0=x0, y0=y0)
+        return tuple(latent_map(decoded, block.latent_grids()))
+
     def stored_fit(
         self, payload: bytes, pixels: np.ndarray, config: LatentConfig, lam: float, device: str = "cpu"
     ) -> LatentFit:
@@ -679,9 +691,16 @@ class LatentCodec(BlockCodec):
 
         device = str(resolve_device(settings.device))
         steps = self.default_steps(device) if settings.steps is None else settings.steps
-        init = None
+        init = start = None
         if settings.init is not None and self.warm_starts(steps, settings.target_psnr):
             init = self.networks(settings.init, config, "the prior block's payload")
+            if RECIPE["warm_latents"]:
+                from ..encode.train.latent_start import predicted_latents
+
+                h, w = pixels.shape[:2]
+                start = predicted_latents(
+                    pixels, self.latent_map(settings.init, config), config.grid_shapes(h, w)
+                )
         if settings.start is not None:
             # A stored fit continued: its latents searched again at the new weight (below).
             if settings.lam is None or settings.target_psnr is not None:
@@ -710,6 +729,7 @@ class LatentCodec(BlockCodec):
                 device=device,
                 progress=settings.progress,
                 init_networks=init,
+                init_latents=start,
             )
         bits = laplace_weight_bits if config.weight_coding == "laplace" else (lambda v: best_order(v)[0])
         with _full_float32():
