@@ -440,7 +440,7 @@ def _pair(v: Any, name: str) -> tuple[Any, Any]:
     try:
         a, b = v
     except (TypeError, ValueError):
-        raise SlideRequestError(f"{name} must be a pair of numbers, not {str(v)[:40]}") from None
+        raise SlideRequestError(f"{name} must be a pair of numbers, not {str(v)[:40]!r}") from None
     return a, b
 
 

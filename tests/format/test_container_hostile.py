@@ -13,7 +13,7 @@ import pytest
 import torch
 import zstandard
 from cinr_container_helpers import assemble, decode_all, jdump, parts_of
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cinr_codec.coding.quant import quantize_tensors
@@ -188,6 +188,8 @@ def _shifted(header: bytes, footer_obj: Any) -> dict[str, Any]:
 
 
 @given(st.dictionaries(st.text(max_size=10), json_values, max_size=5), container_values | json_values)
+@example({}, {"n_blocks": "\n"})  # found by the search: the value went into the error's message raw
+@example({}, {"n_blocks": 1, "max_block_bytes": "a\nb"})
 @SETTINGS
 def test_random_header_json(header: dict[str, Any], container: Any) -> None:
     header = dict(header, container=container)

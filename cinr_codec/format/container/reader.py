@@ -385,12 +385,12 @@ class CinrReader:
         max_block = c.get("max_block_bytes")
         if not is_uint(n_blocks, MAX_BLOCKS):
             raise self._err(
-                f"header {CONTAINER_KEY}.n_blocks {str(n_blocks)[:30]} is not an int in [0, {MAX_BLOCKS}]",
+                f"header {CONTAINER_KEY}.n_blocks {str(n_blocks)[:30]!r} is not an int in [0, {MAX_BLOCKS}]",
                 PREAMBLE_SIZE,
             )
         if not is_uint(max_block, HARD_MAX_BLOCK_BYTES):
             raise self._err(
-                f"header {CONTAINER_KEY}.max_block_bytes {str(max_block)[:30]} is not an int in [0, {HARD_MAX_BLOCK_BYTES}]",
+                f"header {CONTAINER_KEY}.max_block_bytes {str(max_block)[:30]!r} is not an int in [0, {HARD_MAX_BLOCK_BYTES}]",
                 PREAMBLE_SIZE,
             )
         if n_blocks * tr.record_size != tr.index_length:
