@@ -166,8 +166,8 @@ RECIPE: dict[str, Any] = {
     "warm_lr_factor": 1 / 3,
     # Where they warm-start, their latents start from a linear map of their pixels fitted on the
     # prior block's (encode/train/latent_start.py) instead of at zero: 512^2 blocks of the prostate
-    # image and TCGA beside their prior, 270 steps, q3-q5, 3-6 % fewer bytes at equal PSNR
-    # (docs/architecture.md, "Thirty-sixth session").
+    # image, TCGA and the sample beside their prior, q3-q5, BD-rate -3.6, -7.0 and -12.4 % at 270
+    # steps, -1.2 and -2.4 % at 600 (prostate, TCGA; docs/architecture.md, "Thirty-sixth session").
     "warm_latents": True,
     # The prior block is fitted from this many seeds (at once where two workers are free: the
     # others wait for it anyway) and the fit of lowest rate-distortion loss is kept: a prior's

@@ -1,14 +1,15 @@
 """Where a slide's later blocks start their latents: a linear map from pixels, fitted on the prior block.
 
 A short fit (the CPU's 270-600 steps) starts its latents at zero and spends steps finding values
-that a linear function of the block's own pixels already predicts well. On the prior block's
-stored latents, a least-squares map from each latent's 5 x 5 neighbourhood of RGB (the block
-box-averaged to the latent grid's resolution) explained 85-91 % of the variance of the
-full-resolution grid that a neighbouring block of the same slide was then fitted to; started there
-instead of at zero, that block needed 3-6 % fewer bytes at equal PSNR (docs/architecture.md,
-"Thirty-sixth session"). The map is fitted on the prior's *decoded* pixels and stored latents, so
-it follows from the prior's payload alone: a worker, a resumed encode and a serial encode start
-every block from the same numbers. Levels with too few latents to fit it start at zero.
+that a linear function of the block's own pixels already predicts well once its networks start
+from the prior's. A least-squares map from each latent's 5 x 5 neighbourhood of RGB (the block
+box-averaged to the latent grid's resolution), fitted on the prior block, explained 85-90 % of
+the variance of the full-resolution grid that a neighbouring block was then fitted to from zero;
+started there instead, 512^2 blocks beside their prior needed 3.6-12.4 % fewer bytes at equal PSNR
+at 270 steps and 1.2-2.4 % at 600 (docs/architecture.md, "Thirty-sixth session"). The map is
+fitted on the prior's *decoded* pixels and stored latents, so it follows from the prior's payload
+alone: a worker, a resumed encode and a serial encode start every block from the same numbers.
+Grids with too few latents to fit it start at zero.
 """
 
 from __future__ import annotations
