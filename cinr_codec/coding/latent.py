@@ -634,11 +634,9 @@ class LatentCodec(BlockCodec):
         block (a slide's prior): its decoded pixels and its stored latent grids."""
         from ..encode.train.latent_start import latent_map
 
-        where = "the prior block's payload"
-        w, h, x0, y0, _, _ = self._parse(payload, config, where)
-        block = cast("LatentBlock", self.load(payload, config, where))
-        decoded = block.render(h, w, float(max(h, w)), x0=x0, y0=y0)
-        return tuple(latent_map(decoded, block.latent_grids()))
+        b = cast("LatentBlock", self.load(payload, config, "the prior block's payload"))
+        decoded = b.render(b.height, b.width, float(max(b.height, b.width)), x0=b.x0, y0=b.y0)
+        return tuple(latent_map(decoded, b.latent_grids()))
 
     def stored_fit(
         self, payload: bytes, pixels: np.ndarray, config: LatentConfig, lam: float, device: str = "cpu"
